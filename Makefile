@@ -1,0 +1,37 @@
+# make run   : the main job (see README)
+# make test  : the test suite
+# Each target sets up .venv first; the set-up is skipped when nothing changed.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+STAMP  := $(VENV)/.installed
+SETUP_INPUTS := setup.py Makefile $(wildcard requirements/*.txt)
+
+.PHONY: run test bench install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip wheel
+
+$(STAMP): $(PY) $(SETUP_INPUTS)
+	$(PIP) install -r requirements/core.txt -r requirements/prompts.txt \
+	  -r requirements/eval.txt -r requirements/test.txt
+	$(PIP) install --no-deps -r requirements/nodeps.txt
+	$(PIP) install --no-deps --ignore-requires-python promptsource==0.2.3
+	$(PIP) install --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/arch-objective smoke
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q tests
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

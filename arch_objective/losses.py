@@ -1,0 +1,99 @@
+"""Weighted cross-entropy with z-loss and label smoothing (t5x's loss semantics).
+
+The paper's loss (spec §2.8, §8.2) is a **sum** over weighted tokens of
+`cross_entropy + z_loss * log(Z)^2`, with no normalisation by token count or batch
+size (`loss_normalizing_factor=None`). A number divides the sum by that constant;
+`PER_TOKEN` divides it by the number of weighted tokens (a per-token mean).
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+PER_TOKEN = "per_token"
+LossNormalizingFactor = Optional[Union[float, int, str]]
+
+
+def cross_entropy_with_logits(logits: Array, targets: Array, z_loss: float = 0.0
+                              ) -> tuple[Array, Array]:
+  """Cross-entropy against a target distribution, plus `z_loss * log(Z)^2`.
+
+  `logits [..., v]`, `targets [..., v]` (one-hot or smoothed) -> (loss `[...]`
+  including the z-loss term, z-loss `[...]`). Computed in float32.
+  """
+  logits = logits.astype(jnp.float32)
+  log_z = jax.nn.logsumexp(logits, axis=-1)                               # [...]
+  log_softmax = logits - log_z[..., None]
+  loss = -jnp.sum(targets * log_softmax, axis=-1)
+  total_z_loss = z_loss * jnp.square(log_z)
+  return loss + total_z_loss, total_z_loss
+
+
+def compute_weighted_cross_entropy(
+    logits: Array, targets: Array, weights: Optional[Array] = None,
+    label_smoothing: float = 0.0, z_loss: float = 0.0,
+    loss_normalizing_factor: LossNormalizingFactor = None
+) -> tuple[Array, Array, Array]:
+  """`logits [b, l, v]`, integer `targets [b, l]`, `weights [b, l]` ->
+  (total loss, total z-loss, weight sum), each a scalar.
+
+  With label smoothing the target puts `1 - s` on the label and `s / (v - 1)` on the
+  others, and the entropy of that distribution is subtracted (so a perfect model
+  scores 0), as t5x does.
+  """
+  if logits.ndim != targets.ndim + 1:
+    raise ValueError(f"logits must have one more axis than targets; found logits "
+                     f"{logits.shape} and targets {targets.shape}.")
+  vocab_size = logits.shape[-1]
+  confidence = 1.0 - label_smoothing
+  low_confidence = (1.0 - confidence) / (vocab_size - 1)
+  normalizing_constant = -(
+      confidence * jnp.log(confidence)
+      + (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
+  soft_targets = jax.nn.one_hot(targets, vocab_size, on_value=confidence,
+                                off_value=low_confidence, dtype=jnp.float32)
+  loss, z = cross_entropy_with_logits(logits, soft_targets, z_loss)
+  loss = loss - normalizing_constant
+  if weights is None:
+    weights = jnp.ones(targets.shape, jnp.float32)
+  weights = weights.astype(jnp.float32)
+  weight_sum = jnp.sum(weights)
+  loss, z = jnp.sum(loss * weights), jnp.sum(z * weights)
+  divisor = normalizing_divisor(loss_normalizing_factor, weight_sum)
+  if divisor is not None:
+    loss, z = loss / divisor, z / divisor
+  return loss, z, weight_sum
+
+
+def normalizing_divisor(factor: LossNormalizingFactor, weight_sum: Array) -> Optional[Array]:
+  """What the summed loss is divided by: None (the paper), a constant, or the tokens."""
+  if factor is None:
+    return None
+  if isinstance(factor, str):
+    if factor != PER_TOKEN:
+      raise ValueError(f"loss_normalizing_factor: unknown value {factor!r}; valid: None, "
+                       f"a positive number, or {PER_TOKEN!r}.")
+    return jnp.maximum(weight_sum, 1e-8)
+  if factor <= 0:
+    raise ValueError(f"loss_normalizing_factor must be positive, found {factor!r}.")
+  return jnp.asarray(factor, jnp.float32)
+
+
+def compute_weighted_accuracy(logits: Array, targets: Array,
+                              weights: Optional[Array] = None) -> tuple[Array, Array]:
+  """(number of weighted positions whose argmax is the target, weight sum)."""
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  if weights is None:
+    weights = jnp.ones(targets.shape, jnp.float32)
+  weights = weights.astype(jnp.float32)
+  return jnp.sum(correct * weights), jnp.sum(weights)
+
+
+def token_log_likelihoods(logits: Array, targets: Array) -> Array:
+  """log p(target) at each position: `logits [b, l, v]`, `targets [b, l]` -> `[b, l]`."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]

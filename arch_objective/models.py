@@ -1,0 +1,417 @@
+"""Models of t5x's shape: a network plus loss, scoring and decoding over feature dicts.
+
+Batches are dicts of numpy or jax arrays with seqio/t5x feature names:
+  decoder-only: decoder_input_tokens, decoder_target_tokens, decoder_loss_weights,
+                decoder_segment_ids, decoder_positions, decoder_causal_attention
+  ED:           encoder_input_tokens, encoder_segment_ids, encoder_positions and the
+                decoder features above (without decoder_causal_attention).
+Positions are accepted and ignored: the networks use relative positions only.
+
+`build_model(arch, size, **overrides)` is the entry point; `arch` is one of
+`ARCHITECTURES`. The causal (CD) and non-causal (ND) decoders share one network; ND
+reads `decoder_causal_attention` (the inputs plus one position) and attends
+bidirectionally there; CD ignores it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from arch_objective import decoding, layers, losses, network
+
+Array = jax.Array
+Batch = Mapping[str, Any]
+Params = Any
+
+CAUSAL_DECODER = "causal_decoder"
+NON_CAUSAL_DECODER = "non_causal_decoder"
+ENCODER_DECODER = "encoder_decoder"
+ARCHITECTURES = (CAUSAL_DECODER, NON_CAUSAL_DECODER, ENCODER_DECODER)
+SHORT_NAMES = {CAUSAL_DECODER: "CD", NON_CAUSAL_DECODER: "ND", ENCODER_DECODER: "ED"}
+
+_DECODER_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+                     "decoder_segment_ids", "decoder_positions", "decoder_causal_attention")
+_ENCODER_FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
+
+
+def _validate_batch(batch: Batch, required: tuple[str, ...], groups: tuple[tuple[str, ...], ...],
+                    model_name: str, float_ok: tuple[str, ...] = ("decoder_loss_weights",)):
+  """Check presence, rank, dtype and shared shapes of features; raise ValueError."""
+  if not isinstance(batch, Mapping):
+    raise ValueError(f"{model_name}: the batch must be a dict of arrays, found "
+                     f"{type(batch).__name__}.")
+  missing = [f for f in required if batch.get(f) is None]
+  if missing:
+    raise ValueError(f"{model_name}: missing feature(s) {missing}; the batch has "
+                     f"{sorted(k for k, v in batch.items() if v is not None)}. "
+                     f"Required: {list(required)}.")
+  batch_size = None
+  for group in groups:
+    shape = None
+    for name in group:
+      value = batch.get(name)
+      if value is None:
+        continue
+      value_shape = tuple(np.shape(value))
+      if len(value_shape) != 2:
+        raise ValueError(f"{model_name}: feature {name!r} must have shape [batch, length], "
+                         f"found shape {value_shape}.")
+      dtype = np.dtype(getattr(value, "dtype", np.asarray(value).dtype))
+      if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_)
+              or (name in float_ok and np.issubdtype(dtype, np.floating))):
+        expected = "an integer or float" if name in float_ok else "an integer"
+        raise ValueError(f"{model_name}: feature {name!r} must have {expected} dtype, "
+                         f"found {dtype}.")
+      if shape is None:
+        shape, first = value_shape, name
+      elif value_shape != shape:
+        raise ValueError(f"{model_name}: feature {name!r} has shape {value_shape} but "
+                         f"{first!r} has {shape}; they must match.")
+      if batch_size is None:
+        batch_size, batch_from = value_shape[0], name
+      elif value_shape[0] != batch_size:
+        raise ValueError(f"{model_name}: feature {name!r} has batch size {value_shape[0]} "
+                         f"but {batch_from!r} has {batch_size}.")
+
+
+def _weights(batch: Batch) -> Array:
+  weights = batch.get("decoder_loss_weights")
+  if weights is None:
+    return (jnp.asarray(batch["decoder_target_tokens"]) > 0).astype(jnp.float32)
+  return jnp.asarray(weights, jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseModel:
+  """Loss, metrics and scoring shared by both model classes."""
+  config: network.TransformerConfig
+  z_loss: float = 1e-4
+  label_smoothing: float = 0.0
+  loss_normalizing_factor: losses.LossNormalizingFactor = None
+  max_decode_steps: int = 200
+  temperature: float = 1.0
+  topk: int = 40
+  eos_id: Optional[int] = 1
+
+  name = "model"
+
+  # -- implemented by subclasses -------------------------------------------------
+  @property
+  def module(self) -> nn.Module:
+    raise NotImplementedError
+
+  def _init_args(self, input_shapes: Mapping[str, tuple[int, ...]]) -> tuple:
+    raise NotImplementedError
+
+  def compute_logits(self, params: Params, batch: Batch,
+                     dropout_rng: Optional[Array] = None) -> Array:
+    raise NotImplementedError
+
+  # -- shared ----------------------------------------------------------------------
+  def _boxed_variables(self, rng: Array, input_shapes) -> dict:
+    return self.module.init(rng, *self._init_args(input_shapes))
+
+  def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, tuple[int, ...]]
+                            ) -> dict:
+    """`{'params': tree}` of float32 arrays for inputs of the given shapes."""
+    return nn.unbox(self._boxed_variables(rng, input_shapes))
+
+  def abstract_variables(self, input_shapes) -> dict:
+    """Like `get_initial_variables` but ShapeDtypeStructs: allocates nothing."""
+    return nn.unbox(self._abstract_boxed(input_shapes))
+
+  def logical_axes(self, input_shapes) -> dict:
+    """The logical axis names of every parameter, as a tree of PartitionSpecs."""
+    return nn.get_partition_spec(self._abstract_boxed(input_shapes))
+
+  def _abstract_boxed(self, input_shapes) -> dict:
+    init = functools.partial(self._boxed_variables, input_shapes=input_shapes)
+    return jax.eval_shape(init, jax.random.PRNGKey(0))
+
+  def loss_fn(self, params: Params, batch: Batch, dropout_rng: Optional[Array]
+              ) -> tuple[Array, dict[str, Array]]:
+    """Weighted cross-entropy + z-loss (the paper: a sum over weighted tokens).
+
+    Returns (loss, metrics) with metrics `loss`, `z_loss`, `cross_ent_loss`,
+    `accuracy` (over weighted tokens) and `num_tokens` (the weight sum).
+    """
+    logits = self.compute_logits(params, batch, dropout_rng)
+    targets = jnp.asarray(batch["decoder_target_tokens"])
+    weights = _weights(batch)
+    loss, z_loss, weight_sum = losses.compute_weighted_cross_entropy(
+        logits, targets, weights, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
+        loss_normalizing_factor=self.loss_normalizing_factor)
+    correct, _ = losses.compute_weighted_accuracy(logits, targets, weights)
+    metrics = {"loss": loss, "z_loss": z_loss, "cross_ent_loss": loss - z_loss,
+               "accuracy": correct / jnp.maximum(weight_sum, 1.0), "num_tokens": weight_sum}
+    return loss, metrics
+
+  def score_batch(self, params: Params, batch: Batch) -> Array:
+    """Summed log-probability of the weighted target tokens per row, `[b]` (no z-loss)."""
+    logits = self.compute_logits(params, batch)
+    token_ll = losses.token_log_likelihoods(logits, jnp.asarray(batch["decoder_target_tokens"]))
+    return jnp.sum(token_ll * _weights(batch), axis=-1)
+
+  def _decode_options(self, rng, max_decode_steps, temperature, topk, eos_id):
+    steps = self.max_decode_steps if max_decode_steps is None else max_decode_steps
+    return dict(num_steps=steps, rng=rng,
+                temperature=self.temperature if temperature is None else temperature,
+                topk=self.topk if topk is None else topk,
+                eos_id=self.eos_id if eos_id == "default" else eos_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderOnlyModel(BaseModel):
+  """The causal decoder (`inputs_bidirectional_attention=False`) or the non-causal
+  prefix decoder (`True`): one network, two masks."""
+  inputs_bidirectional_attention: bool = False
+
+  @property
+  def name(self):
+    return NON_CAUSAL_DECODER if self.inputs_bidirectional_attention else CAUSAL_DECODER
+
+  @functools.cached_property
+  def module(self) -> nn.Module:
+    return network.DecoderOnly(self.config)
+
+  def _init_args(self, input_shapes):
+    shape = input_shapes.get("decoder_input_tokens") if isinstance(input_shapes, Mapping) else None
+    if shape is None:
+      raise ValueError(f"{self.name}: input_shapes must give 'decoder_input_tokens', found "
+                       f"{input_shapes!r}.")
+    tokens = jnp.ones(shape, jnp.int32)
+    return (tokens, layers.make_decoder_mask(tokens))
+
+  def _causal_attention(self, batch: Batch) -> Optional[Array]:
+    if not self.inputs_bidirectional_attention:
+      return None
+    dca = batch.get("decoder_causal_attention")
+    if dca is None:
+      raise ValueError(
+          f"{self.name}: feature 'decoder_causal_attention' is required (1 on the input "
+          f"tokens plus one position, 0 elsewhere) but the batch has only "
+          f"{sorted(k for k, v in batch.items() if v is not None)}. Use the causal_decoder "
+          f"to read every position causally.")
+    return jnp.asarray(dca)
+
+  def validate(self, batch: Batch, required=("decoder_input_tokens", "decoder_target_tokens")):
+    _validate_batch(batch, required, (_DECODER_FEATURES,), self.name)
+
+  def compute_logits(self, params, batch, dropout_rng=None):
+    """Logits `[b, l, v]` (float32) of a full forward pass."""
+    self.validate(batch)
+    dca = self._causal_attention(batch)
+    dtype = self.config.activation_dtype
+    seg = batch.get("decoder_segment_ids")
+    mask = layers.make_decoder_mask(jnp.asarray(batch["decoder_target_tokens"]), dtype, dca,
+                                    None if seg is None else jnp.asarray(seg))
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    return self.module.apply({"params": params}, jnp.asarray(batch["decoder_input_tokens"]),
+                             mask, enable_dropout=dropout_rng is not None, rngs=rngs)
+
+  def predict_batch(self, params, batch, rng=None, *, max_decode_steps=None, temperature=None,
+                    topk=None, eos_id="default", return_logits=False):
+    """Continue each prompt with the KV cache: greedy if `rng` is None, else sampled.
+
+    The prompt is `decoder_input_tokens [b, l]` in shifted form (`[0, p_0, ..., p_n-1]`)
+    over the positions where `decoder_causal_attention` is 1 (the inputs plus one).
+    Without that feature (causal decoder only) the prompt is position 0: unconditional
+    generation. The prompt is prefilled in one pass with the model's own mask (the ND
+    attends bidirectionally over it), then one token per step is generated.
+    Returns tokens `[b, steps]` (or a `decoding.DecodeResult` with the logits).
+    """
+    self.validate(batch, required=("decoder_input_tokens",))
+    options = self._decode_options(rng, max_decode_steps, temperature, topk, eos_id)
+    tokens = jnp.asarray(batch["decoder_input_tokens"], jnp.int32)
+    b, length = tokens.shape
+    dca = batch.get("decoder_causal_attention")
+    if dca is None:
+      if self.inputs_bidirectional_attention:
+        self._causal_attention(batch)  # raises the missing-feature error
+      dca = jnp.zeros((b, length), jnp.int32).at[:, 0].set(1)
+    dca = jnp.asarray(dca, jnp.int32)
+    prompt_lengths = jnp.sum(dca, axis=-1)                                 # [b]
+    cache_length = length + options["num_steps"]
+    pad = ((0, 0), (0, options["num_steps"]))
+    tokens, dca = jnp.pad(tokens, pad), jnp.pad(dca, pad)
+    dtype = self.config.activation_dtype
+    prefill_mask = layers.make_decoder_mask(
+        jnp.ones_like(tokens), dtype, dca if self.inputs_bidirectional_attention else None)
+    logits, variables = self.module.apply({"params": params}, tokens, prefill_mask,
+                                          decode=True, mutable=["cache"])
+    first_logits = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
+
+    def step_fn(cache, token, position):
+      step_logits, new_vars = self.module.apply(
+          {"params": params, "cache": cache}, token[:, None],
+          layers.make_step_mask(position, cache_length, dtype), decode=True,
+          decode_position=position, cache_length=cache_length, mutable=["cache"])
+      return step_logits[:, 0], new_vars["cache"]
+
+    result = decoding.decode(step_fn, variables["cache"], first_logits, prompt_lengths,
+                             **options)
+    return result if return_logits else result.tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderDecoderModel(BaseModel):
+  """The T5.1.1 encoder-decoder."""
+
+  name = ENCODER_DECODER
+
+  @functools.cached_property
+  def module(self) -> nn.Module:
+    return network.EncoderDecoder(self.config)
+
+  def _init_args(self, input_shapes):
+    shapes = input_shapes if isinstance(input_shapes, Mapping) else {}
+    if "encoder_input_tokens" not in shapes or "decoder_input_tokens" not in shapes:
+      raise ValueError(f"{self.name}: input_shapes must give 'encoder_input_tokens' and "
+                       f"'decoder_input_tokens', found {input_shapes!r}.")
+    enc = jnp.ones(shapes["encoder_input_tokens"], jnp.int32)
+    dec = jnp.ones(shapes["decoder_input_tokens"], jnp.int32)
+    return (enc, dec) + self._masks(enc, dec, None, None)
+
+  def _masks(self, enc_tokens, dec_targets, enc_seg, dec_seg):
+    dtype = self.config.activation_dtype
+    encoder_mask = layers.make_attention_mask(enc_tokens > 0, enc_tokens > 0, dtype=dtype)
+    cross_mask = layers.make_attention_mask(dec_targets > 0, enc_tokens > 0, dtype=dtype)
+    if enc_seg is not None:
+      encoder_mask = layers.combine_masks(
+          encoder_mask, layers.make_attention_mask(enc_seg, enc_seg, jnp.equal), dtype=dtype)
+    if enc_seg is not None and dec_seg is not None:
+      cross_mask = layers.combine_masks(
+          cross_mask, layers.make_attention_mask(dec_seg, enc_seg, jnp.equal), dtype=dtype)
+    decoder_mask = layers.make_decoder_mask(dec_targets, dtype, None, dec_seg)
+    return encoder_mask, decoder_mask, cross_mask
+
+  def validate(self, batch, required=("encoder_input_tokens", "decoder_input_tokens",
+                                      "decoder_target_tokens")):
+    decoder_features = tuple(f for f in _DECODER_FEATURES if f != "decoder_causal_attention")
+    _validate_batch(batch, required, (_ENCODER_FEATURES, decoder_features), self.name)
+
+  def compute_logits(self, params, batch, dropout_rng=None):
+    """Decoder logits `[b, t, v]` (float32) of a full forward pass."""
+    self.validate(batch)
+    get = lambda k: None if batch.get(k) is None else jnp.asarray(batch[k])
+    enc = get("encoder_input_tokens")
+    masks = self._masks(enc, get("decoder_target_tokens"), get("encoder_segment_ids"),
+                        get("decoder_segment_ids"))
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    return self.module.apply({"params": params}, enc, get("decoder_input_tokens"), *masks,
+                             enable_dropout=dropout_rng is not None, rngs=rngs)
+
+  def predict_batch(self, params, batch, rng=None, *, max_decode_steps=None, temperature=None,
+                    topk=None, eos_id="default", return_logits=False):
+    """Encode `encoder_input_tokens`, then decode from token 0 with the KV cache.
+
+    Greedy if `rng` is None, else sampled. Returns tokens `[b, steps]` (or a
+    `decoding.DecodeResult` with the logits).
+    """
+    self.validate(batch, required=("encoder_input_tokens",))
+    options = self._decode_options(rng, max_decode_steps, temperature, topk, eos_id)
+    enc = jnp.asarray(batch["encoder_input_tokens"], jnp.int32)
+    b = enc.shape[0]
+    dtype = self.config.activation_dtype
+    encoder_mask = layers.make_attention_mask(enc > 0, enc > 0, dtype=dtype)
+    encoded = self.module.apply({"params": params}, enc, encoder_mask,
+                                method=network.EncoderDecoder.encode)
+    cross_mask = layers.make_attention_mask(jnp.ones((b, 1), jnp.bool_), enc > 0, dtype=dtype)
+    cache_length = options["num_steps"] + 1
+
+    def run_decoder(cache, tokens, mask, **kw):
+      variables = {"params": params} if cache is None else {"params": params, "cache": cache}
+      return self.module.apply(variables, encoded, tokens, mask, cross_mask, decode=True,
+                               method=network.EncoderDecoder.decode, mutable=["cache"], **kw)
+
+    cache = jax.eval_shape(
+        lambda: run_decoder(None, jnp.zeros((b, cache_length), jnp.int32), None)[1]["cache"])
+    cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), cache)
+
+    def step_fn(cache, token, position):
+      logits, new_vars = run_decoder(cache, token[:, None],
+                                     layers.make_step_mask(position, cache_length, dtype),
+                                     decode_position=position, cache_length=cache_length)
+      return logits[:, 0], new_vars["cache"]
+
+    start = jnp.zeros((b,), jnp.int32)
+    first_logits, cache = step_fn(cache, start, start)
+    result = decoding.decode(step_fn, cache, first_logits, start + 1, **options)
+    return result if return_logits else result.tokens
+
+
+_MODEL_FIELDS = ("z_loss", "label_smoothing", "loss_normalizing_factor", "max_decode_steps",
+                 "temperature", "topk", "eos_id")
+
+
+def build_model(arch: str, size: str = "tiny", **overrides) -> BaseModel:
+  """The model of an architecture at a size preset.
+
+  `overrides` may set any `network.TransformerConfig` field (e.g. `dtype='float32'`,
+  `vocab_size=128`, `dropout_rate=0.1`) and the model options z_loss, label_smoothing,
+  loss_normalizing_factor (None = the paper's sum, a number, or 'per_token'),
+  max_decode_steps, temperature, topk and eos_id.
+  """
+  if arch not in ARCHITECTURES:
+    raise ValueError(f"unknown arch {arch!r}; valid architectures: {', '.join(ARCHITECTURES)}.")
+  model_kwargs = {k: overrides.pop(k) for k in list(overrides) if k in _MODEL_FIELDS}
+  config_fields = {f.name for f in dataclasses.fields(network.TransformerConfig)}
+  unknown = sorted(set(overrides) - config_fields)
+  if unknown:
+    raise ValueError(f"unknown option(s) {unknown} for build_model; valid: model options "
+                     f"{sorted(_MODEL_FIELDS)} and config fields {sorted(config_fields)}.")
+  config = network.make_config(size, **overrides)
+  if arch == ENCODER_DECODER:
+    return EncoderDecoderModel(config, **model_kwargs)
+  return DecoderOnlyModel(config, inputs_bidirectional_attention=arch == NON_CAUSAL_DECODER,
+                          **model_kwargs)
+
+
+def default_input_shapes(arch: str, batch_size: int = 1, length: int = 626,
+                         inputs_length: int = 512, targets_length: int = 114) -> dict:
+  """Input shapes for `get_initial_variables` (the paper's lengths by default)."""
+  if arch == ENCODER_DECODER:
+    return {"encoder_input_tokens": (batch_size, inputs_length),
+            "decoder_input_tokens": (batch_size, targets_length)}
+  return {"decoder_input_tokens": (batch_size, length)}
+
+
+def count_params(model: BaseModel) -> int:
+  """Number of parameters, from abstract shapes (allocates nothing)."""
+  shapes = default_input_shapes(model.name, 1, 8, 8, 8)
+  leaves = jax.tree_util.tree_leaves(model.abstract_variables(shapes)["params"])
+  return int(sum(int(np.prod(x.shape)) for x in leaves))
+
+
+def training_flops_per_token(model: BaseModel, length: int = 626, inputs_length: int = 512,
+                             targets_length: int = 114) -> float:
+  """Model FLOPs of one training token (forward + backward = 3 x forward).
+
+  Forward FLOPs are 2 per multiply-accumulate of every matmul parameter (attention
+  and MLP kernels, and the tied output projection; embedding lookups, norms and
+  relative-position tables cost none) plus the attention scores and weighted sums,
+  `4 * q * k * h * e` per layer over the full (unmasked) score matrix. Decoder-only
+  models process `length` tokens per row; the encoder-decoder `inputs_length`
+  encoder and `targets_length` decoder tokens, and the result is per token of both.
+  """
+  c = model.config
+  d, a, m, v = c.emb_dim, c.num_heads * c.head_dim, c.mlp_dim, c.vocab_size
+  attn_params = 4 * d * a
+  mlp_params = len(c.mlp_activations) * d * m + m * d
+  if model.name != ENCODER_DECODER:
+    per_row = (2 * length * c.num_decoder_layers * (attn_params + mlp_params)
+               + 4 * length * length * a * c.num_decoder_layers
+               + 2 * length * d * v)
+    return 3.0 * per_row / length
+  i, t = inputs_length, targets_length
+  encoder = c.num_encoder_layers * (2 * i * (attn_params + mlp_params) + 4 * i * i * a)
+  cross = 2 * t * 2 * d * a + 2 * i * 2 * d * a + 4 * t * i * a         # q, o on t; k, v on i
+  decoder = c.num_decoder_layers * (2 * t * (attn_params + mlp_params) + 4 * t * t * a + cross)
+  per_row = encoder + decoder + 2 * t * d * v
+  return 3.0 * per_row / (i + t)

@@ -1,0 +1,36 @@
+"""Install arch-objective: `pip install -e .` (core), `.[eval]`, `.[test]`.
+
+The Makefile is the supported set-up: it also installs the two packages whose
+metadata is wrong for this stack (seqio and tensorflow-text want the full
+`tensorflow` although `tensorflow-cpu` serves them; promptsource declares
+Python < 3.10 although it works on 3.11), see `requirements/`.
+"""
+import pathlib
+
+import setuptools
+
+HERE = pathlib.Path(__file__).parent
+
+
+def _requirements(name):
+  lines = (HERE / "requirements" / name).read_text().splitlines()
+  return [l.split("#")[0].strip() for l in lines if l.split("#")[0].strip()]
+
+
+setuptools.setup(
+    name="arch-objective",
+    version="0.1.0",
+    description=(
+        "Which language-model architecture and pretraining objective "
+        "generalise best zero-shot: a JAX/Flax experiment codebase."),
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["arch_objective*", "tasks*"]),
+    install_requires=_requirements("core.txt"),
+    extras_require={
+        "eval": _requirements("eval.txt"),
+        "test": _requirements("test.txt"),
+    },
+    entry_points={"console_scripts": ["arch-objective=arch_objective.cli:main"]},
+)
