@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
   plan.set_defaults(func=_plan)
 
   smoke = sub.add_parser("smoke", help="train a tiny model of each architecture on CPU")
-  smoke.add_argument("--steps", type=int, default=60)
+  smoke.add_argument("--steps", type=int, default=200)
   smoke.set_defaults(func=_smoke)
   return parser
 

@@ -54,8 +54,8 @@ def compute_weighted_cross_entropy(
   normalizing_constant = -(
       confidence * jnp.log(confidence)
       + (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
-  soft_targets = jax.nn.one_hot(targets, vocab_size, on_value=confidence,
-                                off_value=low_confidence, dtype=jnp.float32)
+  one_hot = jax.nn.one_hot(targets, vocab_size, dtype=jnp.float32)
+  soft_targets = one_hot * (confidence - low_confidence) + low_confidence
   loss, z = cross_entropy_with_logits(logits, soft_targets, z_loss)
   loss = loss - normalizing_constant
   if weights is None:

@@ -58,11 +58,11 @@ def _validate_batch(batch: Batch, required: tuple[str, ...], groups: tuple[tuple
       value = batch.get(name)
       if value is None:
         continue
-      value_shape = tuple(np.shape(value))
+      value_shape = tuple(value.shape if hasattr(value, "shape") else np.shape(value))
       if len(value_shape) != 2:
         raise ValueError(f"{model_name}: feature {name!r} must have shape [batch, length], "
                          f"found shape {value_shape}.")
-      dtype = np.dtype(getattr(value, "dtype", np.asarray(value).dtype))
+      dtype = np.dtype(value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype)
       if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_)
               or (name in float_ok and np.issubdtype(dtype, np.floating))):
         expected = "an integer or float" if name in float_ok else "an integer"

@@ -97,7 +97,7 @@ def train(arch: str, steps: int = 60, batch_size: int = 8, length: int = 64,
   return history
 
 
-def main(steps: int = 60) -> dict[str, list[float]]:
+def main(steps: int = 200) -> dict[str, list[float]]:
   results = {}
   for arch in models.ARCHITECTURES:
     print(f"== {arch}: tiny model, {steps} steps on the embedded toy corpus")
