@@ -610,6 +610,30 @@ def test_attention_cache_incremental_decoding_from_empty_cache():
                decode=True, mutable=["cache"])
 
 
+def test_attention_dropout_is_broadcast_over_queries():
+  # One-hot values (value[j] = e_j) make the output row equal the attention weights;
+  # zero queries give uniform weights 1/k before dropout.
+  b, q, k, h = 2, 3, 8, 2
+  query = np.zeros((b, q, h, k), np.float32)
+  key = np.random.RandomState(10).randn(b, k, h, k).astype(np.float32)
+  value = np.broadcast_to(np.eye(k, dtype=np.float32)[None, :, None, :], (b, k, h, k)).copy()
+  out = np.asarray(J(layers.dot_product_attention, query, key, value,
+                     dropout_rng=jax.random.PRNGKey(3), dropout_rate=0.5, deterministic=False))
+  weights = np.transpose(out, (0, 2, 1, 3))                  # [b, h, q, k]
+  kept = weights != 0
+  assert kept.any() and not kept.all()
+  # The same keys are dropped for every query of a (batch, head).
+  np.testing.assert_array_equal(kept, np.broadcast_to(kept[:, :, :1], kept.shape))
+  # Kept weights are rescaled by 1/keep_prob: (1/8) / 0.5 = 0.25.
+  np.testing.assert_allclose(weights[kept], 0.25, rtol=1e-6)
+  # Deterministic: no dropout, uniform 1/8.
+  out_det = np.asarray(J(layers.dot_product_attention, query, key, value,
+                         dropout_rng=jax.random.PRNGKey(3), dropout_rate=0.5))
+  np.testing.assert_allclose(out_det, np.full((b, q, h, k), 1 / 8), rtol=1e-6)
+  with pytest.raises(ValueError):
+    layers.dot_product_attention(query[0], key[0], value[0])
+
+
 # ---------------------------------------------------------------------------
 # MLP
 # ---------------------------------------------------------------------------
@@ -650,6 +674,20 @@ def test_mlp_block_single_activation_and_errors():
                              rtol=1e-4, atol=1e-5)
   with pytest.raises(ValueError):
     J(layers.MlpBlock(intermediate_dim=5, activations=("swish2",)).apply, {"params": params}, x)
+
+
+def test_mlp_dropout_is_broadcast_over_length():
+  # Identity kernels and a linear activation: the output is dropout(ones).
+  m = 16
+  eye = np.eye(m, dtype=np.float32)
+  mlp = layers.MlpBlock(intermediate_dim=m, activations=("linear",),
+                        intermediate_dropout_rate=0.5)
+  x = np.ones((2, 5, m), np.float32)
+  out = np.asarray(J(mlp.apply, {"params": {"wi": {"kernel": eye}, "wo": {"kernel": eye}}},
+                     x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(4)}))
+  assert set(np.unique(out)) <= {0.0, 2.0}              # kept units scaled by 1/0.5
+  assert (out == 0).any() and (out == 2).any()
+  np.testing.assert_array_equal(out, np.broadcast_to(out[:, :1], out.shape))
 
 
 # ---------------------------------------------------------------------------

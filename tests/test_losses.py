@@ -110,18 +110,18 @@ def test_loss_normalizing_factor_constant_and_per_token():
 @pytest.mark.parametrize("factor", ["PER_TOKEN", "per_sequence", "", "mean"])
 def test_invalid_factor_string_raises(factor):
   with pytest.raises(ValueError):
-    losses.compute_weighted_cross_entropy(LOGITS, TARGETS, loss_normalizing_factor=factor)
+    J(losses.compute_weighted_cross_entropy, LOGITS, TARGETS, loss_normalizing_factor=factor)
 
 
 @pytest.mark.parametrize("factor", [0, 0.0, -1, -2.5])
 def test_non_positive_factor_raises(factor):
   with pytest.raises(ValueError):
-    losses.compute_weighted_cross_entropy(LOGITS, TARGETS, loss_normalizing_factor=factor)
+    J(losses.compute_weighted_cross_entropy, LOGITS, TARGETS, loss_normalizing_factor=factor)
 
 
 def test_rank_mismatch_raises():
   with pytest.raises(ValueError):
-    losses.compute_weighted_cross_entropy(LOGITS[0], TARGETS)   # [2, 3] vs [1, 2]
+    J(losses.compute_weighted_cross_entropy, LOGITS[0], TARGETS)   # [2, 3] vs [1, 2]
 
 
 def np_weighted_xent(logits, targets, weights, smoothing, z_loss):

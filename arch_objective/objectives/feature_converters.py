@@ -1,0 +1,154 @@
+"""Task features -> the model features each architecture reads (seqio's converters).
+
+Task features are `{'targets'}` (language modelling) or `{'inputs', 'targets'}`;
+each is first trimmed to its length (the first N tokens, as seqio does). With
+`pack=True` consecutive examples share a row while they fit (next-fit), each as its
+own segment: attention never crosses segments, decoder inputs restart at 0 at each
+segment start, positions count from 0 per segment, padding has segment id 0. With
+`pack=False` each example has its own row and no segment ids or positions.
+
+`lm_rows` (decoder-only full LM), length 8, examples [5 6 7 1] and [8 9 1]:
+  decoder_target_tokens  5 6 7 1 8 9 1 0
+  decoder_input_tokens   0 5 6 7 0 8 9 0
+  decoder_loss_weights   1 1 1 1 1 1 1 0
+  decoder_segment_ids    1 1 1 1 2 2 2 0
+  decoder_positions      0 1 2 3 0 1 2 0
+
+`prefix_lm_rows` (decoder-only reading of inputs/targets), length 8, examples
+(inputs [5 6], targets [7 1]) and (inputs [8], targets [9 1]):
+  decoder_target_tokens    5 6 7 1 8 9 1 0
+  decoder_input_tokens     0 5 6 7 0 8 9 0
+  decoder_loss_weights     0 0 1 1 0 1 1 0     targets only
+  decoder_causal_attention 1 1 1 0 1 1 0 0     inputs plus one position, per segment
+  decoder_segment_ids      1 1 1 1 2 2 2 0
+  decoder_positions        0 1 2 3 0 1 2 0
+
+`encoder_decoder_rows`, lengths inputs 6 / targets 4, the same two examples:
+  encoder_input_tokens 5 6 8 0 0 0   encoder_segment_ids 1 1 2 0 0 0
+  decoder_target_tokens 7 1 9 1      decoder_input_tokens 0 7 0 9
+  decoder_segment_ids   1 1 2 2      decoder_loss_weights 1 1 1 1
+"""
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from arch_objective.objectives.prefix_lm import segment_positions, shift_right
+
+Example = Mapping[str, np.ndarray]
+
+
+def _trim(example: Example, lengths: Mapping[str, int], where: str) -> dict[str, np.ndarray]:
+  out = {}
+  for key, length in lengths.items():
+    if key not in example:
+      raise ValueError(f"{where}: example is missing feature {key!r}; it has "
+                       f"{sorted(example)}.")
+    out[key] = np.asarray(example[key], np.int32)[:length]
+  return out
+
+
+def _pack(examples: Iterable[Example], lengths: Mapping[str, int], pack: bool, where: str
+          ) -> Iterator[list[dict[str, np.ndarray]]]:
+  """Groups of trimmed examples that fit together in one row (one each if not packing)."""
+  group: list[dict[str, np.ndarray]] = []
+  used = {k: 0 for k in lengths}
+  for example in examples:
+    example = _trim(example, lengths, where)
+    if all(len(v) == 0 for v in example.values()):
+      continue
+    fits = all(used[k] + len(example[k]) <= lengths[k] for k in lengths)
+    if group and (not pack or not fits):
+      yield group
+      group, used = [], {k: 0 for k in lengths}
+    group.append(example)
+    for k in lengths:
+      used[k] += len(example[k])
+  if group:
+    yield group
+
+
+def _concat(parts: Sequence[np.ndarray], length: int) -> np.ndarray:
+  row = np.concatenate(parts) if parts else np.zeros((0,), np.int32)
+  return np.pad(row.astype(np.int32), (0, length - len(row)))
+
+
+def _segments(sizes: Sequence[int], length: int) -> np.ndarray:
+  return _concat([np.full(n, i + 1, np.int32) for i, n in enumerate(sizes)], length)
+
+
+def _with_segments(row: dict, prefix: str, segment_ids: np.ndarray, pack: bool) -> dict:
+  if pack:
+    row[f"{prefix}_segment_ids"] = segment_ids
+    row[f"{prefix}_positions"] = segment_positions(segment_ids)
+  return row
+
+
+def lm_rows(examples: Iterable[Example], length: int, pack: bool = True
+            ) -> Iterator[dict[str, np.ndarray]]:
+  """Decoder-only language-model rows from `{'targets'}` examples."""
+  for group in _pack(examples, {"targets": length}, pack, "lm_rows"):
+    targets = _concat([e["targets"] for e in group], length)
+    seg = _segments([len(e["targets"]) for e in group], length)
+    row = {"decoder_target_tokens": targets,
+           "decoder_input_tokens": shift_right(targets, seg),
+           "decoder_loss_weights": (seg > 0).astype(np.int32)}
+    yield _with_segments(row, "decoder", seg, pack)
+
+
+def prefix_lm_rows(examples: Iterable[Example], inputs_length: int, targets_length: int,
+                   pack: bool = True, loss_on_targets_only: bool = True
+                   ) -> Iterator[dict[str, np.ndarray]]:
+  """Decoder-only rows of `{'inputs', 'targets'}` examples: `inputs ++ targets` per
+  segment in rows of `inputs_length + targets_length`, with `decoder_causal_attention`
+  on the inputs plus one position (read by the non-causal decoder only)."""
+  length = inputs_length + targets_length
+  lengths = {"inputs": inputs_length, "targets": targets_length}
+  for group in _pack(examples, lengths, pack, "prefix_lm_rows"):
+    parts, dca, weights, sizes = [], [], [], []
+    for e in group:
+      n_in, n_tg = len(e["inputs"]), len(e["targets"])
+      parts += [e["inputs"], e["targets"]]
+      dca.append(np.arange(n_in + n_tg) <= n_in)
+      weights.append(np.arange(n_in + n_tg) >= (n_in if loss_on_targets_only else 0))
+      sizes.append(n_in + n_tg)
+    targets = _concat(parts, length)
+    seg = _segments(sizes, length)
+    row = {"decoder_target_tokens": targets,
+           "decoder_input_tokens": shift_right(targets, seg),
+           "decoder_loss_weights": _concat(weights, length),
+           "decoder_causal_attention": _concat(dca, length)}
+    yield _with_segments(row, "decoder", seg, pack)
+
+
+def encoder_decoder_rows(examples: Iterable[Example], inputs_length: int, targets_length: int,
+                         pack: bool = True) -> Iterator[dict[str, np.ndarray]]:
+  """Encoder-decoder rows of `{'inputs', 'targets'}` examples."""
+  lengths = {"inputs": inputs_length, "targets": targets_length}
+  for group in _pack(examples, lengths, pack, "encoder_decoder_rows"):
+    enc = _concat([e["inputs"] for e in group], inputs_length)
+    targets = _concat([e["targets"] for e in group], targets_length)
+    enc_seg = _segments([len(e["inputs"]) for e in group], inputs_length)
+    dec_seg = _segments([len(e["targets"]) for e in group], targets_length)
+    row = {"encoder_input_tokens": enc,
+           "decoder_target_tokens": targets,
+           "decoder_input_tokens": shift_right(targets, dec_seg),
+           "decoder_loss_weights": (dec_seg > 0).astype(np.int32)}
+    _with_segments(row, "encoder", enc_seg, pack)
+    yield _with_segments(row, "decoder", dec_seg, pack)
+
+
+def batch_rows(rows: Iterable[Mapping[str, np.ndarray]], batch_size: int,
+               drop_remainder: bool = True) -> Iterator[dict[str, np.ndarray]]:
+  """Stack rows into batches `{feature: [batch_size, length]}`."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, found {batch_size}.")
+  buffer: list[Mapping[str, np.ndarray]] = []
+  for row in rows:
+    buffer.append(row)
+    if len(buffer) == batch_size:
+      yield {k: np.stack([r[k] for r in buffer]) for k in buffer[0]}
+      buffer = []
+  if buffer and not drop_remainder:
+    yield {k: np.stack([r[k] for r in buffer]) for k in buffer[0]}

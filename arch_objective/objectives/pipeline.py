@@ -1,0 +1,154 @@
+"""One table from (objective, architecture) to the rows a model trains on.
+
+Every objective sees the same number of tokens per row (spec §8.1): with the paper's
+decoder length 626,
+  full LM (CD)          626-token chunks, EOS after each document, loss on every token
+  prefix LM (CD, ND)    626-token chunks, random split, loss after the split
+  prefix LM (ED)        two 626-token chunks per row: encoder 626 / decoder 626
+  span corruption       568 raw tokens -> inputs 512 + targets 114; decoder-only rows
+                        are `inputs ++ targets` (626, packed), ED rows 512 / 114 (packed)
+`mlm_lengths(length)` derives 512/114 from 626 (and the same split for any length).
+
+Chunks are cut from the continuous concatenation of the document stream, so all but
+the last chunk of a finite corpus are full (t5 concatenates groups of 128 documents,
+which leaves one short chunk per group).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterable, Iterator, Mapping, Optional
+
+import numpy as np
+
+from arch_objective import models
+from arch_objective.objectives import chunking, feature_converters, prefix_lm, span_corruption
+
+FULL_LM = "full_lm"
+PREFIX_LM = "prefix_lm"
+SPAN_CORRUPTION = "span_corruption"
+OBJECTIVES = (FULL_LM, PREFIX_LM, SPAN_CORRUPTION)
+SHORT_NAMES = {FULL_LM: "FLM", PREFIX_LM: "PLM", SPAN_CORRUPTION: "MLM"}
+PAPER_LENGTH = 626
+
+# The six (architecture, objective) pretraining runs of the paper (spec §2.7).
+PAPER_RUNS = ((models.CAUSAL_DECODER, FULL_LM), (models.CAUSAL_DECODER, SPAN_CORRUPTION),
+              (models.NON_CAUSAL_DECODER, PREFIX_LM),
+              (models.NON_CAUSAL_DECODER, SPAN_CORRUPTION),
+              (models.ENCODER_DECODER, PREFIX_LM), (models.ENCODER_DECODER, SPAN_CORRUPTION))
+
+
+def mlm_lengths(length: int = PAPER_LENGTH,
+                noise_density: float = span_corruption.NOISE_DENSITY,
+                mean_noise_span_length: float = span_corruption.MEAN_NOISE_SPAN_LENGTH
+                ) -> tuple[int, int]:
+  """(inputs, targets) lengths of span corruption whose sum fills `length` best.
+
+  `mlm_lengths(626) == (512, 114)`.
+  """
+  for inputs_length in range(length - 1, 1, -1):
+    _, targets_length = span_corruption.random_spans_helper(
+        inputs_length, noise_density, mean_noise_span_length)
+    if inputs_length + targets_length <= length:
+      return inputs_length, targets_length
+  raise ValueError(f"length {length} is too short for span corruption; use >= 8.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """An objective read by one architecture, at a decoder length."""
+  objective: str
+  arch: str
+  length: int = PAPER_LENGTH
+  noise_density: float = span_corruption.NOISE_DENSITY
+  mean_noise_span_length: float = span_corruption.MEAN_NOISE_SPAN_LENGTH
+  pack: bool = True
+
+  def __post_init__(self):
+    if self.objective not in OBJECTIVES:
+      raise ValueError(f"unknown objective {self.objective!r}; valid objectives: "
+                       f"{', '.join(OBJECTIVES)}.")
+    if self.arch not in models.ARCHITECTURES:
+      raise ValueError(f"unknown arch {self.arch!r}; valid architectures: "
+                       f"{', '.join(models.ARCHITECTURES)}.")
+    if self.objective == FULL_LM and self.arch == models.ENCODER_DECODER:
+      raise ValueError("objective 'full_lm' has no encoder-decoder form (there is nothing "
+                       "to encode); the encoder-decoder's language-model objective is "
+                       "'prefix_lm'.")
+    if self.length < 8:
+      raise ValueError(f"sequence length {self.length} is too short for the objectives; "
+                       f"use >= 8 (the paper uses {PAPER_LENGTH}).")
+
+  @property
+  def name(self) -> str:
+    return f"{models.SHORT_NAMES[self.arch]}:{SHORT_NAMES[self.objective]}"
+
+  @property
+  def feature_lengths(self) -> dict[str, int]:
+    """Lengths of the model features (what `TASK_FEATURE_LENGTHS` would say)."""
+    if self.objective == SPAN_CORRUPTION:
+      inputs, targets = mlm_lengths(self.length, self.noise_density, self.mean_noise_span_length)
+      if self.arch == models.ENCODER_DECODER:
+        return {"inputs": inputs, "targets": targets}
+      return {"inputs": inputs, "targets": targets, "decoder": inputs + targets}
+    if self.arch == models.ENCODER_DECODER:
+      return {"inputs": self.length, "targets": self.length}
+    return {"decoder": self.length}
+
+  @property
+  def examples_per_row(self) -> float:
+    """Examples per row before packing: 2 for ED prefix LM (so halve its batch size)."""
+    return 2.0 if (self.objective == PREFIX_LM and self.arch == models.ENCODER_DECODER) else 1.0
+
+  def task_examples(self, documents: Iterable[np.ndarray], *, seed: int = 0,
+                    sentinel_start: Optional[int] = None, num_extra_ids: int = 100
+                    ) -> Iterator[dict[str, np.ndarray]]:
+    """Task features from tokenised documents (no EOS on them): `{'targets'}` (full LM),
+    `{'inputs', 'targets'}` (span corruption), or finished rows (prefix LM)."""
+    if self.objective == FULL_LM:
+      chunks = chunking.concat_and_split(documents, self.length, append_eos=True, seed=seed)
+      return ({"targets": c} for c in chunks)
+    if self.objective == PREFIX_LM:
+      make = (prefix_lm.prefix_lm_encoder_decoder if self.arch == models.ENCODER_DECODER
+              else prefix_lm.prefix_lm_decoder)
+      return make(documents, self.length, seed=seed)
+    if sentinel_start is None:
+      raise ValueError("span corruption needs sentinel_start (the vocabulary size - 1, "
+                       "32099 for the T5 vocabulary).")
+    inputs_length = self.feature_lengths["inputs"]
+    return span_corruption.span_corruption(
+        documents, inputs_length, sentinel_start, seed=seed, num_extra_ids=num_extra_ids,
+        noise_density=self.noise_density, mean_noise_span_length=self.mean_noise_span_length)
+
+  def model_rows(self, task_examples: Iterable[Mapping[str, np.ndarray]]
+                 ) -> Iterator[dict[str, np.ndarray]]:
+    """Model features (one dict per row) from this objective's task examples."""
+    if self.objective == PREFIX_LM:
+      return iter(task_examples)
+    lengths = self.feature_lengths
+    if self.objective == FULL_LM:
+      rows = feature_converters.lm_rows(task_examples, self.length, self.pack)
+      if self.arch == models.NON_CAUSAL_DECODER:
+        rows = _with_causal_attention_off(rows)
+      return rows
+    if self.arch == models.ENCODER_DECODER:
+      return feature_converters.encoder_decoder_rows(
+          task_examples, lengths["inputs"], lengths["targets"], self.pack)
+    return feature_converters.prefix_lm_rows(task_examples, lengths["inputs"],
+                                             lengths["targets"], self.pack)
+
+  def rows(self, documents: Iterable[np.ndarray], **kwargs) -> Iterator[dict[str, np.ndarray]]:
+    """`model_rows(task_examples(documents))`."""
+    return self.model_rows(self.task_examples(documents, **kwargs))
+
+
+def _with_causal_attention_off(rows):
+  """The ND reading full-LM rows: no position is a prefix, so it is causal everywhere."""
+  for row in rows:
+    row["decoder_causal_attention"] = np.zeros_like(row["decoder_target_tokens"])
+    yield row
+
+
+def tokenize(texts: Iterable[str], encode: Callable[[str], list[int]]) -> Iterator[np.ndarray]:
+  """Token id arrays of documents (no EOS added; the objectives place it)."""
+  for text in texts:
+    yield np.asarray(encode(text), np.int32)
