@@ -183,8 +183,7 @@ def combine_biases(*biases: Optional[Array]) -> Optional[Array]:
 def make_decoder_mask(decoder_target_tokens: Optional[Array],
                       dtype: DType = jnp.float32,
                       decoder_causal_attention: Optional[Array] = None,
-                      decoder_segment_ids: Optional[Array] = None,
-                      length: Optional[int] = None) -> Array:
+                      decoder_segment_ids: Optional[Array] = None) -> Array:
   """The decoder self-attention mask `[b, 1, l, l]` of both decoder-only models.
 
   mask = (causal OR (dca[q] AND dca[k])) AND padding AND same-segment, where
