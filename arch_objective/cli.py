@@ -1,13 +1,18 @@
 """The `arch-objective` command: the one door for a person.
 
   arch-objective plan --arch ARCH --size SIZE [--length L]   model accounting as JSON
+  arch-objective data stats --task NAME [--corpus PATH] ...   what a task's rows contain
+  arch-objective data show --task NAME [--corpus PATH] ...    rows decoded, roles marked
   arch-objective smoke [--steps N]                            tiny CPU training of each arch
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _plan(args) -> int:
@@ -31,6 +36,40 @@ def _plan(args) -> int:
   return 0
 
 
+def _task_spec(args):
+  """Register the tasks the options name and return the spec of `--task`."""
+  import tasks
+  from arch_objective.data import vocabularies
+  return tasks.resolve(args.task, corpus=args.corpus, field=args.field, layout=args.layout,
+                       vocabulary=args.vocabulary or vocabularies.DEFAULT_VOCABULARY_PATH,
+                       length=args.length, tfds_data_dir=args.tfds_data_dir,
+                       c4_version=args.c4_version)
+
+
+def _data(args) -> int:
+  import itertools
+  from arch_objective.objectives import stats
+  try:
+    spec = _task_spec(args)
+    objective = spec.objective(args.arch)
+    vocab = spec.vocab()
+    examples = spec.task_examples(args.split, arch=args.arch, seed=args.seed)
+    if args.data_command == "stats":
+      report = stats.row_statistics(objective, examples, args.num,
+                                    sentinel_floor=vocab.vocab_size - vocab.extra_ids)
+      report["corpus_task"] = spec.name
+      print(json.dumps(report, indent=2))
+      return 0
+    rows = itertools.islice(objective.model_rows(examples), args.num)
+    for i, row in enumerate(rows):
+      print(f"== {spec.name} as {objective.name}, row {i}")
+      print(stats.render_row(row, vocab.decode))
+    return 0
+  except (ValueError, FileNotFoundError) as e:
+    print(f"arch-objective data {args.data_command}: {e}", file=sys.stderr)
+    return 2
+
+
 def _smoke(args) -> int:
   from arch_objective import smoke
   smoke.main(steps=args.steps)
@@ -52,6 +91,29 @@ def build_parser() -> argparse.ArgumentParser:
   plan.add_argument("--inputs_length", type=int, default=512, help="encoder length (ED)")
   plan.add_argument("--targets_length", type=int, default=114, help="decoder length (ED)")
   plan.set_defaults(func=_plan)
+
+  data = sub.add_parser("data", help="inspect pretraining tasks")
+  data_sub = data.add_subparsers(dest="data_command", required=True, metavar="stats|show")
+  for name, help_text in (("stats", "JSON statistics of a task's rows"),
+                          ("show", "rows decoded with each token's role marked")):
+    p = data_sub.add_parser(name, help=help_text)
+    p.add_argument("--task", required=True,
+                   help="c4_<kind> or, with --corpus, local_<kind>; kinds: full_lm, "
+                        "prefix_lm_decoder, prefix_lm_encoder_decoder, span_corruption")
+    p.add_argument("--corpus", nargs="+", help="local text or JSONL files (globs allowed)")
+    p.add_argument("--field", default="text", help="JSONL text field")
+    p.add_argument("--layout", default="line", choices=["line", "paragraph"],
+                   help="text files: one document per line, or blank-line separated")
+    p.add_argument("--vocabulary", help="SentencePiece model (default: the T5 vocabulary on GCS)")
+    p.add_argument("--arch", choices=ARCHITECTURES, help="reader (default: the task's)")
+    p.add_argument("--length", type=int, default=626, help="decoder length (paper: 626)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num", type=int, default=100 if name == "stats" else 2,
+                   help="rows to read")
+    p.add_argument("--tfds_data_dir", help="where c4/en is prepared (c4 tasks)")
+    p.add_argument("--c4_version", default="3.1.0", help="c4/en version (paper: 2.2.0)")
+    p.set_defaults(func=_data)
 
   smoke = sub.add_parser("smoke", help="train a tiny model of each architecture on CPU")
   smoke.add_argument("--steps", type=int, default=200)

@@ -1,1 +1,16 @@
-"""seqio task registrations."""
+"""Task registrations: the paper's C4 tasks and any local corpus, in our registry and seqio's.
+
+Importing this package registers the C4 tasks (idempotent). Local corpora:
+
+    import tasks
+    tasks.register_local_corpus("mycorpus", "data/*.jsonl", vocabulary="spm.model")
+
+registers `mycorpus_full_lm`, `mycorpus_prefix_lm_decoder`,
+`mycorpus_prefix_lm_encoder_decoder` and `mycorpus_span_corruption`. See
+`arch_objective.data.registry` for what each yields. `import tasks.seqio_tasks`
+registers every task with seqio too (it imports TensorFlow).
+"""
+from tasks.corpora import (C4_TASKS, configure_c4, register_corpus, register_local_corpus,
+                           resolve)
+
+__all__ = ["C4_TASKS", "configure_c4", "register_corpus", "register_local_corpus", "resolve"]

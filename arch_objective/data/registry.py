@@ -1,0 +1,143 @@
+"""Pretraining tasks: a corpus, an objective and a vocabulary, readable with or without seqio.
+
+A `TaskSpec` produces the task features of its objective from its corpus, in numpy
+(no TensorFlow needed unless the corpus is TFDS). `tasks/` registers every spec with
+seqio too, so seqio users get the same examples from `seqio.get_mixture_or_task`.
+
+Task names are `<corpus>_<objective>`; the prefix LM comes in the two packings of the
+paper, `<corpus>_prefix_lm_decoder` and `<corpus>_prefix_lm_encoder_decoder`:
+
+  task                              task features            default architecture
+  <corpus>_full_lm                  targets (626)            causal_decoder
+  <corpus>_prefix_lm_decoder        model features (626)     non_causal_decoder
+  <corpus>_prefix_lm_encoder_decoder model features (626x2)   encoder_decoder
+  <corpus>_span_corruption          inputs 512, targets 114  encoder_decoder (any arch)
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from arch_objective import models
+from arch_objective.data import vocabularies
+from arch_objective.objectives import pipeline
+
+TextSource = Callable[..., Iterator[str]]  # (split, seed, shard_index, num_shards) -> texts
+
+# task suffix -> (objective, architectures it serves, default architecture)
+TASK_KINDS = {
+    "full_lm": (pipeline.FULL_LM, (models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER),
+                models.CAUSAL_DECODER),
+    "prefix_lm_decoder": (pipeline.PREFIX_LM,
+                          (models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER),
+                          models.NON_CAUSAL_DECODER),
+    "prefix_lm_encoder_decoder": (pipeline.PREFIX_LM, (models.ENCODER_DECODER,),
+                                  models.ENCODER_DECODER),
+    "span_corruption": (pipeline.SPAN_CORRUPTION, models.ARCHITECTURES,
+                        models.ENCODER_DECODER),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """One pretraining task. `source(split=..., seed=..., shard_index=..., num_shards=...)`
+  yields document texts, tokenised with the SentencePiece model at `vocabulary` (plus
+  `extra_ids` sentinels)."""
+  name: str
+  kind: str
+  source: TextSource
+  vocabulary: str = vocabularies.DEFAULT_VOCABULARY_PATH
+  extra_ids: int = vocabularies.DEFAULT_EXTRA_IDS
+  length: int = pipeline.PAPER_LENGTH
+  splits: tuple[str, ...] = ("train", "validation")
+  description: str = ""
+
+  def __post_init__(self):
+    if self.kind not in TASK_KINDS:
+      raise ValueError(f"task {self.name!r}: unknown kind {self.kind!r}; valid kinds: "
+                       f"{', '.join(TASK_KINDS)}.")
+
+  def vocab(self) -> vocabularies.SentencePieceVocabulary:
+    return load_vocabulary(self.vocabulary, self.extra_ids)
+
+  @property
+  def objective_name(self) -> str:
+    return TASK_KINDS[self.kind][0]
+
+  @property
+  def architectures(self) -> tuple[str, ...]:
+    return TASK_KINDS[self.kind][1]
+
+  @property
+  def default_arch(self) -> str:
+    return TASK_KINDS[self.kind][2]
+
+  def objective(self, arch: Optional[str] = None, pack: bool = True) -> pipeline.Objective:
+    arch = arch or self.default_arch
+    if arch not in self.architectures:
+      raise ValueError(f"task {self.name!r} ({self.kind}) is read by "
+                       f"{', '.join(self.architectures)}, not {arch!r}.")
+    return pipeline.Objective(self.objective_name, arch, self.length, pack=pack)
+
+  def documents(self, split: str = "train", *, seed: int = 0, shard_index: int = 0,
+                num_shards: int = 1) -> Iterator[np.ndarray]:
+    """Tokenised documents of a split (no EOS)."""
+    if split not in self.splits:
+      raise ValueError(f"task {self.name!r} has splits {list(self.splits)}, not {split!r}.")
+    vocab = self.vocab()
+    texts = self.source(split=split, seed=seed, shard_index=shard_index, num_shards=num_shards)
+    return pipeline.tokenize(texts, vocab.encode)
+
+  def task_examples(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
+                    shard_index: int = 0, num_shards: int = 1
+                    ) -> Iterator[dict[str, np.ndarray]]:
+    """The task features of the objective (what the seqio task yields)."""
+    vocab = self.vocab()
+    return self.objective(arch).task_examples(
+        self.documents(split, seed=seed, shard_index=shard_index, num_shards=num_shards),
+        seed=seed, sentinel_start=vocab.vocab_size - 1, num_extra_ids=vocab.extra_ids)
+
+  def rows(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
+           shard_index: int = 0, num_shards: int = 1, pack: bool = True
+           ) -> Iterator[dict[str, np.ndarray]]:
+    """Model features, one dict per row, for `arch`."""
+    examples = self.task_examples(split, arch=arch, seed=seed, shard_index=shard_index,
+                                  num_shards=num_shards)
+    return self.objective(arch, pack).model_rows(examples)
+
+
+@functools.lru_cache(maxsize=None)
+def load_vocabulary(path: str, extra_ids: int) -> vocabularies.SentencePieceVocabulary:
+  """A vocabulary, loaded once per process."""
+  return vocabularies.SentencePieceVocabulary(path, extra_ids=extra_ids)
+
+
+_SPECS: dict[str, TaskSpec] = {}
+
+
+def register(spec: TaskSpec, *, replace: bool = True) -> TaskSpec:
+  """Add a spec (idempotent: re-registering a name replaces it unless `replace=False`)."""
+  if not replace and spec.name in _SPECS:
+    raise ValueError(f"task {spec.name!r} is already registered.")
+  _SPECS[spec.name] = spec
+  return spec
+
+
+def get(name: str) -> TaskSpec:
+  if name not in _SPECS:
+    raise ValueError(f"unknown task {name!r}; registered tasks: "
+                     f"{', '.join(sorted(_SPECS)) or '(none)'}. Import `tasks` to register "
+                     f"the C4 tasks, or pass --corpus for local_* tasks.")
+  return _SPECS[name]
+
+
+def names() -> list[str]:
+  return sorted(_SPECS)
+
+
+def reset():
+  """Forget every spec (for tests)."""
+  _SPECS.clear()

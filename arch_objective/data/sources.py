@@ -1,0 +1,461 @@
+"""Documents, as plain Python strings, from the corpora the study reads.
+
+Every source yields `str` documents one at a time and can count what it read into a
+`CorpusStats`:
+
+- `text_documents`: local text files, one document per line (`layout="line"`) or
+  per blank-line-separated paragraph (`layout="paragraph"`);
+- `jsonl_documents`: local JSON Lines files, one object per line, the text in `field`;
+- `local_documents`: a mix of both, chosen per file by extension;
+- `tfds_documents`: a prepared TFDS dataset (the paper's `c4/en`);
+- `hf_documents`: a Hugging Face dataset (needs the `datasets` package);
+- `corpus_documents(kind, **options)`: one of the above by name (`CORPUS_KINDS`).
+
+`shard` splits any document stream between hosts. For example, with `a.txt` holding
+`"one\\n\\ntwo\\n"`:
+
+  >>> stats = CorpusStats()
+  >>> list(text_documents("a.txt", stats=stats))
+  ['one', 'two']
+  >>> stats
+  CorpusStats(documents=2, empty_skipped=1, files=['a.txt'])
+  >>> list(text_documents("a.txt", layout="paragraph"))
+  ['one', 'two']
+  >>> list(shard(["d0", "d1", "d2", "d3", "d4"], index=1, count=2))
+  ['d1', 'd3']
+
+Files are decoded as strict UTF-8; a bad byte sequence is an error naming the file and
+line, never a silent replacement character.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import itertools
+import json
+import operator
+import os
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+
+Patterns = Union[str, Sequence[str]]
+
+
+@dataclasses.dataclass
+class CorpusStats:
+  """What a source read: filled in while its documents are consumed.
+
+  Attributes:
+    documents: documents yielded (before any `shard`).
+    empty_skipped: documents skipped because they were empty or whitespace-only.
+    files: the files read, in order. TFDS and Hugging Face sources add one entry
+      naming the dataset and split, e.g. `tfds:c4/en:3.1.0/train`.
+  """
+  documents: int = 0
+  empty_skipped: int = 0
+  files: list[str] = dataclasses.field(default_factory=list)
+
+
+def _count(stats: Optional[CorpusStats], text: str) -> bool:
+  """Records `text` in `stats`; returns whether it is a document worth yielding."""
+  if text.strip():
+    if stats is not None:
+      stats.documents += 1
+    return True
+  if stats is not None:
+    stats.empty_skipped += 1
+  return False
+
+
+# ---------------------------------------------------------------------------
+# Local files.
+# ---------------------------------------------------------------------------
+
+
+def expand_patterns(patterns: Patterns) -> list[str]:
+  """Glob each pattern (with `~` expanded) into a list of files.
+
+  The matches of each pattern are sorted; the patterns keep their order, and a file
+  matched twice appears once, at its first place. `**` matches across folders.
+
+    >>> expand_patterns(["data/b*.txt", "data/a.txt", "data/*.txt"])
+    ['data/b1.txt', 'data/b2.txt', 'data/a.txt', 'data/c.txt']
+
+  Raises:
+    FileNotFoundError: a pattern matches no file.
+    ValueError: no pattern is given.
+  """
+  if isinstance(patterns, (str, os.PathLike)):
+    patterns = [patterns]
+  patterns = [os.fspath(p) for p in patterns]
+  if not patterns:
+    raise ValueError("No file pattern given: pass a path or glob such as "
+                     "'corpus/*.jsonl'.")
+  files: list[str] = []
+  seen: set[str] = set()
+  for pattern in patterns:
+    matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    regular = [m for m in matches if os.path.isfile(m)]
+    if not regular:
+      if matches:
+        found = f"only folders ({', '.join(matches[:3])})"
+        fix = f"match the files inside, e.g. '{pattern.rstrip('/')}/*'"
+      elif "://" in pattern:
+        found = "nothing"
+        fix = ("local sources read local files only; for a corpus on remote "
+               "storage use the tfds source with --tfds_data_dir, or copy the "
+               "files to local disk")
+      else:
+        found = "nothing"
+        fix = "check the path (relative paths start from the current folder)"
+      raise FileNotFoundError(
+          f"Corpus pattern {pattern!r} matches no file; expected at least one, "
+          f"found {found}. Fix: {fix}.")
+    for match in regular:
+      if match not in seen:
+        seen.add(match)
+        files.append(match)
+  return files
+
+
+def _decoded_lines(path: str) -> Iterator[tuple[int, str]]:
+  """Yields (1-based line number, line without its line break) of a UTF-8 file."""
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, start=1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}, line {number}: not valid UTF-8 ({e.reason} at byte "
+            f"{e.start} of the line: {raw[max(0, e.start - 10):e.start + 10]!r}). "
+            f"Corpus files must be UTF-8: re-encode it, e.g. "
+            f"`iconv -f latin1 -t utf-8 {path}`.") from None
+      if number == 1 and line.startswith("\ufeff"):
+        line = line[1:]
+      if line.endswith("\n"):
+        line = line[:-2] if line.endswith("\r\n") else line[:-1]
+      yield number, line
+
+
+def _line_layout(path: str, stats: Optional[CorpusStats]) -> Iterator[str]:
+  """One document per line."""
+  for _, line in _decoded_lines(path):
+    if _count(stats, line):
+      yield line
+
+
+def _paragraph_layout(path: str, stats: Optional[CorpusStats]) -> Iterator[str]:
+  """Documents separated by one or more blank lines; lines joined with "\\n"."""
+  paragraph: list[str] = []
+  for _, line in _decoded_lines(path):
+    if line.strip():
+      paragraph.append(line)
+    elif paragraph:
+      text = "\n".join(paragraph)
+      paragraph = []
+      if _count(stats, text):
+        yield text
+  if paragraph:
+    text = "\n".join(paragraph)
+    if _count(stats, text):
+      yield text
+
+
+LAYOUTS: dict[str, Callable[[str, Optional[CorpusStats]], Iterator[str]]] = {
+    "line": _line_layout,
+    "paragraph": _paragraph_layout,
+}
+
+
+def _layout_reader(layout: str
+                   ) -> Callable[[str, Optional[CorpusStats]], Iterator[str]]:
+  if layout not in LAYOUTS:
+    raise ValueError(f"Unknown text layout {layout!r}; valid layouts: "
+                     f"{', '.join(sorted(LAYOUTS))}.")
+  return LAYOUTS[layout]
+
+
+def _read_files(files: list[str],
+                reader: Callable[[str, Optional[CorpusStats]], Iterator[str]],
+                stats: Optional[CorpusStats]) -> Iterator[str]:
+  for path in files:
+    if stats is not None:
+      stats.files.append(path)
+    yield from reader(path, stats)
+
+
+def text_documents(patterns: Patterns, layout: str = "line",
+                   stats: Optional[CorpusStats] = None) -> Iterator[str]:
+  """Documents from UTF-8 text files.
+
+  A file holding `"a\\nb c\\n\\n\\nd\\n   \\ne\\n"` gives
+  `['a', 'b c', 'd', 'e']` with `layout="line"` (3 blank lines skipped and counted) and
+  `['a\\nb c', 'd', 'e']` with `layout="paragraph"`.
+
+  Args:
+    patterns: file paths or globs, read in `expand_patterns` order.
+    layout: "line" (one document per line) or "paragraph" (documents separated by one
+      or more blank lines; the lines of a paragraph joined with "\\n").
+    stats: counts documents, skipped empty documents and files, if given.
+
+  Returns:
+    An iterator of documents (line breaks removed from line ends).
+
+  Raises:
+    ValueError: an unknown layout (at the call); a line that is not UTF-8 (when read).
+    FileNotFoundError: a pattern matches no file (at the call).
+  """
+  reader = _layout_reader(layout)
+  return _read_files(expand_patterns(patterns), reader, stats)
+
+
+def _jsonl_reader(field: str) -> Callable[[str, Optional[CorpusStats]], Iterator[str]]:
+  """Reader of JSON Lines files taking the text in `field`."""
+
+  def read(path: str, stats: Optional[CorpusStats]) -> Iterator[str]:
+    for number, line in _decoded_lines(path):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path}, line {number}: not JSON ({e.msg} at column {e.colno}); "
+            f"found {line[:60]!r}. JSON Lines files hold one JSON object per line; "
+            f"give plain text files a .txt extension.") from None
+      if not isinstance(record, dict):
+        raise ValueError(
+            f"{path}, line {number}: expected a JSON object with a {field!r} field, "
+            f"found a {type(record).__name__}.")
+      if field not in record:
+        keys = sorted(record)
+        text_keys = [k for k in keys if isinstance(record[k], str)]
+        hint = (f", e.g. field={text_keys[0]!r}" if text_keys else "")
+        raise ValueError(
+            f"{path}, line {number}: no field {field!r}; the keys found are "
+            f"{keys}. Choose the field holding the text with the `field` option"
+            f"{hint}.")
+      text = record[field]
+      if not isinstance(text, str):
+        raise ValueError(
+            f"{path}, line {number}: field {field!r} must be a string, found "
+            f"{type(text).__name__} {str(text)[:40]!r}. Choose a text field with "
+            f"the `field` option.")
+      if _count(stats, text):
+        yield text
+
+  return read
+
+
+def jsonl_documents(patterns: Patterns, field: str = "text",
+                    stats: Optional[CorpusStats] = None) -> Iterator[str]:
+  """Documents from JSON Lines files: one object per line, the text in `field`.
+
+  `{"text": "a"}\\n\\n{"text": " "}\\n{"text": "b", "id": 7}\\n` gives `['a', 'b']`:
+  blank lines are ignored, the whitespace-only text is skipped and counted.
+
+  Raises:
+    FileNotFoundError: a pattern matches no file (at the call).
+    ValueError: a line that is not UTF-8 or not a JSON object, a missing `field` or a
+      value that is not a string (when read); each names the file and line.
+  """
+  return _read_files(expand_patterns(patterns), _jsonl_reader(field), stats)
+
+
+JSONL_EXTENSIONS = (".jsonl", ".json")
+
+
+def local_documents(patterns: Patterns, field: str = "text", layout: str = "line",
+                    stats: Optional[CorpusStats] = None) -> Iterator[str]:
+  """Documents from local files, read as JSON Lines or text according to extension.
+
+  `.jsonl` and `.json` files are read with `jsonl_documents(field=field)`; any other
+  file with `text_documents(layout=layout)`. Files are read in `expand_patterns` order.
+  """
+  text_reader = _layout_reader(layout)
+  json_reader = _jsonl_reader(field)
+
+  def read(path: str, stats: Optional[CorpusStats]) -> Iterator[str]:
+    if os.path.splitext(path)[1].lower() in JSONL_EXTENSIONS:
+      return json_reader(path, stats)
+    return text_reader(path, stats)
+
+  return _read_files(expand_patterns(patterns), read, stats)
+
+
+# ---------------------------------------------------------------------------
+# Dataset libraries.
+# ---------------------------------------------------------------------------
+
+C4_VERSIONS = ("3.1.0", "2.3.1", "2.3.0", "2.2.1", "2.2.0")  # the paper used 2.2.0
+
+
+def tfds_documents(name: str = "c4/en", version: str = "3.1.0", split: str = "train",
+                   data_dir: Optional[str] = None, field: str = "text",
+                   shuffle_files: bool = False, seed: Optional[int] = None,
+                   stats: Optional[CorpusStats] = None) -> Iterator[str]:
+  """Documents from a prepared TFDS dataset, the text feature decoded from UTF-8.
+
+  The dataset must already be prepared under `data_dir` (c4 is built with Apache Beam
+  and is usually read from a prepared copy on cloud storage). The builder, split and
+  field are checked at the call; documents are read as the iterator is consumed.
+
+  Args:
+    name: TFDS name with config, e.g. "c4/en".
+    version: e.g. "3.1.0"; this TFDS knows c4 versions `C4_VERSIONS`.
+    split: e.g. "train", "validation", "train[:1%]".
+    data_dir: the folder holding prepared datasets (`--tfds_data_dir`); None for TFDS's
+      default (`~/tensorflow_datasets`).
+    field: the text feature.
+    shuffle_files: shuffle the order of the dataset's files.
+    seed: the file-shuffling seed (deterministic order with `shuffle_files`).
+    stats: counts documents and skipped empty texts.
+
+  Raises:
+    ValueError: an unknown version, a dataset that is not prepared in `data_dir`, a
+      missing field, or a value that is not UTF-8 text.
+  """
+  import tensorflow_datasets as tfds
+
+  try:
+    builder = tfds.builder(f"{name}:{version}", data_dir=data_dir)
+  except AssertionError as e:  # TFDS's way of rejecting a version.
+    raise ValueError(f"TFDS cannot load {name} at version {version!r}: {e} "
+                     f"Choose one of those versions (c4: {', '.join(C4_VERSIONS)}; "
+                     f"the paper used 2.2.0).") from None
+  features = builder.info.features
+  if field not in features:
+    raise ValueError(f"TFDS dataset {name}:{version} has no feature {field!r}; its "
+                     f"features are {sorted(features.keys())}. Choose the text "
+                     f"feature with the `field` option.")
+  read_config = tfds.ReadConfig(shuffle_seed=seed) if seed is not None else None
+  try:
+    dataset = builder.as_dataset(split=split, shuffle_files=shuffle_files,
+                                 read_config=read_config)
+  except AssertionError as e:
+    if builder.is_prepared():
+      raise
+    looked = data_dir if data_dir is not None else "TFDS's default data_dir"
+    raise ValueError(
+        f"TFDS dataset {name}:{version} is not prepared in {looked} (no files in "
+        f"{builder.data_dir}). c4 is not downloaded on the fly: it must be prepared "
+        f"beforehand with apache_beam (`tfds build {name}:{version} "
+        f"--beam_pipeline_options=...`, a large distributed job) or copied from "
+        f"an existing prepared copy, and pointed to with --tfds_data_dir "
+        f"(data_dir=...), the folder that holds {name}/{version}/.") from e
+  return _tfds_texts(tfds.as_numpy(dataset), f"tfds:{name}:{version}/{split}",
+                     field, stats)
+
+
+def _tfds_texts(examples: Iterable[dict[str, Any]], source: str, field: str,
+                stats: Optional[CorpusStats]) -> Iterator[str]:
+  if stats is not None:
+    stats.files.append(source)
+  for index, example in enumerate(examples):
+    value = example[field]
+    if not isinstance(value, bytes):
+      raise ValueError(f"{source}, example {index}: feature {field!r} must be text, "
+                       f"found {type(value).__name__}. Choose a text feature with "
+                       f"the `field` option.")
+    try:
+      text = value.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{source}, example {index}: feature {field!r} is not valid "
+                       f"UTF-8 ({e.reason} at byte {e.start}).") from None
+    if _count(stats, text):
+      yield text
+
+
+def hf_documents(path: str, name: Optional[str] = None, split: str = "train",
+                 field: str = "text", stats: Optional[CorpusStats] = None, *,
+                 data_files: Optional[Union[str, Sequence[str]]] = None,
+                 streaming: bool = True) -> Iterator[str]:
+  """Documents from a Hugging Face dataset, via `datasets.load_dataset`.
+
+  `hf_documents("allenai/c4", "en", split="validation")` streams C4 from the Hub;
+  `hf_documents("json", data_files="corpus/*.jsonl")` reads local files offline.
+
+  Args:
+    path, name, split, data_files: as `datasets.load_dataset` takes them.
+    field: the column holding the text.
+    stats: counts documents and skipped empty texts.
+    streaming: read rows as they arrive instead of downloading the whole split first.
+
+  Raises:
+    ImportError: `datasets` is not installed.
+    ValueError: a row without `field`, or whose value is not a string.
+  """
+  try:
+    import datasets
+  except ImportError as e:
+    raise ImportError(
+        "hf_documents needs the Hugging Face `datasets` package, which is not "
+        "installed: install the eval extra (`pip install -e '.[eval]'`, it brings "
+        "`datasets`) or `pip install datasets`.") from e
+  dataset = datasets.load_dataset(path, name, split=split, data_files=data_files,
+                                  streaming=streaming)
+  source = f"hf:{path}" + (f"/{name}" if name else "") + f"/{split}"
+  return _hf_texts(dataset, source, field, stats)
+
+
+def _hf_texts(rows: Iterable[dict[str, Any]], source: str, field: str,
+              stats: Optional[CorpusStats]) -> Iterator[str]:
+  if stats is not None:
+    stats.files.append(source)
+  for index, row in enumerate(rows):
+    if field not in row:
+      raise ValueError(f"{source}, row {index}: no column {field!r}; the columns "
+                       f"found are {sorted(row)}. Choose the text column with the "
+                       f"`field` option.")
+    text = row[field]
+    if not isinstance(text, str):
+      raise ValueError(f"{source}, row {index}: column {field!r} must be a string, "
+                       f"found {type(text).__name__}.")
+    if _count(stats, text):
+      yield text
+
+
+# ---------------------------------------------------------------------------
+# Selection by name, and sharding.
+# ---------------------------------------------------------------------------
+
+CORPUS_KINDS: dict[str, Callable[..., Iterator[str]]] = {
+    "local": local_documents,
+    "text": text_documents,
+    "jsonl": jsonl_documents,
+    "tfds": tfds_documents,
+    "hf": hf_documents,
+}
+
+
+def corpus_documents(kind: str, **options: Any) -> Iterator[str]:
+  """The documents of a corpus chosen by name: `CORPUS_KINDS[kind](**options)`.
+
+    >>> corpus_documents("local", patterns="corpus/*.jsonl", field="content")
+    >>> corpus_documents("tfds", data_dir="gs://bucket/tfds", version="2.2.0")
+  """
+  if kind not in CORPUS_KINDS:
+    raise ValueError(f"Unknown corpus kind {kind!r}; valid kinds: "
+                     f"{', '.join(sorted(CORPUS_KINDS))}.")
+  return CORPUS_KINDS[kind](**options)
+
+
+def shard(documents: Iterable[str], index: int, count: int) -> Iterator[str]:
+  """Every `count`-th document starting at `index`: host `index` of `count`'s share.
+
+  The `count` shards are disjoint and together hold every document:
+  `shard(["d0", "d1", "d2", "d3", "d4"], 1, 2)` gives `d1, d3`; index 0 gives
+  `d0, d2, d4`.
+
+  Raises:
+    ValueError: unless `0 <= index < count`.
+  """
+  try:
+    index, count = operator.index(index), operator.index(count)
+  except TypeError:
+    raise ValueError(f"shard index and count must be integers; found index="
+                     f"{index!r}, count={count!r}.") from None
+  if count < 1 or not 0 <= index < count:
+    raise ValueError(f"shard needs 0 <= index < count; found index={index}, "
+                     f"count={count}. With N hosts use count=N and index="
+                     f"jax.process_index().")
+  return itertools.islice(documents, index, None, count)

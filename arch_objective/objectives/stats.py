@@ -1,0 +1,122 @@
+"""What an objective's rows contain: lengths, loss fraction, packing, noise statistics,
+and a readable rendering of rows with the attention and loss roles of every token."""
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Iterable, Iterator, Mapping, Optional
+
+import numpy as np
+
+from arch_objective.objectives import pipeline
+
+EOS_ID = 1
+
+
+class _Tap:
+  """Pass task examples through while counting span-corruption statistics."""
+
+  def __init__(self, examples: Iterable[Mapping[str, np.ndarray]], sentinel_floor: int):
+    self._examples, self._floor = examples, sentinel_floor
+    self.noise = self.nonnoise = self.spans = 0
+
+  def __iter__(self) -> Iterator[Mapping[str, np.ndarray]]:
+    for ex in self._examples:
+      if "inputs" in ex and "targets" in ex:
+        spans = int(np.sum(ex["targets"] >= self._floor))
+        self.spans += spans
+        self.noise += len(ex["targets"]) - spans - 1
+        self.nonnoise += len(ex["inputs"]) - spans - 1
+      yield ex
+
+
+def row_statistics(objective: pipeline.Objective, task_examples: Iterable[Mapping],
+                   num_rows: int, sentinel_floor: Optional[int] = None) -> dict:
+  """Statistics over the first `num_rows` model rows of `task_examples`.
+
+  examples              examples in those rows (packed segments; 2 per ED prefix-LM row)
+  mean_input_length     prefix / encoder tokens per example (0 for full LM)
+  mean_target_length    loss-weighted tokens per example
+  loss_token_fraction   loss-weighted tokens / non-padding tokens
+  packing_efficiency    non-padding tokens / row slots
+  noise_density, mean_noise_span_length   span corruption only (else None)
+  """
+  tap = _Tap(task_examples, sentinel_floor if sentinel_floor is not None else 1 << 62)
+  rows = list(itertools.islice(objective.model_rows(tap), num_rows))
+  if not rows:
+    raise ValueError(f"{objective.name}: the corpus produced no rows; is it empty?")
+  examples = inputs = weighted = nonpad = slots = 0
+  for row in rows:
+    targets = row["decoder_target_tokens"]
+    seg = row.get("decoder_segment_ids", (targets > 0).astype(np.int32))
+    n = len(set(seg[seg > 0].tolist())) or 1
+    examples += n
+    weighted += int(np.sum(row["decoder_loss_weights"]))
+    nonpad += int(np.sum(targets > 0))
+    slots += len(targets)
+    if "encoder_input_tokens" in row:
+      enc = row["encoder_input_tokens"]
+      inputs += int(np.sum(enc > 0))
+      nonpad += int(np.sum(enc > 0))
+      slots += len(enc)
+    elif objective.objective != pipeline.FULL_LM:
+      inputs += int(np.sum(row["decoder_causal_attention"])) - n  # inputs plus one, per example
+  spans = tap.spans
+  return {
+      "task": objective.name,
+      "rows": len(rows),
+      "examples": examples,
+      "feature_lengths": objective.feature_lengths,
+      "mean_input_length": inputs / examples,
+      "mean_target_length": weighted / examples,
+      "loss_token_fraction": weighted / max(nonpad, 1),
+      "packing_efficiency": nonpad / max(slots, 1),
+      "noise_density": (tap.noise / (tap.noise + tap.nonnoise)) if spans else None,
+      "mean_noise_span_length": (tap.noise / spans) if spans else None,
+  }
+
+
+def render_row(row: Mapping[str, np.ndarray], decode: Callable[[list[int]], str]) -> str:
+  """A row as text: each run of tokens with its segment and role.
+
+  Decoder roles: `prefix` (bidirectional for the ND, no loss), `loss` (predicted,
+  causal) and `context` (no loss, causal). The encoder's tokens are `encoder`.
+  """
+  lines = []
+
+  def runs(tokens, labels):
+    start = 0
+    for i in range(1, len(tokens) + 1):
+      if i == len(tokens) or labels[i] != labels[start]:
+        if labels[start] is not None:
+          lines.append(f"  {labels[start]:<18} {_text(tokens[start:i], decode)}")
+        start = i
+
+  if "encoder_input_tokens" in row:
+    enc = row["encoder_input_tokens"]
+    seg = row.get("encoder_segment_ids", (enc > 0).astype(np.int32))
+    runs(enc, [f"encoder seg {s}" if t > 0 else None for t, s in zip(enc, seg)])
+  targets = row["decoder_target_tokens"]
+  seg = row.get("decoder_segment_ids", (targets > 0).astype(np.int32))
+  dca = row.get("decoder_causal_attention", np.zeros_like(targets))
+  weights = row["decoder_loss_weights"]
+  labels = []
+  for t, s, d, w in zip(targets, seg, dca, weights):
+    role = "loss" if w else ("prefix" if d else "context")
+    labels.append(f"{role} seg {s}" if t > 0 else None)
+  runs(targets, labels)
+  return "\n".join(lines)
+
+
+def _text(tokens: np.ndarray, decode: Callable[[list[int]], str]) -> str:
+  parts, buffer = [], []
+  for t in tokens.tolist():
+    if t == EOS_ID:
+      if buffer:
+        parts.append(decode(buffer))
+      parts.append("</s>")
+      buffer = []
+    else:
+      buffer.append(t)
+  if buffer:
+    parts.append(decode(buffer))
+  return " ".join(p for p in parts if p)

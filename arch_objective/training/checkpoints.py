@@ -1,0 +1,107 @@
+"""Orbax checkpoints of the train state, the data position and the run's metadata.
+
+`MODEL_DIR/checkpoints/<step>/` holds three items:
+  state   the TrainState (params, optimiser state, step), sharded arrays
+  data    {"batches": n}: how many batches the run had consumed, so a resumed run
+          continues on exactly the batches it would have seen
+  meta    the architecture, model config and vocabulary, checked on restore
+Saves are asynchronous; orbax writes each step into a temporary directory that is
+renamed into place only when complete, so a process killed mid-save leaves the last
+good checkpoint as the latest one.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+STATE, DATA, META = "state", "data", "meta"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that is missing or does not fit the model."""
+
+
+class Checkpoints:
+  """Periodic saves and restores under `directory`."""
+
+  def __init__(self, directory: str, *, keep: Optional[int] = None, async_save: bool = True):
+    self.directory = os.path.abspath(os.path.expanduser(directory))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=(STATE, DATA, META))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data_position: dict, meta: dict) -> bool:
+    return self._manager.save(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data_position),
+        META: ocp.args.JsonSave(meta)}), force=True)
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def restore(self, abstract_state: Any, step: Optional[int] = None,
+              expected_meta: Optional[dict] = None) -> tuple[Any, dict, dict]:
+    """(state, data position, meta) of `step` (the latest if None) into the shapes and
+    shardings of `abstract_state` (a tree of ShapeDtypeStructs with shardings)."""
+    step = self.latest_step() if step is None else step
+    if step is None or step not in self.all_steps():
+      raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; available "
+                            f"steps: {self.all_steps() or 'none'}.")
+    meta = self._manager.restore(step, args=ocp.args.Composite(**{
+        META: ocp.args.JsonRestore()}))[META]
+    if expected_meta is not None:
+      check_compatible(meta, expected_meta, f"{self.directory}/{step}")
+    check_shapes(self._manager.item_metadata(step)[STATE], abstract_state,
+                 f"{self.directory}/{step}")
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}))
+    return restored[STATE], restored[DATA], meta
+
+
+def check_compatible(found: dict, expected: dict, where: str):
+  """Raise if the checkpoint's vocabulary or model shapes differ from the run's."""
+  for key in ("vocab_size", "vocabulary"):
+    if key in expected and key in found and found[key] != expected[key]:
+      raise CheckpointError(f"checkpoint {where} was trained with {key}={found[key]!r} but "
+                            f"this run uses {expected[key]!r}; restore with the same "
+                            f"vocabulary or start a new MODEL_DIR.")
+
+
+def check_shapes(saved_tree: Any, abstract_state: Any, where: str):
+  """Compare the saved array shapes with the run's, naming the first mismatch."""
+  saved = {jax.tree_util.keystr(p): tuple(getattr(x, "shape", ()))
+           for p, x in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
+  wanted = {jax.tree_util.keystr(p): tuple(x.shape)
+            for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+  missing = sorted(set(wanted) - set(saved))
+  if missing:
+    raise CheckpointError(f"checkpoint {where} lacks {len(missing)} array(s) the model needs, "
+                          f"e.g. {missing[0]}; it was written by a different architecture or "
+                          f"size.")
+  for path, shape in wanted.items():
+    if saved[path] != shape:
+      raise CheckpointError(f"checkpoint {where}: {path} has shape {saved[path]} but the model "
+                            f"expects {shape}; check the size and vocabulary options.")
+
+
+def cast_floating(tree: Any, dtype) -> Any:
+  """Cast every floating-point leaf to `dtype` (restore-time dtype casts)."""
+  if dtype is None:
+    return tree
+  return jax.tree_util.tree_map(
+      lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x, tree)

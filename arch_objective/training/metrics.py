@@ -1,0 +1,89 @@
+"""Where training metrics go: a JSON-lines log, TensorBoard event files, a progress line.
+
+`MODEL_DIR/metrics.jsonl` gets one object per logged step (`step`, `loss`, ...; eval
+rows carry `"split": "validation"`). TensorBoard files go to `MODEL_DIR/tensorboard/`
+when TensorFlow is importable (it is not on every accelerator machine; the JSON log is
+always written). On a terminal a progress line with the ETA is redrawn in place;
+otherwise one line per logged step is printed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Mapping, Optional, TextIO
+
+
+class MetricsWriter:
+  def __init__(self, model_dir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._jsonl = None
+    self._tb = None
+    if not enabled:
+      return
+    self._jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a", encoding="utf-8")
+    try:
+      import tensorflow as tf  # optional
+      self._tf = tf
+      self._tb = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
+    except ImportError:
+      self._tb = None
+
+  def write(self, step: int, scalars: Mapping[str, float], split: str = "train"):
+    if not self.enabled:
+      return
+    row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+    if split != "train":
+      row["split"] = split
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      with self._tb.as_default():
+        for key, value in scalars.items():
+          name = key if split == "train" else f"{split}/{key}"
+          self._tb.scalar(name, float(value), step=int(step))
+      self._tb.flush()
+
+  def close(self):
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+class Progress:
+  """`step 120/1000 [####......] 12% loss 3.21 | 45.1 steps/s | ETA 0:00:19`."""
+
+  def __init__(self, total_steps: int, start_step: int = 0, stream: TextIO = sys.stderr,
+               enabled: bool = True):
+    self.total, self.start = total_steps, start_step
+    self.stream = stream
+    self.enabled = enabled
+    self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
+    self.t0 = time.time()
+
+  def update(self, step: int, loss: Optional[float] = None, force_line: bool = False):
+    if not self.enabled:
+      return
+    done = step - self.start
+    elapsed = time.time() - self.t0
+    rate = done / elapsed if elapsed > 0 else 0.0
+    eta = (self.total - step) / rate if rate > 0 else float("nan")
+    frac = step / max(self.total, 1)
+    bar = "#" * int(frac * 20)
+    text = (f"step {step}/{self.total} [{bar:<20}] {100 * frac:3.0f}%"
+            + (f" loss {loss:.4g}" if loss is not None else "")
+            + f" | {rate:.2f} steps/s | ETA {_hms(eta)}")
+    if self.tty:
+      self.stream.write("\r" + text + ("\n" if step >= self.total else ""))
+    elif force_line:
+      self.stream.write(text + "\n")
+    self.stream.flush()
+
+
+def _hms(seconds: float) -> str:
+  if seconds != seconds or seconds == float("inf"):
+    return "?"
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

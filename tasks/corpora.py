@@ -1,0 +1,111 @@
+"""The corpora of the pretraining tasks: TFDS C4 and local text/JSONL files."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from arch_objective.data import registry, sources, vocabularies
+from arch_objective.objectives import pipeline
+from tasks import seqio_bridge
+
+C4_VERSION = "3.1.0"  # the paper used 2.2.0; both are known to tensorflow-datasets
+C4_TASKS = tuple(f"c4_{kind}" for kind in registry.TASK_KINDS)
+VALIDATION_EVERY = 100  # local corpora: every 100th document is held out for validation
+
+
+def register_corpus(name: str, source: registry.TextSource, *,
+                    vocabulary: str = vocabularies.DEFAULT_VOCABULARY_PATH,
+                    extra_ids: int = vocabularies.DEFAULT_EXTRA_IDS,
+                    length: int = pipeline.PAPER_LENGTH,
+                    splits: Sequence[str] = ("train", "validation"),
+                    description: str = "", with_seqio: Optional[bool] = None) -> list[str]:
+  """Register `<name>_<kind>` for every task kind; returns the task names.
+
+  `with_seqio=None` registers them with seqio too once `tasks.seqio_tasks` was imported.
+  """
+  if with_seqio is None:
+    with_seqio = seqio_bridge.enabled()
+  registered = []
+  for kind in registry.TASK_KINDS:
+    spec = registry.register(registry.TaskSpec(
+        name=f"{name}_{kind}", kind=kind, source=source, vocabulary=vocabulary, extra_ids=extra_ids,
+        length=length,
+        splits=tuple(splits), description=description))
+    if with_seqio:
+      seqio_bridge.register(spec)
+    registered.append(spec.name)
+  return registered
+
+
+def _c4_source(version: str, data_dir: Optional[str]) -> registry.TextSource:
+  def source(split="train", seed=0, shard_index=0, num_shards=1):
+    texts = sources.tfds_documents("c4/en", version=version, split=split, data_dir=data_dir,
+                                   shuffle_files=False, seed=seed)
+    return sources.shard(texts, shard_index, num_shards)
+  return source
+
+
+def configure_c4(version: str = C4_VERSION, data_dir: Optional[str] = None,
+                 vocabulary: str = vocabularies.DEFAULT_VOCABULARY_PATH,
+                 length: int = pipeline.PAPER_LENGTH, with_seqio: Optional[bool] = None
+                 ) -> list[str]:
+  """(Re-)register the C4 tasks for a TFDS version and data directory."""
+  return register_corpus("c4", _c4_source(version, data_dir), vocabulary=vocabulary,
+                         length=length, description=f"TFDS c4/en:{version}",
+                         with_seqio=with_seqio)
+
+
+def _local_source(patterns, field: str, layout: str, validation_every: int
+                  ) -> registry.TextSource:
+  def source(split="train", seed=0, shard_index=0, num_shards=1):
+    texts = sources.local_documents(patterns, field=field, layout=layout)
+    held_out = split == "validation"
+    texts = (t for i, t in enumerate(texts) if (i % validation_every == 0) == held_out)
+    return sources.shard(texts, shard_index, num_shards)
+  return source
+
+
+def register_local_corpus(name: str, patterns, *, vocabulary: str,
+                          extra_ids: int = vocabularies.DEFAULT_EXTRA_IDS, field: str = "text",
+                          layout: str = "line", length: int = pipeline.PAPER_LENGTH,
+                          validation_every: int = VALIDATION_EVERY,
+                          with_seqio: Optional[bool] = None) -> list[str]:
+  """Register the four tasks over local text/JSONL files (globs allowed).
+
+  Every `validation_every`-th document forms the validation split. Files are checked
+  now, so a bad pattern fails at registration, not mid-training.
+  """
+  sources.expand_patterns(patterns)
+  if validation_every < 2:
+    raise ValueError(f"validation_every must be >= 2, found {validation_every}.")
+  return register_corpus(name, _local_source(patterns, field, layout, validation_every),
+                         vocabulary=vocabulary, extra_ids=extra_ids, length=length,
+                         description=f"local corpus {patterns}", with_seqio=with_seqio)
+
+
+configure_c4()
+
+
+def resolve(task: str, *, corpus=None, field: str = "text", layout: str = "line",
+            vocabulary: str = vocabularies.DEFAULT_VOCABULARY_PATH,
+            extra_ids: int = vocabularies.DEFAULT_EXTRA_IDS,
+            length: int = pipeline.PAPER_LENGTH, tfds_data_dir: Optional[str] = None,
+            c4_version: str = C4_VERSION, with_seqio: Optional[bool] = None
+            ) -> registry.TaskSpec:
+  """The spec of `task`, registering what the options describe first.
+
+  `c4_<kind>` uses TFDS c4/en at `c4_version` in `tfds_data_dir`; with `corpus` (files or
+  globs) the task must be `local_<kind>` and reads those files.
+  """
+  if corpus:
+    if not task.startswith("local_"):
+      raise ValueError(f"a corpus registers the tasks local_<kind>; the task must be one of "
+                       f"{', '.join('local_' + k for k in registry.TASK_KINDS)}, found "
+                       f"{task!r}.")
+    register_local_corpus("local", corpus, vocabulary=vocabulary, extra_ids=extra_ids,
+                          field=field, layout=layout, length=length, with_seqio=with_seqio)
+  elif task.startswith("c4_"):
+    configure_c4(c4_version, tfds_data_dir, vocabulary, length, with_seqio=with_seqio)
+  elif task.startswith("local_"):
+    raise ValueError(f"task {task!r} reads a local corpus: give its files (--corpus, or "
+                     f"DatasetConfig.corpus in gin).")
+  return registry.get(task)
