@@ -3,6 +3,8 @@
   arch-objective plan --arch ARCH --size SIZE [--length L]   model accounting as JSON
   arch-objective data stats --task NAME [--corpus PATH] ...   what a task's rows contain
   arch-objective data show --task NAME [--corpus PATH] ...    rows decoded, roles marked
+  arch-objective train --gin_file F [--gin.NAME=VALUE ...]    train (t5x-style, gin-configured)
+  arch-objective evaluate --gin_file F [--gin.NAME=VALUE ...] evaluate a checkpoint
   arch-objective smoke [--steps N]                            tiny CPU training of each arch
 """
 from __future__ import annotations
@@ -70,6 +72,38 @@ def _data(args) -> int:
     return 2
 
 
+def _split_gin_bindings(argv):
+  """`--gin.NAME=VALUE` arguments -> gin bindings `NAME=VALUE`; the rest for argparse."""
+  bindings, rest = [], []
+  for arg in argv:
+    if arg.startswith("--gin.") and "=" in arg:
+      bindings.append(arg[len("--gin."):])
+    else:
+      rest.append(arg)
+  return bindings, rest
+
+
+def _run_gin(args) -> int:
+  import gin
+  from arch_objective.training import gin_utils, partitioning
+  try:
+    partitioning.initialize_distributed(args.coordinator_address, args.num_processes,
+                                        args.process_id)
+    gin_utils.parse(args.gin_file, args.gin_bindings)
+    if args.command == "train":
+      result = gin.get_configurable("train")(config_text=gin.operative_config_str)
+      last = result.history[-1] if result.history else {}
+      print(json.dumps({"model_dir": result.model_dir, "last_checkpoint": result.last_checkpoint,
+                        "step": last.get("step"), "loss": last.get("loss"),
+                        "loss_per_token": last.get("loss_per_token")}))
+    else:
+      print(json.dumps(gin.get_configurable("evaluate")(), indent=2))
+    return 0
+  except (ValueError, OSError) as e:
+    print(f"arch-objective {args.command}: {e}", file=sys.stderr)
+    return 2
+
+
 def _smoke(args) -> int:
   from arch_objective import smoke
   smoke.main(steps=args.steps)
@@ -115,6 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--c4_version", default="3.1.0", help="c4/en version (paper: 2.2.0)")
     p.set_defaults(func=_data)
 
+  for name, help_text in (("train", "train a model (gin-configured, resumes from MODEL_DIR)"),
+                          ("evaluate", "evaluate the latest checkpoint of MODEL_DIR")):
+    p = sub.add_parser(name, help=help_text,
+                       epilog="Bind gin macros or parameters with --gin.NAME=VALUE, e.g. "
+                              "--gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=100.")
+    p.add_argument("--gin_file", action="append", required=True,
+                   help="gin file (repeatable; searched in the repository's gin/ too)")
+    p.add_argument("--coordinator_address", help="multi-host: coordinator host:port")
+    p.add_argument("--num_processes", type=int, help="multi-host: number of processes")
+    p.add_argument("--process_id", type=int, help="multi-host: this process's index")
+    p.set_defaults(func=_run_gin)
+
   smoke = sub.add_parser("smoke", help="train a tiny model of each architecture on CPU")
   smoke.add_argument("--steps", type=int, default=200)
   smoke.set_defaults(func=_smoke)
@@ -122,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
+  bindings, rest = _split_gin_bindings(sys.argv[1:] if argv is None else list(argv))
+  args = build_parser().parse_args(rest)
+  args.gin_bindings = bindings
   return args.func(args)
 
 

@@ -89,9 +89,12 @@ def resolve(task: str, *, corpus=None, field: str = "text", layout: str = "line"
             vocabulary: str = vocabularies.DEFAULT_VOCABULARY_PATH,
             extra_ids: int = vocabularies.DEFAULT_EXTRA_IDS,
             length: int = pipeline.PAPER_LENGTH, tfds_data_dir: Optional[str] = None,
-            c4_version: str = C4_VERSION, with_seqio: Optional[bool] = None
-            ) -> registry.TaskSpec:
+            c4_version: str = C4_VERSION, with_seqio: Optional[bool] = None,
+            arch: Optional[str] = None) -> registry.TaskSpec:
   """The spec of `task`, registering what the options describe first.
+
+  `<corpus>_prefix_lm` names the packing of `arch`: `..._prefix_lm_encoder_decoder` for
+  the encoder-decoder, `..._prefix_lm_decoder` otherwise.
 
   `c4_<kind>` uses TFDS c4/en at `c4_version` in `tfds_data_dir`; with `corpus` (files or
   globs) the task must be `local_<kind>` and reads those files.
@@ -108,4 +111,6 @@ def resolve(task: str, *, corpus=None, field: str = "text", layout: str = "line"
   elif task.startswith("local_"):
     raise ValueError(f"task {task!r} reads a local corpus: give its files (--corpus, or "
                      f"DatasetConfig.corpus in gin).")
+  if task.endswith("_prefix_lm"):
+    task += "_encoder_decoder" if arch == "encoder_decoder" else "_decoder"
   return registry.get(task)

@@ -56,7 +56,7 @@ def _read_model_bytes(path: str) -> bytes:
     raise ImportError(
         f"Reading the vocabulary {path} needs tensorflow.io.gfile, and TensorFlow "
         f"is not installed. Install tensorflow-cpu, or copy the file to local disk "
-        f"(e.g. `gsutil cp {path} .`) and pass the local path with --vocabulary."
+        f"(e.g. `gsutil cp {path} .`) and pass the local path (--vocabulary, or the VOCABULARY gin macro)."
     ) from e
   try:
     with tf.io.gfile.GFile(path, "rb") as f:

@@ -54,6 +54,11 @@ class Checkpoints:
     self._manager.wait_until_finished()
     self._manager.close()
 
+  def saved_params(self, step: int) -> Any:
+    """The tree of saved parameter metadata (shapes, dtypes) of a step."""
+    metadata = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), STATE))
+    return getattr(metadata, "item_metadata", metadata)["params"]
+
   def restore(self, abstract_state: Any, step: Optional[int] = None,
               expected_meta: Optional[dict] = None) -> tuple[Any, dict, dict]:
     """(state, data position, meta) of `step` (the latest if None) into the shapes and
@@ -66,8 +71,7 @@ class Checkpoints:
         META: ocp.args.JsonRestore()}))[META]
     if expected_meta is not None:
       check_compatible(meta, expected_meta, f"{self.directory}/{step}")
-    check_shapes(self._manager.item_metadata(step)[STATE], abstract_state,
-                 f"{self.directory}/{step}")
+    check_shapes(self.saved_params(step), abstract_state.params, f"{self.directory}/{step}")
     restored = self._manager.restore(step, args=ocp.args.Composite(**{
         STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}))
     return restored[STATE], restored[DATA], meta
@@ -82,17 +86,17 @@ def check_compatible(found: dict, expected: dict, where: str):
                             f"vocabulary or start a new MODEL_DIR.")
 
 
-def check_shapes(saved_tree: Any, abstract_state: Any, where: str):
-  """Compare the saved array shapes with the run's, naming the first mismatch."""
+def check_shapes(saved_tree: Any, abstract_params: Any, where: str):
+  """Compare the saved parameter shapes with the model's, naming the first mismatch."""
   saved = {jax.tree_util.keystr(p): tuple(getattr(x, "shape", ()))
            for p, x in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
   wanted = {jax.tree_util.keystr(p): tuple(x.shape)
-            for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+            for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
   missing = sorted(set(wanted) - set(saved))
   if missing:
-    raise CheckpointError(f"checkpoint {where} lacks {len(missing)} array(s) the model needs, "
-                          f"e.g. {missing[0]}; it was written by a different architecture or "
-                          f"size.")
+    raise CheckpointError(f"checkpoint {where} lacks {len(missing)} parameter(s) the model "
+                          f"needs, e.g. {missing[0]}; it was written by a different "
+                          f"architecture or size.")
   for path, shape in wanted.items():
     if saved[path] != shape:
       raise CheckpointError(f"checkpoint {where}: {path} has shape {saved[path]} but the model "

@@ -11,14 +11,12 @@ import dataclasses
 import itertools
 from typing import Iterator, Optional, Sequence, Union
 
-import gin
 import numpy as np
 
 from arch_objective.data import vocabularies
 from arch_objective.objectives import feature_converters, pipeline
 
 
-@gin.configurable
 @dataclasses.dataclass
 class DatasetConfig:
   """What to read: a registered task (or a local corpus) and how to batch it.
@@ -27,8 +25,8 @@ class DatasetConfig:
     prefix_lm_decoder, prefix_lm_encoder_decoder and span_corruption.
   batch_size: rows per step over all hosts (ED prefix-LM rows hold two examples each).
   """
-  task: str = gin.REQUIRED
-  batch_size: int = gin.REQUIRED
+  task: str
+  batch_size: int
   length: int = pipeline.PAPER_LENGTH
   corpus: Optional[Union[str, Sequence[str]]] = None
   field: str = "text"
@@ -41,12 +39,13 @@ class DatasetConfig:
   seed: int = 0
   pack: bool = True
 
-  def spec(self):
+  def spec(self, arch: Optional[str] = None):
+    """The task's spec (`<corpus>_prefix_lm` resolves to the packing of `arch`)."""
     import tasks  # registers the C4 tasks
     return tasks.resolve(self.task, corpus=self.corpus, field=self.field, layout=self.layout,
                          vocabulary=self.vocabulary, extra_ids=self.extra_ids,
                          length=self.length, tfds_data_dir=self.tfds_data_dir,
-                         c4_version=self.c4_version)
+                         c4_version=self.c4_version, arch=arch)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -75,7 +74,7 @@ def batches(config: DatasetConfig, arch: str, *, shard_index: int = 0, num_shard
   if config.batch_size % num_shards:
     raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
                      f"{num_shards} processes.")
-  spec = config.spec()
+  spec = config.spec(arch)
   split = split or config.split
   if repeat:
     rows = rows_forever(spec, arch, split, config.seed, shard_index, num_shards, config.pack)

@@ -24,7 +24,8 @@ class MetricsWriter:
       return
     self._jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a", encoding="utf-8")
     try:
-      import tensorflow as tf  # optional
+      import tensorboard  # noqa: F401  (tf.summary needs it)
+      import tensorflow as tf
       self._tf = tf
       self._tb = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
     except ImportError:
@@ -42,7 +43,7 @@ class MetricsWriter:
       with self._tb.as_default():
         for key, value in scalars.items():
           name = key if split == "train" else f"{split}/{key}"
-          self._tb.scalar(name, float(value), step=int(step))
+          self._tf.summary.scalar(name, float(value), step=int(step))
       self._tb.flush()
 
   def close(self):

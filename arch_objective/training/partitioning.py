@@ -11,6 +11,7 @@ process then builds the same global mesh, and reads its own shard of the data.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Optional, Sequence
 
@@ -131,9 +132,11 @@ class Partitioner:
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
             for k, v in local_batch.items()}
 
+  @contextlib.contextmanager
   def activation_context(self):
-    """Context under which `nn.with_logical_constraint` uses this mesh and rules."""
-    return nn.logical_axis_rules(self.rules)
+    """Context under which jit and `nn.with_logical_constraint` use this mesh and rules."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      yield
 
 
 def initialize_distributed(coordinator_address: Optional[str] = None,

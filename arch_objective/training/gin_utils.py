@@ -1,0 +1,100 @@
+"""Gin wiring: the configurable names, search paths, parsing with strict checks.
+
+Configurable names (what gin files bind):
+  train                  arch_objective.training.train.train
+  evaluate               arch_objective.training.evaluate.evaluate
+  build_model            arch_objective.models.build_model
+  DatasetConfig          arch_objective.training.data.DatasetConfig
+  adafactor              arch_objective.training.optimizers.adafactor
+  learning_rate_schedule arch_objective.training.optimizers.make_schedule
+
+The repository's `gin/` directory is on the search path whether the package is
+installed editable (the source tree) or as a wheel (shipped as `arch_objective.gin_files`).
+"""
+from __future__ import annotations
+
+import importlib.resources
+import os
+import pathlib
+import re
+from typing import Optional, Sequence
+
+import gin
+
+from arch_objective import models
+from arch_objective.training import data, optimizers
+
+_REGISTERED = False
+
+
+def register_configurables():
+  global _REGISTERED
+  if _REGISTERED:
+    return
+  from arch_objective.training import evaluate as evaluate_lib
+  from arch_objective.training import train as train_lib
+  gin.external_configurable(train_lib.train, "train")
+  gin.external_configurable(evaluate_lib.evaluate, "evaluate")
+  gin.external_configurable(models.build_model, "build_model")
+  gin.external_configurable(data.DatasetConfig, "DatasetConfig")
+  gin.external_configurable(optimizers.adafactor, "adafactor")
+  gin.external_configurable(optimizers.make_schedule, "learning_rate_schedule")
+  _REGISTERED = True
+
+
+def gin_search_paths() -> list[str]:
+  """The repository's gin/ (source tree) and the installed copy, in that order."""
+  paths = []
+  source = pathlib.Path(__file__).resolve().parents[2] / "gin"
+  if source.is_dir():
+    paths.append(str(source))
+  try:
+    installed = importlib.resources.files("arch_objective.gin_files")
+    if installed.is_dir() and str(installed) not in paths:
+      paths.append(str(installed))
+  except ModuleNotFoundError:
+    pass
+  return paths
+
+
+def _locate(path: str) -> str:
+  """A gin file as given, else under a search path; a clear error if neither."""
+  if os.path.exists(path):
+    return path
+  for root in gin_search_paths():
+    candidate = os.path.join(root, path)
+    if os.path.exists(candidate):
+      return candidate
+  raise ValueError(f"gin file {path!r} not found in the working directory nor in "
+                   f"{gin_search_paths()}.")
+
+
+_MACRO_BINDING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str] = (),
+          search_paths: Optional[Sequence[str]] = None):
+  """Parse gin files and `NAME=value` bindings; unknown names are errors.
+
+  gin itself rejects bindings of unknown configurables; a binding of a macro that no
+  file uses is rejected here (a typo would otherwise be silently ignored).
+  """
+  register_configurables()
+  gin.clear_config()
+  for path in (search_paths if search_paths is not None else gin_search_paths()):
+    gin.add_config_file_search_path(path)
+  files = [_locate(f) for f in gin_files]
+  try:
+    gin.parse_config_files_and_bindings(files, list(bindings), skip_unknown=False)
+  except (ValueError, KeyError, gin.config.ParseError if hasattr(gin.config, "ParseError")
+          else ValueError) as e:
+    raise ValueError(f"gin configuration error: {e}") from e
+  config = gin.config_str()
+  for binding in bindings:
+    match = _MACRO_BINDING.match(binding)
+    if match and "." not in match.group(1) and "/" not in match.group(1):
+      name = match.group(1)
+      if not re.search(rf"%{name}\b", config):
+        used = sorted(set(re.findall(r"%([A-Za-z_][A-Za-z0-9_]*)", config)))
+        raise ValueError(f"unknown gin macro {name!r} in binding {binding!r}: no gin file uses "
+                         f"%{name}. Macros in use: {', '.join(used) or '(none)'}.")

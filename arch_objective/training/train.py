@@ -1,0 +1,246 @@
+"""`train()`: the training loop around the pure `trainer.train_step`, configured by gin.
+
+The loop only places things on devices, compiles, and keeps the books: it restores the
+latest checkpoint in `model_dir` (state and data position) or initialises, runs the
+jitted step, logs, evaluates, saves, and stops cleanly on a non-finite loss.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from arch_objective import models
+from arch_objective.training import (checkpoints, data, metrics as metrics_lib, optimizers,
+                                     partitioning, trainer)
+
+Hook = Callable[[int, dict], None]
+
+# Dense bf16 peak FLOP/s per device, for the model-FLOPs-utilisation estimate.
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5": 459e12, "TPU v5p": 459e12,
+              "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training produced a NaN or infinite loss."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: Any
+  history: list[dict]           # one summary per step of this run
+  model_dir: str
+  last_checkpoint: Optional[int]
+
+
+def _check_model_dir(model_dir: str) -> str:
+  model_dir = os.path.abspath(os.path.expanduser(model_dir))
+  try:
+    os.makedirs(model_dir, exist_ok=True)
+    probe = os.path.join(model_dir, f".write_probe_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f"MODEL_DIR {model_dir!r} cannot be written ({e.strerror}); choose a "
+                     f"directory you can write to (--gin.MODEL_DIR=...).") from e
+  return model_dir
+
+
+def state_shardings(partitioner: partitioning.Partitioner, model, abstract_state,
+                    input_shapes) -> Any:
+  """NamedShardings of the train state: parameters by their logical axes; optimiser
+  leaves like the parameter they belong to when shaped like it, else replicated."""
+  param_shardings = partitioner.logical_to_mesh(model.logical_axes(input_shapes)["params"])
+  partitioner.check_divisible(abstract_state.params, param_shardings)
+  by_path = {jax.tree_util.keystr(p): (s, leaf.shape) for (p, s), leaf in zip(
+      jax.tree_util.tree_flatten_with_path(param_shardings)[0],
+      jax.tree_util.tree_leaves(abstract_state.params))}
+  replicated = partitioner.replicated()
+
+  def opt_sharding(path, leaf):
+    key = jax.tree_util.keystr(path)
+    for param_path, (sharding, shape) in by_path.items():
+      if key.endswith(param_path) and tuple(leaf.shape) == tuple(shape):
+        return sharding
+    return replicated
+
+  opt = jax.tree_util.tree_map_with_path(opt_sharding, abstract_state.opt_state)
+  return trainer.TrainState(step=replicated, params=param_shardings, opt_state=opt)
+
+
+def _with_shardings(abstract, shardings):
+  return jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def _peak_flops(device) -> Optional[float]:
+  kind = getattr(device, "device_kind", "")
+  for name, flops in PEAK_FLOPS.items():
+    if kind.startswith(name):
+      return flops
+  return None
+
+
+def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfig,
+          train_steps: int, learning_rate_schedule: Optional[Callable] = None,
+          optimizer: Optional[Callable] = None, num_microbatches: int = 1,
+          mesh_data: int = -1, mesh_model: int = 1, fsdp: bool = False,
+          save_every: int = 1000, keep_checkpoints: Optional[int] = None,
+          async_checkpoints: bool = True, eval_dataset: Optional[data.DatasetConfig] = None,
+          eval_every: int = 0, eval_steps: int = 10, log_every: int = 10, seed: int = 0,
+          hooks: Sequence[Hook] = (), progress: bool = True,
+          devices: Optional[Sequence[Any]] = None,
+          config_text: Optional[Callable[[], str]] = None) -> TrainResult:
+  """Train `model` on `dataset` until `train_steps` (counting restored steps).
+
+  A run in a `model_dir` that holds checkpoints resumes from the latest one, on the
+  batches it would have seen. `learning_rate_schedule` defaults to the paper's
+  1/sqrt(max(step, 1e4)); `optimizer(schedule)` to t5x's Adafactor.
+  """
+  if train_steps < 1:
+    raise ValueError(f"train_steps must be >= 1, found {train_steps}.")
+  if save_every < 1:
+    raise ValueError(f"save_every must be >= 1, found {save_every}.")
+  model_dir = _check_model_dir(model_dir)
+  is_chief = jax.process_index() == 0
+  mesh = partitioning.make_mesh(mesh_data, mesh_model, devices)
+  partitioner = partitioning.Partitioner(mesh, fsdp)
+  partitioner.check_batch_size(dataset.batch_size)
+
+  spec = dataset.spec(model.name)
+  vocab = spec.vocab()
+  if model.config.vocab_size < vocab.vocab_size:
+    raise ValueError(f"the model's vocab_size {model.config.vocab_size} is smaller than the "
+                     f"vocabulary {vocab.path!r} ({vocab.vocab_size} ids with extra ids); set "
+                     f"build_model.vocab_size to at least {vocab.vocab_size} (e.g. "
+                     f"{-(-vocab.vocab_size // 128) * 128}).")
+  schedule = learning_rate_schedule or optimizers.rsqrt_decay()
+  tx = (optimizer or optimizers.adafactor)(schedule)
+  meta = {"arch": model.name, "config": dataclasses.asdict(model.config),
+          "vocabulary": vocab.path, "vocab_size": vocab.vocab_size, "task": spec.name}
+
+  ckpt = checkpoints.Checkpoints(os.path.join(model_dir, "checkpoints"), keep=keep_checkpoints,
+                                 async_save=async_checkpoints)
+  start_step = ckpt.latest_step() or 0
+  shard = dict(shard_index=jax.process_index(), num_shards=jax.process_count())
+  batches = data.batches(dataset, model.name, start=0, **shard)
+  first = next(batches)
+  input_shapes = {k: (dataset.batch_size,) + v.shape[1:] for k, v in first.items()}
+
+  rng = jax.random.PRNGKey(seed)
+  init_fn = lambda r: trainer.init_state(model, tx, input_shapes, r)
+  abstract = jax.eval_shape(init_fn, rng)
+  shardings = state_shardings(partitioner, model, abstract, input_shapes)
+  with partitioner.activation_context():
+    if start_step:
+      state, position, _ = ckpt.restore(_with_shardings(abstract, shardings),
+                                        expected_meta=meta)
+      batches = data.batches(dataset, model.name, start=int(position["batches"]), **shard)
+      print(f"resumed from step {start_step} ({ckpt.directory})")
+    else:
+      state = jax.jit(init_fn, out_shardings=shardings)(rng)
+      batches = _chain(first, batches)
+      position = {"batches": 0}
+  data_position = int(position["batches"])
+
+  batch_shardings = {k: partitioner.batch_sharding() for k in first}
+  step_fn = jax.jit(
+      lambda s, b, r: trainer.train_step(model, tx, schedule, num_microbatches, s, b, r),
+      in_shardings=(shardings, batch_shardings, partitioner.replicated()),
+      out_shardings=(shardings, partitioner.replicated()), donate_argnums=(0,))
+
+  writer = metrics_lib.MetricsWriter(model_dir, enabled=is_chief)
+  bar = metrics_lib.Progress(train_steps, start_step, enabled=progress and is_chief)
+  flops_per_token = models.training_flops_per_token(
+      model, *_lengths(spec, model, input_shapes))
+  peak = _peak_flops(jax.devices()[0])
+  history: list[dict] = []
+  last_saved = start_step or None
+  step = start_step
+  window_t, window_tokens = time.time(), 0.0
+  try:
+    for step in range(start_step, train_steps):
+      local = next(batches)
+      batch = partitioner.shard_batch(local)
+      t0 = time.time()
+      with partitioner.activation_context():
+        new_state, step_metrics = step_fn(state, batch, rng)
+      summary = trainer.summarize(step_metrics)
+      if not math.isfinite(summary["loss"]):
+        raise NonFiniteLossError(
+            f"the loss is {summary['loss']} at step {step + 1}; training stopped. The last good "
+            f"checkpoint is step {last_saved} in {ckpt.directory} and stays restorable; lower "
+            f"the learning rate or check the data of that step.")
+      state = new_state
+      data_position += 1
+      summary["step_time"] = time.time() - t0
+      window_tokens += summary["num_tokens"]
+      history.append({"step": step + 1, **summary})
+      if step == start_step and is_chief and config_text is not None:
+        with open(os.path.join(model_dir, "config.gin"), "w") as f:
+          f.write(config_text())
+      done = step + 1
+      if done % log_every == 0 or done == train_steps:
+        elapsed = time.time() - window_t
+        tokens_per_s = window_tokens / max(elapsed, 1e-9)
+        scalars = dict(summary, tokens_per_second=tokens_per_s)
+        if peak:
+          scalars["mfu"] = tokens_per_s * flops_per_token / (peak * jax.device_count())
+        writer.write(done, scalars)
+        window_t, window_tokens = time.time(), 0.0
+        bar.update(done, summary["loss_per_token"], force_line=True)
+      else:
+        bar.update(done, summary["loss_per_token"])
+      if done % save_every == 0 or done == train_steps:
+        ckpt.save(done, state, {"batches": data_position}, meta)
+        last_saved = done
+      if eval_dataset is not None and eval_every and done % eval_every == 0:
+        writer.write(done, evaluate_params(model, state.params, eval_dataset, eval_steps,
+                                           partitioner), split="validation")
+      for hook in hooks:
+        hook(done, summary)
+  finally:
+    ckpt.close()
+    writer.close()
+  return TrainResult(state=state, history=history, model_dir=model_dir,
+                     last_checkpoint=last_saved)
+
+
+def _chain(first, rest):
+  yield first
+  yield from rest
+
+
+def _lengths(spec, model, input_shapes) -> tuple[int, int, int]:
+  if model.name == models.ENCODER_DECODER:
+    return (0, input_shapes["encoder_input_tokens"][1], input_shapes["decoder_input_tokens"][1])
+  return (input_shapes["decoder_input_tokens"][1], 0, 0)
+
+
+def evaluate_params(model, params, dataset: data.DatasetConfig, num_batches: int,
+                    partitioner: partitioning.Partitioner) -> dict[str, float]:
+  """Loss and token accuracy over the first `num_batches` batches of `dataset`."""
+  shard = dict(shard_index=jax.process_index(), num_shards=jax.process_count())
+  totals = None
+  eval_fn = jax.jit(lambda p, b: trainer.eval_step(model, p, b))
+  count = 0
+  for local in data.batches(dataset, model.name, repeat=False, **shard):
+    if count == num_batches:
+      break
+    with partitioner.activation_context():
+      m = eval_fn(params, partitioner.shard_batch(local))
+    totals = m if totals is None else jax.tree_util.tree_map(jnp.add, totals, m)
+    count += 1
+  if totals is None:
+    raise ValueError(f"evaluation split {dataset.split!r} of task {dataset.task!r} produced "
+                     f"no batch of {dataset.batch_size} rows.")
+  out = trainer.summarize(totals)
+  out["batches"] = count
+  return out
