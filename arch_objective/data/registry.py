@@ -98,7 +98,8 @@ class TaskSpec:
     vocab = self.vocab()
     return self.objective(arch).task_examples(
         self.documents(split, seed=seed, shard_index=shard_index, num_shards=num_shards),
-        seed=seed, sentinel_start=vocab.vocab_size - 1, num_extra_ids=vocab.extra_ids)
+        seed=shard_seed(seed, shard_index, num_shards), sentinel_start=vocab.vocab_size - 1,
+        num_extra_ids=vocab.extra_ids)
 
   def rows(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
            shard_index: int = 0, num_shards: int = 1, pack: bool = True
@@ -107,6 +108,13 @@ class TaskSpec:
     examples = self.task_examples(split, arch=arch, seed=seed, shard_index=shard_index,
                                   num_shards=num_shards)
     return self.objective(arch, pack).model_rows(examples)
+
+
+def shard_seed(seed: int, shard_index: int, num_shards: int) -> int:
+  """The objective seed of one shard: each host draws its own noise masks and splits."""
+  if num_shards == 1:
+    return seed
+  return int(np.random.SeedSequence([seed, shard_index, num_shards]).generate_state(1)[0])
 
 
 @functools.lru_cache(maxsize=None)

@@ -69,6 +69,24 @@ def _locate(path: str) -> str:
                    f"{gin_search_paths()}.")
 
 
+_INCLUDE = re.compile(r"^\s*include\s+['\"]([^'\"]+)['\"]", re.M)
+
+
+def _texts(files: Sequence[str]) -> list[str]:
+  """The text of gin files and everything they include."""
+  texts, seen, todo = [], set(), list(files)
+  while todo:
+    path = todo.pop()
+    if path in seen:
+      continue
+    seen.add(path)
+    with open(path) as f:
+      text = f.read()
+    texts.append(text)
+    todo.extend(_locate(p) for p in _INCLUDE.findall(text))
+  return texts
+
+
 _MACRO_BINDING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 
 
@@ -84,17 +102,26 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (),
   for path in (search_paths if search_paths is not None else gin_search_paths()):
     gin.add_config_file_search_path(path)
   files = [_locate(f) for f in gin_files]
+  _check_macro_bindings(files, bindings)
   try:
     gin.parse_config_files_and_bindings(files, list(bindings), skip_unknown=False)
-  except (ValueError, KeyError, gin.config.ParseError if hasattr(gin.config, "ParseError")
-          else ValueError) as e:
-    raise ValueError(f"gin configuration error: {e}") from e
-  config = gin.config_str()
+  except (ValueError, KeyError) as e:
+    unbound = re.search(r"No bindings specified for '([A-Za-z0-9_]+)/gin.macro'", str(e))
+    if unbound:
+      name = unbound.group(1)
+      raise ValueError(f"gin macro {name} is used but never set: include the gin file that "
+                       f"sets it or bind it, e.g. --gin.{name}=...") from None
+    raise ValueError(f"gin configuration error: {str(e).splitlines()[0]}") from e
+
+
+def _check_macro_bindings(files: Sequence[str], bindings: Sequence[str]):
+  """Reject a binding of a macro that no file uses (a typo gin would silently accept)."""
+  config = "\n".join(_texts(files))
+  used = sorted(set(re.findall(r"%([A-Za-z_][A-Za-z0-9_]*)", config)))
   for binding in bindings:
     match = _MACRO_BINDING.match(binding)
     if match and "." not in match.group(1) and "/" not in match.group(1):
       name = match.group(1)
-      if not re.search(rf"%{name}\b", config):
-        used = sorted(set(re.findall(r"%([A-Za-z_][A-Za-z0-9_]*)", config)))
+      if name not in used:
         raise ValueError(f"unknown gin macro {name!r} in binding {binding!r}: no gin file uses "
                          f"%{name}. Macros in use: {', '.join(used) or '(none)'}.")
