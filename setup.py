@@ -26,7 +26,11 @@ setuptools.setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["arch_objective*", "tasks*"]),
+    packages=setuptools.find_packages(include=["arch_objective*", "tasks*"])
+    + ["arch_objective.gin_files"],
+    # The repository's gin/ ships inside the package, so gin search paths work from a wheel.
+    package_dir={"arch_objective.gin_files": "gin"},
+    package_data={"arch_objective.gin_files": ["*.gin", "*/*.gin", "*/*/*.gin"]},
     install_requires=_requirements("core.txt"),
     extras_require={
         "eval": _requirements("eval.txt"),

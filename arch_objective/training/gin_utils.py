@@ -13,7 +13,6 @@ installed editable (the source tree) or as a wheel (shipped as `arch_objective.g
 """
 from __future__ import annotations
 
-import importlib.resources
 import os
 import pathlib
 import re
@@ -44,17 +43,9 @@ def register_configurables():
 
 def gin_search_paths() -> list[str]:
   """The repository's gin/ (source tree) and the installed copy, in that order."""
-  paths = []
-  source = pathlib.Path(__file__).resolve().parents[2] / "gin"
-  if source.is_dir():
-    paths.append(str(source))
-  try:
-    installed = importlib.resources.files("arch_objective.gin_files")
-    if installed.is_dir() and str(installed) not in paths:
-      paths.append(str(installed))
-  except ModuleNotFoundError:
-    pass
-  return paths
+  package = pathlib.Path(__file__).resolve().parents[1]
+  candidates = (package.parent / "gin", package / "gin_files")
+  return [str(p) for p in candidates if p.is_dir()]
 
 
 def _locate(path: str) -> str:
