@@ -1,16 +1,14 @@
 """An embedded, seeded English-like corpus and a SentencePiece vocabulary trained on it.
 
 The benchmarks need text whose tokenisation costs what real text costs, without a
-download. Words are drawn from a Zipfian lexicon: the ~100 commonest English function
-words at the top ranks, then pronounceable pseudo-words of 1-4 syllables
-("thoumand", "pleast", ...), so a 2000-piece unigram model splits them into ~1.9 pieces
-per word, near the T5 vocabulary's ~1.3 on C4. Sentences of 6-20 words form
-paragraphs of 2-5 sentences joined by "\\n" (C4's layout), in documents of 100-400
-words:
+download. Words are drawn from a Zipfian lexicon: ~130 common English words at the top
+ranks, then pronounceable pseudo-words of 1-4 syllables ("choun", "deadootsaick", ...),
+which a 2000-piece unigram model trained on them splits into ~1.85 pieces a word.
+Sentences of 6-20 words form paragraphs of 2-5 sentences joined by "\\n" (C4's layout),
+in documents of 100-400 words:
 
-  >>> next(documents(1))[:60]
-  'Of the thoumand gra in pleast lu a sheanbrer was. To ...'   (seeded; the text varies
-                                                               with the lexicon)
+  >>> next(documents(1))[:45]
+  'Look choun deadootsaick the a eengweerdoor th'
 """
 from __future__ import annotations
 
@@ -22,7 +20,7 @@ import numpy as np
 
 from arch_objective.data import vocabularies
 
-_FUNCTION_WORDS = (
+_COMMON_WORDS = (
     "the of and to a in is that it was for on are as with his they at be this from have "
     "or by one had not but what all were when we there can an your which their said if "
     "do will each about how up out them then she many some so these would other into has "
@@ -43,9 +41,9 @@ PARAGRAPH_SENTENCES = (2, 5)
 
 
 def lexicon(size: int = LEXICON_SIZE, seed: int = 0) -> list[str]:
-  """`size` distinct words, most frequent first: function words, then pseudo-words."""
+  """`size` distinct words, most frequent first: common English words, then pseudo-words."""
   rng = np.random.default_rng(seed)
-  words = list(_FUNCTION_WORDS)
+  words = list(_COMMON_WORDS)
   seen = set(words)
   while len(words) < size:
     syllables = int(rng.choice([1, 1, 2, 2, 2, 3, 3, 4]))

@@ -302,3 +302,29 @@ def test_train_and_evaluate_commands_end_to_end(tmp_path):
   metrics = json.loads(result.read_text())
   assert metrics["step"] == 2 and metrics["split"] == "validation"
   assert np.isfinite(metrics["loss"]) and metrics["num_tokens"] > 0
+
+
+@needs_data
+def test_restore_checkpoint_continues_the_step_across_architectures(tmp_path):
+  """A CD:FLM checkpoint continues as ND:MLM (the paper's NC-A recipe): the step counter
+  and optimiser state carry on, the data starts afresh, the lineage records the source."""
+  source = tmp_path / "cd_flm"
+  train.train(model_dir=str(source), model=build_model("causal_decoder", "tiny", dtype="float32"),
+              dataset=dataset("local_full_lm"), train_steps=2, progress=False)
+  target = tmp_path / "nd_mlm"
+  result = train.train(model_dir=str(target),
+                       model=build_model("non_causal_decoder", "tiny", dtype="float32"),
+                       dataset=dataset("local_span_corruption"), train_steps=4, progress=False,
+                       restore_checkpoint=str(source / "checkpoints" / "2"),
+                       restore_dtype="bfloat16")
+  assert [h["step"] for h in result.history] == [3, 4]
+  assert int(result.state.step) == 4
+  emb = result.state.params["decoder"]["token_embedder"]["embedding"]
+  assert emb.dtype == jax.numpy.bfloat16
+  meta = json.loads((target / "checkpoints" / "4" / "meta" / "metadata").read_text())
+  assert meta["arch"] == "non_causal_decoder"
+  assert meta["lineage"] == [{"checkpoint": str(source / "checkpoints" / "2"), "step": 2,
+                              "arch": "causal_decoder", "task": "local_full_lm"}]
+  with pytest.raises(checkpoints.CheckpointError, match="no such checkpoint directory"):
+    train.train(model_dir=str(tmp_path / "other"), model=build_model("causal_decoder", "tiny"),
+                dataset=dataset(), train_steps=1, restore_checkpoint=str(tmp_path / "nope"))

@@ -79,7 +79,7 @@ class Checkpoints:
 
 def check_compatible(found: dict, expected: dict, where: str):
   """Raise if the checkpoint's vocabulary or model shapes differ from the run's."""
-  for key in ("vocab_size", "vocabulary"):
+  for key in ("vocab_size",):
     if key in expected and key in found and found[key] != expected[key]:
       raise CheckpointError(f"checkpoint {where} was trained with {key}={found[key]!r} but "
                             f"this run uses {expected[key]!r}; restore with the same "

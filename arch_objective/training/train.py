@@ -97,11 +97,16 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
           eval_every: int = 0, eval_steps: int = 10, log_every: int = 10, seed: int = 0,
           hooks: Sequence[Hook] = (), progress: bool = True,
           devices: Optional[Sequence[Any]] = None,
+          restore_checkpoint: Optional[str] = None, restore_dtype: Optional[str] = None,
           config_text: Optional[Callable[[], str]] = None) -> TrainResult:
   """Train `model` on `dataset` until `train_steps` (counting restored steps).
 
   A run in a `model_dir` that holds checkpoints resumes from the latest one, on the
-  batches it would have seen. `learning_rate_schedule` defaults to the paper's
+  batches it would have seen. Otherwise `restore_checkpoint` (a `.../checkpoints/<step>`
+  directory, or a model directory for its latest step) gives the initial train state:
+  parameters, optimiser state and step continue, as t5x's fine-tuning does, the data
+  starts afresh, parameters are cast to `restore_dtype` if given, and the source is
+  appended to the run's lineage. `learning_rate_schedule` defaults to the paper's
   1/sqrt(max(step, 1e4)); `optimizer(schedule)` to t5x's Adafactor.
   """
   if train_steps < 1:
@@ -138,12 +143,20 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
   init_fn = lambda r: trainer.init_state(model, tx, input_shapes, r)
   abstract = jax.eval_shape(init_fn, rng)
   shardings = state_shardings(partitioner, model, abstract, input_shapes)
+  target = _with_shardings(abstract, shardings)
   with partitioner.activation_context():
     if start_step:
-      state, position, _ = ckpt.restore(_with_shardings(abstract, shardings),
-                                        expected_meta=meta)
+      state, position, saved_meta = ckpt.restore(target, expected_meta=meta)
+      meta["lineage"] = saved_meta.get("lineage", [])
       batches = data.batches(dataset, model.name, start=int(position["batches"]), **shard)
       print(f"resumed from step {start_step} ({ckpt.directory})")
+    elif restore_checkpoint:
+      state, meta["lineage"] = _restore_initial(restore_checkpoint, target, meta)
+      state = dataclasses.replace(state, params=checkpoints.cast_floating(state.params,
+                                                                           restore_dtype))
+      start_step = int(state.step)
+      batches = _chain(first, batches)
+      position = {"batches": 0}
     else:
       state = jax.jit(init_fn, out_shardings=shardings)(rng)
       batches = _chain(first, batches)
@@ -211,6 +224,35 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
     writer.close()
   return TrainResult(state=state, history=history, model_dir=model_dir,
                      last_checkpoint=last_saved)
+
+
+def split_checkpoint_path(path: str) -> tuple[str, Optional[int]]:
+  """`.../checkpoints/<step>` -> (checkpoints dir, step); a model dir -> (its
+  checkpoints dir, None for the latest)."""
+  path = os.path.abspath(os.path.expanduser(path.rstrip("/")))
+  if os.path.basename(path).isdigit():
+    return os.path.dirname(path), int(os.path.basename(path))
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return os.path.join(path, "checkpoints"), None
+  return path, None
+
+
+def _restore_initial(path: str, target, meta: dict) -> tuple[Any, list]:
+  directory, step = split_checkpoint_path(path)
+  if not os.path.isdir(directory):
+    raise checkpoints.CheckpointError(f"restore_checkpoint {path!r}: no such checkpoint "
+                                      f"directory {directory!r}.")
+  source = checkpoints.Checkpoints(directory)
+  try:
+    state, _, saved = source.restore(target, step, expected_meta=meta)
+  finally:
+    source.close()
+  entry = {"checkpoint": os.path.join(directory, str(int(state.step))),
+           "step": int(state.step), "arch": saved.get("arch"), "task": saved.get("task")}
+  if saved.get("arch") != meta["arch"]:
+    print(f"restoring a {saved.get('arch')} checkpoint into a {meta['arch']} model (the "
+          f"parameter trees match)")
+  return state, saved.get("lineage", []) + [entry]
 
 
 def _chain(first, rest):

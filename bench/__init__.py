@@ -1,0 +1,81 @@
+"""Benchmarks (not tests): speeds measured on this machine, reported as ratios against a
+baseline measured in the same run.
+
+  python -m bench [--smoke] [--out DIR] [--only NAME ...] [benchmark options]
+
+runs every benchmark of `BENCHMARKS` and writes `DIR/results.json` (everything measured,
+plus a description of the machine) and `DIR/summary.md` (one table per benchmark);
+`DIR` defaults to `bench/results/`. `--smoke` shrinks every benchmark to seconds (a
+tiny model, a few batches) while keeping the results well-formed.
+
+  data_pipeline   pipeline tokens/s per paper pair vs a small-model train step's
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+from typing import Any, Callable, Mapping
+
+from bench import data_pipeline
+
+Summary = tuple[list[str], list[list[str]], list[str]]  # header, rows, notes
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+  """One benchmark: `run(options) -> result` (JSON-serialisable), `summary(result)` its
+  table, `add_arguments(parser)` its own command-line options."""
+  description: str
+  run: Callable[[argparse.Namespace], dict]
+  summary: Callable[[Mapping[str, Any]], Summary]
+  add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "data_pipeline": Benchmark(
+        description=("Host-side data pipeline tokens/s per paper pair against the tokens/s "
+                     "a training step of the small model consumes (target: ratio >= "
+                     f"{data_pipeline.TARGET_RATIO:g})."),
+        run=data_pipeline.run, summary=data_pipeline.summary,
+        add_arguments=data_pipeline.add_arguments),
+}
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
+def machine() -> dict:
+  """Where the numbers were measured: platform, CPUs, library versions, JAX devices."""
+  import flax
+  import jax
+  import jaxlib
+  import numpy
+  import optax
+  import sentencepiece
+
+  usable = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count())
+  return {
+      "platform": platform.platform(),
+      "machine": platform.machine(),
+      "cpu_model": _cpu_model(),
+      "cpu_count": os.cpu_count(),
+      "usable_cpus": usable,
+      "python": platform.python_version(),
+      "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
+                   "numpy": numpy.__version__, "flax": flax.__version__,
+                   "optax": optax.__version__, "sentencepiece": sentencepiece.__version__},
+      "jax_backend": jax.default_backend(),
+      "jax_devices": [str(d) for d in jax.devices()],
+      "jax_device_kind": jax.devices()[0].device_kind,
+  }
