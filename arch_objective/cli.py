@@ -104,6 +104,32 @@ def _run_gin(args) -> int:
     return 2
 
 
+def _eval_t0(args) -> int:
+  from arch_objective.data import vocabularies
+  from arch_objective.evaluation import loading, rank_classification, t0_eval
+  from arch_objective.prompts import datasets as datasets_lib
+  try:
+    suite = t0_eval.select(args.datasets)
+    model, params, meta, step = loading.load_model(args.checkpoint, args.arch)
+    vocab_path = args.vocabulary or meta.get("vocabulary")
+    vocab = vocabularies.SentencePieceVocabulary(vocab_path)
+    scorer = rank_classification.RankScorer(model, params, inputs_length=args.inputs_length,
+                                            targets_length=args.targets_length)
+    results = t0_eval.evaluate_suite(
+        scorer, vocab.encode, suite=suite, data_dir=args.data_dir,
+        mapping=datasets_lib.load_mapping(args.mapping), max_examples=args.max_examples,
+        normalize=args.normalize, log=lambda m: print(m, file=sys.stderr))
+    results.update(checkpoint=args.checkpoint, step=step, arch=model.name,
+                   trained_as=meta.get("arch"), lineage=meta.get("lineage", []))
+    json_path, md_path = t0_eval.write(results, args.out, paper=args.paper)
+    print(open(md_path).read())
+    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+    return 0
+  except (ValueError, OSError) as e:
+    print(f"arch-objective eval t0: {e}", file=sys.stderr)
+    return 2
+
+
 def _smoke(args) -> int:
   from arch_objective import smoke
   smoke.main(steps=args.steps)
@@ -160,6 +186,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_processes", type=int, help="multi-host: number of processes")
     p.add_argument("--process_id", type=int, help="multi-host: this process's index")
     p.set_defaults(func=_run_gin)
+
+  evaluation = sub.add_parser("eval", help="zero-shot evaluation of a checkpoint")
+  eval_sub = evaluation.add_subparsers(dest="eval_command", required=True, metavar="t0|harness")
+  t0p = eval_sub.add_parser("t0", help="T0-Eval: rank classification, median over prompts")
+  t0p.add_argument("--checkpoint", required=True,
+                   help="a model directory (latest step) or MODEL_DIR/checkpoints/<step>")
+  t0p.add_argument("--arch", choices=ARCHITECTURES,
+                   help="read a causal decoder checkpoint as non-causal or back")
+  t0p.add_argument("--data_dir", help="original dataset files (default: HF datasets)")
+  t0p.add_argument("--mapping", help="JSON file pointing datasets at other files")
+  t0p.add_argument("--datasets", nargs="+", help="subset of the suite, e.g. super_glue/rte")
+  t0p.add_argument("--max_examples", type=int, help="first N examples of each dataset")
+  t0p.add_argument("--normalize", action="store_true",
+                   help="divide each choice's log-likelihood by its token count")
+  t0p.add_argument("--vocabulary", help="SentencePiece model (default: the checkpoint's)")
+  t0p.add_argument("--inputs_length", type=int, default=1024)
+  t0p.add_argument("--targets_length", type=int, default=256)
+  t0p.add_argument("--paper", action="store_true", help="print the paper's numbers too")
+  t0p.add_argument("--out", required=True, help="directory for results.json and results.md")
+  t0p.set_defaults(func=_eval_t0)
 
   smoke = sub.add_parser("smoke", help="train a tiny model of each architecture on CPU")
   smoke.add_argument("--steps", type=int, default=200)

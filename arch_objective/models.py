@@ -307,6 +307,25 @@ class EncoderDecoderModel(BaseModel):
     return self.module.apply({"params": params}, enc, get("decoder_input_tokens"), *masks,
                              enable_dropout=dropout_rng is not None, rngs=rngs)
 
+  def encode(self, params, encoder_input_tokens) -> Array:
+    """Encoder outputs `[b, i, d]` of (unpacked) `encoder_input_tokens [b, i]`."""
+    enc = jnp.asarray(encoder_input_tokens, jnp.int32)
+    mask = layers.make_attention_mask(enc > 0, enc > 0, dtype=self.config.activation_dtype)
+    return self.module.apply({"params": params}, enc, mask, method=network.EncoderDecoder.encode)
+
+  def decode_logits(self, params, encoded, encoder_input_tokens, decoder_input_tokens,
+                    decoder_target_tokens) -> Array:
+    """Decoder logits `[b, t, v]` given encoder outputs `encoded [b, i, d]` (from `encode`,
+    possibly gathered so that several decoder rows share one encoded prompt)."""
+    enc = jnp.asarray(encoder_input_tokens, jnp.int32)
+    targets = jnp.asarray(decoder_target_tokens, jnp.int32)
+    dtype = self.config.activation_dtype
+    cross_mask = layers.make_attention_mask(targets > 0, enc > 0, dtype=dtype)
+    decoder_mask = layers.make_decoder_mask(targets, dtype)
+    return self.module.apply({"params": params}, encoded,
+                             jnp.asarray(decoder_input_tokens, jnp.int32), decoder_mask,
+                             cross_mask, method=network.EncoderDecoder.decode)
+
   def predict_batch(self, params, batch, rng=None, *, max_decode_steps=None, temperature=None,
                     topk=None, eos_id="default", return_logits=False):
     """Encode `encoder_input_tokens`, then decode from token 0 with the KV cache.

@@ -8,7 +8,8 @@ plus a description of the machine) and `DIR/summary.md` (one table per benchmark
 `DIR` defaults to `bench/results/`. `--smoke` shrinks every benchmark to seconds (a
 tiny model, a few batches) while keeping the results well-formed.
 
-  data_pipeline   pipeline tokens/s per paper pair vs a small-model train step's
+  data_pipeline   data pipeline tokens/s per paper pair against the tokens/s that a
+                  train step of the small model consumes (target: >= 2x)
 """
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ pipeline runs on one core in Python; the step uses every core XLA gets.
 The corpus is the embedded English-like one of `bench.corpus` with a 2000-piece
 vocabulary trained on it, unless `--corpus` (text or JSONL files) and/or `--vocabulary`
 (a SentencePiece model) name real ones; the model's vocabulary is the vocabulary's size
-plus 100 extra ids, padded to a multiple of 128.
+plus 100 extra ids, padded to a multiple of 128. `--smoke` times the tiny model instead,
+on 16 rows and one step.
 """
 from __future__ import annotations
 
@@ -71,11 +72,6 @@ def model_tokens(batch: Mapping[str, np.ndarray]) -> int:
   return int(sum(batch[k].size for k in MODEL_FEATURES if k in batch))
 
 
-def _throughput(tokens: int, rows: int, batches: int, seconds: float, **extra) -> dict:
-  return dict(tokens_per_second=tokens / seconds, tokens=tokens, rows=rows, batches=batches,
-              seconds=seconds, **extra)
-
-
 def time_batches(make_rows: Callable[[], Iterable[Mapping[str, np.ndarray]]], batch_rows: int,
                  max_rows: int, what: str) -> dict:
   """Throughput of building up to `max_rows // batch_rows` batches from `make_rows()`
@@ -90,7 +86,8 @@ def time_batches(make_rows: Callable[[], Iterable[Mapping[str, np.ndarray]]], ba
   if count == 0:
     raise ValueError(f"{what}: the corpus gave no batch of {batch_rows} rows; pass a larger "
                      f"--corpus.")
-  return _throughput(tokens, count * batch_rows, count, seconds)
+  return dict(tokens_per_second=tokens / seconds, tokens=tokens, rows=count * batch_rows,
+              batches=count, seconds=seconds)
 
 
 def pretokenize(spec: registry.TaskSpec, max_tokens: int) -> tuple[list[np.ndarray], dict]:
@@ -115,9 +112,10 @@ def step_throughput(arch: str, batch: Mapping[str, np.ndarray], vocab_size: int,
   model = models.build_model(arch, settings.size, dtype="float32", vocab_size=vocab_size)
   schedule = optimizers.rsqrt_decay()
   optimizer = optimizers.adafactor(schedule)
-  shapes = {k: v.shape for k, v in batch.items()}
-  state = jax.jit(lambda rng: trainer.init_state(model, optimizer, shapes, rng))(
-      jax.random.PRNGKey(settings.seed))
+  # The parameters do not depend on the lengths (relative positions), so they are made
+  # from length-8 inputs: the same op-by-op initialisation serves every pair.
+  state = trainer.init_state(model, optimizer, models.default_input_shapes(arch, 1, 8, 8, 8),
+                             jax.random.PRNGKey(settings.seed))
   step = jax.jit(lambda state, batch, rng: trainer.train_step(
       model, optimizer, schedule, 1, state, batch, rng))
   batch = jax.device_put(dict(batch))
@@ -131,12 +129,12 @@ def step_throughput(arch: str, batch: Mapping[str, np.ndarray], vocab_size: int,
     state, metrics = step(state, batch, rng)
   jax.block_until_ready((state, metrics))
   seconds = time.perf_counter() - start
-  rows = settings.steps * len(batch["decoder_target_tokens"])
-  return _throughput(settings.steps * model_tokens(batch), rows, settings.steps, seconds,
-                     seconds_per_step=seconds / settings.steps,
-                     first_step_seconds=compile_seconds, model_size=settings.size,
-                     params=models.count_params(model), model_vocab_size=vocab_size,
-                     loss=float(metrics["loss"]))
+  tokens = settings.steps * model_tokens(batch)
+  return dict(tokens_per_second=tokens / seconds, tokens=tokens, steps=settings.steps,
+              batch_rows=len(batch["decoder_target_tokens"]), seconds=seconds,
+              seconds_per_step=seconds / settings.steps, first_step_seconds=compile_seconds,
+              model_size=settings.size, params=models.count_params(model),
+              model_vocab_size=vocab_size, loss=float(metrics["loss"]))
 
 
 def measure_pair(arch: str, objective: str, data: dict, documents: list[np.ndarray],
@@ -167,6 +165,7 @@ def measure_pair(arch: str, objective: str, data: dict, documents: list[np.ndarr
       "ratio": ratio,
       "objective_only_ratio": objective_only["tokens_per_second"] / step["tokens_per_second"],
       "meets_target": ratio >= TARGET_RATIO,
+      "shortfall": max(0.0, 1.0 - ratio / TARGET_RATIO),
       "speedup_needed": max(1.0, TARGET_RATIO / ratio),
   }
 
@@ -234,9 +233,8 @@ def run(options: argparse.Namespace, log: Callable[[str], None] = print) -> dict
 def _target(entry: Mapping[str, Any]) -> str:
   if entry["meets_target"]:
     return "met"
-  short = 1.0 - entry["ratio"] / TARGET_RATIO
-  return (f"MISSED by {short:.0%} (pipeline needs {entry['speedup_needed']:.2f}x "
-          f"its speed)")
+  return (f"MISSED by {entry['shortfall']:.0%} (the pipeline needs "
+          f"{entry['speedup_needed']:.2f}x its speed)")
 
 
 def summary(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:

@@ -11,6 +11,7 @@ good checkpoint as the latest one.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Optional
 
@@ -109,3 +110,46 @@ def cast_floating(tree: Any, dtype) -> Any:
     return tree
   return jax.tree_util.tree_map(
       lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x, tree)
+
+
+def split_checkpoint_path(path: str) -> tuple[str, Optional[int]]:
+  """`.../checkpoints/<step>` -> (checkpoints dir, step); a model dir -> (its
+  checkpoints dir, None for the latest)."""
+  path = os.path.abspath(os.path.expanduser(path.rstrip("/")))
+  if os.path.basename(path).isdigit():
+    return os.path.dirname(path), int(os.path.basename(path))
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return os.path.join(path, "checkpoints"), None
+  return path, None
+
+
+def load_params(path: str, dtype=None) -> tuple[Any, dict, int]:
+  """(parameters, meta, step) of a checkpoint, without the optimiser state, on the
+  default device. `path` is a model directory (latest step) or `.../checkpoints/<step>`."""
+  directory, step = split_checkpoint_path(path)
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"checkpoint {path!r}: no such directory {directory!r}.")
+  if step is None:
+    steps = sorted(int(p) for p in os.listdir(directory) if p.isdigit())
+    if not steps:
+      raise CheckpointError(f"checkpoint {path!r}: no complete checkpoint in {directory}.")
+    step = steps[-1]
+  step_dir = os.path.join(directory, str(step))
+  if not os.path.isdir(os.path.join(step_dir, STATE)):
+    raise CheckpointError(f"checkpoint {step_dir} has no '{STATE}' item; is it one of ours?")
+  metadata = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, STATE))
+  saved = getattr(metadata, "item_metadata", metadata)["params"]
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = {"params": jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)}
+  restore_args = jax.tree_util.tree_map(
+      lambda s: ocp.ArrayRestoreArgs(sharding=device, dtype=dtype or s.dtype), abstract)
+  restored = ocp.PyTreeCheckpointer().restore(
+      os.path.join(step_dir, STATE),
+      args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True))
+  meta_path = os.path.join(step_dir, META, "metadata")
+  meta = {}
+  if os.path.exists(meta_path):
+    with open(meta_path) as f:
+      meta = json.load(f)
+  return restored["params"], meta, step

@@ -226,19 +226,8 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
                      last_checkpoint=last_saved)
 
 
-def split_checkpoint_path(path: str) -> tuple[str, Optional[int]]:
-  """`.../checkpoints/<step>` -> (checkpoints dir, step); a model dir -> (its
-  checkpoints dir, None for the latest)."""
-  path = os.path.abspath(os.path.expanduser(path.rstrip("/")))
-  if os.path.basename(path).isdigit():
-    return os.path.dirname(path), int(os.path.basename(path))
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    return os.path.join(path, "checkpoints"), None
-  return path, None
-
-
 def _restore_initial(path: str, target, meta: dict) -> tuple[Any, list]:
-  directory, step = split_checkpoint_path(path)
+  directory, step = checkpoints.split_checkpoint_path(path)
   if not os.path.isdir(directory):
     raise checkpoints.CheckpointError(f"restore_checkpoint {path!r}: no such checkpoint "
                                       f"directory {directory!r}.")

@@ -1,0 +1,29 @@
+"""Checkpoint conversion: t5x in and out, Hugging Face out and in, CD <-> ND.
+
+  t5x.read_t5x_checkpoint(path, dtype=None, with_optimizer=False)
+      native t5x checkpoints (format version 3; the paper's released ones) as numpy
+  t5x.to_model_params(params, model, strict=True)
+      check a tree against a model: ValueError naming what differs, or (strict=False)
+      the loadable subset and a report of what was skipped
+  t5x.write_t5x_checkpoint(params, path, step)
+      the same layout (msgpack + gzip zarr arrays), for t5x users
+  hf.export_hf(params, config, arch, out_dir) / hf.import_hf(path)
+      ED <-> transformers' T5ForConditionalGeneration; CD/ND <-> a native
+      config.json + safetensors format
+  model_dir.load_params(path, dtype=None)
+      parameters and meta of one of our orbax checkpoints, without the optimiser
+  model_dir.write_model_dir(...), model_dir.switch_arch(src, arch, dst)
+      new model directories from converted parameters; CD <-> ND copies
+  cli.add_parser(subparsers), cli.run(args)
+      the `arch-objective convert ...` command
+
+Parameter names are t5x's throughout (spec §1.2), so trees pass between formats
+without renaming; only the Hugging Face T5 mapping renames (see `hf`).
+"""
+from arch_objective.convert.hf import export_hf, export_native, import_hf
+from arch_objective.convert.model_dir import load_params, switch_arch, write_model_dir
+from arch_objective.convert.t5x import (read_t5x_checkpoint, to_model_params,
+                                        write_t5x_checkpoint)
+
+__all__ = ["export_hf", "export_native", "import_hf", "load_params", "read_t5x_checkpoint",
+           "switch_arch", "to_model_params", "write_model_dir", "write_t5x_checkpoint"]

@@ -1,0 +1,190 @@
+"""`arch-objective convert ...`: checkpoints between t5x, Hugging Face and our model dirs.
+
+  convert t5x-in      --checkpoint PATH --arch ARCH --size SIZE --out MODEL_DIR
+  convert t5x-out     --model_dir MODEL_DIR --out DIR            (DIR/checkpoint_<step>/)
+  convert hf-out      --model_dir MODEL_DIR --out DIR
+  convert hf-in       --hf_dir DIR --out MODEL_DIR
+  convert switch-arch --model_dir SRC --arch ARCH --out DST      (CD <-> ND)
+
+Each prints one JSON line describing what it wrote and returns 0, or prints the
+reason to stderr and returns 2. `add_parser(subparsers)` installs the `convert`
+command on the main parser; `run(args)` executes a parsed command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+DEFAULT_VOCAB_SIZE = 32100  # the T5 SentencePiece model's 32000 pieces + 100 extra ids
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+  """`['vocab_size=128', 'dtype=float32']` -> {'vocab_size': 128, 'dtype': 'float32'}."""
+  out = {}
+  for item in items or []:
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+      raise ValueError(f"--config expects NAME=VALUE (e.g. --config vocab_size=128), found "
+                       f"{item!r}.")
+    try:
+      out[name] = json.loads(value)
+    except json.JSONDecodeError:
+      out[name] = value
+  return out
+
+
+def _t5x_in(args) -> dict:
+  import jax
+  from arch_objective import models
+  from arch_objective.convert import model_dir, param_tree, t5x
+  from arch_objective.data import vocabularies
+  model = models.build_model(args.arch, args.size, **_parse_overrides(args.config))
+  checkpoint = t5x.read_t5x_checkpoint(args.checkpoint, dtype="float32")
+  step = 0 if args.reset_step or checkpoint["step"] is None else checkpoint["step"]
+  entry = {"checkpoint": args.checkpoint, "step": checkpoint["step"], "arch": args.arch,
+           "task": None, "conversion": "t5x-in"}
+  if args.allow_missing:
+    params, skipped = t5x.to_model_params(checkpoint["params"], model, strict=False)
+    shapes = models.default_input_shapes(model.name, 1, 8, 8, 8)
+    fresh = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(
+        jax.random.PRNGKey(args.seed))
+    flat = param_tree.flatten(fresh["params"])
+    flat.update(param_tree.flatten(params))
+    params = param_tree.unflatten(flat)
+    entry["skipped"] = skipped
+    entry["filled_from_init_seed"] = args.seed
+  else:
+    params = t5x.to_model_params(checkpoint["params"], model)
+  written = model_dir.write_model_dir(
+      args.out, args.arch, model.config, params, step=step,
+      vocabulary=args.vocabulary or vocabularies.DEFAULT_VOCABULARY_PATH,
+      vocab_size=args.vocab_size, lineage=[entry])
+  report = {"model_dir": args.out, "checkpoint": written, "step": step}
+  if args.allow_missing:
+    report["skipped"] = entry["skipped"]
+  return report
+
+
+def _t5x_out(args) -> dict:
+  from arch_objective.convert import model_dir, t5x
+  params, meta = model_dir.load_params(args.model_dir)
+  written = t5x.write_t5x_checkpoint(params, args.out, meta["step"], dtype=args.dtype,
+                                     use_tensorstore=not args.inline)
+  return {"checkpoint": written, "step": meta["step"], "arch": meta.get("arch")}
+
+
+def _hf_out(args) -> dict:
+  from arch_objective.convert import hf, model_dir
+  params, meta = model_dir.load_params(args.model_dir)
+  config = model_dir.config_from_dict(meta.get("config") or {}, args.model_dir)
+  carried = {k: meta.get(k) for k in ("vocabulary", "vocab_size", "task", "lineage", "step")}
+  out = hf.export_hf(params, config, meta.get("arch"), args.out, dtype=args.dtype,
+                     meta=carried)
+  kind = ("T5ForConditionalGeneration" if meta.get("arch") == "encoder_decoder"
+          else hf.FORMAT_NAME)
+  return {"out": out, "format": kind, "arch": meta.get("arch"), "step": meta["step"]}
+
+
+def _hf_in(args) -> dict:
+  from arch_objective.convert import hf, model_dir
+  from arch_objective.data import vocabularies
+  arch, config, params = hf.import_hf(args.hf_dir)
+  carried = hf.read_export_meta(args.hf_dir)
+  vocabulary = args.vocabulary or carried.get("vocabulary") or \
+      vocabularies.DEFAULT_VOCABULARY_PATH
+  vocab_size = args.vocab_size or carried.get("vocab_size") or DEFAULT_VOCAB_SIZE
+  entry = {"checkpoint": args.hf_dir, "step": carried.get("step"), "arch": arch,
+           "task": carried.get("task"), "conversion": "hf-in"}
+  written = model_dir.write_model_dir(
+      args.out, arch, config, params, step=args.step, vocabulary=vocabulary,
+      vocab_size=vocab_size, task=carried.get("task"),
+      lineage=list(carried.get("lineage") or []) + [entry])
+  return {"model_dir": args.out, "checkpoint": written, "arch": arch, "step": args.step}
+
+
+def _switch_arch(args) -> dict:
+  from arch_objective.convert import model_dir
+  written = model_dir.switch_arch(args.model_dir, args.arch, args.out)
+  return {"model_dir": args.out, "checkpoint": written, "arch": args.arch}
+
+
+COMMANDS: dict[str, Callable[[Any], dict]] = {
+    "t5x-in": _t5x_in, "t5x-out": _t5x_out, "hf-out": _hf_out, "hf-in": _hf_in,
+    "switch-arch": _switch_arch,
+}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+  """Install `convert` and its subcommands on the main parser's subparsers."""
+  from arch_objective.models import ARCHITECTURES
+  from arch_objective.network import SIZES
+  convert = subparsers.add_parser(
+      "convert", help="convert checkpoints: t5x in/out, Hugging Face out/in, CD <-> ND")
+  sub = convert.add_subparsers(dest="convert_command", required=True,
+                               metavar="|".join(COMMANDS))
+
+  p = sub.add_parser("t5x-in", help="a t5x checkpoint (e.g. a released one) -> MODEL_DIR")
+  p.add_argument("--checkpoint", required=True,
+                 help="checkpoint_<step> directory (local or gs://), or its parent")
+  p.add_argument("--arch", required=True, choices=ARCHITECTURES)
+  p.add_argument("--size", required=True, choices=list(SIZES))
+  p.add_argument("--out", required=True, help="the new MODEL_DIR")
+  p.add_argument("--config", action="append", default=[], metavar="NAME=VALUE",
+                 help="model config override, e.g. vocab_size=32128 (repeatable)")
+  p.add_argument("--vocabulary", default=None,
+                 help="SentencePiece model recorded in the meta (default: T5's)")
+  p.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE,
+                 help="ids of that vocabulary incl. extra ids (default 32100)")
+  p.add_argument("--reset_step", action="store_true",
+                 help="start the step (and optimiser counters) at 0, not the t5x step")
+  p.add_argument("--allow_missing", action="store_true",
+                 help="load what fits, fill the rest from a fresh init and report it")
+  p.add_argument("--seed", type=int, default=0, help="init seed for --allow_missing")
+
+  p = sub.add_parser("t5x-out", help="MODEL_DIR -> DIR/checkpoint_<step> in t5x's format")
+  p.add_argument("--model_dir", required=True, help="MODEL_DIR or MODEL_DIR/checkpoints/<step>")
+  p.add_argument("--out", required=True, help="directory for checkpoint_<step>/ (or gs://)")
+  p.add_argument("--dtype", default="float32", help="parameter dtype (t5x saves float32)")
+  p.add_argument("--inline", action="store_true",
+                 help="all arrays inside the msgpack file instead of TensorStore arrays")
+
+  p = sub.add_parser("hf-out", help="MODEL_DIR -> Hugging Face T5 (ED) or native (CD/ND)")
+  p.add_argument("--model_dir", required=True, help="MODEL_DIR or MODEL_DIR/checkpoints/<step>")
+  p.add_argument("--out", required=True, help="an empty directory")
+  p.add_argument("--dtype", default=None, help="weight dtype (default: as saved, float32)")
+
+  p = sub.add_parser("hf-in", help="Hugging Face T5 or native export -> MODEL_DIR")
+  p.add_argument("--hf_dir", required=True, help="directory with config.json + safetensors")
+  p.add_argument("--out", required=True, help="the new MODEL_DIR")
+  p.add_argument("--step", type=int, default=0, help="step of the new checkpoint")
+  p.add_argument("--vocabulary", default=None,
+                 help="SentencePiece model (default: the export's, else T5's)")
+  p.add_argument("--vocab_size", type=int, default=None,
+                 help="vocabulary ids (default: the export's, else 32100)")
+
+  p = sub.add_parser("switch-arch", help="CD <-> ND: same weights, the other architecture")
+  p.add_argument("--model_dir", required=True,
+                 help="source MODEL_DIR (or .../checkpoints/<step>)")
+  p.add_argument("--arch", required=True, choices=ARCHITECTURES)
+  p.add_argument("--out", required=True, help="the new MODEL_DIR")
+
+  convert.set_defaults(func=run)
+  return convert
+
+
+def run(args) -> int:
+  """Run a parsed `convert` command: 0 on success, 2 on a user error."""
+  name = getattr(args, "convert_command", None)
+  if name not in COMMANDS:
+    print(f"arch-objective convert: unknown command {name!r}; valid: {', '.join(COMMANDS)}.",
+          file=sys.stderr)
+    return 2
+  try:
+    report = COMMANDS[name](args)
+  except (ValueError, OSError, ImportError) as e:
+    print(f"arch-objective convert {name}: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(report))
+  return 0

@@ -1,0 +1,377 @@
+"""Hugging Face export and import: `config.json` + safetensors weights.
+
+Encoder-decoder -> `transformers.T5ForConditionalGeneration` (PyTorch), exactly:
+
+  ours (t5x names; kernels (in, out))      Hugging Face (Linear weights (out, in))
+  token_embedder/embedding [v, d]          shared.weight [v, d]
+  {S}/relpos_bias/rel_embedding [h, 32]    {S}.block.0.layer.0.SelfAttention.
+                                             relative_attention_bias.weight [32, h]
+  {S}/{S}_norm/scale                       {S}.final_layer_norm.weight
+  encoder/layers_i/                        encoder.block.i.layer.
+    pre_attention_layer_norm/scale           0.layer_norm.weight
+    attention/{query,key,value,out}/kernel   0.SelfAttention.{q,k,v,o}.weight
+    pre_mlp_layer_norm/scale                 1.layer_norm.weight
+    mlp/{wi_0,wi_1,wo}/kernel                1.DenseReluDense.{wi_0,wi_1,wo}.weight
+  decoder/layers_i/                        decoder.block.i.layer.
+    pre_self_attention_layer_norm/scale      0.layer_norm.weight
+    self_attention/...                       0.SelfAttention.{q,k,v,o}.weight
+    pre_cross_attention_layer_norm/scale     1.layer_norm.weight
+    encoder_decoder_attention/...            1.EncDecAttention.{q,k,v,o}.weight
+    pre_mlp_layer_norm/scale, mlp/...        2.layer_norm.weight, 2.DenseReluDense...
+  ({S} is encoder or decoder; every kernel and the relative tables are transposed.)
+
+Why the numbers agree: HF T5 does not scale attention by 1/sqrt(d) either (the scale
+lives in the query initialiser, as ours); its relative-position buckets equal ours
+for every distance; `feed_forward_proj='gated-gelu'` selects `gelu_new`, the tanh
+approximation that `flax.linen.gelu` computes; RMSNorm with eps 1e-6; and with tied
+embeddings HF multiplies the decoder output by d_model**-0.5 before `lm_head =
+shared`, which is our `logits / sqrt(emb_dim)`. The relative-position table lives in
+layer 0 of each stack and is shared by all layers, like our one table per stack.
+
+Decoder-only models (CD, ND) have no Hugging Face class. They export to this
+package's own format (`export_native`): `config.json` =
+`{"format": "arch_objective", "format_version": 1, "arch": ..., "config": {...}}`
+(the `TransformerConfig` fields) and safetensors whose keys are our flat parameter
+names (`decoder/layers_0/self_attention/query/kernel`, kernels stored (in, out)).
+
+Weights above `max_shard_bytes` are split into `model-0000k-of-0000n.safetensors`
+with a `model.safetensors.index.json`, as `save_pretrained` does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from arch_objective import models, network
+from arch_objective.convert import model_dir, param_tree
+
+FORMAT_NAME = "arch_objective"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DEFAULT_MAX_SHARD_BYTES = 5 * 1024 ** 3
+# The key of our own config block inside an exported T5 `config.json`.
+CONFIG_BLOCK = "arch_objective"
+
+# flax.linen.gelu is the tanh approximation: HF's `gelu_new` (HF's `gelu` is exact).
+_TO_HF_ACTIVATION = {"gelu": "gelu_new", "relu": "relu", "silu": "silu"}
+_FROM_HF_ACTIVATION = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu",
+                       "silu": "silu", "swish": "silu"}
+# Copies of shared.weight that some HF files hold; accepted on import if equal to it.
+_TIED_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
+                "lm_head.weight")
+# A table HF never uses (cross-attention has no position bias); older files hold it.
+_IGNORED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
+
+
+# ---------------------------------------------------------------------------
+# Safetensors files
+# ---------------------------------------------------------------------------
+def _write_weights(tensors: Mapping[str, np.ndarray], out_dir: str,
+                   max_shard_bytes: int) -> list[str]:
+  """Write `model.safetensors` (or shards and an index); returns the file names."""
+  from safetensors.numpy import save_file
+  tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+  total = sum(v.nbytes for v in tensors.values())
+  metadata = {"format": "pt"}
+  if total <= max_shard_bytes:
+    save_file(tensors, os.path.join(out_dir, WEIGHTS_FILE), metadata=metadata)
+    return [WEIGHTS_FILE]
+  shards: list[dict[str, np.ndarray]] = [{}]
+  size = 0
+  for name, value in tensors.items():
+    if shards[-1] and size + value.nbytes > max_shard_bytes:
+      shards.append({})
+      size = 0
+    shards[-1][name] = value
+    size += value.nbytes
+  files, weight_map = [], {}
+  for i, shard in enumerate(shards):
+    file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    save_file(shard, os.path.join(out_dir, file), metadata=metadata)
+    files.append(file)
+    weight_map.update({name: file for name in shard})
+  with open(os.path.join(out_dir, INDEX_FILE), "w") as f:
+    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+  return files + [INDEX_FILE]
+
+
+def _read_weights(path: str) -> dict[str, np.ndarray]:
+  from safetensors.numpy import load_file
+  index = os.path.join(path, INDEX_FILE)
+  if os.path.isfile(index):
+    with open(index) as f:
+      files = sorted(set(json.load(f)["weight_map"].values()))
+  elif os.path.isfile(os.path.join(path, WEIGHTS_FILE)):
+    files = [WEIGHTS_FILE]
+  else:
+    raise ValueError(f"no weights in {path}: expected {WEIGHTS_FILE} or {INDEX_FILE} "
+                     f"(PyTorch .bin files are not read; re-save with safe_serialization=True).")
+  tensors: dict[str, np.ndarray] = {}
+  for file in files:
+    tensors.update(load_file(os.path.join(path, file)))
+  return tensors
+
+
+def _prepare_out_dir(out_dir: str) -> str:
+  out_dir = os.path.abspath(os.path.expanduser(out_dir))
+  if os.path.isfile(os.path.join(out_dir, CONFIG_FILE)):
+    raise ValueError(f"{out_dir} already holds a {CONFIG_FILE}; export into an empty "
+                     f"directory or remove the old export first.")
+  os.makedirs(out_dir, exist_ok=True)
+  return out_dir
+
+
+def _flat_numpy(params: Mapping[str, Any], dtype) -> dict[str, np.ndarray]:
+  return {k: np.asarray(v) for k, v in
+          param_tree.flatten(param_tree.cast_floating(params, dtype)).items()}
+
+
+def _check_params(params: Mapping[str, Any], arch: str, config: network.TransformerConfig,
+                  where: str):
+  report = param_tree.match_model(
+      params, param_tree.model_shapes(model_dir.model_for(arch, config)))
+  if not report.ok:
+    raise ValueError(f"{where}: the parameters do not fit a {arch} with this config: "
+                     f"{report.describe()}. Pass the config the parameters were trained with.")
+
+
+# ---------------------------------------------------------------------------
+# The T5 mapping
+# ---------------------------------------------------------------------------
+def _mlp_names(config: network.TransformerConfig) -> list[str]:
+  acts = tuple(config.mlp_activations)
+  if len(acts) == 1:
+    return ["wi"]
+  return [f"wi_{i}" for i in range(len(acts))]
+
+
+def t5_feed_forward_proj(config: network.TransformerConfig) -> str:
+  """HF's `feed_forward_proj` for our `mlp_activations` (ValueError if none fits)."""
+  acts = tuple(config.mlp_activations)
+  if len(acts) == 2 and acts[1] == "linear" and acts[0] in _TO_HF_ACTIVATION:
+    return "gated-gelu" if acts[0] == "gelu" else f"gated-{_TO_HF_ACTIVATION[acts[0]]}"
+  if len(acts) == 1 and acts[0] in _TO_HF_ACTIVATION:
+    return _TO_HF_ACTIVATION[acts[0]]
+  raise ValueError(f"mlp_activations {acts} has no Hugging Face T5 equivalent; T5 supports "
+                   f"(ACT, 'linear') (gated) or (ACT,) with ACT in "
+                   f"{sorted(_TO_HF_ACTIVATION)}. Use the native export instead.")
+
+
+def _activations_from_hf(hf: Mapping[str, Any], where: str) -> tuple[str, ...]:
+  proj = str(hf.get("feed_forward_proj", "relu"))
+  parts = proj.split("-")
+  gated = bool(hf.get("is_gated_act", parts[0] == "gated"))
+  # HF reads 'gated-gelu' as gelu_new; `dense_act_fn` records what it runs.
+  act = hf.get("dense_act_fn") or ("gelu_new" if proj == "gated-gelu" else parts[-1])
+  if act not in _FROM_HF_ACTIVATION:
+    raise ValueError(f"{where}: feed_forward_proj {proj!r} uses activation {act!r}, which "
+                     f"this model does not implement; supported: "
+                     f"{sorted(_FROM_HF_ACTIVATION)} (HF 'gelu' is the exact erf GELU, ours "
+                     f"the tanh approximation 'gelu_new').")
+  ours = _FROM_HF_ACTIVATION[act]
+  return (ours, "linear") if gated else (ours,)
+
+
+def t5_name_map(config: network.TransformerConfig) -> list[tuple[str, str, bool]]:
+  """`(our flat name, HF name, transpose)` for every parameter of the ED."""
+  table: list[tuple[str, str, bool]] = [("token_embedder/embedding", "shared.weight", False)]
+
+  def attention(ours: str, hf: str):
+    for a, b in (("query", "q"), ("key", "k"), ("value", "v"), ("out", "o")):
+      table.append((f"{ours}/{a}/kernel", f"{hf}.{b}.weight", True))
+
+  def mlp(ours: str, hf: str):
+    for name in _mlp_names(config) + ["wo"]:
+      table.append((f"{ours}/{name}/kernel", f"{hf}.DenseReluDense.{name}.weight", True))
+
+  for stack, n in (("encoder", config.num_encoder_layers),
+                   ("decoder", config.num_decoder_layers)):
+    table.append((f"{stack}/relpos_bias/rel_embedding",
+                  f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", True))
+    table.append((f"{stack}/{stack}_norm/scale", f"{stack}.final_layer_norm.weight", False))
+    for i in range(n):
+      ours, hf = f"{stack}/layers_{i}", f"{stack}.block.{i}.layer"
+      if stack == "encoder":
+        table.append((f"{ours}/pre_attention_layer_norm/scale", f"{hf}.0.layer_norm.weight",
+                      False))
+        attention(f"{ours}/attention", f"{hf}.0.SelfAttention")
+        ff = 1
+      else:
+        table.append((f"{ours}/pre_self_attention_layer_norm/scale",
+                      f"{hf}.0.layer_norm.weight", False))
+        attention(f"{ours}/self_attention", f"{hf}.0.SelfAttention")
+        table.append((f"{ours}/pre_cross_attention_layer_norm/scale",
+                      f"{hf}.1.layer_norm.weight", False))
+        attention(f"{ours}/encoder_decoder_attention", f"{hf}.1.EncDecAttention")
+        ff = 2
+      table.append((f"{ours}/pre_mlp_layer_norm/scale", f"{hf}.{ff}.layer_norm.weight", False))
+      mlp(f"{ours}/mlp", f"{hf}.{ff}")
+  return table
+
+
+def t5_config(config: network.TransformerConfig, meta: Optional[Mapping[str, Any]] = None):
+  """The `transformers.T5Config` of our encoder-decoder config (with our own config and
+  `meta` in an extra `arch_objective` block that transformers keeps and ignores)."""
+  if not config.logits_via_embedding:
+    raise ValueError("Hugging Face T5 export needs logits_via_embedding=True (tied input and "
+                     "output embedding, logits / sqrt(emb_dim)); this config has a separate "
+                     "output layer. Use the native export instead.")
+  try:
+    import transformers
+  except ImportError as e:
+    raise ImportError("Hugging Face export needs `transformers` (pip install "
+                      "'arch-objective[eval]' or pip install transformers).") from e
+  return transformers.T5Config(
+      vocab_size=config.vocab_size, d_model=config.emb_dim, d_kv=config.head_dim,
+      d_ff=config.mlp_dim, num_layers=config.num_encoder_layers,
+      num_decoder_layers=config.num_decoder_layers, num_heads=config.num_heads,
+      relative_attention_num_buckets=config.relpos_num_buckets,
+      relative_attention_max_distance=config.relpos_max_distance,
+      dropout_rate=config.dropout_rate, layer_norm_epsilon=config.layer_norm_epsilon,
+      feed_forward_proj=t5_feed_forward_proj(config), tie_word_embeddings=True,
+      is_encoder_decoder=True, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+      architectures=["T5ForConditionalGeneration"],
+      **{CONFIG_BLOCK: {"arch": models.ENCODER_DECODER, "config": dataclasses.asdict(config),
+                        "meta": dict(meta or {})}})
+
+
+def _t5_config_to_ours(hf: Mapping[str, Any], where: str) -> network.TransformerConfig:
+  if hf.get("tie_word_embeddings") is False or hf.get("scale_decoder_outputs") is False:
+    raise ValueError(f"{where}: this T5 has an untied output layer without the "
+                     f"d_model**-0.5 scaling (T5 v1.1 style); only tied T5 models "
+                     f"(tie_word_embeddings=true) load into this codebase.")
+  fields = dict(
+      vocab_size=int(hf["vocab_size"]), emb_dim=int(hf["d_model"]),
+      num_heads=int(hf["num_heads"]), head_dim=int(hf["d_kv"]), mlp_dim=int(hf["d_ff"]),
+      num_encoder_layers=int(hf["num_layers"]),
+      num_decoder_layers=int(hf.get("num_decoder_layers") or hf["num_layers"]),
+      mlp_activations=_activations_from_hf(hf, where),
+      relpos_num_buckets=int(hf.get("relative_attention_num_buckets", 32)),
+      relpos_max_distance=int(hf.get("relative_attention_max_distance", 128)),
+      layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
+      dropout_rate=float(hf.get("dropout_rate", 0.0)), logits_via_embedding=True)
+  block = (hf.get(CONFIG_BLOCK) or {}).get("config") or {}
+  for name in ("dtype", "float32_attention_logits"):   # ours only; HF has no such field
+    if name in block:
+      fields[name] = block[name]
+  return network.TransformerConfig(**fields)
+
+
+# ---------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------
+def export_native(params: Mapping[str, Any], config: network.TransformerConfig, arch: str,
+                  out_dir: str, *, dtype=None, meta: Optional[Mapping[str, Any]] = None,
+                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> str:
+  """Any architecture in this package's own format (see the module docstring).
+  `meta` (e.g. vocabulary, vocab_size, lineage) is kept in `config.json`."""
+  if arch not in models.ARCHITECTURES:
+    raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(models.ARCHITECTURES)}.")
+  _check_params(params, arch, config, "export")
+  out_dir = _prepare_out_dir(out_dir)
+  _write_weights(_flat_numpy(params, dtype), out_dir, max_shard_bytes)
+  with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
+    json.dump({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "arch": arch,
+               "config": dataclasses.asdict(config), "meta": dict(meta or {}),
+               "weights": "safetensors; keys are t5x parameter paths joined by '/', dense "
+                          "kernels stored (in, out), relative-position tables (heads, "
+                          "buckets)"}, f, indent=2)
+  return out_dir
+
+
+def export_hf(params: Mapping[str, Any], config: network.TransformerConfig, arch: str,
+              out_dir: str, *, dtype=None, meta: Optional[Mapping[str, Any]] = None,
+              max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> str:
+  """Export for Hugging Face; returns `out_dir`.
+
+  ED: a `T5ForConditionalGeneration` directory (`config.json`, safetensors); load it
+  with `T5ForConditionalGeneration.from_pretrained(out_dir)`. CD/ND: the native format
+  (`export_native`), which `import_hf` reads back. `dtype` casts the weights (e.g.
+  'bfloat16'); by default they keep their dtype (float32). `meta` (vocabulary,
+  vocab_size, lineage, ...) travels in `config.json`; `read_export_meta` reads it.
+  """
+  if arch != models.ENCODER_DECODER:
+    return export_native(params, config, arch, out_dir, dtype=dtype, meta=meta,
+                         max_shard_bytes=max_shard_bytes)
+  hf_config = t5_config(config, meta)
+  _check_params(params, arch, config, "export")
+  flat = _flat_numpy(params, dtype)
+  tensors = {hf: (flat[ours].T if transpose else flat[ours])
+             for ours, hf, transpose in t5_name_map(config)}
+  out_dir = _prepare_out_dir(out_dir)
+  _write_weights(tensors, out_dir, max_shard_bytes)
+  hf_config.save_pretrained(out_dir)
+  return out_dir
+
+
+def read_export_meta(path: str) -> dict:
+  """The `meta` an export carries (empty for a T5 from elsewhere)."""
+  with open(os.path.join(os.path.abspath(os.path.expanduser(path)), CONFIG_FILE)) as f:
+    config = json.load(f)
+  block = config if config.get("format") == FORMAT_NAME else (config.get(CONFIG_BLOCK) or {})
+  return dict(block.get("meta") or {})
+
+
+def import_hf(path: str) -> tuple[str, network.TransformerConfig, dict]:
+  """`(arch, config, params)` of a directory written by `export_hf`/`export_native`,
+  or of any tied Hugging Face T5 (`model_type: t5`) saved with safetensors."""
+  path = os.path.abspath(os.path.expanduser(path))
+  config_file = os.path.join(path, CONFIG_FILE)
+  if not os.path.isfile(config_file):
+    raise ValueError(f"no {CONFIG_FILE} in {path}; pass a directory written by "
+                     f"`arch-objective convert hf-out` or a Hugging Face T5 model directory.")
+  with open(config_file) as f:
+    config_json = json.load(f)
+  tensors = _read_weights(path)
+  if config_json.get("format") == FORMAT_NAME:
+    return _import_native(config_json, tensors, path)
+  if config_json.get("model_type") == "t5":
+    return _import_t5(config_json, tensors, path)
+  raise ValueError(f"{config_file}: neither this package's format (format="
+                   f"{FORMAT_NAME!r}) nor a Hugging Face T5 (model_type='t5'); found "
+                   f"format={config_json.get('format')!r}, "
+                   f"model_type={config_json.get('model_type')!r}.")
+
+
+def _import_native(config_json: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
+                   path: str) -> tuple[str, network.TransformerConfig, dict]:
+  version = config_json.get("format_version")
+  if version != FORMAT_VERSION:
+    raise ValueError(f"{path}/{CONFIG_FILE}: format_version {version!r}; supported: "
+                     f"{FORMAT_VERSION}. Re-export with this version of arch-objective.")
+  arch = config_json.get("arch")
+  if arch not in models.ARCHITECTURES:
+    raise ValueError(f"{path}/{CONFIG_FILE}: arch {arch!r}; valid: "
+                     f"{', '.join(models.ARCHITECTURES)}.")
+  config = model_dir.config_from_dict(config_json.get("config") or {}, f"{path}/{CONFIG_FILE}")
+  params = param_tree.unflatten(dict(tensors))
+  _check_params(params, arch, config, path)
+  return arch, config, params
+
+
+def _import_t5(config_json: Mapping[str, Any], tensors: Mapping[str, np.ndarray], path: str
+               ) -> tuple[str, network.TransformerConfig, dict]:
+  config = _t5_config_to_ours(config_json, f"{path}/{CONFIG_FILE}")
+  table = t5_name_map(config)
+  expected = {hf for _, hf, _ in table}
+  missing = sorted(expected - set(tensors))
+  extra = sorted(set(tensors) - expected - set(_TIED_COPIES) - set(_IGNORED))
+  if missing or extra:
+    report = param_tree.MatchReport(missing=tuple(missing), unexpected=tuple(extra))
+    raise ValueError(f"{path}: the weights do not fit the T5 its {CONFIG_FILE} describes: "
+                     f"{report.describe()}. Check that the directory holds one complete model.")
+  shared = tensors["shared.weight"]
+  for name in _TIED_COPIES:
+    if name in tensors and not np.array_equal(tensors[name], shared):
+      raise ValueError(f"{path}: {name} differs from shared.weight; this codebase ties the "
+                       f"input and output embeddings, so an untied T5 cannot be imported.")
+  flat = {ours: (tensors[hf].T if transpose else tensors[hf]) for ours, hf, transpose in table}
+  params = param_tree.unflatten({k: np.ascontiguousarray(v) for k, v in flat.items()})
+  _check_params(params, models.ENCODER_DECODER, config, path)
+  return models.ENCODER_DECODER, config, params

@@ -1,0 +1,213 @@
+"""This package's own checkpoints (orbax, `training/checkpoints.py`) as a source and a sink.
+
+A model directory holds `MODEL_DIR/checkpoints/<step>/{state, data, meta}`: the train
+state `{step, params, opt_state}`, the data position and the meta JSON (arch, config,
+vocabulary, vocab_size, task, lineage).
+
+  load_params(path, dtype=None) -> (params, meta)   parameters only: a partial restore
+                                                    of `state.params`, no optimiser
+  write_model_dir(out, arch, config, params, ...)   a new model directory with a fresh
+                                                    Adafactor state at a given step
+  switch_arch(src, arch, dst)                       CD <-> ND: same weights, new meta
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from arch_objective import models, network
+from arch_objective.convert import param_tree
+from arch_objective.training import checkpoints, optimizers, trainer
+
+CHECKPOINTS = "checkpoints"
+_DECODER_ONLY = (models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER)
+
+
+def config_from_dict(fields: Mapping[str, Any], where: str) -> network.TransformerConfig:
+  """A `TransformerConfig` from its JSON form (lists become tuples); unknown keys fail."""
+  valid = {f.name for f in dataclasses.fields(network.TransformerConfig)}
+  unknown = sorted(set(fields) - valid)
+  if unknown:
+    raise ValueError(f"{where}: unknown config field(s) {unknown}; valid: {sorted(valid)}. "
+                     f"It was written by a different version of arch-objective.")
+  fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items()}
+  return network.TransformerConfig(**fields)
+
+
+def model_for(arch: str, config: network.TransformerConfig) -> models.BaseModel:
+  """The model of `arch` with exactly `config` (no size preset)."""
+  if arch == models.ENCODER_DECODER:
+    return models.EncoderDecoderModel(config)
+  if arch in _DECODER_ONLY:
+    return models.DecoderOnlyModel(
+        config, inputs_bidirectional_attention=arch == models.NON_CAUSAL_DECODER)
+  raise ValueError(f"unknown arch {arch!r}; valid architectures: "
+                   f"{', '.join(models.ARCHITECTURES)}.")
+
+
+def find_step(path: str) -> tuple[str, int]:
+  """`(checkpoints dir, step)` of a model dir (latest step), its `checkpoints/`, or
+  `checkpoints/<step>`."""
+  path = os.path.abspath(os.path.expanduser(path.rstrip("/") or path))
+  if os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, checkpoints.STATE)):
+    return os.path.dirname(path), int(os.path.basename(path))
+  directory = os.path.join(path, CHECKPOINTS) if os.path.isdir(
+      os.path.join(path, CHECKPOINTS)) else path
+  steps = sorted(int(name) for name in (os.listdir(directory) if os.path.isdir(directory) else [])
+                 if name.isdigit() and os.path.isdir(os.path.join(directory, name,
+                                                                  checkpoints.STATE)))
+  if not steps:
+    raise ValueError(f"no checkpoint under {path!r}: expected MODEL_DIR (holding "
+                     f"{CHECKPOINTS}/<step>/state), MODEL_DIR/{CHECKPOINTS} or "
+                     f"MODEL_DIR/{CHECKPOINTS}/<step>.")
+  return directory, steps[-1]
+
+
+class _DropOrbaxNoise(logging.Filter):
+  """Hide orbax's note that an item directory has no step-level metadata file."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "Metadata file does not exist" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  logger, noise = logging.getLogger("absl"), _DropOrbaxNoise()
+  logger.addFilter(noise)
+  try:
+    yield
+  finally:
+    logger.removeFilter(noise)
+
+
+def read_meta(step_dir: str) -> dict:
+  """The meta JSON of one step directory."""
+  file = os.path.join(step_dir, checkpoints.META, "metadata")
+  if not os.path.isfile(file):
+    raise ValueError(f"checkpoint {step_dir} has no meta ({file} is missing); it was not "
+                     f"written by arch-objective's trainer, so its architecture is unknown.")
+  with open(file) as f:
+    return json.load(f)
+
+
+def load_params(path: str, dtype=None) -> tuple[dict, dict]:
+  """Parameters and meta of one of our checkpoints, without the optimiser state.
+
+  `path` is MODEL_DIR (latest step), MODEL_DIR/checkpoints or .../checkpoints/<step>.
+  Only `state.params` is read (an orbax partial restore) as host numpy arrays, cast to
+  `dtype` if given. `meta` is the saved meta JSON plus `step`.
+  """
+  directory, step = find_step(path)
+  step_dir = os.path.join(directory, str(step))
+  meta = read_meta(step_dir)
+  state_dir = os.path.join(step_dir, checkpoints.STATE)
+  checkpointer = ocp.PyTreeCheckpointer()
+  with _quiet_orbax():
+    saved = checkpointer.metadata(state_dir)
+    saved = getattr(saved, "item_metadata", saved)
+    if saved is None or "params" not in saved:
+      raise ValueError(f"checkpoint {state_dir} has no 'params' in its state; found "
+                       f"{sorted(saved) if saved else 'nothing'}.")
+    item = jax.tree_util.tree_map(lambda m: np.zeros((0,), np.float32), saved["params"])
+    restore_args = jax.tree_util.tree_map(
+        lambda m: ocp.RestoreArgs(restore_type=np.ndarray), saved["params"])
+    restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item={"params": item}, restore_args={"params": restore_args}, partial_restore=True))
+  params = param_tree.cast_floating(restored["params"], dtype)
+  return params, dict(meta, step=step)
+
+
+def _fresh_state(params: Mapping[str, Any], step: int) -> trainer.TrainState:
+  """A TrainState at `step` with a fresh Adafactor (the paper's schedule).
+
+  Every optimiser counter (`count`) is set to `step`, so the learning-rate schedule and
+  Adafactor's decay continue where a run at `step` would be; the second-moment
+  estimates start at zero (update clipping bounds the first steps).
+  """
+  tx = optimizers.adafactor(optimizers.rsqrt_decay())
+  params = jax.tree_util.tree_map(jnp.asarray, params)
+  state = trainer.TrainState.create(params, tx)
+
+  def set_count(path, leaf):
+    last = path[-1] if path else None
+    name = getattr(last, "name", getattr(last, "key", None))
+    return jnp.full_like(leaf, step) if name == "count" else leaf
+
+  opt_state = jax.tree_util.tree_map_with_path(set_count, state.opt_state)
+  return trainer.TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+                            opt_state=opt_state)
+
+
+def write_model_dir(out: str, arch: str, config: network.TransformerConfig,
+                    params: Mapping[str, Any], *, step: int = 0,
+                    vocabulary: Optional[str] = None, vocab_size: Optional[int] = None,
+                    task: Optional[str] = None, lineage: Optional[list] = None) -> str:
+  """Save `params` as MODEL_DIR `out` at `step` with a fresh optimiser; returns the
+  step directory. Training with `restore_checkpoint=out` continues from it."""
+  model = model_for(arch, config)
+  report = param_tree.match_model(params, param_tree.model_shapes(model))
+  if not report.ok:
+    raise ValueError(f"cannot write {out}: the parameters do not fit a {arch} with this "
+                     f"config: {report.describe()}.")
+  if vocab_size is not None and vocab_size > config.vocab_size:
+    raise ValueError(f"vocab_size {vocab_size} is larger than the model's embedding "
+                     f"({config.vocab_size} rows); pass the vocabulary the model was "
+                     f"trained with (--vocab_size).")
+  out = os.path.abspath(os.path.expanduser(out))
+  directory = os.path.join(out, CHECKPOINTS)
+  if os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory)):
+    raise ValueError(f"{out} already holds checkpoints; write to a new MODEL_DIR so no run "
+                     f"resumes from a mix of the two.")
+  meta = {"arch": arch, "config": dataclasses.asdict(config), "vocabulary": vocabulary,
+          "vocab_size": vocab_size, "task": task, "lineage": list(lineage or [])}
+  params = param_tree.cast_floating(params, jnp.float32)
+  saver = checkpoints.Checkpoints(directory, async_save=False)
+  try:
+    saver.save(int(step), _fresh_state(params, int(step)), {"batches": 0}, meta)
+  finally:
+    saver.close()
+  return os.path.join(directory, str(int(step)))
+
+
+def switch_arch(src: str, arch: str, dst: str) -> str:
+  """Copy the latest (or given) step of `src` to MODEL_DIR `dst` as `arch`.
+
+  Only CD <-> ND: their parameter trees are identical (spec §7.3), so the state
+  (params, optimiser, step) and data position are copied byte for byte and only the
+  meta changes: `arch`, and a lineage entry naming the source. Returns the new step
+  directory.
+  """
+  directory, step = find_step(src)
+  step_dir = os.path.join(directory, str(step))
+  meta = read_meta(step_dir)
+  source_arch = meta.get("arch")
+  if arch not in _DECODER_ONLY or source_arch not in _DECODER_ONLY:
+    raise ValueError(f"switch-arch converts between {' and '.join(_DECODER_ONLY)} only "
+                     f"(identical parameter trees); {step_dir} is {source_arch!r} and the "
+                     f"target is {arch!r}. The encoder-decoder's parameters differ.")
+  dst = os.path.abspath(os.path.expanduser(dst))
+  target_dir = os.path.join(dst, CHECKPOINTS, str(step))
+  if os.path.exists(os.path.join(dst, CHECKPOINTS)) and os.listdir(os.path.join(dst,
+                                                                               CHECKPOINTS)):
+    raise ValueError(f"{dst} already holds checkpoints; choose a new MODEL_DIR for the "
+                     f"{arch} copy.")
+  os.makedirs(os.path.dirname(target_dir), exist_ok=True)
+  tmp_dir = target_dir + ".tmp-switch"
+  shutil.copytree(step_dir, tmp_dir)
+  entry = {"checkpoint": step_dir, "step": step, "arch": source_arch, "task": meta.get("task"),
+           "conversion": f"switch-arch {source_arch} -> {arch}"}
+  meta = dict(meta, arch=arch, lineage=list(meta.get("lineage") or []) + [entry])
+  with open(os.path.join(tmp_dir, checkpoints.META, "metadata"), "w") as f:
+    json.dump(meta, f)
+  os.rename(tmp_dir, target_dir)
+  return target_dir

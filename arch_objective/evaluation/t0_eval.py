@@ -1,0 +1,132 @@
+"""T0-Eval: rank classification over promptsource prompts, median over prompts.
+
+For every dataset of the suite and every prompt: each validation example is rendered,
+every answer choice scored (`RankScorer`, summed log-likelihood including EOS; per-token
+normalisation on request), the best choice taken; accuracy per prompt, the median over
+prompts per dataset, and the mean of the medians over datasets (spec §4.1).
+
+Results (`results.json`):
+  {"datasets": {name: {"prompts": {prompt: accuracy}, "median": m, "examples": n,
+                       "random": r, "skipped": {prompt: reason}}},
+   "average": a, "random_average": b, ...run metadata}
+Accuracies are percentages.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from arch_objective.evaluation.rank_classification import RankScorer, Request
+from arch_objective.prompts import datasets as datasets_lib
+from arch_objective.prompts import t0, templates
+
+EOS_ID = 1
+
+
+class _Tokens:
+  """Memoised tokenisation (answer choices repeat across examples)."""
+
+  def __init__(self, encode: Callable[[str], list[int]]):
+    self._encode, self._cache = encode, {}
+
+  def __call__(self, text: str, eos: bool) -> np.ndarray:
+    key = (text, eos)
+    if key not in self._cache:
+      ids = list(self._encode(text)) + ([EOS_ID] if eos else [])
+      self._cache[key] = np.asarray(ids, np.int32)
+    return self._cache[key]
+
+
+def evaluate_suite(scorer: RankScorer, encode: Callable[[str], list[int]], *,
+                   suite: Sequence[t0.EvalDataset] = t0.T0_EVAL,
+                   data_dir: Optional[str] = None, mapping: Optional[dict] = None,
+                   max_examples: Optional[int] = None, normalize: bool = False,
+                   log: Callable[[str], None] = print) -> dict:
+  """Evaluate every dataset of `suite`; returns the results dict (module docstring)."""
+  tokens = _Tokens(encode)
+  results, start = {}, time.time()
+  for n, spec in enumerate(suite, 1):
+    examples = datasets_lib.load_examples(*_data_args(spec), spec.split, data_dir, mapping)
+    if not examples:
+      raise ValueError(f"{spec.name}: the {spec.split} split is empty.")
+    if max_examples:
+      examples = examples[:max_examples]
+    prompts = templates.load_prompts(spec.dataset, spec.subset, spec.prompts)
+    accuracies, skipped = {}, {}
+    for prompt in prompts:
+      if not prompt.has_choices:
+        skipped[prompt.name] = "the template has no answer choices"
+        continue
+      requests, golds = [], []
+      for example in examples:
+        rendered = prompt.render(example)
+        if rendered is None or not rendered.gold:
+          continue
+        requests.append(Request(tokens(rendered.inputs, eos=False),
+                                tuple(tokens(c, eos=True) for c in rendered.choices)))
+        golds.append(rendered.gold)
+      if not requests:
+        skipped[prompt.name] = "no example renders under this template"
+        continue
+      scores = scorer.score(requests, normalize=normalize)
+      correct = [int(np.argmax(s)) in g for s, g in zip(scores, golds)]
+      accuracies[prompt.name] = 100.0 * float(np.mean(correct))
+    if not accuracies:
+      raise ValueError(f"{spec.name}: no prompt could be scored ({skipped}).")
+    median = float(np.median(list(accuracies.values())))
+    results[spec.name] = {"prompts": accuracies, "median": median, "examples": len(examples),
+                          "random": 100.0 * spec.random, "skipped": skipped}
+    elapsed = time.time() - start
+    log(f"[{n}/{len(suite)}] {spec.name}: median {results[spec.name]['median']:.1f} over "
+        f"{len(accuracies)} prompts, {len(examples)} examples ({elapsed:.0f}s, ETA "
+        f"{elapsed / n * (len(suite) - n):.0f}s)")
+  return {"datasets": results,
+          "average": float(np.mean([r["median"] for r in results.values()])),
+          "random_average": float(np.mean([r["random"] for r in results.values()])),
+          "normalize": normalize, "max_examples": max_examples}
+
+
+def _data_args(spec: t0.EvalDataset):
+  dataset, _, subset = spec.data_key.partition("/")
+  return dataset, subset or None
+
+
+def select(names: Optional[Sequence[str]]) -> tuple[t0.EvalDataset, ...]:
+  """Suite entries by name (`super_glue/rte`, `anli/r1`, ...); all if None."""
+  if not names:
+    return t0.T0_EVAL
+  unknown = [n for n in names if n not in t0.T0_EVAL_BY_NAME]
+  if unknown:
+    raise ValueError(f"unknown T0-Eval dataset(s) {unknown}; valid: "
+                     f"{', '.join(t0.T0_EVAL_BY_NAME)}.")
+  return tuple(t0.T0_EVAL_BY_NAME[n] for n in names)
+
+
+def markdown(results: dict, title: str = "T0-Eval", paper: bool = False) -> str:
+  """The results as a markdown table (and the paper's numbers if asked)."""
+  lines = [f"## {title}", "", "| dataset | prompts | median accuracy | random |",
+           "|---|---|---|---|"]
+  for name, r in results["datasets"].items():
+    lines.append(f"| {name} | {len(r['prompts'])} | {r['median']:.1f} | {r['random']:.1f} |")
+  lines.append(f"| **average** | | **{results['average']:.1f}** | "
+               f"{results['random_average']:.1f} |")
+  if paper:
+    lines += ["", "The paper's T0-Eval averages (11 datasets, spec §6):", "",
+              "| model | T0-Eval |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in t0.PAPER_T0_EVAL.items()]
+  return "\n".join(lines) + "\n"
+
+
+def write(results: dict, out_dir: str, paper: bool = False) -> tuple[str, str]:
+  os.makedirs(out_dir, exist_ok=True)
+  json_path = os.path.join(out_dir, "results.json")
+  md_path = os.path.join(out_dir, "results.md")
+  with open(json_path, "w") as f:
+    json.dump(results, f, indent=2)
+  with open(md_path, "w") as f:
+    f.write(markdown(results, paper=paper))
+  return json_path, md_path

@@ -1,0 +1,102 @@
+"""promptsource templates: load them, render examples into (inputs, targets, choices).
+
+Prompt names are promptsource's template names sanitised as in its seqio task names
+(every run of characters other than letters, digits, `_` and `.` becomes `_`):
+'C1 or C2? premise, so/because…' -> 'C1_or_C2_premise_so_because_'.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import warnings
+from typing import Any, Mapping, Optional, Sequence
+
+
+def sanitize(name: str) -> str:
+  return re.sub(r"[^\w\d\._]+", "_", name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rendered:
+  """One example under one prompt. `gold` holds every index of `choices` that matches
+  the target (empty when the template has no answer choices)."""
+  inputs: str
+  targets: str
+  choices: tuple[str, ...]
+  gold: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+  """A promptsource template of one dataset."""
+  dataset: str
+  subset: Optional[str]
+  name: str                   # sanitised
+  template: Any = dataclasses.field(compare=False, repr=False)
+
+  @property
+  def original_name(self) -> str:
+    return self.template.name
+
+  @property
+  def has_choices(self) -> bool:
+    return bool(self.template.answer_choices)
+
+  @property
+  def original_task(self) -> bool:
+    return bool(getattr(self.template.metadata, "original_task", False))
+
+  def render(self, example: Mapping[str, Any]) -> Optional[Rendered]:
+    """The rendered example, or None when the template yields no target for it.
+
+    Raises ValueError naming the dataset, template and field when the example lacks a
+    field the template reads.
+    """
+    try:
+      parts = self.template.apply(dict(example))
+      choices = self.template.get_answer_choices_list(dict(example)) or []
+    except Exception as e:  # jinja's UndefinedError and friends
+      missing = re.findall(r"'(\w+)' is undefined", str(e))
+      field = f" field {missing[0]!r}" if missing else ""
+      raise ValueError(f"{dataset_key(self.dataset, self.subset)} template {self.name!r}: cannot "
+                       f"render an example with fields {sorted(example)}{field}: {e}") from e
+    if len(parts) < 2 or not parts[1].strip():
+      return None
+    inputs, targets = parts[0].strip(), parts[1].strip()
+    choices = tuple(c.strip() for c in choices)
+    gold = tuple(i for i, c in enumerate(choices) if c == targets)
+    return Rendered(inputs=inputs, targets=targets, choices=choices, gold=gold)
+
+
+def dataset_key(dataset: str, subset: Optional[str]) -> str:
+  return f"{dataset}/{subset}" if subset else dataset
+
+
+@functools.lru_cache(maxsize=None)
+def _collection(dataset: str, subset: Optional[str]):
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    try:
+      from promptsource.templates import DatasetTemplates
+    except ImportError as e:
+      raise ImportError("promptsource is not installed; `make install` installs it "
+                        "(pip install --no-deps --ignore-requires-python promptsource==0.2.3 "
+                        "plus jinja2 pyyaml pandas 'setuptools<82').") from e
+    return DatasetTemplates(dataset, subset)
+
+
+def load_prompts(dataset: str, subset: Optional[str] = None,
+                 names: Optional[Sequence[str]] = None) -> list[Prompt]:
+  """The prompts of a dataset, all of them or the given (sanitised) names in order."""
+  collection = _collection(dataset, subset)
+  by_name = {sanitize(n): collection[n] for n in collection.all_template_names}
+  if not by_name:
+    raise ValueError(f"promptsource has no templates for {dataset_key(dataset, subset)}.")
+  if names is None:
+    return [Prompt(dataset, subset, n, t) for n, t in sorted(by_name.items())]
+  missing = [n for n in names if n not in by_name]
+  if missing:
+    raise ValueError(f"{dataset_key(dataset, subset)}: prompt(s) {missing} not found; "
+                     f"available: {sorted(by_name)}.")
+  return [Prompt(dataset, subset, n, by_name[n]) for n in names]
