@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 
 from arch_objective.data import registry, sources, vocabularies
 from arch_objective.objectives import pipeline
-from tasks import seqio_bridge
+from tasks import seqio_bridge, t0
 
 C4_VERSION = "3.1.0"  # the paper used 2.2.0; both are known to tensorflow-datasets
 C4_TASKS = tuple(f"c4_{kind}" for kind in registry.TASK_KINDS)
@@ -90,15 +90,23 @@ def resolve(task: str, *, corpus=None, field: str = "text", layout: str = "line"
             extra_ids: int = vocabularies.DEFAULT_EXTRA_IDS,
             length: int = pipeline.PAPER_LENGTH, tfds_data_dir: Optional[str] = None,
             c4_version: str = C4_VERSION, with_seqio: Optional[bool] = None,
-            arch: Optional[str] = None) -> registry.TaskSpec:
+            arch: Optional[str] = None, prompt_datasets: Optional[Sequence[str]] = None,
+            data_dir: Optional[str] = None, mapping: Optional[str] = None,
+            inputs_length: int = 1024, targets_length: int = 256):
   """The spec of `task`, registering what the options describe first.
 
   `<corpus>_prefix_lm` names the packing of `arch`: `..._prefix_lm_encoder_decoder` for
-  the encoder-decoder, `..._prefix_lm_decoder` otherwise.
+  the encoder-decoder, `..._prefix_lm_decoder` otherwise. `t0_train`, or any name with
+  `prompt_datasets`, is a prompted MT-F mixture (data from `data_dir`/`mapping`, else HF).
 
   `c4_<kind>` uses TFDS c4/en at `c4_version` in `tfds_data_dir`; with `corpus` (files or
   globs) the task must be `local_<kind>` and reads those files.
   """
+  if task == t0.T0_TRAIN or prompt_datasets:
+    return t0.register_prompted_mixture(
+        task, datasets=prompt_datasets, data_dir=data_dir, mapping=mapping,
+        vocabulary=vocabulary, extra_ids=extra_ids, inputs_length=inputs_length,
+        targets_length=targets_length)
   if corpus:
     if not task.startswith("local_"):
       raise ValueError(f"a corpus registers the tasks local_<kind>; the task must be one of "

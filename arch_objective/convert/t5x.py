@@ -83,6 +83,15 @@ def _read_bytes(path: str) -> bytes:
   return bytes(result.value)
 
 
+def _exists(path: str) -> bool:
+  gcs = _split_gcs(path)
+  if gcs is None:
+    return os.path.exists(path)
+  bucket, key = gcs
+  store = ts.KvStore.open({"driver": "gcs", "bucket": bucket}).result()
+  return store.read(key).result().state == "value"
+
+
 def _write_bytes(path: str, data: bytes):
   gcs = _split_gcs(path)
   if gcs is None:
@@ -375,7 +384,7 @@ def write_t5x_checkpoint(params: Mapping[str, Any], path: str, step: int, *,
   gcs = _split_gcs(path)
   final_dir = _join(path.rstrip("/"), f"checkpoint_{step}") if gcs else os.path.join(
       os.path.abspath(os.path.expanduser(path)), f"checkpoint_{step}")
-  if gcs is None and os.path.exists(final_dir):
+  if _exists(final_dir if gcs is None else _join(final_dir, CHECKPOINT_FILE)):
     raise ValueError(f"write_t5x_checkpoint: {final_dir} already exists; write to another "
                      f"directory or remove it first.")
   work_dir = final_dir if gcs else f"{final_dir}.tmp-{int(time.time() * 1000)}"

@@ -38,6 +38,12 @@ class DatasetConfig:
   split: str = "train"
   seed: int = 0
   pack: bool = True
+  # prompted mixtures (MT-F): `task='t0_train'` or any name with `prompt_datasets`
+  prompt_datasets: Optional[Sequence[str]] = None
+  data_dir: Optional[str] = None
+  mapping: Optional[str] = None
+  inputs_length: int = 1024
+  targets_length: int = 256
 
   def spec(self, arch: Optional[str] = None):
     """The task's spec (`<corpus>_prefix_lm` resolves to the packing of `arch`)."""
@@ -45,7 +51,10 @@ class DatasetConfig:
     return tasks.resolve(self.task, corpus=self.corpus, field=self.field, layout=self.layout,
                          vocabulary=self.vocabulary, extra_ids=self.extra_ids,
                          length=self.length, tfds_data_dir=self.tfds_data_dir,
-                         c4_version=self.c4_version, arch=arch)
+                         c4_version=self.c4_version, arch=arch,
+                         prompt_datasets=self.prompt_datasets, data_dir=self.data_dir,
+                         mapping=self.mapping, inputs_length=self.inputs_length,
+                         targets_length=self.targets_length)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

@@ -1,0 +1,134 @@
+"""Prompted training mixtures for multitask finetuning (MT-F), e.g. T0's `d4_train`.
+
+One task per (dataset, prompt). Mixing is examples-proportional as promptsource does:
+a task's rate is its dataset's training size, or `cap // number of prompts` when the
+dataset has more than `cap` (500,000) examples. Each draw picks a task with probability
+proportional to its rate (keyed per draw and per host), then the task's next example in
+a per-epoch shuffled order. Inputs have no EOS, targets end in EOS (spec §3.2).
+
+Rows per architecture (spec §3.3): decoder-only models read `inputs ++ targets` packed in
+rows of `inputs_length + targets_length` (1024 + 256), loss on targets, the ND attending
+bidirectionally over the inputs; the ED reads packed 1024 / 256 rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from arch_objective import models
+from arch_objective.data import registry
+from arch_objective.objectives import feature_converters
+from arch_objective.prompts import datasets as datasets_lib
+from arch_objective.prompts import templates
+
+EOS_ID = 1
+_SALT = 17
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptedTask:
+  """One (dataset, prompt) task: `examples(split)` gives raw HF-format examples."""
+  name: str
+  prompt: Any                                  # has .render(example) -> Rendered | None
+  examples: Callable[[str], Sequence[dict]]
+  num_prompts: int                             # prompts of the same dataset (for the cap)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptedMixture:
+  """A mixture readable by the trainer (the `TaskSpec` interface: `vocab`, `rows`)."""
+  name: str
+  tasks: tuple[PromptedTask, ...]
+  vocabulary: str
+  extra_ids: int = 100
+  inputs_length: int = 1024
+  targets_length: int = 256
+  cap: int = 500_000
+  splits: tuple[str, ...] = ("train", "validation")
+
+  @property
+  def architectures(self):
+    return models.ARCHITECTURES
+
+  def vocab(self):
+    return registry.load_vocabulary(self.vocabulary, self.extra_ids)
+
+  def rates(self, split: str = "train") -> np.ndarray:
+    sizes = [len(t.examples(split)) for t in self.tasks]
+    return np.asarray([n if n <= self.cap else self.cap // t.num_prompts
+                       for n, t in zip(sizes, self.tasks)], np.float64)
+
+  def task_examples(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
+                    shard_index: int = 0, num_shards: int = 1
+                    ) -> Iterator[dict[str, np.ndarray]]:
+    """Endless tokenised `{'inputs', 'targets'}` examples drawn from the mixture."""
+    del arch
+    rates = self.rates(split)
+    if rates.sum() == 0:
+      raise ValueError(f"mixture {self.name!r}: every task's {split} split is empty.")
+    probs = rates / rates.sum()
+    vocab = self.vocab()
+    encode = functools.lru_cache(maxsize=65536)(vocab.encode)
+    positions = [0] * len(self.tasks)
+    orders: dict[tuple[int, int], np.ndarray] = {}
+    seed = registry.shard_seed(seed, shard_index, num_shards)
+    draw = 0
+    consecutive_failures = 0
+    while True:
+      rng = np.random.default_rng([seed & 0xFFFFFFFF, _SALT, draw])
+      draw += 1
+      t = int(rng.choice(len(self.tasks), p=probs))
+      task = self.tasks[t]
+      examples = task.examples(split)
+      epoch, offset = divmod(positions[t], len(examples))
+      positions[t] += 1
+      if (t, epoch) not in orders:
+        orders = {k: v for k, v in orders.items() if k[0] != t}
+        orders[(t, epoch)] = np.random.default_rng([seed & 0xFFFFFFFF, _SALT, t, epoch]
+                                                   ).permutation(len(examples))
+      rendered = task.prompt.render(examples[int(orders[(t, epoch)][offset])])
+      if rendered is None or not rendered.inputs or not rendered.targets:
+        consecutive_failures += 1
+        if consecutive_failures > 10_000:
+          raise ValueError(f"mixture {self.name!r}: 10,000 draws in a row rendered no "
+                           f"example (empty inputs or targets); check the templates' fields.")
+        continue
+      consecutive_failures = 0
+      yield {"inputs": np.asarray(encode(rendered.inputs), np.int32),
+             "targets": np.asarray(list(encode(rendered.targets)) + [EOS_ID], np.int32)}
+
+  def rows(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
+           shard_index: int = 0, num_shards: int = 1, pack: bool = True
+           ) -> Iterator[dict[str, np.ndarray]]:
+    examples = self.task_examples(split, seed=seed, shard_index=shard_index,
+                                  num_shards=num_shards)
+    if arch == models.ENCODER_DECODER:
+      return feature_converters.encoder_decoder_rows(examples, self.inputs_length,
+                                                     self.targets_length, pack)
+    rows = feature_converters.prefix_lm_rows(examples, self.inputs_length, self.targets_length,
+                                             pack)
+    return rows
+
+
+def from_promptsource(name: str, dataset_names: Sequence[tuple[str, Optional[str]]], *,
+                      vocabulary: str, data_dir: Optional[str] = None,
+                      mapping: Optional[dict] = None,
+                      excluded_prompts: Optional[dict] = None, **kwargs) -> PromptedMixture:
+  """A mixture of every promptsource prompt of the given (dataset, subset) pairs."""
+  tasks = []
+  for dataset, subset in dataset_names:
+    @functools.lru_cache(maxsize=None)
+    def examples(split, dataset=dataset, subset=subset):
+      return datasets_lib.load_examples(dataset, subset, split, data_dir, mapping)
+    excluded = (excluded_prompts or {}).get((dataset, subset), ())
+    prompts = [p for p in templates.load_prompts(dataset, subset)
+               if not any(p.name.startswith(x) for x in excluded)]
+    for p in prompts:
+      tasks.append(PromptedTask(f"{templates.dataset_key(dataset, subset)}/{p.name}", p,
+                                examples, len(prompts)))
+  if not tasks:
+    raise ValueError(f"mixture {name!r}: no prompts for {list(dataset_names)}.")
+  return PromptedMixture(name, tuple(tasks), vocabulary, **kwargs)
