@@ -107,23 +107,7 @@ def load_params(path: str, dtype=None) -> tuple[dict, dict]:
   Only `state.params` is read (an orbax partial restore) as host numpy arrays, cast to
   `dtype` if given. `meta` is the saved meta JSON plus `step`.
   """
-  directory, step = find_step(path)
-  step_dir = os.path.join(directory, str(step))
-  meta = read_meta(step_dir)
-  state_dir = os.path.join(step_dir, checkpoints.STATE)
-  checkpointer = ocp.PyTreeCheckpointer()
-  with _quiet_orbax():
-    saved = checkpointer.metadata(state_dir)
-    saved = getattr(saved, "item_metadata", saved)
-    if saved is None or "params" not in saved:
-      raise ValueError(f"checkpoint {state_dir} has no 'params' in its state; found "
-                       f"{sorted(saved) if saved else 'nothing'}.")
-    item = jax.tree_util.tree_map(lambda m: np.zeros((0,), np.float32), saved["params"])
-    restore_args = jax.tree_util.tree_map(
-        lambda m: ocp.RestoreArgs(restore_type=np.ndarray), saved["params"])
-    restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item={"params": item}, restore_args={"params": restore_args}, partial_restore=True))
-  params = param_tree.cast_floating(restored["params"], dtype)
+  params, meta, step = checkpoints.load_params(path, dtype)
   return params, dict(meta, step=step)
 
 

@@ -124,8 +124,9 @@ def split_checkpoint_path(path: str) -> tuple[str, Optional[int]]:
 
 
 def load_params(path: str, dtype=None) -> tuple[Any, dict, int]:
-  """(parameters, meta, step) of a checkpoint, without the optimiser state, on the
-  default device. `path` is a model directory (latest step) or `.../checkpoints/<step>`."""
+  """(parameters, meta, step) of a checkpoint, without the optimiser state, as host
+  numpy arrays. `path` is a model directory (latest step), its `checkpoints/`
+  directory, or `.../checkpoints/<step>`."""
   directory, step = split_checkpoint_path(path)
   if not os.path.isdir(directory):
     raise CheckpointError(f"checkpoint {path!r}: no such directory {directory!r}.")
@@ -137,19 +138,22 @@ def load_params(path: str, dtype=None) -> tuple[Any, dict, int]:
   step_dir = os.path.join(directory, str(step))
   if not os.path.isdir(os.path.join(step_dir, STATE)):
     raise CheckpointError(f"checkpoint {step_dir} has no '{STATE}' item; is it one of ours?")
-  metadata = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, STATE))
-  saved = getattr(metadata, "item_metadata", metadata)["params"]
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = {"params": jax.tree_util.tree_map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)}
-  restore_args = jax.tree_util.tree_map(
-      lambda s: ocp.ArrayRestoreArgs(sharding=device, dtype=dtype or s.dtype), abstract)
-  restored = ocp.PyTreeCheckpointer().restore(
-      os.path.join(step_dir, STATE),
-      args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True))
+  state_dir = os.path.join(step_dir, STATE)
+  checkpointer = ocp.PyTreeCheckpointer()
+  saved = checkpointer.metadata(state_dir)
+  saved = getattr(saved, "item_metadata", saved)
+  if saved is None or "params" not in saved:
+    raise CheckpointError(f"checkpoint {state_dir} has no 'params' in its state; found "
+                          f"{sorted(saved) if saved else 'nothing'}.")
+  item = jax.tree_util.tree_map(lambda m: np.zeros((0,), np.float32), saved["params"])
+  restore_args = jax.tree_util.tree_map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray),
+                                        saved["params"])
+  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+      item={"params": item}, restore_args={"params": restore_args}, partial_restore=True))
+  params = cast_floating(restored["params"], dtype)
   meta_path = os.path.join(step_dir, META, "metadata")
   meta = {}
   if os.path.exists(meta_path):
     with open(meta_path) as f:
       meta = json.load(f)
-  return restored["params"], meta, step
+  return params, meta, step
