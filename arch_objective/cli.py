@@ -21,11 +21,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def _plan(args) -> int:
   from arch_objective import models
+  lineage = None
   try:
-    model = models.build_model(args.arch, args.size)
-  except ValueError as e:
+    if args.model_dir:
+      from arch_objective.training import checkpoints
+      _, meta, step = checkpoints.load_params(args.model_dir)
+      config = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
+      model = models.build_model(args.arch or meta["arch"], "tiny", **config)
+      lineage = {"step": step, "task": meta.get("task"), "trained_as": meta.get("arch"),
+                 "sources": meta.get("lineage", [])}
+      args.size = "custom"
+    else:
+      if not args.arch or not args.size:
+        raise ValueError("give --arch and --size, or --model_dir to describe a checkpoint.")
+      model = models.build_model(args.arch, args.size)
+  except (ValueError, OSError, KeyError) as e:
     print(f"arch-objective plan: {e}", file=sys.stderr)
     return 2
+  args.arch = model.name
   report = {
       "arch": args.arch,
       "size": args.size,
@@ -36,6 +49,8 @@ def _plan(args) -> int:
                   if args.arch == models.ENCODER_DECODER else {"decoder": args.length}),
       "config": {k: v for k, v in vars(model.config).items()},
   }
+  if lineage is not None:
+    report["lineage"] = lineage
   print(json.dumps(report, indent=2))
   return 0
 
@@ -147,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
   plan = sub.add_parser("plan", help="parameters and FLOPs of a model, as JSON (allocates nothing)")
-  plan.add_argument("--arch", required=True, choices=ARCHITECTURES)
-  plan.add_argument("--size", required=True, choices=list(SIZES))
+  plan.add_argument("--arch", choices=ARCHITECTURES)
+  plan.add_argument("--size", choices=list(SIZES))
+  plan.add_argument("--model_dir", help="describe a checkpoint instead: config and lineage")
   plan.add_argument("--length", type=int, default=626, help="decoder-only row length")
   plan.add_argument("--inputs_length", type=int, default=512, help="encoder length (ED)")
   plan.add_argument("--targets_length", type=int, default=114, help="decoder length (ED)")

@@ -253,11 +253,11 @@ GIN_FILES = sorted(str(p.relative_to(ROOT / "gin")) for p in (ROOT / "gin").rglo
 @pytest.mark.parametrize("gin_file", GIN_FILES)
 def test_every_gin_file_parses(gin_file):
   # Run files use the task macro that an objectives/ file sets, and required macros.
-  extra = []
-  if gin_file.startswith("runs/"):
-    text = (ROOT / "gin" / gin_file).read_text()
-    extra = ["MIXTURE_OR_TASK_NAME='c4_full_lm'", "MODEL_DIR='/tmp/unused'"]
-    extra += ["TRAIN_STEPS=1"] if "%TRAIN_STEPS" in text else []
+  import re
+  text = "\n".join(gin_utils._texts([gin_utils._locate(gin_file)]))
+  extra = [f"{name}=1" for name in re.findall(r"^(\w+) = %gin.REQUIRED", text, re.M)]
+  if "%MIXTURE_OR_TASK_NAME" in text and "MIXTURE_OR_TASK_NAME =" not in text:
+    extra.append("MIXTURE_OR_TASK_NAME='c4_full_lm'")
   gin_utils.parse([gin_file], extra)
   import gin
   text = (ROOT / "gin" / gin_file).read_text()
@@ -276,6 +276,8 @@ def test_gin_composes_a_model_per_architecture(arch):
 
 
 def test_unknown_gin_bindings_and_macros_are_errors():
+  with pytest.raises(ValueError, match="gin macro TRAIN_STEPS is required"):
+    gin_utils.parse(["runs/pretrain.gin", "objectives/full_lm.gin"], ["MODEL_DIR='/tmp/x'"])
   with pytest.raises(ValueError, match="doesn't have a parameter named 'foo'"):
     gin_utils.parse(["runs/pretrain.gin"], ["train.foo = 1"])
   with pytest.raises(ValueError, match="unknown gin macro 'BATCH_SIZ'.*BATCH_SIZE"):
@@ -305,7 +307,7 @@ def test_train_and_evaluate_commands_end_to_end(tmp_path):
 
 
 @needs_data
-def test_restore_checkpoint_continues_the_step_across_architectures(tmp_path):
+def test_restore_checkpoint_continues_the_step_across_architectures(tmp_path, capsys):
   """A CD:FLM checkpoint continues as ND:MLM (the paper's NC-A recipe): the step counter
   and optimiser state carry on, the data starts afresh, the lineage records the source."""
   source = tmp_path / "cd_flm"
@@ -325,6 +327,36 @@ def test_restore_checkpoint_continues_the_step_across_architectures(tmp_path):
   assert meta["arch"] == "non_causal_decoder"
   assert meta["lineage"] == [{"checkpoint": str(source / "checkpoints" / "2"), "step": 2,
                               "arch": "causal_decoder", "task": "local_full_lm"}]
+  from arch_objective import cli
+  capsys.readouterr()
+  assert cli.main(["plan", "--model_dir", str(target)]) == 0
+  plan = json.loads(capsys.readouterr().out)
+  assert plan["arch"] == "non_causal_decoder" and plan["lineage"]["step"] == 4
+  assert plan["lineage"]["sources"] == meta["lineage"]
   with pytest.raises(checkpoints.CheckpointError, match="no such checkpoint directory"):
     train.train(model_dir=str(tmp_path / "other"), model=build_model("causal_decoder", "tiny"),
                 dataset=dataset(), train_steps=1, restore_checkpoint=str(tmp_path / "nope"))
+
+
+@needs_data
+def test_restore_options_reset_step_optimizer_and_schedule(tmp_path):
+  source = tmp_path / "src"
+  model = build_model("causal_decoder", "tiny", dtype="float32")
+  train.train(model_dir=str(source), model=model, dataset=dataset(), train_steps=3,
+              progress=False)
+  seen = {}
+  for name, options in {"continue": {}, "reset": dict(reset_step=True, reset_optimizer=True,
+                                                      reset_schedule=True)}.items():
+    result = train.train(model_dir=str(tmp_path / name), model=model, dataset=dataset(),
+                         train_steps=4, progress=False, restore_checkpoint=str(source),
+                         learning_rate_schedule=lambda step: 0.01 / (1.0 + step), **options)
+    seen[name] = result
+  cont, reset = seen["continue"], seen["reset"]
+  # Continue: the step goes 3 -> 4 and the schedule sees step 3; reset: steps 1..4 from 0.
+  assert [h["step"] for h in cont.history] == [4]
+  assert cont.history[0]["learning_rate"] == pytest.approx(0.01 / 4)
+  assert [h["step"] for h in reset.history] == [1, 2, 3, 4]
+  assert reset.history[0]["learning_rate"] == pytest.approx(0.01)
+  counts = [int(x) for p, x in jax.tree_util.tree_flatten_with_path(reset.state.opt_state)[0]
+            if "count" in jax.tree_util.keystr(p)]
+  assert counts and all(c == 4 for c in counts)

@@ -97,6 +97,11 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (),
   try:
     gin.parse_config_files_and_bindings(files, list(bindings), skip_unknown=False)
   except (ValueError, KeyError) as e:
+    required = re.search(r"([A-Za-z0-9_]+)/macro.value set to `%gin.REQUIRED`", str(e))
+    if required:
+      name = required.group(1)
+      raise ValueError(f"gin macro {name} is required by the run file: bind it, e.g. "
+                       f"--gin.{name}=...") from None
     unbound = re.search(r"No bindings specified for '([A-Za-z0-9_]+)/gin.macro'", str(e))
     if unbound:
       name = unbound.group(1)

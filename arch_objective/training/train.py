@@ -98,6 +98,7 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
           hooks: Sequence[Hook] = (), progress: bool = True,
           devices: Optional[Sequence[Any]] = None,
           restore_checkpoint: Optional[str] = None, restore_dtype: Optional[str] = None,
+          reset_step: bool = False, reset_optimizer: bool = False, reset_schedule: bool = False,
           config_text: Optional[Callable[[], str]] = None) -> TrainResult:
   """Train `model` on `dataset` until `train_steps` (counting restored steps).
 
@@ -106,7 +107,9 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
   directory, or a model directory for its latest step) gives the initial train state:
   parameters, optimiser state and step continue, as t5x's fine-tuning does, the data
   starts afresh, parameters are cast to `restore_dtype` if given, and the source is
-  appended to the run's lineage. `learning_rate_schedule` defaults to the paper's
+  appended to the run's lineage. `reset_step` restarts the step counter at 0 (then
+  `train_steps` counts this run's steps), `reset_optimizer` restarts Adafactor's second
+  moments, `reset_schedule` the learning-rate schedule and Adafactor's decay. `learning_rate_schedule` defaults to the paper's
   1/sqrt(max(step, 1e4)); `optimizer(schedule)` to t5x's Adafactor.
   """
   if train_steps < 1:
@@ -152,6 +155,8 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
       print(f"resumed from step {start_step} ({ckpt.directory})")
     elif restore_checkpoint:
       state, meta["lineage"] = _restore_initial(restore_checkpoint, target, meta)
+      state = jax.device_put(_reset(state, tx, reset_step, reset_optimizer, reset_schedule),
+                             shardings)
       state = dataclasses.replace(state, params=checkpoints.cast_floating(state.params,
                                                                            restore_dtype))
       start_step = int(state.step)
@@ -224,6 +229,18 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
     writer.close()
   return TrainResult(state=state, history=history, model_dir=model_dir,
                      last_checkpoint=last_saved)
+
+
+def _reset(state, tx, reset_step: bool, reset_optimizer: bool, reset_schedule: bool):
+  """Apply the restore options (see `train`) to a restored state."""
+  count = state.opt_state
+  if reset_optimizer:
+    fresh = jax.jit(tx.init)(state.params)
+    count = trainer.set_optimizer_count(fresh, int(state.step))
+  if reset_schedule:
+    count = trainer.set_optimizer_count(count, 0)
+  step = jnp.zeros_like(state.step) if reset_step else state.step
+  return trainer.TrainState(step=step, params=state.params, opt_state=count)
 
 
 def _restore_initial(path: str, target, meta: dict) -> tuple[Any, list]:

@@ -31,6 +31,16 @@ class TrainState:
     return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
 
+def set_optimizer_count(opt_state: Any, value) -> Any:
+  """Every `count` of an optax state set to `value` (the schedule's and Adafactor's
+  decay position)."""
+  def fix(path, leaf):
+    last = path[-1] if path else None
+    name = getattr(last, "name", getattr(last, "key", None))
+    return jnp.full_like(leaf, value) if name == "count" else leaf
+  return jax.tree_util.tree_map_with_path(fix, opt_state)
+
+
 def init_state(model, optimizer, input_shapes: Mapping[str, tuple[int, ...]], rng: Array
                ) -> TrainState:
   params = model.get_initial_variables(rng, input_shapes)["params"]
