@@ -1,0 +1,641 @@
+"""EAI-Eval: our checkpoints as an lm-evaluation-harness (0.4.x) model.
+
+`ArchObjectiveLM` is registered with the harness as `arch_objective`, so both work:
+
+  lm_eval.simple_evaluate(model=ArchObjectiveLM(model=m, params=p, vocab=v), tasks=[...])
+  lm_eval.simple_evaluate(model="arch_objective",
+                          model_args="checkpoint=/runs/cd_flm,truncation=paper", tasks=[...])
+
+(the second needs this module imported first). `run_harness` runs a task list and writes
+`harness_results.json` and `summary.md`; `arch-objective eval harness` is its command.
+
+How each request type reads (spec §4.2):
+  loglikelihood          (context, continuation) -> (sum of log p(continuation tokens),
+                         every continuation token is the argmax). Context and continuation
+                         are tokenised separately, NO EOS on either side; " True" becomes
+                         "▁True" through SentencePiece's dummy prefix. Decoder-only: one row
+                         `context ++ continuation`, `decoder_causal_attention` on the context
+                         plus one position (the ND attends bidirectionally there). ED: the
+                         encoder reads the context (an empty one is an all-padding row, as
+                         t5x's feature converter makes it) and the decoder the continuation
+                         from start token 0; each distinct context is encoded once.
+  loglikelihood_rolling  the text's total log-likelihood. Decoder-only: the harness's rolling
+                         windows (`lm_eval.utils.get_rolling_token_windows`, context_len 1):
+                         windows of `row_length` predictions, each conditioned on the
+                         `row_length` tokens before its last one, the shifted-in 0 taking
+                         the place of a BOS token. ED: the paper's encoder-decoders have no
+                         unconditional reading, so the text is cut into disjoint windows of
+                         `targets_length` tokens, each scored as decoder targets with an
+                         empty (all-padding) encoder input: a window never sees the text
+                         before it.
+  generate_until         greedy decoding (`model.predict_batch`, KV cache) for at most
+                         `max_gen_toks` tokens, stopped at EOS, the output cut before the
+                         first `until` string. Decoder-only prompts are `[0, p_0 .. p_n-1]`
+                         with `decoder_causal_attention` on those n + 1 positions.
+
+Truncation (`truncation=`, see `truncate`):
+  paper   seqio's trimming, as the paper's t5x bridge: the context keeps its FIRST
+          `inputs_length` (512) tokens, the continuation its first `targets_length` (114).
+  modern  the context keeps its LAST tokens: decoder-only rows hold `max_length` (1280)
+          tokens, context and continuation together; the ED encoder holds `inputs_length`
+          (1024) tokens and the decoder `targets_length` (256). The continuation is cut
+          (at its end) only when it alone exceeds the budget.
+
+The paper's EAI-Eval (spec §4.2) is `EAI_EVAL_TASKS` (31 lm-eval 0.4 task names; `eai_eval`
+expands to them) and `summarize` averages their `acc` (webqs and triviaqa report the same
+quantity, "an accepted answer is the greedy continuation", as `exact_match`).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import math
+import os
+import pathlib
+import sys
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from arch_objective import losses, models
+from arch_objective.evaluation.rank_classification import (Request, _batch_rows, _bucket,
+                                                          _decoder_batch, _ed_chunks, _pow2)
+
+try:
+  from lm_eval.api import model as _lm_model
+  from lm_eval.api import registry as _lm_registry
+  _LM_BASE = _lm_model.LM
+except ImportError:  # the `eval` extra is not installed: the rest of this module still works
+  _lm_model = _lm_registry = None
+  _LM_BASE = object
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "arch_objective"
+TRUNCATIONS = ("paper", "modern")
+# (inputs_length, targets_length, decoder-only row length) of each truncation mode
+DEFAULT_LENGTHS = {"paper": (512, 114, 512 + 114), "modern": (1024, 256, 1024 + 256)}
+DEFAULT_BATCH_TOKENS = 16384
+DEFAULT_MAX_GEN_TOKS = 256
+EOS_ID = 1
+
+# The paper's 32 EAI-Eval tasks minus mc_taco (em/f1), spec §4.2, as lm-eval 0.4 names.
+PAPER_TASK_NAMES = {
+    "anli_r1": "anli_r1", "anli_r2": "anli_r2", "anli_r3": "anli_r3",
+    "arc_challenge": "arc_challenge", "arc_easy": "arc_easy", "boolq": "boolq", "cb": "cb",
+    "copa": "copa", "headqa_en": "headqa_en", "hellaswag": "hellaswag",
+    "lambada": "lambada_openai", "logiqa": "logiqa", "mathqa": "mathqa", "mrpc": "mrpc",
+    "multirc": "multirc", "openbookqa": "openbookqa", "piqa": "piqa", "prost": "prost",
+    "pubmedqa": "pubmedqa", "qnli": "qnli", "qqp": "qqp", "race": "race", "rte": "rte",
+    "sciq": "sciq", "sst": "sst2", "triviaqa": "triviaqa", "webqs": "webqs", "wic": "wic",
+    "winogrande": "winogrande", "wnli": "wnli", "wsc": "wsc",
+}
+EAI_EVAL_TASKS = tuple(PAPER_TASK_NAMES.values())
+EAI_EVAL = "eai_eval"
+# The metric that carries the paper's `acc` where lm-eval 0.4 names it otherwise.
+EAI_METRICS = {"webqs": "exact_match", "triviaqa": "exact_match"}
+HARNESS_TASKS_DIR = str(pathlib.Path(__file__).resolve().parent / "harness_tasks")
+
+
+# ----------------------------------------------------------------------------------------
+# Truncation and windows
+# ----------------------------------------------------------------------------------------
+def truncate(context, continuation, truncation: str, *, inputs_length: int,
+             targets_length: int, row_length: Optional[int] = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """(context, continuation) token ids cut to the budget of `truncation`.
+
+  paper:  `(context[:inputs_length], continuation[:targets_length])` (seqio trimming).
+  modern: with `row_length` (decoder-only: one row holds both) the continuation keeps its
+          first `row_length` tokens and the context its last `row_length - len(cont)`;
+          without it (ED) `(context[-inputs_length:], continuation[:targets_length])`.
+
+    >>> truncate(range(6), range(3), "modern", inputs_length=4, targets_length=2,
+    ...          row_length=5)            # -> ([4, 5], [0, 1, 2])
+  """
+  context = np.asarray(context, np.int32).reshape(-1)
+  continuation = np.asarray(continuation, np.int32).reshape(-1)
+  _check_truncation(truncation)
+  if truncation == "paper":
+    return context[:inputs_length], continuation[:targets_length]
+  if row_length is None:
+    return context[max(len(context) - inputs_length, 0):], continuation[:targets_length]
+  continuation = continuation[:row_length]
+  room = row_length - len(continuation)
+  return context[max(len(context) - room, 0):], continuation
+
+
+def _check_truncation(truncation):
+  if truncation not in TRUNCATIONS:
+    raise ValueError(f"unknown truncation {truncation!r}; expected one of "
+                     f"{', '.join(TRUNCATIONS)} (paper: the first 512 context tokens, as the "
+                     f"paper's t5x bridge; modern: the last tokens that fit).")
+
+
+def rolling_windows(tokens, row_length: int) -> list[tuple[np.ndarray, np.ndarray]]:
+  """(context, continuation) pairs that predict every token of `tokens` exactly once.
+
+  The harness's windows (`get_rolling_token_windows(tokens, prefix, row_length, 1)` made
+  disjoint): the first predicts `tokens[:row_length]` from nothing (our shifted-in 0 is the
+  prefix token), each later one up to `row_length` tokens given the tokens before them, so
+  that every prediction sees `row_length` positions. Tokens 0..9, row_length 4:
+  `([], [0 1 2 3])`, `([3], [4 5 6 7])`, `([5 6 7], [8 9])`.
+  """
+  from lm_eval import utils as lm_utils
+  tokens = [int(t) for t in tokens]
+  windows = []
+  for pair in lm_utils.get_rolling_token_windows(tokens, -1, row_length, 1):
+    context, continuation = lm_utils.make_disjoint_window(pair)
+    context = [t for t in context if t != -1]
+    windows.append((np.asarray(context, np.int32), np.asarray(continuation, np.int32)))
+  return windows
+
+
+def cut_at_stop(text: str, until: Sequence[str]) -> str:
+  """`text` up to (not including) the earliest occurrence of any stop string."""
+  end = len(text)
+  for stop in until:
+    if stop:
+      found = text.find(stop)
+      if found != -1:
+        end = min(end, found)
+  return text[:end]
+
+
+# ----------------------------------------------------------------------------------------
+# Batched scoring: summed log-likelihood and the greedy flag per row
+# ----------------------------------------------------------------------------------------
+def _stats(logits, targets, weights):
+  """`[b]` summed log p(target) over weighted positions and whether each is the argmax."""
+  weights = weights.astype(jnp.float32)
+  total = jnp.sum(losses.token_log_likelihoods(logits, targets) * weights, axis=-1)
+  greedy = (jnp.argmax(logits, axis=-1) == targets) | (weights == 0)
+  return total, jnp.all(greedy, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decoder_stats(model, params, batch):
+  logits = model.compute_logits(params, batch)                         # [b, l, v]
+  return _stats(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _ed_stats(model, params, enc, idx, targets):
+  encoded = model.encode(params, enc)                                  # [P, i, d]: once
+  inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
+  logits = model.decode_logits(params, encoded[idx], enc[idx], inputs, targets)  # [R, t, v]
+  return _stats(logits, targets, targets > 0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _greedy(model, params, batch, steps):
+  return model.predict_batch(params, batch, max_decode_steps=steps)    # [b, steps]
+
+
+def score_pairs(model: models.BaseModel, params, pairs, max_tokens: int = DEFAULT_BATCH_TOKENS
+                ) -> list[tuple[float, bool]]:
+  """(log-likelihood, is_greedy) of each (context ids, continuation ids), no EOS added.
+
+  Rows are bucketed by length (powers of two) with at most `max_tokens` tokens per batch;
+  an empty continuation scores (0.0, True).
+  """
+  pairs = [(np.asarray(c, np.int32).reshape(-1), np.asarray(t, np.int32).reshape(-1))
+           for c, t in pairs]
+  out: list = [(0.0, True)] * len(pairs)
+  todo = [i for i, (_, t) in enumerate(pairs) if len(t)]
+  if model.name == models.ENCODER_DECODER:
+    _score_ed(model, params, pairs, todo, max_tokens, out)
+  else:
+    _score_decoder(model, params, pairs, todo, max_tokens, out)
+  return out
+
+
+def _score_decoder(model, params, pairs, todo, max_tokens, out):
+  by_bucket: dict[int, list[int]] = {}
+  for i in todo:
+    by_bucket.setdefault(_bucket(len(pairs[i][0]) + len(pairs[i][1])), []).append(i)
+  for length, group in sorted(by_bucket.items()):
+    rows = _batch_rows(max_tokens, length)
+    for start in range(0, len(group), rows):
+      chunk = group[start:start + rows]
+      batch = _decoder_batch([pairs[i] for i in chunk], length, min(rows, _pow2(len(chunk))))
+      totals, greedy = jax.device_get(_decoder_stats(model, params, batch))
+      for k, i in enumerate(chunk):
+        out[i] = (float(totals[k]), bool(greedy[k]))
+
+
+def _score_ed(model, params, pairs, todo, max_tokens, out):
+  by_context: dict[bytes, list[int]] = {}
+  for i in todo:
+    by_context.setdefault(pairs[i][0].tobytes(), []).append(i)
+  members = list(by_context.values())
+  requests = [Request(pairs[m[0]][0], tuple(pairs[i][1] for i in m)) for m in members]
+  order = sorted(range(len(requests)), key=lambda g: len(requests[g].prompt))
+  i = 0
+  while i < len(order):
+    enc_len = _bucket(len(requests[order[i]].prompt))
+    group = []
+    while i < len(order) and _bucket(len(requests[order[i]].prompt)) == enc_len:
+      group.append(order[i])
+      i += 1
+    for chunk in _ed_chunks(group, requests, enc_len, max_tokens):
+      dec_len = _bucket(max(len(c) for g in chunk for c in requests[g].choices))
+      enc = np.zeros((_pow2(len(chunk)), enc_len), np.int32)
+      num_rows = _pow2(sum(len(requests[g].choices) for g in chunk))
+      idx = np.zeros((num_rows,), np.int32)
+      targets = np.zeros((num_rows, dec_len), np.int32)
+      where, row = [], 0
+      for p, g in enumerate(chunk):
+        enc[p, :len(requests[g].prompt)] = requests[g].prompt
+        for j, c in enumerate(requests[g].choices):
+          idx[row], targets[row, :len(c)] = p, c
+          where.append(members[g][j])
+          row += 1
+      totals, greedy = jax.device_get(_ed_stats(model, params, enc, idx, targets))
+      for k, pair_index in enumerate(where):
+        out[pair_index] = (float(totals[k]), bool(greedy[k]))
+
+
+def generate_tokens(model: models.BaseModel, params, prompts, steps: int,
+                    max_tokens: int = DEFAULT_BATCH_TOKENS) -> list[np.ndarray]:
+  """Greedy continuations `[steps]` (0 after EOS) of each prompt's token ids."""
+  prompts = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
+  is_ed = model.name == models.ENCODER_DECODER
+  out: list = [None] * len(prompts)
+  by_bucket: dict[int, list[int]] = {}
+  for i, p in enumerate(prompts):
+    by_bucket.setdefault(_bucket(len(p) + (0 if is_ed else 1)), []).append(i)
+  for length, group in sorted(by_bucket.items()):
+    rows = _batch_rows(max_tokens, length + steps)
+    for start in range(0, len(group), rows):
+      chunk = group[start:start + rows]
+      tokens = np.zeros((min(rows, _pow2(len(chunk))), length), np.int32)
+      if is_ed:
+        for r, i in enumerate(chunk):
+          tokens[r, :len(prompts[i])] = prompts[i]
+        batch = {"encoder_input_tokens": tokens}
+      else:
+        dca = np.zeros_like(tokens)
+        dca[:, 0] = 1                                 # padding rows: the empty prompt
+        for r, i in enumerate(chunk):
+          n = len(prompts[i])
+          tokens[r, 1:n + 1] = prompts[i]             # shifted form [0, p_0 .. p_n-1]
+          dca[r, :n + 1] = 1
+        batch = {"decoder_input_tokens": tokens, "decoder_causal_attention": dca}
+      generated = np.asarray(jax.device_get(_greedy(model, params, batch, steps)))
+      for r, i in enumerate(chunk):
+        out[i] = generated[r]
+  return out
+
+
+# ----------------------------------------------------------------------------------------
+# The harness model
+# ----------------------------------------------------------------------------------------
+_HARNESS_KWARGS = ("batch_size", "max_batch_size", "device")   # passed by simple_evaluate
+
+
+class ArchObjectiveLM(_LM_BASE):
+  """An lm-evaluation-harness model over one of our models (see the module docstring).
+
+  From a checkpoint (model_args `checkpoint=...,arch=...,vocabulary=...,truncation=...,
+  batch_tokens=...`): `arch` may read a causal decoder checkpoint as non-causal or back;
+  `vocabulary` defaults to the one the checkpoint records. From objects:
+  `ArchObjectiveLM(model=model, params=params, vocab=vocab)`. Options: `truncation`
+  (paper|modern), `inputs_length`, `targets_length`, `max_length` (decoder-only row,
+  modern mode; defaults in DEFAULT_LENGTHS), `batch_tokens` (tokens per forward batch).
+  """
+
+  def __init__(self, checkpoint: Optional[str] = None, arch: Optional[str] = None,
+               vocabulary: Optional[str] = None, truncation: str = "modern",
+               batch_tokens: int = DEFAULT_BATCH_TOKENS, inputs_length: Optional[int] = None,
+               targets_length: Optional[int] = None, max_length: Optional[int] = None,
+               dtype: str = "float32", *, model: Optional[models.BaseModel] = None,
+               params=None, vocab=None, **harness_kwargs):
+    if _lm_model is None:
+      raise ImportError("ArchObjectiveLM needs lm-evaluation-harness: pip install "
+                        "'lm-eval==0.4.13' (the `eval` extra of arch-objective).")
+    super().__init__()
+    unknown = sorted(set(harness_kwargs) - set(_HARNESS_KWARGS))
+    if unknown:
+      raise ValueError(f"unknown option(s) {unknown} for the {MODEL_NAME} model; valid: "
+                       f"checkpoint, arch, vocabulary, truncation, batch_tokens, "
+                       f"inputs_length, targets_length, max_length, dtype.")
+    _check_truncation(truncation)
+    self.meta, self.step, self.checkpoint = {}, None, checkpoint
+    if checkpoint is not None:
+      if model is not None or params is not None:
+        raise ValueError("give either checkpoint or (model, params, vocab), found both.")
+      from arch_objective.evaluation import loading
+      model, params, self.meta, self.step = loading.load_model(str(checkpoint), arch, dtype)
+      vocab = vocab if vocab is not None else vocabulary or self.meta.get("vocabulary")
+    else:
+      if model is None or params is None:
+        raise ValueError("give checkpoint=PATH, or model and params (and vocab); found "
+                         "neither a checkpoint nor both objects.")
+      if arch is not None and arch != model.name:
+        raise ValueError(f"arch {arch!r} does not match the given {model.name} model; "
+                         f"build the model as {arch} (only the causal and non-causal "
+                         f"decoders share parameters).")
+      vocab = vocab if vocab is not None else vocabulary
+    if vocab is None:
+      raise ValueError("no vocabulary: pass vocabulary=PATH (a SentencePiece .model); the "
+                       "checkpoint does not record one.")
+    if isinstance(vocab, (str, os.PathLike)):
+      from arch_objective.data import vocabularies
+      vocab = vocabularies.SentencePieceVocabulary(os.fspath(vocab))
+    self.model, self.params, self.vocab = model, params, vocab
+    self.is_ed = model.name == models.ENCODER_DECODER
+    self.truncation = truncation
+    defaults = DEFAULT_LENGTHS[truncation]
+    self.inputs_length = int(inputs_length or defaults[0])
+    self.targets_length = int(targets_length or defaults[1])
+    self.row_length = int(max_length or (self.inputs_length + self.targets_length
+                                          if inputs_length or targets_length else defaults[2]))
+    self.batch_tokens = _positive_int(batch_tokens, "batch_tokens")
+    for name in ("inputs_length", "targets_length", "row_length"):
+      _positive_int(getattr(self, name), "max_length" if name == "row_length" else name)
+
+  # -- tokens --------------------------------------------------------------------------
+  def _encode_all(self, texts: Sequence[str]) -> list[np.ndarray]:
+    unique = list(dict.fromkeys(texts))
+    ids = dict(zip(unique, self.vocab.encode_batch(unique)))
+    return [np.asarray(ids[t], np.int32) for t in texts]
+
+  def _truncate(self, context, continuation):
+    row = None if (self.is_ed or self.truncation == "paper") else self.row_length
+    return truncate(context, continuation, self.truncation, inputs_length=self.inputs_length,
+                    targets_length=self.targets_length, row_length=row)
+
+  def loglikelihood_tokens(self, pairs) -> list[tuple[float, bool]]:
+    """(log-likelihood, is_greedy) of (context ids, continuation ids) pairs, truncated."""
+    return score_pairs(self.model, self.params, [self._truncate(c, t) for c, t in pairs],
+                       self.batch_tokens)
+
+  # -- the harness's three request types -------------------------------------------------
+  def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+    contexts = self._encode_all([_arg(r, 0) for r in requests])
+    continuations = self._encode_all([_arg(r, 1) for r in requests])
+    results = self.loglikelihood_tokens(list(zip(contexts, continuations)))
+    for r, result in zip(requests, results):
+      self.cache_hook.add_partial("loglikelihood", r.args, result)
+    log.info("scored %d loglikelihood requests", len(requests))
+    return results
+
+  def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+    texts = self._encode_all([_arg(r, 0) for r in requests])
+    pairs, owner = [], []
+    for k, tokens in enumerate(texts):
+      if self.is_ed:
+        windows = [(np.zeros((0,), np.int32), tokens[s:s + self.targets_length])
+                   for s in range(0, len(tokens), self.targets_length)]
+      else:
+        windows = rolling_windows(tokens, self.row_length)
+      pairs += windows
+      owner += [k] * len(windows)
+    scores = score_pairs(self.model, self.params, pairs, self.batch_tokens)
+    totals = [0.0] * len(requests)
+    for k, (total, _) in zip(owner, scores):
+      totals[k] += total
+    for r, total in zip(requests, totals):
+      self.cache_hook.add_partial("loglikelihood_rolling", r.args, total)
+    return totals
+
+  def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+    prompts = self._encode_all([_arg(r, 0) for r in requests])
+    options = [_generation_options(_arg(r, 1), i) for i, r in enumerate(requests)]
+    outputs: list = [None] * len(requests)
+    by_steps: dict[int, list[int]] = {}
+    for i, (_, steps) in enumerate(options):
+      by_steps.setdefault(steps, []).append(i)
+    for steps, group in sorted(by_steps.items()):
+      if self.truncation == "paper":
+        cut = [p[:self.inputs_length] for p in (prompts[i] for i in group)]
+      elif self.is_ed:
+        cut = [p[max(len(p) - self.inputs_length, 0):] for p in (prompts[i] for i in group)]
+      else:
+        room = max(self.row_length - steps - 1, 0)
+        cut = [p[max(len(p) - room, 0):] for p in (prompts[i] for i in group)]
+      generated = generate_tokens(self.model, self.params, cut, steps, self.batch_tokens)
+      for i, tokens in zip(group, generated):
+        outputs[i] = cut_at_stop(self.vocab.decode(tokens), options[i][0])
+    for r, text in zip(requests, outputs):
+      self.cache_hook.add_partial("generate_until", r.args, text)
+    return outputs
+
+  def get_model_info(self) -> dict:
+    return {"arch_objective": {"checkpoint": self.checkpoint, "arch": self.model.name,
+                               "step": self.step, "trained_as": self.meta.get("arch"),
+                               "truncation": self.truncation,
+                               "inputs_length": self.inputs_length,
+                               "targets_length": self.targets_length,
+                               "max_length": None if self.is_ed else self.row_length}}
+
+
+if _lm_registry is not None:
+  ArchObjectiveLM = _lm_registry.register_model(MODEL_NAME)(ArchObjectiveLM)
+
+
+def _arg(request, k):
+  args = request.args if hasattr(request, "args") else tuple(request)
+  return args[k]
+
+
+def _positive_int(value, name) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer, str)) or \
+      not str(value).isdigit() or int(value) < 1:
+    raise ValueError(f"{name} must be a positive integer, found {value!r}.")
+  return int(value)
+
+
+def _generation_options(kwargs, index) -> tuple[list[str], int]:
+  """(stop strings, max new tokens) of one generate_until request's gen_kwargs."""
+  kwargs = dict(kwargs or {})
+  if kwargs.get("do_sample") or float(kwargs.get("temperature") or 0.0) > 0.0:
+    raise ValueError(f"generate_until request {index}: do_sample={kwargs.get('do_sample')}, "
+                     f"temperature={kwargs.get('temperature')}; expected greedy decoding "
+                     f"(do_sample false, temperature 0), the only mode of the "
+                     f"{MODEL_NAME} model.")
+  until = kwargs.get("until") or []
+  until = [until] if isinstance(until, str) else list(until)
+  if not all(isinstance(u, str) for u in until):
+    raise ValueError(f"generate_until request {index}: 'until' must be a string or a list "
+                     f"of strings, found {kwargs.get('until')!r}.")
+  steps = kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS)
+  return until, _positive_int(steps, "max_gen_toks")
+
+
+# ----------------------------------------------------------------------------------------
+# Running tasks and summarising
+# ----------------------------------------------------------------------------------------
+def expand_tasks(tasks: Sequence[str]) -> list[str]:
+  """Task names, comma lists split and `eai_eval` expanded, duplicates dropped."""
+  names = []
+  for item in tasks:
+    for name in str(item).split(","):
+      name = name.strip()
+      if name:
+        names += list(EAI_EVAL_TASKS) if name == EAI_EVAL else [name]
+  if not names:
+    raise ValueError(f"tasks is empty; expected lm-eval task names or {EAI_EVAL!r}.")
+  return list(dict.fromkeys(names))
+
+
+def task_manager(tasks: Sequence[str], include_path: Optional[str] = None):
+  """A TaskManager that knows `tasks`: only `include_path` when it holds them all (fast),
+  else the harness's own tasks too. Raises ValueError naming tasks found nowhere."""
+  from lm_eval.tasks import TaskManager
+  if include_path is not None and not os.path.isdir(include_path):
+    raise ValueError(f"include_path {include_path!r} is not a directory of task YAML files.")
+  manager = None
+  if include_path is not None:
+    manager = TaskManager(include_path=include_path, include_defaults=False)
+    if not set(tasks) <= set(manager.all_tasks):
+      manager = None
+  if manager is None:
+    manager = TaskManager(include_path=include_path, include_defaults=True)
+  unknown = [t for t in tasks if t not in manager.all_tasks]
+  if unknown:
+    raise ValueError(f"unknown task(s) {unknown}: not in lm-eval's tasks"
+                     f"{' nor in ' + include_path if include_path else ''}. Expected lm-eval "
+                     f"0.4 task names (e.g. {', '.join(EAI_EVAL_TASKS[:4])}) or {EAI_EVAL!r}.")
+  return manager
+
+
+def run_harness(checkpoint, tasks: Sequence[str], *, include_path: Optional[str] = None,
+                arch: Optional[str] = None, vocabulary: Optional[str] = None,
+                truncation: str = "modern", limit=None, out_dir: str,
+                batch_tokens: int = DEFAULT_BATCH_TOKENS, bootstrap_iters: int = 100000
+                ) -> dict:
+  """Zero-shot `tasks` on a checkpoint path (or an `ArchObjectiveLM` already built).
+
+  Writes `out_dir/harness_results.json` (the harness's results, JSON-serialisable entries
+  only) and `out_dir/summary.md` (see `summarize`); returns the results dict.
+  """
+  import lm_eval
+  names = expand_tasks(tasks)
+  if isinstance(checkpoint, ArchObjectiveLM):
+    lm = checkpoint
+  else:
+    lm = ArchObjectiveLM(checkpoint=checkpoint, arch=arch, vocabulary=vocabulary,
+                         truncation=truncation, batch_tokens=batch_tokens)
+  manager = task_manager(names, include_path)
+  results = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=0, limit=limit,
+                                    task_manager=manager, log_samples=False,
+                                    bootstrap_iters=bootstrap_iters)
+  results = _jsonable(results)
+  results["arch_objective"] = {"checkpoint": None if isinstance(checkpoint, ArchObjectiveLM)
+                               else str(checkpoint), "tasks": names, "limit": limit,
+                               **lm.get_model_info()["arch_objective"]}
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "harness_results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  with open(os.path.join(out_dir, "summary.md"), "w") as f:
+    f.write(summarize(results)["markdown"])
+  return results
+
+
+_DROP = object()
+
+
+def _jsonable(value):
+  """`value` with every entry JSON cannot hold dropped (numpy scalars become numbers)."""
+  if isinstance(value, dict):
+    items = ((str(k), _jsonable(v)) for k, v in value.items())
+    return {k: v for k, v in items if v is not _DROP}
+  if isinstance(value, (list, tuple)):
+    return [v for v in (_jsonable(v) for v in value) if v is not _DROP]
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if value is None or isinstance(value, (str, int, float, bool)):
+    return value
+  return _DROP
+
+
+def summarize(results: dict) -> dict:
+  """Per-task accuracy and their mean from `simple_evaluate` results.
+
+  Returns `{"acc": {task: value in [0, 1]}, "metric": {task: metric key}, "mean": m,
+  "missing": [tasks without the metric], "markdown": table}`. The metric is `acc`
+  (never acc_norm), or `EAI_METRICS[task]` where lm-eval 0.4 reports the paper's
+  accuracy under another name.
+  """
+  per_task = results.get("results", {}) if isinstance(results, dict) else {}
+  groups = set((results.get("group_subtasks") or {}).keys()) if isinstance(results, dict) \
+      else set()
+  acc, metric, missing = {}, {}, []
+  for task, values in per_task.items():
+    if task in groups:
+      continue
+    wanted = EAI_METRICS.get(task, "acc")
+    key = next((k for k in sorted(values) if k == wanted or k.startswith(wanted + ",")), None)
+    if key is None or not isinstance(values[key], (int, float)):
+      missing.append(task)
+      continue
+    acc[task], metric[task] = float(values[key]), key
+  mean = float(np.mean(list(acc.values()))) if acc else float("nan")
+  lines = ["## EAI-Eval (lm-evaluation-harness, zero-shot)", "", "| task | metric | accuracy |",
+           "|---|---|---|"]
+  lines += [f"| {t} | {metric[t]} | {100 * v:.1f} |" for t, v in acc.items()]
+  lines.append(f"| **mean ({len(acc)} tasks)** | | **{100 * mean:.1f}** |")
+  if missing:
+    lines += ["", f"No accuracy reported for: {', '.join(missing)}."]
+  return {"acc": acc, "metric": metric, "mean": mean, "missing": missing,
+          "markdown": "\n".join(lines) + "\n"}
+
+
+# ----------------------------------------------------------------------------------------
+# `arch-objective eval harness`
+# ----------------------------------------------------------------------------------------
+def _limit(text: str):
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"--limit expects a number of examples (or a "
+                                     f"fraction < 1), found {text!r}.") from None
+  return int(value) if value >= 1 and value == int(value) else value
+
+
+def add_parser(eval_subparsers) -> argparse.ArgumentParser:
+  """Adds `harness` to the `eval` subcommands."""
+  p = eval_subparsers.add_parser(
+      "harness", help="EAI-Eval: lm-evaluation-harness tasks, zero-shot")
+  p.add_argument("--checkpoint", required=True,
+                 help="a model directory (latest step) or MODEL_DIR/checkpoints/<step>")
+  p.add_argument("--tasks", nargs="+", required=True,
+                 help=f"lm-eval task names (space or comma separated); {EAI_EVAL} = the "
+                      f"paper's 31 tasks")
+  p.add_argument("--include_path", help="a folder of extra lm-eval task YAML files")
+  p.add_argument("--arch", choices=models.ARCHITECTURES,
+                 help="read a causal decoder checkpoint as non-causal or back")
+  p.add_argument("--vocabulary", help="SentencePiece model (default: the checkpoint's)")
+  p.add_argument("--truncation", choices=TRUNCATIONS, default="modern",
+                 help="paper: first 512 context / 114 continuation tokens (the paper's "
+                      "bridge); modern: keep the context's last tokens")
+  p.add_argument("--limit", type=_limit, help="first N examples of each task (testing only)")
+  p.add_argument("--batch_tokens", type=int, default=DEFAULT_BATCH_TOKENS,
+                 help="tokens per forward batch")
+  p.add_argument("--out", required=True,
+                 help="directory for harness_results.json and summary.md")
+  p.set_defaults(func=run)
+  return p
+
+
+def run(args) -> int:
+  try:
+    results = run_harness(args.checkpoint, args.tasks, include_path=args.include_path,
+                          arch=args.arch, vocabulary=args.vocabulary,
+                          truncation=args.truncation, limit=args.limit, out_dir=args.out,
+                          batch_tokens=args.batch_tokens)
+  except (ValueError, OSError, ImportError) as e:
+    print(f"arch-objective eval harness: {e}", file=sys.stderr)
+    return 2
+  print(summarize(results)["markdown"])
+  print(f"wrote {os.path.join(args.out, 'harness_results.json')} and "
+        f"{os.path.join(args.out, 'summary.md')}", file=sys.stderr)
+  return 0
