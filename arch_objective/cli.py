@@ -22,6 +22,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def _plan(args) -> int:
   from arch_objective import models
   lineage = None
+  if args.gin_file:
+    from arch_objective.training import partitioning, plan
+    try:
+      mesh = partitioning.parse_mesh(args.mesh) if args.mesh else None
+      memory = args.device_memory_gib
+      if memory is None and args.device:
+        memory = plan.DEVICE_MEMORY_GIB[args.device]
+      report = plan.plan_run(args.gin_file, args.gin_bindings, mesh, memory, args.num_devices)
+    except (ValueError, KeyError) as e:
+      print(f"arch-objective plan: {e}", file=sys.stderr)
+      return 2
+    print(json.dumps(report, indent=2))
+    return 1 if report["problems"] else 0
   try:
     if args.model_dir:
       from arch_objective.training import checkpoints
@@ -165,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
   plan.add_argument("--arch", choices=ARCHITECTURES)
   plan.add_argument("--size", choices=list(SIZES))
   plan.add_argument("--model_dir", help="describe a checkpoint instead: config and lineage")
+  plan.add_argument("--gin_file", action="append",
+                    help="plan a run from its gin files (repeatable; --gin.NAME=VALUE binds)")
+  plan.add_argument("--mesh", help="data=N,model=M (default: data=1, the run's MESH_MODEL)")
+  plan.add_argument("--num_devices", type=int, help="devices the mesh must cover")
+  plan.add_argument("--device", help="device kind for the memory check: "
+                    "tpu_v4, tpu_v5e, tpu_v5p, a100_40, a100_80, h100, h200, cpu")
+  plan.add_argument("--device_memory_gib", type=float, help="device memory for the check")
   plan.add_argument("--length", type=int, default=626, help="decoder-only row length")
   plan.add_argument("--inputs_length", type=int, default=512, help="encoder length (ED)")
   plan.add_argument("--targets_length", type=int, default=114, help="decoder length (ED)")

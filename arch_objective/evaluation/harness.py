@@ -140,9 +140,10 @@ def rolling_windows(tokens, row_length: int) -> list[tuple[np.ndarray, np.ndarra
   """(context, continuation) pairs that predict every token of `tokens` exactly once.
 
   The harness's windows (`get_rolling_token_windows(tokens, prefix, row_length, 1)` made
-  disjoint): the first predicts `tokens[:row_length]` from nothing (our shifted-in 0 is the
-  prefix token), each later one up to `row_length` tokens given the tokens before them, so
-  that every prediction sees `row_length` positions. Tokens 0..9, row_length 4:
+  disjoint), as its Hugging Face model reads them: the first predicts `tokens[:row_length]`
+  from nothing (our shifted-in 0 is the prefix token); each later one predicts up to
+  `row_length` tokens given the tokens before them, so that the row's inputs hold
+  `row_length` text tokens (the row itself is one longer). Tokens 0..9, row_length 4:
   `([], [0 1 2 3])`, `([3], [4 5 6 7])`, `([5 6 7], [8 9])`.
   """
   from lm_eval import utils as lm_utils
@@ -417,7 +418,7 @@ class ArchObjectiveLM(_LM_BASE):
       elif self.is_ed:
         cut = [p[max(len(p) - self.inputs_length, 0):] for p in (prompts[i] for i in group)]
       else:
-        room = max(self.row_length - steps - 1, 0)
+        room = max(self.row_length - steps - 1, 1)         # the shifted-in 0 takes one
         cut = [p[max(len(p) - room, 0):] for p in (prompts[i] for i in group)]
       generated = generate_tokens(self.model, self.params, cut, steps, self.batch_tokens)
       for i, tokens in zip(group, generated):
@@ -566,8 +567,8 @@ def summarize(results: dict) -> dict:
   accuracy under another name.
   """
   per_task = results.get("results", {}) if isinstance(results, dict) else {}
-  groups = set((results.get("group_subtasks") or {}).keys()) if isinstance(results, dict) \
-      else set()
+  subtasks = (results.get("group_subtasks") or {}) if isinstance(results, dict) else {}
+  groups = {name for name, children in subtasks.items() if children}
   acc, metric, missing = {}, {}, []
   for task, values in per_task.items():
     if task in groups:

@@ -1,0 +1,426 @@
+"""T0-Eval: rank classification, aggregation over prompts and datasets, the `eval t0`
+command, and MT-F training of each architecture on a prompted mixture (spec §3, §4.1)."""
+import collections
+import importlib.util
+import json
+import warnings
+
+import jax
+import numpy as np
+import pytest
+
+from arch_objective import build_model, models
+from arch_objective.evaluation import rank_classification
+from arch_objective.evaluation.rank_classification import Request
+
+needs_promptsource = pytest.mark.skipif(importlib.util.find_spec("promptsource") is None,
+                                        reason="promptsource is not installed")
+
+ARCHS = (models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER, models.ENCODER_DECODER)
+MTF_DATASETS = ["super_glue/rte", "super_glue/cb", "super_glue/copa"]
+
+
+_COMPILED_TEMPLATES = {}
+
+
+@pytest.fixture(autouse=True)
+def _compile_each_jinja_source_once(monkeypatch):
+  """promptsource compiles a template's jinja source on every `apply` (about 4 ms a
+  render, most of these tests' time); hand back the Template compiled the first time
+  from the same source and environment instead. Rendering is unchanged."""
+  if importlib.util.find_spec("promptsource") is None:
+    return
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from promptsource import templates as promptsource_templates
+  env = promptsource_templates.env
+  original = env.from_string
+
+  def from_string(source, *args, **kwargs):
+    if args or kwargs or not isinstance(source, str):
+      return original(source, *args, **kwargs)
+    if source not in _COMPILED_TEMPLATES:
+      _COMPILED_TEMPLATES[source] = original(source)
+    return _COMPILED_TEMPLATES[source]
+
+  monkeypatch.setattr(env, "from_string", from_string)
+
+
+@pytest.fixture(scope="session")
+def eval_dir(shared_data):
+  root = shared_data / "eval"
+  for name in ("RTE", "CB", "COPA"):
+    if not (root / "super_glue" / name / "val.jsonl").is_file():
+      pytest.skip(f"SuperGLUE {name} validation file not found under {root}")
+  return root
+
+
+def _raw(eval_dir, name):
+  with open(eval_dir / "super_glue" / name / "val.jsonl") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+_PARAMS = {}
+_JITTED = {}
+
+
+def _model(arch):
+  """A tiny float32 model; the CD and ND share one set of random parameters."""
+  model = build_model(arch, "tiny", dtype="float32")
+  family = "ed" if arch == models.ENCODER_DECODER else "decoder"
+  if family not in _PARAMS:
+    shapes = models.default_input_shapes(arch, 1, 8, 8, 8)
+    _PARAMS[family] = model.get_initial_variables(jax.random.PRNGKey(1), shapes)["params"]
+  return model, _PARAMS[family]
+
+
+class _Jitted:
+  """The model as `naive_scores` reads it (name, score_batch), compiled once per arch:
+  the eager forward pass costs seconds per new shape on CPU."""
+
+  def __init__(self, model):
+    self.name = model.name
+    self.score_batch = jax.jit(model.score_batch)
+
+
+def _jitted(arch):
+  if arch not in _JITTED:
+    _JITTED[arch] = _Jitted(_model(arch)[0])
+  return _JITTED[arch]
+
+
+def _tokens(rng, n, eos=False):
+  body = rng.integers(2, 32000, size=n - 1 if eos else n)
+  return (np.append(body, 1) if eos else body).astype(np.int32)
+
+
+def _requests(arch, seed):
+  """Requests of varying prompt, choice and choice-count lengths over two buckets, with
+  few distinct shapes (each is one compilation of the one-pass-per-choice reference).
+
+  Decoder-only: rows `prompt ++ choice` of 12 tokens (bucket 16) or 28 (bucket 32).
+  ED: prompts of 10 tokens (encoder bucket 16, choices of 2) or 26 (bucket 32, choices of 4).
+  """
+  rng = np.random.default_rng(seed)
+  if arch == models.ENCODER_DECODER:
+    specs = [(10, 2, 2)] * 6 + [(26, 4, 3)] * 4
+  else:
+    specs = [(10, 2, 2), (8, 4, 3), (9, 3, 3), (10, 2, 3), (8, 4, 2),
+             (26, 2, 3), (24, 4, 2), (25, 3, 3), (26, 2, 2), (24, 4, 3)]
+  order = rng.permutation(len(specs))
+  return [Request(_tokens(rng, specs[i][0]),
+                  tuple(_tokens(rng, specs[i][1], eos=True) for _ in range(specs[i][2])))
+          for i in order]
+
+
+def _by_hand(arch, params, prompt, choice):
+  """The score of one choice from a batch built by hand (features per spec §4.1),
+  through `score_batch` (itself checked against a brute-force log-softmax sum in
+  test_models)."""
+  prompt, choice = np.asarray(prompt, np.int32), np.asarray(choice, np.int32)
+  if arch == models.ENCODER_DECODER:
+    batch = {"encoder_input_tokens": prompt[None], "decoder_target_tokens": choice[None],
+             "decoder_input_tokens": np.concatenate([[0], choice[:-1]])[None].astype(np.int32),
+             "decoder_loss_weights": np.ones((1, len(choice)), np.int32)}
+  else:
+    row = np.concatenate([prompt, choice])
+    n = len(row)
+    batch = {"decoder_target_tokens": row[None],
+             "decoder_input_tokens": np.concatenate([[0], row[:-1]])[None].astype(np.int32),
+             "decoder_loss_weights": (np.arange(n) >= len(prompt))[None].astype(np.int32),
+             "decoder_causal_attention": (np.arange(n) <= len(prompt))[None].astype(np.int32)}
+  return float(_jitted(arch).score_batch(params, batch)[0])
+
+
+# -- rank classification -------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_rank_scorer_matches_one_forward_pass_per_choice(arch):
+  model, params = _model(arch)
+  requests = _requests(arch, seed=ARCHS.index(arch))
+  num_rows = sum(len(r.choices) for r in requests)
+  # Decoder rows: 4 of 16 tokens or 2 of 32 per batch. ED: up to 3 prompts (encoder 16)
+  # with their 6 choices, or 2 prompts (encoder 32) with 6 choices per batch.
+  max_tokens = 160 if arch == models.ENCODER_DECODER else 64
+  scorer = rank_classification.RankScorer(model, params, max_tokens=max_tokens)
+  reference = rank_classification.naive_scores(_jitted(arch), params, requests)
+  scores = scorer.score(requests)
+  assert len(scores) == len(requests) and num_rows >= 24
+  for r, s, ref in zip(requests, scores, reference):
+    assert s.shape == (len(r.choices),)
+    np.testing.assert_allclose(s, ref, atol=1e-4, rtol=1e-6)
+  # The reference reads the prompt and choice as spec §4.1 says (checked on one request).
+  first = requests[0]
+  np.testing.assert_allclose(reference[0], [_by_hand(arch, params, first.prompt, c)
+                                            for c in first.choices], atol=1e-5, rtol=1e-6)
+  # Scores are log-likelihoods: negative, and not all alike.
+  assert all((s < 0).all() for s in scores)
+  assert len({round(float(x), 3) for s in scores for x in s}) > num_rows // 2
+  # Per-token normalisation (one bucket): the naive reference's normalised scores, which
+  # are the summed scores divided by the choice's token count (EOS included).
+  short = [r for r in requests if len(r.prompt) <= 10]
+  normalized = scorer.score(short, normalize=True)
+  naive_normalized = rank_classification.naive_scores(_jitted(arch), params, short,
+                                                      normalize=True)
+  for r, s, ref in zip(short, normalized, naive_normalized):
+    np.testing.assert_allclose(s, ref, atol=1e-4, rtol=1e-6)
+    summed = reference[next(i for i, q in enumerate(requests) if q is r)]
+    np.testing.assert_allclose(s, summed / np.asarray([len(c) for c in r.choices]),
+                               atol=1e-4, rtol=1e-6)
+
+
+def test_truncation_keeps_the_first_tokens():
+  arch = models.CAUSAL_DECODER
+  model, params = _model(arch)
+  prompt = np.asarray([101, 202, 303, 404, 505, 606, 707, 808, 909, 1001], np.int32)
+  choices = (np.asarray([11, 12, 13, 14, 15, 16, 17, 18, 19, 1], np.int32),
+             np.asarray([21, 22, 23, 24, 25, 26, 27, 1], np.int32))
+  scorer = rank_classification.RankScorer(model, params, inputs_length=4, targets_length=8,
+                                          max_tokens=64)
+  got = scorer.score([Request(prompt, choices)])[0]
+  first = rank_classification.naive_scores(
+      _jitted(arch), params,
+      [Request(np.asarray([101, 202, 303, 404], np.int32),
+               (np.asarray([11, 12, 13, 14, 15, 16, 17, 18], np.int32), choices[1]))])[0]
+  last = rank_classification.naive_scores(
+      _jitted(arch), params,
+      [Request(np.asarray([707, 808, 909, 1001], np.int32),
+               (np.asarray([13, 14, 15, 16, 17, 18, 19, 1], np.int32), choices[1]))])[0]
+  np.testing.assert_allclose(got, first, atol=1e-5, rtol=1e-6)
+  assert not np.isclose(got[0], last[0], atol=1e-3)
+  assert not np.isclose(got[1], last[1], atol=1e-3)  # the prompt's last 4 tokens differ
+
+
+def test_empty_choice_is_rejected():
+  model, params = _model(models.CAUSAL_DECODER)
+  scorer = rank_classification.RankScorer(model, params, max_tokens=64)
+  with pytest.raises(ValueError, match="request 1"):
+    scorer.score([Request(np.asarray([5, 6], np.int32), (np.asarray([7, 1], np.int32),)),
+                  Request(np.asarray([5, 6], np.int32), (np.zeros((0,), np.int32),))])
+
+
+# -- aggregation ---------------------------------------------------------------------------
+
+class _FakeScorer:
+  """Picks a choice per request by a rule; records the calls (one per prompt)."""
+
+  def __init__(self, pick):
+    self.pick, self.calls = pick, []
+
+  def score(self, requests, normalize=False):
+    call = len(self.calls)
+    self.calls.append((len(requests), [len(r.choices) for r in requests], normalize))
+    out = []
+    for r in requests:
+      s = np.zeros(len(r.choices))
+      s[self.pick(call, len(r.choices))] = 1.0
+      out.append(s)
+    return out
+
+
+def _encode(text):
+  """Any deterministic tokenisation will do: the fake scorer ignores the tokens."""
+  return [2 + (ord(c) % 50) for c in text[:6]]
+
+
+@needs_promptsource
+def test_accuracy_per_prompt_median_over_prompts_mean_over_datasets(eval_dir):
+  from arch_objective.evaluation import t0_eval
+  from arch_objective.prompts import t0
+  rte_raw, cb_raw = _raw(eval_dir, "RTE"), _raw(eval_dir, "CB")
+  assert collections.Counter(r["label"] for r in rte_raw) == {"entailment": 146,
+                                                              "not_entailment": 131}
+  assert collections.Counter(r["label"] for r in cb_raw) == {"entailment": 23,
+                                                             "contradiction": 28, "neutral": 5}
+  # The k-th score call (one per prompt, in suite order: 10 RTE prompts, then 15 CB
+  # ones) picks choice k mod #choices for every example. Every RTE template lists the
+  # answers in label order (entailment first: 'True', 'Yes', ...), and so does every CB
+  # template (entailment, contradiction, neutral), so the accuracy of a prompt is the
+  # share of examples with the label of the picked choice: the even RTE prompts
+  # (GPT_3_style first) always pick choice 0 and score the share of entailments.
+  fake = _FakeScorer(lambda call, n: call % 2 if n == 2 else (call - 10) % 3)
+  suite = (t0.T0_EVAL_BY_NAME["super_glue/rte"], t0.T0_EVAL_BY_NAME["super_glue/cb"])
+  logs = []
+  results = t0_eval.evaluate_suite(fake, _encode, suite=suite, data_dir=str(eval_dir),
+                                   log=logs.append)
+  rte_values = [100 * 146 / 277, 100 * 131 / 277] * 5
+  cb_values = [100 * 23 / 56, 100 * 28 / 56, 100 * 5 / 56] * 5
+  rte = results["datasets"]["super_glue/rte"]
+  cb = results["datasets"]["super_glue/cb"]
+  assert list(rte["prompts"]) == list(suite[0].prompts)
+  assert list(cb["prompts"]) == list(suite[1].prompts)
+  assert rte["prompts"]["GPT_3_style"] == pytest.approx(52.7076, abs=1e-3)
+  np.testing.assert_allclose(list(rte["prompts"].values()), rte_values)
+  np.testing.assert_allclose(list(cb["prompts"].values()), cb_values)
+  # Ten prompts: the mean of the two middle values; fifteen: the middle one.
+  assert rte["median"] == pytest.approx(float(np.median(rte_values))) == pytest.approx(50.0)
+  assert cb["median"] == pytest.approx(float(np.median(cb_values)))
+  assert cb["median"] == pytest.approx(100 * 23 / 56)
+  assert results["average"] == pytest.approx(float(np.mean([50.0, 100 * 23 / 56])))
+  assert results["random_average"] == pytest.approx(float(np.mean([50.0, 100 / 3])))
+  assert (rte["random"], rte["examples"], rte["skipped"]) == (50.0, 277, {})
+  assert cb["random"] == pytest.approx(100 / 3) and cb["examples"] == 56 and cb["skipped"] == {}
+  assert results["normalize"] is False and results["max_examples"] is None
+  # One call per prompt with every example, its choices all scored.
+  assert [c[0] for c in fake.calls] == [277] * 10 + [56] * 15
+  assert all(set(c[1]) == {2} for c in fake.calls[:10])
+  assert all(set(c[1]) == {3} for c in fake.calls[10:])
+  assert all(c[2] is False for c in fake.calls)
+  assert len(logs) == 2 and "super_glue/rte" in logs[0] and "super_glue/cb" in logs[1]
+
+
+@needs_promptsource
+def test_max_examples_takes_the_first_examples(eval_dir):
+  from arch_objective.evaluation import t0_eval
+  from arch_objective.prompts import t0
+  raw = _raw(eval_dir, "CB")[:8]
+  hf = {"entailment": 0, "contradiction": 1, "neutral": 2}
+  spec = t0.T0_EVAL_BY_NAME["super_glue/cb"]
+  spec = type(spec)(spec.name, spec.dataset, spec.subset, spec.prompts[:2], spec.random)
+  fake = _FakeScorer(lambda call, n: 1)
+  results = t0_eval.evaluate_suite(fake, _encode, suite=(spec,), data_dir=str(eval_dir),
+                                   max_examples=8, normalize=True, log=lambda m: None)
+  cb = results["datasets"]["super_glue/cb"]
+  share = 100 * sum(hf[r["label"]] == 1 for r in raw) / 8
+  assert cb["examples"] == 8 and results["max_examples"] == 8
+  assert list(cb["prompts"].values()) == pytest.approx([share, share])
+  assert share == 100 * 4 / 8  # rows 0, 3, 4 and 5 of the CB file are contradictions
+  assert fake.calls == [(8, [3] * 8, True)] * 2 and results["normalize"] is True
+
+
+def test_unknown_dataset_names_the_valid_ones():
+  from arch_objective.evaluation import t0_eval
+  from arch_objective.prompts import t0
+  assert t0_eval.select(None) == t0.T0_EVAL
+  assert [d.name for d in t0_eval.select(["anli/r3", "super_glue/rte"])] == [
+      "anli/r3", "super_glue/rte"]
+  with pytest.raises(ValueError, match="super_glue/rtee") as e:
+    t0_eval.select(["super_glue/rtee"])
+  assert "super_glue/rte" in str(e.value).split("valid:")[1]
+
+
+# -- MT-F training, and `arch-objective eval t0` on its checkpoint ---------------------------
+
+@pytest.fixture(scope="module")
+def mtf_trainer(tmp_path_factory, eval_dir, t5_vocab_path):
+  """Trains a tiny model of an architecture for 12 MT-F steps on RTE + CB + COPA (their
+  validation files as train splits), once per architecture and module."""
+  from arch_objective.training import data, optimizers, train
+  root = tmp_path_factory.mktemp("mtf")
+  mapping = root / "mapping.json"
+  mapping.write_text(json.dumps({
+      f"super_glue/{n.lower()}": {"train": str(eval_dir / "super_glue" / n / "val.jsonl")}
+      for n in ("RTE", "CB", "COPA")}))
+  runs = {}
+
+  def run(arch):
+    if arch not in runs:
+      dataset = data.DatasetConfig(task="mtf", prompt_datasets=MTF_DATASETS,
+                                   mapping=str(mapping), vocabulary=t5_vocab_path,
+                                   inputs_length=128, targets_length=32, batch_size=4)
+      model = build_model(arch, "tiny", dtype="float32", dropout_rate=0.1)
+      runs[arch] = train.train(model_dir=str(root / arch), model=model, dataset=dataset,
+                               train_steps=MTF_STEPS, save_every=1000, log_every=1000,
+                               progress=False,
+                               learning_rate_schedule=optimizers.constant(1e-2))
+    return runs[arch]
+  return run
+
+
+MTF_STEPS = 12
+
+
+@needs_promptsource
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mtf_lowers_the_loss(arch, mtf_trainer, clean_registry):
+  result = mtf_trainer(arch)
+  losses = [h["loss_per_token"] for h in result.history]
+  assert len(losses) == MTF_STEPS and all(np.isfinite(losses))
+  # Loss on the targets only (answer + EOS, at most 32 tokens a row), never whole rows.
+  tokens = [h["num_tokens"] for h in result.history]
+  assert all(0 < t <= 4 * 32 for t in tokens), tokens
+  assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3, losses
+  assert result.last_checkpoint == MTF_STEPS
+
+
+@needs_promptsource
+def test_eval_t0_command_end_to_end(tmp_path, mtf_trainer, clean_registry, eval_dir,
+                                    small_batches, capsys):
+  from arch_objective import cli
+  model_dir = mtf_trainer(models.CAUSAL_DECODER).model_dir
+  out = tmp_path / "out"
+  # Prompts cut to their first 32 tokens and choices to 8 keep every row in one bucket.
+  short = ["--inputs_length", "32", "--targets_length", "8"]
+  rc = cli.main(["eval", "t0", "--checkpoint", model_dir, "--data_dir", str(eval_dir),
+                 "--datasets", "super_glue/rte", "super_glue/cb", "--max_examples", "8",
+                 "--out", str(out)] + short)
+  captured = capsys.readouterr()
+  assert rc == 0, captured.err
+  results = json.loads((out / "results.json").read_text())
+  assert list(results["datasets"]) == ["super_glue/rte", "super_glue/cb"]
+  for name, prompts, random in (("super_glue/rte", 10, 50.0), ("super_glue/cb", 15, 100 / 3)):
+    r = results["datasets"][name]
+    assert set(r) == {"prompts", "median", "examples", "random", "skipped"}
+    assert len(r["prompts"]) == prompts and r["skipped"] == {}
+    assert r["examples"] == 8 and r["random"] == pytest.approx(random)
+    # With 8 examples every accuracy is a multiple of 12.5.
+    for accuracy in r["prompts"].values():
+      assert 0 <= accuracy <= 100 and accuracy / 12.5 == pytest.approx(round(accuracy / 12.5))
+    assert r["median"] == pytest.approx(float(np.median(list(r["prompts"].values()))))
+  assert results["average"] == pytest.approx(
+      float(np.mean([r["median"] for r in results["datasets"].values()])))
+  assert results["random_average"] == pytest.approx((50 + 100 / 3) / 2)
+  assert results["arch"] == "causal_decoder" and results["trained_as"] == "causal_decoder"
+  assert results["step"] == MTF_STEPS and results["max_examples"] == 8
+  assert results["normalize"] is False
+  md = (out / "results.md").read_text()
+  rows = [line for line in md.splitlines() if line.startswith("| super_glue/")]
+  assert len(rows) == 2
+  assert rows[0].startswith("| super_glue/rte | 10 |")
+  assert rows[1].startswith("| super_glue/cb | 15 |")
+  assert "| **average** |" in md
+  assert "| super_glue/rte | 10 |" in captured.out  # the table is printed too
+
+  # The same parameters read as a non-causal decoder.
+  out_nd = tmp_path / "out_nd"
+  rc = cli.main(["eval", "t0", "--checkpoint", model_dir, "--arch", "non_causal_decoder",
+                 "--data_dir", str(eval_dir), "--datasets", "super_glue/rte",
+                 "--max_examples", "4", "--normalize", "--out", str(out_nd)] + short)
+  assert rc == 0, capsys.readouterr().err
+  nd = json.loads((out_nd / "results.json").read_text())
+  assert nd["arch"] == "non_causal_decoder" and nd["trained_as"] == "causal_decoder"
+  assert list(nd["datasets"]) == ["super_glue/rte"] and nd["normalize"] is True
+  assert nd["datasets"]["super_glue/rte"]["examples"] == 4
+
+  # An encoder-decoder cannot read decoder parameters.
+  capsys.readouterr()
+  rc = cli.main(["eval", "t0", "--checkpoint", model_dir, "--arch", "encoder_decoder",
+                 "--data_dir", str(eval_dir), "--datasets", "super_glue/rte",
+                 "--out", str(tmp_path / "out_ed")])
+  err = capsys.readouterr().err
+  assert rc == 2
+  assert "causal_decoder" in err and "encoder_decoder" in err
+  assert not (tmp_path / "out_ed" / "results.json").exists()
+
+  # An unknown dataset.
+  rc = cli.main(["eval", "t0", "--checkpoint", model_dir, "--data_dir", str(eval_dir),
+                 "--datasets", "super_glue/rtee", "--out", str(tmp_path / "out_bad")])
+  err = capsys.readouterr().err
+  assert rc == 2 and "super_glue/rtee" in err
+  for name in ("super_glue/rte", "super_glue/cb", "anli/r1", "hellaswag",
+               "winogrande/winogrande_xl", "story_cloze/2016"):
+    assert name in err
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+  """The CLI's scorer with 1,024 tokens per batch: the default 16,384 (rows of logits over
+  32,128 ids) costs seconds per call on CPU; the scores do not depend on it."""
+  original = rank_classification.RankScorer
+
+  class SmallBatches(original):
+    def __init__(self, *args, **kwargs):
+      kwargs.setdefault("max_tokens", 1024)
+      super().__init__(*args, **kwargs)
+
+  monkeypatch.setattr(rank_classification, "RankScorer", SmallBatches)
