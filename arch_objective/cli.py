@@ -7,6 +7,7 @@
   arch-objective evaluate --gin_file F [--gin.NAME=VALUE ...] evaluate a checkpoint
   arch-objective eval t0 --checkpoint PATH --out DIR ...      T0-Eval (rank classification)
   arch-objective convert t5x-in|t5x-out|hf-in|hf-out|switch-arch ...   checkpoint conversion
+  arch-objective study --preset smoke|quick|full --out DIR    the laptop-scale study
   arch-objective smoke [--steps N]                            tiny CPU training of each arch
 """
 from __future__ import annotations
@@ -160,6 +161,18 @@ def _eval_t0(args) -> int:
     return 2
 
 
+def _study(args) -> int:
+  from arch_objective import study
+  try:
+    study.run_study(args.preset, args.out, nc_a=args.nc_a,
+                    log=lambda m: print(m, file=sys.stderr, flush=True))
+  except (ValueError, OSError) as e:
+    print(f"arch-objective study: {e}", file=sys.stderr)
+    return 2
+  print(open(os.path.join(args.out, "results.md")).read())
+  return 0
+
+
 def _smoke(args) -> int:
   from arch_objective import smoke
   smoke.main(steps=args.steps)
@@ -247,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
 
   from arch_objective.convert import cli as convert_cli
   convert_cli.add_parser(sub)
+
+  study = sub.add_parser("study", help="the laptop-scale study: the whole pipeline on a CPU")
+  study.add_argument("--preset", default="quick", choices=["smoke", "quick", "full"])
+  study.add_argument("--out", required=True, help="output directory (an existing one resumes)")
+  study.add_argument("--nc_a", action=argparse.BooleanOptionalAction, default=None,
+                     help="also run the NC-A adaptation (default: the preset's choice)")
+  study.set_defaults(func=_study)
 
   smoke = sub.add_parser("smoke", help="train a tiny model of each architecture on CPU")
   smoke.add_argument("--steps", type=int, default=200)

@@ -23,13 +23,6 @@ CD, ND, ED = models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER, models.ENCODER_DE
 ARCHS = (CD, ND, ED)
 TASKS_DIR = pathlib.Path(lm_eval.__file__).resolve().parent / "tasks"
 
-SUBJECTS = ["the cat", "a dog", "my friend", "the old man", "a small bird", "the teacher",
-            "our neighbour", "the farmer", "a young girl", "the doctor"]
-VERBS = ["sees", "likes", "finds", "paints", "follows", "helps", "visits", "calls"]
-OBJECTS = ["the river", "a red apple", "the big house", "an open window", "the green field",
-           "a quiet street", "the morning train", "a warm bowl of soup"]
-
-
 WORDS = ("apple bread candle desert engine forest garden harbour island jacket kettle "
          "ladder meadow needle orange pencil quarry rabbit saddle tunnel umbrella valley "
          "window yellow zebra bright silent heavy gentle narrow frozen golden hollow "
@@ -85,14 +78,27 @@ def naive(model, params, prompt, choice) -> float:
   return float(naive_scores(compiled(model), params, [request])[0][0])
 
 
+def random_params(model, seed):
+  """Random parameters of the model's shapes, drawn with numpy: no initialiser to compile
+  (flax's takes longer than the rest of a test). Norm scales are 1, every other weight
+  is N(0, 1/fan_in)."""
+  rng = np.random.default_rng(seed)
+  shapes = model.abstract_variables(models.default_input_shapes(model.name, 1, 8, 8, 8))
+
+  def draw(path, leaf):
+    if path[-1].key == "scale":
+      return np.ones(leaf.shape, np.float32)
+    fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 1
+    return rng.normal(0.0, fan_in ** -0.5, leaf.shape).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes["params"])
+
+
 @pytest.fixture(scope="module")
 def params(vocab):
   """Tiny float32 parameters: decoder-only (shared by CD and ND) and ED."""
-  dec = tiny(CD, vocab).get_initial_variables(
-      jax.random.PRNGKey(0), models.default_input_shapes(CD, 1, 8))["params"]
-  ed = tiny(ED, vocab).get_initial_variables(
-      jax.random.PRNGKey(1), models.default_input_shapes(ED, 1, 8, 8, 8))["params"]
-  return {CD: dec, ND: dec, ED: ed}
+  dec = random_params(tiny(CD, vocab), 0)
+  return {CD: dec, ND: dec, ED: random_params(tiny(ED, vocab), 1)}
 
 
 def make_lm(arch, vocab, params, **options):
@@ -121,8 +127,8 @@ def write_tasks(directory: pathlib.Path) -> pathlib.Path:
   """Local YAML tasks over JSONL files: toy_mc (multiple choice), toy_rolling
   (loglikelihood_rolling) and toy_generate (generate_until)."""
   directory.mkdir(parents=True, exist_ok=True)
-  rows = [{"premise": f"{s} {v} {o}.", "hypothesis": f"{s} {v} something.", "label": i % 2}
-          for i, (s, v, o) in enumerate(zip(SUBJECTS, VERBS, OBJECTS))]
+  rows = [{"premise": " ".join(WORDS[i:i + 3]), "hypothesis": WORDS[i + 30], "label": i % 2}
+          for i in range(8)]
   mc = directory / "mc.jsonl"
   mc.write_text("".join(json.dumps(r) + "\n" for r in rows))
   text = directory / "text.jsonl"
@@ -135,9 +141,9 @@ dataset_kwargs:
     validation: {mc}
 output_type: multiple_choice
 validation_split: validation
-doc_to_text: "{{{{premise}}}}\\nQuestion: {{{{hypothesis}}}} True or False?\\nAnswer:"
+doc_to_text: "{{{{premise}}}}. Is it {{{{hypothesis}}}}?"
 doc_to_target: label
-doc_to_choice: ["True", "False"]
+doc_to_choice: ["yes", "no"]
 metric_list:
   - metric: acc
 """)
@@ -165,7 +171,7 @@ doc_to_text: "{{{{premise}}}}"
 doc_to_target: "{{{{hypothesis}}}}"
 generation_kwargs:
   until: ["."]
-  max_gen_toks: 5
+  max_gen_toks: 8
   do_sample: false
 metric_list:
   - metric: exact_match
@@ -176,10 +182,8 @@ metric_list:
 # ----------------------------------------------------------------------------------------
 # Scores equal independent full forward passes
 # ----------------------------------------------------------------------------------------
-PAIRS = [("Golden river morning.\nQuestion: is the teacher brave?\nAnswer:", " yes"),
-         ("Golden river morning.\nQuestion: is the teacher brave?\nAnswer:", " no"),
-         ("a farmer", " carry the heavy kettle slowly"),
-         ("", " whisper softly")]
+CONTEXT = "Golden river morning. The teacher is"
+PAIRS = [(CONTEXT, " brave sailor"), (CONTEXT, " clever doctor"), ("", " brave sailor")]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -190,38 +194,28 @@ def test_loglikelihood_equals_naive_forward_passes(arch, vocab, params):
   for (context, continuation), (logprob, is_greedy) in zip(PAIRS, got):
     prompt = np.asarray(vocab.encode(context), np.int32)
     choice = np.asarray(vocab.encode(continuation), np.int32)
-    assert choice[-1] != vocab.eos_id and len(choice) > 0
+    assert len(choice) == 2 and vocab.eos_id not in choice
     if arch == ED and not len(prompt):
       prompt = np.zeros((1,), np.int32)      # an empty context is an all-padding encoder row
-    expected = naive(model, params[arch], prompt, choice)
     assert isinstance(logprob, float) and isinstance(is_greedy, bool)
-    np.testing.assert_allclose(logprob, expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(logprob, naive(model, params[arch], prompt, choice),
+                               rtol=0, atol=1e-4)
 
   # is_greedy against the argmax of an independent forward pass, on one pair
-  prompt = np.asarray(vocab.encode(PAIRS[2][0]), np.int32)
-  choice = np.asarray(vocab.encode(PAIRS[2][1]), np.int32)     # the shapes naive used
+  prompt = np.asarray(vocab.encode(CONTEXT), np.int32)
+  choice = np.asarray(vocab.encode(PAIRS[0][1]), np.int32)
   if arch == ED:
     batch = {"encoder_input_tokens": prompt[None], "decoder_target_tokens": choice[None],
-             "decoder_input_tokens": np.concatenate([[0], choice[:-1]])[None].astype(np.int32)}
-    argmax = np.argmax(np.asarray(compiled(model).compute_logits(params[arch], batch))[0], -1)
+             "decoder_input_tokens": np.asarray([[0, choice[0]]], np.int32)}
+    logits = compiled(model).compute_logits(params[arch], batch)[0]
   else:
     targets = np.concatenate([prompt, choice])[None]
     batch = {"decoder_target_tokens": targets,
              "decoder_input_tokens": np.concatenate([[[0]], targets[:, :-1]], 1),
              "decoder_causal_attention": (np.arange(targets.shape[1]) <= len(prompt))[None]
              .astype(np.int32)}
-    argmax = np.argmax(np.asarray(compiled(model).compute_logits(params[arch], batch))[0], -1)
-    argmax = argmax[len(prompt):]
-  assert got[2][1] == bool(np.all(argmax == choice))
-
-  # a continuation that IS the greedy one scores is_greedy=True, a changed one False
-  greedy = harness.generate_tokens(model, params[arch], [prompt], 4)[0]
-  greedy = greedy[greedy > 1][:3]              # before any EOS
-  if len(greedy):
-    changed = greedy.copy()
-    changed[-1] = 3 if changed[-1] != 3 else 4
-    flags = [g for _, g in lm.loglikelihood_tokens([(prompt, greedy), (prompt, changed)])]
-    assert flags == [True, False]
+    logits = compiled(model).compute_logits(params[arch], batch)[0, len(prompt):]
+  assert got[0][1] == bool(np.all(np.argmax(np.asarray(logits), -1) == choice))
 
 
 def test_empty_continuation_scores_zero_and_greedy(vocab, params):
@@ -300,7 +294,7 @@ def test_rolling_windows_predict_every_token_once():
 def test_loglikelihood_rolling_sums_its_windows(arch, vocab, params):
   text = " ".join(sentences()[:3])
   lm = make_lm(arch, vocab, params, max_length=16, targets_length=16)
-  got = lm.loglikelihood_rolling(requests_of("loglikelihood_rolling", [(text,), ("a dog",)]))
+  got = lm.loglikelihood_rolling(requests_of("loglikelihood_rolling", [(text,)]))
   tokens = np.asarray(vocab.encode(text), np.int32)
   assert len(tokens) > 32
   if arch == ED:
@@ -309,40 +303,30 @@ def test_loglikelihood_rolling_sums_its_windows(arch, vocab, params):
     windows = harness.rolling_windows(tokens, 16)
   expected = sum(naive(lm.model, params[arch], c, t) for c, t in windows)
   np.testing.assert_allclose(got[0], expected, rtol=1e-5, atol=1e-3)
-  short = np.asarray(vocab.encode("a dog"), np.int32)
-  prompt = np.zeros((1 if arch == ED else 0,), np.int32)
-  np.testing.assert_allclose(got[1], naive(lm.model, params[arch], prompt, short), atol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------
 # Generation
 # ----------------------------------------------------------------------------------------
-def reference_tokens(model, params, prompt, steps):
-  """Greedy tokens of one prompt, unbatched, straight from `predict_batch`."""
-  prompt = np.asarray(prompt, np.int32)
-  if model.name == ED:
-    batch = {"encoder_input_tokens": prompt[None]}
-  else:
-    batch = {"decoder_input_tokens": np.concatenate([[0], prompt])[None].astype(np.int32),
-             "decoder_causal_attention": np.ones((1, len(prompt) + 1), np.int32)}
-  return np.asarray(compiled(model).predict_batch(params, batch, max_decode_steps=steps))[0]
-
-
 @pytest.mark.parametrize("arch", ARCHS)
-def test_generate_until_stops_at_until_and_max_gen_toks(arch, vocab, params):
+def test_generate_until_is_greedy_and_stops_at_until_and_max_gen_toks(arch, vocab, params):
   lm = make_lm(arch, vocab, params)
-  contexts = ["the farmer", "Ancient village winter. The brave sailor"]   # one bucket
-  reference = [reference_tokens(lm.model, params[arch], vocab.encode(c), 8)
-               for c in contexts]
-  texts = [vocab.decode(r) for r in reference]
-  # no stop string: the decoded greedy tokens, batched prompts of different lengths
+  contexts = ["the farmer", "Ancient village winter. The brave sailor"]
+  prompts = [np.asarray(vocab.encode(c), np.int32) for c in contexts]
+  tokens = harness.generate_tokens(lm.model, params[arch], prompts, 8)
+  tokens = [t[:list(t).index(vocab.eos_id)] if vocab.eos_id in t else t for t in tokens]
+  # each token is the argmax of a full forward pass over the prompt and the tokens before
+  # it (no KV cache); changing the last token breaks that
+  changed = tokens[1].copy()
+  changed[-1] = 3 if changed[-1] != 3 else 4
+  flags = [g for _, g in lm.loglikelihood_tokens(list(zip(prompts, tokens))
+                                                 + [(prompts[1], changed)])]
+  assert flags == [True, True, False]
+
+  texts = [vocab.decode(t) for t in tokens]
   got = lm.generate_until(requests_of("generate_until", [
       (c, {"until": [], "max_gen_toks": 8}) for c in contexts]))
   assert got == texts
-  # max_gen_toks: the first tokens only
-  got = lm.generate_until(requests_of("generate_until", [
-      (c, {"until": [], "max_gen_toks": 3}) for c in contexts]))
-  assert got == [vocab.decode(r[:3]) for r in reference]
   # until: the output ends before the first stop string
   long = max(range(len(texts)), key=lambda i: len(texts[i]))
   text = texts[long]
@@ -352,6 +336,10 @@ def test_generate_until_stops_at_until_and_max_gen_toks(arch, vocab, params):
       (c, {"until": ["\n\n", stop], "max_gen_toks": 8}) for c in contexts]))
   assert got[long] == text[:text.find(stop)] and stop not in got[long]
   assert harness.cut_at_stop("abc. def. ghi", [".", "zz"]) == "abc"
+  if arch == CD:   # max_gen_toks: the first tokens only (one more compile: CD only)
+    got = lm.generate_until(requests_of("generate_until", [
+        (c, {"until": [], "max_gen_toks": 3}) for c in contexts]))
+    assert got == [vocab.decode(t[:3]) for t in tokens]
 
 
 def test_generate_until_rejects_sampling(vocab, params):
@@ -374,7 +362,7 @@ def test_simple_evaluate_on_a_local_multiple_choice_task(arch, vocab, params, of
       task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False))
   acc = results["results"]["toy_mc"]["acc,none"]
   assert 0.0 <= acc <= 1.0
-  assert results["results"]["toy_mc"]["sample_len"] == min(len(SUBJECTS), len(VERBS), len(OBJECTS))
+  assert results["results"]["toy_mc"]["sample_len"] == 8
   summary = harness.summarize(results)
   assert summary["acc"] == {"toy_mc": acc} and summary["mean"] == acc
   assert "| toy_mc | acc,none |" in summary["markdown"]
@@ -388,13 +376,13 @@ def test_run_harness_from_a_checkpoint_writes_results(vocab, params, offline):
                             vocabulary=vocab.path, vocab_size=vocab.vocab_size)
   out = offline / "out"
   results = harness.run_harness(str(offline / "nd"), ["toy_mc,toy_rolling", "toy_generate"],
-                                include_path=str(tasks_dir), truncation="paper", limit=4,
+                                include_path=str(tasks_dir), truncation="paper", limit=2,
                                 out_dir=str(out), bootstrap_iters=0)
   saved = json.loads((out / "harness_results.json").read_text())
   assert set(saved["results"]) == {"toy_mc", "toy_rolling", "toy_generate"}
   assert 0.0 <= saved["results"]["toy_mc"]["acc,none"] <= 1.0
   assert np.isfinite(saved["results"]["toy_rolling"]["word_perplexity,none"])
-  assert saved["results"]["toy_generate"]["exact_match,none"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+  assert saved["results"]["toy_generate"]["exact_match,none"] in (0.0, 0.5, 1.0)
   assert saved["arch_objective"]["step"] == 7 and saved["arch_objective"]["arch"] == ND
   assert saved["arch_objective"]["truncation"] == "paper"
   assert results["results"]["toy_mc"] == saved["results"]["toy_mc"]
@@ -406,7 +394,7 @@ def test_run_harness_from_a_checkpoint_writes_results(vocab, params, offline):
   via_name = lm_eval.simple_evaluate(
       model=harness.MODEL_NAME, model_args=f"checkpoint={offline / 'nd'},truncation=paper,"
                                            f"batch_tokens=1024",
-      tasks=["toy_mc"], limit=4, bootstrap_iters=0,
+      tasks=["toy_mc"], limit=2, bootstrap_iters=0,
       task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False))
   assert via_name["results"]["toy_mc"]["acc,none"] == saved["results"]["toy_mc"]["acc,none"]
 

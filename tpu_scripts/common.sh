@@ -14,6 +14,7 @@
 # Written for bash 3.2 and later (macOS's /bin/bash included).
 
 AO_SCRIPT=$(basename "$0")
+AO_LABEL=$AO_SCRIPT${AO_VIA:+ (via $AO_VIA)}   # names the script in error messages
 AO_SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 AO_REPO=$(cd "$AO_SCRIPTS_DIR/.." && pwd)
 # Where setup_workers.sh installs on each worker, relative to the worker's home directory.
@@ -29,12 +30,12 @@ TPU=""
 # ---------------------------------------------------------------- messages and errors
 
 die() {  # die MESSAGE: a runtime error (exit 1)
-  printf '%s: error: %s\n' "$AO_SCRIPT" "$*" >&2
+  printf '%s: error: %s\n' "$AO_LABEL" "$*" >&2
   exit 1
 }
 
 usage_error() {  # usage_error MESSAGE: a bad or missing option (exit 2)
-  printf '%s: error: %s\n' "$AO_SCRIPT" "$*" >&2
+  printf '%s: error: %s\n' "$AO_LABEL" "$*" >&2
   printf "Run '%s --help' for the options.\n" "$AO_SCRIPT" >&2
   exit 2
 }
@@ -328,4 +329,36 @@ gin_top_run_files() {
     fi
   done
   return 0
+}
+
+# ---------------------------------------------------------------- wrappers of launch.sh
+
+# has_option NAME ARG...: whether option NAME (as opt_name spells it) is among ARG... before '--'.
+has_option() {
+  local name=$1 a
+  shift
+  for a in "$@"; do
+    [[ $a == -- ]] && return 1
+    opt_name "$a"
+    [[ $OPTNAME == "$name" ]] && return 0
+  done
+  return 1
+}
+
+# launch_wrapper "REQUIRED OPTIONS" LAUNCH-ARGS... -- USER-ARGS...: checks that the user's
+# arguments have the required options (here, so that the error names this script), then
+# runs launch.sh with LAUNCH-ARGS followed by USER-ARGS.
+launch_wrapper() {
+  local required=$1 fixed=() name
+  shift
+  while (($#)) && [[ $1 != -- ]]; do
+    fixed+=("$1")
+    shift
+  done
+  (($#)) && shift
+  for name in $required; do
+    has_option "$name" "$@" || usage_error "missing required option $name"
+  done
+  has_option --mode "$@" && usage_error "$AO_SCRIPT sets --mode itself"
+  AO_VIA=$AO_SCRIPT exec "$AO_SCRIPTS_DIR/launch.sh" "${fixed[@]}" "$@"
 }

@@ -34,8 +34,8 @@ Options:
   --jax SPEC                 the TPU build of JAX (default: jax[tpu]==0.10.2, matching
                              requirements/core.txt)
   --python VERSION           Python of the environment, installed with uv (default: 3.11)
-  --remote_dir DIR           install folder on the workers, relative to the home folder
-                             (default: $AO_REMOTE_ROOT_DEFAULT); the environment is DIR/venv
+  --remote_dir DIR           install folder on the workers, absolute or relative to the
+                             home folder (default: $AO_REMOTE_ROOT_DEFAULT); the environment is DIR/venv
   --gcsfuse_bucket BUCKET    also install gcsfuse and mount gs://BUCKET at
                              $AO_MOUNT_ROOT_DEFAULT/BUCKET on every worker (repeatable); see launch.sh --gcsfuse
   --worker all|N[,N...]      which workers (default: all)
@@ -118,8 +118,7 @@ if [[ $KIND == wheel ]]; then
 fi
 
 ROOT=$(remote_path "$REMOTE_DIR")   # shell text for the install folder on a worker
-REMOTE_DIR_SCP=$REMOTE_DIR          # scp destinations are relative to the home folder
-[[ $REMOTE_DIR == /* ]] || REMOTE_DIR_SCP="~/$REMOTE_DIR"
+REMOTE_DIR_SCP=$REMOTE_DIR          # scp: a relative destination is under the home folder
 
 # 1. Make the install folder (and replace the previous copy of the sources).
 step "prepare $REMOTE_DIR on the workers"
@@ -165,7 +164,10 @@ pkg=$ROOT/src"
     ;;
 esac
 EVAL_REQ=""
-((WITH_EVAL)) && EVAL_REQ=' -r "$req/eval.txt"'
+if ((WITH_EVAL)); then
+  # shellcheck disable=SC2016  # expanded on the worker
+  EVAL_REQ=' -r "$req/eval.txt"'
+fi
 GCSFUSE=""
 if ((${#BUCKETS[@]})); then
   # The apt repository and key of gcsfuse, as Google's install instructions give them.
@@ -206,5 +208,6 @@ echo \"\$(hostname): arch-objective installed in \$venv\""
 # 4. Every worker at once: each must see all the slice's chips.
 if ((CHECK)); then
   step "check that JAX sees the TPU on every worker"
-  tpu_ssh "$WORKER" "$ROOT/venv/bin/python -c 'import jax; print(jax.process_index(), jax.device_count(), jax.local_device_count(), \"(process, devices, local devices)\")'"
+  tpu_ssh "$WORKER" "set -euo pipefail
+$ROOT/venv/bin/python -c 'import jax; print(jax.process_index(), jax.device_count(), jax.local_device_count(), \"(process, devices, local devices)\")'"
 fi

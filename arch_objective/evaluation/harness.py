@@ -518,12 +518,12 @@ def run_harness(checkpoint, tasks: Sequence[str], *, include_path: Optional[str]
   """
   import lm_eval
   names = expand_tasks(tasks)
+  manager = task_manager(names, include_path)          # unknown tasks fail before loading
   if isinstance(checkpoint, ArchObjectiveLM):
     lm = checkpoint
   else:
     lm = ArchObjectiveLM(checkpoint=checkpoint, arch=arch, vocabulary=vocabulary,
                          truncation=truncation, batch_tokens=batch_tokens)
-  manager = task_manager(names, include_path)
   results = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=0, limit=limit,
                                     task_manager=manager, log_samples=False,
                                     bootstrap_iters=bootstrap_iters)

@@ -41,40 +41,59 @@ class _Tokens:
     return self._cache[key]
 
 
+def _examples_and_prompts(spec, data_dir, mapping):
+  """A suite entry's examples and prompts: loaded for a `t0.EvalDataset`, given inline by
+  any other entry (an object with `name`, `random`, `prompts` and `examples`)."""
+  if isinstance(spec, t0.EvalDataset):
+    examples = datasets_lib.load_examples(*_data_args(spec), spec.split, data_dir, mapping)
+    return examples, templates.load_prompts(spec.dataset, spec.subset, spec.prompts)
+  return list(spec.examples), list(spec.prompts)
+
+
 def evaluate_suite(scorer: RankScorer, encode: Callable[[str], list[int]], *,
-                   suite: Sequence[t0.EvalDataset] = t0.T0_EVAL,
+                   suite: Sequence = t0.T0_EVAL,
                    data_dir: Optional[str] = None, mapping: Optional[dict] = None,
                    max_examples: Optional[int] = None, normalize: bool = False,
+                   bootstrap: int = 0, seed: int = 0,
                    log: Callable[[str], None] = print) -> dict:
-  """Evaluate every dataset of `suite`; returns the results dict (module docstring)."""
+  """Evaluate every dataset of `suite`; returns the results dict (module docstring).
+
+  With `bootstrap=B`, `average_ci` is the 95% interval of the average over B resamplings
+  of each dataset's examples (the same resampled examples for all its prompts).
+  """
   tokens = _Tokens(encode)
   results, start = {}, time.time()
+  correctness: dict[str, dict[str, np.ndarray]] = {}
   for n, spec in enumerate(suite, 1):
-    examples = datasets_lib.load_examples(*_data_args(spec), spec.split, data_dir, mapping)
+    examples, prompts = _examples_and_prompts(spec, data_dir, mapping)
     if not examples:
-      raise ValueError(f"{spec.name}: the {spec.split} split is empty.")
+      raise ValueError(f"{spec.name}: the evaluation split is empty.")
     if max_examples:
       examples = examples[:max_examples]
-    prompts = templates.load_prompts(spec.dataset, spec.subset, spec.prompts)
     accuracies, skipped = {}, {}
+    correctness[spec.name] = {}
     for prompt in prompts:
       if not prompt.has_choices:
         skipped[prompt.name] = "the template has no answer choices"
         continue
-      requests, golds = [], []
-      for example in examples:
+      requests, golds, rows = [], [], []
+      for i, example in enumerate(examples):
         rendered = prompt.render(example)
         if rendered is None or not rendered.gold:
           continue
         requests.append(Request(tokens(rendered.inputs, eos=False),
                                 tuple(tokens(c, eos=True) for c in rendered.choices)))
         golds.append(rendered.gold)
+        rows.append(i)
       if not requests:
         skipped[prompt.name] = "no example renders under this template"
         continue
       scores = scorer.score(requests, normalize=normalize)
       correct = [int(np.argmax(s)) in g for s, g in zip(scores, golds)]
       accuracies[prompt.name] = 100.0 * float(np.mean(correct))
+      per_example = np.full(len(examples), np.nan)
+      per_example[rows] = correct
+      correctness[spec.name][prompt.name] = per_example
     if not accuracies:
       raise ValueError(f"{spec.name}: no prompt could be scored ({skipped}).")
     median = float(np.median(list(accuracies.values())))
@@ -84,10 +103,30 @@ def evaluate_suite(scorer: RankScorer, encode: Callable[[str], list[int]], *,
     log(f"[{n}/{len(suite)}] {spec.name}: median {results[spec.name]['median']:.1f} over "
         f"{len(accuracies)} prompts, {len(examples)} examples ({elapsed:.0f}s, ETA "
         f"{elapsed / n * (len(suite) - n):.0f}s)")
-  return {"datasets": results,
-          "average": float(np.mean([r["median"] for r in results.values()])),
-          "random_average": float(np.mean([r["random"] for r in results.values()])),
-          "normalize": normalize, "max_examples": max_examples}
+  out = {"datasets": results,
+         "average": float(np.mean([r["median"] for r in results.values()])),
+         "random_average": float(np.mean([r["random"] for r in results.values()])),
+         "normalize": normalize, "max_examples": max_examples}
+  if bootstrap:
+    out["average_ci"] = bootstrap_interval(correctness, bootstrap, seed)
+  return out
+
+
+def bootstrap_interval(correctness: dict[str, dict[str, np.ndarray]], resamples: int,
+                       seed: int = 0) -> list[float]:
+  """95% percentile interval of the suite average (median over prompts, mean over
+  datasets) when each dataset's examples are resampled with replacement."""
+  rng = np.random.default_rng(seed)
+  averages = []
+  for _ in range(resamples):
+    medians = []
+    for prompts in correctness.values():
+      n = len(next(iter(prompts.values())))
+      idx = rng.integers(0, n, n)
+      medians.append(np.median([100.0 * np.nanmean(c[idx]) if np.any(~np.isnan(c[idx]))
+                                else 0.0 for c in prompts.values()]))
+    averages.append(np.mean(medians))
+  return [float(np.percentile(averages, 2.5)), float(np.percentile(averages, 97.5))]
 
 
 def _data_args(spec: t0.EvalDataset):

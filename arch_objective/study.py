@@ -1,0 +1,279 @@
+"""The laptop-scale study: the paper's whole pipeline on one CPU, on an embedded world.
+
+`run_study(preset, out_dir)`:
+  1. builds the synthetic world (`data/world.py`): a pretraining corpus, MT-F training
+     task families and held-out task families; trains a SentencePiece vocabulary on the
+     corpus;
+  2. pretrains the six (architecture, objective) pairs of the paper with the same token
+     budget each (same steps, rows and tokens per row; ED prefix-LM rows hold two
+     examples, so its batch is halved);
+  3. evaluates each zero-shot on the held-out families (rank classification, median over
+     prompts, mean over families: T0-Eval's code);
+  4. multitask-finetunes each on the training families (constant learning rate, dropout
+     0.1, the step counter continuing), and evaluates again;
+  5. optionally runs NC-A (CD:FLM continued as ND:MLM, then MT-F as ND);
+  6. writes `results.json`, `results.md` (the paper-style table with bootstrap 95%
+     intervals and the random baseline), `zero_shot.png`, `loss_curves.png`; every run's
+     TensorBoard files stay in its directory under `runs/`.
+Every stage is skipped when its output exists, so an interrupted study resumes.
+The presets are gin files, `gin/experiments/study/{smoke,quick,full}.gin`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Optional
+
+from arch_objective import models
+from arch_objective.objectives import pipeline
+
+PRESETS = ("smoke", "quick", "full")
+
+
+@dataclasses.dataclass
+class StudyConfig:
+  """One preset (bound by gin from `gin/experiments/study/<preset>.gin`)."""
+  corpus_bytes: int = 2_000_000
+  vocab_size: int = 2000
+  emb_dim: int = 128
+  num_heads: int = 4
+  head_dim: int = 32
+  mlp_dim: int = 256
+  num_layers: int = 2
+  length: int = 128
+  batch_size: int = 16
+  pretrain_steps: int = 300
+  pretrain_learning_rate: float = 0.01
+  mtf_steps: int = 150
+  mtf_learning_rate: float = 0.001
+  mtf_dropout: float = 0.1
+  mtf_inputs_length: int = 96
+  mtf_targets_length: int = 32
+  eval_examples: int = 200
+  bootstrap: int = 200
+  nc_a: bool = True
+  nc_a_steps: int = 100
+  seed: int = 0
+
+  def model_overrides(self, vocab_size: int) -> dict:
+    return dict(emb_dim=self.emb_dim, num_heads=self.num_heads, head_dim=self.head_dim,
+                mlp_dim=self.mlp_dim, num_encoder_layers=self.num_layers,
+                num_decoder_layers=self.num_layers, vocab_size=vocab_size, dtype="float32")
+
+
+def load_preset(preset: str) -> StudyConfig:
+  """The StudyConfig of `gin/experiments/study/<preset>.gin`."""
+  from arch_objective.training import gin_utils
+  if preset not in PRESETS:
+    raise ValueError(f"unknown study preset {preset!r}; valid presets: {', '.join(PRESETS)}.")
+  configurable = register_gin()
+  gin_utils.parse([f"experiments/study/{preset}.gin"])
+  return configurable()
+
+
+_CONFIGURABLE = None
+
+
+def register_gin():
+  """Make `StudyConfig` bindable from gin (idempotent); returns the configurable."""
+  global _CONFIGURABLE
+  if _CONFIGURABLE is None:
+    import gin
+    _CONFIGURABLE = gin.external_configurable(StudyConfig, "StudyConfig")
+  return _CONFIGURABLE
+
+
+class _Stages:
+  """Progress over the study's stages with an ETA from the ones done so far."""
+
+  def __init__(self, total: int, log: Callable[[str], None]):
+    self.total, self.done, self.log = total, 0, log
+    self.t0, self.timed, self.timed_seconds = time.time(), 0, 0.0
+
+  def run(self, name: str, marker: str, fn: Callable[[], Any]):
+    self.done += 1
+    if os.path.exists(marker):
+      self.log(f"[{self.done}/{self.total}] {name}: done before, skipped")
+      return
+    start = time.time()
+    fn()
+    self.timed += 1
+    self.timed_seconds += time.time() - start
+    left = (self.total - self.done) * self.timed_seconds / self.timed
+    self.log(f"[{self.done}/{self.total}] {name}: {time.time() - start:.0f}s "
+             f"(elapsed {time.time() - self.t0:.0f}s, ETA {left:.0f}s)")
+
+
+def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
+              log: Callable[[str], None] = print) -> dict:
+  """Run (or resume) the study; returns the results dict also written to results.json."""
+  from arch_objective.data import registry, vocabularies, world as world_lib
+  from arch_objective.prompts import mixture
+  from arch_objective.training import data, optimizers, train
+  import tasks
+
+  config = load_preset(preset)
+  if nc_a is not None:
+    config.nc_a = nc_a
+  out_dir = os.path.abspath(out_dir)
+  os.makedirs(os.path.join(out_dir, "world"), exist_ok=True)
+  runs = os.path.join(out_dir, "runs")
+  evals = os.path.join(out_dir, "eval")
+  os.makedirs(evals, exist_ok=True)
+
+  world = world_lib.make_world(seed=config.seed)
+  corpus = os.path.join(out_dir, "world", "corpus.jsonl")
+  vocab_path = os.path.join(out_dir, "world", "spm.model")
+  pairs = [(a, o) for a, o in pipeline.PAPER_RUNS]
+  names = {p: f"{models.SHORT_NAMES[p[0]]}_{pipeline.SHORT_NAMES[p[1]]}".lower() for p in pairs}
+  total = 2 + 4 * len(pairs) + (3 if config.nc_a else 0)
+  stages = _Stages(total, log)
+
+  stages.run("world corpus", corpus,
+             lambda: world_lib.write_corpus(world, corpus, target_bytes=config.corpus_bytes))
+  stages.run("SentencePiece vocabulary", vocab_path, lambda: _train_vocab(corpus, vocab_path,
+                                                                         config.vocab_size))
+  vocab = vocabularies.SentencePieceVocabulary(vocab_path)
+  model_vocab = vocabularies.padded_vocab_size(vocab.vocab_size)
+  tasks.register_local_corpus("study", corpus, vocabulary=vocab_path, length=config.length)
+  registry.register(mixture.PromptedMixture(
+      "study_mtf", tuple(world.training_tasks()), vocab_path,
+      inputs_length=config.mtf_inputs_length, targets_length=config.mtf_targets_length))
+  suite = world.heldout_suite()
+
+  def pretrain(arch, objective, model_dir, steps, restore=None):
+    task = {pipeline.FULL_LM: "study_full_lm", pipeline.PREFIX_LM: "study_prefix_lm",
+            pipeline.SPAN_CORRUPTION: "study_span_corruption"}[objective]
+    rows = config.batch_size // 2 if (arch == models.ENCODER_DECODER and
+                                      objective == pipeline.PREFIX_LM) else config.batch_size
+    model = models.build_model(arch, "tiny", **config.model_overrides(model_vocab))
+    train.train(model_dir=model_dir, model=model, train_steps=steps, progress=False,
+                dataset=data.DatasetConfig(task=task, batch_size=rows, length=config.length,
+                                           vocabulary=vocab_path, seed=config.seed),
+                learning_rate_schedule=optimizers.constant(config.pretrain_learning_rate),
+                save_every=steps, log_every=max(steps // 20, 1), seed=config.seed,
+                restore_checkpoint=restore)
+
+  def finetune(arch, model_dir, source, steps):
+    model = models.build_model(arch, "tiny", dropout_rate=config.mtf_dropout,
+                               **config.model_overrides(model_vocab))
+    train.train(model_dir=model_dir, model=model, train_steps=steps, progress=False,
+                dataset=data.DatasetConfig(task="study_mtf", batch_size=config.batch_size,
+                                           vocabulary=vocab_path, seed=config.seed,
+                                           inputs_length=config.mtf_inputs_length,
+                                           targets_length=config.mtf_targets_length),
+                learning_rate_schedule=optimizers.constant(config.mtf_learning_rate),
+                restore_checkpoint=source, save_every=steps,
+                log_every=max(config.mtf_steps // 20, 1), seed=config.seed)
+
+  def evaluate(model_dir, out_path, arch=None):
+    from arch_objective.evaluation import loading, rank_classification, t0_eval
+    model, params, meta, step = loading.load_model(model_dir, arch)
+    scorer = rank_classification.RankScorer(model, params,
+                                            inputs_length=config.mtf_inputs_length * 2,
+                                            targets_length=config.mtf_targets_length)
+    results = t0_eval.evaluate_suite(scorer, vocab.encode, suite=suite,
+                                     max_examples=config.eval_examples,
+                                     bootstrap=config.bootstrap, seed=config.seed,
+                                     log=lambda m: None)
+    results.update(step=step, arch=model.name, lineage=meta.get("lineage", []))
+    with open(out_path, "w") as f:
+      json.dump(results, f, indent=2)
+
+  for arch, objective in pairs:
+    name = names[(arch, objective)]
+    pre_dir = os.path.join(runs, name)
+    stages.run(f"pretrain {name}", _done(pre_dir, config.pretrain_steps),
+               lambda: pretrain(arch, objective, pre_dir, config.pretrain_steps))
+    stages.run(f"zero-shot {name}", os.path.join(evals, f"{name}.json"),
+               lambda: evaluate(pre_dir, os.path.join(evals, f"{name}.json")))
+  for arch, objective in pairs:
+    name = names[(arch, objective)]
+    pre_dir, mtf_dir = os.path.join(runs, name), os.path.join(runs, f"{name}_mtf")
+    total_steps = config.pretrain_steps + config.mtf_steps
+    stages.run(f"MT-F {name}", _done(mtf_dir, total_steps),
+               lambda: finetune(arch, mtf_dir, pre_dir, total_steps))
+    stages.run(f"zero-shot {name} + MT-F", os.path.join(evals, f"{name}_mtf.json"),
+               lambda: evaluate(mtf_dir, os.path.join(evals, f"{name}_mtf.json")))
+  if config.nc_a:
+    nca_dir = os.path.join(runs, "nc_a")
+    nca_steps = config.pretrain_steps + config.nc_a_steps
+    stages.run("NC-A (CD:FLM -> ND:MLM)", _done(nca_dir, nca_steps),
+               lambda: pretrain(models.NON_CAUSAL_DECODER, pipeline.SPAN_CORRUPTION, nca_dir,
+                                nca_steps, restore=os.path.join(runs, names[pairs[0]])))
+    nca_mtf = os.path.join(runs, "nc_a_mtf")
+    stages.run("MT-F of NC-A", _done(nca_mtf, nca_steps + config.mtf_steps),
+               lambda: finetune(models.NON_CAUSAL_DECODER, nca_mtf, nca_dir,
+                                nca_steps + config.mtf_steps))
+    stages.run("zero-shot NC-A + MT-F", os.path.join(evals, "nc_a_mtf.json"),
+               lambda: evaluate(nca_mtf, os.path.join(evals, "nc_a_mtf.json")))
+
+  results = _collect(out_dir, pairs, names, config, suite, preset)
+  from arch_objective import study_report
+  study_report.write_all(results, out_dir)
+  log(f"wrote {os.path.join(out_dir, 'results.json')}, results.md, zero_shot.png, "
+      f"loss_curves.png")
+  return results
+
+
+def _train_vocab(corpus: str, path: str, size: int):
+  from arch_objective.data import sources, vocabularies
+  prefix = path[:-len(".model")]
+  vocabularies.train_sentencepiece(sources.jsonl_documents(corpus), prefix, size)
+
+
+def _done(model_dir: str, steps: int) -> str:
+  """The marker of a finished run: its final checkpoint directory."""
+  return os.path.join(model_dir, "checkpoints", str(steps))
+
+
+def _read(path: str) -> Optional[dict]:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _loss_curve(model_dir: str) -> list[list[float]]:
+  path = os.path.join(model_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = [json.loads(l) for l in f if l.strip()]
+  return [[r["step"], r["loss_per_token"]] for r in rows if "split" not in r]
+
+
+def _collect(out_dir, pairs, names, config, suite, preset) -> dict:
+  evals, runs = os.path.join(out_dir, "eval"), os.path.join(out_dir, "runs")
+  cells = {}
+  for arch, objective in pairs:
+    name = names[(arch, objective)]
+    cells[name] = {
+        "label": f"{models.SHORT_NAMES[arch]}:{pipeline.SHORT_NAMES[objective]}",
+        "arch": arch, "objective": objective,
+        "zero_shot": _summary(_read(os.path.join(evals, f"{name}.json"))),
+        "after_mtf": _summary(_read(os.path.join(evals, f"{name}_mtf.json"))),
+        "pretrain_loss": _loss_curve(os.path.join(runs, name)),
+        "mtf_loss": _loss_curve(os.path.join(runs, f"{name}_mtf")),
+    }
+  if config.nc_a and os.path.exists(os.path.join(evals, "nc_a_mtf.json")):
+    cells["nc_a"] = {"label": "CD:FLM + ND:MLM (NC-A)", "arch": models.NON_CAUSAL_DECODER,
+                     "objective": "nc_a", "zero_shot": None,
+                     "after_mtf": _summary(_read(os.path.join(evals, "nc_a_mtf.json"))),
+                     "pretrain_loss": _loss_curve(os.path.join(runs, "nc_a")),
+                     "mtf_loss": _loss_curve(os.path.join(runs, "nc_a_mtf"))}
+  random = float(sum(100.0 * s.random for s in suite) / len(suite))
+  return {"preset": preset, "config": dataclasses.asdict(config), "cells": cells,
+          "random_baseline": random,
+          "heldout_families": [s.name for s in suite]}
+
+
+def _summary(results: Optional[dict]) -> Optional[dict]:
+  if results is None:
+    return None
+  return {"average": results["average"], "ci": results.get("average_ci"),
+          "per_family": {k: v["median"] for k, v in results["datasets"].items()},
+          "step": results.get("step")}
