@@ -132,8 +132,11 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
   total = 2 + 4 * len(pairs) + (3 if config.nc_a else 0)
   stages = _Stages(total, log)
 
-  stages.run("world corpus", corpus,
-             lambda: world_lib.write_corpus(world, corpus, target_bytes=config.corpus_bytes))
+  def write_corpus():
+    world_lib.write_corpus(corpus + ".tmp", world, target_bytes=config.corpus_bytes)
+    os.replace(corpus + ".tmp", corpus)
+
+  stages.run("world corpus", corpus, write_corpus)
   stages.run("SentencePiece vocabulary", vocab_path, lambda: _train_vocab(corpus, vocab_path,
                                                                          config.vocab_size))
   vocab = vocabularies.SentencePieceVocabulary(vocab_path)

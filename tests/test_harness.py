@@ -2,7 +2,6 @@
 rolling windows, generation, the EAI-Eval task list, and runs of local YAML tasks offline."""
 import functools
 import json
-import os
 import pathlib
 import re
 
@@ -63,13 +62,20 @@ def compiled(model):
 
 
 class Compiled:
-  """A model whose `score_batch` and `predict_batch` are jitted (the references below
-  run one unpadded row at a time; eagerly they take seconds each)."""
+  """The model for `naive_scores`, one jitted `compute_logits` per row shape (eagerly a
+  forward pass takes seconds); `score_batch` is the sum of the weighted targets' log
+  probabilities, in numpy."""
 
   def __init__(self, model):
     self.name, self.compute_logits = model.name, jax.jit(model.compute_logits)
-    self.score_batch = jax.jit(model.score_batch)
-    self.predict_batch = jax.jit(model.predict_batch, static_argnames="max_decode_steps")
+
+  def score_batch(self, params, batch):
+    logits = np.asarray(self.compute_logits(params, batch), np.float64)
+    log_probs = logits - logits.max(-1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+    targets = np.asarray(batch["decoder_target_tokens"])
+    token_ll = np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+    return (token_ll * np.asarray(batch["decoder_loss_weights"])).sum(-1)
 
 
 def naive(model, params, prompt, choice) -> float:
@@ -182,7 +188,7 @@ metric_list:
 # ----------------------------------------------------------------------------------------
 # Scores equal independent full forward passes
 # ----------------------------------------------------------------------------------------
-CONTEXT = "Golden river morning. The teacher is"
+CONTEXT = "golden river morning. the teacher is"   # with a continuation: one 16-bucket
 PAIRS = [(CONTEXT, " brave sailor"), (CONTEXT, " clever doctor"), ("", " brave sailor")]
 
 
@@ -204,16 +210,19 @@ def test_loglikelihood_equals_naive_forward_passes(arch, vocab, params):
   # is_greedy against the argmax of an independent forward pass, on one pair
   prompt = np.asarray(vocab.encode(CONTEXT), np.int32)
   choice = np.asarray(vocab.encode(PAIRS[0][1]), np.int32)
+  ones = np.ones((1, len(choice)), np.int32)     # (the features and dtypes naive used)
   if arch == ED:
     batch = {"encoder_input_tokens": prompt[None], "decoder_target_tokens": choice[None],
-             "decoder_input_tokens": np.asarray([[0, choice[0]]], np.int32)}
+             "decoder_input_tokens": np.asarray([[0, choice[0]]], np.int32),
+             "decoder_loss_weights": ones}
     logits = compiled(model).compute_logits(params[arch], batch)[0]
   else:
-    targets = np.concatenate([prompt, choice])[None]
+    targets = np.concatenate([prompt, choice])[None].astype(np.int32)
+    n = targets.shape[1]
     batch = {"decoder_target_tokens": targets,
-             "decoder_input_tokens": np.concatenate([[[0]], targets[:, :-1]], 1),
-             "decoder_causal_attention": (np.arange(targets.shape[1]) <= len(prompt))[None]
-             .astype(np.int32)}
+             "decoder_input_tokens": np.concatenate([[[0]], targets[:, :-1]], 1).astype(np.int32),
+             "decoder_loss_weights": np.concatenate([0 * targets[:, :len(prompt)], ones], 1),
+             "decoder_causal_attention": (np.arange(n) <= len(prompt))[None].astype(np.int32)}
     logits = compiled(model).compute_logits(params[arch], batch)[0, len(prompt):]
   assert got[0][1] == bool(np.all(np.argmax(np.asarray(logits), -1) == choice))
 
@@ -292,15 +301,19 @@ def test_rolling_windows_predict_every_token_once():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_loglikelihood_rolling_sums_its_windows(arch, vocab, params):
-  text = " ".join(sentences()[:3])
-  lm = make_lm(arch, vocab, params, max_length=16, targets_length=16)
-  got = lm.loglikelihood_rolling(requests_of("loglikelihood_rolling", [(text,)]))
+  # windows of 13 (decoder-only rows of 13 and 14 tokens) or 2 (ED) tokens: row shapes
+  # the tests above compiled already
+  lm = make_lm(arch, vocab, params, max_length=13, targets_length=2)
+  text = ("golden river morning. the teacher is brave and the sailor is clever. the farmer "
+          "gathers a heavy kettle")
   tokens = np.asarray(vocab.encode(text), np.int32)
-  assert len(tokens) > 32
+  assert 27 <= len(tokens) <= 39 and len(tokens) % 2 == 0   # 3 windows of 13, 2s
+  got = lm.loglikelihood_rolling(requests_of("loglikelihood_rolling", [(text,)]))
   if arch == ED:
-    windows = [(np.zeros((1,), np.int32), tokens[s:s + 16]) for s in range(0, len(tokens), 16)]
+    windows = [(np.zeros((1,), np.int32), tokens[s:s + 2]) for s in range(0, len(tokens), 2)]
   else:
-    windows = harness.rolling_windows(tokens, 16)
+    windows = harness.rolling_windows(tokens, 13)
+  assert len(windows) > 2
   expected = sum(naive(lm.model, params[arch], c, t) for c, t in windows)
   np.testing.assert_allclose(got[0], expected, rtol=1e-5, atol=1e-3)
 
@@ -311,8 +324,9 @@ def test_loglikelihood_rolling_sums_its_windows(arch, vocab, params):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_generate_until_is_greedy_and_stops_at_until_and_max_gen_toks(arch, vocab, params):
   lm = make_lm(arch, vocab, params)
-  contexts = ["the farmer", "Ancient village winter. The brave sailor"]
+  contexts = ["the farmer", "ancient village winter sailor"]
   prompts = [np.asarray(vocab.encode(c), np.int32) for c in contexts]
+  assert max(len(p) for p in prompts) + 8 <= 16      # the scoring below: one 16-bucket
   tokens = harness.generate_tokens(lm.model, params[arch], prompts, 8)
   tokens = [t[:list(t).index(vocab.eos_id)] if vocab.eos_id in t else t for t in tokens]
   # each token is the argmax of a full forward pass over the prompt and the tokens before
@@ -357,12 +371,12 @@ def test_generate_until_rejects_sampling(vocab, params):
 def test_simple_evaluate_on_a_local_multiple_choice_task(arch, vocab, params, offline):
   tasks_dir = write_tasks(offline / "tasks")
   lm = make_lm(arch, vocab, params, truncation="paper")
-  results = lm_eval.simple_evaluate(
-      model=lm, tasks=["toy_mc"], num_fewshot=0, bootstrap_iters=0,
+  results = lm_eval.simple_evaluate(   # 2 documents: the row shapes of the scores above
+      model=lm, tasks=["toy_mc"], num_fewshot=0, bootstrap_iters=0, limit=2,
       task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False))
   acc = results["results"]["toy_mc"]["acc,none"]
   assert 0.0 <= acc <= 1.0
-  assert results["results"]["toy_mc"]["sample_len"] == 8
+  assert results["results"]["toy_mc"]["sample_len"] == 2
   summary = harness.summarize(results)
   assert summary["acc"] == {"toy_mc": acc} and summary["mean"] == acc
   assert "| toy_mc | acc,none |" in summary["markdown"]

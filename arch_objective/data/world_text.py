@@ -51,7 +51,7 @@ PHRASINGS: dict[str, tuple[str, ...]] = {
                  "{s} has {kin_article} called {v}."),
     we.WORKS_IN: ("{s} works in {v}.", "{sp} job is in {v}.", "{s} goes to work in {v}."),
     we.HOME_REGION: ("{s} lives in {v} of the country.", "{sp} home is in {v} of the country."),
-    we.AGE_DECADE: ("{s} is in {poss} {v}.", "{sp} age is somewhere in the {v}."),
+    we.AGE_DECADE: ("{s} is in {poss} {v}.", "{s} is somewhere in {poss} {v}."),
     we.REGION: ("{s} is in {v} of the country.", "{s} lies in {v} of the country."),
     we.KNOWN_FOR: ("{s} is known for its {v}.", "{s} is famous for its {v}.",
                    "People travel to {s} for its {v}."),
@@ -193,24 +193,29 @@ CONNECTIVES = ("As a result, {c}.", "Because of that, {c}.", "So {c}.", "This me
 def narrative(world: "World", chain: wv.Chain, rng: random.Random, upto: int | None = None,
               background: bool = True) -> str:
   """The chain told as a short story, each event linked to its cause; the first `upto`
-  events only when given."""
+  events only when given. The actor is named in full at the first mention, and may be
+  introduced by a fact about them first (`background`)."""
   events = chain.events[:upto] if upto else chain.events
   actor = world.entity[chain.actor]
   sentences = []
+  named = False
+  if background and any(wv.mentions_actor(e) for e in events) and rng.random() < 0.7:
+    fact = rng.choice(person_facts(world, actor, (we.PROFESSION, we.LIVES_IN, we.WORKS_AT)))
+    sentences.append(fact_sentence(world, fact, rng, "full"))
+    named = True
+  connectives = rng.sample(CONNECTIVES, len(CONNECTIVES))
   for i, event in enumerate(events):
-    mention = "full" if i == 0 else rng.choice(("first", "pronoun"))
+    mention = rng.choice(("first", "pronoun")) if named else "full"
     c = wv.clause(event, wv.slots(chain, world.entity, mention))
     if i == 0:
       sentences.append(rng.choice((f"One {chain.when}, {c}.", f"It was a {chain.when}, and {c}.",
                                    f"{sentence(c)[:-1]} one {chain.when}.")))
-      if background and rng.random() < 0.7:
-        fact = rng.choice(person_facts(world, actor, (we.PROFESSION, we.LIVES_IN, we.WORKS_AT)))
-        sentences.append(fact_sentence(world, fact, rng, "full"))
     elif rng.random() < 0.2:
       prev = wv.clause(events[i - 1], wv.slots(chain, world.entity, "first"))
       sentences.append(f"Because {prev}, {c}.")
     else:
-      sentences.append(rng.choice(CONNECTIVES).format(c=c))
+      sentences.append(connectives[i % len(connectives)].format(c=c))
+    named = named or wv.mentions_actor(event)
   return " ".join(sentences)
 
 
@@ -222,14 +227,18 @@ def news_report(world: "World", chain: wv.Chain, rng: random.Random) -> str:
   values = wv.slots(chain, world.entity, "full")
   first = wv.clause(chain.events[0], values)
   sentences = [f"{town.upper()}, {weekday}. {sentence(first)}"]
+  named = wv.mentions_actor(chain.events[0])
+  connectives = rng.sample(CONNECTIVES, len(CONNECTIVES))
+  for i, event in enumerate(chain.events[1:]):
+    mention = rng.choice(("first", "full")) if named else "full"
+    c = wv.clause(event, wv.slots(chain, world.entity, mention))
+    sentences.append(connectives[i % len(connectives)].format(c=c))
+    named = named or wv.mentions_actor(event)
   profession = world.value(actor.id, we.PROFESSION)
   sentences.append(rng.choice((
       f"Local {profession} {actor.name} was at the centre of the story.",
       f"The events involved {actor.name}, {article(profession)} who lives in {town}.",
       f"Our reporter spoke to {actor.name}, {article(profession)} in {town}.")))
-  for event in chain.events[1:]:
-    c = wv.clause(event, wv.slots(chain, world.entity, rng.choice(("first", "full"))))
-    sentences.append(rng.choice(CONNECTIVES).format(c=c))
   quote = rng.choice(("It was quite a day", "I did not expect any of this",
                       "Things like this do not happen often here", "We will remember it"))
   sentences.append(f'"{quote}," said {actor.first}.')
@@ -245,8 +254,11 @@ def chain_dialogue(world: "World", chain: wv.Chain, rng: random.Random) -> str:
   lines = [f"{friend.first}: Did you hear the news? {sentence(wv.clause(chain.events[0], values))}",
            f"{listener.first}: {rng.choice(('Really?', 'No!', 'Oh dear.'))} "
            f"What happened after that?"]
-  rest = [sentence(wv.clause(e, wv.slots(chain, world.entity, "first")))
-          for e in chain.events[1:]]
+  rest, named = [], wv.mentions_actor(chain.events[0])
+  for event in chain.events[1:]:
+    mention = rng.choice(("first", "pronoun")) if named else "full"
+    rest.append(sentence(wv.clause(event, wv.slots(chain, world.entity, mention))))
+    named = named or wv.mentions_actor(event)
   lines.append(f"{friend.first}: {' '.join(rest) if rest else 'Nothing else.'}")
   lines.append(f"{listener.first}: {rng.choice(('What a story.', 'I see.', 'How strange.'))}")
   return "\n".join(lines)

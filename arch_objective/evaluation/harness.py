@@ -55,7 +55,7 @@ import math
 import os
 import pathlib
 import sys
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +81,6 @@ TRUNCATIONS = ("paper", "modern")
 DEFAULT_LENGTHS = {"paper": (512, 114, 512 + 114), "modern": (1024, 256, 1024 + 256)}
 DEFAULT_BATCH_TOKENS = 16384
 DEFAULT_MAX_GEN_TOKS = 256
-EOS_ID = 1
 
 # The paper's 32 EAI-Eval tasks minus mc_taco (em/f1), spec §4.2, as lm-eval 0.4 names.
 PAPER_TASK_NAMES = {
@@ -114,8 +113,8 @@ def truncate(context, continuation, truncation: str, *, inputs_length: int,
           first `row_length` tokens and the context its last `row_length - len(cont)`;
           without it (ED) `(context[-inputs_length:], continuation[:targets_length])`.
 
-    >>> truncate(range(6), range(3), "modern", inputs_length=4, targets_length=2,
-    ...          row_length=5)            # -> ([4, 5], [0, 1, 2])
+  E.g. `truncate(range(6), range(3), "modern", inputs_length=4, targets_length=2,
+  row_length=5)` is `([4, 5], [0, 1, 2])`; with "paper", `([0, 1, 2, 3], [0, 1])`.
   """
   context = np.asarray(context, np.int32).reshape(-1)
   continuation = np.asarray(continuation, np.int32).reshape(-1)
@@ -263,8 +262,13 @@ def _score_ed(model, params, pairs, todo, max_tokens, out):
 
 def generate_tokens(model: models.BaseModel, params, prompts, steps: int,
                     max_tokens: int = DEFAULT_BATCH_TOKENS) -> list[np.ndarray]:
-  """Greedy continuations `[steps]` (0 after EOS) of each prompt's token ids."""
+  """Greedy continuations `[steps]` (0 after EOS) of each prompt's token ids.
+
+  The decoding loop runs a power-of-two number of steps (at least 16) and is cut to
+  `steps`, so that tasks with nearby `max_gen_toks` share one compiled program.
+  """
   prompts = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
+  wanted, steps = steps, _bucket(steps)
   is_ed = model.name == models.ENCODER_DECODER
   out: list = [None] * len(prompts)
   by_bucket: dict[int, list[int]] = {}
@@ -289,7 +293,7 @@ def generate_tokens(model: models.BaseModel, params, prompts, steps: int,
         batch = {"decoder_input_tokens": tokens, "decoder_causal_attention": dca}
       generated = np.asarray(jax.device_get(_greedy(model, params, batch, steps)))
       for r, i in enumerate(chunk):
-        out[i] = generated[r]
+        out[i] = generated[r, :wanted]
   return out
 
 
@@ -307,7 +311,10 @@ class ArchObjectiveLM(_LM_BASE):
   `vocabulary` defaults to the one the checkpoint records. From objects:
   `ArchObjectiveLM(model=model, params=params, vocab=vocab)`. Options: `truncation`
   (paper|modern), `inputs_length`, `targets_length`, `max_length` (decoder-only row,
-  modern mode; defaults in DEFAULT_LENGTHS), `batch_tokens` (tokens per forward batch).
+  modern mode; defaults in DEFAULT_LENGTHS), `batch_tokens` (tokens per forward batch),
+  `dtype` (activations of a checkpoint's model). `batch_size`, `max_batch_size` and
+  `device`, which `simple_evaluate` passes, are accepted and ignored: batches are sized
+  by `batch_tokens`, and JAX places them on its default device.
   """
 
   def __init__(self, checkpoint: Optional[str] = None, arch: Optional[str] = None,
@@ -549,6 +556,8 @@ def _jsonable(value):
     return {k: v for k, v in items if v is not _DROP}
   if isinstance(value, (list, tuple)):
     return [v for v in (_jsonable(v) for v in value) if v is not _DROP]
+  if isinstance(value, np.ndarray):
+    return _jsonable(value.tolist())
   if isinstance(value, np.generic):
     value = value.item()
   if isinstance(value, float) and not math.isfinite(value):

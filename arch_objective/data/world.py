@@ -1,0 +1,276 @@
+"""A seeded synthetic world: a pretraining corpus about it, and prompted task families
+for multitask finetuning (MT-F) and for held-out zero-shot evaluation, all true of it.
+
+The laptop-scale study needs data that is small, downloaded from nowhere, and whose
+answers a model can learn from its pretraining text. `make_world(seed)` builds:
+
+- entities: people (name, gender, age, trait, home town, workplace and so profession,
+  friends, a sibling, a pet, a thing), towns (region, size, product), workplaces (kind,
+  town, reputation), animals (species, colour), things (kind, colour, material);
+- facts about them, base and derived by rules (`world_entities.closure`: a person who
+  works at a bakery is a baker, lives in the north if their town is there, ...);
+- a history of causal chains (`world_events`: rain -> wet streets -> a slip -> a doctor).
+
+From it come:
+
+- `World.corpus_documents(...)`: biographies, town guides, narratives and news reports
+  of the chains, dialogues, reviews and pet notes, a few MB by default (`write_corpus`
+  writes JSON Lines `{"text": ...}` for `tasks.register_local_corpus`);
+- `World.training_tasks()`: one `prompts.mixture.PromptedTask` per (family, template) of
+  six training families (attribute QA, extractive QA, paraphrase, topic, sentiment,
+  summarisation), for a `PromptedMixture`;
+- `World.heldout_suite(split)`: four held-out families that mirror T0-Eval (NLI,
+  coreference, cause and effect, story endings) with answer choices for rank
+  classification; their names and wording occur in no training template and nowhere in
+  the corpus.
+
+  >>> world = make_world(seed=0)
+  >>> doc = next(world.corpus_documents(num_documents=1))
+  >>> suite = world.heldout_suite("validation")
+  >>> [(f.name, len(f.prompts), f.num_choices) for f in suite][0]
+  ('world_nli', 5, 3)
+
+Everything is a function of the configuration: the same seed gives byte-identical
+documents and examples; examples and documents are drawn each from its own seeded
+generator, so asking for more of them leaves the first ones unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import random
+from typing import Iterator, Optional, Sequence
+
+from arch_objective.data import world_entities as we
+from arch_objective.data import world_events as wv
+from arch_objective.data import world_prompts as wp
+from arch_objective.data import world_tasks as wk
+from arch_objective.data import world_text as wt
+from arch_objective.data.world_prompts import WorldPrompt
+
+DEFAULT_CORPUS_BYTES = 4_000_000
+SPLITS = ("train", "validation", "test")
+
+__all__ = ["DEFAULT_CORPUS_BYTES", "HeldOutFamily", "TrainingFamily", "World", "WorldConfig",
+           "WorldPrompt", "make_world", "write_corpus"]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig:
+  """The size of a world and of its task splits (examples per family)."""
+  seed: int = 0
+  num_people: int = 400
+  num_towns: int = 12
+  places_per_town: int = 7
+  num_chains: int = 600
+  train_examples: int = 2000        # per training family, split 'train'
+  validation_examples: int = 300    # per training family, splits 'validation' and 'test'
+  heldout_examples: int = 300       # per held-out family, splits 'validation' and 'test'
+
+  def __post_init__(self):
+    for field in ("num_chains", "train_examples", "validation_examples", "heldout_examples"):
+      value = getattr(self, field)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"WorldConfig.{field} must be an integer >= 1, found {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingFamily:
+  """A training task family: its templates; its examples come from `World.examples`."""
+  name: str
+  prompts: tuple[WorldPrompt, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOutFamily:
+  """A held-out family as T0-Eval scores it: every example under every prompt, each
+  answer choice ranked; `random` is a uniform guess's accuracy (a fraction)."""
+  name: str
+  random: float
+  num_choices: int
+  prompts: tuple[WorldPrompt, ...]
+  examples: tuple[dict, ...]
+  split: str = "validation"
+
+
+class World:
+  """Entities, facts and history of one seeded world, and the text and tasks about it.
+
+  Lookups: `entity[id]`, `values(subject, relation)`, `value(...)`, `holds(fact)`,
+  `facts_of(relation)`, `surface(value)` (an id's name, or the literal).
+  """
+
+  def __init__(self, config: WorldConfig):
+    self.config = config
+    self.entities = we.build_entities(random.Random(f"{config.seed}:entities"),
+                                      config.num_people, config.num_towns,
+                                      config.places_per_town)
+    e = self.entities
+    self.entity = {x.id: x for group in (e.people, e.towns, e.places, e.animals, e.things)
+                   for x in group}
+    self.chains = wv.build_chains(random.Random(f"{config.seed}:chains"), e, config.num_chains)
+    self.facts: tuple[we.Fact, ...] = tuple(we.closure(we.base_facts(e)))
+    self._values: dict[tuple[str, str], tuple[str, ...]] = {}
+    self._by_relation: dict[str, list[we.Fact] | tuple[we.Fact, ...]] = {}
+    for f in self.facts:
+      self._values[(f.subject, f.relation)] = self._values.get((f.subject, f.relation),
+                                                               ()) + (f.value,)
+      self._by_relation.setdefault(f.relation, []).append(f)
+    self._by_relation = {r: tuple(fs) for r, fs in self._by_relation.items()}
+    self._fact_set = frozenset(self.facts)
+    self.reviewed_places = tuple(p for p in e.places if p.quality)
+    self._examples: dict[tuple[str, str], tuple[dict, ...]] = {}
+
+  @property
+  def seed(self) -> int:
+    return self.config.seed
+
+  # Lookups.
+
+  def values(self, subject: str, relation: str) -> tuple[str, ...]:
+    return self._values.get((subject, relation), ())
+
+  def value(self, subject: str, relation: str) -> Optional[str]:
+    """The value of a relation with one value, or None when the subject has none."""
+    values = self.values(subject, relation)
+    if len(values) > 1:
+      raise ValueError(f"{subject} has {len(values)} values of {relation!r} ({values}); use "
+                       f"values().")
+    return values[0] if values else None
+
+  def holds(self, fact: Sequence[str]) -> bool:
+    return we.Fact(*fact) in self._fact_set
+
+  def facts_of(self, relation: str) -> tuple[we.Fact, ...]:
+    return self._by_relation.get(relation, ())
+
+  def domain(self, relation: str) -> tuple[str, ...]:
+    """The values the relation takes in this world, in order of first appearance."""
+    return tuple(dict.fromkeys(f.value for f in self._by_relation.get(relation, ())))
+
+  def surface(self, value: str) -> str:
+    """How text names a value: a person's or town's name, 'the <place>', an animal's
+    name, a thing's kind; literals as they are."""
+    entity = self.entity.get(value)
+    if entity is None:
+      return value
+    if isinstance(entity, we.Place):
+      return "the " + entity.name
+    if isinstance(entity, we.Thing):
+      return entity.kind
+    return entity.name
+
+  # The corpus.
+
+  def corpus_documents(self, num_documents: Optional[int] = None,
+                       target_bytes: Optional[int] = None) -> Iterator[str]:
+    """Documents about the world until `num_documents` or `target_bytes` (UTF-8 bytes of
+    text) is reached, whichever comes first; `DEFAULT_CORPUS_BYTES` when neither is given.
+
+    The documents come in passes over the world (`world_text.corpus_round`): each pass
+    has every biography, town guide, chain story, review and pet note, in a seeded
+    order and freshly phrased; so one pass states every fact of the world.
+    """
+    if num_documents is None and target_bytes is None:
+      target_bytes = DEFAULT_CORPUS_BYTES
+    for name, limit in (("num_documents", num_documents), ("target_bytes", target_bytes)):
+      if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                or limit < 1):
+        raise ValueError(f"corpus_documents: {name} must be an integer >= 1, found {limit!r}.")
+    count = size = 0
+    for round_index in itertools.count():
+      for kind, key in wt.corpus_round(self, round_index):
+        if ((num_documents is not None and count >= num_documents)
+            or (target_bytes is not None and size >= target_bytes)):
+          return
+        rng = random.Random(f"{self.seed}:document:{round_index}:{kind}:{key}")
+        text = wt.document(self, kind, key, rng)
+        count += 1
+        size += len(text.encode("utf-8"))
+        yield text
+
+  def write_corpus(self, path: str, num_documents: Optional[int] = None,
+                   target_bytes: Optional[int] = None) -> dict:
+    return write_corpus(path, self, num_documents=num_documents, target_bytes=target_bytes)
+
+  # Tasks.
+
+  def examples(self, family: str, split: str = "train") -> tuple[dict, ...]:
+    """The examples of a family's split (cached); example i is drawn from its own
+    generator, so the first examples do not depend on how many there are."""
+    generators = {**wk.TRAINING_GENERATORS, **wk.HELDOUT_GENERATORS}
+    if family not in generators:
+      raise ValueError(f"unknown world task family {family!r}; valid: "
+                       f"{', '.join(generators)}.")
+    if split not in SPLITS:
+      raise ValueError(f"unknown split {split!r} for {family}; valid: {', '.join(SPLITS)}.")
+    heldout = family in wk.HELDOUT_GENERATORS
+    if heldout and split == "train":
+      raise ValueError(f"{family} is a held-out family: it has no train split (its examples "
+                       f"are for zero-shot evaluation only); use 'validation' or 'test'.")
+    key = (family, split)
+    if key not in self._examples:
+      n = (self.config.heldout_examples if heldout else self.config.train_examples
+           if split == "train" else self.config.validation_examples)
+      generate = generators[family]
+      examples = []
+      for i in range(n):
+        example = generate(self, random.Random(f"{self.seed}:{family}:{split}:{i}"))
+        example["id"] = f"{family}-{split}-{i}"
+        examples.append(example)
+      self._examples[key] = tuple(examples)
+    return self._examples[key]
+
+  def training_families(self) -> tuple[TrainingFamily, ...]:
+    return tuple(TrainingFamily(name, prompts) for name, prompts in wp.TRAINING_PROMPTS.items())
+
+  def training_tasks(self) -> list:
+    """One `PromptedTask` per (training family, template); `examples(split)` takes
+    'train' or 'validation'. Held-out families are not among them."""
+    from arch_objective.prompts import mixture  # prompts sit above data; import on use
+
+    tasks = []
+    for family in self.training_families():
+      def examples(split: str, name: str = family.name) -> tuple[dict, ...]:
+        return self.examples(name, split)
+      for prompt in family.prompts:
+        tasks.append(mixture.PromptedTask(f"{family.name}/{prompt.name}", prompt, examples,
+                                          len(family.prompts)))
+    return tasks
+
+  def heldout_suite(self, split: str = "validation") -> list[HeldOutFamily]:
+    """The held-out families (NLI, coreference, cause and effect, story ending) with
+    their prompts and the examples of `split` ('validation' or 'test')."""
+    suite = []
+    for name, prompts in wp.HELDOUT_PROMPTS.items():
+      suite.append(HeldOutFamily(name, wp.HELDOUT_RANDOM[name], len(prompts[0].choices),
+                                 prompts, self.examples(name, split), split))
+    return suite
+
+
+def make_world(seed: int = 0, **config) -> World:
+  """The world of `seed`; keyword arguments override `WorldConfig`'s fields
+  (`num_people`, `num_towns`, `places_per_town`, `num_chains`, `train_examples`,
+  `validation_examples`, `heldout_examples`)."""
+  fields = {f.name for f in dataclasses.fields(WorldConfig)} - {"seed"}
+  unknown = sorted(set(config) - fields)
+  if unknown:
+    raise ValueError(f"make_world: unknown option(s) {unknown}; valid: {sorted(fields)}.")
+  return World(WorldConfig(seed=seed, **config))
+
+
+def write_corpus(path: str, world: World, *, num_documents: Optional[int] = None,
+                 target_bytes: Optional[int] = None) -> dict:
+  """Write the world's corpus as JSON Lines (`{"text": ...}` per line, for
+  `tasks.register_local_corpus`); returns {'path', 'documents', 'bytes'} (bytes of text)."""
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  count = size = 0
+  with open(path, "w", encoding="utf-8") as f:
+    for text in world.corpus_documents(num_documents=num_documents, target_bytes=target_bytes):
+      f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+      count += 1
+      size += len(text.encode("utf-8"))
+  return {"path": path, "documents": count, "bytes": size}
