@@ -30,7 +30,8 @@ setuptools.setup(
     + ["arch_objective.gin_files"],
     # The repository's gin/ ships inside the package, so gin search paths work from a wheel.
     package_dir={"arch_objective.gin_files": "gin"},
-    package_data={"arch_objective.gin_files": ["*.gin", "*/*.gin", "*/*/*.gin"]},
+    package_data={"arch_objective.gin_files": ["*.gin", "*/*.gin", "*/*/*.gin"],
+                  "arch_objective.evaluation": ["harness_tasks/*.yaml"]},
     install_requires=_requirements("core.txt"),
     extras_require={
         "eval": _requirements("eval.txt"),

@@ -6,6 +6,7 @@
   arch-objective train --gin_file F [--gin.NAME=VALUE ...]    train (t5x-style, gin-configured)
   arch-objective evaluate --gin_file F [--gin.NAME=VALUE ...] evaluate a checkpoint
   arch-objective eval t0 --checkpoint PATH --out DIR ...      T0-Eval (rank classification)
+  arch-objective eval harness --checkpoint PATH --tasks ...   EAI-Eval (lm-evaluation-harness)
   arch-objective convert t5x-in|t5x-out|hf-in|hf-out|switch-arch ...   checkpoint conversion
   arch-objective study --preset smoke|quick|full --out DIR    the laptop-scale study
   arch-objective smoke [--steps N]                            tiny CPU training of each arch
@@ -257,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
   t0p.add_argument("--paper", action="store_true", help="print the paper's numbers too")
   t0p.add_argument("--out", required=True, help="directory for results.json and results.md")
   t0p.set_defaults(func=_eval_t0)
+  from arch_objective.evaluation import harness
+  harness.add_parser(eval_sub)
 
   from arch_objective.convert import cli as convert_cli
   convert_cli.add_parser(sub)

@@ -177,7 +177,8 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
     model, params, meta, step = loading.load_model(model_dir, arch)
     scorer = rank_classification.RankScorer(model, params,
                                             inputs_length=config.mtf_inputs_length * 2,
-                                            targets_length=config.mtf_targets_length)
+                                            targets_length=config.mtf_targets_length,
+                                            one_shape=True)
     results = t0_eval.evaluate_suite(scorer, vocab.encode, suite=suite,
                                      max_examples=config.eval_examples,
                                      bootstrap=config.bootstrap, seed=config.seed,

@@ -676,9 +676,7 @@ def test_decoder_only_rows_pack_inputs_and_targets_with_loss_on_targets(mtf):
       assert row["decoder_input_tokens"][span].tolist() == [0] + tokens[:-1].tolist()
       assert row["decoder_positions"][span].tolist() == list(range(n_in + n_tg))
       used_in, used_tg = used_in + n_in, used_tg + n_tg
-    # Next fit: the following example did not fit in this row.
-    nxt_in, nxt_tg = trimmed[position]
-    assert used_in + len(nxt_in) > 128 or used_tg + len(nxt_tg) > 32
+    assert used_in + used_tg <= 160
     pad = seg == 0
     assert pad.sum() == 160 - used_in - used_tg
     for k in ("decoder_target_tokens", "decoder_loss_weights", "decoder_causal_attention",
@@ -687,6 +685,35 @@ def test_decoder_only_rows_pack_inputs_and_targets_with_loss_on_targets(mtf):
     # Loss only on targets: the weights sum to the target tokens of the row.
     assert row["decoder_loss_weights"].sum() == used_tg
   assert packed_somewhere
+
+
+def test_decoder_only_rows_pack_by_the_concatenated_length_as_seqio():
+  """seqio's PrefixLMFeatureConverter (spec §3.3) concatenates `inputs ++ targets` first
+  and packs the concatenations into rows of inputs_length + targets_length: an example
+  joins a row when its whole length fits, however the row's tokens split between inputs
+  and targets. This is the literal 'Example 1: a packed dataset' of seqio's docstring."""
+  from arch_objective.objectives import feature_converters
+  examples = [{"inputs": np.asarray([7, 8, 5, 1]), "targets": np.asarray([3, 9, 1])},
+              {"inputs": np.asarray([8, 4, 9, 3, 1]), "targets": np.asarray([4, 1])}]
+  rows = list(feature_converters.prefix_lm_rows(examples, 7, 8, pack=True))
+  assert len(rows) == 1, [r["decoder_target_tokens"].tolist() for r in rows]
+  row = rows[0]
+  assert row["decoder_target_tokens"].tolist() == [7, 8, 5, 1, 3, 9, 1, 8, 4, 9, 3, 1, 4, 1, 0]
+  assert row["decoder_input_tokens"].tolist() == [0, 7, 8, 5, 1, 3, 9, 0, 8, 4, 9, 3, 1, 4, 0]
+  assert row["decoder_loss_weights"].tolist() == [0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0]
+  assert row["decoder_positions"].tolist() == [0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4, 5, 6, 0]
+  assert row["decoder_segment_ids"].tolist() == [1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 0]
+  assert row["decoder_causal_attention"].tolist() == [
+      1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0]
+  # At the MT-F lengths used here (128 + 32 = 160 tokens a row), a 100-token prompt with
+  # a 3-token answer and a 50-token prompt with a 5-token answer (158 tokens) share a row.
+  examples = [{"inputs": np.arange(2, 102), "targets": np.asarray([7, 8, 1])},
+              {"inputs": np.arange(200, 250), "targets": np.asarray([9, 10, 11, 12, 1])}]
+  rows = list(feature_converters.prefix_lm_rows(examples, 128, 32, pack=True))
+  assert len(rows) == 1
+  seg = rows[0]["decoder_segment_ids"]
+  assert (seg == 1).sum() == 103 and (seg == 2).sum() == 55 and (seg == 0).sum() == 2
+  assert rows[0]["decoder_loss_weights"].sum() == 8
 
 
 @needs_promptsource

@@ -41,7 +41,7 @@ import itertools
 import json
 import os
 import random
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from arch_objective.data import world_entities as we
 from arch_objective.data import world_events as wv
@@ -49,6 +49,9 @@ from arch_objective.data import world_prompts as wp
 from arch_objective.data import world_tasks as wk
 from arch_objective.data import world_text as wt
 from arch_objective.data.world_prompts import WorldPrompt
+
+if TYPE_CHECKING:
+  from arch_objective.prompts.mixture import PromptedTask
 
 DEFAULT_CORPUS_BYTES = 4_000_000
 SPLITS = ("train", "validation", "test")
@@ -112,13 +115,13 @@ class World:
                    for x in group}
     self.chains = wv.build_chains(random.Random(f"{config.seed}:chains"), e, config.num_chains)
     self.facts: tuple[we.Fact, ...] = tuple(we.closure(we.base_facts(e)))
-    self._values: dict[tuple[str, str], tuple[str, ...]] = {}
-    self._by_relation: dict[str, list[we.Fact] | tuple[we.Fact, ...]] = {}
+    values: dict[tuple[str, str], list[str]] = {}
+    by_relation: dict[str, list[we.Fact]] = {}
     for f in self.facts:
-      self._values[(f.subject, f.relation)] = self._values.get((f.subject, f.relation),
-                                                               ()) + (f.value,)
-      self._by_relation.setdefault(f.relation, []).append(f)
-    self._by_relation = {r: tuple(fs) for r, fs in self._by_relation.items()}
+      values.setdefault((f.subject, f.relation), []).append(f.value)
+      by_relation.setdefault(f.relation, []).append(f)
+    self._values = {k: tuple(v) for k, v in values.items()}
+    self._by_relation = {r: tuple(fs) for r, fs in by_relation.items()}
     self._fact_set = frozenset(self.facts)
     self.reviewed_places = tuple(p for p in e.places if p.quality)
     self._examples: dict[tuple[str, str], tuple[dict, ...]] = {}
@@ -226,7 +229,7 @@ class World:
   def training_families(self) -> tuple[TrainingFamily, ...]:
     return tuple(TrainingFamily(name, prompts) for name, prompts in wp.TRAINING_PROMPTS.items())
 
-  def training_tasks(self) -> list:
+  def training_tasks(self) -> list["PromptedTask"]:
     """One `PromptedTask` per (training family, template); `examples(split)` takes
     'train' or 'validation'. Held-out families are not among them."""
     from arch_objective.prompts import mixture  # prompts sit above data; import on use

@@ -109,13 +109,6 @@ WORKS_IN, HOME_REGION, AGE_DECADE, KEEPS = "works_in", "home_region", "age_decad
 REGION, KNOWN_FOR, SIZE = "region", "known_for", "size"
 KIND, LOCATED_IN, QUALITY = "kind", "located_in", "quality"
 SPECIES_OF, COLOUR, OWNER, MATERIAL = "species", "colour", "owner", "material"
-# Relations with at most one value per subject.
-FUNCTIONAL = frozenset({PROFESSION, WORKS_AT, LIVES_IN, AGE, TRAIT, PET, OWNS, SIBLING, GENDER,
-                        WORKS_IN, HOME_REGION, AGE_DECADE, KEEPS, REGION, KNOWN_FOR, SIZE,
-                        KIND, LOCATED_IN, QUALITY, SPECIES_OF, COLOUR, OWNER, MATERIAL})
-# Derived relation -> the relations it is derived from.
-DERIVED_FROM = {PROFESSION: (WORKS_AT,), WORKS_IN: (WORKS_AT,), HOME_REGION: (LIVES_IN,),
-                AGE_DECADE: (AGE,), KEEPS: (PET,)}
 DECADES = {1: "teens", 2: "twenties", 3: "thirties", 4: "forties", 5: "fifties",
            6: "sixties", 7: "seventies"}
 
@@ -270,11 +263,17 @@ def build_entities(rng: random.Random, num_people: int, num_towns: int,
   friends: list[list[int]] = [[] for _ in range(num_people)]
   for i in range(num_people):
     wanted = rng.randint(1, 3)
-    while len(friends[i]) < wanted:
+    for _ in range(50):   # tries: a small world may not have `wanted` people to befriend
+      if len(friends[i]) >= wanted:
+        break
       j = rng.randrange(num_people)
       if j != i and j not in friends[i] and sibling_of.get(i) != j:
         friends[i].append(j)
         friends[j].append(i)
+    if not friends[i]:    # everyone has a friend (num_people >= 4 leaves a non-sibling)
+      j = next(j for j in range(num_people) if j != i and sibling_of.get(i) != j)
+      friends[i].append(j)
+      friends[j].append(i)
 
   people, animals, things = [], [], []
   for i, (first, last, gender) in enumerate(names):

@@ -167,26 +167,11 @@ _check_table()
 
 
 @functools.lru_cache(maxsize=None)
-def causes(event: str) -> tuple[str, ...]:
-  """The event types that cause `event` directly."""
-  return tuple(e for e, t in EVENTS.items() if event in t.effects)
-
-
-@functools.lru_cache(maxsize=None)
 def descendants(event: str) -> frozenset[str]:
   """Every event type `event` leads to, directly or not."""
   out: set[str] = set()
   for e in EVENTS[event].effects:
     out |= {e} | descendants(e)
-  return frozenset(out)
-
-
-@functools.lru_cache(maxsize=None)
-def ancestors(event: str) -> frozenset[str]:
-  """Every event type that leads to `event`, directly or not."""
-  out: set[str] = set()
-  for e in causes(event):
-    out |= {e} | ancestors(e)
   return frozenset(out)
 
 

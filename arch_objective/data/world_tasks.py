@@ -85,11 +85,21 @@ def alternatives(world: "World", fact: we.Fact) -> list[str]:
     options = list(we.ANIMAL_COLOURS if isinstance(entity, we.Animal) else we.COLOURS)
   elif fact.relation == we.MATERIAL:
     options = list(we.MATERIALS)
-  elif fact.relation == we.SPECIES_OF:
+  elif fact.relation in (we.SPECIES_OF, we.KEEPS):
     options = list(we.SPECIES)
+  elif fact.relation in STATIC_VALUES:
+    options = list(STATIC_VALUES[fact.relation])
+  elif fact.relation in (we.LIVES_IN, we.WORKS_IN, we.LOCATED_IN):
+    options = [t.id for t in world.entities.towns]
+  elif fact.relation == we.WORKS_AT:
+    options = [p.id for p in world.entities.places]
   else:
     options = list(world.domain(fact.relation))
   return [o for o in options if o != fact.value]
+
+
+STATIC_VALUES = {we.PROFESSION: we.PROFESSIONS, we.TRAIT: we.TRAITS, we.KNOWN_FOR: we.PRODUCTS,
+                 we.REGION: we.REGIONS, we.HOME_REGION: we.REGIONS, we.SIZE: we.TOWN_SIZES}
 
 
 # ---------------------------------------------------------------------------
@@ -99,7 +109,7 @@ def alternatives(world: "World", fact: we.Fact) -> list[str]:
 
 def attribute_qa(world: "World", rng: random.Random) -> Example:
   """A closed-book question about one fact; the answer is its value."""
-  relation = rng.choice(ATTRIBUTE_QA_RELATIONS)
+  relation = rng.choice([r for r in ATTRIBUTE_QA_RELATIONS if world.facts_of(r)])
   fact = rng.choice(world.facts_of(relation))
   text, answer = question(world, fact, rng)
   subject = world.entity[fact.subject]
@@ -129,20 +139,25 @@ def extractive_qa(world: "World", rng: random.Random) -> Example:
 def paraphrase(world: "World", rng: random.Random) -> Example:
   """Two sentences: the same fact phrased twice (label 1), or a fact and another fact
   of the same relation, its value or subject changed (label 0)."""
-  relation = rng.choice(wt.PARAPHRASABLE)
-  fact = rng.choice(world.facts_of(relation))
+  label = rng.randrange(2)
+  while True:
+    relation = rng.choice([r for r in wt.PARAPHRASABLE if world.facts_of(r)])
+    fact = rng.choice(world.facts_of(relation))
+    other = fact
+    if not label and rng.random() < 0.3:   # another subject, when one lacks the value
+      for _ in range(20):
+        subject = rng.choice(world.facts_of(relation)).subject
+        if subject != fact.subject and not world.holds((subject, relation, fact.value)):
+          other = we.Fact(subject, relation, fact.value)
+          break
+    if not label and other == fact:
+      options = alternatives(world, fact)
+      if not options:
+        continue
+      other = we.Fact(fact.subject, relation, rng.choice(options))
+    break
   phrasings = wt.fact_sentences(world, fact)
   i, j = rng.sample(range(len(phrasings)), 2)
-  label = rng.randrange(2)
-  other = fact
-  if not label and rng.random() < 0.3:   # another subject, when one lacks the value
-    for _ in range(20):
-      subject = rng.choice(world.facts_of(relation)).subject
-      if subject != fact.subject and not world.holds((subject, relation, fact.value)):
-        other = we.Fact(subject, relation, fact.value)
-        break
-  if not label and other == fact:
-    other = we.Fact(fact.subject, relation, rng.choice(alternatives(world, fact)))
   second = wt.fact_sentences(world, other)
   return {"sentence1": phrasings[i], "sentence2": second[j % len(second)], "label": label,
           "fact1": list(fact), "fact2": list(other)}
@@ -240,7 +255,7 @@ def nli_label(premise_facts: list[we.Fact], hypothesis: we.Fact) -> int:
 def nli(world: "World", rng: random.Random) -> Example:
   """A premise stating a few facts about a person; a hypothesis that follows from them
   (often through a rule), contradicts them, or is about something they leave open."""
-  label = rng.randrange(3)
+  label = rng.randrange(len(wp.NLI_LABELS))
   while True:
     person = rng.choice(world.entities.people)
     bundles = _bundles(world, person)
@@ -254,7 +269,8 @@ def nli(world: "World", rng: random.Random) -> Example:
       derived = [f for f in candidates if f not in premise_facts]
       hypothesis = rng.choice(derived if derived and rng.random() < 0.7 else candidates)
     elif label == 2:
-      candidates = [f for f in known if f.relation in CONTRADICTABLE and f.subject in own]
+      candidates = [f for f in known if f.relation in CONTRADICTABLE and f.subject in own
+                    and alternatives(world, f)]
       if not candidates:
         continue
       fact = rng.choice(candidates)
@@ -266,12 +282,11 @@ def nli(world: "World", rng: random.Random) -> Example:
         continue
       relation = rng.choice(open_relations)
       true = world.values(person.id, relation)
-      if true and rng.random() < 0.5:
-        value = true[0]
-      elif true:
-        value = rng.choice(alternatives(world, we.Fact(person.id, relation, true[0])))
-      else:   # a person without a pet
+      if not true:   # a person without a pet
         value = rng.choice(list(we.SPECIES))
+      else:
+        others = alternatives(world, we.Fact(person.id, relation, true[0]))
+        value = rng.choice(others) if others and rng.random() < 0.5 else true[0]
       hypothesis = we.Fact(person.id, relation, value)
     if nli_label(premise_facts, hypothesis) != label:
       raise AssertionError(f"nli generator: {hypothesis} is not label {label}.")

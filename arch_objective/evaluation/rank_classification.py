@@ -47,10 +47,11 @@ class RankScorer:
   """
 
   def __init__(self, model: models.BaseModel, params, *, inputs_length: int = 1024,
-               targets_length: int = 256, max_tokens: int = 16384):
+               targets_length: int = 256, max_tokens: int = 16384, one_shape: bool = False):
     self.model, self.params = model, params
     self.inputs_length, self.targets_length = inputs_length, targets_length
     self.max_tokens = max_tokens
+    self.one_shape = one_shape  # pad every batch to the longest request: one compilation
     self.is_ed = model.name == models.ENCODER_DECODER
 
   def score(self, requests: Sequence[Request], normalize: bool = False) -> list[np.ndarray]:
@@ -70,8 +71,10 @@ class RankScorer:
     rows = [(i, j, r.prompt, c) for i, r in enumerate(requests) for j, c in enumerate(r.choices)]
     out = [np.zeros(len(r.choices)) for r in requests]
     by_bucket: dict[int, list] = {}
+    longest = _bucket(max(len(p) + len(c) for _, _, p, c in rows))
     for row in rows:
-      by_bucket.setdefault(_bucket(len(row[2]) + len(row[3])), []).append(row)
+      key = longest if self.one_shape else _bucket(len(row[2]) + len(row[3]))
+      by_bucket.setdefault(key, []).append(row)
     for length, group in sorted(by_bucket.items()):
       batch_rows = _batch_rows(self.max_tokens, length)
       for start in range(0, len(group), batch_rows):
@@ -86,18 +89,27 @@ class RankScorer:
   def _score_ed(self, requests, normalize):
     out = [np.zeros(len(r.choices)) for r in requests]
     order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt))
+    enc_bucket = (lambda n: _bucket(max(len(r.prompt) for r in requests))) if self.one_shape \
+        else _bucket
+    longest_choice = _bucket(max(len(c) for r in requests for c in r.choices))
+    most_choices = max(len(r.choices) for r in requests)
     i = 0
     while i < len(order):
-      enc_len = _bucket(len(requests[order[i]].prompt))
+      enc_len = enc_bucket(len(requests[order[i]].prompt))
       # prompts of this encoder bucket, as many as fit with their choices
       group = []
-      while i < len(order) and _bucket(len(requests[order[i]].prompt)) == enc_len:
+      while i < len(order) and enc_bucket(len(requests[order[i]].prompt)) == enc_len:
         group.append(order[i])
         i += 1
-      for chunk in _ed_chunks(group, requests, enc_len, self.max_tokens):
+      chunks = list(_ed_chunks(group, requests, enc_len, self.max_tokens))
+      widest = max(len(c) for c in chunks)
+      for chunk in chunks:
         dec_len = _bucket(max(len(c) for g in chunk for c in requests[g].choices))
         num_prompts = _pow2(len(chunk))
         num_rows = _pow2(sum(len(requests[g].choices) for g in chunk))
+        if self.one_shape:
+          dec_len, num_prompts = longest_choice, _pow2(widest)
+          num_rows = _pow2(widest * most_choices)
         enc = np.zeros((num_prompts, enc_len), np.int32)
         idx = np.zeros((num_rows,), np.int32)
         targets = np.zeros((num_rows, dec_len), np.int32)
