@@ -10,6 +10,10 @@ tiny model, a few batches) while keeping the results well-formed.
 
   data_pipeline   data pipeline tokens/s per paper pair against the tokens/s that a
                   train step of the small model consumes (target: >= 2x)
+  training        tokens/s and MFU of the train step of CD, ND, ED against HF T5's
+                  (target: ED >= 1x HF), and at several sizes and lengths
+  scoring         T0-Eval rank classification examples/s against lm-eval's HF backend
+                  (target: >= 3x) and a naive one-forward-per-choice scorer
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import os
 import platform
 from typing import Any, Callable, Mapping
 
-from bench import data_pipeline
+from bench import data_pipeline, scoring, training
 
 Summary = tuple[list[str], list[list[str]], list[str]]  # header, rows, notes
 
@@ -41,6 +45,18 @@ BENCHMARKS: dict[str, Benchmark] = {
                      f"{data_pipeline.TARGET_RATIO:g})."),
         run=data_pipeline.run, summary=data_pipeline.summary,
         add_arguments=data_pipeline.add_arguments),
+    "training": Benchmark(
+        description=("Training step tokens/s and MFU (against the matmul peak measured in the "
+                     "same run) of CD, ND and ED, and of HF T5ForConditionalGeneration for ED "
+                     f"(target: ours/HF >= {training.TARGET_RATIO:g}x, aim "
+                     f"{training.AIM_RATIO:g}x); CD at several sizes and lengths."),
+        run=training.run, summary=training.summary),
+    "scoring": Benchmark(
+        description=("T0-Eval rank classification examples/s of RankScorer against "
+                     "lm-evaluation-harness's HF backend on the exported same model (target: "
+                     f">= {scoring.TARGET_RATIO:g}x) and against the naive scorer; scores "
+                     "must agree."),
+        run=scoring.run, summary=scoring.summary, add_arguments=scoring.add_arguments),
 }
 
 

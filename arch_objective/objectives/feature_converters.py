@@ -49,16 +49,24 @@ def _trim(example: Example, lengths: Mapping[str, int], where: str) -> dict[str,
   return out
 
 
-def _pack(examples: Iterable[Example], lengths: Mapping[str, int], pack: bool, where: str
-          ) -> Iterator[list[dict[str, np.ndarray]]]:
-  """Groups of trimmed examples that fit together in one row (one each if not packing)."""
+def _pack(examples: Iterable[Example], lengths: Mapping[str, int], pack: bool, where: str,
+          combined: bool = False) -> Iterator[list[dict[str, np.ndarray]]]:
+  """Groups of trimmed examples that fit together in one row (one each if not packing).
+
+  Each feature has its own row length, or with `combined` all features share one row of
+  the summed lengths (decoder-only rows hold `inputs ++ targets`).
+  """
   group: list[dict[str, np.ndarray]] = []
   used = {k: 0 for k in lengths}
+  total = sum(lengths.values())
   for example in examples:
     example = _trim(example, lengths, where)
     if all(len(v) == 0 for v in example.values()):
       continue
-    fits = all(used[k] + len(example[k]) <= lengths[k] for k in lengths)
+    if combined:
+      fits = sum(used.values()) + sum(len(v) for v in example.values()) <= total
+    else:
+      fits = all(used[k] + len(example[k]) <= lengths[k] for k in lengths)
     if group and (not pack or not fits):
       yield group
       group, used = [], {k: 0 for k in lengths}
@@ -105,7 +113,7 @@ def prefix_lm_rows(examples: Iterable[Example], inputs_length: int, targets_leng
   on the inputs plus one position (read by the non-causal decoder only)."""
   length = inputs_length + targets_length
   lengths = {"inputs": inputs_length, "targets": targets_length}
-  for group in _pack(examples, lengths, pack, "prefix_lm_rows"):
+  for group in _pack(examples, lengths, pack, "prefix_lm_rows", combined=True):
     parts, dca, weights, sizes = [], [], [], []
     for e in group:
       n_in, n_tg = len(e["inputs"]), len(e["targets"])

@@ -76,27 +76,27 @@ class PromptedMixture:
     orders: dict[tuple[int, int], np.ndarray] = {}
     seed = registry.shard_seed(seed, shard_index, num_shards)
     draw = 0
-    consecutive_failures = 0
     while True:
       rng = np.random.default_rng([seed & 0xFFFFFFFF, _SALT, draw])
       draw += 1
       t = int(rng.choice(len(self.tasks), p=probs))
       task = self.tasks[t]
       examples = task.examples(split)
-      epoch, offset = divmod(positions[t], len(examples))
-      positions[t] += 1
-      if (t, epoch) not in orders:
-        orders = {k: v for k, v in orders.items() if k[0] != t}
-        orders[(t, epoch)] = np.random.default_rng([seed & 0xFFFFFFFF, _SALT, t, epoch]
-                                                   ).permutation(len(examples))
-      rendered = task.prompt.render(examples[int(orders[(t, epoch)][offset])])
-      if rendered is None or not rendered.inputs or not rendered.targets:
-        consecutive_failures += 1
-        if consecutive_failures > 10_000:
-          raise ValueError(f"mixture {self.name!r}: 10,000 draws in a row rendered no "
-                           f"example (empty inputs or targets); check the templates' fields.")
-        continue
-      consecutive_failures = 0
+      # Examples a prompt does not apply to are skipped within the task, so every task
+      # keeps its share of the mixture (as filtering inside a seqio task does).
+      for _ in range(len(examples)):
+        epoch, offset = divmod(positions[t], len(examples))
+        positions[t] += 1
+        if (t, epoch) not in orders:
+          orders = {k: v for k, v in orders.items() if k[0] != t}
+          orders[(t, epoch)] = np.random.default_rng(
+              [seed & 0xFFFFFFFF, _SALT, t, epoch]).permutation(len(examples))
+        rendered = task.prompt.render(examples[int(orders[(t, epoch)][offset])])
+        if rendered is not None and rendered.inputs and rendered.targets:
+          break
+      else:
+        raise ValueError(f"mixture {self.name!r}: task {task.name!r} renders none of its "
+                         f"{len(examples)} {split} examples (empty inputs or targets).")
       yield {"inputs": np.asarray(encode(rendered.inputs), np.int32),
              "targets": np.asarray(list(encode(rendered.targets)) + [EOS_ID], np.int32)}
 

@@ -51,8 +51,14 @@ class Prompt:
     """The rendered example, or None when the template yields no target for it.
 
     Raises ValueError naming the dataset, template and field when the example lacks a
-    field the template reads.
+    field the template reads (promptsource itself would render it as empty text).
     """
+    missing = [f for f in _fields(self.template.jinja, self.template.answer_choices or "")
+               if f not in example]
+    if missing:
+      raise ValueError(f"{dataset_key(self.dataset, self.subset)} template {self.name!r}: the "
+                       f"example lacks field(s) {missing} the template reads; it has "
+                       f"{sorted(example)}.")
     try:
       parts = self.template.apply(dict(example))
       choices = self.template.get_answer_choices_list(dict(example)) or []
@@ -69,6 +75,17 @@ class Prompt:
     return Rendered(inputs=inputs, targets=targets, choices=choices, gold=gold)
 
 
+@functools.lru_cache(maxsize=None)
+def _fields(jinja_source: str, choices_source: str) -> tuple[str, ...]:
+  """Example fields a template reads (its undeclared jinja variables)."""
+  import jinja2.meta
+  from promptsource.templates import env  # its filters (choice, most_frequent, ...)
+  names = set()
+  for source in (jinja_source, choices_source):
+    names |= jinja2.meta.find_undeclared_variables(env.parse(source))
+  return tuple(sorted(names - {"answer_choices"}))
+
+
 def dataset_key(dataset: str, subset: Optional[str]) -> str:
   return f"{dataset}/{subset}" if subset else dataset
 
@@ -78,12 +95,32 @@ def _collection(dataset: str, subset: Optional[str]):
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     try:
+      from promptsource import templates as promptsource_templates
       from promptsource.templates import DatasetTemplates
     except ImportError as e:
       raise ImportError("promptsource is not installed; `make install` installs it "
                         "(pip install --no-deps --ignore-requires-python promptsource==0.2.3 "
                         "plus jinja2 pyyaml pandas 'setuptools<82').") from e
+    _compile_once(promptsource_templates.env)
     return DatasetTemplates(dataset, subset)
+
+
+def _compile_once(env):
+  """promptsource compiles a template's jinja source on every render (milliseconds each,
+  the bulk of an MT-F input pipeline): hand back the template compiled the first time."""
+  if getattr(env.from_string, "_compiles_once", False):
+    return
+  original, compiled = env.from_string, {}
+
+  def from_string(source, *args, **kwargs):
+    if args or kwargs or not isinstance(source, str):
+      return original(source, *args, **kwargs)
+    if source not in compiled:
+      compiled[source] = original(source)
+    return compiled[source]
+
+  from_string._compiles_once = True
+  env.from_string = from_string
 
 
 def load_prompts(dataset: str, subset: Optional[str] = None,

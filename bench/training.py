@@ -1,0 +1,442 @@
+"""Training throughput: tokens/s and model-FLOPs utilisation of a full training step.
+
+A step is what `training.train` runs: forward, backward and the t5x Adafactor update
+(`trainer.train_step`, jitted with the state donated), float32 on this machine's CPU.
+Measured in one run, on synthetic batches of random token ids (every position a real,
+weighted token; the step costs the same for any ids):
+
+  matmul peak     the best FLOP/s of a `jnp.dot` of two n x n float32 matrices (and of
+                  `torch.matmul`, when torch is installed), measured before and after the
+                  steps; the best of all of them is the machine's peak;
+  CD, ND, ED      our step at `size` (default `small`) on `rows` x `length` tokens
+                  (ED: `rows` x (`inputs_length` + `targets_length`));
+  HF ED           `transformers.T5ForConditionalGeneration` (PyTorch, eager, float32) of
+                  the same config (`convert.hf.t5_config`: gated-GELU, tied embeddings),
+                  same batch, with `transformers.optimization.Adafactor(lr=1e-3,
+                  scale_parameter=True, relative_step=False, warmup_init=False)`: forward,
+                  backward, step. Timed with torch at every thread count of `hf_threads`
+                  (all cores, and one: OpenMP's spinning threads collapse when other
+                  processes hold the cores); the faster is the baseline;
+  scaling         our CD step at every size x length of `scaling_sizes` x
+                  `scaling_lengths`.
+
+Our ED step and HF's steps alternate, one of each per round, so that a change of the
+machine's load hits both. Each system is warmed up by one untimed step (our first step
+compiles). `tokens/s = tokens per step / best step time`, the least-disturbed step of
+the run (the median is recorded too). `MFU = tokens/s x training_flops_per_token /
+matmul peak`, with `models.training_flops_per_token` (6 FLOPs per parameter-token of
+every matmul plus attention scores; embedding lookups free), the same count for HF's
+model. `ratio = ours / HF` tokens/s; the target is `ratio >= TARGET_RATIO` (aim
+`AIM_RATIO`). `--smoke` measures tiny models on a few tokens, one timed step each.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from arch_objective import models
+from arch_objective.training import optimizers, trainer
+
+# Hugging Face reads only local files here; never ask the Hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TARGET_RATIO = 1.0
+AIM_RATIO = 1.25
+ARCHS = (models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER, models.ENCODER_DECODER)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  size: str = "small"
+  rows: int = 8
+  length: int = 128            # decoder-only tokens per row
+  inputs_length: int = 64      # ED encoder tokens per row
+  targets_length: int = 64     # ED decoder tokens per row
+  vocab_size: int = 32128      # T5's (padded) vocabulary
+  steps: int = 3               # timed steps (rounds) per system
+  hf_threads: tuple[int, ...] = ()   # () = (all usable cores, 1)
+  matmul_size: int = 2048
+  matmul_repeats: int = 8
+  scaling_sizes: tuple[str, ...] = ("tiny", "small")
+  scaling_lengths: tuple[int, ...] = (64, 128)
+  seed: int = 0
+
+
+FULL = Settings()
+SMOKE = Settings(size="tiny", rows=2, length=32, inputs_length=16, targets_length=16,
+                 vocab_size=256, steps=1, matmul_size=256, matmul_repeats=2,
+                 scaling_sizes=("tiny",), scaling_lengths=(16, 32))
+
+
+def usable_cpus() -> int:
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def load_average() -> list[float]:
+  """The 1, 5 and 15 minute load averages (other jobs share this machine's cores)."""
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except OSError:
+    return []
+
+
+# ---------------------------------------------------------------------------
+# Peak
+# ---------------------------------------------------------------------------
+def _best_seconds(fn: Callable[[], Any], repeats: int) -> float:
+  fn()                                                   # warm-up (compiles)
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def matmul_peak(n: int, repeats: int, dtype=jnp.float32) -> dict:
+  """FLOP/s of the best of `repeats` n x n x n products: `jnp.dot` and, if installed,
+  `torch.matmul` at all usable threads."""
+  flops = 2.0 * n ** 3
+  a, b = (jax.random.normal(jax.random.PRNGKey(i), (n, n), dtype) for i in (0, 1))
+  dot = jax.jit(jnp.dot)
+  seconds = _best_seconds(lambda: dot(a, b).block_until_ready(), repeats)
+  out = {"n": n, "dtype": jnp.dtype(dtype).name,
+         "jax": {"seconds": seconds, "flops_per_second": flops / seconds}}
+  try:
+    import torch
+  except ImportError:
+    return out
+  torch.set_num_threads(usable_cpus())
+  x, y = torch.randn(n, n), torch.randn(n, n)
+  seconds = _best_seconds(lambda: torch.matmul(x, y), repeats)
+  out["torch"] = {"seconds": seconds, "flops_per_second": flops / seconds,
+                  "threads": usable_cpus()}
+  return out
+
+
+def best_peak(*peaks: Mapping[str, Any]) -> float:
+  return max(p[k]["flops_per_second"] for p in peaks for k in ("jax", "torch") if k in p)
+
+
+# ---------------------------------------------------------------------------
+# Steps
+# ---------------------------------------------------------------------------
+def synthetic_batch(arch: str, rows: int, length: int, inputs_length: int,
+                    targets_length: int, vocab_size: int, seed: int = 0
+                    ) -> dict[str, np.ndarray]:
+  """A full batch of random ids in `[2, vocab_size)`, every target weighted. The ND's
+  prefix (`decoder_causal_attention`) is the first half of each row."""
+  rng = np.random.default_rng(seed)
+  ids = lambda n: rng.integers(2, vocab_size, (rows, n)).astype(np.int32)
+  shift = lambda t: np.pad(t[:, :-1], ((0, 0), (1, 0)))
+  if arch == models.ENCODER_DECODER:
+    targets = ids(targets_length)
+    return {"encoder_input_tokens": ids(inputs_length), "decoder_target_tokens": targets,
+            "decoder_input_tokens": shift(targets),
+            "decoder_loss_weights": np.ones_like(targets)}
+  targets = ids(length)
+  batch = {"decoder_target_tokens": targets, "decoder_input_tokens": shift(targets),
+           "decoder_loss_weights": np.ones_like(targets)}
+  if arch == models.NON_CAUSAL_DECODER:
+    dca = np.zeros_like(targets)
+    dca[:, :length // 2 + 1] = 1
+    batch["decoder_causal_attention"] = dca
+  return batch
+
+
+@dataclasses.dataclass
+class Runner:
+  """One system's step: `warm()` (untimed, returns its seconds) then `step()`s."""
+  name: str
+  system: str
+  describe: dict
+  warm: Callable[[], float]
+  step: Callable[[], float]
+  last_loss: Callable[[], float]
+
+
+def our_runner(arch: str, size: str, rows: int, length: int, inputs_length: int,
+               targets_length: int, vocab_size: int, seed: int = 0) -> Runner:
+  """Our jitted `trainer.train_step` (float32, t5x Adafactor, rsqrt schedule)."""
+  model = models.build_model(arch, size, dtype="float32", vocab_size=vocab_size)
+  schedule = optimizers.rsqrt_decay()
+  optimizer = optimizers.adafactor(schedule)
+  state = trainer.init_state(model, optimizer, models.default_input_shapes(arch, 1, 8, 8, 8),
+                             jax.random.PRNGKey(seed))
+  step_fn = jax.jit(lambda state, batch, rng: trainer.train_step(
+      model, optimizer, schedule, 1, state, batch, rng), donate_argnums=(0,))
+  batch = jax.device_put(synthetic_batch(arch, rows, length, inputs_length, targets_length,
+                                         vocab_size, seed))
+  rng = jax.random.PRNGKey(seed + 1)
+  box = {"state": state, "loss": float("nan")}
+
+  def step() -> float:
+    start = time.perf_counter()
+    box["state"], metrics = jax.block_until_ready(step_fn(box["state"], batch, rng))
+    seconds = time.perf_counter() - start
+    box["loss"] = float(metrics["loss"])
+    return seconds
+
+  is_ed = arch == models.ENCODER_DECODER
+  tokens_per_row = inputs_length + targets_length if is_ed else length
+  describe = dict(
+      arch=arch, size=size, rows=rows, tokens_per_row=tokens_per_row,
+      lengths=({"inputs": inputs_length, "targets": targets_length} if is_ed
+               else {"length": length}),
+      tokens_per_step=rows * tokens_per_row, params=models.count_params(model),
+      flops_per_token=models.training_flops_per_token(model, length, inputs_length,
+                                                      targets_length),
+      vocab_size=vocab_size, dtype="float32")
+  return Runner(f"{models.SHORT_NAMES[arch]}", "ours", describe, step, step,
+                lambda: box["loss"])
+
+
+def hf_model(model: models.BaseModel, seed: int = 0):
+  """`(T5ForConditionalGeneration, Adafactor)` of our ED config (float32, train mode)."""
+  import torch
+  import transformers
+  from arch_objective.convert import hf
+  torch.manual_seed(seed)
+  t5 = transformers.T5ForConditionalGeneration(hf.t5_config(model.config))
+  t5.train()
+  optimizer = transformers.optimization.Adafactor(
+      t5.parameters(), lr=1e-3, scale_parameter=True, relative_step=False, warmup_init=False)
+  return t5, optimizer
+
+
+def hf_runners(ours: Runner, threads: Sequence[int], seed: int = 0) -> list[Runner]:
+  """HF's ED step on the batch of `ours`, one runner per torch thread count."""
+  import torch
+  d = ours.describe
+  model = models.build_model(models.ENCODER_DECODER, d["size"], dtype="float32",
+                             vocab_size=d["vocab_size"])
+  t5, optimizer = hf_model(model, seed)
+  batch = synthetic_batch(models.ENCODER_DECODER, d["rows"], 0, d["lengths"]["inputs"],
+                          d["lengths"]["targets"], d["vocab_size"], seed)
+  inputs = torch.from_numpy(batch["encoder_input_tokens"]).long()
+  labels = torch.from_numpy(batch["decoder_target_tokens"]).long()
+  mask = torch.ones_like(inputs)
+  box = {"loss": float("nan")}
+
+  def step_at(n: int) -> Callable[[], float]:
+    def step() -> float:
+      torch.set_num_threads(n)
+      start = time.perf_counter()
+      loss = t5(input_ids=inputs, attention_mask=mask, labels=labels).loss
+      loss.backward()
+      optimizer.step()
+      optimizer.zero_grad(set_to_none=True)
+      seconds = time.perf_counter() - start
+      box["loss"] = float(loss.detach())
+      return seconds
+    return step
+
+  params = sum(p.numel() for p in t5.parameters())
+  out = []
+  for n in threads:
+    describe = dict(d, params=int(params), torch_threads=n)
+    step = step_at(n)
+    out.append(Runner(f"ED HF ({n} thread{'s' if n > 1 else ''})", "hf", describe, step,
+                      step, lambda: box["loss"]))
+  return out
+
+
+def measure(runners: Sequence[Runner], steps: int, log: Callable[[str], None]) -> list[dict]:
+  """Warm every runner, then `steps` rounds of one step each (interleaved)."""
+  warm = []
+  for r in runners:
+    warm.append(r.warm())
+    log(f"  {r.name:22s} first step {warm[-1]:7.2f} s")
+  times: list[list[float]] = [[] for _ in runners]
+  for _ in range(steps):
+    for r, t in zip(runners, times):
+      t.append(r.step())
+  out = []
+  for r, w, t in zip(runners, warm, times):
+    best, median = min(t), statistics.median(t)
+    tokens = r.describe["tokens_per_step"]
+    entry = dict(r.describe, name=r.name, system=r.system, step_seconds=t,
+                 best_step_seconds=best, median_step_seconds=median, first_step_seconds=w,
+                 tokens_per_second=tokens / best, tokens_per_second_median=tokens / median,
+                 model_flops_per_second=tokens * r.describe["flops_per_token"] / best,
+                 loss=r.last_loss())
+    log(f"  {r.name:22s} {entry['tokens_per_second']:9,.0f} tok/s  "
+        f"(best {best:.3f} s, median {median:.3f} s)")
+    out.append(entry)
+  return out
+
+
+def _add_mfu(entries: Sequence[dict], peak: float) -> None:
+  for e in entries:
+    e["mfu"] = e["model_flops_per_second"] / peak
+
+
+# ---------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------
+def compare(ours: Mapping[str, Any], hf_entries: Sequence[Mapping[str, Any]]) -> dict:
+  """Ours / HF's fastest thread count, against the target."""
+  baseline = max(hf_entries, key=lambda e: e["tokens_per_second"])
+  ratio = ours["tokens_per_second"] / baseline["tokens_per_second"]
+  return {"ours": ours["name"], "baseline": baseline["name"],
+          "ours_tokens_per_second": ours["tokens_per_second"],
+          "hf_tokens_per_second": baseline["tokens_per_second"],
+          "hf_torch_threads": baseline["torch_threads"], "ratio": ratio,
+          "ratio_median": ours["tokens_per_second_median"]
+          / baseline["tokens_per_second_median"],
+          "target_ratio": TARGET_RATIO, "aim_ratio": AIM_RATIO,
+          "meets_target": ratio >= TARGET_RATIO, "meets_aim": ratio >= AIM_RATIO,
+          "shortfall": max(0.0, 1.0 - ratio / TARGET_RATIO),
+          "speedup_needed": max(1.0, TARGET_RATIO / ratio)}
+
+
+def run(options: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
+  settings = SMOKE if getattr(options, "smoke", False) else FULL
+  threads = settings.hf_threads or tuple(sorted({usable_cpus(), 1}, reverse=True))
+  load_start = load_average()
+  log(f"load average {load_start} on {usable_cpus()} usable CPUs")
+  peak_start = matmul_peak(settings.matmul_size, settings.matmul_repeats)
+  s = settings
+  common = dict(rows=s.rows, length=s.length, inputs_length=s.inputs_length,
+                targets_length=s.targets_length, vocab_size=s.vocab_size, seed=s.seed)
+
+  entries: list[dict] = []
+  for arch in ARCHS[:2]:
+    entries += measure([our_runner(arch, s.size, **common)], s.steps, log)
+  ed = our_runner(models.ENCODER_DECODER, s.size, **common)
+  hf_error: Optional[str] = None
+  try:
+    hf = hf_runners(ed, threads, s.seed)
+  except ImportError as e:   # the eval extra (torch, transformers) is not installed
+    hf, hf_error = [], f"{type(e).__name__}: {e}"
+  measured = measure([ed] + hf, s.steps, log)
+  entries.append(measured[0])
+  hf_entries = measured[1:]
+
+  scaling = []
+  for size in s.scaling_sizes:
+    for length in s.scaling_lengths:
+      same = [e for e in entries if e["arch"] == models.CAUSAL_DECODER and e["size"] == size
+              and e["lengths"] == {"length": length}]
+      if same:
+        scaling.append(dict(same[0]))
+        continue
+      runner = our_runner(models.CAUSAL_DECODER, size, **dict(common, length=length))
+      runner.name = f"CD {size} L={length}"
+      scaling += measure([runner], s.steps, log)
+
+  peak_end = matmul_peak(settings.matmul_size, settings.matmul_repeats)
+  peak = best_peak(peak_start, peak_end)
+  for group in (entries, hf_entries, scaling):
+    _add_mfu(group, peak)
+  comparison = compare(entries[-1], hf_entries) if hf_entries else None
+  versions = {}
+  if hf_entries:
+    import torch
+    import transformers
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+  return {
+      "target_ratio": TARGET_RATIO, "aim_ratio": AIM_RATIO,
+      "settings": dataclasses.asdict(settings), "hf_threads": list(threads),
+      "load_average": {"start": load_start, "end": load_average()},
+      "usable_cpus": usable_cpus(),
+      "matmul_peak": {"start": peak_start, "end": peak_end, "flops_per_second": peak},
+      "entries": entries, "hf": {"entries": hf_entries, "error": hf_error,
+                                 "versions": versions},
+      "comparison": comparison, "scaling": scaling,
+  }
+
+
+# ---------------------------------------------------------------------------
+# Summary
+# ---------------------------------------------------------------------------
+def _shape(e: Mapping[str, Any]) -> str:
+  lengths = e["lengths"]
+  if "length" in lengths:
+    return f"{e['rows']} x {lengths['length']}"
+  return f"{e['rows']} x ({lengths['inputs']}+{lengths['targets']})"
+
+
+def why_missed(result: Mapping[str, Any]) -> str:
+  """A one-line reason from this run's numbers."""
+  comparison, peak = result["comparison"], result["matmul_peak"]["flops_per_second"]
+  ours = result["entries"][-1]
+  hf = max(result["hf"]["entries"], key=lambda e: e["tokens_per_second"])
+  return (f"our ED step reaches {ours['model_flops_per_second'] / 1e9:.1f} GFLOP/s "
+          f"(MFU {ours['mfu']:.0%} of the {peak / 1e9:.1f} GFLOP/s matmul peak), HF's "
+          f"{hf['model_flops_per_second'] / 1e9:.1f} GFLOP/s with torch at "
+          f"{comparison['hf_torch_threads']} thread(s); load average "
+          f"{result['load_average']['start']} on {result['usable_cpus']} CPUs")
+
+
+def _target(result: Mapping[str, Any]) -> str:
+  c = result["comparison"]
+  if c is None:
+    return "not measured"
+  if c["meets_aim"]:
+    return f"met, aim {AIM_RATIO:g}x met"
+  if c["meets_target"]:
+    return f"met; aim {AIM_RATIO:g}x missed by {1 - c['ratio'] / AIM_RATIO:.0%}"
+  return f"MISSED by {c['shortfall']:.0%} (needs {c['speedup_needed']:.2f}x)"
+
+
+def summary(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
+  header = ["step", "size", "rows x tokens", "params", "tok/s", "best / median step s",
+            "GFLOP/s", "MFU", "ours / HF", f"target >= {TARGET_RATIO:g}x"]
+  c = result["comparison"]
+
+  def row(e, ratio="", target=""):
+    return [e["name"], e["size"], _shape(e), f"{e['params'] / 1e6:.1f}M",
+            f"{e['tokens_per_second']:,.0f}",
+            f"{e['best_step_seconds']:.3f} / {e['median_step_seconds']:.3f}",
+            f"{e['model_flops_per_second'] / 1e9:.1f}", f"{e['mfu']:.1%}", ratio, target]
+
+  rows = []
+  for e in result["entries"]:
+    if e["arch"] == models.ENCODER_DECODER and c is not None:
+      rows.append(row(e, f"{c['ratio']:.2f}x", _target(result)))
+    else:
+      rows.append(row(e))
+  rows += [row(e) for e in result["hf"]["entries"]]
+  rows += [row(dict(e, name=f"scaling: CD {e['size']} L={e['lengths']['length']}"))
+           for e in result["scaling"]]
+  peak = result["matmul_peak"]
+  parts = [f"{k} {peak[w][k]['flops_per_second'] / 1e9:.1f}"
+           for w in ("start", "end") for k in ("jax", "torch") if k in peak[w]]
+  s = result["settings"]
+  notes = [
+      f"Matmul peak {peak['flops_per_second'] / 1e9:.1f} GFLOP/s: best of "
+      f"{peak['start']['n']}^3 float32 products, start and end of the run "
+      f"({', '.join(parts)} GFLOP/s). MFU = tokens/s x training FLOPs per token / that peak.",
+      f"Load average {result['load_average']['start']} at the start, "
+      f"{result['load_average']['end']} at the end, on {result['usable_cpus']} usable CPUs: "
+      f"other jobs share the cores, so the best of {s['steps']} interleaved step(s) is "
+      f"reported (medians beside it).",
+      f"Ours: jitted trainer.train_step, float32, t5x Adafactor, vocabulary "
+      f"{s['vocab_size']}. HF: T5ForConditionalGeneration (PyTorch eager, float32) of the "
+      f"same config with transformers' Adafactor, torch threads {result['hf_threads']}; "
+      f"the faster is the baseline.",
+  ]
+  if c is None:
+    notes.append(f"Training target not measured: HF step unavailable "
+                 f"({result['hf']['error']}); install the eval extra.")
+  elif not c["meets_target"]:
+    notes.append(f"Target ours/HF >= {TARGET_RATIO:g}x MISSED by {c['shortfall']:.0%} "
+                 f"(ratio {c['ratio']:.2f}x, median-based {c['ratio_median']:.2f}x): "
+                 f"{why_missed(result)}.")
+  elif not c["meets_aim"]:
+    notes.append(f"Target ours/HF >= {TARGET_RATIO:g}x met ({c['ratio']:.2f}x, median-based "
+                 f"{c['ratio_median']:.2f}x); aim {AIM_RATIO:g}x missed by "
+                 f"{1 - c['ratio'] / AIM_RATIO:.0%}: {why_missed(result)}.")
+  else:
+    notes.append(f"Target ours/HF >= {TARGET_RATIO:g}x and aim {AIM_RATIO:g}x met "
+                 f"({c['ratio']:.2f}x, median-based {c['ratio_median']:.2f}x).")
+  return header, rows, notes
