@@ -82,7 +82,8 @@ def register_gin():
   global _CONFIGURABLE
   if _CONFIGURABLE is None:
     import gin
-    _CONFIGURABLE = gin.external_configurable(StudyConfig, "StudyConfig")
+    with gin.unlock_config():
+      _CONFIGURABLE = gin.external_configurable(StudyConfig, "StudyConfig")
   return _CONFIGURABLE
 
 

@@ -32,12 +32,13 @@ def register_configurables():
     return
   from arch_objective.training import evaluate as evaluate_lib
   from arch_objective.training import train as train_lib
-  gin.external_configurable(train_lib.train, "train")
-  gin.external_configurable(evaluate_lib.evaluate, "evaluate")
-  gin.external_configurable(models.build_model, "build_model")
-  gin.external_configurable(data.DatasetConfig, "DatasetConfig")
-  gin.external_configurable(optimizers.adafactor, "adafactor")
-  gin.external_configurable(optimizers.make_schedule, "learning_rate_schedule")
+  with gin.unlock_config():
+    gin.external_configurable(train_lib.train, "train")
+    gin.external_configurable(evaluate_lib.evaluate, "evaluate")
+    gin.external_configurable(models.build_model, "build_model")
+    gin.external_configurable(data.DatasetConfig, "DatasetConfig")
+    gin.external_configurable(optimizers.adafactor, "adafactor")
+    gin.external_configurable(optimizers.make_schedule, "learning_rate_schedule")
   _REGISTERED = True
 
 
