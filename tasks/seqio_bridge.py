@@ -20,7 +20,9 @@ def enable():
   global _ENABLED
   _ENABLED = True
   for name in registry.names():
-    register(registry.get(name))
+    spec = registry.get(name)
+    if isinstance(spec, registry.TaskSpec):  # prompted mixtures are not bridged
+      register(spec)
 
 _TOKEN_FEATURES = ("targets", "inputs", "decoder_target_tokens", "decoder_input_tokens",
                    "encoder_input_tokens")
