@@ -290,10 +290,16 @@ class RelativePositionBiases(nn.Module):
                        (self.num_heads, self.num_buckets), jnp.float32)
     table = jnp.asarray(table, self.dtype)
     if query_positions is None:
-      rel = np.arange(klen)[None, :] - np.arange(qlen)[:, None]           # [q, k]
+      # Traced iotas, not numpy: a [q, k] numpy array would be embedded as a constant in
+      # every layer's program (4 MiB each at 1024 tokens), which slows compilation.
+      rel = (lax.broadcasted_iota(jnp.int32, (qlen, klen), 1)
+             - lax.broadcasted_iota(jnp.int32, (qlen, klen), 0))              # [q, k]
       buckets = relative_position_bucket(rel, bidirectional, self.num_buckets,
                                          self.max_distance)
-      return jnp.take(table, jnp.asarray(buckets), axis=1)[None]         # [1, h, q, k]
+      # A one-hot contraction instead of a gather: its gradient is a matmul, not a
+      # scatter of q x k updates onto `buckets` addresses (exact: one term per entry).
+      one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=self.dtype)  # [q, k, n]
+      return jnp.einsum("hn,qkn->hqk", table, one_hot)[None]             # [1, h, q, k]
     rel = jnp.arange(klen)[None, None, :] - query_positions.reshape(-1, 1, 1)  # [b, 1, k]
     buckets = relative_position_bucket(rel, bidirectional, self.num_buckets,
                                        self.max_distance)
