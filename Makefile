@@ -24,8 +24,10 @@ $(STAMP): $(PY) $(SETUP_INPUTS)
 
 install: $(STAMP)
 
+STUDY_OUT ?= runs/study
+
 run: $(STAMP)
-	$(VENV)/bin/arch-objective smoke
+	$(VENV)/bin/arch-objective study --preset quick --out $(STUDY_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q tests

@@ -54,3 +54,17 @@ def test_a_finished_study_resumes_without_redoing_stages(smoke_dir):
 def test_unknown_preset_is_named():
   with pytest.raises(ValueError, match="unknown study preset 'huge'.*smoke, quick, full"):
     study.load_preset("huge")
+
+
+@pytest.mark.parametrize("preset", ["quick", "full"])
+def test_preset_vocabulary_fits_its_corpus(preset, tmp_path):
+  """The world's text has a bounded lexicon: a preset's `vocab_size` must be one that
+  SentencePiece can fill from the corpus that preset writes."""
+  from arch_objective.data import vocabularies, world as world_lib
+  config = study.load_preset(preset)
+  corpus = str(tmp_path / "corpus.jsonl")
+  world_lib.write_corpus(corpus, world_lib.make_world(seed=config.seed),
+                         target_bytes=config.corpus_bytes)
+  path = str(tmp_path / "spm.model")
+  study._train_vocab(corpus, path, config.vocab_size)
+  assert vocabularies.SentencePieceVocabulary(path).vocab_size >= config.vocab_size
