@@ -5,8 +5,8 @@
   arch-objective data show --task NAME [--corpus PATH] ...    rows decoded, roles marked
   arch-objective train --gin_file F [--gin.NAME=VALUE ...]    train (t5x-style, gin-configured)
   arch-objective evaluate --gin_file F [--gin.NAME=VALUE ...] evaluate a checkpoint
-  arch-objective eval t0 --checkpoint PATH --out DIR ...      T0-Eval (rank classification)
-  arch-objective eval harness --checkpoint PATH --tasks ...   EAI-Eval (lm-evaluation-harness)
+  arch-objective eval t0 --checkpoint PATH | --gin_file F ... T0-Eval (rank classification)
+  arch-objective eval harness --checkpoint PATH | --gin_file F ... EAI-Eval (lm-eval harness)
   arch-objective convert t5x-in|t5x-out|hf-in|hf-out|switch-arch ...   checkpoint conversion
   arch-objective study --preset smoke|quick|full --out DIR    the laptop-scale study
   arch-objective smoke [--steps N]                            tiny CPU training of each arch
@@ -23,24 +23,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def _plan(args) -> int:
   from arch_objective import models
-  lineage = None
   if args.gin_file:
-    from arch_objective.training import partitioning, plan
-    try:
-      mesh = partitioning.parse_mesh(args.mesh) if args.mesh else None
-      memory = args.device_memory_gib
-      if memory is None and args.device:
-        memory = plan.DEVICE_MEMORY_GIB[args.device]
-      report = plan.plan_run(args.gin_file, args.gin_bindings, mesh, memory, args.num_devices)
-    except (ValueError, KeyError) as e:
-      print(f"arch-objective plan: {e}", file=sys.stderr)
-      return 2
-    print(json.dumps(report, indent=2))
-    return 1 if report["problems"] else 0
+    return _plan_gin(args)
+  lineage = None
   try:
     if args.model_dir:
       from arch_objective.training import checkpoints
-      _, meta, step = checkpoints.load_params(args.model_dir)
+      meta, step = checkpoints.load_meta(args.model_dir)
       config = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
       model = models.build_model(args.arch or meta["arch"], "tiny", **config)
       lineage = {"step": step, "task": meta.get("task"), "trained_as": meta.get("arch"),
@@ -68,6 +57,26 @@ def _plan(args) -> int:
     report["lineage"] = lineage
   print(json.dumps(report, indent=2))
   return 0
+
+
+def _plan_gin(args) -> int:
+  """`plan --gin_file`: an evaluation run's settings and checkpoint, or a training run's
+  budget, mesh and memory."""
+  from arch_objective.evaluation import runs
+  from arch_objective.training import partitioning, plan
+  try:
+    report = runs.plan_eval(args.gin_file, args.gin_bindings)
+    if report is None:
+      mesh = partitioning.parse_mesh(args.mesh) if args.mesh else None
+      memory = args.device_memory_gib
+      if memory is None and args.device:
+        memory = plan.DEVICE_MEMORY_GIB[args.device]
+      report = plan.plan_run(args.gin_file, args.gin_bindings, mesh, memory, args.num_devices)
+  except (ValueError, KeyError) as e:
+    print(f"arch-objective plan: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(report, indent=2))
+  return 1 if report["problems"] else 0
 
 
 def _task_spec(args):
@@ -133,32 +142,6 @@ def _run_gin(args) -> int:
     return 0
   except (ValueError, OSError) as e:
     print(f"arch-objective {args.command}: {e}", file=sys.stderr)
-    return 2
-
-
-def _eval_t0(args) -> int:
-  from arch_objective.data import vocabularies
-  from arch_objective.evaluation import loading, rank_classification, t0_eval
-  from arch_objective.prompts import datasets as datasets_lib
-  try:
-    suite = t0_eval.select(args.datasets)
-    model, params, meta, step = loading.load_model(args.checkpoint, args.arch)
-    vocab_path = args.vocabulary or meta.get("vocabulary")
-    vocab = vocabularies.SentencePieceVocabulary(vocab_path)
-    scorer = rank_classification.RankScorer(model, params, inputs_length=args.inputs_length,
-                                            targets_length=args.targets_length)
-    results = t0_eval.evaluate_suite(
-        scorer, vocab.encode, suite=suite, data_dir=args.data_dir,
-        mapping=datasets_lib.load_mapping(args.mapping), max_examples=args.max_examples,
-        normalize=args.normalize, log=lambda m: print(m, file=sys.stderr))
-    results.update(checkpoint=args.checkpoint, step=step, arch=model.name,
-                   trained_as=meta.get("arch"), lineage=meta.get("lineage", []))
-    json_path, md_path = t0_eval.write(results, args.out, paper=args.paper)
-    print(open(md_path).read())
-    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
-    return 0
-  except (ValueError, OSError) as e:
-    print(f"arch-objective eval t0: {e}", file=sys.stderr)
     return 2
 
 
@@ -241,25 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
 
   evaluation = sub.add_parser("eval", help="zero-shot evaluation of a checkpoint")
   eval_sub = evaluation.add_subparsers(dest="eval_command", required=True, metavar="t0|harness")
-  t0p = eval_sub.add_parser("t0", help="T0-Eval: rank classification, median over prompts")
-  t0p.add_argument("--checkpoint", required=True,
-                   help="a model directory (latest step) or MODEL_DIR/checkpoints/<step>")
-  t0p.add_argument("--arch", choices=ARCHITECTURES,
-                   help="read a causal decoder checkpoint as non-causal or back")
-  t0p.add_argument("--data_dir", help="original dataset files (default: HF datasets)")
-  t0p.add_argument("--mapping", help="JSON file pointing datasets at other files")
-  t0p.add_argument("--datasets", nargs="+", help="subset of the suite, e.g. super_glue/rte")
-  t0p.add_argument("--max_examples", type=int, help="first N examples of each dataset")
-  t0p.add_argument("--normalize", action="store_true",
-                   help="divide each choice's log-likelihood by its token count")
-  t0p.add_argument("--vocabulary", help="SentencePiece model (default: the checkpoint's)")
-  t0p.add_argument("--inputs_length", type=int, default=1024)
-  t0p.add_argument("--targets_length", type=int, default=256)
-  t0p.add_argument("--paper", action="store_true", help="print the paper's numbers too")
-  t0p.add_argument("--out", required=True, help="directory for results.json and results.md")
-  t0p.set_defaults(func=_eval_t0)
-  from arch_objective.evaluation import harness
-  harness.add_parser(eval_sub)
+  from arch_objective.evaluation import runs
+  runs.add_parsers(eval_sub)
 
   from arch_objective.convert import cli as convert_cli
   convert_cli.add_parser(sub)

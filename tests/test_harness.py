@@ -412,19 +412,30 @@ def test_run_harness_from_a_checkpoint_writes_results(vocab, params, offline):
       task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False))
   assert via_name["results"]["toy_mc"]["acc,none"] == saved["results"]["toy_mc"]["acc,none"]
 
-  # the command
-  import argparse
-  parser = argparse.ArgumentParser()
-  harness.add_parser(parser.add_subparsers(dest="eval_command"))
-  args = parser.parse_args(["harness", "--checkpoint", str(offline / "nd"), "--tasks",
-                            "toy_mc", "--include_path", str(tasks_dir), "--limit", "2",
-                            "--out", str(offline / "cli")])
-  assert args.func(args) == 0
+  # the command: options only, then the same run from runs/eval_harness.gin
+  from arch_objective import cli
+  options = ["--tasks", "toy_mc", "--include_path", str(tasks_dir), "--limit", "2",
+             "--truncation", "paper", "--batch_tokens", "1024", "--bootstrap_iters", "0"]
+  assert cli.main(["eval", "harness", "--checkpoint", str(offline / "nd"), *options,
+                   "--out", str(offline / "cli")]) == 0
+  by_flags = json.loads((offline / "cli" / "harness_results.json").read_text())
   assert (offline / "cli" / "summary.md").is_file()
-  args = parser.parse_args(["harness", "--checkpoint", str(offline / "nd"), "--tasks",
-                            "no_such_task", "--include_path", str(tasks_dir),
-                            "--out", str(offline / "cli2")])
-  assert args.func(args) == 2
+  assert by_flags["arch_objective"]["dtype"] == "float32"
+  assert cli.main(["eval", "harness", "--gin_file", "runs/eval_harness.gin",
+                   f"--gin.CHECKPOINT_PATH='{offline / 'nd'}'", "--gin.TASKS=['toy_mc']",
+                   f"--gin.INCLUDE_PATH='{tasks_dir}'", "--gin.LIMIT=2",
+                   "--gin.TRUNCATION='paper'", "--gin.BATCH_TOKENS=1024",
+                   "--gin.BOOTSTRAP_ITERS=0", "--out", str(offline / "gin")]) == 0
+  by_gin = json.loads((offline / "gin" / "harness_results.json").read_text())
+  assert by_gin["results"] == by_flags["results"]
+  assert by_gin["arch_objective"] == by_flags["arch_objective"]
+  assert "eval_harness.truncation = %TRUNCATION" in (offline / "gin" / "config.gin").read_text()
+  # the default output folder: next to the checkpoint
+  assert cli.main(["eval", "harness", "--checkpoint", str(offline / "nd"), *options]) == 0
+  assert (offline / "nd" / "eval_harness" / "7" / "harness_results.json").is_file()
+  assert cli.main(["eval", "harness", "--checkpoint", str(offline / "nd"), "--tasks",
+                   "no_such_task", "--include_path", str(tasks_dir),
+                   "--out", str(offline / "cli2")]) == 2
 
 
 def test_an_encoder_decoder_checkpoint_cannot_be_read_as_a_decoder(vocab, params, tmp_path):

@@ -3,6 +3,7 @@ command, and MT-F training of each architecture on a prompted mixture (spec §3,
 import collections
 import importlib.util
 import json
+import pathlib
 import warnings
 
 import jax
@@ -424,3 +425,90 @@ def small_batches(monkeypatch):
       super().__init__(*args, **kwargs)
 
   monkeypatch.setattr(rank_classification, "RankScorer", SmallBatches)
+
+
+# -- `eval t0` from gin: runs/eval_t0.gin and the paper's experiment ------------------------
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, t5_vocab_path):
+  """A model directory holding the tiny causal decoder's random parameters at step 5."""
+  from arch_objective.convert import model_dir
+  model, params = _model(models.CAUSAL_DECODER)
+  root = tmp_path_factory.mktemp("ckpt") / "cd"
+  model_dir.write_model_dir(str(root), models.CAUSAL_DECODER, model.config, params, step=5,
+                            vocabulary=t5_vocab_path, vocab_size=32100)
+  return str(root)
+
+
+# Prompts cut to 24 tokens and choices to 8 keep every row in one bucket (fast on CPU).
+T0_OPTIONS = {"datasets": ["super_glue/rte", "super_glue/cb"], "max_examples": 4,
+              "inputs_length": 24, "targets_length": 8}
+
+
+def _as_flags(options):
+  flags = []
+  for name, value in options.items():
+    flags += [f"--{name}"] + ([str(v) for v in value] if isinstance(value, list) else
+                              [str(value)])
+  return flags
+
+
+@needs_promptsource
+def test_eval_t0_from_gin_writes_the_results_of_the_options(tmp_path, tiny_checkpoint,
+                                                             eval_dir, small_batches, capsys):
+  from arch_objective import cli
+  rc = cli.main(["eval", "t0", "--checkpoint", tiny_checkpoint, "--data_dir", str(eval_dir),
+                 *_as_flags(T0_OPTIONS), "--out", str(tmp_path / "flags")])
+  assert rc == 0, capsys.readouterr().err
+  by_flags = json.loads((tmp_path / "flags" / "results.json").read_text())
+  assert list(by_flags["datasets"]) == T0_OPTIONS["datasets"] and by_flags["step"] == 5
+
+  # The same run from the run file's macros, results in EVAL_OUTPUT_DIR.
+  macros = [f"--gin.{name.upper()}={value!r}" for name, value in T0_OPTIONS.items()]
+  rc = cli.main(["eval", "t0", "--gin_file", "runs/eval_t0.gin",
+                 f"--gin.CHECKPOINT_PATH='{tiny_checkpoint}'", f"--gin.DATA_DIR='{eval_dir}'",
+                 *macros, f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'gin'}'"])
+  assert rc == 0, capsys.readouterr().err
+  assert (tmp_path / "gin" / "results.json").read_text() == \
+      (tmp_path / "flags" / "results.json").read_text()
+  assert (tmp_path / "gin" / "results.md").read_text() == \
+      (tmp_path / "flags" / "results.md").read_text()
+  operative = (tmp_path / "gin" / "config.gin").read_text()
+  assert "eval_t0.checkpoint = %CHECKPOINT_PATH" in operative and "MAX_EXAMPLES = 4" in operative
+
+  # The paper's experiment with options on top: they win over its macros (11 datasets,
+  # every example), --checkpoint stands for CHECKPOINT_PATH; the default output folder
+  # is next to the checkpoint.
+  rc = cli.main(["eval", "t0", "--gin_file", "experiments/paper/eval_t0.gin",
+                 "--checkpoint", tiny_checkpoint, "--data_dir", str(eval_dir),
+                 *_as_flags(T0_OPTIONS)])
+  captured = capsys.readouterr()
+  assert rc == 0, captured.err
+  out = pathlib.Path(tiny_checkpoint) / "eval_t0" / "5"
+  assert json.loads((out / "results.json").read_text()) == by_flags
+  assert "The paper's T0-Eval averages" in (out / "results.md").read_text()  # PAPER = True
+  operative = (out / "config.gin").read_text()
+  assert f"CHECKPOINT_PATH = '{tiny_checkpoint}'" in operative
+  assert "DATASETS = ['super_glue/rte', 'super_glue/cb']" in operative
+  assert "| super_glue/rte | 10 |" in captured.out
+
+
+def test_eval_t0_gin_errors_name_what_to_set(tmp_path, tiny_checkpoint, capsys):
+  from arch_objective import cli
+  cases = [
+      (["--gin_file", "experiments/paper/eval_t0.gin"],
+       "gin macro CHECKPOINT_PATH is required by the run file: bind it, e.g. "
+       "--gin.CHECKPOINT_PATH=... (or give --checkpoint)"),
+      (["--gin_file", "experiments/paper/eval_harness.gin", "--checkpoint", tiny_checkpoint],
+       "configure no eval_t0 run"),
+      (["--gin_file", "runs/eval_t0.gin", "--checkpoint", tiny_checkpoint,
+        "--gin.MAX_EXAMPLE=3"], "unknown gin macro 'MAX_EXAMPLE'"),
+      (["--checkpoint", tiny_checkpoint, "--gin.MAX_EXAMPLES=3"],
+       "--gin.MAX_EXAMPLES=3 needs --gin_file"),
+      (["--datasets", "super_glue/rte"], "no checkpoint; give --checkpoint PATH"),
+      (["--checkpoint", "s3x://b/run"], "has the scheme 's3x://'"),
+  ]
+  for args, message in cases:
+    assert cli.main(["eval", "t0", *args, "--out", str(tmp_path / "out")]) == 2, args
+    assert message in capsys.readouterr().err, args
+  assert not (tmp_path / "out").exists()

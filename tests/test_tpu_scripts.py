@@ -343,25 +343,36 @@ def test_train_steps_come_from_the_flag_a_binding_or_the_gin_files(sandbox):
 
 def test_every_paper_experiment_launches_with_its_wrapper(sandbox):
   """Each gin/experiments/paper/*.gin through the wrapper of the run file it includes, with
-  no --train_steps (the experiments set TRAIN_STEPS)."""
+  no --train_steps (the experiments set TRAIN_STEPS); the evaluation experiments through
+  evaluate.sh, the gin file passed on to `arch-objective eval` after `--`."""
   experiments = sorted((ROOT / "gin" / "experiments" / "paper").glob("*.gin"))
   if not experiments:
     pytest.skip("no gin/experiments/paper/*.gin in this checkout")
   wrappers = {"runs/pretrain.gin": "pretrain.sh", "runs/finetune_t0.gin": "finetune_t0.sh",
-              "runs/adapt.gin": "adapt.sh"}
+              "runs/adapt.gin": "adapt.sh", "runs/eval_t0.gin": "evaluate.sh",
+              "runs/eval_harness.gin": "evaluate.sh"}
   elsewhere = sandbox["tmp"] / "elsewhere"   # no stand-ins shadowing the real files here
   elsewhere.mkdir()
   for path in experiments:
     name = f"experiments/paper/{path.name}"
     run_file = next(r for r in wrappers if f"include '{r}'" in path.read_text())
-    args = [*TARGET, "--gin_file", name, "--model_dir", f"gs://my-bucket/runs/{path.stem}",
-            "--dry-run"]
-    if run_file != "runs/pretrain.gin":
+    model_dir = f"gs://my-bucket/runs/{path.stem}"
+    if wrappers[run_file] == "evaluate.sh":
+      mode = run_file[len("runs/"):-len(".gin")]
+      args = [*TARGET, "--mode", mode, "--model_dir", model_dir, "--dry-run", "--",
+              "--gin_file", name]
+      expected = (f"arch-objective eval {mode[len('eval_'):]} --checkpoint={model_dir} ")
+    else:
+      args = [*TARGET, "--gin_file", name, "--model_dir", model_dir, "--dry-run"]
+      expected = f"arch-objective train --gin_file={name} --gin.MODEL_DIR="
+    if run_file in ("runs/finetune_t0.gin", "runs/adapt.gin"):
       args += ["--initial_checkpoint", "gs://my-bucket/runs/source"]
     proc = subprocess.run(["bash", str(SCRIPTS / wrappers[run_file]), *args], cwd=elsewhere,
                           env=sandbox["env"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, (name, proc.stderr)
-    assert f"arch-objective train --gin_file={name} --gin.MODEL_DIR=" in proc.stdout, name
+    assert expected in proc.stdout, name
+    if wrappers[run_file] == "evaluate.sh":
+      assert f" --gin_file {name}\n" in proc.stdout, name
   assert not sandbox["calls"].exists()
 
 

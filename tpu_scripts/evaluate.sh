@@ -33,7 +33,7 @@ DIR/checkpoints/<step>, --out, --data_dir, --tasks, --worker, --env, --gcsfuse, 
 
 Example (T0-Eval of the MT-F model, results in gs://my-bucket/runs/cd_flm_mtf/eval_t0):
   $AO_SCRIPT --tpu arch-v4-8 --zone us-central2-b --project my-proj \\
-      --model_dir gs://my-bucket/runs/cd_flm_mtf --mode eval_t0 --gcsfuse
+      --model_dir gs://my-bucket/runs/cd_flm_mtf --mode eval_t0
 USAGE
 }
 if has_option -h "$@" || has_option --help "$@"; then usage; exit 0; fi

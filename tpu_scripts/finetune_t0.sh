@@ -33,7 +33,7 @@ datasets unless the experiment binds DATA_DIR.
 Example:
   $AO_SCRIPT --tpu arch-v4-64 --zone us-central2-b --project my-proj \\
       --gin_file experiments/paper/cd_flm_mtf.gin --model_dir gs://my-bucket/runs/cd_flm_mtf \\
-      --initial_checkpoint gs://my-bucket/runs/cd_flm/checkpoints/131072 --gcsfuse
+      --initial_checkpoint gs://my-bucket/runs/cd_flm/checkpoints/131072
 USAGE
 }
 if has_option -h "$@" || has_option --help "$@"; then usage; exit 0; fi

@@ -48,7 +48,8 @@ Options:
   --data_dir DIR             eval_t0: original dataset files (default: HF datasets)
   --tasks TASKS              eval_harness: lm-eval tasks, comma separated (default: eai_eval,
                              the paper's 31)
-  --gcsfuse                  pass gs://BUCKET/PATH in --model_dir, --initial_checkpoint,
+  --gcsfuse                  optional (arch-objective reads and writes gs:// itself): pass
+                             gs://BUCKET/PATH in --model_dir, --initial_checkpoint,
                              --checkpoint and --out as $AO_MOUNT_ROOT_DEFAULT/BUCKET/PATH, the
                              mount made by setup_workers.sh --gcsfuse_bucket BUCKET
   --worker all|N[,N...]      which workers (default: all for train/evaluate, 0 for eval_*)
@@ -66,7 +67,7 @@ Options:
 Example (the paper's CD:FLM pretraining; pretrain.sh does the same):
   $AO_SCRIPT --tpu arch-v4-64 --zone us-central2-b --project my-proj \\
       --gin_file experiments/paper/cd_flm.gin --model_dir gs://my-bucket/runs/cd_flm \\
-      --train_steps 131072 --tfds_data_dir gs://my-bucket/tensorflow_datasets --gcsfuse
+      --train_steps 131072 --tfds_data_dir gs://my-bucket/tensorflow_datasets
 EOF
 }
 
@@ -226,7 +227,7 @@ RUN_DIR="$ROOT/runs/$(shell_quote "$RUN_NAME")"
 if [[ $ACTION == start ]] && ((!GCSFUSE)); then
   for path in "$MODEL_DIR" "$INITIAL_CHECKPOINT" "$CHECKPOINT"; do
     if [[ $path == gs://* ]]; then
-      step "note: gs:// paths go to arch-objective as they are; if it cannot open them, mount the bucket (setup_workers.sh --gcsfuse_bucket) and add --gcsfuse"
+      step "note: gs:// paths go to arch-objective as they are; it reads and writes them itself with the workers' service account (--gcsfuse hands it a gcsfuse mount instead)"
       break
     fi
   done

@@ -27,7 +27,7 @@ Every other launch.sh option passes through (launch.sh --help), e.g. --tfds_data
 Example:
   $AO_SCRIPT --tpu arch-v4-64 --zone us-central2-b --project my-proj \\
       --gin_file experiments/paper/cd_flm.gin --model_dir gs://my-bucket/runs/cd_flm \\
-      --tfds_data_dir gs://my-bucket/tensorflow_datasets --gcsfuse
+      --tfds_data_dir gs://my-bucket/tensorflow_datasets
 USAGE
 }
 if has_option -h "$@" || has_option --help "$@"; then usage; exit 0; fi

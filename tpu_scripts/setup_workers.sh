@@ -37,7 +37,8 @@ Options:
   --remote_dir DIR           install folder on the workers, absolute or relative to the
                              home folder (default: $AO_REMOTE_ROOT_DEFAULT); the environment is DIR/venv
   --gcsfuse_bucket BUCKET    also install gcsfuse and mount gs://BUCKET at
-                             $AO_MOUNT_ROOT_DEFAULT/BUCKET on every worker (repeatable); see launch.sh --gcsfuse
+                             $AO_MOUNT_ROOT_DEFAULT/BUCKET on every worker (repeatable; optional,
+                             arch-objective reads and writes gs:// itself); see launch.sh --gcsfuse
   --worker all|N[,N...]      which workers (default: all)
   --ssh_flag ARG             one more word for gcloud ssh/scp, e.g.
                              --ssh_flag=--tunnel-through-iap (repeatable)

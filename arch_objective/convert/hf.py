@@ -35,18 +35,18 @@ package's own format (`export_native`): `config.json` =
 names (`decoder/layers_0/self_attention/query/kernel`, kernels stored (in, out)).
 
 Weights above `max_shard_bytes` are split into `model-0000k-of-0000n.safetensors`
-with a `model.safetensors.index.json`, as `save_pretrained` does.
+with a `model.safetensors.index.json`, as `save_pretrained` does. Directories may be
+local or remote (`gs://...`, see `arch_objective.paths`).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from arch_objective import models, network
+from arch_objective import models, network, paths
 from arch_objective.convert import model_dir, param_tree
 
 FORMAT_NAME = "arch_objective"
@@ -72,15 +72,31 @@ _IGNORED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.wei
 # ---------------------------------------------------------------------------
 # Safetensors files
 # ---------------------------------------------------------------------------
+def _save(tensors: Mapping[str, np.ndarray], path: str, metadata: dict):
+  if paths.is_remote(path):
+    from safetensors.numpy import save
+    paths.write_bytes(path, save(dict(tensors), metadata=metadata))
+  else:
+    from safetensors.numpy import save_file
+    save_file(dict(tensors), path, metadata=metadata)
+
+
+def _load(path: str) -> dict[str, np.ndarray]:
+  if paths.is_remote(path):
+    from safetensors.numpy import load
+    return load(paths.read_bytes(path))
+  from safetensors.numpy import load_file
+  return load_file(path)
+
+
 def _write_weights(tensors: Mapping[str, np.ndarray], out_dir: str,
                    max_shard_bytes: int) -> list[str]:
   """Write `model.safetensors` (or shards and an index); returns the file names."""
-  from safetensors.numpy import save_file
   tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
   total = sum(v.nbytes for v in tensors.values())
   metadata = {"format": "pt"}
   if total <= max_shard_bytes:
-    save_file(tensors, os.path.join(out_dir, WEIGHTS_FILE), metadata=metadata)
+    _save(tensors, paths.join(out_dir, WEIGHTS_FILE), metadata)
     return [WEIGHTS_FILE]
   shards: list[dict[str, np.ndarray]] = [{}]
   size = 0
@@ -93,37 +109,35 @@ def _write_weights(tensors: Mapping[str, np.ndarray], out_dir: str,
   files, weight_map = [], {}
   for i, shard in enumerate(shards):
     file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-    save_file(shard, os.path.join(out_dir, file), metadata=metadata)
+    _save(shard, paths.join(out_dir, file), metadata)
     files.append(file)
     weight_map.update({name: file for name in shard})
-  with open(os.path.join(out_dir, INDEX_FILE), "w") as f:
-    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+  paths.write_text(paths.join(out_dir, INDEX_FILE), json.dumps(
+      {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
   return files + [INDEX_FILE]
 
 
 def _read_weights(path: str) -> dict[str, np.ndarray]:
-  from safetensors.numpy import load_file
-  index = os.path.join(path, INDEX_FILE)
-  if os.path.isfile(index):
-    with open(index) as f:
-      files = sorted(set(json.load(f)["weight_map"].values()))
-  elif os.path.isfile(os.path.join(path, WEIGHTS_FILE)):
+  index = paths.join(path, INDEX_FILE)
+  if paths.isfile(index):
+    files = sorted(set(json.loads(paths.read_text(index))["weight_map"].values()))
+  elif paths.isfile(paths.join(path, WEIGHTS_FILE)):
     files = [WEIGHTS_FILE]
   else:
     raise ValueError(f"no weights in {path}: expected {WEIGHTS_FILE} or {INDEX_FILE} "
                      f"(PyTorch .bin files are not read; re-save with safe_serialization=True).")
   tensors: dict[str, np.ndarray] = {}
   for file in files:
-    tensors.update(load_file(os.path.join(path, file)))
+    tensors.update(_load(paths.join(path, file)))
   return tensors
 
 
 def _prepare_out_dir(out_dir: str) -> str:
-  out_dir = os.path.abspath(os.path.expanduser(out_dir))
-  if os.path.isfile(os.path.join(out_dir, CONFIG_FILE)):
+  out_dir = paths.normalize(out_dir, "export directory")
+  if paths.isfile(paths.join(out_dir, CONFIG_FILE)):
     raise ValueError(f"{out_dir} already holds a {CONFIG_FILE}; export into an empty "
                      f"directory or remove the old export first.")
-  os.makedirs(out_dir, exist_ok=True)
+  paths.makedirs(out_dir)
   return out_dir
 
 
@@ -276,12 +290,12 @@ def export_native(params: Mapping[str, Any], config: network.TransformerConfig, 
   _check_params(params, arch, config, "export")
   out_dir = _prepare_out_dir(out_dir)
   _write_weights(_flat_numpy(params, dtype), out_dir, max_shard_bytes)
-  with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
-    json.dump({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "arch": arch,
-               "config": dataclasses.asdict(config), "meta": dict(meta or {}),
-               "weights": "safetensors; keys are t5x parameter paths joined by '/', dense "
-                          "kernels stored (in, out), relative-position tables (heads, "
-                          "buckets)"}, f, indent=2)
+  paths.write_text(paths.join(out_dir, CONFIG_FILE), json.dumps(
+      {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "arch": arch,
+       "config": dataclasses.asdict(config), "meta": dict(meta or {}),
+       "weights": "safetensors; keys are t5x parameter paths joined by '/', dense "
+                  "kernels stored (in, out), relative-position tables (heads, buckets)"},
+      indent=2))
   return out_dir
 
 
@@ -306,14 +320,15 @@ def export_hf(params: Mapping[str, Any], config: network.TransformerConfig, arch
              for ours, hf, transpose in t5_name_map(config)}
   out_dir = _prepare_out_dir(out_dir)
   _write_weights(tensors, out_dir, max_shard_bytes)
-  hf_config.save_pretrained(out_dir)
+  # What `save_pretrained` writes, through `paths` so that gs:// works too.
+  paths.write_text(paths.join(out_dir, CONFIG_FILE), hf_config.to_json_string(use_diff=True))
   return out_dir
 
 
 def read_export_meta(path: str) -> dict:
   """The `meta` an export carries (empty for a T5 from elsewhere)."""
-  with open(os.path.join(os.path.abspath(os.path.expanduser(path)), CONFIG_FILE)) as f:
-    config = json.load(f)
+  config = json.loads(paths.read_text(paths.join(paths.normalize(path, "export"),
+                                                 CONFIG_FILE)))
   block = config if config.get("format") == FORMAT_NAME else (config.get(CONFIG_BLOCK) or {})
   return dict(block.get("meta") or {})
 
@@ -321,13 +336,12 @@ def read_export_meta(path: str) -> dict:
 def import_hf(path: str) -> tuple[str, network.TransformerConfig, dict]:
   """`(arch, config, params)` of a directory written by `export_hf`/`export_native`,
   or of any tied Hugging Face T5 (`model_type: t5`) saved with safetensors."""
-  path = os.path.abspath(os.path.expanduser(path))
-  config_file = os.path.join(path, CONFIG_FILE)
-  if not os.path.isfile(config_file):
+  path = paths.normalize(path, "Hugging Face directory")
+  config_file = paths.join(path, CONFIG_FILE)
+  if not paths.isfile(config_file):
     raise ValueError(f"no {CONFIG_FILE} in {path}; pass a directory written by "
                      f"`arch-objective convert hf-out` or a Hugging Face T5 model directory.")
-  with open(config_file) as f:
-    config_json = json.load(f)
+  config_json = json.loads(paths.read_text(config_file))
   tensors = _read_weights(path)
   if config_json.get("format") == FORMAT_NAME:
     return _import_native(config_json, tensors, path)

@@ -9,6 +9,8 @@ vocabulary, vocab_size, task, lineage).
   write_model_dir(out, arch, config, params, ...)   a new model directory with a fresh
                                                     Adafactor state at a given step
   switch_arch(src, arch, dst)                       CD <-> ND: same weights, new meta
+
+Model directories may be local or remote (`gs://...`, see `arch_objective.paths`).
 """
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 from typing import Any, Mapping, Optional
 
 import jax
@@ -25,11 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from arch_objective import models, network
+from arch_objective import models, network, paths
 from arch_objective.convert import param_tree
 from arch_objective.training import checkpoints, optimizers, trainer
 
 CHECKPOINTS = "checkpoints"
+COMMIT_FILE = ocp.path.atomicity.COMMIT_SUCCESS_FILE   # marks a complete step on gs://
 _DECODER_ONLY = (models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER)
 
 
@@ -56,21 +58,19 @@ def model_for(arch: str, config: network.TransformerConfig) -> models.BaseModel:
 
 
 def find_step(path: str) -> tuple[str, int]:
-  """`(checkpoints dir, step)` of a model dir (latest step), its `checkpoints/`, or
-  `checkpoints/<step>`."""
-  path = os.path.abspath(os.path.expanduser(path.rstrip("/") or path))
-  if os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, checkpoints.STATE)):
-    return os.path.dirname(path), int(os.path.basename(path))
-  directory = os.path.join(path, CHECKPOINTS) if os.path.isdir(
-      os.path.join(path, CHECKPOINTS)) else path
-  steps = sorted(int(name) for name in (os.listdir(directory) if os.path.isdir(directory) else [])
-                 if name.isdigit() and os.path.isdir(os.path.join(directory, name,
-                                                                  checkpoints.STATE)))
-  if not steps:
-    raise ValueError(f"no checkpoint under {path!r}: expected MODEL_DIR (holding "
-                     f"{CHECKPOINTS}/<step>/state), MODEL_DIR/{CHECKPOINTS} or "
-                     f"MODEL_DIR/{CHECKPOINTS}/<step>.")
-  return directory, steps[-1]
+  """`(checkpoints dir, step)` of a model dir (latest complete step), its `checkpoints/`,
+  or `checkpoints/<step>`."""
+  path = paths.normalize(path, "checkpoint")
+  if paths.basename(path).isdigit() and paths.isdir(paths.join(path, checkpoints.STATE)):
+    return paths.dirname(path), int(paths.basename(path))
+  directory = (paths.join(path, CHECKPOINTS) if paths.isdir(paths.join(path, CHECKPOINTS))
+               else path)
+  for step in reversed(checkpoints.complete_steps(directory)):
+    if paths.isdir(paths.join(directory, str(step), checkpoints.STATE)):
+      return directory, step
+  raise ValueError(f"no checkpoint under {path!r}: expected MODEL_DIR (holding "
+                   f"{CHECKPOINTS}/<step>/state), MODEL_DIR/{CHECKPOINTS} or "
+                   f"MODEL_DIR/{CHECKPOINTS}/<step>.")
 
 
 class _DropOrbaxNoise(logging.Filter):
@@ -92,12 +92,11 @@ def _quiet_orbax():
 
 def read_meta(step_dir: str) -> dict:
   """The meta JSON of one step directory."""
-  file = os.path.join(step_dir, checkpoints.META, "metadata")
-  if not os.path.isfile(file):
+  file = paths.join(step_dir, checkpoints.META, "metadata")
+  if not paths.isfile(file):
     raise ValueError(f"checkpoint {step_dir} has no meta ({file} is missing); it was not "
                      f"written by arch-objective's trainer, so its architecture is unknown.")
-  with open(file) as f:
-    return json.load(f)
+  return json.loads(paths.read_text(file))
 
 
 def load_params(path: str, dtype=None) -> tuple[dict, dict]:
@@ -147,9 +146,9 @@ def write_model_dir(out: str, arch: str, config: network.TransformerConfig,
     raise ValueError(f"vocab_size {vocab_size} is larger than the model's embedding "
                      f"({config.vocab_size} rows); pass the vocabulary the model was "
                      f"trained with (--vocab_size).")
-  out = os.path.abspath(os.path.expanduser(out))
-  directory = os.path.join(out, CHECKPOINTS)
-  if os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory)):
+  out = paths.normalize(out, "model directory")
+  directory = paths.join(out, CHECKPOINTS)
+  if any(n.isdigit() for n in paths.listdir(directory)):
     raise ValueError(f"{out} already holds checkpoints; write to a new MODEL_DIR so no run "
                      f"resumes from a mix of the two.")
   meta = {"arch": arch, "config": dataclasses.asdict(config), "vocabulary": vocabulary,
@@ -160,7 +159,7 @@ def write_model_dir(out: str, arch: str, config: network.TransformerConfig,
     saver.save(int(step), _fresh_state(params, int(step)), {"batches": 0}, meta)
   finally:
     saver.close()
-  return os.path.join(directory, str(int(step)))
+  return paths.join(directory, str(int(step)))
 
 
 def switch_arch(src: str, arch: str, dst: str) -> str:
@@ -172,26 +171,38 @@ def switch_arch(src: str, arch: str, dst: str) -> str:
   directory.
   """
   directory, step = find_step(src)
-  step_dir = os.path.join(directory, str(step))
+  step_dir = paths.join(directory, str(step))
   meta = read_meta(step_dir)
   source_arch = meta.get("arch")
   if arch not in _DECODER_ONLY or source_arch not in _DECODER_ONLY:
     raise ValueError(f"switch-arch converts between {' and '.join(_DECODER_ONLY)} only "
                      f"(identical parameter trees); {step_dir} is {source_arch!r} and the "
                      f"target is {arch!r}. The encoder-decoder's parameters differ.")
-  dst = os.path.abspath(os.path.expanduser(dst))
-  target_dir = os.path.join(dst, CHECKPOINTS, str(step))
-  if os.path.exists(os.path.join(dst, CHECKPOINTS)) and os.listdir(os.path.join(dst,
-                                                                               CHECKPOINTS)):
+  dst = paths.normalize(dst, "model directory")
+  if paths.listdir(paths.join(dst, CHECKPOINTS)):
     raise ValueError(f"{dst} already holds checkpoints; choose a new MODEL_DIR for the "
                      f"{arch} copy.")
-  os.makedirs(os.path.dirname(target_dir), exist_ok=True)
-  tmp_dir = target_dir + ".tmp-switch"
-  shutil.copytree(step_dir, tmp_dir)
+  target_dir = paths.join(dst, CHECKPOINTS, str(step))
   entry = {"checkpoint": step_dir, "step": step, "arch": source_arch, "task": meta.get("task"),
            "conversion": f"switch-arch {source_arch} -> {arch}"}
   meta = dict(meta, arch=arch, lineage=list(meta.get("lineage") or []) + [entry])
-  with open(os.path.join(tmp_dir, checkpoints.META, "metadata"), "w") as f:
-    json.dump(meta, f)
-  os.rename(tmp_dir, target_dir)
+  _copy_step(step_dir, target_dir, meta)
   return target_dir
+
+
+def _copy_step(step_dir: str, target_dir: str, meta: dict):
+  """Copy a step directory with a new meta so that it is seen only when complete: a
+  local copy is renamed into place at the end; a remote one is written in place and, on
+  gs://, marked complete last with orbax's `commit_success.txt` files."""
+  remote = paths.is_remote(target_dir)
+  work = target_dir if remote else target_dir + ".tmp-switch"
+  paths.copytree(step_dir, work, skip=(COMMIT_FILE,))
+  paths.write_text(paths.join(work, checkpoints.META, "metadata"), json.dumps(meta))
+  if not remote:
+    os.rename(work, target_dir)
+  elif paths.scheme(target_dir) == "gs":
+    items = [paths.join(work, name) for name in paths.listdir(work)
+             if paths.isdir(paths.join(work, name))]
+    for directory in items + [work]:
+      paths.write_text(paths.join(directory, COMMIT_FILE),
+                       f"Checkpoint commit was successful to {directory}")

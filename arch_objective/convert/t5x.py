@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorstore as ts
 
+from arch_objective import paths
 from arch_objective.convert import param_tree
 
 VERSION = 3
@@ -60,7 +61,12 @@ _GCS = re.compile(r"^gs://([^/]+)/?(.*)$")
 # Storage: local directories and gs:// through tensorstore's key-value stores
 # ---------------------------------------------------------------------------
 def _split_gcs(path: str) -> Optional[tuple[str, str]]:
-  """`gs://bucket/a/b` -> ('bucket', 'a/b'); None for a local path."""
+  """`gs://bucket/a/b` -> ('bucket', 'a/b'); None for a local path. Other schemes are
+  refused: t5x checkpoints go through tensorstore's file and gcs drivers only."""
+  if paths.is_remote(path) and paths.scheme(path) != "gs":
+    raise ValueError(f"t5x checkpoint path {path!r}: only local paths and gs:// are "
+                     f"supported (tensorstore's file and gcs drivers), found "
+                     f"'{paths.scheme(path)}://'.")
   m = _GCS.match(path)
   return (m.group(1), m.group(2).rstrip("/")) if m else None
 

@@ -7,7 +7,8 @@
                           model_args="checkpoint=/runs/cd_flm,truncation=paper", tasks=[...])
 
 (the second needs this module imported first). `run_harness` runs a task list and writes
-`harness_results.json` and `summary.md`; `arch-objective eval harness` is its command.
+`harness_results.json` and `summary.md`; `arch-objective eval harness` and the gin
+configurable `eval_harness` (`evaluation/runs.py`) call it.
 
 How each request type reads (spec §4.2):
   loglikelihood          (context, continuation) -> (sum of log p(continuation tokens),
@@ -47,21 +48,19 @@ quantity, "an accepted answer is the greedy continuation", as `exact_match`).
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging
 import math
 import os
 import pathlib
-import sys
 from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arch_objective import losses, models
+from arch_objective import losses, models, paths
 from arch_objective.evaluation.rank_classification import (Request, _batch_rows, _bucket,
                                                           _decoder_batch, _ed_chunks, _pow2)
 
@@ -97,6 +96,7 @@ EAI_EVAL_TASKS = tuple(PAPER_TASK_NAMES.values())
 EAI_EVAL = "eai_eval"
 # The metric that carries the paper's `acc` where lm-eval 0.4 names it otherwise.
 EAI_METRICS = {"webqs": "exact_match", "triviaqa": "exact_match"}
+RESULTS_FILE, SUMMARY_FILE = "harness_results.json", "summary.md"
 HARNESS_TASKS_DIR = str(pathlib.Path(__file__).resolve().parent / "harness_tasks")
 
 
@@ -357,6 +357,7 @@ class ArchObjectiveLM(_LM_BASE):
       vocab = vocabularies.SentencePieceVocabulary(os.fspath(vocab))
     self.model, self.params, self.vocab = model, params, vocab
     self.is_ed = model.name == models.ENCODER_DECODER
+    self.dtype = str(model.config.dtype)
     self.truncation = truncation
     defaults = DEFAULT_LENGTHS[truncation]
     self.inputs_length = int(inputs_length or defaults[0])
@@ -437,7 +438,7 @@ class ArchObjectiveLM(_LM_BASE):
   def get_model_info(self) -> dict:
     return {"arch_objective": {"checkpoint": self.checkpoint, "arch": self.model.name,
                                "step": self.step, "trained_as": self.meta.get("arch"),
-                               "truncation": self.truncation,
+                               "truncation": self.truncation, "dtype": self.dtype,
                                "inputs_length": self.inputs_length,
                                "targets_length": self.targets_length,
                                "max_length": None if self.is_ed else self.row_length}}
@@ -516,21 +517,23 @@ def task_manager(tasks: Sequence[str], include_path: Optional[str] = None):
 def run_harness(checkpoint, tasks: Sequence[str], *, include_path: Optional[str] = None,
                 arch: Optional[str] = None, vocabulary: Optional[str] = None,
                 truncation: str = "modern", limit=None, out_dir: str,
-                batch_tokens: int = DEFAULT_BATCH_TOKENS, bootstrap_iters: int = 100000
-                ) -> dict:
+                batch_tokens: int = DEFAULT_BATCH_TOKENS, dtype: str = "float32",
+                bootstrap_iters: int = 100000) -> dict:
   """Zero-shot `tasks` on a checkpoint path (or an `ArchObjectiveLM` already built).
 
   Writes `out_dir/harness_results.json` (the harness's results, JSON-serialisable entries
-  only) and `out_dir/summary.md` (see `summarize`); returns the results dict.
+  only) and `out_dir/summary.md` (see `summarize`), local or remote; returns the results.
+  `dtype` is the activation dtype of a checkpoint's model.
   """
   import lm_eval
   names = expand_tasks(tasks)
   manager = task_manager(names, include_path)          # unknown tasks fail before loading
+  out_dir = paths.normalize(out_dir, "output directory")
   if isinstance(checkpoint, ArchObjectiveLM):
     lm = checkpoint
   else:
     lm = ArchObjectiveLM(checkpoint=checkpoint, arch=arch, vocabulary=vocabulary,
-                         truncation=truncation, batch_tokens=batch_tokens)
+                         truncation=truncation, batch_tokens=batch_tokens, dtype=dtype)
   results = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=0, limit=limit,
                                     task_manager=manager, log_samples=False,
                                     bootstrap_iters=bootstrap_iters)
@@ -538,11 +541,9 @@ def run_harness(checkpoint, tasks: Sequence[str], *, include_path: Optional[str]
   results["arch_objective"] = {"checkpoint": None if isinstance(checkpoint, ArchObjectiveLM)
                                else str(checkpoint), "tasks": names, "limit": limit,
                                **lm.get_model_info()["arch_objective"]}
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "harness_results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  with open(os.path.join(out_dir, "summary.md"), "w") as f:
-    f.write(summarize(results)["markdown"])
+  paths.makedirs(out_dir)
+  paths.write_text(paths.join(out_dir, RESULTS_FILE), json.dumps(results, indent=2))
+  paths.write_text(paths.join(out_dir, SUMMARY_FILE), summarize(results)["markdown"])
   return results
 
 
@@ -597,55 +598,3 @@ def summarize(results: dict) -> dict:
     lines += ["", f"No accuracy reported for: {', '.join(missing)}."]
   return {"acc": acc, "metric": metric, "mean": mean, "missing": missing,
           "markdown": "\n".join(lines) + "\n"}
-
-
-# ----------------------------------------------------------------------------------------
-# `arch-objective eval harness`
-# ----------------------------------------------------------------------------------------
-def _limit(text: str):
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"--limit expects a number of examples (or a "
-                                     f"fraction < 1), found {text!r}.") from None
-  return int(value) if value >= 1 and value == int(value) else value
-
-
-def add_parser(eval_subparsers) -> argparse.ArgumentParser:
-  """Adds `harness` to the `eval` subcommands."""
-  p = eval_subparsers.add_parser(
-      "harness", help="EAI-Eval: lm-evaluation-harness tasks, zero-shot")
-  p.add_argument("--checkpoint", required=True,
-                 help="a model directory (latest step) or MODEL_DIR/checkpoints/<step>")
-  p.add_argument("--tasks", nargs="+", required=True,
-                 help=f"lm-eval task names (space or comma separated); {EAI_EVAL} = the "
-                      f"paper's 31 tasks")
-  p.add_argument("--include_path", help="a folder of extra lm-eval task YAML files")
-  p.add_argument("--arch", choices=models.ARCHITECTURES,
-                 help="read a causal decoder checkpoint as non-causal or back")
-  p.add_argument("--vocabulary", help="SentencePiece model (default: the checkpoint's)")
-  p.add_argument("--truncation", choices=TRUNCATIONS, default="modern",
-                 help="paper: first 512 context / 114 continuation tokens (the paper's "
-                      "bridge); modern: keep the context's last tokens")
-  p.add_argument("--limit", type=_limit, help="first N examples of each task (testing only)")
-  p.add_argument("--batch_tokens", type=int, default=DEFAULT_BATCH_TOKENS,
-                 help="tokens per forward batch")
-  p.add_argument("--out", required=True,
-                 help="directory for harness_results.json and summary.md")
-  p.set_defaults(func=run)
-  return p
-
-
-def run(args) -> int:
-  try:
-    results = run_harness(args.checkpoint, args.tasks, include_path=args.include_path,
-                          arch=args.arch, vocabulary=args.vocabulary,
-                          truncation=args.truncation, limit=args.limit, out_dir=args.out,
-                          batch_tokens=args.batch_tokens)
-  except (ValueError, OSError, ImportError) as e:
-    print(f"arch-objective eval harness: {e}", file=sys.stderr)
-    return 2
-  print(summarize(results)["markdown"])
-  print(f"wrote {os.path.join(args.out, 'harness_results.json')} and "
-        f"{os.path.join(args.out, 'summary.md')}", file=sys.stderr)
-  return 0

@@ -9,14 +9,14 @@ from arch_objective.training import checkpoints
 _DECODER_ONLY = (models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER)
 
 
-def load_model(checkpoint: str, arch: Optional[str] = None, dtype: str = "float32"):
-  """(model, params, meta, step) of a model directory or `.../checkpoints/<step>`.
+def model_from_meta(meta: dict, checkpoint: str, arch: Optional[str] = None,
+                    dtype: str = "float32") -> models.BaseModel:
+  """The model a checkpoint's meta describes (no parameters are read).
 
-  The architecture and config come from the checkpoint; `arch` may switch a causal
-  decoder checkpoint to the non-causal decoder or back (same parameters), nothing else.
-  Activations run in `dtype` (float32 for T0-Eval, as the paper).
+  The architecture and config come from the meta; `arch` may switch a causal decoder
+  checkpoint to the non-causal decoder or back (same parameters), nothing else.
+  Activations run in `dtype`; dropout is off.
   """
-  params, meta, step = checkpoints.load_params(checkpoint)
   if "config" not in meta or "arch" not in meta:
     raise ValueError(f"checkpoint {checkpoint!r} has no model metadata (arch, config); was it "
                      f"written by `arch-objective train` or `convert`?")
@@ -28,5 +28,14 @@ def load_model(checkpoint: str, arch: Optional[str] = None, dtype: str = "float3
   config = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
   config["dtype"] = dtype
   config["dropout_rate"] = 0.0
-  model = models.build_model(arch, "tiny", **config)
+  return models.build_model(arch, "tiny", **config)
+
+
+def load_model(checkpoint: str, arch: Optional[str] = None, dtype: str = "float32"):
+  """(model, params, meta, step) of a model directory or `.../checkpoints/<step>`,
+  local or remote (`gs://...`); see `model_from_meta` for `arch` and `dtype` (float32
+  for T0-Eval, as the paper)."""
+  meta, _ = checkpoints.load_meta(checkpoint)
+  model = model_from_meta(meta, checkpoint, arch, dtype)   # a bad `arch` fails before reading
+  params, meta, step = checkpoints.load_params(checkpoint)
   return model, params, meta, step

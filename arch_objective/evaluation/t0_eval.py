@@ -14,12 +14,12 @@ Accuracies are percentages.
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from arch_objective import paths
 from arch_objective.evaluation.rank_classification import RankScorer, Request
 from arch_objective.prompts import datasets as datasets_lib
 from arch_objective.prompts import t0, templates
@@ -161,11 +161,12 @@ def markdown(results: dict, title: str = "T0-Eval", paper: bool = False) -> str:
 
 
 def write(results: dict, out_dir: str, paper: bool = False) -> tuple[str, str]:
-  os.makedirs(out_dir, exist_ok=True)
-  json_path = os.path.join(out_dir, "results.json")
-  md_path = os.path.join(out_dir, "results.md")
-  with open(json_path, "w") as f:
-    json.dump(results, f, indent=2)
-  with open(md_path, "w") as f:
-    f.write(markdown(results, paper=paper))
+  """Write `results.json` and `results.md` into `out_dir` (local or remote); returns
+  their paths."""
+  out_dir = paths.normalize(out_dir, "output directory")
+  paths.makedirs(out_dir)
+  json_path = paths.join(out_dir, "results.json")
+  md_path = paths.join(out_dir, "results.md")
+  paths.write_text(json_path, json.dumps(results, indent=2))
+  paths.write_text(md_path, markdown(results, paper=paper))
   return json_path, md_path

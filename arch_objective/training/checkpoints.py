@@ -6,18 +6,20 @@
           continues on exactly the batches it would have seen
   meta    the architecture, model config and vocabulary, checked on restore
 Saves are asynchronous; orbax writes each step into a temporary directory that is
-renamed into place only when complete, so a process killed mid-save leaves the last
-good checkpoint as the latest one.
+renamed into place only when complete (on gs://, marked complete by a
+`commit_success.txt` file), so a process killed mid-save leaves the last good checkpoint
+as the latest one. Directories may be local or remote (`gs://...`, see `paths`).
 """
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from arch_objective import paths
 
 STATE, DATA, META = "state", "data", "meta"
 
@@ -26,11 +28,21 @@ class CheckpointError(ValueError):
   """A checkpoint that is missing or does not fit the model."""
 
 
+def checkpoint_path(path: str, what: str) -> str:
+  """`paths.normalize(path)`, refusing remote schemes orbax cannot write (it writes
+  gs:// through tensorstore's gcs driver and everything else as local files)."""
+  path = paths.normalize(path, what)
+  if paths.is_remote(path) and paths.scheme(path) != "gs":
+    raise CheckpointError(f"{what} {path!r}: checkpoints are kept on a local disk or on "
+                          f"gs://; found '{paths.scheme(path)}://'.")
+  return path
+
+
 class Checkpoints:
   """Periodic saves and restores under `directory`."""
 
   def __init__(self, directory: str, *, keep: Optional[int] = None, async_save: bool = True):
-    self.directory = os.path.abspath(os.path.expanduser(directory))
+    self.directory = checkpoint_path(directory, "checkpoint directory")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True)
@@ -57,7 +69,7 @@ class Checkpoints:
 
   def saved_params(self, step: int) -> Any:
     """The tree of saved parameter metadata (shapes, dtypes) of a step."""
-    metadata = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), STATE))
+    metadata = ocp.StandardCheckpointer().metadata(paths.join(self.directory, str(step), STATE))
     return getattr(metadata, "item_metadata", metadata)["params"]
 
   def restore(self, abstract_state: Any, step: Optional[int] = None,
@@ -114,31 +126,55 @@ def cast_floating(tree: Any, dtype) -> Any:
 
 def split_checkpoint_path(path: str) -> tuple[str, Optional[int]]:
   """`.../checkpoints/<step>` -> (checkpoints dir, step); a model dir -> (its
-  checkpoints dir, None for the latest)."""
-  path = os.path.abspath(os.path.expanduser(path.rstrip("/")))
-  if os.path.basename(path).isdigit():
-    return os.path.dirname(path), int(os.path.basename(path))
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    return os.path.join(path, "checkpoints"), None
+  checkpoints dir, None for the latest). Local paths come back absolute, remote ones
+  (`gs://...`) verbatim."""
+  path = checkpoint_path(path, "checkpoint")
+  if paths.basename(path).isdigit():
+    return paths.dirname(path), int(paths.basename(path))
+  if paths.isdir(paths.join(path, "checkpoints")):
+    return paths.join(path, "checkpoints"), None
   return path, None
+
+
+def complete_steps(directory: str) -> list[int]:
+  """The steps of `directory` whose save completed, ascending (orbax's own test: no
+  temporary name locally, a `commit_success.txt` on gs://)."""
+  if not paths.isdir(directory):
+    return []
+  return sorted(ocp.path.step.checkpoint_steps(directory))
+
+
+def step_directory(path: str) -> tuple[str, int]:
+  """(`.../checkpoints/<step>`, step) of a checkpoint path (the latest complete step of
+  a model directory); CheckpointError if there is none."""
+  directory, step = split_checkpoint_path(path)
+  if not paths.isdir(directory):
+    raise CheckpointError(f"checkpoint {path!r}: no such directory {directory!r}.")
+  if step is None:
+    steps = complete_steps(directory)
+    if not steps:
+      raise CheckpointError(f"checkpoint {path!r}: no complete checkpoint in {directory}.")
+    step = steps[-1]
+  return paths.join(directory, str(step)), step
+
+
+def load_meta(path: str) -> tuple[dict, int]:
+  """(meta, step) of a checkpoint without reading any array: the meta JSON (arch,
+  config, vocabulary, lineage; empty if the checkpoint has none)."""
+  step_dir, step = step_directory(path)
+  meta_path = paths.join(step_dir, META, "metadata")
+  meta = json.loads(paths.read_text(meta_path)) if paths.exists(meta_path) else {}
+  return meta, step
 
 
 def load_params(path: str, dtype=None) -> tuple[Any, dict, int]:
   """(parameters, meta, step) of a checkpoint, without the optimiser state, as host
   numpy arrays. `path` is a model directory (latest step), its `checkpoints/`
-  directory, or `.../checkpoints/<step>`."""
-  directory, step = split_checkpoint_path(path)
-  if not os.path.isdir(directory):
-    raise CheckpointError(f"checkpoint {path!r}: no such directory {directory!r}.")
-  if step is None:
-    steps = sorted(int(p) for p in os.listdir(directory) if p.isdigit())
-    if not steps:
-      raise CheckpointError(f"checkpoint {path!r}: no complete checkpoint in {directory}.")
-    step = steps[-1]
-  step_dir = os.path.join(directory, str(step))
-  if not os.path.isdir(os.path.join(step_dir, STATE)):
+  directory, or `.../checkpoints/<step>`, local or remote."""
+  step_dir, step = step_directory(path)
+  state_dir = paths.join(step_dir, STATE)
+  if not paths.isdir(state_dir):
     raise CheckpointError(f"checkpoint {step_dir} has no '{STATE}' item; is it one of ours?")
-  state_dir = os.path.join(step_dir, STATE)
   checkpointer = ocp.PyTreeCheckpointer()
   saved = checkpointer.metadata(state_dir)
   saved = getattr(saved, "item_metadata", saved)
@@ -151,9 +187,5 @@ def load_params(path: str, dtype=None) -> tuple[Any, dict, int]:
   restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
       item={"params": item}, restore_args={"params": restore_args}, partial_restore=True))
   params = cast_floating(restored["params"], dtype)
-  meta_path = os.path.join(step_dir, META, "metadata")
-  meta = {}
-  if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      meta = json.load(f)
+  meta, _ = load_meta(step_dir)
   return params, meta, step

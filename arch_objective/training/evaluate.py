@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Optional, Sequence
 
 import jax
 
-from arch_objective import models
+from arch_objective import models, paths
 from arch_objective.training import (checkpoints, data, optimizers, partitioning, train,
                                      trainer)
 
@@ -17,8 +16,10 @@ def evaluate(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetCo
              mesh_model: int = 1, devices: Optional[Sequence[Any]] = None) -> dict:
   """Evaluate checkpoint `step` (the latest if None) of `model_dir`.
 
-  Writes `model_dir/eval/<task>_<split>_<step>.json` and returns the metrics.
+  Writes `model_dir/eval/<task>_<split>_<step>.json` (local or remote `model_dir`) and
+  returns the metrics.
   """
+  model_dir = paths.normalize(model_dir, "MODEL_DIR")
   mesh = partitioning.make_mesh(mesh_data, mesh_model, devices)
   partitioner = partitioning.Partitioner(mesh)
   partitioner.check_batch_size(dataset.batch_size)
@@ -29,7 +30,7 @@ def evaluate(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetCo
   abstract = jax.eval_shape(lambda r: trainer.init_state(model, tx, input_shapes, r),
                             jax.random.PRNGKey(0))
   shardings = train.state_shardings(partitioner, model, abstract, input_shapes)
-  ckpt = checkpoints.Checkpoints(os.path.join(os.path.abspath(model_dir), "checkpoints"))
+  ckpt = checkpoints.Checkpoints(paths.join(model_dir, "checkpoints"))
   vocab = spec.vocab()
   with partitioner.activation_context():
     state, _, meta = ckpt.restore(train._with_shardings(abstract, shardings), step,
@@ -39,10 +40,9 @@ def evaluate(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetCo
   result.update(step=int(state.step), task=spec.name, split=dataset.split,
                 arch=model.name, trained_as=meta.get("arch"))
   if jax.process_index() == 0:
-    out_dir = os.path.join(model_dir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"{spec.name}_{dataset.split}_{int(state.step)}.json")
-    with open(path, "w") as f:
-      json.dump(result, f, indent=2)
+    out_dir = paths.join(model_dir, "eval")
+    paths.makedirs(out_dir)
+    path = paths.join(out_dir, f"{spec.name}_{dataset.split}_{int(state.step)}.json")
+    paths.write_text(path, json.dumps(result, indent=2))
     result["path"] = path
   return result

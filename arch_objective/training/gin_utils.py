@@ -7,12 +7,16 @@ Configurable names (what gin files bind):
   DatasetConfig          arch_objective.training.data.DatasetConfig
   adafactor              arch_objective.training.optimizers.adafactor
   learning_rate_schedule arch_objective.training.optimizers.make_schedule
+  eval_t0, eval_harness  arch_objective.evaluation.runs (registered when that module is
+                         imported, as gin/runs/eval_*.gin do)
 
 The repository's `gin/` directory is on the search path whether the package is
 installed editable (the source tree) or as a wheel (shipped as `arch_objective.gin_files`).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import pathlib
 import re
@@ -79,6 +83,26 @@ def _texts(files: Sequence[str]) -> list[str]:
   return texts
 
 
+class _GinSearchNoise(logging.Filter):
+  """Drops gin's "Path not found" line: gin logs it at ERROR level for each search path
+  it tries before the one that holds an included file. A file found nowhere still fails:
+  `_locate` raises for it before gin parses anything."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    from_gin = record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
+    return not (from_gin and record.getMessage().startswith("Path not found: "))
+
+
+@contextlib.contextmanager
+def _quiet_gin_search():
+  root, noise = logging.getLogger(), _GinSearchNoise()
+  root.addFilter(noise)
+  try:
+    yield
+  finally:
+    root.removeFilter(noise)
+
+
 _MACRO_BINDING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 
 
@@ -96,7 +120,8 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (),
   files = [_locate(f) for f in gin_files]
   _check_macro_bindings(files, bindings)
   try:
-    gin.parse_config_files_and_bindings(files, list(bindings), skip_unknown=False)
+    with _quiet_gin_search():
+      gin.parse_config_files_and_bindings(files, list(bindings), skip_unknown=False)
   except (ValueError, KeyError) as e:
     required = re.search(r"([A-Za-z0-9_]+)/macro.value set to `%gin.REQUIRED`", str(e))
     if required:

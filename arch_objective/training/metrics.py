@@ -5,31 +5,75 @@ rows carry `"split": "validation"`). TensorBoard files go to `MODEL_DIR/tensorbo
 when TensorFlow is importable (it is not on every accelerator machine; the JSON log is
 always written). On a terminal a progress line with the ETA is redrawn in place;
 otherwise one line per logged step is printed.
+
+A remote MODEL_DIR (`gs://...`) cannot be appended to: the log is kept in memory and
+the whole file rewritten at most every `remote_flush_seconds` and on `close`
+(TensorBoard writes to gs:// itself).
 """
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Mapping, Optional, TextIO
 
+from arch_objective import paths
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _tensorboard_writer(logdir: str):
+  """(tf module, summary writer) for `logdir`, or (None, None) without TensorFlow."""
+  try:
+    import tensorboard  # noqa: F401  (tf.summary needs it)
+    import tensorflow as tf
+  except ImportError:
+    return None, None
+  return tf, tf.summary.create_file_writer(logdir)
+
+
+class _JsonLines:
+  """Appends lines to a local file; for a remote one, rewrites it whole now and then."""
+
+  def __init__(self, path: str, remote_flush_seconds: float):
+    self.path, self.remote = path, paths.is_remote(path)
+    self.every, self.last_flush = remote_flush_seconds, time.time()
+    if self.remote:
+      self.lines = [paths.read_text(path)] if paths.exists(path) else []
+    else:
+      self.file = open(path, "a", encoding="utf-8")
+
+  def write(self, line: str):
+    if not self.remote:
+      self.file.write(line)
+      self.file.flush()
+      return
+    self.lines.append(line)
+    if time.time() - self.last_flush >= self.every:
+      self.flush()
+
+  def flush(self):
+    if self.remote:
+      paths.write_text(self.path, "".join(self.lines))
+      self.last_flush = time.time()
+
+  def close(self):
+    if self.remote:
+      self.flush()
+    else:
+      self.file.close()
+
 
 class MetricsWriter:
-  def __init__(self, model_dir: str, enabled: bool = True):
+  def __init__(self, model_dir: str, enabled: bool = True,
+               remote_flush_seconds: float = 60.0):
     self.enabled = enabled
     self._jsonl = None
     self._tb = None
     if not enabled:
       return
-    self._jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a", encoding="utf-8")
-    try:
-      import tensorboard  # noqa: F401  (tf.summary needs it)
-      import tensorflow as tf
-      self._tf = tf
-      self._tb = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
-    except ImportError:
-      self._tb = None
+    self._jsonl = _JsonLines(paths.join(model_dir, METRICS_FILE), remote_flush_seconds)
+    self._tf, self._tb = _tensorboard_writer(paths.join(model_dir, "tensorboard"))
 
   def write(self, step: int, scalars: Mapping[str, float], split: str = "train"):
     if not self.enabled:
@@ -38,7 +82,6 @@ class MetricsWriter:
     if split != "train":
       row["split"] = split
     self._jsonl.write(json.dumps(row) + "\n")
-    self._jsonl.flush()
     if self._tb is not None:
       with self._tb.as_default():
         for key, value in scalars.items():

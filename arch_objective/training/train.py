@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arch_objective import models
+from arch_objective import models, paths
 from arch_objective.training import (checkpoints, data, metrics as metrics_lib, optimizers,
                                      partitioning, trainer)
 
@@ -40,15 +40,17 @@ class TrainResult:
 
 
 def _check_model_dir(model_dir: str) -> str:
-  model_dir = os.path.abspath(os.path.expanduser(model_dir))
+  """`model_dir` normalised (local: absolute; gs://: verbatim), created, and proved
+  writable."""
+  model_dir = checkpoints.checkpoint_path(model_dir, "MODEL_DIR")
+  probe = paths.join(model_dir, f".write_probe_{jax.process_index()}_{os.getpid()}")
   try:
-    os.makedirs(model_dir, exist_ok=True)
-    probe = os.path.join(model_dir, f".write_probe_{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise ValueError(f"MODEL_DIR {model_dir!r} cannot be written ({e.strerror}); choose a "
+    paths.makedirs(model_dir)
+    paths.write_text(probe, "ok")
+    paths.remove(probe)
+  except Exception as e:  # the storage backends raise their own error types
+    reason = getattr(e, "strerror", None) or f"{type(e).__name__}: {e}"
+    raise ValueError(f"MODEL_DIR {model_dir!r} cannot be written ({reason}); choose a "
                      f"directory you can write to (--gin.MODEL_DIR=...).") from e
   return model_dir
 
@@ -134,7 +136,7 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
   meta = {"arch": model.name, "config": dataclasses.asdict(model.config),
           "vocabulary": vocab.path, "vocab_size": vocab.vocab_size, "task": spec.name}
 
-  ckpt = checkpoints.Checkpoints(os.path.join(model_dir, "checkpoints"), keep=keep_checkpoints,
+  ckpt = checkpoints.Checkpoints(paths.join(model_dir, "checkpoints"), keep=keep_checkpoints,
                                  async_save=async_checkpoints)
   start_step = ckpt.latest_step() or 0
   shard = dict(shard_index=jax.process_index(), num_shards=jax.process_count())
@@ -202,8 +204,7 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
       window_tokens += summary["num_tokens"]
       history.append({"step": step + 1, **summary})
       if step == start_step and is_chief and config_text is not None:
-        with open(os.path.join(model_dir, "config.gin"), "w") as f:
-          f.write(config_text())
+        paths.write_text(paths.join(model_dir, "config.gin"), config_text())
       done = step + 1
       if done % log_every == 0 or done == train_steps:
         elapsed = time.time() - window_t
@@ -245,7 +246,7 @@ def _reset(state, tx, reset_step: bool, reset_optimizer: bool, reset_schedule: b
 
 def _restore_initial(path: str, target, meta: dict) -> tuple[Any, list]:
   directory, step = checkpoints.split_checkpoint_path(path)
-  if not os.path.isdir(directory):
+  if not paths.isdir(directory):
     raise checkpoints.CheckpointError(f"restore_checkpoint {path!r}: no such checkpoint "
                                       f"directory {directory!r}.")
   source = checkpoints.Checkpoints(directory)
@@ -253,7 +254,7 @@ def _restore_initial(path: str, target, meta: dict) -> tuple[Any, list]:
     state, _, saved = source.restore(target, step, expected_meta=meta)
   finally:
     source.close()
-  entry = {"checkpoint": os.path.join(directory, str(int(state.step))),
+  entry = {"checkpoint": paths.join(directory, str(int(state.step))),
            "step": int(state.step), "arch": saved.get("arch"), "task": saved.get("task")}
   if saved.get("arch") != meta["arch"]:
     print(f"restoring a {saved.get('arch')} checkpoint into a {meta['arch']} model (the "

@@ -1,0 +1,393 @@
+"""Evaluation runs: T0-Eval and EAI-Eval as gin configurables and as commands.
+
+  eval_t0(checkpoint=..., ...)       T0-Eval of one checkpoint (`t0_eval`): results.json, .md
+  eval_harness(checkpoint=..., ...)  EAI-Eval through lm-evaluation-harness (`harness`)
+
+Both are gin configurables of the same names (`gin/runs/eval_t0.gin`,
+`gin/runs/eval_harness.gin` bind them; importing this module registers them) and the
+commands `arch-objective eval t0|harness`:
+
+  arch-objective eval t0 --checkpoint PATH [options]                  options only
+  arch-objective eval t0 --gin_file FILE [--gin.NAME=VALUE ...] [options]
+
+With --gin_file the gin files and bindings configure the run, and every option given on
+the command line overrides them: it is bound after them, to the macro that feeds its
+parameter (`--max_examples 8` sets MAX_EXAMPLES) or else to the parameter itself, so
+`--checkpoint` also satisfies the run file's required CHECKPOINT_PATH.
+
+Results go to `out_dir` (`--out`), else next to the checkpoint, local or remote:
+`<model dir>/eval_t0/<step>/` and `<model dir>/eval_harness/<step>/`. A gin run also
+writes its operative config there (`config.gin`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+import sys
+from typing import Callable, Optional, Sequence
+
+from arch_objective import models, paths
+from arch_objective.evaluation import loading, rank_classification, t0_eval
+from arch_objective.training import checkpoints
+
+EVAL_T0, EVAL_HARNESS = "eval_t0", "eval_harness"
+CONFIG_FILE = "config.gin"
+# Mirrors harness.DEFAULT_BATCH_TOKENS and harness.EAI_EVAL (harness imports lm_eval).
+_HARNESS_BATCH_TOKENS = 16384
+_EAI_EVAL = "eai_eval"
+
+
+@dataclasses.dataclass
+class EvalRun:
+  results: dict          # what results.json (T0) or harness_results.json (EAI) holds
+  files: list[str]       # the files written
+  markdown: str          # the summary table
+
+
+def _stderr(message: str):
+  print(message, file=sys.stderr, flush=True)
+
+
+def default_out_dir(checkpoint: str, step: int, kind: str) -> str:
+  """`<model dir>/<kind>/<step>` for a model directory or `.../checkpoints/<step>`."""
+  directory, _ = checkpoints.split_checkpoint_path(checkpoint)
+  model_dir = (paths.dirname(directory) if paths.basename(directory) == "checkpoints"
+               else directory)
+  return paths.join(model_dir, kind, str(step))
+
+
+def _require_checkpoint(checkpoint, kind: str) -> str:
+  if not checkpoint:
+    raise ValueError(f"{kind}: no checkpoint; give --checkpoint PATH (a MODEL_DIR or "
+                     f"MODEL_DIR/checkpoints/<step>) or bind CHECKPOINT_PATH in the gin "
+                     f"run (--gin.CHECKPOINT_PATH=\"'PATH'\").")
+  return str(checkpoint)
+
+
+def _names(value, what: str) -> Optional[list[str]]:
+  """A list of names from a list, a tuple or one string (None stays None)."""
+  if value is None:
+    return None
+  if isinstance(value, str):
+    return [value]
+  if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+    raise ValueError(f"{what} must be a list of names, found {value!r}.")
+  return list(value)
+
+
+def _write_config(out_dir: str, config_text: Optional[Callable[[], str]]) -> list[str]:
+  if config_text is None:
+    return []
+  path = paths.join(out_dir, CONFIG_FILE)
+  paths.write_text(path, config_text())
+  return [path]
+
+
+def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
+            arch: Optional[str] = None, datasets: Optional[Sequence[str]] = None,
+            data_dir: Optional[str] = None, mapping: Optional[str] = None,
+            max_examples: Optional[int] = None, normalize: bool = False,
+            vocabulary: Optional[str] = None, inputs_length: int = 1024,
+            targets_length: int = 256, bootstrap: int = 0, paper: bool = False,
+            log: Callable[[str], None] = _stderr,
+            config_text: Optional[Callable[[], str]] = None) -> EvalRun:
+  """T0-Eval of `checkpoint` (spec §4.1): every answer choice of every prompt scored by
+  its summed log-likelihood (per token with `normalize`), accuracy per prompt, median
+  over prompts, mean over `datasets` (None: the 11 of the suite).
+
+  `arch` reads a causal decoder checkpoint as non-causal or back; `vocabulary` defaults
+  to the checkpoint's; prompts keep their first `inputs_length` tokens and choices their
+  first `targets_length`; `bootstrap` > 0 adds a 95% interval of the average;
+  `paper` adds the paper's numbers to results.md.
+  """
+  from arch_objective.data import vocabularies
+  from arch_objective.prompts import datasets as datasets_lib
+  checkpoint = _require_checkpoint(checkpoint, EVAL_T0)
+  suite = t0_eval.select(_names(datasets, "datasets"))
+  model, params, meta, step = loading.load_model(checkpoint, arch)
+  vocab_path = vocabulary or meta.get("vocabulary")
+  if not vocab_path:
+    raise ValueError(f"checkpoint {checkpoint!r} records no vocabulary; give --vocabulary "
+                     f"(a SentencePiece .model) or bind VOCABULARY.")
+  vocab = vocabularies.SentencePieceVocabulary(vocab_path)
+  scorer = rank_classification.RankScorer(model, params, inputs_length=inputs_length,
+                                          targets_length=targets_length)
+  results = t0_eval.evaluate_suite(
+      scorer, vocab.encode, suite=suite, data_dir=data_dir,
+      mapping=datasets_lib.load_mapping(mapping), max_examples=max_examples,
+      normalize=normalize, bootstrap=bootstrap, log=log)
+  results.update(checkpoint=checkpoint, step=step, arch=model.name,
+                 trained_as=meta.get("arch"), lineage=meta.get("lineage", []))
+  out_dir = out_dir or default_out_dir(checkpoint, step, EVAL_T0)
+  files = list(t0_eval.write(results, out_dir, paper=paper))
+  files += _write_config(out_dir, config_text)
+  return EvalRun(results, files, t0_eval.markdown(results, paper=paper))
+
+
+def eval_harness(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
+                 tasks: Sequence[str] = (_EAI_EVAL,), include_path: Optional[str] = None,
+                 arch: Optional[str] = None, vocabulary: Optional[str] = None,
+                 truncation: str = "modern", limit=None,
+                 batch_tokens: int = _HARNESS_BATCH_TOKENS, dtype: str = "float32",
+                 bootstrap_iters: int = 100000, log: Callable[[str], None] = _stderr,
+                 config_text: Optional[Callable[[], str]] = None) -> EvalRun:
+  """EAI-Eval of `checkpoint` (spec §4.2): lm-evaluation-harness `tasks` zero-shot
+  (`eai_eval` = the paper's 31), summarised with `acc`; see `harness.run_harness` for
+  `truncation` (paper | modern), `limit`, `batch_tokens` and `dtype` (activations)."""
+  from arch_objective.evaluation import harness
+  checkpoint = _require_checkpoint(checkpoint, EVAL_HARNESS)
+  names = _names(tasks, "tasks")
+  if out_dir is None:
+    _, step = checkpoints.load_meta(checkpoint)
+    out_dir = default_out_dir(checkpoint, step, EVAL_HARNESS)
+  log(f"EAI-Eval of {checkpoint}: {', '.join(names)} -> {out_dir}")
+  results = harness.run_harness(checkpoint, names, include_path=include_path, arch=arch,
+                                vocabulary=vocabulary, truncation=truncation, limit=limit,
+                                out_dir=out_dir, batch_tokens=batch_tokens, dtype=dtype,
+                                bootstrap_iters=bootstrap_iters)
+  files = [paths.join(out_dir, harness.RESULTS_FILE), paths.join(out_dir, harness.SUMMARY_FILE)]
+  files += _write_config(out_dir, config_text)
+  return EvalRun(results, files, harness.summarize(results)["markdown"])
+
+
+RUNS = {EVAL_T0: eval_t0, EVAL_HARNESS: eval_harness}
+_NOT_BINDABLE = ("log", "config_text")
+
+
+def parameters(kind: str) -> list[str]:
+  """The gin-bindable parameters of an evaluation run."""
+  return [p for p in inspect.signature(RUNS[kind]).parameters if p not in _NOT_BINDABLE]
+
+
+_REGISTERED = False
+
+
+def register_gin():
+  """Make `eval_t0` and `eval_harness` bindable from gin (idempotent)."""
+  global _REGISTERED
+  if _REGISTERED:
+    return
+  import gin
+  with gin.unlock_config():
+    for name, fn in RUNS.items():
+      gin.external_configurable(fn, name, denylist=list(_NOT_BINDABLE))
+  _REGISTERED = True
+
+
+register_gin()
+
+
+# ----------------------------------------------------------------------------------------
+# Gin: which run the files configure, its bound values, `plan`
+# ----------------------------------------------------------------------------------------
+def _binding(kind: str, param: str):
+  """(bound value, macro name or None) of `kind.param`; (None, None) if unbound."""
+  import gin
+  try:
+    value = gin.query_parameter(f"{kind}.{param}")
+  except ValueError:
+    return None, None
+  text = str(value)
+  if not text.startswith("%"):
+    return value, None
+  macro = text[1:]
+  try:
+    return gin.query_parameter(f"{macro}/macro.value"), macro
+  except ValueError:
+    return None, macro
+
+
+def configured_run(kind: Optional[str] = None) -> Optional[str]:
+  """The evaluation run the parsed gin config binds (`kind` only, if given), or None."""
+  kinds = [kind] if kind else list(RUNS)
+  for k in kinds:
+    if any(_binding(k, p) != (None, None) for p in parameters(k)):
+      return k
+  return None
+
+
+def bound_values(kind: str) -> dict:
+  """`{param: value}` of every bound parameter of `kind` (macros resolved)."""
+  values = {}
+  for param in parameters(kind):
+    value, macro = _binding(kind, param)
+    if value is not None or macro is not None:
+      values[param] = value
+  return values
+
+
+def _option_bindings(kind: str, gin_files: Sequence[str], bindings: Sequence[str],
+                     given: dict) -> tuple[list[str], dict[str, str]]:
+  """Gin bindings of the options given on the command line (`MACRO = value` where the
+  files feed the parameter from a macro, else `kind.param = value`), and which
+  parameter each macro feeds."""
+  from arch_objective.training import plan
+  plan.parse_with_placeholders(gin_files, bindings)
+  if configured_run(kind) is None:
+    raise ValueError(f"the gin files {list(gin_files)} configure no {kind} run (no "
+                     f"{kind}.* binding); include 'runs/{kind}.gin' or an experiment that "
+                     f"does, e.g. experiments/paper/{kind}.gin.")
+  feeds = {_binding(kind, p)[1]: p for p in parameters(kind) if _binding(kind, p)[1]}
+  macros = {p: m for m, p in feeds.items()}
+  out = [f"{macros.get(p) or kind + '.' + p} = {value!r}" for p, value in given.items()]
+  return out, feeds
+
+
+def run_from_gin(kind: str, gin_files: Sequence[str], bindings: Sequence[str] = (),
+                 given: Optional[dict] = None,
+                 log: Callable[[str], None] = _stderr) -> EvalRun:
+  """Run `kind` as the gin files and bindings configure it; `given` ({param: value},
+  the command-line options) is bound last, so it wins, and the operative config that
+  lands next to the results records it."""
+  import gin
+  from arch_objective.training import gin_utils
+  extra, feeds = _option_bindings(kind, gin_files, bindings, dict(given or {}))
+  try:
+    gin_utils.parse(gin_files, list(bindings) + extra)
+  except ValueError as e:
+    required = re.search(r"gin macro (\w+) is required", str(e))
+    if required and required.group(1) in feeds:
+      raise ValueError(f"{e} (or give {_flag(feeds[required.group(1)])})") from None
+    raise
+  return gin.get_configurable(kind)(log=log, config_text=gin.operative_config_str)
+
+
+def plan_eval(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> Optional[dict]:
+  """`arch-objective plan` of an evaluation run (None if the files configure none): the
+  settings, and the model, step and lineage of the checkpoint if one is set."""
+  from arch_objective.training import plan
+  unset = plan.parse_with_placeholders(gin_files, bindings)
+  kind = configured_run()
+  if kind is None:
+    return None
+  settings = bound_values(kind)
+  report = {"gin_files": list(gin_files), "run": kind, "settings": settings,
+            "unset_macros": unset, "problems": [],
+            "note": "an evaluation run: no training budget, mesh or memory estimate."}
+  checkpoint = settings.get("checkpoint")
+  if not checkpoint:
+    report["note"] += (" Bind CHECKPOINT_PATH (e.g. --gin.CHECKPOINT_PATH=\"'gs://b/run'\") "
+                       "to see the model it evaluates.")
+    return report
+  try:
+    report.update(describe_checkpoint(str(checkpoint), settings.get("arch")))
+  except (ValueError, OSError) as e:
+    report["problems"].append(str(e))
+  return report
+
+
+def describe_checkpoint(checkpoint: str, arch: Optional[str] = None) -> dict:
+  """Architecture, parameter count, step and lineage of a checkpoint (reads its meta
+  only)."""
+  meta, step = checkpoints.load_meta(checkpoint)
+  model = loading.model_from_meta(meta, checkpoint, arch)
+  return {"checkpoint": checkpoint, "arch": model.name, "trained_as": meta.get("arch"),
+          "params": models.count_params(model), "step": step, "task": meta.get("task"),
+          "vocabulary": meta.get("vocabulary"), "lineage": meta.get("lineage", [])}
+
+
+# ----------------------------------------------------------------------------------------
+# `arch-objective eval t0|harness`
+# ----------------------------------------------------------------------------------------
+_FLAGS = {"out_dir": "--out"}
+_EPILOG = ("With --gin_file, the gin files and --gin.NAME=VALUE bindings configure the run "
+           "(gin/runs/{kind}.gin lists its macros; experiments/paper/{kind}.gin is the "
+           "paper's), and every option given here overrides them: it is bound last, to the "
+           "macro feeding its parameter (--max_examples 8 sets MAX_EXAMPLES, --checkpoint "
+           "sets CHECKPOINT_PATH). Without --gin_file the options alone configure the run. "
+           "Results go "
+           "to --out, else to <model dir>/{kind}/<step>/ (local or gs://).")
+
+
+def _flag(param: str) -> str:
+  return _FLAGS.get(param, f"--{param}")
+
+
+def _limit(text: str):
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"--limit expects a number of examples (or a "
+                                     f"fraction < 1), found {text!r}.") from None
+  return int(value) if value >= 1 and value == int(value) else value
+
+
+def _common(p: argparse.ArgumentParser, results: str):
+  """Options both commands share; every default is None ("not given")."""
+  p.add_argument("--gin_file", action="append",
+                 help="gin file of the run (repeatable; searched in the repository's gin/ "
+                      "too); --gin.NAME=VALUE binds")
+  p.add_argument("--checkpoint",
+                 help="a model directory (latest step) or MODEL_DIR/checkpoints/<step>, "
+                      "local or gs://")
+  p.add_argument("--arch", choices=models.ARCHITECTURES,
+                 help="read a causal decoder checkpoint as non-causal or back")
+  p.add_argument("--vocabulary", help="SentencePiece model (default: the checkpoint's)")
+  p.add_argument("--out", dest="out_dir", metavar="DIR",
+                 help=f"directory for {results} (default: next to the checkpoint)")
+
+
+def add_parsers(eval_subparsers):
+  """Adds `t0` and `harness` to the `eval` subcommands."""
+  t0p = eval_subparsers.add_parser(
+      "t0", help="T0-Eval: rank classification, median over prompts",
+      epilog=_EPILOG.format(kind=EVAL_T0))
+  _common(t0p, "results.json and results.md")
+  t0p.add_argument("--data_dir", help="original dataset files (default: HF datasets)")
+  t0p.add_argument("--mapping", help="JSON file pointing datasets at other files")
+  t0p.add_argument("--datasets", nargs="+", help="subset of the suite, e.g. super_glue/rte")
+  t0p.add_argument("--max_examples", type=int, help="first N examples of each dataset")
+  t0p.add_argument("--normalize", action=argparse.BooleanOptionalAction,
+                   help="divide each choice's log-likelihood by its token count "
+                        "(default: no, as the paper)")
+  t0p.add_argument("--inputs_length", type=int, help="prompt tokens kept (default 1024)")
+  t0p.add_argument("--targets_length", type=int, help="choice tokens kept (default 256)")
+  t0p.add_argument("--bootstrap", type=int,
+                   help="resamplings for a 95%% interval of the average (default 0: none)")
+  t0p.add_argument("--paper", action=argparse.BooleanOptionalAction,
+                   help="print the paper's numbers too")
+  t0p.set_defaults(func=run_command, eval_kind=EVAL_T0)
+
+  hp = eval_subparsers.add_parser(
+      "harness", help="EAI-Eval: lm-evaluation-harness tasks, zero-shot",
+      epilog=_EPILOG.format(kind=EVAL_HARNESS))
+  _common(hp, "harness_results.json and summary.md")
+  hp.add_argument("--tasks", nargs="+",
+                  help=f"lm-eval task names (space or comma separated); {_EAI_EVAL} = the "
+                       f"paper's 31 tasks (the default)")
+  hp.add_argument("--include_path", help="a folder of extra lm-eval task YAML files")
+  hp.add_argument("--truncation", choices=("paper", "modern"),
+                  help="paper: first 512 context / 114 continuation tokens (the paper's "
+                       "bridge); modern (default): keep the context's last tokens")
+  hp.add_argument("--limit", type=_limit, help="first N examples of each task (testing only)")
+  hp.add_argument("--batch_tokens", type=int,
+                  help=f"tokens per forward batch (default {_HARNESS_BATCH_TOKENS})")
+  hp.add_argument("--dtype", help="activation dtype (default float32)")
+  hp.add_argument("--bootstrap_iters", type=int,
+                  help="the harness's bootstrap resamplings for standard errors "
+                       "(default 100000; 0 skips them)")
+  hp.set_defaults(func=run_command, eval_kind=EVAL_HARNESS)
+
+
+def run_command(args) -> int:
+  """`arch-objective eval t0|harness` (see the module docstring)."""
+  kind = args.eval_kind
+  command = f"arch-objective eval {args.eval_command}"
+  given = {p: getattr(args, p) for p in parameters(kind) if getattr(args, p, None) is not None}
+  bindings = getattr(args, "gin_bindings", [])
+  try:
+    if args.gin_file:
+      run = run_from_gin(kind, args.gin_file, bindings, given)
+    elif bindings:
+      raise ValueError(f"--gin.{bindings[0]} needs --gin_file (e.g. --gin_file "
+                       f"runs/{kind}.gin); without one, use the options.")
+    else:
+      run = RUNS[kind](**given)
+  except (ValueError, OSError, ImportError) as e:
+    print(f"{command}: {e}", file=sys.stderr)
+    return 2
+  print(run.markdown)
+  print(f"wrote {' and '.join(run.files)}", file=sys.stderr)
+  return 0

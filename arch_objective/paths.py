@@ -1,0 +1,151 @@
+"""Local and remote paths: MODEL_DIR, checkpoints and results on a disk or in a bucket.
+
+A path with a scheme (`gs://bucket/runs/cd_flm`, `s3://...`, `az://...`) is remote: it is
+kept verbatim and read and written through `etils.epath` (TensorFlow's `tf.io.gfile` when
+TensorFlow is installed, else fsspec, e.g. `gcsfs` for gs://). Every other path is local
+and made absolute, with `~` expanded. Orbax checkpoints take both kinds as they are.
+
+  normalize("runs/cd_flm")        -> "/home/me/runs/cd_flm"
+  normalize("gs://b/runs/cd_flm/") -> "gs://b/runs/cd_flm"
+  join("gs://b/run", "checkpoints", "12") -> "gs://b/run/checkpoints/12"
+
+Nothing here imports TensorFlow: a local path never touches a remote backend.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import shutil
+from typing import Optional
+
+from etils import epath
+
+# The schemes etils.epath reads and writes (hf:// is read-only and not offered).
+REMOTE_SCHEMES = ("gs", "s3", "az")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def scheme(path) -> Optional[str]:
+  """The scheme of `path` (`'gs'` for `gs://b/x`), None for a local path."""
+  match = _SCHEME.match(os.fspath(path))
+  return match.group(1).lower() if match else None
+
+
+def is_remote(path) -> bool:
+  return scheme(path) is not None
+
+
+def _check_scheme(path: str, what: str):
+  found = scheme(path)
+  if found is not None and found not in REMOTE_SCHEMES:
+    raise ValueError(f"{what} {path!r} has the scheme '{found}://', which cannot be read or "
+                     f"written here; expected a local path or one of "
+                     f"{', '.join(s + '://' for s in REMOTE_SCHEMES)}.")
+
+
+def normalize(path, what: str = "path") -> str:
+  """A remote path verbatim (without a trailing '/'), a local one absolute.
+
+  Raises ValueError naming `what` (e.g. 'MODEL_DIR') for a scheme that cannot be used.
+  """
+  path = os.fspath(path)
+  _check_scheme(path, what)
+  if is_remote(path):
+    body = path.split("://", 1)[1].rstrip("/")
+    return f"{scheme(path)}://{body}"
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def join(path, *parts: str) -> str:
+  """`os.path.join` for local paths, '/'-joined for remote ones."""
+  path = os.fspath(path)
+  if is_remote(path):
+    return posixpath.join(path, *parts)
+  return os.path.join(path, *parts)
+
+
+def basename(path) -> str:
+  path = os.fspath(path).rstrip("/")
+  return posixpath.basename(path) if is_remote(path) else os.path.basename(path)
+
+
+def dirname(path) -> str:
+  path = os.fspath(path).rstrip("/")
+  return posixpath.dirname(path) if is_remote(path) else os.path.dirname(path)
+
+
+def as_path(path) -> epath.Path:
+  """An `epath.Path` of a local or remote path (after `normalize`'s scheme check)."""
+  path = os.fspath(path)
+  _check_scheme(path, "path")
+  return epath.Path(path)
+
+
+def exists(path) -> bool:
+  return as_path(path).exists()
+
+
+def isdir(path) -> bool:
+  return as_path(path).is_dir()
+
+
+def isfile(path) -> bool:
+  p = as_path(path)
+  return p.exists() and not p.is_dir()
+
+
+def listdir(path) -> list[str]:
+  """Names in a directory (an empty list if it does not exist)."""
+  p = as_path(path)
+  return sorted(c.name for c in p.iterdir()) if p.is_dir() else []
+
+
+def makedirs(path):
+  as_path(path).mkdir(parents=True, exist_ok=True)
+
+
+def read_text(path) -> str:
+  return as_path(path).read_text()
+
+
+def write_text(path, text: str):
+  """Write a whole text file (a remote file appears complete or not at all)."""
+  as_path(path).write_text(text)
+
+
+def read_bytes(path) -> bytes:
+  return as_path(path).read_bytes()
+
+
+def write_bytes(path, data: bytes):
+  as_path(path).write_bytes(data)
+
+
+def remove(path):
+  as_path(path).unlink()
+
+
+def copy(src, dst):
+  """Copy one file; across local and remote storage the bytes are streamed."""
+  if scheme(src) == scheme(dst):
+    as_path(src).copy(dst, overwrite=True)
+    return
+  with as_path(src).open("rb") as f_in, as_path(dst).open("wb") as f_out:
+    shutil.copyfileobj(f_in, f_out, _CHUNK)
+
+
+_CHUNK = 64 * 1024 * 1024
+
+
+def copytree(src, dst, skip: tuple[str, ...] = ()):
+  """Copy the files under `src` to `dst` (local or remote, either way), except those
+  named in `skip`; directories are created as needed."""
+  src = os.fspath(as_path(src))
+  for root, _, files in as_path(src).walk():
+    relative = os.fspath(root)[len(src):].strip("/")
+    target = join(dst, *relative.split("/")) if relative else os.fspath(dst)
+    makedirs(target)
+    for name in files:
+      if name not in skip:
+        copy(join(os.fspath(root), name), join(target, name))
