@@ -12,7 +12,9 @@ as the latest one. Directories may be local or remote (`gs://...`, see `paths`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from typing import Any, Optional
 
 import jax
@@ -69,7 +71,9 @@ class Checkpoints:
 
   def saved_params(self, step: int) -> Any:
     """The tree of saved parameter metadata (shapes, dtypes) of a step."""
-    metadata = ocp.StandardCheckpointer().metadata(paths.join(self.directory, str(step), STATE))
+    with _quiet_missing_step_metadata():
+      metadata = ocp.StandardCheckpointer().metadata(
+          paths.join(self.directory, str(step), STATE))
     return getattr(metadata, "item_metadata", metadata)["params"]
 
   def restore(self, abstract_state: Any, step: Optional[int] = None,
@@ -167,6 +171,28 @@ def load_meta(path: str) -> tuple[dict, int]:
   return meta, step
 
 
+class _DropMessage(logging.Filter):
+  def __init__(self, text: str):
+    super().__init__()
+    self.text = text
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return self.text not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _quiet_missing_step_metadata():
+  """Orbax warns that an item directory has no `_CHECKPOINT_METADATA` (that file lives
+  one level up, in the step directory the manager wrote); the warning means nothing here."""
+  drop = _DropMessage("Metadata file does not exist")
+  logger = logging.getLogger("absl")
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
+
+
 def load_params(path: str, dtype=None) -> tuple[Any, dict, int]:
   """(parameters, meta, step) of a checkpoint, without the optimiser state, as host
   numpy arrays. `path` is a model directory (latest step), its `checkpoints/`
@@ -176,7 +202,8 @@ def load_params(path: str, dtype=None) -> tuple[Any, dict, int]:
   if not paths.isdir(state_dir):
     raise CheckpointError(f"checkpoint {step_dir} has no '{STATE}' item; is it one of ours?")
   checkpointer = ocp.PyTreeCheckpointer()
-  saved = checkpointer.metadata(state_dir)
+  with _quiet_missing_step_metadata():
+    saved = checkpointer.metadata(state_dir)
   saved = getattr(saved, "item_metadata", saved)
   if saved is None or "params" not in saved:
     raise CheckpointError(f"checkpoint {state_dir} has no 'params' in its state; found "
