@@ -210,30 +210,17 @@ def _rate(prompts: int, pairs: int, seconds: Sequence[float], first: Optional[fl
 
 def score_counting_padding(scorer: rank_classification.RankScorer,
                            requests: Sequence[rank_classification.Request]
-                           ) -> tuple[list[np.ndarray], Optional[dict]]:
-  """`scorer.score(requests)`, recording the batch shapes the ED scorer runs: returns
-  the scores and the positions it computed against the tokens of the requests (None
-  where the scorer's batch function is not `rank_classification._ed_scores`). Used
-  once, outside the timed passes, to explain the speed."""
-  batch_fn = getattr(rank_classification, "_ed_scores", None)
-  if batch_fn is None:
-    return scorer.score(requests), None
-  shapes = []
-
-  def recording(model, params, enc, idx, targets, normalize):
-    shapes.append((enc.shape, targets.shape))
-    return batch_fn(model, params, enc, idx, targets, normalize)
-
-  rank_classification._ed_scores = recording
-  try:
-    scores = scorer.score(requests)
-  finally:
-    rank_classification._ed_scores = batch_fn
+                           ) -> tuple[list[np.ndarray], dict]:
+  """`scorer.score(requests)` and the positions it computed (`RankScorer.computed`,
+  padding included) beside the requests' own tokens. Used once, outside the timed
+  passes, to explain the speed."""
+  scores = scorer.score(requests)
+  c = scorer.computed
   return scores, {
-      "batches": len(shapes),
-      "encoder_tokens": int(sum(e[0] * e[1] for e, _ in shapes)),
-      "decoder_tokens": int(sum(t[0] * t[1] for _, t in shapes)),
-      "cross_attention_key_tokens": int(sum(t[0] * e[1] for e, t in shapes)),
+      "batches": c["batches"],
+      "encoder_tokens": c["encoder_positions"],
+      "decoder_tokens": c["decoder_positions"],
+      "cross_attention_key_tokens": c["cross_attention_key_positions"],
       "prompt_tokens": sum(len(r.prompt) for r in requests),
       "choice_tokens": sum(len(c) for r in requests for c in r.choices),
       "prompt_tokens_once_per_choice": sum(len(r.prompt) * len(r.choices) for r in requests),
@@ -397,12 +384,12 @@ def why_missed(result: Mapping[str, Any]) -> str:
   if pad:
     why += (f"; ours computes {pad['encoder_tokens']:,} encoder positions for "
             f"{pad['prompt_tokens']:,} prompt tokens "
-            f"({pad['encoder_tokens'] / pad['prompt_tokens']:.1f}x: prompts padded to "
-            f"power-of-two lengths and counts; lm-eval encodes "
+            f"({pad['encoder_tokens'] / pad['prompt_tokens']:.1f}x: prompt lengths and "
+            f"counts rounded up to 2^k or 3x2^(k-1); lm-eval encodes "
             f"{pad['prompt_tokens_once_per_choice']:,}, each prompt once per choice), "
             f"{pad['decoder_tokens']:,} decoder positions for {pad['choice_tokens']:,} "
-            f"choice tokens ({pad['decoder_tokens'] / pad['choice_tokens']:.1f}x: each batch "
-            f"pads its choices to the power of two, at least 16, at or above its longest) and "
+            f"choice tokens ({pad['decoder_tokens'] / pad['choice_tokens']:.1f}x: choices are "
+            f"batched by their own length bucket, at least 4) and "
             f"cross-attention keys and values over {pad['cross_attention_key_tokens']:,} "
             f"encoder positions (once per choice, not per prompt)")
   return why + (f"; lm-eval's best was torch at {c['lm_eval_torch_threads']} thread(s); "

@@ -8,8 +8,9 @@ How each architecture reads a request (the same features as training, spec §3.3
   decoder-only  one row `prompt ++ choice`; `decoder_causal_attention` on the prompt plus
                 one position (bidirectional for the ND); loss weights on the choice
   ED            the prompt is encoded ONCE and every choice is decoded against it
-Rows are grouped into length buckets (powers of two) and fixed batch shapes, so a
-whole suite compiles a handful of programs.
+Rows are grouped into length buckets and batch shapes of the form 2^k or 3 x 2^(k-1)
+(16, 24, 32, 48, ...: at most a third of a batch is padding), so a whole suite compiles a
+handful of programs.
 """
 from __future__ import annotations
 
@@ -34,6 +35,14 @@ def _bucket(n: int, minimum: int = 16) -> int:
   return max(minimum, 1 << max(int(n) - 1, 0).bit_length())
 
 
+def _fine_bucket(n: int, minimum: int = 1) -> int:
+  """The least of 2^k and 3 x 2^(k-1) (1, 2, 3, 4, 6, 8, 12, 16, 24, ...) >= max(n, minimum)."""
+  n = max(int(n), minimum, 1)
+  power = 1 << (n - 1).bit_length()          # the least power of two >= n
+  three_quarters = 3 * power // 4
+  return three_quarters if three_quarters >= n and power >= 4 else power
+
+
 def _truncate(tokens, length: int) -> np.ndarray:
   return np.asarray(tokens, np.int32)[:length]
 
@@ -53,12 +62,17 @@ class RankScorer:
     self.max_tokens = max_tokens
     self.one_shape = one_shape  # pad every batch to the longest request: one compilation
     self.is_ed = model.name == models.ENCODER_DECODER
+    # Positions the last `score` call computed, padding included (how much work the
+    # batching costs against the requests' own tokens).
+    self.computed = {"batches": 0, "encoder_positions": 0, "decoder_positions": 0,
+                     "cross_attention_key_positions": 0}
 
   def score(self, requests: Sequence[Request], normalize: bool = False) -> list[np.ndarray]:
     """Per request, the scores of its choices `[num_choices]` (float64)."""
     requests = [Request(_truncate(r.prompt, self.inputs_length),
                         tuple(_truncate(c, self.targets_length) for c in r.choices))
                 for r in requests]
+    self.computed = dict.fromkeys(self.computed, 0)
     for i, r in enumerate(requests):
       if not r.choices or any(len(c) == 0 for c in r.choices):
         raise ValueError(f"request {i} has an empty choice list or an empty choice.")
@@ -73,13 +87,15 @@ class RankScorer:
     by_bucket: dict[int, list] = {}
     longest = _bucket(max(len(p) + len(c) for _, _, p, c in rows))
     for row in rows:
-      key = longest if self.one_shape else _bucket(len(row[2]) + len(row[3]))
+      key = longest if self.one_shape else _fine_bucket(len(row[2]) + len(row[3]), 16)
       by_bucket.setdefault(key, []).append(row)
     for length, group in sorted(by_bucket.items()):
       batch_rows = _batch_rows(self.max_tokens, length)
       for start in range(0, len(group), batch_rows):
         chunk = group[start:start + batch_rows]
-        batch = _decoder_batch([(p, c) for _, _, p, c in chunk], length, batch_rows)
+        rows = batch_rows if self.one_shape else min(batch_rows, _fine_bucket(len(chunk)))
+        batch = _decoder_batch([(p, c) for _, _, p, c in chunk], length, rows)
+        self._count(decoder=rows * length)
         scores = np.asarray(_decoder_scores(self.model, self.params, batch, normalize))
         for (i, j, _, _), s in zip(chunk, scores):
           out[i][j] = s
@@ -90,7 +106,7 @@ class RankScorer:
     out = [np.zeros(len(r.choices)) for r in requests]
     order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt))
     enc_bucket = (lambda n: _bucket(max(len(r.prompt) for r in requests))) if self.one_shape \
-        else _bucket
+        else (lambda n: _fine_bucket(n, 16))
     longest_choice = _bucket(max(len(c) for r in requests for c in r.choices))
     most_choices = max(len(r.choices) for r in requests)
     i = 0
@@ -101,32 +117,72 @@ class RankScorer:
       while i < len(order) and enc_bucket(len(requests[order[i]].prompt)) == enc_len:
         group.append(order[i])
         i += 1
-      chunks = list(_ed_chunks(group, requests, enc_len, self.max_tokens))
+      chunks = list(_ed_chunks(group, requests, enc_len, self.max_tokens,
+                               choice_bucket=(_bucket if self.one_shape
+                                              else lambda n: _fine_bucket(n, 4))))
       widest = max(len(c) for c in chunks)
       for chunk in chunks:
-        dec_len = _bucket(max(len(c) for g in chunk for c in requests[g].choices))
-        num_prompts = _pow2(len(chunk))
-        num_rows = _pow2(sum(len(requests[g].choices) for g in chunk))
         if self.one_shape:
-          dec_len, num_prompts = longest_choice, _pow2(widest)
-          num_rows = _pow2(widest * most_choices)
-        enc = np.zeros((num_prompts, enc_len), np.int32)
-        idx = np.zeros((num_rows,), np.int32)
-        targets = np.zeros((num_rows, dec_len), np.int32)
-        where = []
-        row = 0
-        for p, g in enumerate(chunk):
-          prompt = requests[g].prompt
-          enc[p, :len(prompt)] = prompt
-          for j, c in enumerate(requests[g].choices):
-            idx[row] = p
-            targets[row, :len(c)] = c
-            where.append((g, j))
-            row += 1
-        scores = np.asarray(_ed_scores(self.model, self.params, enc, idx, targets, normalize))
-        for (g, j), s in zip(where, scores):
-          out[g][j] = s
+          self._score_ed_chunk_one_shape(requests, chunk, enc_len, longest_choice,
+                                         _pow2(widest), _pow2(widest * most_choices),
+                                         normalize, out)
+        else:
+          self._score_ed_chunk(requests, chunk, enc_len, normalize, out)
     return out
+
+  def _count(self, encoder: int = 0, decoder: int = 0, cross: int = 0, batches: int = 1):
+    c = self.computed
+    c["batches"] += batches
+    c["encoder_positions"] += int(encoder)
+    c["decoder_positions"] += int(decoder)
+    c["cross_attention_key_positions"] += int(cross)
+
+  def _score_ed_chunk(self, requests, chunk, enc_len, normalize, out):
+    """Encode the chunk's prompts once, then decode its choices grouped by their own
+    length bucket, so a long choice does not pad every other row of the chunk."""
+    enc = np.zeros((_fine_bucket(len(chunk)), enc_len), np.int32)
+    rows_by_length: dict[int, list] = {}
+    for p, g in enumerate(chunk):
+      enc[p, :len(requests[g].prompt)] = requests[g].prompt
+      for j, c in enumerate(requests[g].choices):
+        rows_by_length.setdefault(_fine_bucket(len(c), 4), []).append((p, g, j, c))
+    encoded = _ed_encode(self.model, self.params, enc)
+    self._count(encoder=enc.size, batches=0)
+    for dec_len, rows in sorted(rows_by_length.items()):
+      per_batch = max(1, self.max_tokens // (dec_len + enc_len))
+      for start in range(0, len(rows), per_batch):
+        part = rows[start:start + per_batch]
+        idx = np.zeros((_fine_bucket(len(part)),), np.int32)
+        targets = np.zeros((len(idx), dec_len), np.int32)
+        for r, (p, _, _, c) in enumerate(part):
+          idx[r] = p
+          targets[r, :len(c)] = c
+        scores = np.asarray(_ed_decode_scores(self.model, self.params, encoded, enc, idx,
+                                              targets, normalize))
+        self._count(decoder=targets.size, cross=len(idx) * enc_len)
+        for (_, g, j, _), score in zip(part, scores):
+          out[g][j] = score
+
+  def _score_ed_chunk_one_shape(self, requests, chunk, enc_len, dec_len, num_prompts,
+                                num_rows, normalize, out):
+    """One program for the whole suite: every batch padded to the suite's largest."""
+    enc = np.zeros((num_prompts, enc_len), np.int32)
+    idx = np.zeros((num_rows,), np.int32)
+    targets = np.zeros((num_rows, dec_len), np.int32)
+    where = []
+    row = 0
+    for p, g in enumerate(chunk):
+      prompt = requests[g].prompt
+      enc[p, :len(prompt)] = prompt
+      for j, c in enumerate(requests[g].choices):
+        idx[row] = p
+        targets[row, :len(c)] = c
+        where.append((g, j))
+        row += 1
+    scores = np.asarray(_ed_scores(self.model, self.params, enc, idx, targets, normalize))
+    self._count(encoder=enc.size, decoder=targets.size, cross=num_rows * enc_len)
+    for (g, j), s in zip(where, scores):
+      out[g][j] = s
 
 
 def _pow2(n: int) -> int:
@@ -137,11 +193,11 @@ def _batch_rows(max_tokens: int, length: int) -> int:
   return max(1, 1 << (max(max_tokens // length, 1).bit_length() - 1))
 
 
-def _ed_chunks(group, requests, enc_len, max_tokens):
+def _ed_chunks(group, requests, enc_len, max_tokens, choice_bucket=_bucket):
   """Prompts whose encoder rows and decoder rows together stay within `max_tokens`."""
   chunk, tokens = [], 0
   for g in group:
-    cost = enc_len + sum(_bucket(len(c)) for c in requests[g].choices)
+    cost = enc_len + sum(choice_bucket(len(c)) for c in requests[g].choices)
     if chunk and tokens + cost > max_tokens:
       yield chunk
       chunk, tokens = [], 0
@@ -180,6 +236,19 @@ def _decoder_scores(model, params, batch, normalize):
   logits = model.compute_logits(params, batch)
   return _summed(logits, batch["decoder_target_tokens"],
                  batch["decoder_loss_weights"].astype(jnp.float32), normalize)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _ed_encode(model, params, enc):
+  return model.encode(params, enc)                          # [P, i, d]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _ed_decode_scores(model, params, encoded, enc, idx, targets, normalize):
+  """Scores of `targets [R, t]`, row r decoded against prompt `idx[r]` of `encoded`."""
+  inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
+  logits = model.decode_logits(params, encoded[idx], enc[idx], inputs, targets)
+  return _summed(logits, targets, (targets > 0).astype(jnp.float32), normalize)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
