@@ -4,7 +4,6 @@ import collections
 import importlib.util
 import json
 import pathlib
-import warnings
 
 import jax
 import numpy as np
@@ -19,32 +18,6 @@ needs_promptsource = pytest.mark.skipif(importlib.util.find_spec("promptsource")
 
 ARCHS = (models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER, models.ENCODER_DECODER)
 MTF_DATASETS = ["super_glue/rte", "super_glue/cb", "super_glue/copa"]
-
-
-_COMPILED_TEMPLATES = {}
-
-
-@pytest.fixture(autouse=True)
-def _compile_each_jinja_source_once(monkeypatch):
-  """promptsource compiles a template's jinja source on every `apply` (about 4 ms a
-  render, most of these tests' time); hand back the Template compiled the first time
-  from the same source and environment instead. Rendering is unchanged."""
-  if importlib.util.find_spec("promptsource") is None:
-    return
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from promptsource import templates as promptsource_templates
-  env = promptsource_templates.env
-  original = env.from_string
-
-  def from_string(source, *args, **kwargs):
-    if args or kwargs or not isinstance(source, str):
-      return original(source, *args, **kwargs)
-    if source not in _COMPILED_TEMPLATES:
-      _COMPILED_TEMPLATES[source] = original(source)
-    return _COMPILED_TEMPLATES[source]
-
-  monkeypatch.setattr(env, "from_string", from_string)
 
 
 @pytest.fixture(scope="session")
