@@ -9,6 +9,8 @@ d embedding width (emb_dim), h heads, e head width (head_dim), m mlp width, v vo
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from typing import Callable, Iterable, Optional, Sequence
@@ -308,6 +310,64 @@ class RelativePositionBiases(nn.Module):
 
 
 # ---------------------------------------------------------------------------
+# Dropout keyed per row
+# ---------------------------------------------------------------------------
+_ROW_OFFSET: contextvars.ContextVar = contextvars.ContextVar("dropout_row_offset", default=0)
+
+
+@contextlib.contextmanager
+def dropout_row_offset(offset):
+  """Inside, row `r` of every array that dropout sees is row `offset + r` of the step's
+  batch. The trainer sets it for microbatch `i` of `m` rows to `i * m`, so a row's
+  dropout masks, and so the summed gradients, do not depend on `num_microbatches`."""
+  token = _ROW_OFFSET.set(offset)
+  try:
+    yield
+  finally:
+    _ROW_OFFSET.reset(token)
+
+
+def dropout_keep_mask(rng: Array, keep_prob: float, shape: Sequence[int],
+                      broadcast_dims: Iterable[int] = ()) -> Array:
+  """Boolean keep mask of `shape` `[b, ...]`, drawn row by row.
+
+  Row `r` draws its bits from `fold_in(rng, offset + r)` (see `dropout_row_offset`),
+  so the mask of a row is the same whether the batch is split or not. Axes in
+  `broadcast_dims` get one draw shared along them (t5x's `broadcast_dims`).
+  """
+  ndim = len(shape)
+  broadcast = {d % ndim for d in broadcast_dims}
+  if 0 in broadcast:
+    raise ValueError("dropout cannot broadcast over the batch axis (axis 0): each row "
+                     "draws its own mask.")
+  row_shape = tuple(1 if i in broadcast else n for i, n in enumerate(shape))[1:]
+  rows = jnp.asarray(_ROW_OFFSET.get(), jnp.uint32) + jnp.arange(shape[0], dtype=jnp.uint32)
+  keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(rows)
+  keep = jax.vmap(lambda k: jax.random.bernoulli(k, keep_prob, row_shape))(keys)
+  return jnp.broadcast_to(keep, tuple(shape))
+
+
+def apply_dropout(x: Array, rate: float, rng: Array, broadcast_dims: Iterable[int] = ()
+                  ) -> Array:
+  """`x` with units dropped at `rate` and the rest scaled by `1 / (1 - rate)`."""
+  keep_prob = 1.0 - rate
+  keep = dropout_keep_mask(rng, keep_prob, x.shape, broadcast_dims)
+  return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros((), x.dtype))
+
+
+class Dropout(nn.Module):
+  """Dropout with per-row keys (`dropout_keep_mask`); `[b, ...] -> [b, ...]`."""
+  rate: float
+  broadcast_dims: Sequence[int] = ()
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    if deterministic or self.rate == 0.0:
+      return x
+    return apply_dropout(x, self.rate, self.make_rng("dropout"), self.broadcast_dims)
+
+
+# ---------------------------------------------------------------------------
 # Attention
 # ---------------------------------------------------------------------------
 def dot_product_attention(query: Array, key: Array, value: Array,
@@ -332,12 +392,7 @@ def dot_product_attention(query: Array, key: Array, value: Array,
     logits = logits + bias.astype(logits.dtype)
   weights = jax.nn.softmax(logits).astype(dtype)
   if not deterministic and dropout_rate > 0.0:
-    keep_prob = 1.0 - dropout_rate
-    dropout_shape = list(weights.shape)
-    dropout_shape[-2] = 1
-    keep = jax.random.bernoulli(dropout_rng, keep_prob, dropout_shape)
-    keep = jnp.broadcast_to(keep, weights.shape)
-    weights = weights * (keep.astype(dtype) / jnp.asarray(keep_prob, dtype))
+    weights = apply_dropout(weights, dropout_rate, dropout_rng, broadcast_dims=(-2,))
   return jnp.einsum("bhqk,bkhd->bqhd", weights, value)                   # [b, q, h, e]
 
 
@@ -433,7 +488,7 @@ class MlpBlock(nn.Module):
                        kernel_axes=(EMBED, MLP), name=name)(inputs)
       h = _ACTIVATIONS[act](h)
       x = h if x is None else x * h
-    x = nn.Dropout(rate=self.intermediate_dropout_rate, broadcast_dims=(-2,))(
+    x = Dropout(rate=self.intermediate_dropout_rate, broadcast_dims=(-2,))(
         x, deterministic=deterministic)
     x = constrain(x, (ACT_BATCH, ACT_LENGTH, ACT_MLP))
     out = DenseGeneral(inputs.shape[-1], dtype=self.dtype, kernel_init=self.kernel_init,

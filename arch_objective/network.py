@@ -137,7 +137,7 @@ class TransformerLayer(nn.Module):
           name=name)
 
     def dropout(y):
-      return nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
+      return layers.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
           y, deterministic=deterministic)
 
     prefix = "" if is_encoder else "self_"
@@ -192,7 +192,8 @@ class TransformerStack(nn.Module):
     num_layers = cfg.num_encoder_layers if self.role == ENCODER else cfg.num_decoder_layers
 
     x = embedder(tokens.astype(jnp.int32))                                # [b, l, d]
-    x = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+    x = layers.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
+        x, deterministic=deterministic)
     x = layers.constrain(x.astype(dtype), (layers.ACT_BATCH, layers.ACT_LENGTH, layers.ACT_EMBED))
     for i in range(num_layers):
       x = TransformerLayer(cfg, role=self.role, cross_attention=self.cross_attention,
@@ -200,7 +201,8 @@ class TransformerStack(nn.Module):
           x, mask, encoded=encoded, cross_mask=cross_mask, deterministic=deterministic,
           decode=decode, decode_position=decode_position, cache_length=cache_length)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, dtype=dtype, name=f"{self.role}_norm")(x)
-    x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
+    x = layers.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
+        x, deterministic=deterministic)
     if self.role == ENCODER:
       return x
     if cfg.logits_via_embedding:

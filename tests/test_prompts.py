@@ -415,6 +415,99 @@ def test_unknown_label_string_is_reported(tmp_path):
   assert "example 0" in str(e.value) and "neutral" in str(e.value)
 
 
+@pytest.mark.parametrize("subset,folder,label,accepted", [
+    ("wic", "WiC", "true", "true or false (JSON booleans), 'False', 'True', or an id 0 or 1"),
+    ("wsc.fixed", "WSC", "no", "true or false (JSON booleans), 'False', 'True', or an id 0 "
+                               "or 1"),
+    ("rte", "RTE", True, "'entailment', 'not_entailment', or an id 0 or 1"),
+    ("cb", "CB", 3, "'entailment', 'contradiction', 'neutral', or an id 0 or 1 or 2"),
+    ("copa", "COPA", 2, "'choice1', 'choice2', or an id 0 or 1")])
+def test_a_label_of_the_wrong_kind_lists_the_accepted_values(tmp_path, subset, folder, label,
+                                                             accepted):
+  row = {"premise": "p", "hypothesis": "h", "choice1": "a", "choice2": "b",
+         "question": "cause", "word": "w", "sentence1": "s w", "sentence2": "t w",
+         "start1": 2, "end1": 3, "start2": 2, "end2": 3, "text": "Ann said she left.",
+         "target": {"span1_index": 0, "span2_index": 2, "span1_text": "Ann",
+                    "span2_text": "she"}, "idx": 0, "label": label}
+  path = _write_jsonl(tmp_path / "super_glue" / folder / "val.jsonl", [row])
+  with pytest.raises(ValueError) as e:
+    datasets_lib.load_examples("super_glue", subset, "validation", str(tmp_path))
+  assert str(e.value) == (f"{path}, example 0: unknown label {label!r}; expected one of "
+                          f"{accepted}.")
+
+
+def test_true_false_labels_as_json_booleans_class_names_or_ids(tmp_path):
+  base = {"word": "place", "sentence1": "my place", "sentence2": "no place", "start1": 3,
+          "end1": 8, "start2": 3, "end2": 8}
+  _write_jsonl(tmp_path / "super_glue" / "WiC" / "val.jsonl",
+               [{**base, "idx": i, "label": label}
+                for i, label in enumerate([True, False, "True", "False", 1, 0])])
+  wic = datasets_lib.load_examples("super_glue", "wic", "validation", str(tmp_path))
+  assert [e["label"] for e in wic] == [1, 0, 1, 0, 1, 0]
+
+
+# Rows of the SuperGLUE WSC file (its `target` field) whose span texts are not substrings
+# of the text, each with the span HF's `super_glue/wsc.fixed` gives (its `_fix_wst`).
+WSC_UNFIXED = [
+    # The case of the span's first letter follows the word at its index.
+    ({"text": "The trophy doesn't fit into the suitcase because it is too large.",
+      "target": {"span1_index": 0, "span1_text": "the trophy", "span2_index": 9,
+                 "span2_text": "it"}, "idx": 0, "label": True},
+     {"span1_index": 0, "span1_text": "The trophy", "span2_index": 9, "span2_text": "it"}),
+    ({"text": "Sam pulled up a chair to the piano, but it was broken.",
+      "target": {"span1_index": 6, "span1_text": "The piano", "span2_index": 9,
+                 "span2_text": "it"}, "idx": 1, "label": False},
+     {"span1_index": 6, "span1_text": "the piano", "span2_index": 9, "span2_text": "it"}),
+    # Trailing periods go; a newline inside the span becomes a space.
+    ({"text": "I poured water from the bottle into the cup until it was full.",
+      "target": {"span1_index": 7, "span1_text": "the\ncup.", "span2_index": 9,
+                 "span2_text": "it"}, "idx": 2, "label": True},
+     {"span1_index": 7, "span1_text": "the cup", "span2_index": 9, "span2_text": "it"}),
+    # A span with 'theyscold' that needs a fix moves span2_index to 10 (HF means to
+    # write 'they scold' into the text but drops the result: the text stays as it is).
+    ({"text": "The teachers saw the pupils and then theyscold them for being late.",
+      "target": {"span1_index": 3, "span1_text": "the pupils", "span2_index": 7,
+                 "span2_text": "theyscold."}, "idx": 3, "label": False},
+     {"span1_index": 3, "span1_text": "the pupils", "span2_index": 10,
+      "span2_text": "theyscold"}),
+    # HF leaves these two alone though they are not in the text.
+    ({"text": "Stalin feuded with Kamenev and with Zinoviev, and he won.",
+      "target": {"span1_index": 3, "span1_text": "Kamenev and Zinoviev", "span2_index": 8,
+                 "span2_text": "he"}, "idx": 4, "label": False},
+     {"span1_index": 3, "span1_text": "Kamenev and Zinoviev", "span2_index": 8,
+      "span2_text": "he"}),
+]
+
+
+def test_wsc_fixed_fixes_span_texts_as_hf(tmp_path):
+  rows = [raw for raw, _ in WSC_UNFIXED] + [
+      {"text": "Mark told Pete many lies about himself. He is dishonest.",
+       "target": {"span1_index": 0, "span1_text": "Mark", "span2_index": 7,
+                  "span2_text": "He"}, "idx": 5, "label": True}]
+  _write_jsonl(tmp_path / "super_glue" / "WSC" / "val.jsonl", rows)
+  wsc = datasets_lib.load_examples("super_glue", "wsc.fixed", "validation", str(tmp_path))
+  expected = [{"text": raw["text"], **spans, "label": int(raw["label"]), "idx": raw["idx"]}
+              for raw, spans in WSC_UNFIXED]
+  expected.append({"text": rows[-1]["text"], "span1_index": 0, "span2_index": 7,
+                   "span1_text": "Mark", "span2_text": "He", "label": 1, "idx": 5})
+  assert wsc == expected
+  assert [e["span1_text"] for e in wsc] == ["The trophy", "the piano", "the cup",
+                                            "the pupils", "Kamenev and Zinoviev", "Mark"]
+  assert wsc[3]["text"] == "The teachers saw the pupils and then theyscold them for being late."
+
+
+def test_wsc_span_that_no_fix_places_in_the_text_names_file_and_example(tmp_path):
+  path = _write_jsonl(tmp_path / "super_glue" / "WSC" / "val.jsonl", [
+      {"text": "Ann met Bea and she smiled.",
+       "target": {"span1_index": 0, "span1_text": "Ann", "span2_index": 4,
+                  "span2_text": "her"}, "idx": 0, "label": False}])
+  with pytest.raises(ValueError) as e:
+    datasets_lib.load_examples("super_glue", "wsc.fixed", "validation", str(tmp_path))
+  assert str(e.value) == (f"{path}, example 0: span2_text 'her' is not in the text 'Ann met "
+                          f"Bea and she smiled.', nor is it once fixed as HF's wsc.fixed does "
+                          f"('her').")
+
+
 def test_bad_json_line_names_file_and_line(tmp_path):
   path = tmp_path / "anli" / "R1" / "dev.jsonl"
   path.parent.mkdir(parents=True)

@@ -273,6 +273,155 @@ def test_unknown_dataset_names_the_valid_ones():
   assert "super_glue/rte" in str(e.value).split("valid:")[1]
 
 
+def _data_dir_with(tmp_path, eval_dir, cb_text=None):
+  """A data directory with the real RTE file and, if given, this text as the CB file."""
+  root = tmp_path / "data"
+  (root / "super_glue" / "RTE").mkdir(parents=True)
+  (root / "super_glue" / "RTE" / "val.jsonl").write_text(
+      (eval_dir / "super_glue" / "RTE" / "val.jsonl").read_text())
+  if cb_text is not None:
+    (root / "super_glue" / "CB").mkdir(parents=True)
+    (root / "super_glue" / "CB" / "val.jsonl").write_text(cb_text)
+  return root
+
+
+@needs_promptsource
+def test_every_dataset_is_read_and_checked_before_anything_is_scored(tmp_path, eval_dir):
+  from arch_objective.evaluation import t0_eval
+  from arch_objective.prompts import t0
+  suite = (t0.T0_EVAL_BY_NAME["super_glue/rte"], t0.T0_EVAL_BY_NAME["super_glue/cb"])
+  # The second dataset's file is missing.
+  root = _data_dir_with(tmp_path / "missing", eval_dir)
+  fake = _FakeScorer(lambda call, n: 0)
+  with pytest.raises(FileNotFoundError) as e:
+    t0_eval.evaluate_suite(fake, _encode, suite=suite, data_dir=str(root), log=lambda m: None)
+  assert str(e.value).startswith("T0-Eval dataset super_glue/cb (super_glue/cb validation: "
+                                 f"no file in {root}; expected {root}/super_glue/CB/val.jsonl")
+  assert fake.calls == []
+  # The second dataset's file has a bad line.
+  good = (eval_dir / "super_glue" / "CB" / "val.jsonl").read_text().splitlines()
+  root = _data_dir_with(tmp_path / "bad", eval_dir, "\n".join(good[:3] + ["{oops"]) + "\n")
+  cb_path = root / "super_glue" / "CB" / "val.jsonl"
+  with pytest.raises(ValueError) as e:
+    t0_eval.evaluate_suite(fake, _encode, suite=suite, data_dir=str(root), log=lambda m: None)
+  assert str(e.value) == (f"T0-Eval dataset super_glue/cb ({cb_path}): {cb_path}, line 4: "
+                          f"not valid JSON (Expecting property name enclosed in double "
+                          f"quotes).")
+  assert fake.calls == []
+  # An example the templates cannot read (a row without the premise).
+  rows = [json.loads(line) for line in good[:2]]
+  del rows[1]["premise"]
+  root = _data_dir_with(tmp_path / "field", eval_dir,
+                        "".join(json.dumps(r) + "\n" for r in rows))
+  with pytest.raises(ValueError, match="example 1: missing field 'premise'") as e:
+    t0_eval.evaluate_suite(fake, _encode, suite=suite, data_dir=str(root), log=lambda m: None)
+  assert str(e.value).startswith(f"T0-Eval dataset super_glue/cb ({root}/super_glue/CB/"
+                                 f"val.jsonl): ")
+  assert fake.calls == []
+
+
+class _StopAt(_FakeScorer):
+  """Picks choice 0, and raises `error` at score call `at` (one call per prompt)."""
+
+  def __init__(self, at, error):
+    super().__init__(lambda call, n: 0)
+    self.at, self.error = at, error
+
+  def score(self, requests, normalize=False):
+    if len(self.calls) == self.at:
+      raise self.error
+    return super().score(requests, normalize)
+
+
+@needs_promptsource
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("device lost")],
+                         ids=["interrupt", "exception"])
+def test_a_stopped_run_leaves_the_datasets_it_scored(tmp_path, eval_dir, error):
+  from arch_objective.evaluation import t0_eval
+  from arch_objective.prompts import t0
+  suite = (t0.T0_EVAL_BY_NAME["super_glue/rte"], t0.T0_EVAL_BY_NAME["super_glue/cb"],
+           t0.T0_EVAL_BY_NAME["super_glue/copa"])
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "results.json").write_text('{"from": "an earlier run"}')
+  logs = []
+  # Score call 12 is the third of CB's 15 prompts (RTE has 10).
+  with pytest.raises(type(error)):
+    t0_eval.evaluate_suite(_StopAt(12, error), _encode, suite=suite, data_dir=str(eval_dir),
+                           log=logs.append, partial_dir=str(out),
+                           metadata={"checkpoint": "ckpt", "step": 7})
+  partial = json.loads((out / "results.partial.json").read_text())
+  assert partial["partial"] is True
+  assert partial["completed"] == ["super_glue/rte"]
+  assert partial["remaining"] == ["super_glue/cb", "super_glue/copa"]
+  assert partial["error"] == ("KeyboardInterrupt" if isinstance(error, KeyboardInterrupt)
+                              else "RuntimeError: device lost")
+  assert (partial["checkpoint"], partial["step"], partial["max_examples"]) == ("ckpt", 7, None)
+  assert "average" not in partial
+  rte = partial["datasets"]["super_glue/rte"]
+  # Choice 0 is the entailment answer of every RTE template: 146 of 277.
+  assert rte["prompts"] == {p: pytest.approx(100 * 146 / 277) for p in suite[0].prompts}
+  assert rte["examples"] == 277 and rte["random"] == 50.0
+  assert (out / "results.json").read_text() == '{"from": "an earlier run"}'
+  assert logs[-1] == (f"stopped after 1 of 3 datasets ({type(error).__name__}); their "
+                      f"results are in {out}/results.partial.json")
+
+
+@needs_promptsource
+def test_partial_results_follow_each_dataset_and_go_when_the_run_completes(tmp_path,
+                                                                          eval_dir):
+  from arch_objective.evaluation import t0_eval
+  from arch_objective.prompts import t0
+  suite = (t0.T0_EVAL_BY_NAME["super_glue/rte"], t0.T0_EVAL_BY_NAME["super_glue/cb"])
+  out = tmp_path / "out"
+  results = t0_eval.evaluate_suite(_FakeScorer(lambda call, n: 0), _encode, suite=suite,
+                                   data_dir=str(eval_dir), max_examples=8,
+                                   log=lambda m: None, partial_dir=str(out))
+  partial = json.loads((out / "results.partial.json").read_text())
+  assert partial["completed"] == ["super_glue/rte", "super_glue/cb"]
+  assert partial["remaining"] == [] and "error" not in partial
+  assert partial["datasets"] == results["datasets"] and partial["max_examples"] == 8
+  files = t0_eval.write(results, str(out))
+  assert files == (f"{out}/results.json", f"{out}/results.md")
+  assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md"]
+  assert json.loads((out / "results.json").read_text()) == results
+  assert "partial" not in results
+
+
+@needs_promptsource
+@pytest.mark.parametrize("value", [0, -3, 2.5, True])
+def test_max_examples_must_be_positive(eval_dir, value):
+  from arch_objective.evaluation import t0_eval
+  from arch_objective.prompts import t0
+  fake = _FakeScorer(lambda call, n: 0)
+  with pytest.raises(ValueError) as e:
+    t0_eval.evaluate_suite(fake, _encode, suite=(t0.T0_EVAL_BY_NAME["super_glue/cb"],),
+                           data_dir=str(eval_dir), max_examples=value, log=lambda m: None)
+  assert str(e.value) == (f"max_examples must be a positive number of examples (or None "
+                          f"for all of them), found {value!r}.")
+  assert fake.calls == []
+
+
+def test_eval_t0_max_examples_zero_or_negative_names_the_option(tmp_path, capsys):
+  from arch_objective import cli
+  # Checked before the checkpoint is read: the path need not exist.
+  checkpoint = str(tmp_path / "no_model")
+  for args, value in ((["--checkpoint", checkpoint, "--max_examples", "0"], 0),
+                      (["--checkpoint", checkpoint, "--max_examples", "-2"], -2),
+                      (["--gin_file", "runs/eval_t0.gin",
+                        f"--gin.CHECKPOINT_PATH='{checkpoint}'", "--gin.MAX_EXAMPLES=0"], 0),
+                      (["--gin_file", "runs/eval_t0.gin", "--checkpoint", checkpoint,
+                        "--max_examples", "-1"], -1)):
+    assert cli.main(["eval", "t0", *args, "--out", str(tmp_path / "out")]) == 2, args
+    err = capsys.readouterr().err
+    # (gin adds a line naming the configurable after the message)
+    assert err.startswith(
+        f"arch-objective eval t0: eval_t0: --max_examples (gin: MAX_EXAMPLES, or "
+        f"eval_t0.max_examples) must be a positive number of examples per dataset, found "
+        f"{value}; leave it unset (None) for every example."), args
+  assert not (tmp_path / "out").exists()
+
+
 # -- MT-F training, and `arch-objective eval t0` on its checkpoint ---------------------------
 
 @pytest.fixture(scope="module")

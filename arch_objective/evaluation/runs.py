@@ -66,6 +66,15 @@ def _require_checkpoint(checkpoint, kind: str) -> str:
   return str(checkpoint)
 
 
+def _check_max_examples(value):
+  """`max_examples` of eval_t0: None (every example) or a positive number."""
+  if value is not None and (isinstance(value, bool) or not isinstance(value, int) or
+                            value < 1):
+    raise ValueError(f"{EVAL_T0}: --max_examples (gin: MAX_EXAMPLES, or "
+                     f"{EVAL_T0}.max_examples) must be a positive number of examples per "
+                     f"dataset, found {value!r}; leave it unset (None) for every example.")
+
+
 def _names(value, what: str) -> Optional[list[str]]:
   """A list of names from a list, a tuple or one string (None stays None)."""
   if value is None:
@@ -91,6 +100,7 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
             max_examples: Optional[int] = None, normalize: bool = False,
             vocabulary: Optional[str] = None, inputs_length: int = 1024,
             targets_length: int = 256, bootstrap: int = 0, paper: bool = False,
+            dtype: str = "float32", suite: Optional[Sequence] = None,
             log: Callable[[str], None] = _stderr,
             config_text: Optional[Callable[[], str]] = None) -> EvalRun:
   """T0-Eval of `checkpoint` (spec §4.1): every answer choice of every prompt scored by
@@ -100,13 +110,17 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
   `arch` reads a causal decoder checkpoint as non-causal or back; `vocabulary` defaults
   to the checkpoint's; prompts keep their first `inputs_length` tokens and choices their
   first `targets_length`; `bootstrap` > 0 adds a 95% interval of the average;
-  `paper` adds the paper's numbers to results.md.
+  `paper` adds the paper's numbers to results.md; `dtype` is the activation dtype (the
+  parameters stay as restored, float32); `suite` replaces the T0 suite by other held-out
+  datasets (the local overlay's world families) and then `datasets` is ignored.
   """
   from arch_objective.data import vocabularies
   from arch_objective.prompts import datasets as datasets_lib
   checkpoint = _require_checkpoint(checkpoint, EVAL_T0)
-  suite = t0_eval.select(_names(datasets, "datasets"))
-  model, params, meta, step = loading.load_model(checkpoint, arch)
+  _check_max_examples(max_examples)
+  if suite is None:
+    suite = t0_eval.select(_names(datasets, "datasets"))
+  model, params, meta, step = loading.load_model(checkpoint, arch, dtype=dtype)
   vocab_path = vocabulary or meta.get("vocabulary")
   if not vocab_path:
     raise ValueError(f"checkpoint {checkpoint!r} records no vocabulary; give --vocabulary "
@@ -114,13 +128,14 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
   vocab = vocabularies.SentencePieceVocabulary(vocab_path)
   scorer = rank_classification.RankScorer(model, params, inputs_length=inputs_length,
                                           targets_length=targets_length)
+  out_dir = out_dir or default_out_dir(checkpoint, step, EVAL_T0)
+  run = dict(checkpoint=checkpoint, step=step, arch=model.name,
+             trained_as=meta.get("arch"), lineage=meta.get("lineage", []))
   results = t0_eval.evaluate_suite(
       scorer, vocab.encode, suite=suite, data_dir=data_dir,
       mapping=datasets_lib.load_mapping(mapping), max_examples=max_examples,
-      normalize=normalize, bootstrap=bootstrap, log=log)
-  results.update(checkpoint=checkpoint, step=step, arch=model.name,
-                 trained_as=meta.get("arch"), lineage=meta.get("lineage", []))
-  out_dir = out_dir or default_out_dir(checkpoint, step, EVAL_T0)
+      normalize=normalize, bootstrap=bootstrap, log=log, partial_dir=out_dir, metadata=run)
+  results.update(run)
   files = list(t0_eval.write(results, out_dir, paper=paper))
   files += _write_config(out_dir, config_text)
   return EvalRun(results, files, t0_eval.markdown(results, paper=paper))

@@ -9,10 +9,12 @@ Results (`results.json`):
   {"datasets": {name: {"prompts": {prompt: accuracy}, "median": m, "examples": n,
                        "random": r, "skipped": {prompt: reason}}},
    "average": a, "random_average": b, ...run metadata}
-Accuracies are percentages.
+Accuracies are percentages. Every dataset is read and rendered before any is scored; a
+run that stops midway leaves the datasets it scored in `results.partial.json`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Callable, Optional, Sequence
@@ -25,6 +27,8 @@ from arch_objective.prompts import datasets as datasets_lib
 from arch_objective.prompts import t0, templates
 
 EOS_ID = 1
+RESULTS_FILE = "results.json"
+PARTIAL_FILE = "results.partial.json"   # the datasets scored so far (see `evaluate_suite`)
 
 
 class _Tokens:
@@ -41,6 +45,16 @@ class _Tokens:
     return self._cache[key]
 
 
+@dataclasses.dataclass
+class _Prepared:
+  """A suite entry read and rendered, ready to score: per prompt, the rendered examples
+  with a gold answer (`rows`: their indices) or the reason the prompt is skipped."""
+  spec: object
+  num_examples: int
+  rendered: dict[str, tuple[list[int], list[templates.Rendered]]]
+  skipped: dict[str, str]
+
+
 def _examples_and_prompts(spec, data_dir, mapping):
   """A suite entry's examples and prompts: loaded for a `t0.EvalDataset`, given inline by
   any other entry (an object with `name`, `random`, `prompts` and `examples`)."""
@@ -50,59 +64,110 @@ def _examples_and_prompts(spec, data_dir, mapping):
   return list(spec.examples), list(spec.prompts)
 
 
+def _source(spec, data_dir, mapping) -> str:
+  if isinstance(spec, t0.EvalDataset):
+    return datasets_lib.source(*_data_args(spec), spec.split, data_dir, mapping)
+  return "examples given inline"
+
+
+def _prepare(spec, data_dir, mapping, max_examples) -> _Prepared:
+  """Read a suite entry's examples and render them under every prompt; any error names
+  the entry and where its examples come from."""
+  try:
+    examples, prompts = _examples_and_prompts(spec, data_dir, mapping)
+    if not examples:
+      raise ValueError("the evaluation split is empty.")
+    if max_examples:
+      examples = examples[:max_examples]
+    rendered, skipped = {}, {}
+    for prompt in prompts:
+      if not prompt.has_choices:
+        skipped[prompt.name] = "the template has no answer choices"
+        continue
+      rows, outs = [], []
+      for i, example in enumerate(examples):
+        out = prompt.render(example)
+        if out is not None and out.gold:
+          rows.append(i)
+          outs.append(out)
+      if not outs:
+        skipped[prompt.name] = "no example renders under this template"
+        continue
+      rendered[prompt.name] = (rows, outs)
+    if not rendered:
+      raise ValueError(f"no prompt could be scored ({skipped}).")
+  except (ValueError, OSError) as e:
+    message = f"T0-Eval dataset {spec.name} ({_source(spec, data_dir, mapping)}): {e}"
+    try:
+      error = type(e)(message)
+    except TypeError:  # e.g. UnicodeDecodeError takes other arguments
+      error = ValueError(message)
+    raise error from e
+  return _Prepared(spec, len(examples), rendered, skipped)
+
+
 def evaluate_suite(scorer: RankScorer, encode: Callable[[str], list[int]], *,
                    suite: Sequence = t0.T0_EVAL,
                    data_dir: Optional[str] = None, mapping: Optional[dict] = None,
                    max_examples: Optional[int] = None, normalize: bool = False,
                    bootstrap: int = 0, seed: int = 0,
-                   log: Callable[[str], None] = print) -> dict:
+                   log: Callable[[str], None] = print,
+                   partial_dir: Optional[str] = None,
+                   metadata: Optional[dict] = None) -> dict:
   """Evaluate every dataset of `suite`; returns the results dict (module docstring).
 
+  Every dataset is read and rendered under every prompt before anything is scored, so
+  a missing or malformed file stops the run at once, naming the dataset and the file.
   With `bootstrap=B`, `average_ci` is the 95% interval of the average over B resamplings
   of each dataset's examples (the same resampled examples for all its prompts).
+
+  With `partial_dir`, `results.partial.json` there holds the datasets scored so far
+  (`write_partial`, with `metadata`) after each dataset, and when the run stops on an
+  exception or an interrupt (which is then raised again) the error too; `write` removes
+  it once the complete results are written.
   """
+  if max_examples is not None and (isinstance(max_examples, bool) or
+                                   not isinstance(max_examples, int) or max_examples < 1):
+    raise ValueError(f"max_examples must be a positive number of examples (or None for "
+                     f"all of them), found {max_examples!r}.")
+  prepared = [_prepare(spec, data_dir, mapping, max_examples) for spec in suite]
   tokens = _Tokens(encode)
   results, start = {}, time.time()
   correctness: dict[str, dict[str, np.ndarray]] = {}
-  for n, spec in enumerate(suite, 1):
-    examples, prompts = _examples_and_prompts(spec, data_dir, mapping)
-    if not examples:
-      raise ValueError(f"{spec.name}: the evaluation split is empty.")
-    if max_examples:
-      examples = examples[:max_examples]
-    accuracies, skipped = {}, {}
-    correctness[spec.name] = {}
-    for prompt in prompts:
-      if not prompt.has_choices:
-        skipped[prompt.name] = "the template has no answer choices"
-        continue
-      requests, golds, rows = [], [], []
-      for i, example in enumerate(examples):
-        rendered = prompt.render(example)
-        if rendered is None or not rendered.gold:
-          continue
-        requests.append(Request(tokens(rendered.inputs, eos=False),
-                                tuple(tokens(c, eos=True) for c in rendered.choices)))
-        golds.append(rendered.gold)
-        rows.append(i)
-      if not requests:
-        skipped[prompt.name] = "no example renders under this template"
-        continue
-      scores = scorer.score(requests, normalize=normalize)
-      correct = [int(np.argmax(s)) in g for s, g in zip(scores, golds)]
-      accuracies[prompt.name] = 100.0 * float(np.mean(correct))
-      per_example = np.full(len(examples), np.nan)
-      per_example[rows] = correct
-      correctness[spec.name][prompt.name] = per_example
-    if not accuracies:
-      raise ValueError(f"{spec.name}: no prompt could be scored ({skipped}).")
-    median = float(np.median(list(accuracies.values())))
-    results[spec.name] = {"prompts": accuracies, "median": median, "examples": len(examples),
-                          "random": 100.0 * spec.random, "skipped": skipped}
-    elapsed = time.time() - start
-    log(f"[{n}/{len(suite)}] {spec.name}: median {results[spec.name]['median']:.1f} over "
-        f"{len(accuracies)} prompts, {len(examples)} examples ({elapsed:.0f}s, ETA "
-        f"{elapsed / n * (len(suite) - n):.0f}s)")
+  run = {"normalize": normalize, "max_examples": max_examples, **(metadata or {})}
+  try:
+    for n, entry in enumerate(prepared, 1):
+      spec = entry.spec
+      accuracies = {}
+      correctness[spec.name] = {}
+      for name, (rows, outs) in entry.rendered.items():
+        requests = [Request(tokens(o.inputs, eos=False),
+                            tuple(tokens(c, eos=True) for c in o.choices)) for o in outs]
+        scores = scorer.score(requests, normalize=normalize)
+        correct = [int(np.argmax(s)) in o.gold for s, o in zip(scores, outs)]
+        accuracies[name] = 100.0 * float(np.mean(correct))
+        per_example = np.full(entry.num_examples, np.nan)
+        per_example[rows] = correct
+        correctness[spec.name][name] = per_example
+      median = float(np.median(list(accuracies.values())))
+      results[spec.name] = {"prompts": accuracies, "median": median,
+                            "examples": entry.num_examples, "random": 100.0 * spec.random,
+                            "skipped": entry.skipped}
+      elapsed = time.time() - start
+      log(f"[{n}/{len(suite)}] {spec.name}: median {median:.1f} over {len(accuracies)} "
+          f"prompts, {entry.num_examples} examples ({elapsed:.0f}s, ETA "
+          f"{elapsed / n * (len(suite) - n):.0f}s)")
+      if partial_dir:
+        write_partial(results, suite, partial_dir, run)
+  except BaseException as e:
+    if partial_dir and results:
+      try:
+        path = write_partial(results, suite, partial_dir, run, error=e)
+        log(f"stopped after {len(results)} of {len(suite)} datasets "
+            f"({type(e).__name__}); their results are in {path}")
+      except Exception as write_error:  # keep the original error
+        log(f"could not write the partial results to {partial_dir}: {write_error}")
+    raise
   out = {"datasets": results,
          "average": float(np.mean([r["median"] for r in results.values()])),
          "random_average": float(np.mean([r["random"] for r in results.values()])),
@@ -161,12 +226,33 @@ def markdown(results: dict, title: str = "T0-Eval", paper: bool = False) -> str:
 
 
 def write(results: dict, out_dir: str, paper: bool = False) -> tuple[str, str]:
-  """Write `results.json` and `results.md` into `out_dir` (local or remote); returns
-  their paths."""
+  """Write `results.json` and `results.md` into `out_dir` (local or remote), then remove
+  the `results.partial.json` of an earlier, stopped run there; returns their paths."""
   out_dir = paths.normalize(out_dir, "output directory")
   paths.makedirs(out_dir)
-  json_path = paths.join(out_dir, "results.json")
+  json_path = paths.join(out_dir, RESULTS_FILE)
   md_path = paths.join(out_dir, "results.md")
   paths.write_text(json_path, json.dumps(results, indent=2))
   paths.write_text(md_path, markdown(results, paper=paper))
+  partial = paths.join(out_dir, PARTIAL_FILE)
+  if paths.exists(partial):
+    paths.remove(partial)
   return json_path, md_path
+
+
+def write_partial(results: dict, suite: Sequence, out_dir: str, run: dict,
+                  error: Optional[BaseException] = None) -> str:
+  """Write `results.partial.json` into `out_dir`: `{"partial": true, "completed": [...],
+  "remaining": [...], "datasets": {...}, "error": "<type>: <message>" (if stopped by
+  one)}` and the run's settings `run`; no average (the suite is incomplete). Returns
+  its path. `results.json` is left as it is."""
+  out_dir = paths.normalize(out_dir, "output directory")
+  paths.makedirs(out_dir)
+  path = paths.join(out_dir, PARTIAL_FILE)
+  body = {"partial": True, "completed": list(results),
+          "remaining": [s.name for s in suite if s.name not in results],
+          "datasets": results, **run}
+  if error is not None:
+    body["error"] = type(error).__name__ + (f": {error}" if str(error) else "")
+  paths.write_text(path, json.dumps(body, indent=2))
+  return path

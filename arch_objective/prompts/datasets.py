@@ -15,10 +15,11 @@ Three ways to find a dataset's split, in order:
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import json
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from arch_objective.prompts.templates import dataset_key
 
@@ -28,6 +29,20 @@ Example = dict[str, Any]
 _NLI2 = {"entailment": 0, "not_entailment": 1}
 _NLI3_SUPERGLUE = {"entailment": 0, "contradiction": 1, "neutral": 2}
 _ANLI = {"e": 0, "n": 1, "c": 2}
+_BOOL = {"False": 0, "True": 1}          # WiC, WSC (JSON true/false in the original files)
+_COPA = {"choice1": 0, "choice2": 1}     # COPA (0/1 in the original files)
+
+# trec as T0 read it (HF's `trec` before huggingface/datasets#4801, 2022): `label-coarse`
+# and `label-fine` over these classes, the ids promptsource's templates compare with
+# (`label_coarse == 5` is LOC). Since then HF names the fields `coarse_label` and
+# `fine_label` and numbers the classes differently (see `trec_original_layout`).
+TREC_COARSE = ("DESC", "ENTY", "ABBR", "HUM", "NUM", "LOC")
+TREC_FINE = ("manner", "cremat", "animal", "exp", "ind", "gr", "title", "def", "date",
+             "reason", "event", "state", "desc", "count", "other", "letter", "religion",
+             "food", "country", "color", "termeq", "city", "body", "dismed", "mount", "money",
+             "product", "period", "substance", "sport", "plant", "techmeth", "volsize",
+             "instru", "abb", "speed", "word", "lang", "perc", "code", "dist", "temp",
+             "symbol", "ord", "veh", "weight", "currency")
 
 
 def _read_jsonl(path: str) -> list[dict]:
@@ -50,15 +65,21 @@ def _field(row: dict, name: str, path: str, index: int):
 
 
 def _label(row, path, i, table):
+  """The HF class id of an example's label: a name of `table` (original label string ->
+  id), an id, or for the True/False datasets a JSON boolean."""
   label = _field(row, "label", path, i)
-  if isinstance(label, bool):
+  ids = sorted(set(table.values()))
+  if table is _BOOL and isinstance(label, bool):
     return int(label)
-  if isinstance(label, int):
+  if isinstance(label, int) and not isinstance(label, bool) and label in ids:
     return label
-  if label not in table:
-    raise ValueError(f"{path}, example {i}: unknown label {label!r}; expected one of "
-                     f"{sorted(table)}.")
-  return table[label]
+  if isinstance(label, str) and label in table:
+    return table[label]
+  accepted = ", ".join(repr(k) for k in table) + ", or an id " + " or ".join(map(str, ids))
+  if table is _BOOL:
+    accepted = "true or false (JSON booleans), " + accepted
+  raise ValueError(f"{path}, example {i}: unknown label {label!r}; expected one of "
+                   f"{accepted}.")
 
 
 def _superglue_rte(path):
@@ -75,25 +96,66 @@ def _superglue_cb(path):
 
 def _superglue_copa(path):
   keys = ("premise", "choice1", "choice2", "question")
-  return [{**{k: _field(r, k, path, i) for k in keys}, "label": int(_field(r, "label", path, i)),
+  return [{**{k: _field(r, k, path, i) for k in keys}, "label": _label(r, path, i, _COPA),
            "idx": r.get("idx", i)} for i, r in enumerate(_read_jsonl(path))]
 
 
 def _superglue_wic(path):
   keys = ("word", "sentence1", "sentence2", "start1", "start2", "end1", "end2")
-  return [{**{k: _field(r, k, path, i) for k in keys}, "label": _label(r, path, i, {}),
+  return [{**{k: _field(r, k, path, i) for k in keys}, "label": _label(r, path, i, _BOOL),
            "idx": r.get("idx", i)} for i, r in enumerate(_read_jsonl(path))]
 
 
 def _superglue_wsc(path):
+  """WSC as HF's `super_glue/wsc.fixed` gives it: the spans of the `target` field, their
+  texts fixed where they are not substrings of the text (`fix_wsc_spans`)."""
   out = []
   for i, r in enumerate(_read_jsonl(path)):
     target = _field(r, "target", path, i)
-    out.append({"text": _field(r, "text", path, i), "span1_index": target["span1_index"],
-                "span2_index": target["span2_index"], "span1_text": target["span1_text"],
-                "span2_text": target["span2_text"], "label": _label(r, path, i, {}),
-                "idx": r.get("idx", i)})
+    example = {"text": _field(r, "text", path, i)}
+    for key in ("span1_index", "span2_index", "span1_text", "span2_text"):
+      if key not in target:
+        raise ValueError(f"{path}, example {i}: the 'target' field lacks {key!r}; found "
+                         f"{sorted(target)}.")
+      example[key] = target[key]
+    out.append({**fix_wsc_spans(example, f"{path}, example {i}"),
+                "label": _label(r, path, i, _BOOL), "idx": r.get("idx", i)})
   return out
+
+
+# Spans HF's fix leaves alone: "the subjects have intervening text".
+_WSC_UNFIXABLE = ("Kamenev and Zinoviev", "Kamenev, Zinoviev, and Stalin")
+
+
+def fix_wsc_spans(example: Example, where: str = "WSC example") -> Example:
+  """The fix HF's `super_glue` script applies to `wsc.fixed` (its `_fix_wst`): a span
+  text that is not a substring of `text` gets the case of the first letter of the word
+  at its index, loses trailing periods, and has newlines turned into spaces; a span
+  text containing 'theyscold' sets `span2_index` to 10 (HF's replacement of 'theyscold'
+  in the text discards its result, so the text stays as it is). Spans already in the
+  text and the two Kamenev/Zinoviev spans stay as they are. Returns a new example;
+  raises ValueError, naming `where`, where the fixed span is still not in the text
+  (HF's script fails there too)."""
+  ex = dict(example)
+  for span in ("span1", "span2"):
+    text, index = ex[f"{span}_text"], ex[f"{span}_index"]
+    if text in ex["text"] or text in _WSC_UNFIXABLE:
+      continue
+    if "theyscold" in text:
+      ex["span2_index"] = 10
+    words = ex["text"].split()
+    if not 0 <= index < len(words):
+      raise ValueError(f"{where}: {span}_index {index} is not a word index of the "
+                       f"{len(words)}-word text {ex['text']!r}.")
+    first = words[index]
+    text = (text[0].lower() if first[0].islower() else text[0].upper()) + text[1:]
+    text = text.rstrip(".").replace("\n", " ")
+    if text not in ex["text"]:
+      raise ValueError(f"{where}: {span}_text {ex[f'{span}_text']!r} is not in the text "
+                       f"{ex['text']!r}, nor is it once fixed as HF's wsc.fixed does "
+                       f"({text!r}).")
+    ex[f"{span}_text"] = text
+  return ex
 
 
 def _anli(path):
@@ -194,27 +256,56 @@ def load_examples(dataset: str, subset: Optional[str], split: str,
                   data_dir: Optional[str] = None,
                   mapping: Optional[dict[str, dict[str, str]]] = None) -> list[Example]:
   """The examples of a split in HF field format (see the module docstring)."""
+  path, reader = _locate(dataset, subset, split, data_dir, mapping)
+  if path is None:
+    return _load_hf(dataset, subset, split)
+  return reader(path)
+
+
+def source(dataset: str, subset: Optional[str], split: str, data_dir: Optional[str] = None,
+           mapping: Optional[dict[str, dict[str, str]]] = None) -> str:
+  """Where `load_examples` reads the split from: a file, or Hugging Face datasets (for
+  messages; a file that is missing is described as expected)."""
+  try:
+    path, _ = _locate(dataset, subset, split, data_dir, mapping)
+  except (ValueError, FileNotFoundError) as e:
+    return str(e)
+  return path or f"Hugging Face datasets {dataset!r} {subset!r}, split {split!r}"
+
+
+def _locate(dataset, subset, split, data_dir, mapping
+            ) -> tuple[Optional[str], Callable[[str], list[Example]]]:
+  """(file, its reader) of a split, or (None, None) for HF datasets."""
   key = dataset_key(dataset, subset)
   layout = ORIGINAL_LAYOUTS.get(key)
+  generic = functools.partial(_generic, key)
   if mapping and key in mapping:
     if split not in mapping[key]:
       raise ValueError(f"mapping for {key} has splits {sorted(mapping[key])}, not {split!r}.")
     path = mapping[key][split]
     if not os.path.exists(path):
       raise FileNotFoundError(f"{key} {split}: mapped file {path} does not exist.")
-    return layout[1](path) if layout else _read_jsonl(path)
+    return path, layout[1] if layout else generic
   if data_dir:
     if layout and split in layout[0]:
       matches = sorted(glob.glob(os.path.join(data_dir, layout[0][split])))
       if matches:
-        return layout[1](matches[0])
-    generic = os.path.join(data_dir, *key.split("/"), f"{split}.jsonl")
-    if os.path.exists(generic):
-      return _read_jsonl(generic)
+        return matches[0], layout[1]
+    path = os.path.join(data_dir, *key.split("/"), f"{split}.jsonl")
+    if os.path.exists(path):
+      return path, generic
     expected = [os.path.join(data_dir, layout[0][split])] if layout and split in layout[0] else []
     raise FileNotFoundError(f"{key} {split}: no file in {data_dir}; expected "
-                            f"{' or '.join(expected + [generic])}, or a mapping file entry.")
-  return _load_hf(dataset, subset, split)
+                            f"{' or '.join(expected + [path])}, or a mapping file entry.")
+  return None, None
+
+
+def _generic(key: str, path: str) -> list[Example]:
+  """A JSON Lines file already in HF field format."""
+  rows = _read_jsonl(path)
+  if key == "trec":
+    _check_trec_layout(rows, path)
+  return rows
 
 
 def _load_hf(dataset: str, subset: Optional[str], split: str) -> list[Example]:
@@ -226,4 +317,40 @@ def _load_hf(dataset: str, subset: Optional[str], split: str) -> list[Example]:
   hf_subset, hf_split = subset, split
   if dataset == "anli" and subset and subset.startswith("r"):
     hf_subset, hf_split = None, _HF_SPLITS["anli"][split].format(r=subset[1:])
-  return [dict(r) for r in datasets.load_dataset(dataset, hf_subset, split=hf_split)]
+  data = datasets.load_dataset(dataset, hf_subset, split=hf_split)
+  rows = [dict(r) for r in data]
+  if dataset == "trec" and "coarse_label" in data.features:
+    return trec_original_layout(rows, data.features["coarse_label"].names,
+                                data.features["fine_label"].names)
+  return rows
+
+
+def trec_original_layout(rows: list[Example], coarse_names: Sequence[str],
+                         fine_names: Sequence[str]) -> list[Example]:
+  """trec rows of HF's trec since huggingface/datasets#4801 (`coarse_label`,
+  `fine_label`: ids of `coarse_names` and `fine_names`, e.g. 'LOC' and 'LOC:city') in
+  the layout T0 trained on and promptsource's templates read: `label-coarse` and
+  `label-fine`, ids of `TREC_COARSE` and `TREC_FINE` (which name a fine class by its
+  part after ':', so 'DESC:desc' and 'HUM:desc' are both 'desc'). Converting by name
+  keeps every template's target right; the ids alone would not."""
+  coarse = {n: TREC_COARSE.index(n) for n in coarse_names if n in TREC_COARSE}
+  fine = {n: TREC_FINE.index(n.split(":")[-1]) for n in fine_names
+          if n.split(":")[-1] in TREC_FINE}
+  unknown = sorted(set(coarse_names) - set(coarse)) + sorted(set(fine_names) - set(fine))
+  if unknown:
+    raise ValueError(f"trec: class name(s) {unknown} are not classes of the trec T0 trained "
+                     f"on ({', '.join(TREC_COARSE)}; fine: {', '.join(TREC_FINE)}).")
+  return [{"text": r["text"], "label-coarse": coarse[coarse_names[r["coarse_label"]]],
+           "label-fine": fine[fine_names[r["fine_label"]]]} for r in rows]
+
+
+def _check_trec_layout(rows: list[Example], path: str):
+  """trec rows read from a file must be in T0's layout: ids alone cannot be converted."""
+  for i, r in enumerate(rows):
+    if "coarse_label" in r and not {"label-coarse", "label_coarse"} & set(r):
+      raise ValueError(
+          f"{path}, example {i}: trec rows with 'coarse_label'/'fine_label' are the layout "
+          f"of HF's trec since 2022, whose class ids differ from those the promptsource "
+          f"templates read; give rows with 'label-coarse' over {', '.join(TREC_COARSE)} "
+          f"and 'label-fine' over the 47 classes of `datasets.TREC_FINE` (T0's trec), or "
+          f"read trec through HF datasets (converted by class name).")

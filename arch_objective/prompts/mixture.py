@@ -6,6 +6,13 @@ dataset has more than `cap` (500,000) examples. Each draw picks a task with prob
 proportional to its rate (keyed per draw and per host), then the task's next example in
 a per-epoch shuffled order. Inputs have no EOS, targets end in EOS (spec §3.2).
 
+Examples a prompt does not apply to are handled as promptsource's seqio tasks (which T0
+trained on) handle them: an example the template yields no `inputs ||| targets` pair for,
+or empty inputs, is skipped (T0 filters it out); an example with an empty target is kept
+with the target `NO_LABEL` ('<NO LABEL>', T0's target for them; `no_label=None` skips
+them instead). Neither is silent: `render_counts()` holds the numbers per task, and a
+warning names the task and its numbers after each pass over its examples.
+
 Rows per architecture (spec §3.3): decoder-only models read `inputs ++ targets` packed in
 rows of `inputs_length + targets_length` (1024 + 256), loss on targets, the ND attending
 bidirectionally over the inputs; the ED reads packed 1024 / 256 rows.
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -26,13 +34,19 @@ from arch_objective.prompts import templates
 
 EOS_ID = 1
 _SALT = 17
+# The target T0's tasks give an example whose template renders an empty target
+# (promptsource `seqio_tasks/utils.py`, `apply_template`).
+NO_LABEL = "<NO LABEL>"
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class PromptedTask:
   """One (dataset, prompt) task: `examples(split)` gives raw HF-format examples."""
   name: str
-  prompt: Any                                  # has .render(example) -> Rendered | None
+  prompt: Any                 # .apply(example) -> (inputs, targets) | None (a promptsource
+                              # `templates.Prompt`), or .render(example) -> Rendered | None
   examples: Callable[[str], Sequence[dict]]
   num_prompts: int                             # prompts of the same dataset (for the cap)
 
@@ -48,6 +62,10 @@ class PromptedMixture:
   targets_length: int = 256
   cap: int = 500_000
   splits: tuple[str, ...] = ("train", "validation")
+  no_label: Optional[str] = NO_LABEL        # target of empty-target examples; None skips
+  # task name -> {"examples", "skipped", "no_label"} over every stream of this mixture
+  _counts: dict = dataclasses.field(default_factory=dict, init=False, compare=False,
+                                    repr=False)
 
   @property
   def architectures(self):
@@ -73,6 +91,7 @@ class PromptedMixture:
     vocab = self.vocab()
     encode = functools.lru_cache(maxsize=65536)(vocab.encode)
     positions = [0] * len(self.tasks)
+    passes = [dict.fromkeys(_OUTCOMES, 0) for _ in self.tasks]
     orders: dict[tuple[int, int], np.ndarray] = {}
     seed = registry.shard_seed(seed, shard_index, num_shards)
     draw = 0
@@ -91,14 +110,64 @@ class PromptedMixture:
           orders = {k: v for k, v in orders.items() if k[0] != t}
           orders[(t, epoch)] = np.random.default_rng(
               [seed & 0xFFFFFFFF, _SALT, t, epoch]).permutation(len(examples))
-        rendered = task.prompt.render(examples[int(orders[(t, epoch)][offset])])
-        if rendered is not None and rendered.inputs and rendered.targets:
+        pair = self._apply(task, examples[int(orders[(t, epoch)][offset])], passes[t])
+        if offset == len(examples) - 1:
+          self._report(task, split, len(examples), passes[t])
+        if pair is not None:
           break
       else:
+        empty = "" if self.no_label else " or an empty target"
         raise ValueError(f"mixture {self.name!r}: task {task.name!r} renders none of its "
-                         f"{len(examples)} {split} examples (empty inputs or targets).")
-      yield {"inputs": np.asarray(encode(rendered.inputs), np.int32),
-             "targets": np.asarray(list(encode(rendered.targets)) + [EOS_ID], np.int32)}
+                         f"{len(examples)} {split} examples (for each the template yields "
+                         f"no 'inputs ||| targets' pair, empty inputs{empty}).")
+      inputs, targets = pair
+      yield {"inputs": np.asarray(encode(inputs), np.int32),
+             "targets": np.asarray(list(encode(targets)) + [EOS_ID], np.int32)}
+
+  def _apply(self, task: PromptedTask, example: dict, this_pass: dict
+             ) -> Optional[tuple[str, str]]:
+    """(inputs, targets) of one example, or None when it is skipped; counts both."""
+    if hasattr(task.prompt, "apply"):
+      pair = task.prompt.apply(example)
+    else:
+      rendered = task.prompt.render(example)
+      pair = None if rendered is None else (rendered.inputs, rendered.targets)
+    if pair is not None and not pair[0]:
+      pair = None
+    outcome = "examples"
+    if pair is None:
+      outcome = "skipped"
+    elif not pair[1]:
+      outcome = "no_label"
+      pair = (pair[0], self.no_label) if self.no_label else None
+    for counts in (self._counts.setdefault(task.name, dict.fromkeys(_OUTCOMES, 0)),
+                   this_pass):
+      counts["examples"] += 1
+      if outcome != "examples":
+        counts[outcome] += 1
+    return pair
+
+  def _report(self, task: PromptedTask, split: str, size: int, this_pass: dict):
+    """After a pass over a task's examples: a warning if any were skipped or had an
+    empty target, then a fresh count for the next pass."""
+    skipped, no_label = this_pass["skipped"], this_pass["no_label"]
+    if skipped or no_label:
+      what = []
+      if skipped:
+        what.append(f"{skipped} yield no example under the template (skipped, as T0 does)")
+      if no_label:
+        what.append(f"{no_label} have an empty target (" + (
+            f"trained on {self.no_label!r}, as T0 does)" if self.no_label else "skipped)"))
+      log.warning("mixture %r, task %s: of its %d %s examples, %s.", self.name, task.name,
+                  size, split, " and ".join(what))
+    this_pass.update(dict.fromkeys(_OUTCOMES, 0))
+
+  def render_counts(self) -> dict[str, dict[str, int]]:
+    """Per task, over every example this mixture's streams have read so far: how many
+    (`examples`), how many were skipped because the template yields no example for them
+    (`skipped`), and how many had an empty target (`no_label`: trained on `no_label`, or
+    skipped too when it is None). Tasks not read yet are absent."""
+    return {name: dict(counts) for name, counts in self._counts.items()}
 
   def rows(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
            shard_index: int = 0, num_shards: int = 1, pack: bool = True
@@ -111,6 +180,9 @@ class PromptedMixture:
     rows = feature_converters.prefix_lm_rows(examples, self.inputs_length, self.targets_length,
                                              pack)
     return rows
+
+
+_OUTCOMES = ("examples", "skipped", "no_label")
 
 
 def from_promptsource(name: str, dataset_names: Sequence[tuple[str, Optional[str]]], *,

@@ -47,12 +47,39 @@ class Prompt:
   def original_task(self) -> bool:
     return bool(getattr(self.template.metadata, "original_task", False))
 
-  def render(self, example: Mapping[str, Any]) -> Optional[Rendered]:
-    """The rendered example, or None when the template yields no target for it.
+  def apply(self, example: Mapping[str, Any]) -> Optional[tuple[str, str]]:
+    """`(inputs, targets)` of the example as T0's training tasks read it, or None when
+    the template yields no example for it.
+
+    As promptsource's seqio `apply_template` (which T0 trained with): the example's
+    field names lose their hyphens first (`remove_hyphens`), the template is applied,
+    and an output that is not one `inputs ||| targets` pair or has empty inputs is no
+    example (None: T0 filters it out). The targets may be empty (T0 trains on them as
+    '<NO LABEL>'; `mixture.NO_LABEL`).
 
     Raises ValueError naming the dataset, template and field when the example lacks a
     field the template reads (promptsource itself would render it as empty text).
     """
+    parts = self._apply(remove_hyphens(example))[0]
+    if len(parts) != 2 or not parts[0]:
+      return None
+    return parts[0], parts[1]
+
+  def render(self, example: Mapping[str, Any]) -> Optional[Rendered]:
+    """The rendered example with its answer choices, or None when the template yields
+    no example for it or an empty target (nothing to score); see `apply`."""
+    example = remove_hyphens(example)
+    parts, choices = self._apply(example, with_choices=True)
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+      return None
+    inputs, targets = parts
+    gold = tuple(i for i, c in enumerate(choices) if c == targets)
+    return Rendered(inputs=inputs, targets=targets, choices=choices, gold=gold)
+
+  def _apply(self, example: dict, with_choices: bool = False
+             ) -> tuple[list[str], tuple[str, ...]]:
+    """promptsource's `apply` (the parts between `|||`, stripped) and, if asked, the
+    answer choices (stripped)."""
     missing = [f for f in _fields(self.template.jinja, self.template.answer_choices or "")
                if f not in example]
     if missing:
@@ -60,19 +87,24 @@ class Prompt:
                        f"example lacks field(s) {missing} the template reads; it has "
                        f"{sorted(example)}.")
     try:
-      parts = self.template.apply(dict(example))
-      choices = self.template.get_answer_choices_list(dict(example)) or []
+      parts = [p.strip() for p in self.template.apply(dict(example))]
+      choices = (self.template.get_answer_choices_list(dict(example)) or []
+                 if with_choices else [])
     except Exception as e:  # jinja's UndefinedError and friends
       missing = re.findall(r"'(\w+)' is undefined", str(e))
       field = f" field {missing[0]!r}" if missing else ""
       raise ValueError(f"{dataset_key(self.dataset, self.subset)} template {self.name!r}: cannot "
                        f"render an example with fields {sorted(example)}{field}: {e}") from e
-    if len(parts) < 2 or not parts[1].strip():
-      return None
-    inputs, targets = parts[0].strip(), parts[1].strip()
-    choices = tuple(c.strip() for c in choices)
-    gold = tuple(i for i, c in enumerate(choices) if c == targets)
-    return Rendered(inputs=inputs, targets=targets, choices=choices, gold=gold)
+    return parts, tuple(c.strip() for c in choices)
+
+
+def remove_hyphens(example: Mapping[str, Any]) -> dict[str, Any]:
+  """The example with every `-` in its field names replaced by `_`, as promptsource's
+  `utils.removeHyphen` does before T0 applies a template: jinja cannot name a field
+  with a hyphen, so the templates read e.g. trec's `label-coarse` as `label_coarse`."""
+  if not any("-" in k for k in example):
+    return example if isinstance(example, dict) else dict(example)
+  return {k.replace("-", "_"): v for k, v in example.items()}
 
 
 @functools.lru_cache(maxsize=None)

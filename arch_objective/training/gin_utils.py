@@ -9,6 +9,8 @@ Configurable names (what gin files bind):
   learning_rate_schedule arch_objective.training.optimizers.make_schedule
   eval_t0, eval_harness  arch_objective.evaluation.runs (registered when that module is
                          imported, as gin/runs/eval_*.gin do)
+  local_batch_size, local_dataset, local_suite, local_harness_tasks
+                         arch_objective.training.local (the local overlay, gin/local.gin)
 
 The repository's `gin/` directory is on the search path whether the package is
 installed editable (the source tree) or as a wheel (shipped as `arch_objective.gin_files`).
@@ -35,6 +37,7 @@ def register_configurables():
   if _REGISTERED:
     return
   from arch_objective.training import evaluate as evaluate_lib
+  from arch_objective.training import local
   from arch_objective.training import train as train_lib
   with gin.unlock_config():
     gin.external_configurable(train_lib.train, "train")
@@ -43,6 +46,10 @@ def register_configurables():
     gin.external_configurable(data.DatasetConfig, "DatasetConfig")
     gin.external_configurable(optimizers.adafactor, "adafactor")
     gin.external_configurable(optimizers.make_schedule, "learning_rate_schedule")
+    gin.external_configurable(local.local_batch_size, "local_batch_size")
+    gin.external_configurable(local.local_dataset, "local_dataset")
+    gin.external_configurable(local.local_suite, "local_suite")
+    gin.external_configurable(local.local_harness_tasks, "local_harness_tasks")
   _REGISTERED = True
 
 

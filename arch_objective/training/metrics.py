@@ -99,12 +99,12 @@ class MetricsWriter:
 class Progress:
   """`step 120/1000 [####......] 12% loss 3.21 | 45.1 steps/s | ETA 0:00:19`."""
 
-  def __init__(self, total_steps: int, start_step: int = 0, stream: TextIO = sys.stderr,
+  def __init__(self, total_steps: int, start_step: int = 0, stream: Optional[TextIO] = None,
                enabled: bool = True):
     self.total, self.start = total_steps, start_step
-    self.stream = stream
+    self.stream = stream if stream is not None else sys.stderr   # the current one
     self.enabled = enabled
-    self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
+    self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
     self.t0 = time.time()
 
   def update(self, step: int, loss: Optional[float] = None, force_line: bool = False):

@@ -96,7 +96,8 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
           mesh_data: int = -1, mesh_model: int = 1, fsdp: bool = False,
           save_every: int = 1000, keep_checkpoints: Optional[int] = None,
           async_checkpoints: bool = True, eval_dataset: Optional[data.DatasetConfig] = None,
-          eval_every: int = 0, eval_steps: int = 10, log_every: int = 10, seed: int = 0,
+          eval_every: int = 0, eval_steps: int = 10, eval_split: str = "validation",
+          log_every: int = 10, seed: int = 0, run_steps: Optional[int] = None,
           hooks: Sequence[Hook] = (), progress: bool = True,
           devices: Optional[Sequence[Any]] = None,
           restore_checkpoint: Optional[str] = None, restore_dtype: Optional[str] = None,
@@ -111,13 +112,29 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
   starts afresh, parameters are cast to `restore_dtype` if given, and the source is
   appended to the run's lineage. `reset_step` restarts the step counter at 0 (then
   `train_steps` counts this run's steps), `reset_optimizer` restarts Adafactor's second
-  moments, `reset_schedule` the learning-rate schedule and Adafactor's decay. `learning_rate_schedule` defaults to the paper's
-  1/sqrt(max(step, 1e4)); `optimizer(schedule)` to t5x's Adafactor.
+  moments, `reset_schedule` the learning-rate schedule and Adafactor's decay.
+  `learning_rate_schedule` defaults to the paper's 1/sqrt(max(step, 1e4));
+  `optimizer(schedule)` to t5x's Adafactor.
+
+  Validation (t5x's `eval_period`): every `eval_every` steps, the loss and token accuracy
+  over `eval_steps` batches of `eval_dataset` (default: `dataset` on `eval_split`) go to
+  metrics.jsonl and TensorBoard with split 'validation'.
+
+  `run_steps` stops this invocation after that many steps (a checkpoint is saved there)
+  even when `train_steps` is further: the step counter, schedule and `train_steps` stay
+  what they are, so a later run continues where it stopped (the local overlay,
+  `gin/local.gin`, uses it to try any experiment file for a few steps).
   """
   if train_steps < 1:
     raise ValueError(f"train_steps must be >= 1, found {train_steps}.")
   if save_every < 1:
     raise ValueError(f"save_every must be >= 1, found {save_every}.")
+  if run_steps is not None and run_steps < 1:
+    raise ValueError(f"run_steps must be >= 1 (or None: until train_steps), found "
+                     f"{run_steps}.")
+  if eval_every < 0 or (eval_every and eval_steps < 1):
+    raise ValueError(f"eval_every must be >= 0 and eval_steps >= 1, found eval_every="
+                     f"{eval_every}, eval_steps={eval_steps}.")
   model_dir = _check_model_dir(model_dir)
   is_chief = jax.process_index() == 0
   mesh = partitioning.make_mesh(mesh_data, mesh_model, devices)
@@ -169,6 +186,11 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
       batches = _chain(first, batches)
       position = {"batches": 0}
   data_position = int(position["batches"])
+  stop_step = train_steps if run_steps is None else min(train_steps, start_step + run_steps)
+  if eval_every and eval_dataset is None:
+    eval_dataset = dataclasses.replace(dataset, split=eval_split)
+  if eval_every and stop_step // eval_every > start_step // eval_every:
+    _check_eval_dataset(eval_dataset, model.name)   # this run validates at least once
 
   batch_shardings = {k: partitioner.batch_sharding() for k in first}
   step_fn = jax.jit(
@@ -177,7 +199,7 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
       out_shardings=(shardings, partitioner.replicated()), donate_argnums=(0,))
 
   writer = metrics_lib.MetricsWriter(model_dir, enabled=is_chief)
-  bar = metrics_lib.Progress(train_steps, start_step, enabled=progress and is_chief)
+  bar = metrics_lib.Progress(stop_step, start_step, enabled=progress and is_chief)
   flops_per_token = models.training_flops_per_token(
       model, *_lengths(spec, model, input_shapes))
   peak = _peak_flops(jax.devices()[0])
@@ -186,7 +208,7 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
   step = start_step
   window_t, window_tokens = time.time(), 0.0
   try:
-    for step in range(start_step, train_steps):
+    for step in range(start_step, stop_step):
       local = next(batches)
       batch = partitioner.shard_batch(local)
       t0 = time.time()
@@ -206,7 +228,7 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
       if step == start_step and is_chief and config_text is not None:
         paths.write_text(paths.join(model_dir, "config.gin"), config_text())
       done = step + 1
-      if done % log_every == 0 or done == train_steps:
+      if done % log_every == 0 or done == stop_step:
         elapsed = time.time() - window_t
         tokens_per_s = window_tokens / max(elapsed, 1e-9)
         scalars = dict(summary, tokens_per_second=tokens_per_s)
@@ -217,12 +239,17 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
         bar.update(done, summary["loss_per_token"], force_line=True)
       else:
         bar.update(done, summary["loss_per_token"])
-      if done % save_every == 0 or done == train_steps:
+      if done % save_every == 0 or done == stop_step:
         ckpt.save(done, state, {"batches": data_position}, meta)
         last_saved = done
-      if eval_dataset is not None and eval_every and done % eval_every == 0:
-        writer.write(done, evaluate_params(model, state.params, eval_dataset, eval_steps,
-                                           partitioner), split="validation")
+      if eval_every and done % eval_every == 0:
+        validation = evaluate_params(model, state.params, eval_dataset, eval_steps,
+                                     partitioner)
+        writer.write(done, validation, split="validation")
+        if is_chief and progress:
+          print(f"step {done}: validation loss/token {validation['loss_per_token']:.4f}, "
+                f"accuracy {validation['accuracy']:.4f} ({validation['batches']} batches)",
+                flush=True)
       for hook in hooks:
         hook(done, summary)
   finally:
@@ -271,6 +298,15 @@ def _lengths(spec, model, input_shapes) -> tuple[int, int, int]:
   if model.name == models.ENCODER_DECODER:
     return (0, input_shapes["encoder_input_tokens"][1], input_shapes["decoder_input_tokens"][1])
   return (input_shapes["decoder_input_tokens"][1], 0, 0)
+
+
+def _check_eval_dataset(dataset: data.DatasetConfig, arch: str):
+  """Fail before training when the validation data yields no batch (not at step N)."""
+  shard = dict(shard_index=jax.process_index(), num_shards=jax.process_count())
+  if next(data.batches(dataset, arch, repeat=False, **shard), None) is None:
+    raise ValueError(f"validation: split {dataset.split!r} of task {dataset.task!r} yields "
+                     f"no batch of {dataset.batch_size} rows; use a larger validation split "
+                     f"or set eval_every (EVAL_PERIOD) to 0.")
 
 
 def evaluate_params(model, params, dataset: data.DatasetConfig, num_batches: int,

@@ -1,7 +1,8 @@
 """The train state and the pure, module-level train and eval steps.
 
 `train_step(model, optimizer, num_microbatches, state, batch, base_rng)`:
-  * the step's RNG is `fold_in(base_rng, state.step)`, microbatch i's `fold_in(that, i)`;
+  * the step's RNG is `fold_in(base_rng, state.step)`; dropout draws each row's masks from
+    it and the row's index in the batch, so microbatching does not change them;
   * the batch `[B, L]` is split into `num_microbatches` microbatches of `B / k` rows whose
     gradients and metrics are **summed** (the paper's loss is a sum, spec §8.2);
   * one optimiser update.
@@ -16,6 +17,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+
+from arch_objective import layers
 
 Array = jax.Array
 
@@ -67,26 +70,34 @@ def _summable(metrics: Mapping[str, Array]) -> dict[str, Array]:
 
 
 def loss_and_grads(model, params, batch, rng, num_microbatches: int = 1):
-  """Summed metrics and gradients over `num_microbatches` microbatches."""
-  def one(mb, mb_rng):
-    (_, metrics), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(params, mb, mb_rng)
+  """Summed metrics and gradients over `num_microbatches` microbatches.
+
+  `rng` is the step's dropout key (None: no dropout). Every microbatch uses it with
+  its rows' offset in the batch (`layers.dropout_row_offset`), so each row draws the
+  dropout masks it would draw in one whole batch: the summed gradients equal the
+  one-batch gradients for any `num_microbatches`, with or without dropout.
+  """
+  def one(mb, offset):
+    with layers.dropout_row_offset(offset):
+      (_, metrics), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(params, mb, rng)
     return grads, _summable(metrics)
 
   if num_microbatches <= 1:
-    return one(batch, rng)
+    return one(batch, 0)
   micro = _split_microbatches(batch, num_microbatches)
+  rows = next(iter(micro.values())).shape[1]
 
   def body(carry, xs):
     grads_acc, metrics_acc = carry
     mb, i = xs
-    grads, metrics = one(mb, jax.random.fold_in(rng, i))
+    grads, metrics = one(mb, i * rows)
     return (jax.tree_util.tree_map(jnp.add, grads_acc, grads),
             jax.tree_util.tree_map(jnp.add, metrics_acc, metrics)), None
 
   zeros_g = jax.tree_util.tree_map(jnp.zeros_like, params)
   zeros_m = {k: jnp.zeros((), jnp.float32) for k in SUMMED_METRICS}
   (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m),
-                                     (micro, jnp.arange(num_microbatches)))
+                                     (micro, jnp.arange(num_microbatches, dtype=jnp.uint32)))
   return grads, metrics
 
 

@@ -1,0 +1,223 @@
+"""The local overlay's data: any experiment file, shrunk, on one CPU (`gin/local.gin`).
+
+`gin/local.gin`, given after an experiment file, rebinds the model size, rows per step,
+lengths and how many steps one run takes, and routes the data through the functions
+here:
+
+  local_batch_size()         16 rows, or more when the file has more microbatches
+  local_dataset(dataset)     C4 tasks `c4_<kind>` read a local corpus as `local_<kind>`;
+                             prompted MT-F mixtures (`t0_train`, PROMPT_DATASETS) become
+                             the world's training families (`world_mtf`)
+  local_suite()              T0-Eval scores the world's held-out families
+  local_harness_tasks()      lm-eval YAML tasks over the same families (EAI-Eval)
+
+Everything else stays the experiment file's: architecture, objective, microbatches,
+dropout, schedules, restore and reset options, activation dtype, mesh logic.
+
+The default data is the laptop study's synthetic world (`data/world.py`): its corpus and
+a SentencePiece vocabulary of `WORLD_VOCAB` pieces (+100 extra ids: 500 ids), made once
+into LOCAL_DATA_DIR (default `$XDG_CACHE_HOME/arch-objective/local-world-v1`, else
+`~/.cache/...`). It is written into a temporary folder and renamed into place, so runs
+that start together share one copy. Give LOCAL_CORPUS and LOCAL_VOCABULARY to train on
+your own text instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import tempfile
+from typing import Optional, Sequence, Union
+
+from arch_objective.training import data
+
+WORLD_VERSION = 1
+WORLD_SEED = 0
+WORLD_BYTES = 4_000_000
+WORLD_VOCAB = 400
+WORLD_MTF = "world_mtf"
+HARNESS_DIR = "harness_tasks"
+_CORPUS, _VOCAB = "corpus.jsonl", "spm.model"
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalData:
+  """The files of a local world: `directory/corpus.jsonl`, `directory/spm.model`."""
+  directory: str
+
+  @property
+  def corpus(self) -> str:
+    return os.path.join(self.directory, _CORPUS)
+
+  @property
+  def vocabulary(self) -> str:
+    return os.path.join(self.directory, _VOCAB)
+
+
+def default_data_dir() -> str:
+  cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(cache, "arch-objective", f"local-world-v{WORLD_VERSION}")
+
+
+@functools.lru_cache(maxsize=None)
+def _world():
+  from arch_objective.data import world as world_lib
+  return world_lib.make_world(seed=WORLD_SEED)
+
+
+def prepare(data_dir: Optional[str] = None, log=print) -> LocalData:
+  """The world's corpus and vocabulary in `data_dir` (default `default_data_dir()`),
+  made there first if missing (a few seconds)."""
+  from arch_objective.data import sources, vocabularies, world as world_lib
+  local = LocalData(os.path.abspath(os.path.expanduser(data_dir or default_data_dir())))
+  if os.path.exists(local.corpus) and os.path.exists(local.vocabulary):
+    return local
+  if os.path.exists(local.directory) and os.listdir(local.directory):
+    raise ValueError(f"LOCAL_DATA_DIR {local.directory!r} exists but holds no {_CORPUS} and "
+                     f"{_VOCAB}; give an empty or new directory.")
+  parent = os.path.dirname(local.directory)
+  os.makedirs(parent, exist_ok=True)
+  log(f"making the local world in {local.directory} (once)")
+  tmp = tempfile.mkdtemp(prefix=".local-world-", dir=parent)
+  try:
+    world_lib.write_corpus(os.path.join(tmp, _CORPUS), _world(), target_bytes=WORLD_BYTES)
+    vocabularies.train_sentencepiece(sources.jsonl_documents(os.path.join(tmp, _CORPUS)),
+                                     os.path.join(tmp, _VOCAB[:-len(".model")]), WORLD_VOCAB)
+    if os.path.isdir(local.directory):
+      os.rmdir(local.directory)            # empty (checked above); rename needs it gone
+    os.rename(tmp, local.directory)
+  except OSError:
+    if not (os.path.exists(local.corpus) and os.path.exists(local.vocabulary)):
+      raise
+    # Another run made it first: use theirs.
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return local
+
+
+def local_batch_size(rows: int = 16, num_microbatches: Optional[int] = None) -> int:
+  """`rows`, raised to a multiple of `num_microbatches` so that each microbatch keeps at
+  least one row. `num_microbatches=None` reads the run's gin macro NUM_MICROBATCHES
+  (1 when the run has none, as evaluation runs)."""
+  if num_microbatches is None:
+    num_microbatches = _gin_macro("NUM_MICROBATCHES", 1)
+  if isinstance(num_microbatches, bool) or not isinstance(num_microbatches, int) or (
+      num_microbatches < 1):
+    raise ValueError(f"NUM_MICROBATCHES must be an integer >= 1, found {num_microbatches!r}.")
+  return -(-max(rows, num_microbatches) // num_microbatches) * num_microbatches
+
+
+def _gin_macro(name: str, default):
+  import gin
+  try:
+    return gin.query_parameter(f"%{name}")
+  except ValueError:
+    return default
+
+
+def _is_prompted(dataset: data.DatasetConfig) -> bool:
+  from tasks import t0
+  return dataset.task == t0.T0_TRAIN or bool(dataset.prompt_datasets)
+
+
+def local_dataset(dataset: data.DatasetConfig, data_dir: Optional[str] = None,
+                  corpus: Optional[Union[str, Sequence[str]]] = None,
+                  vocabulary: Optional[str] = None) -> data.DatasetConfig:
+  """`dataset` pointed at local data; its batch size, lengths, seed and packing stay.
+
+  `c4_<kind>` -> `local_<kind>` over `corpus` (default: the world's corpus);
+  `local_<kind>` keeps its corpus; a prompted mixture -> `world_mtf`, one task per
+  (world training family, prompt), examples-proportional as the T0 mixture.
+  `vocabulary` defaults to the world's (with `corpus` of your own, give yours).
+  """
+  from arch_objective.data import registry
+  from arch_objective.prompts import mixture
+  if corpus is not None and vocabulary is None:
+    raise ValueError("local_dataset: LOCAL_CORPUS is set but LOCAL_VOCABULARY is not; give "
+                     "the SentencePiece .model that tokenises it (the world's vocabulary "
+                     "only knows the world's words).")
+  local = prepare(data_dir) if vocabulary is None or (corpus is None) else None
+  vocabulary = vocabulary or local.vocabulary
+  if _is_prompted(dataset):
+    registry.register(mixture.PromptedMixture(
+        WORLD_MTF, tuple(_world().training_tasks()), vocabulary,
+        extra_ids=dataset.extra_ids, inputs_length=dataset.inputs_length,
+        targets_length=dataset.targets_length))
+    return dataclasses.replace(dataset, task=WORLD_MTF, prompt_datasets=None, data_dir=None,
+                               mapping=None, vocabulary=vocabulary)
+  task = dataset.task
+  if task.startswith("c4_"):
+    task = "local_" + task[len("c4_"):]
+  elif not task.startswith("local_"):
+    raise ValueError(f"local_dataset: task {task!r} is neither a C4 task (c4_<kind>), a "
+                     f"local corpus task (local_<kind>) nor a prompted mixture; the local "
+                     f"overlay does not know what to read for it.")
+  if dataset.task.startswith("local_") and dataset.corpus and corpus is None:
+    corpus, field, layout = dataset.corpus, dataset.field, dataset.layout
+  elif corpus is None:
+    corpus, field, layout = local.corpus, "text", "line"
+  else:
+    field, layout = dataset.field, dataset.layout
+  return dataclasses.replace(dataset, task=task, corpus=corpus, field=field, layout=layout,
+                             vocabulary=vocabulary)
+
+
+def local_suite(data_dir: Optional[str] = None) -> list:
+  """The world's held-out families, for T0-Eval (`eval_t0.suite`)."""
+  del data_dir  # the suite is made in memory from the world's seed
+  return _world().heldout_suite()
+
+
+def harness_task_names() -> list[str]:
+  """The lm-eval task names `local_harness_tasks` writes: one per held-out family."""
+  from arch_objective.data import world_prompts
+  return list(world_prompts.HELDOUT_PROMPTS)
+
+
+def local_harness_tasks(data_dir: Optional[str] = None) -> str:
+  """A folder of lm-eval YAML tasks, one multiple-choice task per held-out family of the
+  world (its first prompt, the validation examples); returns the folder (an lm-eval
+  `include_path`)."""
+  local = prepare(data_dir)
+  folder = os.path.join(local.directory, HARNESS_DIR)
+  names = harness_task_names()
+  if all(os.path.exists(os.path.join(folder, f"{n}.yaml")) for n in names):
+    return folder
+  tmp = tempfile.mkdtemp(prefix=".harness-", dir=local.directory)
+  try:
+    for family in local_suite():
+      prompt, docs = family.prompts[0], []
+      for example in family.examples:
+        rendered = prompt.render(example)
+        if rendered is not None and rendered.choices:
+          docs.append({"query": rendered.inputs, "choices": list(rendered.choices),
+                       "gold": rendered.gold[0]})
+      rows = os.path.join(folder, f"{family.name}.jsonl")
+      with open(os.path.join(tmp, f"{family.name}.jsonl"), "w") as f:
+        f.writelines(json.dumps(d) + "\n" for d in docs)
+      with open(os.path.join(tmp, f"{family.name}.yaml"), "w") as f:
+        f.write(_HARNESS_YAML.format(name=family.name, rows=rows))
+    os.makedirs(folder, exist_ok=True)
+    for name in sorted(os.listdir(tmp)):     # rows first (.jsonl sorts before .yaml)
+      os.replace(os.path.join(tmp, name), os.path.join(folder, name))
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return folder
+
+
+_HARNESS_YAML = """\
+task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {rows}
+output_type: multiple_choice
+validation_split: validation
+doc_to_text: "{{{{query}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: gold
+metric_list:
+  - metric: acc
+"""
