@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -126,7 +127,8 @@ def _split_gin_bindings(argv):
 
 def _run_gin(args) -> int:
   import gin
-  from arch_objective.training import gin_utils, partitioning
+  from arch_objective.training import gin_utils, partitioning, run_lock
+  from arch_objective.training import train as train_lib
   try:
     partitioning.initialize_distributed(args.coordinator_address, args.num_processes,
                                         args.process_id)
@@ -136,13 +138,43 @@ def _run_gin(args) -> int:
       last = result.history[-1] if result.history else {}
       print(json.dumps({"model_dir": result.model_dir, "last_checkpoint": result.last_checkpoint,
                         "step": last.get("step"), "loss": last.get("loss"),
-                        "loss_per_token": last.get("loss_per_token")}))
+                        "loss_per_token": last.get("loss_per_token"),
+                        "stopped_by": result.stopped_by}))
     else:
       print(json.dumps(gin.get_configurable("evaluate")(), indent=2))
     return 0
-  except (ValueError, OSError) as e:
-    print(f"arch-objective {args.command}: {e}", file=sys.stderr)
+  except (ValueError, OSError, train_lib.NonFiniteLossError, run_lock.RunLockError) as e:
+    print(f"arch-objective {args.command}: {_one_line(e)}", file=sys.stderr)
     return 2
+  except Exception as e:
+    full = _disk_full(e)
+    if full is None:
+      raise
+    print(f"arch-objective {args.command}: no space left on the device writing "
+          f"{full.filename or 'the run directory'}; free space and run the same command "
+          f"again to resume from the last complete checkpoint.", file=sys.stderr)
+    return 2
+
+
+def _disk_full(error: BaseException):
+  """The ENOSPC OSError in an exception's chain (orbax wraps the ones of its writer
+  threads), or None."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _one_line(error: BaseException) -> str:
+  full = _disk_full(error)
+  if full is not None:
+    return (f"no space left on the device writing {full.filename or 'the run directory'}; "
+            f"free space and run the same command again to resume.")
+  # gin appends "  In call to configurable ..." lines; the first part is the message.
+  return str(error).split("\n  In call to configurable")[0]
 
 
 def _study(args) -> int:
@@ -247,7 +279,11 @@ def main(argv=None) -> int:
   bindings, rest = _split_gin_bindings(sys.argv[1:] if argv is None else list(argv))
   args = build_parser().parse_args(rest)
   args.gin_bindings = bindings
-  return args.func(args)
+  try:
+    return args.func(args)
+  except KeyboardInterrupt:
+    print(f"arch-objective {args.command}: interrupted.", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -4,18 +4,23 @@
   state   the TrainState (params, optimiser state, step), sharded arrays
   data    {"batches": n}: how many batches the run had consumed, so a resumed run
           continues on exactly the batches it would have seen
-  meta    the architecture, model config and vocabulary, checked on restore
+  meta    the architecture, model config and vocabulary, the run's identity (checked on
+          resume: `check_identity`) and lineage
 Saves are asynchronous; orbax writes each step into a temporary directory that is
 renamed into place only when complete (on gs://, marked complete by a
 `commit_success.txt` file), so a process killed mid-save leaves the last good checkpoint
-as the latest one. Directories may be local or remote (`gs://...`, see `paths`).
+as the latest one. A latest checkpoint that cannot be read all the same (a truncated
+or deleted file) is moved aside to `<step>.unreadable` by `restore_newest_readable`,
+which then restores the newest one that reads. Directories may be local or remote
+(`gs://...`, see `paths`).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-from typing import Any, Optional
+import os
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
@@ -28,6 +33,9 @@ STATE, DATA, META = "state", "data", "meta"
 
 class CheckpointError(ValueError):
   """A checkpoint that is missing or does not fit the model."""
+
+
+UNREADABLE_SUFFIX = ".unreadable"
 
 
 def checkpoint_path(path: str, what: str) -> str:
@@ -65,6 +73,27 @@ class Checkpoints:
   def wait(self):
     self._manager.wait_until_finished()
 
+  def restore_newest_readable(self, abstract_state: Any, expected_meta: Optional[dict] = None,
+                              log=print) -> tuple[Any, dict, dict]:
+    """`restore` of the newest step that reads. A step that fails to read for any reason
+    but a mismatch with the run (CheckpointError) is renamed `<step>.unreadable`, with a
+    warning naming the error, and the step before it is tried."""
+    while True:
+      step = self.latest_step()
+      if step is None:
+        raise CheckpointError(f"no readable checkpoint left in {self.directory}.")
+      try:
+        return self.restore(abstract_state, step, expected_meta)
+      except CheckpointError:
+        raise
+      except Exception as e:  # orbax and tensorstore raise many types for a bad file
+        aside = paths.join(self.directory, f"{step}{UNREADABLE_SUFFIX}")
+        log(f"warning: checkpoint {self.directory}/{step} cannot be read "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
+            f"moved to {aside}; falling back to the newest earlier checkpoint.")
+        _move(paths.join(self.directory, str(step)), aside)
+        self._manager.reload()
+
   def close(self):
     self._manager.wait_until_finished()
     self._manager.close()
@@ -92,6 +121,48 @@ class Checkpoints:
     restored = self._manager.restore(step, args=ocp.args.Composite(**{
         STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}))
     return restored[STATE], restored[DATA], meta
+
+
+def _move(src: str, dst: str):
+  if paths.is_remote(src):
+    paths.copytree(src, dst)
+    paths.as_path(src).rmtree()
+  else:
+    os.replace(src, dst)
+
+
+IDENTITY_FIELDS = ("arch", "size", "task", "batch_size", "lengths", "vocabulary_sha256",
+                   "seed")
+
+
+def check_identity(saved: Optional[dict], current: dict, allow: Sequence[str], where: str):
+  """Refuse a resume that changes what the run is (see IDENTITY_FIELDS), naming the field
+  with its old and new value, unless the field is in `allow`."""
+  if not saved:
+    return    # written before identities were recorded
+  unknown = sorted(set(allow) - set(IDENTITY_FIELDS))
+  if unknown:
+    raise ValueError(f"allow_resume_changes: unknown field(s) {unknown}; valid fields: "
+                     f"{', '.join(IDENTITY_FIELDS)}.")
+  changed = [(k, saved.get(k), current.get(k)) for k in IDENTITY_FIELDS
+             if k in saved and k in current and saved[k] != current[k] and k not in allow]
+  if changed:
+    what = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changed)
+    raise CheckpointError(
+        f"resuming {where} with a different run: {what}. The data position would point at "
+        f"other rows. Use the original settings, a new MODEL_DIR, or accept the change "
+        f"explicitly with --gin.train.allow_resume_changes=\"{[k for k, _, _ in changed]}\".")
+
+
+def all_finite(tree: Any) -> bool:
+  """Whether every floating-point leaf of `tree` is finite (one reduction on device)."""
+  import jax.numpy as jnp
+  leaves = [x for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(getattr(x, "dtype", np.int32), jnp.floating)]
+  if not leaves:
+    return True
+  return bool(jax.jit(lambda xs: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])))(
+      leaves))
 
 
 def check_compatible(found: dict, expected: dict, where: str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import numbers
 from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -44,6 +45,14 @@ class DatasetConfig:
   mapping: Optional[str] = None
   inputs_length: int = 1024
   targets_length: int = 256
+
+  def __post_init__(self):
+    for name in ("batch_size", "length", "inputs_length", "targets_length", "seed"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < (
+          0 if name == "seed" else 1):
+        raise ValueError(f"DatasetConfig.{name} must be a {'non-negative' if name == 'seed' else 'positive'} "
+                         f"integer, found {value!r} ({type(value).__name__}).")
 
   def spec(self, arch: Optional[str] = None):
     """The task's spec (`<corpus>_prefix_lm` resolves to the packing of `arch`)."""

@@ -125,10 +125,14 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (),
   for path in (search_paths if search_paths is not None else gin_search_paths()):
     gin.add_config_file_search_path(path)
   files = [_locate(f) for f in gin_files]
+  _check_binding_syntax(bindings)
   _check_macro_bindings(files, bindings)
   try:
     with _quiet_gin_search():
       gin.parse_config_files_and_bindings(files, list(bindings), skip_unknown=False)
+  except SyntaxError as e:   # in a gin file (bindings were checked above)
+    where = f"{e.filename}:{e.lineno}" if getattr(e, "filename", None) else "a gin file"
+    raise ValueError(f"gin syntax error in {where}: {e.msg}") from None
   except (ValueError, KeyError) as e:
     required = re.search(r"([A-Za-z0-9_]+)/macro.value set to `%gin.REQUIRED`", str(e))
     if required:
@@ -141,6 +145,25 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (),
       raise ValueError(f"gin macro {name} is used but never set: include the gin file that "
                        f"sets it or bind it, e.g. --gin.{name}=...") from None
     raise ValueError(f"gin configuration error: {str(e).splitlines()[0]}") from e
+
+
+def _check_binding_syntax(bindings: Sequence[str]):
+  """One line naming the binding whose value gin cannot read (`LENGTH=12a8`, an unquoted
+  string such as `MODEL_DIR=runs/x`)."""
+  for binding in bindings:
+    try:
+      for _ in gin.config_parser.ConfigParser(binding, gin.config.ParserDelegate(
+          skip_unknown=True)):
+        pass
+    except SyntaxError as e:
+      name, _, value = binding.partition("=")
+      name, value = name.strip(), value.strip()
+      hint = ""
+      if value and value[0] not in "'\"[({%@":
+        hint = (f" A string needs quotes inside the shell's: --gin.{name}=\"'{value}'\".")
+      reason = (e.msg or "").strip().splitlines()[-1:] or ["unreadable"]
+      raise ValueError(f"gin binding {binding!r}: the value is not a Python literal, a "
+                       f"%MACRO or an @reference ({reason[0].strip()}).{hint}") from None
 
 
 def _check_macro_bindings(files: Sequence[str], bindings: Sequence[str]):

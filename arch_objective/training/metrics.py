@@ -1,7 +1,8 @@
 """Where training metrics go: a JSON-lines log, TensorBoard event files, a progress line.
 
 `MODEL_DIR/metrics.jsonl` gets one object per logged step (`step`, `loss`, ...; eval
-rows carry `"split": "validation"`). TensorBoard files go to `MODEL_DIR/tensorboard/`
+rows carry `"split": "validation"`); a resumed run first drops the rows after its
+checkpoint's step, so every step appears once. TensorBoard files go to `MODEL_DIR/tensorboard/`
 when TensorFlow is importable (it is not on every accelerator machine; the JSON log is
 always written). On a terminal a progress line with the ETA is redrawn in place;
 otherwise one line per logged step is printed.
@@ -32,15 +33,35 @@ def _tensorboard_writer(logdir: str):
   return tf, tf.summary.create_file_writer(logdir)
 
 
-class _JsonLines:
-  """Appends lines to a local file; for a remote one, rewrites it whole now and then."""
+def _lines_through(text: str, step: int) -> list[str]:
+  """The lines of a metrics log up to and including `step` (a resumed run rewrites the
+  steps after its checkpoint, so each step appears once)."""
+  kept = []
+  for line in text.splitlines(keepends=True):
+    try:
+      if json.loads(line)["step"] > step:
+        continue
+    except (ValueError, KeyError, TypeError):
+      continue   # a line cut short by a crash
+    kept.append(line if line.endswith("\n") else line + "\n")
+  return kept
 
-  def __init__(self, path: str, remote_flush_seconds: float):
+
+class _JsonLines:
+  """Appends lines to a local file; for a remote one, rewrites it whole now and then.
+  With `resume_step`, rows of later steps (written by the run before its last
+  checkpoint was lost to a crash or preemption) are dropped first."""
+
+  def __init__(self, path: str, remote_flush_seconds: float, resume_step: Optional[int] = None):
     self.path, self.remote = path, paths.is_remote(path)
     self.every, self.last_flush = remote_flush_seconds, time.time()
+    existing = paths.read_text(path) if paths.exists(path) else ""
+    kept = _lines_through(existing, resume_step) if resume_step is not None else None
     if self.remote:
-      self.lines = [paths.read_text(path)] if paths.exists(path) else []
+      self.lines = kept if kept is not None else ([existing] if existing else [])
     else:
+      if kept is not None and "".join(kept) != existing:
+        paths.write_text(path, "".join(kept))
       self.file = open(path, "a", encoding="utf-8")
 
   def write(self, line: str):
@@ -66,13 +87,14 @@ class _JsonLines:
 
 class MetricsWriter:
   def __init__(self, model_dir: str, enabled: bool = True,
-               remote_flush_seconds: float = 60.0):
+               remote_flush_seconds: float = 60.0, resume_step: Optional[int] = None):
     self.enabled = enabled
     self._jsonl = None
     self._tb = None
     if not enabled:
       return
-    self._jsonl = _JsonLines(paths.join(model_dir, METRICS_FILE), remote_flush_seconds)
+    self._jsonl = _JsonLines(paths.join(model_dir, METRICS_FILE), remote_flush_seconds,
+                             resume_step)
     self._tf, self._tb = _tensorboard_writer(paths.join(model_dir, "tensorboard"))
 
   def write(self, step: int, scalars: Mapping[str, float], split: str = "train"):

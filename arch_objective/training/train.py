@@ -1,14 +1,19 @@
 """`train()`: the training loop around the pure `trainer.train_step`, configured by gin.
 
-The loop only places things on devices, compiles, and keeps the books: it restores the
-latest checkpoint in `model_dir` (state and data position) or initialises, runs the
-jitted step, logs, evaluates, saves, and stops cleanly on a non-finite loss.
+The loop only places things on devices, compiles, and keeps the books: it takes the
+directory's lock (one writer per MODEL_DIR), restores the newest readable checkpoint in
+`model_dir` (state and data position, after checking that the run is the same run) or
+initialises, runs the jitted step, logs, evaluates, saves finite states only, stops
+cleanly on a non-finite loss, and on SIGTERM/SIGINT finishes its step, saves and returns.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
+import numbers
 import os
+import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -18,7 +23,7 @@ import numpy as np
 
 from arch_objective import models, paths
 from arch_objective.training import (checkpoints, data, metrics as metrics_lib, optimizers,
-                                     partitioning, trainer)
+                                     partitioning, preemption, run_lock, trainer)
 
 Hook = Callable[[int, dict], None]
 
@@ -28,7 +33,11 @@ PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5": 459e12, "TPU v5
 
 
 class NonFiniteLossError(RuntimeError):
-  """Training produced a NaN or infinite loss."""
+  """Training produced a NaN or infinite loss (or parameters)."""
+
+# Model config fields that make the run's size (what a resume must not change).
+SIZE_FIELDS = ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",
+               "num_encoder_layers", "num_decoder_layers")
 
 
 @dataclasses.dataclass
@@ -37,6 +46,57 @@ class TrainResult:
   history: list[dict]           # one summary per step of this run
   model_dir: str
   last_checkpoint: Optional[int]
+  stopped_by: Optional[str] = None   # the signal that stopped the run early, if one did
+
+
+def _log(message: str):
+  print(message, file=sys.stderr, flush=True)
+
+
+def _check_int(name: str, value, minimum: int, macro: str = ""):
+  """A clear error for a wrong type or range (gin passes whatever was written)."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise ValueError(f"{name}{f' ({macro})' if macro else ''} must be an integer, found "
+                     f"{value!r} ({type(value).__name__}).")
+  if value < minimum:
+    raise ValueError(f"{name}{f' ({macro})' if macro else ''} must be >= {minimum}, found "
+                     f"{value}.")
+
+
+def _file_sha256(path: str) -> str:
+  return hashlib.sha256(paths.read_bytes(path)).hexdigest()
+
+
+def run_identity(model, dataset: data.DatasetConfig, spec, vocab, input_shapes: dict,
+                 seed: int) -> dict:
+  """What a resume in the same MODEL_DIR must keep (`checkpoints.IDENTITY_FIELDS`)."""
+  return {"arch": model.name,
+          "size": {k: getattr(model.config, k) for k in SIZE_FIELDS},
+          "task": spec.name, "batch_size": dataset.batch_size,
+          "lengths": {k: list(v[1:]) for k, v in sorted(input_shapes.items())},
+          "vocabulary_sha256": _file_sha256(vocab.path),
+          "seed": {"train": seed, "data": dataset.seed}}
+
+
+def _lock(model_dir: str, is_chief: bool) -> Optional[run_lock.RunLock]:
+  """Process 0 takes the run's lock; on multi-host runs every process learns whether it
+  did, so all of them stop together when another run holds the directory."""
+  lock, error = None, None
+  if is_chief:
+    lock = run_lock.RunLock(model_dir, log=_log)
+    try:
+      lock.acquire()
+    except run_lock.RunLockError as e:
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+    if int(failed) and error is None:
+      error = run_lock.RunLockError(f"MODEL_DIR {model_dir} is in use by another run "
+                                    f"(see process 0's error).")
+  if error is not None:
+    raise error
+  return lock
 
 
 def _check_model_dir(model_dir: str) -> str:
@@ -102,6 +162,7 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
           devices: Optional[Sequence[Any]] = None,
           restore_checkpoint: Optional[str] = None, restore_dtype: Optional[str] = None,
           reset_step: bool = False, reset_optimizer: bool = False, reset_schedule: bool = False,
+          allow_resume_changes: Sequence[str] = (),
           config_text: Optional[Callable[[], str]] = None) -> TrainResult:
   """Train `model` on `dataset` until `train_steps` (counting restored steps).
 
@@ -124,19 +185,51 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
   even when `train_steps` is further: the step counter, schedule and `train_steps` stay
   what they are, so a later run continues where it stopped (the local overlay,
   `gin/local.gin`, uses it to try any experiment file for a few steps).
+
+  Robustness: one run writes a `model_dir` at a time (`run_lock`); a resume that changes
+  the run's identity (architecture, size, task, batch size, lengths, vocabulary file,
+  seeds) is refused unless the changed fields are in `allow_resume_changes`; a state
+  with non-finite parameters is never saved; an unreadable latest checkpoint is moved
+  aside and the newest readable one restored; SIGTERM or SIGINT finishes the current
+  step, saves, and returns (`TrainResult.stopped_by`).
   """
-  if train_steps < 1:
-    raise ValueError(f"train_steps must be >= 1, found {train_steps}.")
-  if save_every < 1:
-    raise ValueError(f"save_every must be >= 1, found {save_every}.")
-  if run_steps is not None and run_steps < 1:
-    raise ValueError(f"run_steps must be >= 1 (or None: until train_steps), found "
-                     f"{run_steps}.")
-  if eval_every < 0 or (eval_every and eval_steps < 1):
-    raise ValueError(f"eval_every must be >= 0 and eval_steps >= 1, found eval_every="
-                     f"{eval_every}, eval_steps={eval_steps}.")
+  _check_int("train_steps", train_steps, 1, "TRAIN_STEPS")
+  _check_int("save_every", save_every, 1, "SAVE_EVERY")
+  if run_steps is not None:
+    _check_int("run_steps", run_steps, 1)
+  _check_int("eval_every", eval_every, 0, "EVAL_PERIOD")
+  if eval_every:
+    _check_int("eval_steps", eval_steps, 1, "EVAL_STEPS")
+  _check_int("num_microbatches", num_microbatches, 1, "NUM_MICROBATCHES")
+  _check_int("log_every", log_every, 1)
+  _check_int("seed", seed, 0)
   model_dir = _check_model_dir(model_dir)
   is_chief = jax.process_index() == 0
+  lock = _lock(model_dir, is_chief)
+  try:
+    return _train(
+        model_dir=model_dir, model=model, dataset=dataset, train_steps=train_steps,
+        learning_rate_schedule=learning_rate_schedule, optimizer=optimizer,
+        num_microbatches=num_microbatches, mesh_data=mesh_data, mesh_model=mesh_model,
+        fsdp=fsdp, save_every=save_every, keep_checkpoints=keep_checkpoints,
+        async_checkpoints=async_checkpoints, eval_dataset=eval_dataset,
+        eval_every=eval_every, eval_steps=eval_steps, eval_split=eval_split,
+        log_every=log_every, seed=seed, run_steps=run_steps, hooks=hooks, progress=progress,
+        devices=devices, restore_checkpoint=restore_checkpoint, restore_dtype=restore_dtype,
+        reset_step=reset_step, reset_optimizer=reset_optimizer,
+        reset_schedule=reset_schedule, allow_resume_changes=tuple(allow_resume_changes),
+        config_text=config_text, is_chief=is_chief, lock=lock)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, optimizer,
+           num_microbatches, mesh_data, mesh_model, fsdp, save_every, keep_checkpoints,
+           async_checkpoints, eval_dataset, eval_every, eval_steps, eval_split, log_every,
+           seed, run_steps, hooks, progress, devices, restore_checkpoint, restore_dtype,
+           reset_step, reset_optimizer, reset_schedule, allow_resume_changes, config_text,
+           is_chief, lock) -> TrainResult:
   mesh = partitioning.make_mesh(mesh_data, mesh_model, devices)
   partitioner = partitioning.Partitioner(mesh, fsdp)
   partitioner.check_batch_size(dataset.batch_size)
@@ -160,6 +253,7 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
   batches = data.batches(dataset, model.name, start=0, **shard)
   first = next(batches)
   input_shapes = {k: (dataset.batch_size,) + v.shape[1:] for k, v in first.items()}
+  meta["identity"] = run_identity(model, dataset, spec, vocab, input_shapes, seed)
 
   rng = jax.random.PRNGKey(seed)
   init_fn = lambda r: trainer.init_state(model, tx, input_shapes, r)
@@ -168,7 +262,11 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
   target = _with_shardings(abstract, shardings)
   with partitioner.activation_context():
     if start_step:
-      state, position, saved_meta = ckpt.restore(target, expected_meta=meta)
+      state, position, saved_meta = ckpt.restore_newest_readable(target, expected_meta=meta,
+                                                                 log=_log)
+      start_step = ckpt.latest_step()
+      checkpoints.check_identity(saved_meta.get("identity"), meta["identity"],
+                                 allow_resume_changes, f"{ckpt.directory}/{start_step}")
       meta["lineage"] = saved_meta.get("lineage", [])
       batches = data.batches(dataset, model.name, start=int(position["batches"]), **shard)
       print(f"resumed from step {start_step} ({ckpt.directory})")
@@ -198,7 +296,7 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
       in_shardings=(shardings, batch_shardings, partitioner.replicated()),
       out_shardings=(shardings, partitioner.replicated()), donate_argnums=(0,))
 
-  writer = metrics_lib.MetricsWriter(model_dir, enabled=is_chief)
+  writer = metrics_lib.MetricsWriter(model_dir, enabled=is_chief, resume_step=start_step)
   bar = metrics_lib.Progress(stop_step, start_step, enabled=progress and is_chief)
   flops_per_token = models.training_flops_per_token(
       model, *_lengths(spec, model, input_shapes))
@@ -207,7 +305,10 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
   last_saved = start_step or None
   step = start_step
   window_t, window_tokens = time.time(), 0.0
+  stop = preemption.StopSignals(log=_log)
+  stopped_by = None
   try:
+    stop.__enter__()
     for step in range(start_step, stop_step):
       local = next(batches)
       batch = partitioner.shard_batch(local)
@@ -217,16 +318,16 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
       summary = trainer.summarize(step_metrics)
       if not math.isfinite(summary["loss"]):
         raise NonFiniteLossError(
-            f"the loss is {summary['loss']} at step {step + 1}; training stopped. The last good "
-            f"checkpoint is step {last_saved} in {ckpt.directory} and stays restorable; lower "
-            f"the learning rate or check the data of that step.")
+            f"the loss is {summary['loss']} at step {step + 1}; training stopped. "
+            f"{_last_good(ckpt, last_saved)}; lower the learning rate or check the data of "
+            f"that step.")
       state = new_state
       data_position += 1
       summary["step_time"] = time.time() - t0
       window_tokens += summary["num_tokens"]
       history.append({"step": step + 1, **summary})
       if step == start_step and is_chief and config_text is not None:
-        paths.write_text(paths.join(model_dir, "config.gin"), config_text())
+        _write_config(model_dir, config_text(), start_step)
       done = step + 1
       if done % log_every == 0 or done == stop_step:
         elapsed = time.time() - window_t
@@ -240,8 +341,9 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
       else:
         bar.update(done, summary["loss_per_token"])
       if done % save_every == 0 or done == stop_step:
-        ckpt.save(done, state, {"batches": data_position}, meta)
-        last_saved = done
+        last_saved = _save(ckpt, done, state, data_position, meta, summary, last_saved)
+      if lock is not None:
+        lock.heartbeat()
       if eval_every and done % eval_every == 0:
         validation = evaluate_params(model, state.params, eval_dataset, eval_steps,
                                      partitioner)
@@ -252,11 +354,51 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
                 flush=True)
       for hook in hooks:
         hook(done, summary)
+      if stop.requested():
+        if last_saved != done:
+          last_saved = _save(ckpt, done, state, data_position, meta, summary, last_saved)
+        stopped_by = stop.signal_name
+        break
   finally:
+    stop.__exit__()
     ckpt.close()
     writer.close()
+  if stopped_by and is_chief:
+    _log(f"stopped by {stopped_by} after step {step + 1} of {train_steps}; checkpoint saved "
+         f"in {ckpt.directory}/{last_saved}. Run the same command again to resume there.")
   return TrainResult(state=state, history=history, model_dir=model_dir,
-                     last_checkpoint=last_saved)
+                     last_checkpoint=last_saved, stopped_by=stopped_by)
+
+
+def _save(ckpt, done: int, state, data_position: int, meta: dict, summary: dict,
+          last_saved: Optional[int]) -> int:
+  """Save step `done` if its parameters are finite (else NonFiniteLossError); returns it."""
+  if not checkpoints.all_finite(state.params):
+    raise NonFiniteLossError(
+        f"the parameters are not finite after step {done} (the loss of that step, "
+        f"{summary['loss']:.4g}, was computed before the update); not saved. "
+        f"{_last_good(ckpt, last_saved)}; lower the learning rate or check the data of "
+        f"that step.")
+  ckpt.save(done, state, {"batches": data_position}, meta)
+  return done
+
+
+def _last_good(ckpt, last_saved: Optional[int]) -> str:
+  if last_saved is None:
+    return f"No checkpoint was saved in {ckpt.directory} yet"
+  return (f"The last good checkpoint is step {last_saved} in {ckpt.directory} and stays "
+          f"restorable")
+
+
+def _write_config(model_dir: str, text: str, start_step: int):
+  """`config.gin` of the run; a resume with another config keeps the first one and
+  writes its own beside it as `config-<start step>.gin`."""
+  path = paths.join(model_dir, "config.gin")
+  if start_step and paths.exists(path):
+    if paths.read_text(path) == text:
+      return
+    path = paths.join(model_dir, f"config-{start_step}.gin")
+  paths.write_text(path, text)
 
 
 def _reset(state, tx, reset_step: bool, reset_optimizer: bool, reset_schedule: bool):
