@@ -29,11 +29,8 @@ Array = jax.Array
 Batch = Mapping[str, Any]
 Params = Any
 
-CAUSAL_DECODER = "causal_decoder"
-NON_CAUSAL_DECODER = "non_causal_decoder"
-ENCODER_DECODER = "encoder_decoder"
-ARCHITECTURES = (CAUSAL_DECODER, NON_CAUSAL_DECODER, ENCODER_DECODER)
-SHORT_NAMES = {CAUSAL_DECODER: "CD", NON_CAUSAL_DECODER: "ND", ENCODER_DECODER: "ED"}
+from arch_objective.architectures import (ARCHITECTURES, CAUSAL_DECODER,  # noqa: F401
+                                          ENCODER_DECODER, NON_CAUSAL_DECODER, SHORT_NAMES)
 
 _DECODER_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
                      "decoder_segment_ids", "decoder_positions", "decoder_causal_attention")

@@ -14,6 +14,8 @@ tiny model, a few batches) while keeping the results well-formed.
                   (target: ED >= 1x HF), and at several sizes and lengths
   scoring         T0-Eval rank classification examples/s against lm-eval's HF backend
                   (target: >= 3x) and a naive one-forward-per-choice scorer
+  resume          input pipeline resume cost late vs early (target: <= 1.5x), bytes read
+                  per host of 4, pipeline vs a TPU v4 host's consumption at paper shapes
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import os
 import platform
 from typing import Any, Callable, Mapping
 
-from bench import data_pipeline, scoring, training
+from bench import data_pipeline, resume, scoring, training
 
 Summary = tuple[list[str], list[list[str]], list[str]]  # header, rows, notes
 
@@ -57,6 +59,12 @@ BENCHMARKS: dict[str, Benchmark] = {
                      f">= {scoring.TARGET_RATIO:g}x) and against the naive scorer; scores "
                      "must agree."),
         run=scoring.run, summary=scoring.summary, add_arguments=scoring.add_arguments),
+    "resume": Benchmark(
+        description=("Input pipeline: seconds to the first batch resuming late vs early "
+                     f"(target: <= {resume.RESUME_TARGET:g}x), bytes decoded per host of 4, "
+                     "and pipeline tokens/s at length 626 against a TPU v4 host's "
+                     f"consumption in a paper-size step (target: >= {resume.PAPER_TARGET:g}x)."),
+        run=resume.run, summary=resume.summary),
 }
 
 

@@ -37,10 +37,9 @@ def register_corpus(name: str, source: registry.TextSource, *,
 
 
 def _c4_source(version: str, data_dir: Optional[str]) -> registry.TextSource:
-  def source(split="train", seed=0, shard_index=0, num_shards=1):
-    texts = sources.tfds_documents("c4/en", version=version, split=split, data_dir=data_dir,
-                                   shuffle_files=False, seed=seed)
-    return sources.shard(texts, shard_index, num_shards)
+  def source(split="train", seed=0, shard_index=0, num_shards=1, start=None):
+    return sources.tfds_positioned("c4/en", version=version, split=split, data_dir=data_dir,
+                                   shard_index=shard_index, num_shards=num_shards, start=start)
   return source
 
 
@@ -56,11 +55,12 @@ def configure_c4(version: str = C4_VERSION, data_dir: Optional[str] = None,
 
 def _local_source(patterns, field: str, layout: str, validation_every: int
                   ) -> registry.TextSource:
-  def source(split="train", seed=0, shard_index=0, num_shards=1):
-    texts = sources.local_documents(patterns, field=field, layout=layout)
+  def source(split="train", seed=0, shard_index=0, num_shards=1, start=None):
     held_out = split == "validation"
-    texts = (t for i, t in enumerate(texts) if (i % validation_every == 0) == held_out)
-    return sources.shard(texts, shard_index, num_shards)
+    texts = sources.local_positioned(patterns, field=field, layout=layout,
+                                     shard_index=shard_index, num_shards=num_shards,
+                                     start=start)
+    return ((t, p) for t, p in texts if (p["n"] % validation_every == 0) == held_out)
   return source
 
 
@@ -71,8 +71,9 @@ def register_local_corpus(name: str, patterns, *, vocabulary: str,
                           with_seqio: Optional[bool] = None) -> list[str]:
   """Register the four tasks over local text/JSONL files (globs allowed).
 
-  Every `validation_every`-th document forms the validation split. Files are checked
-  now, so a bad pattern fails at registration, not mid-training.
+  Every `validation_every`-th document of a host's share (`sources.byte_share`; of the
+  whole corpus on one host) forms the validation split. Files are checked now, so a bad
+  pattern fails at registration, not mid-training.
   """
   sources.expand_patterns(patterns)
   if validation_every < 2:

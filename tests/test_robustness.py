@@ -394,3 +394,29 @@ def test_a_signal_on_one_host_stops_every_host_at_the_same_step(tmp_path):
   assert by_process[0]["last_checkpoint"] == by_process[1]["last_checkpoint"] == 2
   assert (tmp_path / "checkpoints" / "2").is_dir()
   assert not (tmp_path / run_lock.LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_full_disk_is_one_line_even_when_orbax_wraps_it(monkeypatch, capsys, tmp_path,
+                                                          wrapped):
+  """orbax raises the writer thread's OSError(ENOSPC) wrapped in its own error; the
+  command names the full device in one line and exits 2."""
+  import errno
+  from arch_objective import cli
+  from arch_objective.training import gin_utils
+
+  def parse(*args, **kwargs):
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "checkpoints"))
+    if not wrapped:
+      raise full
+    try:
+      raise full
+    except OSError as e:
+      raise RuntimeError("a checkpoint save failed") from e
+
+  monkeypatch.setattr(gin_utils, "parse", parse)
+  capsys.readouterr()
+  assert cli.main(["train", "--gin_file=runs/pretrain.gin"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "no space left on the device writing" in err[0]
+  assert str(tmp_path / "checkpoints") in err[0]

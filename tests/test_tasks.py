@@ -473,16 +473,23 @@ def test_shards_split_the_documents_without_overlap(clean_registry, c4_sample_pa
   expected_train = sum(1 for i, t in enumerate(texts) if t.strip() and i % 100 != 0)
   assert expected_train == 297
   whole = [tuple(d.tolist()) for d in spec.documents("train")]
-  shard0 = [tuple(d.tolist()) for d in spec.documents("train", shard_index=0, num_shards=2)]
-  shard1 = [tuple(d.tolist()) for d in spec.documents("train", shard_index=1, num_shards=2)]
   assert len(whole) == expected_train
-  assert shard0[0] != shard1[0]
-  assert len(shard0) + len(shard1) == len(whole)
-  assert sorted(shard0 + shard1) == sorted(whole)
-  assert len(shard0) == (expected_train + 1) // 2
   validation = list(spec.documents("validation"))
   assert len(validation) == 3
   assert not {tuple(d.tolist()) for d in validation} & set(whole)
+  # Two hosts: each reads a contiguous half of the bytes and holds out every 100th of
+  # its own documents; together the hosts' train and validation documents are the
+  # corpus's, each once, in order.
+  docs = lambda split, i: [tuple(d.tolist()) for d in spec.documents(split, shard_index=i,
+                                                                      num_shards=2)]
+  shard0, shard1 = docs("train", 0), docs("train", 1)
+  held0, held1 = docs("validation", 0), docs("validation", 1)
+  assert shard0[0] != shard1[0]
+  assert len(held0) == 2 and len(held1) == 2       # 150 and 150 documents: 0, 100 each
+  everything = [tuple(d.tolist()) for d in itertools.chain(spec.documents("train"),
+                                                            spec.documents("validation"))]
+  assert sorted(shard0 + held0 + shard1 + held1) == sorted(everything)
+  assert abs(len(shard0 + held0) - len(shard1 + held1)) <= 30
   row0 = next(iter(spec.rows(shard_index=0, num_shards=2)))
   row1 = next(iter(spec.rows(shard_index=1, num_shards=2)))
   assert not np.array_equal(row0["encoder_input_tokens"], row1["encoder_input_tokens"])

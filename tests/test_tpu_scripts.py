@@ -12,6 +12,7 @@ import pathlib
 import shutil
 import signal
 import subprocess
+import textwrap
 import sys
 import time
 
@@ -21,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tpu_scripts"
 SCRIPT_NAMES = ["common.sh", "create_tpu.sh", "setup_workers.sh", "run_all_workers.sh",
                 "launch.sh", "pretrain.sh", "finetune_t0.sh", "adapt.sh", "evaluate.sh",
-                "slurm_gpu.sbatch"]
+                "slurm_gpu.sbatch", "supervise.sh"]
 FAKED = ["gcloud", "srun", "scontrol", "tar", "ssh", "scp", "sbatch", "gsutil"]
 
 PROJECT, ZONE, TPU = "my-proj", "us-central2-b", "arch-v4-64"
@@ -148,6 +149,10 @@ SAMPLES = {
                  "--initial_checkpoint", "gs://my-bucket/runs/cd_flm/checkpoints/131072",
                  "--train_steps", "171008"],
     "evaluate.sh": [*TARGET, "--mode", "eval_t0", "--model_dir", "gs://my-bucket/runs/cd_flm_mtf"],
+    "supervise.sh": [*TARGET, "--create_arg=--accelerator_type=v4-64", "--create_arg=--spot",
+                     "--setup_arg=--package=dist/arch_objective-0.1.0-py3-none-any.whl",
+                     "--", "pretrain.sh", "--gin_file", "experiments/paper/cd_flm.gin",
+                     "--model_dir", MODEL_DIR, "--train_steps", "131072"],
 }
 
 
@@ -465,6 +470,139 @@ def test_slurm_inside_an_allocation_runs_srun_once(sandbox):
   assert out.returncode == 0, out.stderr
   assert out.stdout.splitlines()[-3:] == ["--coordinator_address=gpu01:12355",
                                           "--num_processes=4", "--process_id=2"]
+
+
+@pytest.mark.parametrize("mode,requeued", [("train", True), ("evaluate", False)])
+def test_slurm_passes_sigterm_to_the_run_and_requeues_a_train_job(sandbox, mode, requeued):
+  """SIGTERM to the batch script (SLURM's --signal=B:TERM@120, or preemption): srun gets
+  it, the run exits 0 after saving, and a train job is requeued."""
+  import signal
+  import time
+  marks = sandbox["tmp"] / "marks.json"
+  _write_exe(sandbox["fakes"] / "srun", textwrap.dedent(f"""\
+      #!{sys.executable}
+      import json, signal, sys, time
+      def stop(signum, frame):
+        open({str(marks)!r}, "a").write(json.dumps(["srun got", signum]) + "\\n")
+        sys.exit(0)
+      signal.signal(signal.SIGTERM, stop)
+      open({str(marks)!r}, "a").write(json.dumps(["srun started"]) + "\\n")
+      time.sleep(60)
+      sys.exit(3)
+      """))
+  _write_exe(sandbox["fakes"] / "scontrol",
+             f"#!{sys.executable}\nimport json, sys\n"
+             f"open({str(marks)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+  env = {**sandbox["env"], "SLURM_JOB_ID": "42", "SLURM_NNODES": "2",
+         "SLURM_JOB_NODELIST": "gpu[01-02]", "SLURM_SUBMIT_DIR": str(ROOT)}
+  proc = subprocess.Popen(["bash", str(SCRIPTS / "slurm_gpu.sbatch"), "--mode", mode,
+                           "--gin_file", "experiments/paper/cd_flm.gin", "--model_dir",
+                           "/shared/runs/cd_flm"], cwd=sandbox["work"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 30
+  while time.time() < deadline and not marks.exists():
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=30)
+  assert proc.returncode == 0, stderr
+  calls = calls_of(marks)
+  assert calls[0] == ["srun started"] and ["srun got", signal.SIGTERM] in calls
+  assert (["requeue", "42"] in calls) == requeued, calls
+  assert "passing it to the run" in stderr
+
+
+SUPERVISE_GCLOUD = """#!{python}
+import json, sys
+args = sys.argv[1:]
+state_file, status_file, log = {state!r}, {status!r}, {log!r}
+open(log, "a").write(json.dumps(args) + "\\n")
+state = open(state_file).read().strip()
+if "describe" in args:
+  if state == "MISSING":
+    sys.exit(1)
+  print(state)
+elif "delete" in args:
+  open(state_file, "w").write("MISSING")
+elif "create" in args:
+  open(state_file, "w").write("READY")
+elif "ssh" in args and any("state=running" in a for a in args):
+  print(open(status_file).read())
+"""
+
+
+def _supervise(sandbox, state, status=""):
+  """supervise.sh --once against a fake gcloud whose TPU is in `state` and whose
+  `--status` prints `status`; returns (process, gcloud calls)."""
+  state_file, status_file = sandbox["tmp"] / "tpu_state", sandbox["tmp"] / "run_status"
+  log = sandbox["tmp"] / "gcloud.json"
+  state_file.write_text(state)
+  status_file.write_text(status)
+  _write_exe(sandbox["fakes"] / "gcloud", SUPERVISE_GCLOUD.format(
+      python=sys.executable, state=str(state_file), status=str(status_file), log=str(log)))
+  args = SAMPLES["supervise.sh"]
+  cut = args.index("--")
+  proc = run(sandbox, "supervise.sh", *args[:cut], "--once", *args[cut:])
+  return proc, calls_of(log)
+
+
+def _verbs(calls):
+  return [next((w for w in ("describe", "delete", "create", "scp", "ssh") if w in c), c[0])
+          for c in calls]
+
+
+def test_supervise_recreates_a_preempted_tpu_and_starts_the_run(sandbox):
+  proc, calls = _supervise(sandbox, "PREEMPTED")
+  assert proc.returncode == 0, proc.stderr
+  verbs = _verbs(calls)
+  assert verbs[:3] == ["describe", "delete", "create"], verbs
+  create = calls[2]
+  assert "--accelerator-type=v4-64" in create and "--spot" in create
+  assert "scp" in verbs                         # setup_workers.sh copied the package
+  launch = [c for c in calls if "ssh" in c and any("arch-objective train" in a for a in c)]
+  assert len(launch) == 1 and any("experiments/paper/cd_flm.gin" in a for a in launch[0])
+  assert "PREEMPTED; run: TPU recreated and run started" in proc.stderr
+
+
+@pytest.mark.parametrize("status,expected,code", [
+    ("== w0 worker-0.log: running (pid 7)\nstep 10/131072", "run: running", 0),
+    ("== w0 worker-0.log: ended, exit status 0 (pid 7)\n"
+     '{"model_dir": "gs://b/r", "step": 131072, "stopped_by": null}', "the run finished", 0),
+    ("== w0 worker-0.log: ended, exit status 0 (pid 7)\n"
+     '{"model_dir": "gs://b/r", "step": 5000, "stopped_by": "SIGTERM"}', "run: started", 0),
+    ("w0: no run in /home/u/arch-objective/runs/cd_flm-train", "run: started", 0),
+    ("== w0 worker-0.log: ended, exit status 2 (pid 7)\narch-objective train: bad", "exit status 2", 1),
+])
+def test_supervise_on_a_ready_tpu_follows_the_run(sandbox, status, expected, code):
+  proc, calls = _supervise(sandbox, "READY", status)
+  assert proc.returncode == code, proc.stderr
+  assert expected in proc.stderr
+  started = any("ssh" in c and any("arch-objective train" in a for a in c) for c in calls)
+  assert started == ("run: started" in expected)
+  assert not any("create" in c or "delete" in c for c in calls)
+
+
+def test_supervise_waits_while_the_tpu_is_being_created(sandbox):
+  proc, calls = _supervise(sandbox, "CREATING")
+  assert proc.returncode == 0 and "run: waiting for the TPU" in proc.stderr
+  assert _verbs(calls) == ["describe"]
+
+
+def test_supervise_checks_every_recovery_command_before_it_starts(sandbox):
+  args = SAMPLES["supervise.sh"]
+  cut = args.index("--")
+  proc = run(sandbox, "supervise.sh", *[a for a in args[:cut] if "setup_arg" not in a],
+             "--once", *args[cut:])
+  assert proc.returncode == 2 and "setup_workers.sh rejects the options" in proc.stderr
+  assert "missing required option --package" in proc.stderr
+
+
+def test_supervise_refuses_target_options_in_the_launch_command(sandbox):
+  proc = run(sandbox, "supervise.sh", *TARGET, "--create_arg=--accelerator_type=v4-8", "--",
+             "pretrain.sh", "--tpu", "other", "--model_dir", MODEL_DIR)
+  assert proc.returncode == 2 and "takes no --tpu" in proc.stderr
+  proc = run(sandbox, "supervise.sh", *TARGET, "--create_arg=--accelerator_type=v4-8", "--",
+             "train.py")
+  assert proc.returncode == 2 and "must be one of" in proc.stderr
 
 
 # ---------------------------------------------------------------- printed == executed

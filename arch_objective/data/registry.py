@@ -21,23 +21,26 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from arch_objective import models
+from arch_objective import architectures
 from arch_objective.data import vocabularies
 from arch_objective.objectives import pipeline
 
-TextSource = Callable[..., Iterator[str]]  # (split, seed, shard_index, num_shards) -> texts
+# (split, seed, shard_index, num_shards, start) -> (text, position) pairs: this host's
+# share of the split's documents, each with the position a read restarts at (JSON), from
+# `start` (a position) when given.
+TextSource = Callable[..., Iterator[tuple[str, dict]]]
 
 # task suffix -> (objective, architectures it serves, default architecture)
 TASK_KINDS = {
-    "full_lm": (pipeline.FULL_LM, (models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER),
-                models.CAUSAL_DECODER),
+    "full_lm": (pipeline.FULL_LM, (architectures.CAUSAL_DECODER, architectures.NON_CAUSAL_DECODER),
+                architectures.CAUSAL_DECODER),
     "prefix_lm_decoder": (pipeline.PREFIX_LM,
-                          (models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER),
-                          models.NON_CAUSAL_DECODER),
-    "prefix_lm_encoder_decoder": (pipeline.PREFIX_LM, (models.ENCODER_DECODER,),
-                                  models.ENCODER_DECODER),
-    "span_corruption": (pipeline.SPAN_CORRUPTION, models.ARCHITECTURES,
-                        models.ENCODER_DECODER),
+                          (architectures.CAUSAL_DECODER, architectures.NON_CAUSAL_DECODER),
+                          architectures.NON_CAUSAL_DECODER),
+    "prefix_lm_encoder_decoder": (pipeline.PREFIX_LM, (architectures.ENCODER_DECODER,),
+                                  architectures.ENCODER_DECODER),
+    "span_corruption": (pipeline.SPAN_CORRUPTION, architectures.ARCHITECTURES,
+                        architectures.ENCODER_DECODER),
 }
 
 
@@ -85,11 +88,19 @@ class TaskSpec:
   def documents(self, split: str = "train", *, seed: int = 0, shard_index: int = 0,
                 num_shards: int = 1) -> Iterator[np.ndarray]:
     """Tokenised documents of a split (no EOS)."""
+    return (doc for doc, _ in self.positioned_documents(
+        split, seed=seed, shard_index=shard_index, num_shards=num_shards))
+
+  def positioned_documents(self, split: str = "train", *, seed: int = 0, shard_index: int = 0,
+                           num_shards: int = 1, start: Optional[dict] = None
+                           ) -> Iterator[tuple[np.ndarray, dict]]:
+    """(tokenised document, source position) of this host's share, from `start` on."""
     if split not in self.splits:
       raise ValueError(f"task {self.name!r} has splits {list(self.splits)}, not {split!r}.")
-    vocab = self.vocab()
-    texts = self.source(split=split, seed=seed, shard_index=shard_index, num_shards=num_shards)
-    return pipeline.tokenize(texts, vocab.encode)
+    encode = self.vocab().encode
+    texts = self.source(split=split, seed=seed, shard_index=shard_index, num_shards=num_shards,
+                        start=start)
+    return ((np.asarray(encode(text), np.int32), position) for text, position in texts)
 
   def task_examples(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
                     shard_index: int = 0, num_shards: int = 1
@@ -107,6 +118,21 @@ class TaskSpec:
     """Model features, one dict per row, for `arch`."""
     examples = self.task_examples(split, arch=arch, seed=seed, shard_index=shard_index,
                                   num_shards=num_shards)
+    return self.objective(arch, pack).model_rows(examples)
+
+  def positioned_rows(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
+                      shard_index: int = 0, num_shards: int = 1, pack: bool = True,
+                      start: Optional[dict] = None) -> Iterator[dict[str, np.ndarray]]:
+    """`rows`, each tagged (`chunking.Tagged.where`) with the position a read restarts
+    it at; `start=row.where` reads the rows from that row on, reading only the
+    documents from the one it starts in (the same rows, bit for bit)."""
+    vocab = self.vocab()
+    documents = self.positioned_documents(split, seed=seed, shard_index=shard_index,
+                                          num_shards=num_shards,
+                                          start=start["source"] if start else None)
+    examples = self.objective(arch).positioned_examples(
+        documents, seed=shard_seed(seed, shard_index, num_shards),
+        sentinel_start=vocab.vocab_size - 1, num_extra_ids=vocab.extra_ids, start=start)
     return self.objective(arch, pack).model_rows(examples)
 
 

@@ -117,70 +117,138 @@ def expand_patterns(patterns: Patterns) -> list[str]:
   return files
 
 
-def _decoded_lines(path: str) -> Iterator[tuple[int, str]]:
-  """Yields (1-based line number, line without its line break) of a UTF-8 file."""
+# A reader takes (path, stats, begin, end, resume) and yields (document, byte offset of
+# its first line): the documents whose first line starts in [begin, end) (the whole file
+# with the defaults), or, with `resume`, those from the document starting at that
+# offset on (then `begin` is ignored).
+Reader = Callable[..., Iterator[tuple[str, int]]]
+
+
+def _line_start(f, begin: int) -> int:
+  """Offset of the first line starting at or after `begin` (a line that starts before it
+  belongs to the share before)."""
+  if begin <= 0:
+    return 0
+  f.seek(begin - 1)
+  if f.read(1) != b"\n":
+    f.readline()
+  return f.tell()
+
+
+def _previous_line_blank(f, offset: int) -> bool:
+  """Whether the line ending just before `offset` (a line start) is blank."""
+  if offset <= 0:
+    return True
+  pos, tail = offset - 1, b""     # f[offset - 1] is the previous line's "\n"
+  while pos > 0:
+    step = min(4096, pos)
+    f.seek(pos - step)
+    block = f.read(step)
+    cut = block.rfind(b"\n")
+    tail = (block[cut + 1:] if cut >= 0 else block) + tail
+    if tail.strip() or cut >= 0:
+      break
+    pos -= step
+  return not tail.strip()
+
+
+def _decoded_lines(path: str, begin: int = 0, end: Optional[int] = None,
+                   resume: Optional[int] = None) -> Iterator[tuple[str, int, str]]:
+  """Yields (where, byte offset, line without its line break) of a UTF-8 file, for the
+  lines starting in [begin, end), or from `resume` on. `where` names the line for
+  errors: "line N" when read from the start, else "the line at byte B"."""
   with open(path, "rb") as f:
-    for number, raw in enumerate(f, start=1):
+    offset = resume if resume is not None else _line_start(f, begin)
+    f.seek(offset)
+    number = 0 if offset == 0 else None
+    while end is None or offset < end:
+      raw = f.readline()
+      if not raw:
+        break
+      where = f"line {number + 1}" if number is not None else f"the line at byte {offset}"
       try:
         line = raw.decode("utf-8")
       except UnicodeDecodeError as e:
         raise ValueError(
-            f"{path}, line {number}: not valid UTF-8 ({e.reason} at byte "
+            f"{path}, {where}: not valid UTF-8 ({e.reason} at byte "
             f"{e.start} of the line: {raw[max(0, e.start - 10):e.start + 10]!r}). "
             f"Corpus files must be UTF-8: re-encode it, e.g. "
             f"`iconv -f latin1 -t utf-8 {path}`.") from None
-      if number == 1 and line.startswith("\ufeff"):
+      if offset == 0 and line.startswith("\ufeff"):
         line = line[1:]
       if line.endswith("\n"):
         line = line[:-2] if line.endswith("\r\n") else line[:-1]
-      yield number, line
+      yield where, offset, line
+      offset += len(raw)
+      if number is not None:
+        number += 1
 
 
-def _line_layout(path: str, stats: Optional[CorpusStats]) -> Iterator[str]:
+def _line_layout(path: str, stats: Optional[CorpusStats], begin: int = 0,
+                 end: Optional[int] = None, resume: Optional[int] = None
+                 ) -> Iterator[tuple[str, int]]:
   """One document per line."""
-  for _, line in _decoded_lines(path):
+  for _, offset, line in _decoded_lines(path, begin, end, resume):
     if _count(stats, line):
-      yield line
+      yield line, offset
 
 
-def _paragraph_layout(path: str, stats: Optional[CorpusStats]) -> Iterator[str]:
-  """Documents separated by one or more blank lines; lines joined with "\\n"."""
+def _paragraph_layout(path: str, stats: Optional[CorpusStats], begin: int = 0,
+                      end: Optional[int] = None, resume: Optional[int] = None
+                      ) -> Iterator[tuple[str, int]]:
+  """Documents separated by one or more blank lines; lines joined with "\\n". A
+  paragraph belongs to the share its first line starts in."""
+  skipping = False
+  if resume is None and begin > 0:
+    with open(path, "rb") as f:
+      first = _line_start(f, begin)
+      skipping = not _previous_line_blank(f, first)   # mid-paragraph: not ours
   paragraph: list[str] = []
-  for _, line in _decoded_lines(path):
+  first_offset = 0
+  for _, offset, line in _decoded_lines(path, begin, None, resume):
     if line.strip():
+      if skipping:
+        continue
+      if not paragraph:
+        if end is not None and offset >= end:
+          return
+        first_offset = offset
       paragraph.append(line)
-    elif paragraph:
+      continue
+    skipping = False
+    if paragraph:
       text = "\n".join(paragraph)
       paragraph = []
       if _count(stats, text):
-        yield text
+        yield text, first_offset
+    elif end is not None and offset >= end:
+      return
   if paragraph:
     text = "\n".join(paragraph)
     if _count(stats, text):
-      yield text
+      yield text, first_offset
 
 
-LAYOUTS: dict[str, Callable[[str, Optional[CorpusStats]], Iterator[str]]] = {
+LAYOUTS: dict[str, Reader] = {
     "line": _line_layout,
     "paragraph": _paragraph_layout,
 }
 
 
-def _layout_reader(layout: str
-                   ) -> Callable[[str, Optional[CorpusStats]], Iterator[str]]:
+def _layout_reader(layout: str) -> Reader:
   if layout not in LAYOUTS:
     raise ValueError(f"Unknown text layout {layout!r}; valid layouts: "
                      f"{', '.join(sorted(LAYOUTS))}.")
   return LAYOUTS[layout]
 
 
-def _read_files(files: list[str],
-                reader: Callable[[str, Optional[CorpusStats]], Iterator[str]],
+def _read_files(files: list[str], reader: Reader,
                 stats: Optional[CorpusStats]) -> Iterator[str]:
   for path in files:
     if stats is not None:
       stats.files.append(path)
-    yield from reader(path, stats)
+    for text, _ in reader(path, stats):
+      yield text
 
 
 def text_documents(patterns: Patterns, layout: str = "line",
@@ -208,40 +276,42 @@ def text_documents(patterns: Patterns, layout: str = "line",
   return _read_files(expand_patterns(patterns), reader, stats)
 
 
-def _jsonl_reader(field: str) -> Callable[[str, Optional[CorpusStats]], Iterator[str]]:
+def _jsonl_reader(field: str) -> Reader:
   """Reader of JSON Lines files taking the text in `field`."""
 
-  def read(path: str, stats: Optional[CorpusStats]) -> Iterator[str]:
-    for number, line in _decoded_lines(path):
+  def read(path: str, stats: Optional[CorpusStats], begin: int = 0,
+           end: Optional[int] = None, resume: Optional[int] = None
+           ) -> Iterator[tuple[str, int]]:
+    for where, offset, line in _decoded_lines(path, begin, end, resume):
       if not line.strip():
         continue
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(
-            f"{path}, line {number}: not JSON ({e.msg} at column {e.colno}); "
+            f"{path}, {where}: not JSON ({e.msg} at column {e.colno}); "
             f"found {line[:60]!r}. JSON Lines files hold one JSON object per line; "
             f"give plain text files a .txt extension.") from None
       if not isinstance(record, dict):
         raise ValueError(
-            f"{path}, line {number}: expected a JSON object with a {field!r} field, "
+            f"{path}, {where}: expected a JSON object with a {field!r} field, "
             f"found a {type(record).__name__}.")
       if field not in record:
         keys = sorted(record)
         text_keys = [k for k in keys if isinstance(record[k], str)]
         hint = (f", e.g. field={text_keys[0]!r}" if text_keys else "")
         raise ValueError(
-            f"{path}, line {number}: no field {field!r}; the keys found are "
+            f"{path}, {where}: no field {field!r}; the keys found are "
             f"{keys}. Choose the field holding the text with the `field` option"
             f"{hint}.")
       text = record[field]
       if not isinstance(text, str):
         raise ValueError(
-            f"{path}, line {number}: field {field!r} must be a string, found "
+            f"{path}, {where}: field {field!r} must be a string, found "
             f"{type(text).__name__} {str(text)[:40]!r}. Choose a text field with "
             f"the `field` option.")
       if _count(stats, text):
-        yield text
+        yield text, offset
 
   return read
 
@@ -271,15 +341,64 @@ def local_documents(patterns: Patterns, field: str = "text", layout: str = "line
   `.jsonl` and `.json` files are read with `jsonl_documents(field=field)`; any other
   file with `text_documents(layout=layout)`. Files are read in `expand_patterns` order.
   """
+  return _read_files(expand_patterns(patterns), _local_reader(field, layout), stats)
+
+
+def _local_reader(field: str, layout: str) -> Reader:
   text_reader = _layout_reader(layout)
   json_reader = _jsonl_reader(field)
 
-  def read(path: str, stats: Optional[CorpusStats]) -> Iterator[str]:
+  def read(path: str, stats: Optional[CorpusStats], *args) -> Iterator[tuple[str, int]]:
     if os.path.splitext(path)[1].lower() in JSONL_EXTENSIONS:
-      return json_reader(path, stats)
-    return text_reader(path, stats)
+      return json_reader(path, stats, *args)
+    return text_reader(path, stats, *args)
 
-  return _read_files(expand_patterns(patterns), read, stats)
+  return read
+
+
+def byte_share(files: Sequence[str], index: int, count: int
+               ) -> list[tuple[int, int, Optional[int]]]:
+  """Host `index` of `count`'s share of local files: `(file index, begin, end)` byte
+  ranges covering the `index`-th of `count` equal parts of the files' concatenated
+  bytes. A document belongs to the share its first line starts in, so the shares are
+  disjoint and together hold every document; each host reads only its own bytes (plus
+  the rest of its last document)."""
+  _check_shard(index, count)
+  sizes = [os.path.getsize(f) for f in files]
+  total = sum(sizes)
+  lo, hi = total * index // count, total * (index + 1) // count
+  ranges, start = [], 0
+  for i, size in enumerate(sizes):
+    begin, end = max(lo - start, 0), min(hi - start, size)
+    if begin < end or (size == 0 and lo <= start < hi):
+      ranges.append((i, begin, None if hi - start >= size else end))
+    start += size
+  return ranges
+
+
+def local_positioned(patterns: Patterns, field: str = "text", layout: str = "line", *,
+                     shard_index: int = 0, num_shards: int = 1,
+                     start: Optional[dict] = None, stats: Optional[CorpusStats] = None
+                     ) -> Iterator[tuple[str, dict]]:
+  """(document, position) of host `shard_index`'s share (`byte_share`) of local files.
+
+  A position `{"file": i, "byte": b, "n": n}` names the document's file, the byte its
+  first line starts at, and how many documents of the share came before it; reading
+  again with `start=position` continues at that document without reading anything
+  before it. With one shard the documents are `local_documents`'s, in its order.
+  """
+  files = expand_patterns(patterns)
+  reader = _local_reader(field, layout)
+  n = int(start["n"]) if start else 0
+  for file_index, begin, end in byte_share(files, shard_index, num_shards):
+    if start and file_index < start["file"]:
+      continue
+    resume = int(start["byte"]) if start and file_index == start["file"] else None
+    if stats is not None:
+      stats.files.append(files[file_index])
+    for text, offset in reader(files[file_index], stats, begin, end, resume):
+      yield text, {"file": file_index, "byte": offset, "n": n}
+      n += 1
 
 
 # ---------------------------------------------------------------------------
@@ -314,6 +433,44 @@ def tfds_documents(name: str = "c4/en", version: str = "3.1.0", split: str = "tr
     ValueError: an unknown version, a dataset that is not prepared in `data_dir`, a
       missing field, or a value that is not UTF-8 text.
   """
+  builder = _tfds_builder(name, version, data_dir, field)
+  dataset = _tfds_dataset(builder, name, version, split, data_dir, shuffle_files, seed)
+  return _tfds_texts(dataset, f"tfds:{name}:{version}/{split}", field, stats)
+
+
+def tfds_positioned(name: str = "c4/en", version: str = "3.1.0", split: str = "train",
+                    data_dir: Optional[str] = None, field: str = "text", *,
+                    shard_index: int = 0, num_shards: int = 1, start: Optional[dict] = None,
+                    stats: Optional[CorpusStats] = None) -> Iterator[tuple[str, dict]]:
+  """(document, position) of host `shard_index`'s share of a prepared TFDS split: the
+  `shard_index`-th of `num_shards` contiguous ranges of example indices, read with an
+  absolute `ReadInstruction`, so TFDS opens only the files that hold them. A position
+  `{"index": i}` is the example's index in the split; `start=position` continues there.
+  With one shard and no start the documents are `tfds_documents`'s."""
+  _check_shard(shard_index, num_shards)
+  builder = _tfds_builder(name, version, data_dir, field)
+  source = f"tfds:{name}:{version}/{split}"
+  first = int(start["index"]) if start else 0
+  if num_shards == 1 and not first:
+    examples = _tfds_dataset(builder, name, version, split, data_dir, False, None)
+  else:
+    import tensorflow_datasets as tfds
+    if "[" in split:
+      raise ValueError(f"TFDS split {split!r}: a sharded or resumed read needs a whole "
+                       f"split name (e.g. 'train'); it takes its own range of it.")
+    _tfds_dataset(builder, name, version, split, data_dir, False, None)  # prepared?
+    total = builder.info.splits[split].num_examples
+    lo, hi = total * shard_index // num_shards, total * (shard_index + 1) // num_shards
+    first = max(first, lo)
+    if first >= hi:
+      return
+    instruction = tfds.core.ReadInstruction(split, from_=first, to=hi, unit="abs")
+    examples = tfds.as_numpy(builder.as_dataset(split=instruction, shuffle_files=False))
+  for text, index in _tfds_texts(examples, source, field, stats, positions=True):
+    yield text, {"index": first + index}
+
+
+def _tfds_builder(name: str, version: str, data_dir: Optional[str], field: str):
   import tensorflow_datasets as tfds
 
   try:
@@ -327,6 +484,13 @@ def tfds_documents(name: str = "c4/en", version: str = "3.1.0", split: str = "tr
     raise ValueError(f"TFDS dataset {name}:{version} has no feature {field!r}; its "
                      f"features are {sorted(features.keys())}. Choose the text "
                      f"feature with the `field` option.")
+  return builder
+
+
+def _tfds_dataset(builder, name: str, version: str, split: str, data_dir: Optional[str],
+                  shuffle_files: bool, seed: Optional[int]):
+  import tensorflow_datasets as tfds
+
   read_config = tfds.ReadConfig(shuffle_seed=seed) if seed is not None else None
   try:
     dataset = builder.as_dataset(split=split, shuffle_files=shuffle_files,
@@ -342,12 +506,11 @@ def tfds_documents(name: str = "c4/en", version: str = "3.1.0", split: str = "tr
         f"--beam_pipeline_options=...`, a large distributed job) or copied from "
         f"an existing prepared copy, and pointed to with --tfds_data_dir "
         f"(data_dir=...), the folder that holds {name}/{version}/.") from e
-  return _tfds_texts(tfds.as_numpy(dataset), f"tfds:{name}:{version}/{split}",
-                     field, stats)
+  return tfds.as_numpy(dataset)
 
 
 def _tfds_texts(examples: Iterable[dict[str, Any]], source: str, field: str,
-                stats: Optional[CorpusStats]) -> Iterator[str]:
+                stats: Optional[CorpusStats], positions: bool = False) -> Iterator[str]:
   if stats is not None:
     stats.files.append(source)
   for index, example in enumerate(examples):
@@ -362,7 +525,7 @@ def _tfds_texts(examples: Iterable[dict[str, Any]], source: str, field: str,
       raise ValueError(f"{source}, example {index}: feature {field!r} is not valid "
                        f"UTF-8 ({e.reason} at byte {e.start}).") from None
     if _count(stats, text):
-      yield text
+      yield (text, index) if positions else text
 
 
 def hf_documents(path: str, name: Optional[str] = None, split: str = "train",
@@ -449,6 +612,11 @@ def shard(documents: Iterable[str], index: int, count: int) -> Iterator[str]:
   Raises:
     ValueError: unless `0 <= index < count`.
   """
+  index, count = _check_shard(index, count)
+  return itertools.islice(documents, index, None, count)
+
+
+def _check_shard(index: int, count: int) -> tuple[int, int]:
   try:
     index, count = operator.index(index), operator.index(count)
   except TypeError:
@@ -458,4 +626,4 @@ def shard(documents: Iterable[str], index: int, count: int) -> Iterator[str]:
     raise ValueError(f"shard needs 0 <= index < count; found index={index}, "
                      f"count={count}. With N hosts use count=N and index="
                      f"jax.process_index().")
-  return itertools.islice(documents, index, None, count)
+  return index, count

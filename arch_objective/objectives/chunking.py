@@ -13,7 +13,7 @@ that length (t5's `select_random_chunk`, 65,536 tokens for C4).
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -35,30 +35,90 @@ def select_random_chunk(tokens: np.ndarray, max_length: int, rng: np.random.Gene
   return tokens[start:start + max_length]
 
 
+class Tagged(dict):
+  """A feature dict that also carries `where`: the resume position of the example (or
+  row) it is, as the positioned pipeline tracks it. Anything reading it as a dict sees
+  only the features."""
+  where: Optional[dict] = None
+
+
+def tag(features: dict, where: Optional[dict]) -> Tagged:
+  out = Tagged(features)
+  out.where = where
+  return out
+
+
 def concat_and_split(documents: Iterable[np.ndarray], length: int, *, append_eos: bool,
                      seed: int = 0, max_document_length: int = MAX_DOCUMENT_LENGTH,
                      drop_remainder: bool = False) -> Iterator[np.ndarray]:
   """Chunks of `length` tokens from the concatenated documents (see module docstring)."""
+  for chunk, _ in concat_and_split_positioned(
+      ((doc, None) for doc in documents), length, append_eos=append_eos, seed=seed,
+      max_document_length=max_document_length, drop_remainder=drop_remainder):
+    yield chunk
+
+
+def concat_and_split_positioned(documents: Iterable[tuple[np.ndarray, Any]], length: int, *,
+                                append_eos: bool, seed: int = 0,
+                                max_document_length: int = MAX_DOCUMENT_LENGTH,
+                                drop_remainder: bool = False, start: Optional[dict] = None
+                                ) -> Iterator[tuple[np.ndarray, dict]]:
+  """`concat_and_split` over (document, source position) pairs, yielding (chunk, where).
+
+  `where = {"source": ..., "doc": d, "skip": s, "chunk": k}`: chunk k starts `s` tokens
+  into document d (counted from the stream's start; its tokens after the random window
+  and EOS), which the source reads again from position `source`. Reading the documents
+  again from that source position with `start=where` yields chunk k and everything
+  after it exactly as the uninterrupted stream did: the only state a resume needs.
+  """
   if length < 1:
     raise ValueError(f"chunk length must be >= 1, found {length}.")
-  buffer: list[np.ndarray] = []
+  index = int(start["doc"]) if start else 0
+  skip = int(start["skip"]) if start else 0
+  chunk_index = int(start["chunk"]) if start else 0
+  pieces: list[np.ndarray] = []
+  # (offset in the buffer, source position, doc index, tokens of the doc before it)
+  marks: list[tuple[int, Any, int, int]] = []
   buffered = 0
-  for index, doc in enumerate(documents):
+  for doc, source in documents:
     doc = np.asarray(doc, np.int32)
     if len(doc) == 0:
+      index += 1
       continue
     doc = select_random_chunk(doc, max_document_length, example_rng(seed, 0, index))
-    buffer.append(doc)
-    buffered += len(doc)
     if append_eos:
-      buffer.append(np.array([EOS_ID], np.int32))
-      buffered += 1
+      doc = np.concatenate([doc, np.array([EOS_ID], np.int32)])
+    base = 0
+    if skip:
+      doc, base, skip = doc[skip:], skip, 0
+    marks.append((buffered, source, index, base))
+    pieces.append(doc)
+    buffered += len(doc)
+    index += 1
     if buffered >= length:
-      stream = np.concatenate(buffer)
+      stream = np.concatenate(pieces)
       whole = (len(stream) // length) * length
-      for start in range(0, whole, length):
-        yield stream[start:start + length]
+      m = 0
+      for begin in range(0, whole, length):
+        while m + 1 < len(marks) and marks[m + 1][0] <= begin:
+          m += 1
+        offset, src, doc_index, doc_base = marks[m]
+        yield stream[begin:begin + length], {"source": src, "doc": doc_index,
+                                             "skip": doc_base + begin - offset,
+                                             "chunk": chunk_index}
+        chunk_index += 1
       rest = stream[whole:]
-      buffer, buffered = ([rest] if len(rest) else []), len(rest)
+      while m + 1 < len(marks) and marks[m + 1][0] <= whole:
+        m += 1
+      if len(rest):
+        offset, src, doc_index, doc_base = marks[m]
+        marks = [(0, src, doc_index, doc_base + whole - offset)] + [
+            (o - whole, s, i, b) for o, s, i, b in marks[m + 1:]]
+        pieces = [rest]
+      else:
+        marks, pieces = [], []
+      buffered = len(rest)
   if buffered and not drop_remainder:
-    yield np.concatenate(buffer)
+    offset, src, doc_index, doc_base = marks[0]
+    yield np.concatenate(pieces), {"source": src, "doc": doc_index, "skip": doc_base,
+                                   "chunk": chunk_index}

@@ -30,10 +30,11 @@ segment start, positions count from 0 per segment, padding has segment id 0. Wit
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from arch_objective.objectives import chunking
 from arch_objective.objectives.prefix_lm import segment_positions, shift_right
 
 Example = Mapping[str, np.ndarray]
@@ -50,16 +51,21 @@ def _trim(example: Example, lengths: Mapping[str, int], where: str) -> dict[str,
 
 
 def _pack(examples: Iterable[Example], lengths: Mapping[str, int], pack: bool, where: str,
-          combined: bool = False) -> Iterator[list[dict[str, np.ndarray]]]:
-  """Groups of trimmed examples that fit together in one row (one each if not packing).
+          combined: bool = False) -> Iterator[tuple[list[dict[str, np.ndarray]], Any]]:
+  """Groups of trimmed examples that fit together in one row (one each if not packing),
+  each with the resume position (`chunking.Tagged.where`) of its first example.
 
   Each feature has its own row length, or with `combined` all features share one row of
-  the summed lengths (decoder-only rows hold `inputs ++ targets`).
+  the summed lengths (decoder-only rows hold `inputs ++ targets`). A group starts
+  afresh at its first example, so reading again from that example's position gives the
+  same rows.
   """
   group: list[dict[str, np.ndarray]] = []
+  first = None
   used = {k: 0 for k in lengths}
   total = sum(lengths.values())
   for example in examples:
+    position = getattr(example, "where", None)
     example = _trim(example, lengths, where)
     if all(len(v) == 0 for v in example.values()):
       continue
@@ -68,13 +74,19 @@ def _pack(examples: Iterable[Example], lengths: Mapping[str, int], pack: bool, w
     else:
       fits = all(used[k] + len(example[k]) <= lengths[k] for k in lengths)
     if group and (not pack or not fits):
-      yield group
+      yield group, first
       group, used = [], {k: 0 for k in lengths}
+    if not group:
+      first = position
     group.append(example)
     for k in lengths:
       used[k] += len(example[k])
   if group:
-    yield group
+    yield group, first
+
+
+def _tagged(row: dict, position) -> dict:
+  return row if position is None else chunking.tag(row, position)
 
 
 def _concat(parts: Sequence[np.ndarray], length: int) -> np.ndarray:
@@ -96,13 +108,13 @@ def _with_segments(row: dict, prefix: str, segment_ids: np.ndarray, pack: bool) 
 def lm_rows(examples: Iterable[Example], length: int, pack: bool = True
             ) -> Iterator[dict[str, np.ndarray]]:
   """Decoder-only language-model rows from `{'targets'}` examples."""
-  for group in _pack(examples, {"targets": length}, pack, "lm_rows"):
+  for group, position in _pack(examples, {"targets": length}, pack, "lm_rows"):
     targets = _concat([e["targets"] for e in group], length)
     seg = _segments([len(e["targets"]) for e in group], length)
     row = {"decoder_target_tokens": targets,
            "decoder_input_tokens": shift_right(targets, seg),
            "decoder_loss_weights": (seg > 0).astype(np.int32)}
-    yield _with_segments(row, "decoder", seg, pack)
+    yield _tagged(_with_segments(row, "decoder", seg, pack), position)
 
 
 def prefix_lm_rows(examples: Iterable[Example], inputs_length: int, targets_length: int,
@@ -113,7 +125,7 @@ def prefix_lm_rows(examples: Iterable[Example], inputs_length: int, targets_leng
   on the inputs plus one position (read by the non-causal decoder only)."""
   length = inputs_length + targets_length
   lengths = {"inputs": inputs_length, "targets": targets_length}
-  for group in _pack(examples, lengths, pack, "prefix_lm_rows", combined=True):
+  for group, position in _pack(examples, lengths, pack, "prefix_lm_rows", combined=True):
     parts, dca, weights, sizes = [], [], [], []
     for e in group:
       n_in, n_tg = len(e["inputs"]), len(e["targets"])
@@ -127,14 +139,14 @@ def prefix_lm_rows(examples: Iterable[Example], inputs_length: int, targets_leng
            "decoder_input_tokens": shift_right(targets, seg),
            "decoder_loss_weights": _concat(weights, length),
            "decoder_causal_attention": _concat(dca, length)}
-    yield _with_segments(row, "decoder", seg, pack)
+    yield _tagged(_with_segments(row, "decoder", seg, pack), position)
 
 
 def encoder_decoder_rows(examples: Iterable[Example], inputs_length: int, targets_length: int,
                          pack: bool = True) -> Iterator[dict[str, np.ndarray]]:
   """Encoder-decoder rows of `{'inputs', 'targets'}` examples."""
   lengths = {"inputs": inputs_length, "targets": targets_length}
-  for group in _pack(examples, lengths, pack, "encoder_decoder_rows"):
+  for group, position in _pack(examples, lengths, pack, "encoder_decoder_rows"):
     enc = _concat([e["inputs"] for e in group], inputs_length)
     targets = _concat([e["targets"] for e in group], targets_length)
     enc_seg = _segments([len(e["inputs"]) for e in group], inputs_length)
@@ -144,7 +156,7 @@ def encoder_decoder_rows(examples: Iterable[Example], inputs_length: int, target
            "decoder_input_tokens": shift_right(targets, dec_seg),
            "decoder_loss_weights": (dec_seg > 0).astype(np.int32)}
     _with_segments(row, "encoder", enc_seg, pack)
-    yield _with_segments(row, "decoder", dec_seg, pack)
+    yield _tagged(_with_segments(row, "decoder", dec_seg, pack), position)
 
 
 def batch_rows(rows: Iterable[Mapping[str, np.ndarray]], batch_size: int,

@@ -16,11 +16,11 @@ which leaves one short chunk per group).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
-from arch_objective import models
+from arch_objective import architectures
 from arch_objective.objectives import chunking, feature_converters, prefix_lm, span_corruption
 
 FULL_LM = "full_lm"
@@ -31,10 +31,10 @@ SHORT_NAMES = {FULL_LM: "FLM", PREFIX_LM: "PLM", SPAN_CORRUPTION: "MLM"}
 PAPER_LENGTH = 626
 
 # The six (architecture, objective) pretraining runs of the paper (spec §2.7).
-PAPER_RUNS = ((models.CAUSAL_DECODER, FULL_LM), (models.CAUSAL_DECODER, SPAN_CORRUPTION),
-              (models.NON_CAUSAL_DECODER, PREFIX_LM),
-              (models.NON_CAUSAL_DECODER, SPAN_CORRUPTION),
-              (models.ENCODER_DECODER, PREFIX_LM), (models.ENCODER_DECODER, SPAN_CORRUPTION))
+PAPER_RUNS = ((architectures.CAUSAL_DECODER, FULL_LM), (architectures.CAUSAL_DECODER, SPAN_CORRUPTION),
+              (architectures.NON_CAUSAL_DECODER, PREFIX_LM),
+              (architectures.NON_CAUSAL_DECODER, SPAN_CORRUPTION),
+              (architectures.ENCODER_DECODER, PREFIX_LM), (architectures.ENCODER_DECODER, SPAN_CORRUPTION))
 
 
 def mlm_lengths(length: int = PAPER_LENGTH,
@@ -67,10 +67,10 @@ class Objective:
     if self.objective not in OBJECTIVES:
       raise ValueError(f"unknown objective {self.objective!r}; valid objectives: "
                        f"{', '.join(OBJECTIVES)}.")
-    if self.arch not in models.ARCHITECTURES:
+    if self.arch not in architectures.ARCHITECTURES:
       raise ValueError(f"unknown arch {self.arch!r}; valid architectures: "
-                       f"{', '.join(models.ARCHITECTURES)}.")
-    if self.objective == FULL_LM and self.arch == models.ENCODER_DECODER:
+                       f"{', '.join(architectures.ARCHITECTURES)}.")
+    if self.objective == FULL_LM and self.arch == architectures.ENCODER_DECODER:
       raise ValueError("objective 'full_lm' has no encoder-decoder form (there is nothing "
                        "to encode); the encoder-decoder's language-model objective is "
                        "'prefix_lm'.")
@@ -80,44 +80,57 @@ class Objective:
 
   @property
   def name(self) -> str:
-    return f"{models.SHORT_NAMES[self.arch]}:{SHORT_NAMES[self.objective]}"
+    return f"{architectures.SHORT_NAMES[self.arch]}:{SHORT_NAMES[self.objective]}"
 
   @property
   def feature_lengths(self) -> dict[str, int]:
     """Lengths of the model features (what `TASK_FEATURE_LENGTHS` would say)."""
     if self.objective == SPAN_CORRUPTION:
       inputs, targets = mlm_lengths(self.length, self.noise_density, self.mean_noise_span_length)
-      if self.arch == models.ENCODER_DECODER:
+      if self.arch == architectures.ENCODER_DECODER:
         return {"inputs": inputs, "targets": targets}
       return {"inputs": inputs, "targets": targets, "decoder": inputs + targets}
-    if self.arch == models.ENCODER_DECODER:
+    if self.arch == architectures.ENCODER_DECODER:
       return {"inputs": self.length, "targets": self.length}
     return {"decoder": self.length}
 
   @property
   def examples_per_row(self) -> float:
     """Examples per row before packing: 2 for ED prefix LM (so halve its batch size)."""
-    return 2.0 if (self.objective == PREFIX_LM and self.arch == models.ENCODER_DECODER) else 1.0
+    return 2.0 if (self.objective == PREFIX_LM and self.arch == architectures.ENCODER_DECODER) else 1.0
 
   def task_examples(self, documents: Iterable[np.ndarray], *, seed: int = 0,
                     sentinel_start: Optional[int] = None, num_extra_ids: int = 100
                     ) -> Iterator[dict[str, np.ndarray]]:
     """Task features from tokenised documents (no EOS on them): `{'targets'}` (full LM),
     `{'inputs', 'targets'}` (span corruption), or finished rows (prefix LM)."""
+    for example in self.positioned_examples(((d, None) for d in documents), seed=seed,
+                                            sentinel_start=sentinel_start,
+                                            num_extra_ids=num_extra_ids):
+      yield dict(example)
+
+  def positioned_examples(self, documents: Iterable[tuple[np.ndarray, Any]], *, seed: int = 0,
+                          sentinel_start: Optional[int] = None, num_extra_ids: int = 100,
+                          start: Optional[dict] = None) -> Iterator[chunking.Tagged]:
+    """`task_examples` over (document, source position) pairs, each example tagged with
+    where a resume restarts it (`chunking.concat_and_split_positioned`); `start` (a
+    tag's `where`) continues the stream there."""
     if self.objective == FULL_LM:
-      chunks = chunking.concat_and_split(documents, self.length, append_eos=True, seed=seed)
-      return ({"targets": c} for c in chunks)
+      chunks = chunking.concat_and_split_positioned(documents, self.length, append_eos=True,
+                                                    seed=seed, start=start)
+      return (chunking.tag({"targets": c}, where) for c, where in chunks)
     if self.objective == PREFIX_LM:
-      make = (prefix_lm.prefix_lm_encoder_decoder if self.arch == models.ENCODER_DECODER
-              else prefix_lm.prefix_lm_decoder)
-      return make(documents, self.length, seed=seed)
+      make = (prefix_lm.prefix_lm_encoder_decoder_positioned
+              if self.arch == architectures.ENCODER_DECODER else prefix_lm.prefix_lm_decoder_positioned)
+      return make(documents, self.length, seed=seed, start=start)
     if sentinel_start is None:
       raise ValueError("span corruption needs sentinel_start (the vocabulary size - 1, "
                        "32099 for the T5 vocabulary).")
     inputs_length = self.feature_lengths["inputs"]
-    return span_corruption.span_corruption(
+    return span_corruption.span_corruption_positioned(
         documents, inputs_length, sentinel_start, seed=seed, num_extra_ids=num_extra_ids,
-        noise_density=self.noise_density, mean_noise_span_length=self.mean_noise_span_length)
+        noise_density=self.noise_density, mean_noise_span_length=self.mean_noise_span_length,
+        start=start)
 
   def model_rows(self, task_examples: Iterable[Mapping[str, np.ndarray]]
                  ) -> Iterator[dict[str, np.ndarray]]:
@@ -127,10 +140,10 @@ class Objective:
     lengths = self.feature_lengths
     if self.objective == FULL_LM:
       rows = feature_converters.lm_rows(task_examples, self.length, self.pack)
-      if self.arch == models.NON_CAUSAL_DECODER:
+      if self.arch == architectures.NON_CAUSAL_DECODER:
         rows = _with_causal_attention_off(rows)
       return rows
-    if self.arch == models.ENCODER_DECODER:
+    if self.arch == architectures.ENCODER_DECODER:
       return feature_converters.encoder_decoder_rows(
           task_examples, lengths["inputs"], lengths["targets"], self.pack)
     return feature_converters.prefix_lm_rows(task_examples, lengths["inputs"],

@@ -20,7 +20,7 @@ so a row holds two examples and as many tokens as two decoder rows.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -98,18 +98,43 @@ def _split(seed: int, salt: int, index: int, length: int) -> int:
 def prefix_lm_decoder(documents: Iterable[np.ndarray], length: int, *, seed: int = 0
                       ) -> Iterator[dict[str, np.ndarray]]:
   """ND:PLM rows (model features, no packing) from documents."""
-  if length < 2:
-    raise ValueError(f"prefix LM needs length >= 2, found {length}.")
-  chunks = chunking.concat_and_split(documents, length, append_eos=True, seed=seed)
-  for index, chunk in enumerate(chunks):
-    yield decoder_row(chunk, length, _split(seed, _SALT_DECODER, index, length))
+  for row in prefix_lm_decoder_positioned(((d, None) for d in documents), length, seed=seed):
+    yield dict(row)
 
 
 def prefix_lm_encoder_decoder(documents: Iterable[np.ndarray], length: int, *, seed: int = 0
                               ) -> Iterator[dict[str, np.ndarray]]:
   """ED:PLM rows (model features, two examples per row) from documents."""
+  for row in prefix_lm_encoder_decoder_positioned(((d, None) for d in documents), length,
+                                                  seed=seed):
+    yield dict(row)
+
+
+def prefix_lm_decoder_positioned(documents: Iterable[tuple[np.ndarray, Any]], length: int, *,
+                                 seed: int = 0, start: Optional[dict] = None
+                                 ) -> Iterator[chunking.Tagged]:
+  """`prefix_lm_decoder` over (document, source position) pairs; rows tagged with their
+  chunk's `where`, `start` resumes (`chunking.concat_and_split_positioned`)."""
   if length < 2:
     raise ValueError(f"prefix LM needs length >= 2, found {length}.")
-  chunks = chunking.concat_and_split(documents, length, append_eos=True, seed=seed)
-  for index, (a, b) in enumerate(zip(chunks, chunks)):
-    yield encoder_decoder_row(a, b, length, _split(seed, _SALT_ENCODER_DECODER, index, length))
+  chunks = chunking.concat_and_split_positioned(documents, length, append_eos=True, seed=seed,
+                                                start=start)
+  for chunk, where in chunks:
+    yield chunking.tag(decoder_row(chunk, length,
+                                   _split(seed, _SALT_DECODER, where["chunk"], length)), where)
+
+
+def prefix_lm_encoder_decoder_positioned(documents: Iterable[tuple[np.ndarray, Any]],
+                                         length: int, *, seed: int = 0,
+                                         start: Optional[dict] = None
+                                         ) -> Iterator[chunking.Tagged]:
+  """`prefix_lm_encoder_decoder` over (document, source position) pairs: row i holds
+  chunks 2i and 2i + 1 and is tagged with the first one's `where`."""
+  if length < 2:
+    raise ValueError(f"prefix LM needs length >= 2, found {length}.")
+  chunks = chunking.concat_and_split_positioned(documents, length, append_eos=True, seed=seed,
+                                                start=start)
+  for (a, where), (b, _) in zip(chunks, chunks):
+    index = where["chunk"] // 2
+    yield chunking.tag(encoder_decoder_row(
+        a, b, length, _split(seed, _SALT_ENCODER_DECODER, index, length)), where)

@@ -18,7 +18,7 @@ inputs 483 + 28 + EOS = 512 and targets 85 + 28 + EOS = 114.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -132,9 +132,25 @@ def span_corruption(documents: Iterable[np.ndarray], inputs_length: int, sentine
 
   Documents are concatenated without EOS and cut into `random_spans_helper` chunks.
   """
+  for example in span_corruption_positioned(
+      ((doc, None) for doc in documents), inputs_length, sentinel_start, seed=seed,
+      num_extra_ids=num_extra_ids, noise_density=noise_density,
+      mean_noise_span_length=mean_noise_span_length):
+    yield dict(example)
+
+
+def span_corruption_positioned(documents: Iterable[tuple[np.ndarray, Any]], inputs_length: int,
+                               sentinel_start: int, *, seed: int = 0, num_extra_ids: int = 100,
+                               noise_density: float = NOISE_DENSITY,
+                               mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+                               start: Optional[dict] = None) -> Iterator[chunking.Tagged]:
+  """`span_corruption` over (document, source position) pairs: each example is tagged
+  with its chunk's `where` (`chunking.concat_and_split_positioned`); `start` resumes."""
   chunk_length, _ = random_spans_helper(inputs_length, noise_density, mean_noise_span_length)
   check_sentinels(chunk_length, num_extra_ids, noise_density, mean_noise_span_length)
-  chunks = chunking.concat_and_split(documents, chunk_length, append_eos=False, seed=seed)
-  for index, chunk in enumerate(chunks):
-    yield corrupt(chunk, chunking.example_rng(seed, _SALT, index), sentinel_start,
-                  noise_density, mean_noise_span_length)
+  chunks = chunking.concat_and_split_positioned(documents, chunk_length, append_eos=False,
+                                                seed=seed, start=start)
+  for chunk, where in chunks:
+    example = corrupt(chunk, chunking.example_rng(seed, _SALT, where["chunk"]), sentinel_start,
+                      noise_density, mean_noise_span_length)
+    yield chunking.tag(example, where)

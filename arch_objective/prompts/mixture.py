@@ -26,9 +26,9 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from arch_objective import models
+from arch_objective import architectures
 from arch_objective.data import registry
-from arch_objective.objectives import feature_converters
+from arch_objective.objectives import chunking, feature_converters
 from arch_objective.prompts import datasets as datasets_lib
 from arch_objective.prompts import templates
 
@@ -69,7 +69,7 @@ class PromptedMixture:
 
   @property
   def architectures(self):
-    return models.ARCHITECTURES
+    return architectures.ARCHITECTURES
 
   def vocab(self):
     return registry.load_vocabulary(self.vocabulary, self.extra_ids)
@@ -80,9 +80,16 @@ class PromptedMixture:
                        for n, t in zip(sizes, self.tasks)], np.float64)
 
   def task_examples(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
-                    shard_index: int = 0, num_shards: int = 1
+                    shard_index: int = 0, num_shards: int = 1, start: Optional[dict] = None
                     ) -> Iterator[dict[str, np.ndarray]]:
-    """Endless tokenised `{'inputs', 'targets'}` examples drawn from the mixture."""
+    """Endless tokenised `{'inputs', 'targets'}` examples drawn from the mixture.
+
+    Each example is a `chunking.Tagged` dict whose `where` is the mixture's state before
+    its draw, `{"draw": d, "positions": [examples read of each task]}`; with
+    `start=where` the stream continues at that draw without rendering anything before
+    it (the orders of the tasks' examples are keyed by (seed, task, epoch)). The
+    skipped/no-label warnings count from the restart.
+    """
     del arch
     rates = self.rates(split)
     if rates.sum() == 0:
@@ -91,11 +98,18 @@ class PromptedMixture:
     vocab = self.vocab()
     encode = functools.lru_cache(maxsize=65536)(vocab.encode)
     positions = [0] * len(self.tasks)
+    draw = 0
+    if start:
+      if len(start["positions"]) != len(self.tasks):
+        raise ValueError(f"mixture {self.name!r}: the saved state has positions for "
+                         f"{len(start['positions'])} tasks, the mixture has "
+                         f"{len(self.tasks)}; resume with the same datasets and prompts.")
+      positions, draw = [int(p) for p in start["positions"]], int(start["draw"])
     passes = [dict.fromkeys(_OUTCOMES, 0) for _ in self.tasks]
     orders: dict[tuple[int, int], np.ndarray] = {}
     seed = registry.shard_seed(seed, shard_index, num_shards)
-    draw = 0
     while True:
+      where = {"draw": draw, "positions": list(positions)}
       rng = np.random.default_rng([seed & 0xFFFFFFFF, _SALT, draw])
       draw += 1
       t = int(rng.choice(len(self.tasks), p=probs))
@@ -121,8 +135,9 @@ class PromptedMixture:
                          f"{len(examples)} {split} examples (for each the template yields "
                          f"no 'inputs ||| targets' pair, empty inputs{empty}).")
       inputs, targets = pair
-      yield {"inputs": np.asarray(encode(inputs), np.int32),
-             "targets": np.asarray(list(encode(targets)) + [EOS_ID], np.int32)}
+      yield chunking.tag({"inputs": np.asarray(encode(inputs), np.int32),
+                          "targets": np.asarray(list(encode(targets)) + [EOS_ID], np.int32)},
+                         where)
 
   def _apply(self, task: PromptedTask, example: dict, this_pass: dict
              ) -> Optional[tuple[str, str]]:
@@ -172,9 +187,17 @@ class PromptedMixture:
   def rows(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
            shard_index: int = 0, num_shards: int = 1, pack: bool = True
            ) -> Iterator[dict[str, np.ndarray]]:
+    return self.positioned_rows(split, arch=arch, seed=seed, shard_index=shard_index,
+                                num_shards=num_shards, pack=pack)
+
+  def positioned_rows(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
+                      shard_index: int = 0, num_shards: int = 1, pack: bool = True,
+                      start: Optional[dict] = None) -> Iterator[dict[str, np.ndarray]]:
+    """Model rows for `arch`, each tagged with the mixture state its first example was
+    drawn at (`task_examples`); `start` continues there."""
     examples = self.task_examples(split, seed=seed, shard_index=shard_index,
-                                  num_shards=num_shards)
-    if arch == models.ENCODER_DECODER:
+                                  num_shards=num_shards, start=start)
+    if arch == architectures.ENCODER_DECODER:
       return feature_converters.encoder_decoder_rows(examples, self.inputs_length,
                                                      self.targets_length, pack)
     rows = feature_converters.prefix_lm_rows(examples, self.inputs_length, self.targets_length,

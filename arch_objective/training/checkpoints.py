@@ -2,8 +2,10 @@
 
 `MODEL_DIR/checkpoints/<step>/` holds three items:
   state   the TrainState (params, optimiser state, step), sharded arrays
-  data    {"batches": n}: how many batches the run had consumed, so a resumed run
-          continues on exactly the batches it would have seen
+  data    {"batches": n}: how many batches the run had consumed
+  data_state  each process's input pipeline state (`data.Batches.get_state`, one JSON
+          file per process, written by grain's orbax handler), so a resumed run
+          continues on exactly the batches it would have seen without replaying them
   meta    the architecture, model config and vocabulary, the run's identity (checked on
           resume: `check_identity`) and lineage
 Saves are asynchronous; orbax writes each step into a temporary directory that is
@@ -28,7 +30,25 @@ import orbax.checkpoint as ocp
 
 from arch_objective import paths
 
-STATE, DATA, META = "state", "data", "meta"
+STATE, DATA, META, DATA_STATE = "state", "data", "meta", "data_state"
+
+
+class _FrozenState:
+  """A data iterator's state as it was when the save was asked for (orbax may write
+  it later, while the iterator moves on); what grain's checkpoint handler reads and
+  writes, one `process_<i>-of-<n>.json` per process."""
+
+  def __init__(self, state: Optional[dict] = None):
+    self.state = state
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.state).encode()
+
+  def set_state(self, state: bytes):
+    self.state = json.loads(state)
+
+  def start_prefetch(self):
+    pass
 
 
 class CheckpointError(ValueError):
@@ -57,7 +77,7 @@ class Checkpoints:
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=(STATE, DATA, META))
+                                          item_names=(STATE, DATA, META, DATA_STATE))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -65,10 +85,14 @@ class Checkpoints:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, data_position: dict, meta: dict) -> bool:
-    return self._manager.save(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data_position),
-        META: ocp.args.JsonSave(meta)}), force=True)
+  def save(self, step: int, state: Any, data_position: dict, meta: dict,
+           data_state: Optional[dict] = None) -> bool:
+    items = {STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data_position),
+             META: ocp.args.JsonSave(meta)}
+    if data_state is not None:
+      import grain
+      items[DATA_STATE] = grain.checkpoint.CheckpointSave(_FrozenState(data_state))
+    return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def wait(self):
     self._manager.wait_until_finished()
@@ -118,9 +142,16 @@ class Checkpoints:
     if expected_meta is not None:
       check_compatible(meta, expected_meta, f"{self.directory}/{step}")
     check_shapes(self.saved_params(step), abstract_state.params, f"{self.directory}/{step}")
-    restored = self._manager.restore(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}))
-    return restored[STATE], restored[DATA], meta
+    items = {STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}
+    has_data_state = paths.isdir(paths.join(self.directory, str(step), DATA_STATE))
+    if has_data_state:
+      import grain
+      items[DATA_STATE] = grain.checkpoint.CheckpointRestore(_FrozenState())
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    position = dict(restored[DATA])
+    if has_data_state:
+      position["state"] = restored[DATA_STATE].state
+    return restored[STATE], position, meta
 
 
 def _move(src: str, dst: str):

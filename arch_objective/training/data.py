@@ -1,21 +1,23 @@
-"""Batches for the trainer: a task's rows, this host's shard, a resumable position.
+"""Batches for the trainer: a task's rows, this host's shard, a checkpointable state.
 
-Each process reads its own shard of the documents (`shard_index = process_index`) and
+Each process reads only its own share of the documents (`shard_index = process_index`:
+a contiguous byte range of local files, a contiguous range of TFDS example indices) and
 builds `batch_size / process_count` rows per step. Corpora are repeated in epochs;
-epoch `e` draws its randomness from the seed `(seed, e)`. A batch iterator started at
-position `n` yields exactly the batches an uninterrupted one yields after `n` batches.
+epoch `e` draws its randomness from the seed `(seed, e)`. `Batches` is a grain
+`DatasetIterator` whose state (the position of the next row in the share) restores the
+stream at that row without reading what came before it.
 """
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import numbers
 from typing import Iterator, Optional, Sequence, Union
 
+import grain
 import numpy as np
 
 from arch_objective.data import vocabularies
-from arch_objective.objectives import feature_converters, pipeline
+from arch_objective.objectives import pipeline
 
 
 @dataclasses.dataclass
@@ -72,32 +74,110 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 def rows_forever(spec, arch: str, split: str, seed: int, shard_index: int, num_shards: int,
                  pack: bool) -> Iterator[dict[str, np.ndarray]]:
-  for epoch in itertools.count():
+  for row, _ in positioned_rows_forever(spec, arch, split, seed, shard_index, num_shards,
+                                        pack, None):
+    yield row
+
+
+def positioned_rows_forever(spec, arch: str, split: str, seed: int, shard_index: int,
+                            num_shards: int, pack: bool, state: Optional[dict]
+                            ) -> Iterator[tuple[dict[str, np.ndarray], Optional[dict]]]:
+  """(row, the state a read restarts that row at) over epochs; epoch `e` draws its
+  randomness from the seed `(seed, e)`. `state` (`{"epoch", "where"}`) starts there."""
+  positioned = hasattr(spec, "positioned_rows")
+  epoch = int(state["epoch"]) if state else 0
+  where = state.get("where") if state else None
+  while True:
     count = 0
-    for row in spec.rows(split, arch=arch, seed=_epoch_seed(seed, epoch),
-                         shard_index=shard_index, num_shards=num_shards, pack=pack):
+    options = dict(arch=arch, seed=_epoch_seed(seed, epoch), shard_index=shard_index,
+                   num_shards=num_shards, pack=pack)
+    rows = (spec.positioned_rows(split, start=where, **options) if positioned
+            else spec.rows(split, **options))
+    for row in rows:
       count += 1
-      yield row
-    if count == 0:
+      where_row = getattr(row, "where", None)
+      yield row, ({"epoch": epoch, "where": where_row} if where_row is not None else None)
+    if count == 0 and where is None:
       raise ValueError(f"task {spec.name!r} split {split!r} produced no rows for shard "
                        f"{shard_index}/{num_shards}; the corpus is empty or too small for "
                        f"{num_shards} hosts.")
+    epoch, where = epoch + 1, None
+
+
+class Batches(grain.DatasetIterator):
+  """This host's batches `{feature: [batch_size / num_shards, length]}` of a task, as a
+  checkpointable grain iterator.
+
+  `get_state()` is JSON: `{"batches": n, "rows": {"epoch", "where"}}`, where `where` is
+  the position of the next row's first example in this host's share of the corpus (the
+  document it starts in, the tokens of that document before it, its chunk index: see
+  `chunking.concat_and_split_positioned`). `set_state` restarts the pipeline right there,
+  reading only from that document on, so a resume costs the same at step 10 as at step
+  100,000 and yields the batches an uninterrupted run would have, bit for bit. For a
+  prompted mixture (MT-F) `where` is the mixture's draw and how many examples of each
+  task it has read, so no example before it is rendered again. Tasks without positions
+  resume by replaying `batches` batches. The
+  trainer saves the state of every process beside the train state (grain's orbax
+  handler: one JSON file per process).
+  """
+
+  def __init__(self, config: DatasetConfig, arch: str, *, shard_index: int = 0,
+               num_shards: int = 1, repeat: bool = True, split: Optional[str] = None):
+    super().__init__()
+    if config.batch_size % num_shards:
+      raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
+                       f"{num_shards} processes.")
+    self._config, self._arch = config, arch
+    self._shard = dict(shard_index=shard_index, num_shards=num_shards)
+    self._repeat, self._split = repeat, split or config.split
+    self._spec = config.spec(arch)
+    self._rows_per_batch = config.batch_size // num_shards
+    self._batches = 0
+    self._open(None)
+
+  def _open(self, rows_state: Optional[dict]):
+    if self._repeat:
+      self._rows = positioned_rows_forever(self._spec, self._arch, self._split,
+                                           self._config.seed, pack=self._config.pack,
+                                           state=rows_state, **self._shard)
+    else:
+      rows = (self._spec.positioned_rows if hasattr(self._spec, "positioned_rows")
+              else self._spec.rows)(self._split, arch=self._arch, seed=self._config.seed,
+                                    pack=self._config.pack, **self._shard)
+      self._rows = ((row, None) for row in rows)
+    self._next = next(self._rows, None)
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    buffer = []
+    while len(buffer) < self._rows_per_batch:
+      if self._next is None:
+        raise StopIteration
+      buffer.append(self._next[0])
+      self._next = next(self._rows, None)
+    self._batches += 1
+    return {k: np.stack([r[k] for r in buffer]) for k in buffer[0]}
+
+  def get_state(self) -> dict:
+    rows = self._next[1] if self._next is not None else None
+    return {"batches": self._batches, "rows": rows}
+
+  def set_state(self, state: dict):
+    """Continue at `state` (from `get_state`, or `{"batches": n}` to replay n)."""
+    rows = state.get("rows")
+    self._batches = 0
+    self._open(rows if self._repeat and rows is not None else None)
+    if rows is None or not self._repeat:
+      for _ in range(int(state.get("batches", 0))):
+        next(self)
+    self._batches = int(state.get("batches", 0))
 
 
 def batches(config: DatasetConfig, arch: str, *, shard_index: int = 0, num_shards: int = 1,
-            start: int = 0, repeat: bool = True, split: Optional[str] = None
-            ) -> Iterator[dict[str, np.ndarray]]:
+            start: int = 0, repeat: bool = True, split: Optional[str] = None) -> Batches:
   """This host's batches `{feature: [batch_size / num_shards, length]}` from position
-  `start` (in batches)."""
-  if config.batch_size % num_shards:
-    raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
-                     f"{num_shards} processes.")
-  spec = config.spec(arch)
-  split = split or config.split
-  if repeat:
-    rows = rows_forever(spec, arch, split, config.seed, shard_index, num_shards, config.pack)
-  else:
-    rows = spec.rows(split, arch=arch, seed=config.seed, shard_index=shard_index,
-                     num_shards=num_shards, pack=config.pack)
-  stream = feature_converters.batch_rows(rows, config.batch_size // num_shards)
-  return itertools.islice(stream, start, None)
+  `start` (in batches; replayed: prefer `Batches.set_state`)."""
+  iterator = Batches(config, arch, shard_index=shard_index, num_shards=num_shards,
+                     repeat=repeat, split=split)
+  if start:
+    iterator.set_state({"batches": start})
+  return iterator

@@ -250,7 +250,7 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
                                  async_save=async_checkpoints)
   start_step = ckpt.latest_step() or 0
   shard = dict(shard_index=jax.process_index(), num_shards=jax.process_count())
-  batches = data.batches(dataset, model.name, start=0, **shard)
+  batches = data.batches(dataset, model.name, **shard)
   first = next(batches)
   input_shapes = {k: (dataset.batch_size,) + v.shape[1:] for k, v in first.items()}
   meta["identity"] = run_identity(model, dataset, spec, vocab, input_shapes, seed)
@@ -268,7 +268,8 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
       checkpoints.check_identity(saved_meta.get("identity"), meta["identity"],
                                  allow_resume_changes, f"{ckpt.directory}/{start_step}")
       meta["lineage"] = saved_meta.get("lineage", [])
-      batches = data.batches(dataset, model.name, start=int(position["batches"]), **shard)
+      batches.set_state(position.get("state") or {"batches": int(position["batches"])})
+      pending = []
       print(f"resumed from step {start_step} ({ckpt.directory})")
     elif restore_checkpoint:
       state, meta["lineage"] = _restore_initial(restore_checkpoint, target, meta)
@@ -277,11 +278,11 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
       state = dataclasses.replace(state, params=checkpoints.cast_floating(state.params,
                                                                            restore_dtype))
       start_step = int(state.step)
-      batches = _chain(first, batches)
+      pending = [first]
       position = {"batches": 0}
     else:
       state = jax.jit(init_fn, out_shardings=shardings)(rng)
-      batches = _chain(first, batches)
+      pending = [first]
       position = {"batches": 0}
   data_position = int(position["batches"])
   stop_step = train_steps if run_steps is None else min(train_steps, start_step + run_steps)
@@ -310,7 +311,7 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
   try:
     stop.__enter__()
     for step in range(start_step, stop_step):
-      local = next(batches)
+      local = pending.pop() if pending else next(batches)
       batch = partitioner.shard_batch(local)
       t0 = time.time()
       with partitioner.activation_context():
@@ -341,7 +342,8 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
       else:
         bar.update(done, summary["loss_per_token"])
       if done % save_every == 0 or done == stop_step:
-        last_saved = _save(ckpt, done, state, data_position, meta, summary, last_saved)
+        last_saved = _save(ckpt, done, state, data_position, batches, meta, summary,
+                           last_saved)
       if lock is not None:
         lock.heartbeat()
       if eval_every and done % eval_every == 0:
@@ -356,7 +358,8 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
         hook(done, summary)
       if stop.requested():
         if last_saved != done:
-          last_saved = _save(ckpt, done, state, data_position, meta, summary, last_saved)
+          last_saved = _save(ckpt, done, state, data_position, batches, meta, summary,
+                           last_saved)
         stopped_by = stop.signal_name
         break
   finally:
@@ -370,8 +373,8 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
                      last_checkpoint=last_saved, stopped_by=stopped_by)
 
 
-def _save(ckpt, done: int, state, data_position: int, meta: dict, summary: dict,
-          last_saved: Optional[int]) -> int:
+def _save(ckpt, done: int, state, data_position: int, batches: data.Batches, meta: dict,
+          summary: dict, last_saved: Optional[int]) -> int:
   """Save step `done` if its parameters are finite (else NonFiniteLossError); returns it."""
   if not checkpoints.all_finite(state.params):
     raise NonFiniteLossError(
@@ -379,7 +382,7 @@ def _save(ckpt, done: int, state, data_position: int, meta: dict, summary: dict,
         f"{summary['loss']:.4g}, was computed before the update); not saved. "
         f"{_last_good(ckpt, last_saved)}; lower the learning rate or check the data of "
         f"that step.")
-  ckpt.save(done, state, {"batches": data_position}, meta)
+  ckpt.save(done, state, {"batches": data_position}, meta, data_state=batches.get_state())
   return done
 
 
@@ -429,11 +432,6 @@ def _restore_initial(path: str, target, meta: dict) -> tuple[Any, list]:
     print(f"restoring a {saved.get('arch')} checkpoint into a {meta['arch']} model (the "
           f"parameter trees match)")
   return state, saved.get("lineage", []) + [entry]
-
-
-def _chain(first, rest):
-  yield first
-  yield from rest
 
 
 def _lengths(spec, model, input_shapes) -> tuple[int, int, int]:
