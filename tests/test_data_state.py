@@ -230,3 +230,71 @@ def test_a_prompted_mixture_resumes_at_its_draw_without_rendering_again(tmp_path
   again = data.batches(config, "encoder_decoder")
   again.set_state(json.loads(json.dumps(ed.get_state())))
   assert _same(next(again), next(ed))
+
+
+@pytest.fixture(scope="module")
+def prepared_tfds(tmp_path_factory):
+  """A real prepared TFDS dataset (4 TFRecord files, 200 examples 'document i')."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+
+  class StateTestCorpus(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+          {"text": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(200):
+        yield i, {"text": f"document {i}"}
+
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  builder = StateTestCorpus(data_dir=data_dir)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=4))
+  assert builder.info.splits["train"].num_shards == 4
+  return "state_test_corpus", data_dir
+
+
+def test_tfds_ranges_are_contiguous_in_index_order_and_resume_anywhere(prepared_tfds):
+  """Hosts read contiguous example ranges (TFDS opens only their files); files are read
+  in order, so positions are indices and a read from any position continues exactly."""
+  name, data_dir = prepared_tfds
+  read = lambda **kw: list(sources.tfds_positioned(name, "1.0.0", data_dir=data_dir, **kw))
+  whole = read()
+  assert [p["index"] for _, p in whole] == list(range(200))
+  for count in (2, 3):
+    parts = [read(shard_index=i, num_shards=count) for i in range(count)]
+    assert sum(parts, []) == whole
+    for i, part in enumerate(parts):
+      assert part[0][1]["index"] == 200 * i // count
+      for k in (0, 5, len(part) - 1):
+        assert read(shard_index=i, num_shards=count, start=part[k][1]) == part[k:]
+  with pytest.raises(ValueError, match="needs a whole split name"):
+    read(split="train[:50%]", shard_index=0, num_shards=2)
+
+
+@needs_data
+def test_corpus_tasks_and_prompted_mixtures_meet_one_task_contract(tmp_path):
+  from arch_objective.data import task as task_lib
+  from arch_objective.training import local
+  corpus = data.DatasetConfig(task="local_span_corruption", batch_size=4, length=32,
+                              corpus=str(CORPUS), vocabulary=str(VOCAB))
+  mixture = local.local_dataset(
+      data.DatasetConfig(task="t0_train", batch_size=4, inputs_length=48, targets_length=16),
+      data_dir=str(tmp_path / "world"))
+  for config in (corpus, mixture):
+    spec = config.spec("encoder_decoder")
+    assert isinstance(spec, task_lib.Task)
+    assert config.spec("encoder_decoder") is spec          # resolved once per config
+    assert "encoder_decoder" in spec.architectures and "train" in spec.splits
+  full_lm = data.DatasetConfig(task="local_full_lm", batch_size=4, length=32,
+                               corpus=str(CORPUS), vocabulary=str(VOCAB))
+  with pytest.raises(ValueError, match="is read by causal_decoder, non_causal_decoder, not "
+                                       "'encoder_decoder'"):
+    full_lm.spec("encoder_decoder")
+  with pytest.raises(TypeError, match="lacks .*positioned_rows"):
+    task_lib.check(type("Partial", (), {"name": "p", "splits": (), "architectures": (),
+                                         "vocab": None, "rows": None})())

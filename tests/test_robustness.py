@@ -420,3 +420,22 @@ def test_a_full_disk_is_one_line_even_when_orbax_wraps_it(monkeypatch, capsys, t
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "no space left on the device writing" in err[0]
   assert str(tmp_path / "checkpoints") in err[0]
+
+
+@needs_data
+def test_a_checkpoint_of_another_process_count_resumes_by_replay(tmp_path, capsys):
+  """The iterator states are per process (`process_<i>-of-<n>.json`); a run restarted on
+  another number of hosts finds none of its own and replays the data position by count
+  (here one host both times, so the rows, and the parameters, are the same)."""
+  kwargs = dict(model=tiny(), dataset=dataset(), save_every=2, progress=False,
+                learning_rate_schedule=optimizers.constant(0.01))
+  straight = train.train(model_dir=str(tmp_path / "a"), train_steps=4, **kwargs)
+  train.train(model_dir=str(tmp_path / "b"), train_steps=2, **kwargs)
+  states = tmp_path / "b" / "checkpoints" / "2" / "data_state"
+  (states / "process_0-of-1.json").rename(states / "process_0-of-2.json")
+  capsys.readouterr()
+  resumed = train.train(model_dir=str(tmp_path / "b"), train_steps=4, **kwargs)
+  assert "resumed from step 2" in capsys.readouterr().out
+  np.testing.assert_array_equal(
+      np.asarray(resumed.state.params["decoder"]["token_embedder"]["embedding"]),
+      np.asarray(straight.state.params["decoder"]["token_embedder"]["embedding"]))

@@ -446,13 +446,16 @@ def tfds_positioned(name: str = "c4/en", version: str = "3.1.0", split: str = "t
   `shard_index`-th of `num_shards` contiguous ranges of example indices, read with an
   absolute `ReadInstruction`, so TFDS opens only the files that hold them. A position
   `{"index": i}` is the example's index in the split; `start=position` continues there.
-  With one shard and no start the documents are `tfds_documents`'s."""
+  Files are read one after the other (no interleaving), so the documents come in index
+  order whatever the range: TFDS's default interleaves 16 files, an order that changes
+  with where a read starts."""
   _check_shard(shard_index, num_shards)
   builder = _tfds_builder(name, version, data_dir, field)
   source = f"tfds:{name}:{version}/{split}"
   first = int(start["index"]) if start else 0
   if num_shards == 1 and not first:
-    examples = _tfds_dataset(builder, name, version, split, data_dir, False, None)
+    examples = _tfds_dataset(builder, name, version, split, data_dir, False, None,
+                             sequential=True)
   else:
     import tensorflow_datasets as tfds
     if "[" in split:
@@ -465,7 +468,9 @@ def tfds_positioned(name: str = "c4/en", version: str = "3.1.0", split: str = "t
     if first >= hi:
       return
     instruction = tfds.core.ReadInstruction(split, from_=first, to=hi, unit="abs")
-    examples = tfds.as_numpy(builder.as_dataset(split=instruction, shuffle_files=False))
+    examples = tfds.as_numpy(builder.as_dataset(
+        split=instruction, shuffle_files=False,
+        read_config=tfds.ReadConfig(interleave_cycle_length=1)))
   for text, index in _tfds_texts(examples, source, field, stats, positions=True):
     yield text, {"index": first + index}
 
@@ -488,10 +493,15 @@ def _tfds_builder(name: str, version: str, data_dir: Optional[str], field: str):
 
 
 def _tfds_dataset(builder, name: str, version: str, split: str, data_dir: Optional[str],
-                  shuffle_files: bool, seed: Optional[int]):
+                  shuffle_files: bool, seed: Optional[int], sequential: bool = False):
   import tensorflow_datasets as tfds
 
-  read_config = tfds.ReadConfig(shuffle_seed=seed) if seed is not None else None
+  options = {}
+  if seed is not None:
+    options["shuffle_seed"] = seed
+  if sequential:
+    options["interleave_cycle_length"] = 1
+  read_config = tfds.ReadConfig(**options) if options else None
   try:
     dataset = builder.as_dataset(split=split, shuffle_files=shuffle_files,
                                  read_config=read_config)

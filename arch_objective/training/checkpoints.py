@@ -143,7 +143,12 @@ class Checkpoints:
       check_compatible(meta, expected_meta, f"{self.directory}/{step}")
     check_shapes(self.saved_params(step), abstract_state.params, f"{self.directory}/{step}")
     items = {STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}
-    has_data_state = paths.isdir(paths.join(self.directory, str(step), DATA_STATE))
+    # This process's iterator state; absent in checkpoints written before states were
+    # saved, or by a run with another number of processes (then each host's share is
+    # another range of the corpus and the position is replayed by count).
+    has_data_state = paths.exists(paths.join(
+        self.directory, str(step), DATA_STATE,
+        f"process_{jax.process_index()}-of-{jax.process_count()}.json"))
     if has_data_state:
       import grain
       items[DATA_STATE] = grain.checkpoint.CheckpointRestore(_FrozenState())

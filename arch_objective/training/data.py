@@ -16,6 +16,7 @@ from typing import Iterator, Optional, Sequence, Union
 import grain
 import numpy as np
 
+from arch_objective.data import task as task_lib
 from arch_objective.data import vocabularies
 from arch_objective.objectives import pipeline
 
@@ -47,6 +48,8 @@ class DatasetConfig:
   mapping: Optional[str] = None
   inputs_length: int = 1024
   targets_length: int = 256
+  _specs: dict = dataclasses.field(default_factory=dict, init=False, repr=False,
+                                   compare=False)
 
   def __post_init__(self):
     for name in ("batch_size", "length", "inputs_length", "targets_length", "seed"):
@@ -57,7 +60,14 @@ class DatasetConfig:
                          f"integer, found {value!r} ({type(value).__name__}).")
 
   def spec(self, arch: Optional[str] = None):
-    """The task's spec (`<corpus>_prefix_lm` resolves to the packing of `arch`)."""
+    """The task's spec (`<corpus>_prefix_lm` resolves to the packing of `arch`),
+    resolved once per (config, arch): the trainer, its batches and its validation all
+    read the same object, whatever another config registers under the same name."""
+    if arch not in self._specs:
+      self._specs[arch] = task_lib.check(self._resolve(arch), arch)
+    return self._specs[arch]
+
+  def _resolve(self, arch: Optional[str]):
     import tasks  # registers the C4 tasks
     return tasks.resolve(self.task, corpus=self.corpus, field=self.field, layout=self.layout,
                          vocabulary=self.vocabulary, extra_ids=self.extra_ids,
@@ -84,19 +94,15 @@ def positioned_rows_forever(spec, arch: str, split: str, seed: int, shard_index:
                             ) -> Iterator[tuple[dict[str, np.ndarray], Optional[dict]]]:
   """(row, the state a read restarts that row at) over epochs; epoch `e` draws its
   randomness from the seed `(seed, e)`. `state` (`{"epoch", "where"}`) starts there."""
-  positioned = hasattr(spec, "positioned_rows")
   epoch = int(state["epoch"]) if state else 0
   where = state.get("where") if state else None
   while True:
     count = 0
     options = dict(arch=arch, seed=_epoch_seed(seed, epoch), shard_index=shard_index,
                    num_shards=num_shards, pack=pack)
-    rows = (spec.positioned_rows(split, start=where, **options) if positioned
-            else spec.rows(split, **options))
-    for row in rows:
+    for row in spec.positioned_rows(split, start=where, **options):
       count += 1
-      where_row = getattr(row, "where", None)
-      yield row, ({"epoch": epoch, "where": where_row} if where_row is not None else None)
+      yield row, {"epoch": epoch, "where": row.where}
     if count == 0 and where is None:
       raise ValueError(f"task {spec.name!r} split {split!r} produced no rows for shard "
                        f"{shard_index}/{num_shards}; the corpus is empty or too small for "
@@ -115,8 +121,8 @@ class Batches(grain.DatasetIterator):
   reading only from that document on, so a resume costs the same at step 10 as at step
   100,000 and yields the batches an uninterrupted run would have, bit for bit. For a
   prompted mixture (MT-F) `where` is the mixture's draw and how many examples of each
-  task it has read, so no example before it is rendered again. Tasks without positions
-  resume by replaying `batches` batches. The
+  task it has read, so no example before it is rendered again. A state without `rows`
+  (checkpoints written before iterator states) replays `batches` batches. The
   trainer saves the state of every process beside the train state (grain's orbax
   handler: one JSON file per process).
   """
@@ -141,9 +147,8 @@ class Batches(grain.DatasetIterator):
                                            self._config.seed, pack=self._config.pack,
                                            state=rows_state, **self._shard)
     else:
-      rows = (self._spec.positioned_rows if hasattr(self._spec, "positioned_rows")
-              else self._spec.rows)(self._split, arch=self._arch, seed=self._config.seed,
-                                    pack=self._config.pack, **self._shard)
+      rows = self._spec.positioned_rows(self._split, arch=self._arch, seed=self._config.seed,
+                                        pack=self._config.pack, **self._shard)
       self._rows = ((row, None) for row in rows)
     self._next = next(self._rows, None)
 
