@@ -17,6 +17,25 @@ ARCHITECTURES = (CAUSAL_DECODER, NON_CAUSAL_DECODER, ENCODER_DECODER)
 SHORT_NAMES = {CAUSAL_DECODER: "CD", NON_CAUSAL_DECODER: "ND", ENCODER_DECODER: "ED"}
 DECODER_ONLY = (CAUSAL_DECODER, NON_CAUSAL_DECODER)
 
+# The model features (what a batch holds), by stack; every one is [batch, length].
+DECODER_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+                    "decoder_segment_ids", "decoder_positions", "decoder_causal_attention")
+ENCODER_FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
+# Features that hold token ids (of the vocabulary), task features included.
+TOKEN_FEATURES = ("targets", "inputs", "decoder_target_tokens", "decoder_input_tokens",
+                  "encoder_input_tokens")
+
+
+def model_features(arch: str) -> tuple[tuple[str, ...], ...]:
+  """The feature groups a batch of `arch` may hold; features of a group share one length.
+  Only the non-causal decoder reads `decoder_causal_attention` (the causal decoder
+  accepts and ignores it)."""
+  check(arch)
+  if arch == ENCODER_DECODER:
+    return (ENCODER_FEATURES,
+            tuple(f for f in DECODER_FEATURES if f != "decoder_causal_attention"))
+  return (DECODER_FEATURES,)
+
 
 def check(arch: str, what: str = "arch") -> str:
   """`arch` if it names an architecture, else a ValueError listing the names."""

@@ -23,18 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arch_objective import decoding, layers, losses, network
+from arch_objective import architectures, decoding, layers, losses, network
+from arch_objective.architectures import (ARCHITECTURES, CAUSAL_DECODER,  # noqa: F401
+                                          ENCODER_DECODER, NON_CAUSAL_DECODER, SHORT_NAMES)
 
 Array = jax.Array
 Batch = Mapping[str, Any]
 Params = Any
-
-from arch_objective.architectures import (ARCHITECTURES, CAUSAL_DECODER,  # noqa: F401
-                                          ENCODER_DECODER, NON_CAUSAL_DECODER, SHORT_NAMES)
-
-_DECODER_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-                     "decoder_segment_ids", "decoder_positions", "decoder_causal_attention")
-_ENCODER_FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
 
 
 def _validate_batch(batch: Batch, required: tuple[str, ...], groups: tuple[tuple[str, ...], ...],
@@ -198,7 +193,7 @@ class DecoderOnlyModel(BaseModel):
     return jnp.asarray(dca)
 
   def validate(self, batch: Batch, required=("decoder_input_tokens", "decoder_target_tokens")):
-    _validate_batch(batch, required, (_DECODER_FEATURES,), self.name)
+    _validate_batch(batch, required, architectures.model_features(self.name), self.name)
 
   def compute_logits(self, params, batch, dropout_rng=None):
     """Logits `[b, l, v]` (float32) of a full forward pass."""
@@ -290,8 +285,7 @@ class EncoderDecoderModel(BaseModel):
 
   def validate(self, batch, required=("encoder_input_tokens", "decoder_input_tokens",
                                       "decoder_target_tokens")):
-    decoder_features = tuple(f for f in _DECODER_FEATURES if f != "decoder_causal_attention")
-    _validate_batch(batch, required, (_ENCODER_FEATURES, decoder_features), self.name)
+    _validate_batch(batch, required, architectures.model_features(self.name), self.name)
 
   def compute_logits(self, params, batch, dropout_rng=None):
     """Decoder logits `[b, t, v]` (float32) of a full forward pass."""

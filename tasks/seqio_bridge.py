@@ -5,6 +5,7 @@ The seqio task's source runs the same numpy pipeline (`TaskSpec.task_examples`) 
 """
 from __future__ import annotations
 
+from arch_objective import architectures
 from arch_objective.data import registry
 
 _ENABLED = False
@@ -24,26 +25,13 @@ def enable():
     if isinstance(spec, registry.TaskSpec):  # prompted mixtures are not bridged
       register(spec)
 
-_TOKEN_FEATURES = ("targets", "inputs", "decoder_target_tokens", "decoder_input_tokens",
-                   "encoder_input_tokens")
-FEATURES = {
-    "full_lm": ("targets",),
-    "span_corruption": ("inputs", "targets"),
-    "prefix_lm_decoder": ("decoder_target_tokens", "decoder_input_tokens",
-                          "decoder_loss_weights", "decoder_causal_attention"),
-    "prefix_lm_encoder_decoder": ("encoder_input_tokens", "encoder_segment_ids",
-                                  "encoder_positions", "decoder_target_tokens",
-                                  "decoder_input_tokens", "decoder_segment_ids",
-                                  "decoder_positions", "decoder_loss_weights"),
-}
-
 
 def register(spec: registry.TaskSpec):
   """Add (or replace) the seqio task of `spec`. Imports seqio and TensorFlow."""
   import seqio
   import tensorflow as tf
 
-  names = FEATURES[spec.kind]
+  names = registry.TASK_FEATURES[spec.kind]
   signature = {k: tf.TensorSpec([None], tf.int32) for k in names}
 
   def dataset_fn(split, shuffle_files=False, seed=None):
@@ -53,7 +41,7 @@ def register(spec: registry.TaskSpec):
 
   vocabulary = seqio.SentencePieceVocabulary(spec.vocabulary, extra_ids=spec.extra_ids)
   output_features = {
-      k: seqio.Feature(vocabulary=vocabulary if k in _TOKEN_FEATURES
+      k: seqio.Feature(vocabulary=vocabulary if k in architectures.TOKEN_FEATURES
                        else seqio.PassThroughVocabulary(size=0),
                        add_eos=False, dtype=tf.int32)
       for k in names}

@@ -44,6 +44,21 @@ TASK_KINDS = {
 }
 
 
+# task suffix -> the task features its examples hold (what `task_examples` yields and the
+# seqio bridge declares); the model features of each architecture are
+# `architectures.model_features`, their lengths `pipeline.Objective.feature_lengths`.
+TASK_FEATURES = {
+    "full_lm": ("targets",),
+    "span_corruption": ("inputs", "targets"),
+    "prefix_lm_decoder": ("decoder_target_tokens", "decoder_input_tokens",
+                          "decoder_loss_weights", "decoder_causal_attention"),
+    "prefix_lm_encoder_decoder": ("encoder_input_tokens", "encoder_segment_ids",
+                                  "encoder_positions", "decoder_target_tokens",
+                                  "decoder_input_tokens", "decoder_segment_ids",
+                                  "decoder_positions", "decoder_loss_weights"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
   """One pretraining task. `source(split=..., seed=..., shard_index=..., num_shards=...)`
