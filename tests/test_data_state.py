@@ -3,7 +3,6 @@ the saved state yields the uninterrupted stream bit for bit without reading what
 before it."""
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import textwrap
@@ -15,13 +14,7 @@ from arch_objective.data import sources
 from arch_objective.objectives import chunking
 from arch_objective.training import data
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-CORPUS = SHARED / "pretrain" / "c4_sample.jsonl"
-VOCAB = SHARED / "vocab" / "t5_spiece.model"
-
-needs_data = pytest.mark.skipif(not CORPUS.exists() or not VOCAB.exists(),
-                                reason=f"shared test data not found under {SHARED}")
+from helpers import CORPUS, ROOT, VOCAB, needs_data
 
 PAIRS = [("causal_decoder", "local_full_lm"), ("causal_decoder", "local_span_corruption"),
          ("non_causal_decoder", "local_prefix_lm"), ("non_causal_decoder", "local_full_lm"),

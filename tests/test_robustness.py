@@ -2,7 +2,6 @@
 states never saved, an unreadable latest checkpoint, resume checks, one-line errors."""
 import json
 import os
-import pathlib
 import signal
 import socket
 import subprocess
@@ -17,13 +16,7 @@ import pytest
 from arch_objective import build_model
 from arch_objective.training import checkpoints, data, optimizers, run_lock, train
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-CORPUS = SHARED / "pretrain" / "c4_sample.jsonl"
-VOCAB = SHARED / "vocab" / "t5_spiece.model"
-
-needs_data = pytest.mark.skipif(not CORPUS.exists() or not VOCAB.exists(),
-                                reason=f"shared test data not found under {SHARED}")
+from helpers import CORPUS, ROOT, VOCAB, needs_data, run_processes
 
 
 def dataset(task="local_full_lm", batch_size=4, length=64, vocabulary=str(VOCAB), **kw):
@@ -371,22 +364,7 @@ def test_a_signal_on_one_host_stops_every_host_at_the_same_step(tmp_path):
   """Two processes on 127.0.0.1; SIGTERM reaches host 1 only, during step 2. Both hosts
   stop after step 2 and save it together (a host left running would hang in step 3's
   collectives)."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             ARCH_OBJECTIVE_COORDINATOR=f"127.0.0.1:{port}", ARCH_OBJECTIVE_NUM_PROCESSES="2")
-  code = (f"import sys; sys.argv = ['x', {str(CORPUS)!r}, {str(VOCAB)!r}, "
-          f"{str(tmp_path)!r}]\n" + textwrap.dedent(MULTIHOST_SIGNAL_SCRIPT))
-  procs = [subprocess.Popen([sys.executable, "-c", code], cwd=str(ROOT), text=True,
-                            env=dict(env, ARCH_OBJECTIVE_PROCESS_ID=str(i)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
-  outs = []
-  for p in procs:
-    stdout, stderr = p.communicate(timeout=300)
-    assert p.returncode == 0, stderr[-3000:]
-    outs.append(json.loads(stdout.split("RESULT", 1)[1]))
+  outs = run_processes(MULTIHOST_SIGNAL_SCRIPT, [CORPUS, VOCAB, tmp_path])
   by_process = {o["process"]: o for o in outs}
   assert by_process[0]["steps"] == by_process[1]["steps"] == [1, 2]
   assert by_process[1]["stopped_by"] == "SIGTERM"

@@ -1,7 +1,6 @@
 """The trainer: the six pretraining pairs learn, sharding, exact resume, crashes, gin."""
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -14,13 +13,7 @@ import pytest
 from arch_objective import build_model
 from arch_objective.training import checkpoints, data, gin_utils, optimizers, train
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-CORPUS = SHARED / "pretrain" / "c4_sample.jsonl"
-VOCAB = SHARED / "vocab" / "t5_spiece.model"
-
-needs_data = pytest.mark.skipif(not CORPUS.exists() or not VOCAB.exists(),
-                                reason=f"shared test data not found under {SHARED}")
+from helpers import CORPUS, ROOT, VOCAB, needs_data, run_processes
 
 PAIRS = [("causal_decoder", "local_full_lm"), ("causal_decoder", "local_span_corruption"),
          ("non_causal_decoder", "local_prefix_lm"), ("non_causal_decoder", "local_span_corruption"),
@@ -185,23 +178,7 @@ print("RESULT" + json.dumps({"process": jax.process_index(),
 
 @needs_data
 def test_two_processes_train_together_with_jax_distributed(tmp_path):
-  import socket
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             ARCH_OBJECTIVE_COORDINATOR=f"127.0.0.1:{port}", ARCH_OBJECTIVE_NUM_PROCESSES="2")
-  code = (f"import sys; sys.argv = ['x', {str(CORPUS)!r}, {str(VOCAB)!r}, "
-          f"{str(tmp_path)!r}]\n" + textwrap.dedent(DISTRIBUTED_SCRIPT))
-  procs = [subprocess.Popen([sys.executable, "-c", code], cwd=str(ROOT), text=True,
-                            env=dict(env, ARCH_OBJECTIVE_PROCESS_ID=str(i)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
-  outs = []
-  for p in procs:
-    stdout, stderr = p.communicate(timeout=300)
-    assert p.returncode == 0, stderr[-3000:]
-    outs.append(json.loads(stdout.split("RESULT", 1)[1]))
+  outs = run_processes(DISTRIBUTED_SCRIPT, [CORPUS, VOCAB, tmp_path])
   assert sorted(o["process"] for o in outs) == [0, 1]
   assert outs[0]["losses"] == outs[1]["losses"]  # one global computation
   assert all(np.isfinite(outs[0]["losses"]))

@@ -1,0 +1,46 @@
+"""Shared by the training tests: the real data under ../shared/data, and a job of
+several processes on 127.0.0.1 joined with jax.distributed (a multi-host run on one
+machine)."""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+CORPUS = SHARED / "pretrain" / "c4_sample.jsonl"
+VOCAB = SHARED / "vocab" / "t5_spiece.model"
+
+needs_data = pytest.mark.skipif(not CORPUS.exists() or not VOCAB.exists(),
+                                reason=f"shared test data not found under {SHARED}")
+
+
+def run_processes(script: str, argv: list, count: int = 2, devices_per_process: int = 2,
+                  timeout: int = 300) -> list[dict]:
+  """Run `script` (which calls `partitioning.initialize_distributed()` and prints
+  `RESULT<json>`) as process 0..count-1 of one job; returns each process's JSON, in
+  process order. A process that fails fails the test with its stderr."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
+             ARCH_OBJECTIVE_COORDINATOR=f"127.0.0.1:{port}",
+             ARCH_OBJECTIVE_NUM_PROCESSES=str(count))
+  code = f"import sys; sys.argv = ['x'] + {[str(a) for a in argv]!r}\n" + textwrap.dedent(
+      script)
+  procs = [subprocess.Popen([sys.executable, "-c", code], cwd=str(ROOT), text=True,
+                            env=dict(env, ARCH_OBJECTIVE_PROCESS_ID=str(i)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+           for i in range(count)]
+  outs = []
+  for p in procs:
+    stdout, stderr = p.communicate(timeout=timeout)
+    assert p.returncode == 0, stderr[-3000:]
+    outs.append(json.loads(stdout.split("RESULT", 1)[1]))
+  return outs
