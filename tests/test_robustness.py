@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from arch_objective import build_model
-from arch_objective.training import checkpoints, data, optimizers, run_lock, train
+from arch_objective.training import checkpoints, data, optimizers, run_lock, train, trainer
 
 from helpers import CORPUS, ROOT, VOCAB, needs_data, run_processes
 
@@ -241,6 +241,52 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_one_before(tmp_path, 
   np.testing.assert_array_equal(
       np.asarray(result.state.params["decoder"]["token_embedder"]["embedding"]),
       np.asarray(straight.state.params["decoder"]["token_embedder"]["embedding"]))
+
+
+@needs_data
+def test_a_transient_read_error_is_retried_before_a_checkpoint_is_moved_aside(
+    tmp_path, monkeypatch, capsys):
+  """On gs:// a read can fail for a moment; the newest checkpoint is read again (twice by
+  default there) and only moved aside when every try fails."""
+  kwargs = dict(model=tiny(), dataset=dataset(), save_every=2, progress=False,
+                learning_rate_schedule=optimizers.constant(0.01))
+  train.train(model_dir=str(tmp_path), train_steps=4, **kwargs)
+  original = checkpoints.Checkpoints.restore
+  failures = []
+
+  def flaky(self, *args, **kw):
+    if len(failures) < 2:
+      failures.append(1)
+      raise OSError("503 Service Unavailable")
+    return original(self, *args, **kw)
+
+  monkeypatch.setattr(checkpoints.Checkpoints, "restore", flaky)
+  first = next(data.batches(dataset(), "causal_decoder"))
+  shapes = {k: v.shape for k, v in first.items()}
+  tx = optimizers.adafactor(optimizers.constant(0.01))
+  abstract = jax.eval_shape(lambda r: trainer.init_state(tiny(), tx, shapes, r),
+                            jax.random.PRNGKey(0))
+  ckpt = checkpoints.Checkpoints(str(tmp_path / "checkpoints"))
+  state, position, _ = ckpt.restore_newest_readable(abstract, retries=2, retry_wait=0)
+  ckpt.close()
+  assert int(state.step) == 4 and len(failures) == 2
+  assert "trying again" in capsys.readouterr().out
+  assert not (tmp_path / "checkpoints" / "4.unreadable").exists()
+
+
+@needs_data
+def test_a_refused_resume_reads_no_array(tmp_path, monkeypatch):
+  train.train(model_dir=str(tmp_path), model=tiny(), dataset=dataset(), train_steps=1,
+              progress=False)
+  read = []
+  original = checkpoints.check_shapes
+  monkeypatch.setattr(checkpoints, "check_shapes",
+                      lambda *a, **k: (read.append(1), original(*a, **k))[1])
+  with pytest.raises(checkpoints.CheckpointError, match=r"batch_size: 4 -> 8"):
+    train.train(model_dir=str(tmp_path), model=tiny(), dataset=dataset(batch_size=8),
+                train_steps=2, progress=False)
+  assert read == []      # refused on the meta item, before parameter metadata or arrays
+  assert not list((tmp_path / "checkpoints").glob("*.unreadable"))
 
 
 # ---------------------------------------------------------------------------

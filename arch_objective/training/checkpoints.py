@@ -22,7 +22,8 @@ import contextlib
 import json
 import logging
 import os
-from typing import Any, Optional, Sequence
+import time
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -98,16 +99,24 @@ class Checkpoints:
     self._manager.wait_until_finished()
 
   def restore_newest_readable(self, abstract_state: Any, expected_meta: Optional[dict] = None,
-                              log=print) -> tuple[Any, dict, dict]:
+                              log=print, check_meta: Optional[Callable[[dict, int], None]] = None,
+                              retries: Optional[int] = None, retry_wait: float = 5.0
+                              ) -> tuple[Any, dict, dict]:
     """`restore` of the newest step that reads. A step that fails to read for any reason
-    but a mismatch with the run (CheckpointError) is renamed `<step>.unreadable`, with a
-    warning naming the error, and the step before it is tried."""
+    but a mismatch with the run (CheckpointError) is read again `retries` times (default:
+    2 on gs://, where a read can fail for a moment; 0 on a local disk), waiting
+    `retry_wait * 2**attempt` seconds between tries; a step that still fails is renamed
+    `<step>.unreadable`, with a warning naming the error, and the step before it is
+    tried. `check_meta(meta, step)` runs before any array is read (see `restore`)."""
+    if retries is None:
+      retries = 2 if paths.is_remote(self.directory) else 0
     while True:
       step = self.latest_step()
       if step is None:
         raise CheckpointError(f"no readable checkpoint left in {self.directory}.")
       try:
-        return self.restore(abstract_state, step, expected_meta)
+        return self._restore_with_retries(abstract_state, step, expected_meta, check_meta,
+                                          retries, retry_wait, log)
       except CheckpointError:
         raise
       except Exception as e:  # orbax and tensorstore raise many types for a bad file
@@ -117,6 +126,22 @@ class Checkpoints:
             f"moved to {aside}; falling back to the newest earlier checkpoint.")
         _move(paths.join(self.directory, str(step)), aside)
         self._manager.reload()
+
+  def _restore_with_retries(self, abstract_state, step, expected_meta, check_meta, retries,
+                            retry_wait, log):
+    for attempt in range(retries + 1):
+      try:
+        return self.restore(abstract_state, step, expected_meta, check_meta)
+      except CheckpointError:
+        raise
+      except Exception as e:
+        if attempt == retries:
+          raise
+        wait = retry_wait * 2 ** attempt
+        log(f"warning: reading checkpoint {self.directory}/{step} failed ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''}); trying again in {wait:g} s "
+            f"({attempt + 1} of {retries} retries)")
+        time.sleep(wait)
 
   def close(self):
     self._manager.wait_until_finished()
@@ -130,9 +155,13 @@ class Checkpoints:
     return getattr(metadata, "item_metadata", metadata)["params"]
 
   def restore(self, abstract_state: Any, step: Optional[int] = None,
-              expected_meta: Optional[dict] = None) -> tuple[Any, dict, dict]:
+              expected_meta: Optional[dict] = None,
+              check_meta: Optional[Callable[[dict, int], None]] = None
+              ) -> tuple[Any, dict, dict]:
     """(state, data position, meta) of `step` (the latest if None) into the shapes and
-    shardings of `abstract_state` (a tree of ShapeDtypeStructs with shardings)."""
+    shardings of `abstract_state` (a tree of ShapeDtypeStructs with shardings).
+    `check_meta(meta, step)` (e.g. the run's identity check) runs on the small meta item
+    before any array is read, so a refused resume costs no restore."""
     step = self.latest_step() if step is None else step
     if step is None or step not in self.all_steps():
       raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; available "
@@ -141,6 +170,8 @@ class Checkpoints:
         META: ocp.args.JsonRestore()}))[META]
     if expected_meta is not None:
       check_compatible(meta, expected_meta, f"{self.directory}/{step}")
+    if check_meta is not None:
+      check_meta(meta, step)
     check_shapes(self.saved_params(step), abstract_state.params, f"{self.directory}/{step}")
     items = {STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}
     # This process's iterator state; absent in checkpoints written before states were
@@ -176,10 +207,7 @@ def check_identity(saved: Optional[dict], current: dict, allow: Sequence[str], w
   with its old and new value, unless the field is in `allow`."""
   if not saved:
     return    # written before identities were recorded
-  unknown = sorted(set(allow) - set(IDENTITY_FIELDS))
-  if unknown:
-    raise ValueError(f"allow_resume_changes: unknown field(s) {unknown}; valid fields: "
-                     f"{', '.join(IDENTITY_FIELDS)}.")
+  check_allowed_changes(allow)
   changed = [(k, saved.get(k), current.get(k)) for k in IDENTITY_FIELDS
              if k in saved and k in current and saved[k] != current[k] and k not in allow]
   if changed:
@@ -188,6 +216,14 @@ def check_identity(saved: Optional[dict], current: dict, allow: Sequence[str], w
         f"resuming {where} with a different run: {what}. The data position would point at "
         f"other rows. Use the original settings, a new MODEL_DIR, or accept the change "
         f"explicitly with --gin.train.allow_resume_changes=\"{[k for k, _, _ in changed]}\".")
+
+
+def check_allowed_changes(allow: Sequence[str]):
+  """Refuse an `allow_resume_changes` that names a field that is not an identity field."""
+  unknown = sorted(set(allow) - set(IDENTITY_FIELDS))
+  if unknown:
+    raise ValueError(f"allow_resume_changes: unknown field(s) {unknown}; valid fields: "
+                     f"{', '.join(IDENTITY_FIELDS)}.")
 
 
 def all_finite(tree: Any) -> bool:

@@ -8,6 +8,7 @@ cleanly on a non-finite loss, and on SIGTERM/SIGINT finishes its step, saves and
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -203,6 +204,7 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
   _check_int("num_microbatches", num_microbatches, 1, "NUM_MICROBATCHES")
   _check_int("log_every", log_every, 1)
   _check_int("seed", seed, 0)
+  checkpoints.check_allowed_changes(tuple(allow_resume_changes))
   model_dir = _check_model_dir(model_dir)
   is_chief = jax.process_index() == 0
   lock = _lock(model_dir, is_chief)
@@ -262,11 +264,12 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
   target = _with_shardings(abstract, shardings)
   with partitioner.activation_context():
     if start_step:
-      state, position, saved_meta = ckpt.restore_newest_readable(target, expected_meta=meta,
-                                                                 log=_log)
+      check = lambda saved, step: checkpoints.check_identity(
+          saved.get("identity"), meta["identity"], allow_resume_changes,
+          f"{ckpt.directory}/{step}")
+      state, position, saved_meta = ckpt.restore_newest_readable(
+          target, expected_meta=meta, log=_log, check_meta=check)
       start_step = ckpt.latest_step()
-      checkpoints.check_identity(saved_meta.get("identity"), meta["identity"],
-                                 allow_resume_changes, f"{ckpt.directory}/{start_step}")
       meta["lineage"] = saved_meta.get("lineage", [])
       batches.set_state(position.get("state") or {"batches": int(position["batches"])})
       pending = []
@@ -306,10 +309,8 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
   last_saved = start_step or None
   step = start_step
   window_t, window_tokens = time.time(), 0.0
-  stop = preemption.StopSignals(log=_log)
   stopped_by = None
-  try:
-    stop.__enter__()
+  with preemption.StopSignals(log=_log) as stop, _closing(ckpt, writer):
     for step in range(start_step, stop_step):
       local = pending.pop() if pending else next(batches)
       batch = partitioner.shard_batch(local)
@@ -362,15 +363,21 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
                            last_saved)
         stopped_by = stop.signal_name
         break
-  finally:
-    stop.__exit__()
-    ckpt.close()
-    writer.close()
   if stopped_by and is_chief:
     _log(f"stopped by {stopped_by} after step {step + 1} of {train_steps}; checkpoint saved "
          f"in {ckpt.directory}/{last_saved}. Run the same command again to resume there.")
   return TrainResult(state=state, history=history, model_dir=model_dir,
                      last_checkpoint=last_saved, stopped_by=stopped_by)
+
+
+@contextlib.contextmanager
+def _closing(ckpt: checkpoints.Checkpoints, writer: metrics_lib.MetricsWriter):
+  """Wait for the last asynchronous save and close the metrics file, on any exit."""
+  try:
+    yield
+  finally:
+    ckpt.close()
+    writer.close()
 
 
 def _save(ckpt, done: int, state, data_position: int, batches: data.Batches, meta: dict,
