@@ -16,6 +16,8 @@ from arch_objective import build_model, models
 from arch_objective.convert import cli, hf, model_dir, param_tree, t5x
 from arch_objective.training import checkpoints, optimizers, trainer
 
+from helpers import VOCAB as T5_VOCAB, needs_data
+
 CD, ND, ED = models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER, models.ENCODER_DECODER
 VOCAB = 128
 
@@ -260,7 +262,7 @@ def test_exported_encoder_decoder_gives_our_logits_in_transformers(tmp_path, par
     config = json.load(f)
   assert config["feed_forward_proj"] == "gated-gelu" and config["dense_act_fn"] == "gelu_new"
   assert config["tie_word_embeddings"] is True and config["d_kv"] == 16
-  assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+  assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model.safetensors"]
 
   # Lengths past the exact relative-position buckets (8 bidirectional, 16 causal).
   rng = np.random.default_rng(0)
@@ -419,7 +421,13 @@ def test_cli_t5x_out_then_in_and_hf_out_then_in(tmp_path, params_of, capsys):
   assert "decoder/token_embedder/embedding" in skipped["missing"]
   assert "encoder/encoder_norm/scale" in skipped["unexpected"]
 
-  assert convert("hf-out", "--model_dir", src, "--out", str(tmp_path / "hf")) == 0
+  # The run's vocabulary ("test.model") does not exist: one line naming it and the ways out.
+  assert convert("hf-out", "--model_dir", src, "--out", str(tmp_path / "hf")) == 2
+  err = capsys.readouterr().err
+  assert "test.model" in err and "--no_tokenizer" in err and len(err.splitlines()) == 1
+  assert not (tmp_path / "hf").exists()
+  assert convert("hf-out", "--model_dir", src, "--out", str(tmp_path / "hf"),
+                 "--no_tokenizer") == 0
   assert json.loads(capsys.readouterr().out.strip())["format"] == "T5ForConditionalGeneration"
   assert convert("hf-in", "--hf_dir", str(tmp_path / "hf"), "--out",
                  str(tmp_path / "from_hf")) == 0
@@ -427,3 +435,102 @@ def test_cli_t5x_out_then_in_and_hf_out_then_in(tmp_path, params_of, capsys):
   params, meta = model_dir.load_params(str(tmp_path / "from_hf"))
   assert meta["arch"] == ED and meta["vocab_size"] == 100 and meta["vocabulary"] == "test.model"
   assert_trees_equal(params_of(ED), params)
+
+
+# ---------------------------------------------------------------------------
+# Hugging Face exports with their tokenizer, loaded through the Auto classes
+# ---------------------------------------------------------------------------
+T5_IDS = 32128      # the T5 vocabulary's 32100 ids, padded as t5x pads them
+
+
+def _ed_logits(model, params, enc, dec):
+  return np.asarray(jax.jit(model.compute_logits)(params, {
+      "encoder_input_tokens": enc, "decoder_input_tokens": dec,
+      "decoder_target_tokens": np.ones_like(dec)}))
+
+
+def _our_greedy(model, params, enc, steps):
+  """Greedy continuation by full forward passes: [b, steps] ids after start id 0."""
+  dec = np.zeros((enc.shape[0], 1), np.int32)
+  for _ in range(steps):
+    logits = _ed_logits(model, params, enc, dec)
+    dec = np.concatenate([dec, logits[:, -1].argmax(-1)[:, None].astype(np.int32)], axis=1)
+  return dec[:, 1:]
+
+
+@needs_data
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_ed_export_loads_with_auto_tokenizer_and_auto_model(tmp_path, tied):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  model = build_model(ED, "tiny", dtype="float32", vocab_size=T5_IDS,
+                      logits_via_embedding=tied)
+  params = random_params(model, seed=7)
+  out = hf.export_hf(params, model.config, ED, str(tmp_path / "hf"),
+                     meta={"vocab_size": 32100}, vocabulary=str(T5_VOCAB))
+  assert {"spiece.model", "tokenizer.json", "tokenizer_config.json",
+          "generation_config.json"} <= set(os.listdir(out))
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  assert tokenizer("Hello world").input_ids == [8774, 296, 1]      # as T5's
+  assert len(tokenizer) == 32100
+  assert tokenizer.convert_ids_to_tokens([32099, 32000]) == ["<extra_id_0>", "<extra_id_99>"]
+
+  theirs_model = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+  assert type(theirs_model).__name__ == "T5ForConditionalGeneration"
+  batch = tokenizer(["Is the sky blue? <extra_id_0>", "Hello world"], padding=True,
+                    return_tensors="pt")
+  enc = batch.input_ids.numpy().astype(np.int32)
+  dec = np.array([[0, 8774, 296, 5], [0, 363, 19, 8]], np.int32)
+  ours = _ed_logits(model, params, np.where(batch.attention_mask.numpy() > 0, enc, 0), dec)
+  with torch.no_grad():
+    theirs = theirs_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          decoder_input_ids=torch.tensor(dec, dtype=torch.long)).logits.numpy()
+  np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
+
+  # generate() works and continues as our greedy decoding does.
+  single = tokenizer(["Is the sky blue?"], return_tensors="pt")
+  with torch.no_grad():
+    generated = theirs_model.generate(**single, max_new_tokens=5, do_sample=False,
+                                      min_new_tokens=5)
+  assert generated[0, 0].item() == 0
+  np.testing.assert_array_equal(
+      generated[:, 1:].numpy(), _our_greedy(model, params, single.input_ids.numpy(), 5))
+
+  arch, config_back, params_back = hf.import_hf(out)
+  assert arch == ED and config_back == model.config
+  assert_trees_equal(params, params_back)
+
+
+@needs_data
+def test_cli_hf_out_writes_the_runs_tokenizer(tmp_path, capsys):
+  transformers = pytest.importorskip("transformers")
+  model = build_model(ED, "tiny", dtype="float32", vocab_size=T5_IDS)
+  params = random_params(model, seed=3)
+  src = str(tmp_path / "ed")
+  state = trainer.TrainState.create(jax.tree_util.tree_map(jnp.asarray, params),
+                                    optimizers.adafactor(optimizers.rsqrt_decay()))
+  saver = checkpoints.Checkpoints(os.path.join(src, "checkpoints"), async_save=False)
+  saver.save(2, state, {"batches": 2}, {
+      "arch": ED, "config": dataclasses.asdict(model.config), "vocabulary": str(T5_VOCAB),
+      "vocab_size": 32100, "task": "local_span_corruption", "lineage": []})
+  saver.close()
+  assert convert("hf-out", "--model_dir", src, "--out", str(tmp_path / "hf")) == 0
+  assert json.loads(capsys.readouterr().out.strip())["tokenizer"] == str(T5_VOCAB)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+  assert tokenizer("Hello world").input_ids == [8774, 296, 1]
+
+
+@needs_data
+def test_a_tokenizer_that_disagrees_with_ours_is_refused_before_writing(tmp_path, monkeypatch):
+  transformers = pytest.importorskip("transformers")
+  model = tiny(ED)
+  original = transformers.T5Tokenizer.from_pretrained
+
+  def lossy(*args, **kwargs):     # a tokenizer that drops a piece of the vocabulary
+    return original(*args, **dict(kwargs, extra_ids=kwargs["extra_ids"] - 1))
+
+  monkeypatch.setattr(transformers.T5Tokenizer, "from_pretrained", lossy)
+  with pytest.raises(ValueError, match="encodes.*ours as.*--no_tokenizer"):
+    hf.export_hf(random_params(model, 1), model.config, ED, str(tmp_path / "hf"),
+                 meta={"vocab_size": 32100}, vocabulary=str(T5_VOCAB))
+  assert not (tmp_path / "hf").exists()

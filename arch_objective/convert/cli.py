@@ -80,11 +80,22 @@ def _hf_out(args) -> dict:
   params, meta = model_dir.load_params(args.model_dir)
   config = model_dir.config_from_dict(meta.get("config") or {}, args.model_dir)
   carried = {k: meta.get(k) for k in ("vocabulary", "vocab_size", "task", "lineage", "step")}
-  out = hf.export_hf(params, config, meta.get("arch"), args.out, dtype=args.dtype,
-                     meta=carried)
+  vocabulary = None if args.no_tokenizer else (args.vocabulary or meta.get("vocabulary"))
+  if not args.no_tokenizer and not vocabulary:
+    raise ValueError(f"{args.model_dir} records no vocabulary; pass the SentencePiece model "
+                     f"with --vocabulary, or --no_tokenizer to export the weights alone.")
+  try:
+    out = hf.export_hf(params, config, meta.get("arch"), args.out, dtype=args.dtype,
+                       meta=carried, vocabulary=vocabulary)
+  except (OSError, ImportError) as e:
+    if vocabulary is None:
+      raise
+    raise type(e)(f"{e} (the tokenizer comes from vocabulary {vocabulary!r}: pass a local "
+                  f"copy with --vocabulary, or --no_tokenizer)") from e
   kind = ("T5ForConditionalGeneration" if meta.get("arch") == "encoder_decoder"
           else hf.FORMAT_NAME)
-  return {"out": out, "format": kind, "arch": meta.get("arch"), "step": meta["step"]}
+  return {"out": out, "format": kind, "arch": meta.get("arch"), "step": meta["step"],
+          "tokenizer": vocabulary}
 
 
 def _hf_in(args) -> dict:
@@ -150,10 +161,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--inline", action="store_true",
                  help="all arrays inside the msgpack file instead of TensorStore arrays")
 
-  p = sub.add_parser("hf-out", help="MODEL_DIR -> Hugging Face T5 (ED) or native (CD/ND)")
+  p = sub.add_parser("hf-out", help="MODEL_DIR -> Hugging Face T5 (ED) or native (CD/ND), "
+                                    "with its tokenizer")
   p.add_argument("--model_dir", required=True, help="MODEL_DIR or MODEL_DIR/checkpoints/<step>")
   p.add_argument("--out", required=True, help="an empty directory")
   p.add_argument("--dtype", default=None, help="weight dtype (default: as saved, float32)")
+  p.add_argument("--vocabulary", default=None,
+                 help="SentencePiece model of the tokenizer files (default: the run's)")
+  p.add_argument("--no_tokenizer", action="store_true",
+                 help="export the weights and config without tokenizer files")
 
   p = sub.add_parser("hf-in", help="Hugging Face T5 or native export -> MODEL_DIR")
   p.add_argument("--hf_dir", required=True, help="directory with config.json + safetensors")

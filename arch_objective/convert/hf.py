@@ -52,6 +52,7 @@ from arch_objective.convert import model_dir, param_tree
 FORMAT_NAME = "arch_objective"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024 ** 3
@@ -204,6 +205,8 @@ def t5_name_map(config: network.TransformerConfig) -> list[tuple[str, str, bool]
     for name in _mlp_names(config) + ["wo"]:
       table.append((f"{ours}/{name}/kernel", f"{hf}.DenseReluDense.{name}.weight", True))
 
+  if not config.logits_via_embedding:   # T5 v1.1: an output layer of its own, unscaled
+    table.append(("decoder/logits_dense/kernel", "lm_head.weight", True))
   for stack, n in (("encoder", config.num_encoder_layers),
                    ("decoder", config.num_decoder_layers)):
     table.append((f"{stack}/relpos_bias/rel_embedding",
@@ -232,10 +235,6 @@ def t5_name_map(config: network.TransformerConfig) -> list[tuple[str, str, bool]
 def t5_config(config: network.TransformerConfig, meta: Optional[Mapping[str, Any]] = None):
   """The `transformers.T5Config` of our encoder-decoder config (with our own config and
   `meta` in an extra `arch_objective` block that transformers keeps and ignores)."""
-  if not config.logits_via_embedding:
-    raise ValueError("Hugging Face T5 export needs logits_via_embedding=True (tied input and "
-                     "output embedding, logits / sqrt(emb_dim)); this config has a separate "
-                     "output layer. Use the native export instead.")
   try:
     import transformers
   except ImportError as e:
@@ -248,7 +247,8 @@ def t5_config(config: network.TransformerConfig, meta: Optional[Mapping[str, Any
       relative_attention_num_buckets=config.relpos_num_buckets,
       relative_attention_max_distance=config.relpos_max_distance,
       dropout_rate=config.dropout_rate, layer_norm_epsilon=config.layer_norm_epsilon,
-      feed_forward_proj=t5_feed_forward_proj(config), tie_word_embeddings=True,
+      feed_forward_proj=t5_feed_forward_proj(config),
+      tie_word_embeddings=bool(config.logits_via_embedding),
       is_encoder_decoder=True, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
       architectures=["T5ForConditionalGeneration"],
       **{CONFIG_BLOCK: {"arch": models.ENCODER_DECODER, "config": dataclasses.asdict(config),
@@ -256,10 +256,7 @@ def t5_config(config: network.TransformerConfig, meta: Optional[Mapping[str, Any
 
 
 def _t5_config_to_ours(hf: Mapping[str, Any], where: str) -> network.TransformerConfig:
-  if hf.get("tie_word_embeddings") is False or hf.get("scale_decoder_outputs") is False:
-    raise ValueError(f"{where}: this T5 has an untied output layer without the "
-                     f"d_model**-0.5 scaling (T5 v1.1 style); only tied T5 models "
-                     f"(tie_word_embeddings=true) load into this codebase.")
+  untied = hf.get("tie_word_embeddings") is False or hf.get("scale_decoder_outputs") is False
   fields = dict(
       vocab_size=int(hf["vocab_size"]), emb_dim=int(hf["d_model"]),
       num_heads=int(hf["num_heads"]), head_dim=int(hf["d_kv"]), mlp_dim=int(hf["d_ff"]),
@@ -269,7 +266,7 @@ def _t5_config_to_ours(hf: Mapping[str, Any], where: str) -> network.Transformer
       relpos_num_buckets=int(hf.get("relative_attention_num_buckets", 32)),
       relpos_max_distance=int(hf.get("relative_attention_max_distance", 128)),
       layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
-      dropout_rate=float(hf.get("dropout_rate", 0.0)), logits_via_embedding=True)
+      dropout_rate=float(hf.get("dropout_rate", 0.0)), logits_via_embedding=not untied)
   block = (hf.get(CONFIG_BLOCK) or {}).get("config") or {}
   for name in ("dtype", "float32_attention_logits"):   # ours only; HF has no such field
     if name in block:
@@ -301,28 +298,111 @@ def export_native(params: Mapping[str, Any], config: network.TransformerConfig, 
 
 def export_hf(params: Mapping[str, Any], config: network.TransformerConfig, arch: str,
               out_dir: str, *, dtype=None, meta: Optional[Mapping[str, Any]] = None,
-              max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> str:
+              max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+              vocabulary: Optional[str] = None, extra_ids: Optional[int] = None) -> str:
   """Export for Hugging Face; returns `out_dir`.
 
-  ED: a `T5ForConditionalGeneration` directory (`config.json`, safetensors); load it
-  with `T5ForConditionalGeneration.from_pretrained(out_dir)`. CD/ND: the native format
+  ED: a `T5ForConditionalGeneration` directory (`config.json`, `generation_config.json`,
+  safetensors; an untied output layer becomes `lm_head.weight` with
+  `tie_word_embeddings=false`, as T5 v1.1); load it with
+  `AutoModelForSeq2SeqLM.from_pretrained(out_dir)`. CD/ND: the native format
   (`export_native`), which `import_hf` reads back. `dtype` casts the weights (e.g.
   'bfloat16'); by default they keep their dtype (float32). `meta` (vocabulary,
   vocab_size, lineage, ...) travels in `config.json`; `read_export_meta` reads it.
+
+  With `vocabulary` (a SentencePiece model, local or gs://) the export carries its
+  tokenizer (`write_tokenizer`) with `extra_ids` sentinels (default: the model's
+  `meta['vocab_size']` minus the vocabulary's pieces, else 100), so
+  `AutoTokenizer.from_pretrained(out_dir)` loads it. The tokenizer is checked before
+  any file is written.
   """
+  tokenizer = {}
+  if vocabulary is not None:   # checked before anything is written
+    if extra_ids is None:
+      extra_ids = _extra_ids(vocabulary, (meta or {}).get("vocab_size"))
+    tokenizer = tokenizer_files(vocabulary, extra_ids)
   if arch != models.ENCODER_DECODER:
-    return export_native(params, config, arch, out_dir, dtype=dtype, meta=meta,
-                         max_shard_bytes=max_shard_bytes)
-  hf_config = t5_config(config, meta)
-  _check_params(params, arch, config, "export")
-  flat = _flat_numpy(params, dtype)
-  tensors = {hf: (flat[ours].T if transpose else flat[ours])
-             for ours, hf, transpose in t5_name_map(config)}
-  out_dir = _prepare_out_dir(out_dir)
-  _write_weights(tensors, out_dir, max_shard_bytes)
-  # What `save_pretrained` writes, through `paths` so that gs:// works too.
-  paths.write_text(paths.join(out_dir, CONFIG_FILE), hf_config.to_json_string(use_diff=True))
+    out_dir = export_native(params, config, arch, out_dir, dtype=dtype, meta=meta,
+                            max_shard_bytes=max_shard_bytes)
+  else:
+    hf_config = t5_config(config, meta)
+    _check_params(params, arch, config, "export")
+    flat = _flat_numpy(params, dtype)
+    tensors = {hf: (flat[ours].T if transpose else flat[ours])
+               for ours, hf, transpose in t5_name_map(config)}
+    out_dir = _prepare_out_dir(out_dir)
+    _write_weights(tensors, out_dir, max_shard_bytes)
+    # What `save_pretrained` writes, through `paths` so that gs:// works too.
+    text = json.loads(hf_config.to_json_string(use_diff=True))
+    text["tie_word_embeddings"] = bool(config.logits_via_embedding)
+    paths.write_text(paths.join(out_dir, CONFIG_FILE), json.dumps(text, indent=2) + "\n")
+    import transformers
+    generation = transformers.GenerationConfig(
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    paths.write_text(paths.join(out_dir, GENERATION_CONFIG_FILE),
+                     generation.to_json_string(use_diff=True))
+  for name, data in tokenizer.items():
+    paths.write_bytes(paths.join(out_dir, name), data)
   return out_dir
+
+
+# A sentence the exported tokenizer must encode as our vocabulary does.
+_PROBE = "Hello world. Zero-shot generalization, 1,234 tokens: <extra_id_0> and naïve café!"
+
+
+def tokenizer_files(vocabulary: str, extra_ids: int) -> dict[str, bytes]:
+  """{file name: bytes} of a Hugging Face T5 tokenizer for `vocabulary` with `extra_ids`
+  sentinels: the SentencePiece model as `spiece.model`, `tokenizer.json`,
+  `tokenizer_config.json`. Checked first: the tokenizer encodes a probe sentence as
+  `SentencePieceVocabulary(vocabulary, extra_ids)` does and has as many ids."""
+  import os
+  import tempfile
+  from arch_objective.data import vocabularies
+  vocab = vocabularies.SentencePieceVocabulary(vocabulary, extra_ids)
+  try:
+    import transformers
+  except ImportError as e:
+    raise ImportError("the tokenizer files need `transformers` (pip install transformers); "
+                      "export with --no_tokenizer to skip them.") from e
+  with tempfile.TemporaryDirectory() as tmp:
+    with open(os.path.join(tmp, "spiece.model"), "wb") as f:
+      f.write(vocab.model_bytes)
+    tokenizer = transformers.T5Tokenizer.from_pretrained(tmp, extra_ids=extra_ids)
+    ours = vocab.encode(_PROBE) + [vocab.eos_id]
+    theirs = tokenizer(_PROBE).input_ids
+    if theirs != ours or len(tokenizer) != vocab.vocab_size:
+      raise ValueError(f"vocabulary {vocabulary!r}: Hugging Face's T5 tokenizer built from "
+                       f"it encodes {_PROBE!r} as {theirs} ({len(tokenizer)} ids), ours as "
+                       f"{ours} ({vocab.vocab_size} ids); export with --no_tokenizer and "
+                       f"ship the SentencePiece model separately.")
+    tokenizer.save_pretrained(tmp)
+    files = {}
+    for name in sorted(os.listdir(tmp)):
+      with open(os.path.join(tmp, name), "rb") as f:
+        files[name] = f.read()
+  return files
+
+
+def write_tokenizer(out_dir: str, vocabulary: str, extra_ids: int) -> list[str]:
+  """Write `tokenizer_files(vocabulary, extra_ids)` into `out_dir` (local or gs://), so
+  `AutoTokenizer.from_pretrained(out_dir)` encodes as our vocabulary; returns the names."""
+  files = tokenizer_files(vocabulary, extra_ids)
+  for name, data in files.items():
+    paths.write_bytes(paths.join(out_dir, name), data)
+  return sorted(files)
+
+
+def _extra_ids(vocabulary: str, vocab_size: Optional[int]) -> int:
+  """The sentinels of a model trained with `vocab_size` ids of `vocabulary` (its pieces
+  plus the extra ids; T5: 32000 + 100)."""
+  from arch_objective.data import vocabularies
+  if vocab_size is None:
+    return vocabularies.DEFAULT_EXTRA_IDS
+  base = vocabularies.SentencePieceVocabulary(vocabulary, 0).base_vocab_size
+  if vocab_size < base:
+    raise ValueError(f"vocab_size {vocab_size} is smaller than the {base} pieces of "
+                     f"{vocabulary!r}; pass the vocabulary the model was trained with.")
+  return int(vocab_size) - base
 
 
 def read_export_meta(path: str) -> dict:
@@ -382,9 +462,12 @@ def _import_t5(config_json: Mapping[str, Any], tensors: Mapping[str, np.ndarray]
                      f"{report.describe()}. Check that the directory holds one complete model.")
   shared = tensors["shared.weight"]
   for name in _TIED_COPIES:
+    if name in expected:
+      continue      # the untied output layer
     if name in tensors and not np.array_equal(tensors[name], shared):
-      raise ValueError(f"{path}: {name} differs from shared.weight; this codebase ties the "
-                       f"input and output embeddings, so an untied T5 cannot be imported.")
+      raise ValueError(f"{path}: {name} differs from shared.weight, but {CONFIG_FILE} says "
+                       f"the embeddings are tied (tie_word_embeddings is not false); set "
+                       f"tie_word_embeddings=false for a T5 v1.1-style output layer.")
   flat = {ours: (tensors[hf].T if transpose else tensors[hf]) for ours, hf, transpose in table}
   params = param_tree.unflatten({k: np.ascontiguousarray(v) for k, v in flat.items()})
   _check_params(params, models.ENCODER_DECODER, config, path)

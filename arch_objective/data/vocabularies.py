@@ -143,6 +143,11 @@ class SentencePieceVocabulary:
     return self._extra_ids
 
   @property
+  def model_bytes(self) -> bytes:
+    """The SentencePiece model file's bytes (without the sentinels)."""
+    return self._model
+
+  @property
   def base_vocab_size(self) -> int:
     """Pieces in the SentencePiece model, PAD/EOS/UNK included (T5: 32000)."""
     return self._base_vocab_size
