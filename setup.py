@@ -25,6 +25,14 @@ setuptools.setup(
         "generalise best zero-shot: a JAX/Flax experiment codebase."),
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    license_files=["LICENSE"],
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: OS Independent",
+        "Intended Audience :: Science/Research",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["arch_objective*", "tasks*"])
     + ["arch_objective.gin_files"],
@@ -37,5 +45,9 @@ setuptools.setup(
         "eval": _requirements("eval.txt"),
         "test": _requirements("test.txt"),
     },
-    entry_points={"console_scripts": ["arch-objective=arch_objective.cli:main"]},
+    entry_points={"console_scripts": [
+        "arch-objective=arch_objective.cli:main",
+        # lm-eval's own command line with the `arch_objective` model registered
+        "arch-objective-lm-eval=arch_objective.evaluation.lm_eval_cli:main",
+    ]},
 )

@@ -16,6 +16,6 @@ def __getattr__(name):
     from arch_objective.models import build_model
     return build_model
   if name == "SIZES":
-    from arch_objective.network import SIZES
+    from arch_objective.architectures import SIZES
     return SIZES
   raise AttributeError(f"module 'arch_objective' has no attribute {name!r}")

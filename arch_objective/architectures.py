@@ -10,6 +10,8 @@ so the input pipeline runs (and is tested) without building a network.
 """
 from __future__ import annotations
 
+from typing import Any
+
 CAUSAL_DECODER = "causal_decoder"
 NON_CAUSAL_DECODER = "non_causal_decoder"
 ENCODER_DECODER = "encoder_decoder"
@@ -43,3 +45,15 @@ def check(arch: str, what: str = "arch") -> str:
     raise ValueError(f"unknown {what} {arch!r}; valid architectures: "
                      f"{', '.join(ARCHITECTURES)}.")
   return arch
+
+
+# The size presets (`network.make_config`). Layer counts are per stack: decoder-only models have as many layers as each stack
+# of the encoder-decoder, so ED costs about as much per token (paper §3.1).
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(emb_dim=64, num_heads=4, head_dim=16, mlp_dim=128, layers=2),
+    "small": dict(emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024, layers=8),
+    "base": dict(emb_dim=768, num_heads=12, head_dim=64, mlp_dim=2048, layers=12),
+    "large": dict(emb_dim=1024, num_heads=16, head_dim=64, mlp_dim=2816, layers=24),
+    "xl": dict(emb_dim=2048, num_heads=32, head_dim=64, mlp_dim=5120, layers=24),
+    "paper": dict(emb_dim=4096, num_heads=64, head_dim=64, mlp_dim=10240, layers=24),
+}

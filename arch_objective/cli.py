@@ -115,14 +115,21 @@ def _data(args) -> int:
 
 
 def _split_gin_bindings(argv):
-  """`--gin.NAME=VALUE` arguments -> gin bindings `NAME=VALUE`; the rest for argparse."""
-  bindings, rest = [], []
-  for arg in argv:
+  """`--gin.NAME=VALUE` arguments -> gin bindings `NAME=VALUE`, and t5x's
+  `--gin_search_paths=A,B` -> [A, B]; the rest for argparse."""
+  bindings, search_paths, rest = [], [], []
+  argv = list(argv)
+  while argv:
+    arg = argv.pop(0)
     if arg.startswith("--gin.") and "=" in arg:
       bindings.append(arg[len("--gin."):])
+    elif arg == "--gin_search_paths" and argv:
+      search_paths.extend(p for p in argv.pop(0).split(",") if p)
+    elif arg.startswith("--gin_search_paths="):
+      search_paths.extend(p for p in arg.partition("=")[2].split(",") if p)
     else:
       rest.append(arg)
-  return bindings, rest
+  return bindings, search_paths, rest
 
 
 def _run_gin(args) -> int:
@@ -195,15 +202,132 @@ def _smoke(args) -> int:
   return 0
 
 
+# Every example below is run by tests/test_cli.py (with EXAMPLE_DIR replaced by a
+# temporary directory), in this order: each reads what the ones before it wrote.
+EXAMPLE_DIR = "/tmp/arch_objective_example"
+EXAMPLES = {
+    "plan": "arch-objective plan --arch encoder_decoder --size paper",
+    "train": ("arch-objective train --gin_file=experiments/paper/cd_flm.gin "
+              "--gin_file=local.gin --gin.MODEL_DIR=\"'/tmp/arch_objective_example/cd'\""),
+    "evaluate": ("arch-objective evaluate --gin_file=models/causal_decoder.gin "
+                 "--gin_file=objectives/full_lm.gin --gin_file=runs/evaluate.gin "
+                 "--gin_file=local.gin "
+                 "--gin.MODEL_DIR=\"'/tmp/arch_objective_example/cd'\""),
+    "eval t0": ("arch-objective eval t0 --gin_file=experiments/paper/eval_t0.gin "
+                "--gin_file=local.gin --checkpoint /tmp/arch_objective_example/cd "
+                "--max_examples 4"),
+    "eval harness": ("arch-objective eval harness --gin_file=experiments/paper/eval_harness.gin "
+                     "--gin_file=local.gin --checkpoint /tmp/arch_objective_example/cd "
+                     "--limit 4"),
+    "convert hf-out": ("arch-objective convert hf-out --model_dir /tmp/arch_objective_example/cd "
+                       "--out /tmp/arch_objective_example/cd_hf"),
+}
+_GIN_FLAGS = ("Bind gin macros or parameters with --gin.NAME=VALUE (strings in two quotes: "
+              "--gin.MODEL_DIR=\"'/tmp/run'\"); t5x's names work too: TASK_FEATURE_LENGTHS, "
+              "RANDOM_SEED, USE_CACHED_TASKS=False, --gin_search_paths=DIR[,DIR].")
+
+
+def _epilog(command: str, extra: str = "") -> str:
+  """`extra` wrapped, then the command's example on a line of its own (for
+  `argparse.RawDescriptionHelpFormatter`)."""
+  import textwrap
+  prose = textwrap.fill(extra, 88) + "\n\n" if extra else ""
+  return f"{prose}example:\n  {EXAMPLES[command]}"
+
+
+_RAW = dict(formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _limit(text: str):
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"--limit expects a number of examples (or a "
+                                     f"fraction < 1), found {text!r}.") from None
+  return int(value) if value >= 1 and value == int(value) else value
+
+
+def _eval_epilog(kind: str, command: str, example_flag: str, macro: str) -> str:
+  return _epilog(command, (
+      f"With --gin_file, the gin files and --gin.NAME=VALUE bindings configure the run "
+      f"(gin/runs/{kind}.gin lists its macros; experiments/paper/{kind}.gin is the paper's), "
+      f"and every option given here overrides them: it is bound last, to the macro feeding "
+      f"its parameter ({example_flag} sets {macro}, --checkpoint sets CHECKPOINT_PATH). "
+      f"Without --gin_file the options alone configure the run. Results go to --out, else "
+      f"to <model dir>/{kind}/<step>/ (local or gs://)."))
+
+
+def _eval_common(p: argparse.ArgumentParser, results: str, architectures):
+  """Options both eval commands share; every default is None ("not given")."""
+  p.add_argument("--gin_file", action="append",
+                 help="gin file of the run (repeatable; searched in the repository's gin/ "
+                      "too); --gin.NAME=VALUE binds")
+  p.add_argument("--checkpoint",
+                 help="a model directory (latest step) or MODEL_DIR/checkpoints/<step>, "
+                      "local or gs://")
+  p.add_argument("--arch", choices=architectures,
+                 help="read a causal decoder checkpoint as non-causal or back")
+  p.add_argument("--vocabulary", help="SentencePiece model (default: the checkpoint's)")
+  p.add_argument("--out", dest="out_dir", metavar="DIR",
+                 help=f"directory for {results} (default: next to the checkpoint)")
+
+
+def _eval(args) -> int:
+  from arch_objective.evaluation import runs
+  return runs.run_command(args)
+
+
+def _add_eval_parsers(eval_sub, architectures):
+  from arch_objective.evaluation import kinds
+  t0p = eval_sub.add_parser(
+      "t0", help="T0-Eval: rank classification, median over prompts", **_RAW,
+      epilog=_eval_epilog(kinds.EVAL_T0, "eval t0", "--max_examples 8", "MAX_EXAMPLES"))
+  _eval_common(t0p, "results.json and results.md", architectures)
+  t0p.add_argument("--data_dir", help="original dataset files (default: HF datasets)")
+  t0p.add_argument("--mapping", help="JSON file pointing datasets at other files")
+  t0p.add_argument("--datasets", nargs="+", help="subset of the suite, e.g. super_glue/rte")
+  t0p.add_argument("--max_examples", type=int, help="first N examples of each dataset")
+  t0p.add_argument("--normalize", action=argparse.BooleanOptionalAction,
+                   help="divide each choice's log-likelihood by its token count "
+                        "(default: no, as the paper)")
+  t0p.add_argument("--inputs_length", type=int, help="prompt tokens kept (default 1024)")
+  t0p.add_argument("--targets_length", type=int, help="choice tokens kept (default 256)")
+  t0p.add_argument("--bootstrap", type=int,
+                   help="resamplings for a 95%% interval of the average (default 0: none)")
+  t0p.add_argument("--paper", action=argparse.BooleanOptionalAction,
+                   help="print the paper's numbers too")
+  t0p.set_defaults(func=_eval, eval_kind=kinds.EVAL_T0)
+
+  hp = eval_sub.add_parser(
+      "harness", help="EAI-Eval: lm-evaluation-harness tasks, zero-shot", **_RAW,
+      epilog=_eval_epilog(kinds.EVAL_HARNESS, "eval harness", "--limit 8", "LIMIT"))
+  _eval_common(hp, "harness_results.json and summary.md", architectures)
+  hp.add_argument("--tasks", nargs="+",
+                  help=f"lm-eval task names (space or comma separated); {kinds.EAI_EVAL} = "
+                       f"the paper's 31 tasks (the default)")
+  hp.add_argument("--include_path", help="a folder of extra lm-eval task YAML files")
+  hp.add_argument("--truncation", choices=("paper", "modern"),
+                  help="paper: first 512 context / 114 continuation tokens (the paper's "
+                       "bridge); modern (default): keep the context's last tokens")
+  hp.add_argument("--limit", type=_limit, help="first N examples of each task (testing only)")
+  hp.add_argument("--batch_tokens", type=int,
+                  help=f"tokens per forward batch (default {kinds.HARNESS_BATCH_TOKENS})")
+  hp.add_argument("--dtype", help="activation dtype (default float32)")
+  hp.add_argument("--bootstrap_iters", type=int,
+                  help="the harness's bootstrap resamplings for standard errors "
+                       "(default 100000; 0 skips them)")
+  hp.set_defaults(func=_eval, eval_kind=kinds.EVAL_HARNESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
-  from arch_objective.models import ARCHITECTURES
-  from arch_objective.network import SIZES
+  from arch_objective.architectures import ARCHITECTURES, SIZES
   parser = argparse.ArgumentParser(
       prog="arch-objective",
       description="Architectures and pretraining objectives for zero-shot generalisation.")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-  plan = sub.add_parser("plan", help="parameters and FLOPs of a model, as JSON (allocates nothing)")
+  plan = sub.add_parser("plan", help="parameters and FLOPs of a model, as JSON (allocates nothing)",
+                        epilog=_epilog("plan"), **_RAW)
   plan.add_argument("--arch", choices=ARCHITECTURES)
   plan.add_argument("--size", choices=list(SIZES))
   plan.add_argument("--model_dir", help="describe a checkpoint instead: config and lineage")
@@ -244,9 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   for name, help_text in (("train", "train a model (gin-configured, resumes from MODEL_DIR)"),
                           ("evaluate", "evaluate the latest checkpoint of MODEL_DIR")):
-    p = sub.add_parser(name, help=help_text,
-                       epilog="Bind gin macros or parameters with --gin.NAME=VALUE, e.g. "
-                              "--gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=100.")
+    p = sub.add_parser(name, help=help_text, epilog=_epilog(name, _GIN_FLAGS), **_RAW)
     p.add_argument("--gin_file", action="append", required=True,
                    help="gin file (repeatable; searched in the repository's gin/ too)")
     p.add_argument("--coordinator_address", help="multi-host: coordinator host:port")
@@ -256,11 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
 
   evaluation = sub.add_parser("eval", help="zero-shot evaluation of a checkpoint")
   eval_sub = evaluation.add_subparsers(dest="eval_command", required=True, metavar="t0|harness")
-  from arch_objective.evaluation import runs
-  runs.add_parsers(eval_sub)
+  _add_eval_parsers(eval_sub, ARCHITECTURES)
 
   from arch_objective.convert import cli as convert_cli
-  convert_cli.add_parser(sub)
+  convert_cli.add_parser(sub, EXAMPLES)
 
   study = sub.add_parser("study", help="the laptop-scale study: the whole pipeline on a CPU")
   study.add_argument("--preset", default="quick", choices=["smoke", "quick", "full"])
@@ -276,10 +397,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  bindings, rest = _split_gin_bindings(sys.argv[1:] if argv is None else list(argv))
+  bindings, search_paths, rest = _split_gin_bindings(
+      sys.argv[1:] if argv is None else list(argv))
   args = build_parser().parse_args(rest)
   args.gin_bindings = bindings
   try:
+    if search_paths:
+      from arch_objective.training import gin_utils
+      try:
+        gin_utils.set_extra_search_paths(search_paths)
+      except ValueError as e:
+        print(f"arch-objective {args.command}: {e}", file=sys.stderr)
+        return 2
     return args.func(args)
   except KeyboardInterrupt:
     print(f"arch-objective {args.command}: interrupted.", file=sys.stderr)

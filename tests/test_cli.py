@@ -77,3 +77,80 @@ def test_ci_script_calls_the_readme_test_command():
   ci = (ROOT / ".ci" / "run").read_text()
   readme = (ROOT / "README.md").read_text()
   assert "make test" in ci and "make test" in readme and "make run" in readme
+
+
+def _help(*command):
+  out = subprocess.run([sys.executable, "-m", "arch_objective.cli", *command, "--help"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+  assert out.returncode == 0, out.stderr
+  return out.stdout
+
+
+def test_every_help_example_runs_as_printed(tmp_path):
+  """Each example a `--help` prints, run as printed (its directory moved to tmp_path),
+  in the order of cli.EXAMPLES: train, then what reads its checkpoint."""
+  import shlex
+  for command, example in cli.EXAMPLES.items():
+    printed = _help(*command.split())
+    assert f"example:\n  {example}\n" in printed, command
+    argv = shlex.split(example.replace(cli.EXAMPLE_DIR, str(tmp_path)))
+    assert argv[0] == "arch-objective"
+    out = subprocess.run([sys.executable, "-m", "arch_objective.cli", *argv[1:]],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, (example, out.stderr[-3000:])
+    if command == "train":
+      assert json.loads(out.stdout.strip().splitlines()[-1])["last_checkpoint"] == 4
+    if command == "evaluate":
+      assert json.loads(out.stdout)["step"] == 4
+  assert (tmp_path / "cd" / "eval_t0" / "4" / "results.json").is_file()
+  assert (tmp_path / "cd" / "eval_harness" / "4" / "harness_results.json").is_file()
+  assert (tmp_path / "cd_hf" / "spiece.model").is_file()
+
+
+def test_help_imports_neither_jax_nor_tensorflow():
+  """`--help` of every command answers without importing the heavy libraries (a second
+  of start-up instead of several)."""
+  code = (
+      "import sys, contextlib, io\n"
+      "from arch_objective import cli\n"
+      "for argv in ([], ['train'], ['evaluate'], ['plan'], ['eval', 't0'], ['eval', 'harness'],\n"
+      "             ['convert', 'hf-out'], ['convert', 't5x-in'], ['data', 'stats'], ['study']):\n"
+      "  with contextlib.redirect_stdout(io.StringIO()):\n"
+      "    try:\n"
+      "      cli.main(argv + ['--help'])\n"
+      "    except SystemExit as e:\n"
+      "      assert e.code == 0, (argv, e.code)\n"
+      "heavy = sorted(m for m in ('jax', 'tensorflow', 'flax', 'torch', 'lm_eval', 'seqio', 'gin')\n"
+      "               if m in sys.modules)\n"
+      "print('heavy:', heavy)\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == "heavy: []"
+
+
+def test_a_wheel_from_the_clone_ships_the_license_gin_files_and_commands(tmp_path):
+  """`pip install .` from a clone: the wheel holds the license, every gin file, the task
+  YAMLs, the Hugging Face model code, and both console scripts."""
+  import zipfile
+  out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                        "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+  assert out.returncode == 0, out.stderr[-2000:]
+  (wheel,) = tmp_path.glob("arch_objective-*.whl")
+  names = zipfile.ZipFile(wheel).namelist()
+  assert any(n.endswith("licenses/LICENSE") for n in names)
+  gin_files = {str(p.relative_to(ROOT / "gin")) for p in (ROOT / "gin").rglob("*.gin")}
+  shipped = {n[len("arch_objective/gin_files/"):] for n in names
+             if n.startswith("arch_objective/gin_files/") and n.endswith(".gin")}
+  assert shipped == gin_files
+  assert "arch_objective/evaluation/harness_tasks/eai_eval.yaml" in names
+  assert "arch_objective/convert/hf_code/modeling_arch_objective.py" in names
+  assert "tasks/corpora.py" in names
+  zf = zipfile.ZipFile(wheel)
+  entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+  assert "arch-objective = arch_objective.cli:main" in entry_points
+  assert "arch-objective-lm-eval = arch_objective.evaluation.lm_eval_cli:main" in entry_points
+  metadata = zf.read(next(n for n in names if n.endswith("METADATA"))).decode()
+  assert "License: Apache-2.0" in metadata
+  assert (ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")

@@ -20,10 +20,16 @@
 Parameter names are t5x's throughout (spec §1.2), so trees pass between formats
 without renaming; only the Hugging Face T5 mapping renames (see `hf`).
 """
-from arch_objective.convert.hf import export_hf, export_native, import_hf
-from arch_objective.convert.model_dir import load_params, switch_arch, write_model_dir
-from arch_objective.convert.t5x import (read_t5x_checkpoint, to_model_params,
-                                        write_t5x_checkpoint)
+import importlib
 
-__all__ = ["export_hf", "export_native", "import_hf", "load_params", "read_t5x_checkpoint",
-           "switch_arch", "to_model_params", "write_model_dir", "write_t5x_checkpoint"]
+_EXPORTS = {"export_hf": "hf", "export_native": "hf", "import_hf": "hf",
+            "load_params": "model_dir", "switch_arch": "model_dir",
+            "write_model_dir": "model_dir", "read_t5x_checkpoint": "t5x",
+            "to_model_params": "t5x", "write_t5x_checkpoint": "t5x"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):   # the submodules import JAX; `convert.cli` alone does not
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(f"arch_objective.convert.{_EXPORTS[name]}"), name)
+  raise AttributeError(f"module 'arch_objective.convert' has no attribute {name!r}")

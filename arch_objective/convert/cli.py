@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 DEFAULT_VOCAB_SIZE = 32100  # the T5 SentencePiece model's 32000 pieces + 100 extra ids
 
@@ -127,10 +127,13 @@ COMMANDS: dict[str, Callable[[Any], dict]] = {
 }
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-  """Install `convert` and its subcommands on the main parser's subparsers."""
-  from arch_objective.models import ARCHITECTURES
-  from arch_objective.network import SIZES
+def add_parser(subparsers, examples: Optional[dict] = None) -> argparse.ArgumentParser:
+  """Install `convert` and its subcommands on the main parser's subparsers; `examples`
+  maps `convert <command>` to an example command line shown in its help."""
+  examples = examples or {}
+  epilog = lambda name: (f"example:\n  {examples[f'convert {name}']}"
+                         if f"convert {name}" in examples else None)
+  from arch_objective.architectures import ARCHITECTURES, SIZES
   convert = subparsers.add_parser(
       "convert", help="convert checkpoints: t5x in/out, Hugging Face out/in, CD <-> ND")
   sub = convert.add_subparsers(dest="convert_command", required=True,
@@ -162,7 +165,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                  help="all arrays inside the msgpack file instead of TensorStore arrays")
 
   p = sub.add_parser("hf-out", help="MODEL_DIR -> Hugging Face T5 (ED) or native (CD/ND), "
-                                    "with its tokenizer")
+                                    "with its tokenizer", epilog=epilog("hf-out"),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model_dir", required=True, help="MODEL_DIR or MODEL_DIR/checkpoints/<step>")
   p.add_argument("--out", required=True, help="an empty directory")
   p.add_argument("--dtype", default=None, help="weight dtype (default: as saved, float32)")

@@ -6,9 +6,12 @@
   lm_eval.simple_evaluate(model="arch_objective",
                           model_args="checkpoint=/runs/cd_flm,truncation=paper", tasks=[...])
 
-(the second needs this module imported first). `run_harness` runs a task list and writes
-`harness_results.json` and `summary.md`; `arch-objective eval harness` and the gin
-configurable `eval_harness` (`evaluation/runs.py`) call it.
+(the second needs this module imported first; importing it keeps lm-eval's own models,
+`hf` and the rest, available). lm-eval's own command line with this model:
+`arch-objective-lm-eval` (`python -m arch_objective.evaluation.lm_eval_cli`), which lists
+the model_args. `run_harness` runs a task list and writes `harness_results.json` and
+`summary.md`; `arch-objective eval harness` and the gin configurable `eval_harness`
+(`evaluation/runs.py`) call it.
 
 How each request type reads (spec §4.2):
   loglikelihood          (context, continuation) -> (sum of log p(continuation tokens),
@@ -307,8 +310,9 @@ class ArchObjectiveLM(_LM_BASE):
   """An lm-evaluation-harness model over one of our models (see the module docstring).
 
   From a checkpoint (model_args `checkpoint=...,arch=...,vocabulary=...,truncation=...,
-  batch_tokens=...`): `arch` may read a causal decoder checkpoint as non-causal or back;
-  `vocabulary` defaults to the one the checkpoint records. From objects:
+  batch_tokens=...`; `model_dir` is another name for `checkpoint`): `arch` may read a
+  causal decoder checkpoint as non-causal or back; `vocabulary` defaults to the one the
+  checkpoint records. From objects:
   `ArchObjectiveLM(model=model, params=params, vocab=vocab)`. Options: `truncation`
   (paper|modern), `inputs_length`, `targets_length`, `max_length` (decoder-only row,
   modern mode; defaults in DEFAULT_LENGTHS), `batch_tokens` (tokens per forward batch),
@@ -321,8 +325,9 @@ class ArchObjectiveLM(_LM_BASE):
                vocabulary: Optional[str] = None, truncation: str = "modern",
                batch_tokens: int = DEFAULT_BATCH_TOKENS, inputs_length: Optional[int] = None,
                targets_length: Optional[int] = None, max_length: Optional[int] = None,
-               dtype: str = "float32", *, model: Optional[models.BaseModel] = None,
-               params=None, vocab=None, **harness_kwargs):
+               dtype: str = "float32", *, model_dir: Optional[str] = None,
+               model: Optional[models.BaseModel] = None, params=None, vocab=None,
+               **harness_kwargs):
     if _lm_model is None:
       raise ImportError("ArchObjectiveLM needs lm-evaluation-harness: pip install "
                         "'lm-eval==0.4.13' (the `eval` extra of arch-objective).")
@@ -330,9 +335,18 @@ class ArchObjectiveLM(_LM_BASE):
     unknown = sorted(set(harness_kwargs) - set(_HARNESS_KWARGS))
     if unknown:
       raise ValueError(f"unknown option(s) {unknown} for the {MODEL_NAME} model; valid: "
-                       f"checkpoint, arch, vocabulary, truncation, batch_tokens, "
-                       f"inputs_length, targets_length, max_length, dtype.")
+                       f"checkpoint (or model_dir), arch, vocabulary, truncation, "
+                       f"batch_tokens, inputs_length, targets_length, max_length, dtype.")
     _check_truncation(truncation)
+    if model_dir is not None:
+      if checkpoint is not None and str(checkpoint) != str(model_dir):
+        raise ValueError(f"checkpoint={checkpoint!r} and model_dir={model_dir!r} differ; "
+                         f"expected one model directory (model_dir is another name for "
+                         f"checkpoint).")
+      checkpoint = model_dir
+    if checkpoint is not None and not isinstance(checkpoint, str):
+      checkpoint = os.fspath(checkpoint) if isinstance(checkpoint, os.PathLike) \
+          else str(checkpoint)
     self.meta, self.step, self.checkpoint = {}, None, checkpoint
     if checkpoint is not None:
       if model is not None or params is not None:
@@ -444,8 +458,23 @@ class ArchObjectiveLM(_LM_BASE):
                                "max_length": None if self.is_ed else self.row_length}}
 
 
+def register_with_lm_eval() -> None:
+  """Register `ArchObjectiveLM` with lm-eval as `arch_objective`, beside lm-eval's own
+  models (`hf`, `vllm`, ...). Importing this module does it; calling it again is harmless.
+
+  lm-eval 0.4 lists its own models (lazily: no model module is imported) only when its
+  registry is still empty at the first `get_model`, so `lm_eval.models` is imported before
+  ours is added: otherwise `get_model("hf")` would find only `arch_objective`.
+  """
+  if _lm_registry is None:
+    raise ImportError(f"the {MODEL_NAME} model needs lm-evaluation-harness: pip install "
+                      f"'lm-eval==0.4.13' (the `eval` extra of arch-objective).")
+  import lm_eval.models  # noqa: F401  (registers lm-eval's own model names)
+  _lm_registry.register_model(MODEL_NAME)(ArchObjectiveLM)
+
+
 if _lm_registry is not None:
-  ArchObjectiveLM = _lm_registry.register_model(MODEL_NAME)(ArchObjectiveLM)
+  register_with_lm_eval()
 
 
 def _arg(request, k):

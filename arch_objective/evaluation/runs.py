@@ -21,7 +21,6 @@ writes its operative config there (`config.gin`).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
 import re
@@ -32,11 +31,10 @@ from arch_objective import models, paths
 from arch_objective.evaluation import loading, rank_classification, t0_eval
 from arch_objective.training import checkpoints
 
-EVAL_T0, EVAL_HARNESS = "eval_t0", "eval_harness"
+from arch_objective.evaluation.kinds import (EAI_EVAL as _EAI_EVAL, EVAL_HARNESS, EVAL_T0,
+                                            HARNESS_BATCH_TOKENS as _HARNESS_BATCH_TOKENS)
+
 CONFIG_FILE = "config.gin"
-# Mirrors harness.DEFAULT_BATCH_TOKENS and harness.EAI_EVAL (harness imports lm_eval).
-_HARNESS_BATCH_TOKENS = 16384
-_EAI_EVAL = "eai_eval"
 
 
 @dataclasses.dataclass
@@ -307,83 +305,10 @@ def describe_checkpoint(checkpoint: str, arch: Optional[str] = None) -> dict:
 # `arch-objective eval t0|harness`
 # ----------------------------------------------------------------------------------------
 _FLAGS = {"out_dir": "--out"}
-_EPILOG = ("With --gin_file, the gin files and --gin.NAME=VALUE bindings configure the run "
-           "(gin/runs/{kind}.gin lists its macros; experiments/paper/{kind}.gin is the "
-           "paper's), and every option given here overrides them: it is bound last, to the "
-           "macro feeding its parameter (--max_examples 8 sets MAX_EXAMPLES, --checkpoint "
-           "sets CHECKPOINT_PATH). Without --gin_file the options alone configure the run. "
-           "Results go "
-           "to --out, else to <model dir>/{kind}/<step>/ (local or gs://).")
 
 
 def _flag(param: str) -> str:
   return _FLAGS.get(param, f"--{param}")
-
-
-def _limit(text: str):
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"--limit expects a number of examples (or a "
-                                     f"fraction < 1), found {text!r}.") from None
-  return int(value) if value >= 1 and value == int(value) else value
-
-
-def _common(p: argparse.ArgumentParser, results: str):
-  """Options both commands share; every default is None ("not given")."""
-  p.add_argument("--gin_file", action="append",
-                 help="gin file of the run (repeatable; searched in the repository's gin/ "
-                      "too); --gin.NAME=VALUE binds")
-  p.add_argument("--checkpoint",
-                 help="a model directory (latest step) or MODEL_DIR/checkpoints/<step>, "
-                      "local or gs://")
-  p.add_argument("--arch", choices=models.ARCHITECTURES,
-                 help="read a causal decoder checkpoint as non-causal or back")
-  p.add_argument("--vocabulary", help="SentencePiece model (default: the checkpoint's)")
-  p.add_argument("--out", dest="out_dir", metavar="DIR",
-                 help=f"directory for {results} (default: next to the checkpoint)")
-
-
-def add_parsers(eval_subparsers):
-  """Adds `t0` and `harness` to the `eval` subcommands."""
-  t0p = eval_subparsers.add_parser(
-      "t0", help="T0-Eval: rank classification, median over prompts",
-      epilog=_EPILOG.format(kind=EVAL_T0))
-  _common(t0p, "results.json and results.md")
-  t0p.add_argument("--data_dir", help="original dataset files (default: HF datasets)")
-  t0p.add_argument("--mapping", help="JSON file pointing datasets at other files")
-  t0p.add_argument("--datasets", nargs="+", help="subset of the suite, e.g. super_glue/rte")
-  t0p.add_argument("--max_examples", type=int, help="first N examples of each dataset")
-  t0p.add_argument("--normalize", action=argparse.BooleanOptionalAction,
-                   help="divide each choice's log-likelihood by its token count "
-                        "(default: no, as the paper)")
-  t0p.add_argument("--inputs_length", type=int, help="prompt tokens kept (default 1024)")
-  t0p.add_argument("--targets_length", type=int, help="choice tokens kept (default 256)")
-  t0p.add_argument("--bootstrap", type=int,
-                   help="resamplings for a 95%% interval of the average (default 0: none)")
-  t0p.add_argument("--paper", action=argparse.BooleanOptionalAction,
-                   help="print the paper's numbers too")
-  t0p.set_defaults(func=run_command, eval_kind=EVAL_T0)
-
-  hp = eval_subparsers.add_parser(
-      "harness", help="EAI-Eval: lm-evaluation-harness tasks, zero-shot",
-      epilog=_EPILOG.format(kind=EVAL_HARNESS))
-  _common(hp, "harness_results.json and summary.md")
-  hp.add_argument("--tasks", nargs="+",
-                  help=f"lm-eval task names (space or comma separated); {_EAI_EVAL} = the "
-                       f"paper's 31 tasks (the default)")
-  hp.add_argument("--include_path", help="a folder of extra lm-eval task YAML files")
-  hp.add_argument("--truncation", choices=("paper", "modern"),
-                  help="paper: first 512 context / 114 continuation tokens (the paper's "
-                       "bridge); modern (default): keep the context's last tokens")
-  hp.add_argument("--limit", type=_limit, help="first N examples of each task (testing only)")
-  hp.add_argument("--batch_tokens", type=int,
-                  help=f"tokens per forward batch (default {_HARNESS_BATCH_TOKENS})")
-  hp.add_argument("--dtype", help="activation dtype (default float32)")
-  hp.add_argument("--bootstrap_iters", type=int,
-                  help="the harness's bootstrap resamplings for standard errors "
-                       "(default 100000; 0 skips them)")
-  hp.set_defaults(func=run_command, eval_kind=EVAL_HARNESS)
 
 
 def run_command(args) -> int:

@@ -60,16 +60,146 @@ def gin_search_paths() -> list[str]:
   return [str(p) for p in candidates if p.is_dir()]
 
 
-def _locate(path: str) -> str:
+_SEARCH_PATHS: Optional[list[str]] = None   # of the config being parsed (see `parse`)
+
+
+def _locate(path: str, roots: Optional[Sequence[str]] = None) -> str:
   """A gin file as given, else under a search path; a clear error if neither."""
+  if roots is None:
+    roots = _SEARCH_PATHS if _SEARCH_PATHS is not None else gin_search_paths()
   if os.path.exists(path):
     return path
-  for root in gin_search_paths():
+  for root in roots:
     candidate = os.path.join(root, path)
     if os.path.exists(candidate):
       return candidate
   raise ValueError(f"gin file {path!r} not found in the working directory nor in "
-                   f"{gin_search_paths()}.")
+                   f"{list(roots)}.")
+
+
+# ---------------------------------------------------------------------------
+# t5x's names
+# ---------------------------------------------------------------------------
+# t5x macro -> the macro these files use for it
+T5X_RENAMED = {"RANDOM_SEED": "SEED"}
+
+
+def translate_t5x_bindings(bindings: Sequence[str]) -> tuple[list[str], Optional[dict]]:
+  """(bindings in this codebase's names, t5x's TASK_FEATURE_LENGTHS if bound).
+
+  `RANDOM_SEED=s` binds SEED; `USE_CACHED_TASKS=False` is accepted (tasks are read on
+  the fly) and `True` refused; `TASK_FEATURE_LENGTHS={...}` is returned so that
+  `lengths_bindings` can set the lengths these files use."""
+  out, lengths = [], None
+  for binding in bindings:
+    match = _MACRO_BINDING.match(binding)
+    name = match.group(1) if match else None
+    value = binding.partition("=")[2].strip()
+    if name in T5X_RENAMED:
+      out.append(f"{T5X_RENAMED[name]}={value}")
+    elif name == "USE_CACHED_TASKS":
+      if _literal(binding, value) is not False:
+        raise ValueError(f"gin binding {binding!r}: tasks are read and preprocessed on the "
+                         f"fly, there is no seqio cache to read; bind USE_CACHED_TASKS=False "
+                         f"or leave it out.")
+    elif name == "TASK_FEATURE_LENGTHS":
+      lengths = _check_feature_lengths(_literal(binding, value), binding)
+    else:
+      out.append(binding)
+  return out, lengths
+
+
+def _literal(binding: str, value: str):
+  import ast
+  try:
+    return ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    raise ValueError(f"gin binding {binding!r}: expected a Python literal, found "
+                     f"{value!r}.") from None
+
+
+def _check_feature_lengths(lengths, where: str) -> dict:
+  if (not isinstance(lengths, dict) or not lengths
+      or not set(lengths) <= {"inputs", "targets"}
+      or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                 for v in lengths.values())):
+    raise ValueError(f"{where}: TASK_FEATURE_LENGTHS must be a dict of positive integers "
+                     f"with keys 'inputs' and/or 'targets' (t5x's task feature lengths, "
+                     f"e.g. {{'inputs': 512, 'targets': 114}}), found {lengths!r}.")
+  return dict(lengths)
+
+
+_FEATURE_LENGTHS_LINE = re.compile(r"^\s*TASK_FEATURE_LENGTHS\s*=\s*(\{[^}]*\})", re.M)
+
+
+def _file_feature_lengths(files: Sequence[str]) -> Optional[dict]:
+  """TASK_FEATURE_LENGTHS as a t5x gin file sets it (the last one wins), or None."""
+  found = None
+  for text in reversed(_texts(files)):
+    for value in _FEATURE_LENGTHS_LINE.findall(text):
+      found = _check_feature_lengths(_literal(f"TASK_FEATURE_LENGTHS = {value}", value),
+                                     "TASK_FEATURE_LENGTHS in a gin file")
+  return found
+
+
+def _macro(name: str, default=None):
+  try:
+    return gin.query_parameter(f"{name}/macro.value")
+  except ValueError:
+    return default
+
+
+def lengths_bindings(lengths: dict, files: Sequence[str]) -> list[str]:
+  """The bindings of this codebase's length macros that give t5x's task feature lengths
+  `lengths` for the run the parsed config describes (its task and ARCH):
+
+    prompted tasks (MT-F, T0-Eval)   INPUTS_LENGTH, TARGETS_LENGTH
+    span corruption                  LENGTH = inputs + targets, which must be a pair the
+                                     objective produces (512 + 114 = 626)
+    full LM                          LENGTH = targets
+    prefix LM, decoder-only          LENGTH = inputs + targets (the split point is drawn
+                                     per row, as t5x's prefix_lm preprocessors do)
+    prefix LM, encoder-decoder       LENGTH = inputs = targets
+  """
+  from arch_objective import architectures
+  from arch_objective.objectives import pipeline
+  used = set(re.findall(r"%([A-Za-z_][A-Za-z0-9_]*)", "\n".join(_texts(files))))
+  inputs, targets = lengths.get("inputs"), lengths.get("targets")
+  where = f"TASK_FEATURE_LENGTHS={lengths!r}"
+  if "INPUTS_LENGTH" in used and "LENGTH" not in used:
+    if inputs is None or targets is None:
+      raise ValueError(f"{where}: a prompted run needs both 'inputs' and 'targets'.")
+    return [f"INPUTS_LENGTH={inputs}", f"TARGETS_LENGTH={targets}"]
+  if "LENGTH" not in used:
+    raise ValueError(f"{where}: these gin files set no sequence length (no %LENGTH or "
+                     f"%INPUTS_LENGTH); drop TASK_FEATURE_LENGTHS.")
+  task = str(_macro("MIXTURE_OR_TASK_NAME", ""))
+  arch = _macro("ARCH")
+  if task.endswith("span_corruption"):
+    if inputs is None or targets is None:
+      raise ValueError(f"{where}: span corruption needs 'inputs' and 'targets'.")
+    length = inputs + targets
+    if pipeline.mlm_lengths(length) != (inputs, targets):
+      raise ValueError(f"{where}: span corruption of {length}-token chunks gives inputs "
+                       f"{pipeline.mlm_lengths(length)[0]} and targets "
+                       f"{pipeline.mlm_lengths(length)[1]}; use those (the paper's are "
+                       f"{{'inputs': 512, 'targets': 114}}) or bind LENGTH directly.")
+  elif task.endswith("full_lm"):
+    if inputs is not None or targets is None:
+      raise ValueError(f"{where}: the full LM has 'targets' only (t5x's decoder-only "
+                       f"feature lengths, e.g. {{'targets': 626}}).")
+    length = targets
+  elif "prefix_lm" in task and arch == architectures.ENCODER_DECODER:
+    if inputs is None or inputs != targets:
+      raise ValueError(f"{where}: the encoder-decoder's prefix LM pads prefix and rest to "
+                       f"one length; give equal 'inputs' and 'targets' (paper: 626).")
+    length = inputs
+  elif "prefix_lm" in task:
+    length = (inputs or 0) + (targets or 0)
+  else:
+    raise ValueError(f"{where}: task {task!r} has no known feature lengths; bind LENGTH "
+                     f"(the decoder length) directly.")
+  return [f"LENGTH={length}"]
 
 
 _INCLUDE = re.compile(r"^\s*include\s+['\"]([^'\"]+)['\"]", re.M)
@@ -113,19 +243,53 @@ def _quiet_gin_search():
 _MACRO_BINDING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 
 
+_EXTRA_SEARCH_PATHS: list[str] = []
+
+
+def set_extra_search_paths(paths: Sequence[str]):
+  """t5x's `--gin_search_paths`: directories searched for gin files (and their
+  includes) before the repository's gin/, by every later `parse`."""
+  for path in paths:
+    if not os.path.isdir(path):
+      raise ValueError(f"--gin_search_paths: {path!r} is not a directory.")
+  _EXTRA_SEARCH_PATHS[:] = [os.path.abspath(p) for p in paths]
+
+
 def parse(gin_files: Sequence[str], bindings: Sequence[str] = (),
-          search_paths: Optional[Sequence[str]] = None):
+          search_paths: Optional[Sequence[str]] = None,
+          extra_search_paths: Optional[Sequence[str]] = None):
   """Parse gin files and `NAME=value` bindings; unknown names are errors.
 
   gin itself rejects bindings of unknown configurables; a binding of a macro that no
-  file uses is rejected here (a typo would otherwise be silently ignored).
+  file uses is rejected here (a typo would otherwise be silently ignored). t5x's names
+  are translated first (`translate_t5x_bindings`). `extra_search_paths` (t5x's
+  `--gin_search_paths`) are searched before the repository's gin/ directory.
   """
   register_configurables()
-  gin.clear_config()
-  for path in (search_paths if search_paths is not None else gin_search_paths()):
-    gin.add_config_file_search_path(path)
-  files = [_locate(f) for f in gin_files]
+  if extra_search_paths is None:
+    extra_search_paths = _EXTRA_SEARCH_PATHS
+  roots = list(extra_search_paths) + list(
+      search_paths if search_paths is not None else gin_search_paths())
+  for path in extra_search_paths:
+    if not os.path.isdir(path):
+      raise ValueError(f"--gin_search_paths: {path!r} is not a directory.")
+  global _SEARCH_PATHS
+  _SEARCH_PATHS = roots
+  files = [_locate(f, roots) for f in gin_files]
   _check_binding_syntax(bindings)
+  bindings, feature_lengths = translate_t5x_bindings(bindings)
+  if feature_lengths is None:
+    feature_lengths = _file_feature_lengths(files)
+  if feature_lengths is not None:
+    _parse(files, bindings, roots)
+    bindings = list(bindings) + lengths_bindings(feature_lengths, files)
+  _parse(files, bindings, roots)
+
+
+def _parse(files: Sequence[str], bindings: Sequence[str], roots: Sequence[str]):
+  gin.clear_config()
+  for path in roots:
+    gin.add_config_file_search_path(path)
   _check_macro_bindings(files, bindings)
   try:
     with _quiet_gin_search():

@@ -1,0 +1,93 @@
+"""lm-eval's own command line, with our model available as `arch_objective`.
+
+`arch-objective-lm-eval ARGS` (or `python -m arch_objective.evaluation.lm_eval_cli ARGS`)
+registers `harness.ArchObjectiveLM` and then runs lm-eval 0.4's `lm_eval ARGS`
+(`lm_eval.__main__.cli_evaluate`) unchanged: the same subcommands (`run`, the default,
+`ls`, `validate`), options and output (`--output_path` gets lm-eval's
+`<model>/results_<time>.json`), and lm-eval's own models (`hf`, ...) stay available:
+
+  arch-objective-lm-eval --model arch_objective \\
+      --model_args checkpoint=/runs/ed_mlm,truncation=paper --tasks boolq,copa \\
+      --output_path /tmp/eai
+
+model_args of `arch_objective` (`key=value`, comma- or space-separated; lm-eval reads
+numbers as numbers):
+  checkpoint      a model directory (`arch-objective train` or `convert`) or
+                  `<dir>/checkpoints/<step>`, local or gs://; required
+  model_dir       another name for checkpoint
+  arch            read a causal decoder checkpoint as non_causal_decoder or back
+  vocabulary      SentencePiece .model; default: the one the checkpoint records
+  truncation      modern (default: the last tokens that fit) | paper (seqio's: the first
+                  512 context and 114 continuation tokens)
+  inputs_length   context (encoder) tokens; default 1024 (modern) or 512 (paper)
+  targets_length  continuation (decoder) tokens; default 256 (modern) or 114 (paper)
+  max_length      decoder-only row of context and continuation, modern mode; default 1280
+  batch_tokens    tokens per forward batch; default 16384
+  dtype           activation dtype; default float32
+lm-eval's `--batch_size`, `--max_batch_size` and `--device` reach the model and are
+ignored (batches are sized by batch_tokens; JAX picks the device). The paper's 31
+EAI-Eval tasks are the group `eai_eval` in `harness.HARNESS_TASKS_DIR`: pass that folder
+as `--include_path` and `--tasks eai_eval`.
+
+lm-eval's own `hf` backend scores a Hugging Face export of our encoder-decoder
+(`arch-objective convert hf-out`, which carries its tokenizer) as `arch_objective` does
+with its default truncation (modern) when given
+`--model_args pretrained=EXPORT_DIR,` + `HF_EXPORT_MODEL_ARGS`:
+  backend=seq2seq     AutoModelForSeq2SeqLM (the export is a T5ForConditionalGeneration)
+  add_bos_token=False the T5 tokenizer adds no EOS to contexts (lm-eval passes it on as
+                      add_special_tokens=False; continuations never get one)
+  prefix_token_id=0   an empty context is one padding token, as our all-padding encoder
+                      row (lm-eval's default there is EOS)
+  max_length=1024     contexts keep their last 1024 tokens, our inputs_length
+  dtype=float32       our activation dtype
+loglikelihood requests (continuations of at most targets_length, 256, tokens) then agree
+to float32 rounding, and so do loglikelihood_rolling ones whose text fits one window of
+targets_length tokens. They still differ on generate_until (lm-eval's seq2seq backend
+appends EOS to generation prompts whatever add_bos_token says) and on longer rolling texts
+(its windows are max_length long and condition on the token before them; ours are
+targets_length long with an empty encoder).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+PROG = "arch-objective-lm-eval"
+HF_EXPORT_MODEL_ARGS = ("backend=seq2seq,add_bos_token=False,prefix_token_id=0,"
+                        "max_length=1024,dtype=float32")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Run lm-eval's command line on `argv` (default: `sys.argv[1:]`) with `arch_objective`
+  registered; returns the exit status (argparse's 2 for bad options, 0 after `--help`).
+  Errors inside the run propagate as they do from `lm_eval`."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  from arch_objective.evaluation import harness
+  try:
+    harness.register_with_lm_eval()
+    from lm_eval import __main__ as lm_eval_main
+  except ImportError as e:
+    print(f"{PROG}: error: {e}", file=sys.stderr)
+    return 2
+  saved = sys.argv
+  sys.argv = [PROG, *argv]          # lm-eval's parser reads (and edits) sys.argv
+  try:
+    lm_eval_main.cli_evaluate()
+  except SystemExit as e:
+    return _exit_status(e.code)
+  finally:
+    sys.argv = saved
+  return 0
+
+
+def _exit_status(code) -> int:
+  if code is None:
+    return 0
+  if isinstance(code, int):
+    return code
+  print(code, file=sys.stderr)
+  return 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
