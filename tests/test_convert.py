@@ -290,7 +290,7 @@ def test_exported_encoder_decoder_gives_our_logits_in_transformers(tmp_path, par
 @pytest.mark.parametrize("arch", [CD, ND])
 def test_decoder_only_native_export_round_trips(tmp_path, params_of, arch):
   model, params = tiny(arch), params_of(arch)
-  out = hf.export_hf(params, model.config, arch, str(tmp_path / "single"))
+  out = hf.export_native(params, model.config, arch, str(tmp_path / "single"))
   with open(os.path.join(out, "config.json")) as f:
     config = json.load(f)
   assert config["format"] == "arch_objective" and config["arch"] == arch
@@ -299,8 +299,8 @@ def test_decoder_only_native_export_round_trips(tmp_path, params_of, arch):
   assert_trees_equal(params, params_back, dtype=np.float32)
 
   # Sharded like save_pretrained when the weights pass max_shard_bytes.
-  sharded = hf.export_hf(params, model.config, arch, str(tmp_path / "sharded"),
-                         max_shard_bytes=64 * 1024)
+  sharded = hf.export_native(params, model.config, arch, str(tmp_path / "sharded"),
+                             max_shard_bytes=64 * 1024)
   assert "model.safetensors.index.json" in os.listdir(sharded)
   assert len([f for f in os.listdir(sharded) if f.startswith("model-")]) > 1
   assert_trees_equal(params, hf.import_hf(sharded)[2])
@@ -534,3 +534,32 @@ def test_a_tokenizer_that_disagrees_with_ours_is_refused_before_writing(tmp_path
     hf.export_hf(random_params(model, 1), model.config, ED, str(tmp_path / "hf"),
                  meta={"vocab_size": 32100}, vocabulary=str(T5_VOCAB))
   assert not (tmp_path / "hf").exists()
+
+
+@needs_data
+@pytest.mark.parametrize("arch", [CD, ND])
+def test_decoder_only_hf_export_loads_with_auto_classes_and_its_tokenizer(tmp_path, arch):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  model = build_model(arch, "tiny", dtype="float32", vocab_size=T5_IDS)
+  params = random_params(model, seed=11)
+  out = hf.export_hf(params, model.config, arch, str(tmp_path / "hf"),
+                     meta={"vocab_size": 32100}, vocabulary=str(T5_VOCAB))
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  ids = tokenizer("Hello world").input_ids
+  assert ids == [8774, 296, 1]
+  theirs_model = transformers.AutoModelForCausalLM.from_pretrained(
+      out, trust_remote_code=True).eval()
+  row = np.array([[0] + ids[:-1]], np.int32)
+  batch = {"decoder_input_tokens": row, "decoder_target_tokens": np.array([ids], np.int32)}
+  extra = {}
+  if arch == ND:
+    batch["decoder_causal_attention"] = np.array([[1, 1, 0]], np.int32)
+    extra["prefix_lengths"] = torch.tensor([2])
+  ours = np.asarray(jax.jit(model.compute_logits)(params, batch))
+  with torch.no_grad():
+    theirs = theirs_model(input_ids=torch.tensor(row, dtype=torch.long), **extra).logits
+  np.testing.assert_allclose(theirs.numpy(), ours, atol=1e-4, rtol=0)
+  arch_back, config_back, params_back = hf.import_hf(out)
+  assert arch_back == arch and config_back == model.config
+  assert_trees_equal(params, params_back)

@@ -93,7 +93,7 @@ def _hf_out(args) -> dict:
     raise type(e)(f"{e} (the tokenizer comes from vocabulary {vocabulary!r}: pass a local "
                   f"copy with --vocabulary, or --no_tokenizer)") from e
   kind = ("T5ForConditionalGeneration" if meta.get("arch") == "encoder_decoder"
-          else hf.FORMAT_NAME)
+          else "ArchObjectiveForCausalLM (trust_remote_code)")
   return {"out": out, "format": kind, "arch": meta.get("arch"), "step": meta["step"],
           "tokenizer": vocabulary}
 
@@ -164,8 +164,9 @@ def add_parser(subparsers, examples: Optional[dict] = None) -> argparse.Argument
   p.add_argument("--inline", action="store_true",
                  help="all arrays inside the msgpack file instead of TensorStore arrays")
 
-  p = sub.add_parser("hf-out", help="MODEL_DIR -> Hugging Face T5 (ED) or native (CD/ND), "
-                                    "with its tokenizer", epilog=epilog("hf-out"),
+  p = sub.add_parser("hf-out", help="MODEL_DIR -> Hugging Face: T5 (ED) or a "
+                                    "trust_remote_code causal LM (CD/ND), with its tokenizer",
+                     epilog=epilog("hf-out"),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model_dir", required=True, help="MODEL_DIR or MODEL_DIR/checkpoints/<step>")
   p.add_argument("--out", required=True, help="an empty directory")
@@ -175,7 +176,7 @@ def add_parser(subparsers, examples: Optional[dict] = None) -> argparse.Argument
   p.add_argument("--no_tokenizer", action="store_true",
                  help="export the weights and config without tokenizer files")
 
-  p = sub.add_parser("hf-in", help="Hugging Face T5 or native export -> MODEL_DIR")
+  p = sub.add_parser("hf-in", help="Hugging Face T5 or one of our exports -> MODEL_DIR")
   p.add_argument("--hf_dir", required=True, help="directory with config.json + safetensors")
   p.add_argument("--out", required=True, help="the new MODEL_DIR")
   p.add_argument("--step", type=int, default=0, help="step of the new checkpoint")

@@ -305,8 +305,10 @@ def export_hf(params: Mapping[str, Any], config: network.TransformerConfig, arch
   ED: a `T5ForConditionalGeneration` directory (`config.json`, `generation_config.json`,
   safetensors; an untied output layer becomes `lm_head.weight` with
   `tie_word_embeddings=false`, as T5 v1.1); load it with
-  `AutoModelForSeq2SeqLM.from_pretrained(out_dir)`. CD/ND: the native format
-  (`export_native`), which `import_hf` reads back. `dtype` casts the weights (e.g.
+  `AutoModelForSeq2SeqLM.from_pretrained(out_dir)`. CD/ND: a `trust_remote_code` export
+  (`hf_remote`: the PyTorch model code travels in the directory); load it with
+  `AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)`. `import_hf`
+  reads both back; `export_native` writes our own format instead. `dtype` casts the weights (e.g.
   'bfloat16'); by default they keep their dtype (float32). `meta` (vocabulary,
   vocab_size, lineage, ...) travels in `config.json`; `read_export_meta` reads it.
 
@@ -322,8 +324,9 @@ def export_hf(params: Mapping[str, Any], config: network.TransformerConfig, arch
       extra_ids = _extra_ids(vocabulary, (meta or {}).get("vocab_size"))
     tokenizer = tokenizer_files(vocabulary, extra_ids)
   if arch != models.ENCODER_DECODER:
-    out_dir = export_native(params, config, arch, out_dir, dtype=dtype, meta=meta,
-                            max_shard_bytes=max_shard_bytes)
+    from arch_objective.convert import hf_remote
+    out_dir = hf_remote.export_decoder_only(params, config, arch, out_dir, dtype=dtype,
+                                            meta=meta, max_shard_bytes=max_shard_bytes)
   else:
     hf_config = t5_config(config, meta)
     _check_params(params, arch, config, "export")
@@ -415,7 +418,8 @@ def read_export_meta(path: str) -> dict:
 
 def import_hf(path: str) -> tuple[str, network.TransformerConfig, dict]:
   """`(arch, config, params)` of a directory written by `export_hf`/`export_native`,
-  or of any tied Hugging Face T5 (`model_type: t5`) saved with safetensors."""
+  or of any Hugging Face T5 (`model_type: t5`, tied or T5 v1.1-style untied) saved with
+  safetensors."""
   path = paths.normalize(path, "Hugging Face directory")
   config_file = paths.join(path, CONFIG_FILE)
   if not paths.isfile(config_file):
@@ -427,8 +431,12 @@ def import_hf(path: str) -> tuple[str, network.TransformerConfig, dict]:
     return _import_native(config_json, tensors, path)
   if config_json.get("model_type") == "t5":
     return _import_t5(config_json, tensors, path)
+  from arch_objective.convert import hf_remote
+  if config_json.get("model_type") == hf_remote.MODEL_TYPE:
+    return hf_remote.import_decoder_only(config_json, tensors, path)
   raise ValueError(f"{config_file}: neither this package's format (format="
-                   f"{FORMAT_NAME!r}) nor a Hugging Face T5 (model_type='t5'); found "
+                   f"{FORMAT_NAME!r}), a Hugging Face T5 (model_type='t5') nor our "
+                   f"decoder-only export (model_type={hf_remote.MODEL_TYPE!r}); found "
                    f"format={config_json.get('format')!r}, "
                    f"model_type={config_json.get('model_type')!r}.")
 

@@ -1,0 +1,267 @@
+"""Hugging Face `trust_remote_code` export and import of the decoder-only models (CD, ND).
+
+`export_decoder_only` writes a directory that transformers loads without this package:
+
+  config.json                       model_type 'arch_objective_decoder', `auto_map` to the
+                                    two code files, the hyper-parameters below, and our own
+                                    block {"arch", "config" (TransformerConfig), "meta"}
+  configuration_arch_objective.py   copied from `arch_objective/convert/hf_code/`; they
+  modeling_arch_objective.py        import only torch and transformers
+  model.safetensors                 PyTorch names and layout (or shards + index)
+
+  AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)
+
+Weights (`name_map`; Linear weights are (out, in), so every kernel is transposed):
+
+  ours (t5x names; kernels (in, out))         Hugging Face
+  decoder/token_embedder/embedding [v, d]     model.embed_tokens.weight [v, d]
+  decoder/layers_i/                           model.layers.i.
+    relpos_bias/rel_embedding [h, buckets]      self_attn.relative_attention_bias.weight
+                                                [buckets, h]
+    pre_self_attention_layer_norm/scale         self_attn_layer_norm.weight
+    self_attention/{query,key,value,out}/kernel self_attn.{q,k,v,o}.weight
+    pre_mlp_layer_norm/scale                    mlp_layer_norm.weight
+    mlp/{wi_0,wi_1,wo}/kernel (or mlp/wi)       mlp.{wi_0,wi_1,wo}.weight (or mlp.wi)
+  decoder/decoder_norm/scale                  model.final_layer_norm.weight
+  decoder/logits_dense/kernel [d, v]          lm_head.weight [v, d]
+                                              (only with logits_via_embedding=False)
+
+Config fields (ours -> config.json): vocab_size, emb_dim -> d_model, num_heads, head_dim,
+mlp_dim -> d_ff, num_decoder_layers -> num_layers, relpos_num_buckets ->
+relative_attention_num_buckets, relpos_max_distance -> relative_attention_max_distance,
+layer_norm_epsilon, mlp_activations, logits_via_embedding, and non_causal (arch ND).
+Our `dtype` (the activation dtype) and `float32_attention_logits` have no counterpart:
+the PyTorch model computes in its parameters' dtype, with float32 norms, softmax and
+logits. `import_decoder_only` reads such a directory back to `(arch, config, params)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from arch_objective import models, network, paths
+from arch_objective.convert import hf, hf_code, param_tree
+
+MODEL_TYPE = "arch_objective_decoder"
+ARCHITECTURE = "ArchObjectiveForCausalLM"
+AUTO_MAP = {
+    "AutoConfig": f"{hf_code.CONFIG_MODULE}.ArchObjectiveConfig",
+    "AutoModel": f"{hf_code.MODELING_MODULE}.ArchObjectiveModel",
+    "AutoModelForCausalLM": f"{hf_code.MODELING_MODULE}.{ARCHITECTURE}",
+}
+ACTIVATIONS = ("gelu", "relu", "silu", "linear")
+_DECODER_ONLY = (models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER)
+
+
+def _mlp_names(config: network.TransformerConfig) -> list[str]:
+  acts = tuple(config.mlp_activations)
+  return ["wi"] if len(acts) == 1 else [f"wi_{i}" for i in range(len(acts))]
+
+
+def name_map(config: network.TransformerConfig) -> list[tuple[str, str, bool]]:
+  """`(our flat name, HF name, transpose)` for every parameter of a CD/ND of `config`."""
+  table = [("decoder/token_embedder/embedding", "model.embed_tokens.weight", False),
+           ("decoder/decoder_norm/scale", "model.final_layer_norm.weight", False)]
+  for i in range(config.num_decoder_layers):
+    ours, theirs = f"decoder/layers_{i}", f"model.layers.{i}"
+    table += [
+        (f"{ours}/relpos_bias/rel_embedding",
+         f"{theirs}.self_attn.relative_attention_bias.weight", True),
+        (f"{ours}/pre_self_attention_layer_norm/scale",
+         f"{theirs}.self_attn_layer_norm.weight", False)]
+    table += [(f"{ours}/self_attention/{a}/kernel", f"{theirs}.self_attn.{b}.weight", True)
+              for a, b in (("query", "q"), ("key", "k"), ("value", "v"), ("out", "o"))]
+    table.append((f"{ours}/pre_mlp_layer_norm/scale", f"{theirs}.mlp_layer_norm.weight", False))
+    table += [(f"{ours}/mlp/{name}/kernel", f"{theirs}.mlp.{name}.weight", True)
+              for name in _mlp_names(config) + ["wo"]]
+  if not config.logits_via_embedding:
+    table.append(("decoder/logits_dense/kernel", "lm_head.weight", True))
+  return table
+
+
+def _check_arch(arch: str, where: str):
+  if arch not in _DECODER_ONLY:
+    raise ValueError(f"{where}: arch {arch!r} is not a decoder-only model; valid: "
+                     f"{', '.join(_DECODER_ONLY)} (export the {models.ENCODER_DECODER} with "
+                     f"`hf.export_hf`, as T5ForConditionalGeneration).")
+
+
+def _check_activations(activations, where: str):
+  unknown = [a for a in activations if a not in ACTIVATIONS]
+  if not activations or unknown:
+    raise ValueError(f"{where}: mlp_activations {tuple(activations)!r} has activation(s) "
+                     f"{unknown} the PyTorch model does not implement; valid: "
+                     f"{list(ACTIVATIONS)}.")
+
+
+def hf_config(config: network.TransformerConfig, arch: str, *, dtype: Optional[str] = None,
+              meta: Optional[Mapping[str, Any]] = None) -> dict:
+  """The `config.json` (as a dict) of a CD/ND export; `dtype` names the weights' dtype."""
+  _check_arch(arch, "export")
+  _check_activations(tuple(config.mlp_activations), "export")
+  out = {
+      "model_type": MODEL_TYPE,
+      "architectures": [ARCHITECTURE],
+      "auto_map": dict(AUTO_MAP),
+      "vocab_size": config.vocab_size,
+      "d_model": config.emb_dim,
+      "num_heads": config.num_heads,
+      "head_dim": config.head_dim,
+      "d_ff": config.mlp_dim,
+      "num_layers": config.num_decoder_layers,
+      "relative_attention_num_buckets": config.relpos_num_buckets,
+      "relative_attention_max_distance": config.relpos_max_distance,
+      "layer_norm_epsilon": config.layer_norm_epsilon,
+      "mlp_activations": list(config.mlp_activations),
+      "logits_via_embedding": config.logits_via_embedding,
+      "non_causal": arch == models.NON_CAUSAL_DECODER,
+      "tie_word_embeddings": False,
+      "use_cache": True,
+      "pad_token_id": 0,
+      "eos_token_id": 1,
+      "bos_token_id": 0,
+      "decoder_start_token_id": 0,
+      hf.CONFIG_BLOCK: {"arch": arch, "config": dataclasses.asdict(config),
+                        "meta": dict(meta or {})},
+  }
+  if dtype is not None:
+    out["dtype"] = dtype
+  return out
+
+
+def export_decoder_only(params: Mapping[str, Any], config: network.TransformerConfig,
+                        arch: str, out_dir: str, *, dtype=None,
+                        meta: Optional[Mapping[str, Any]] = None,
+                        max_shard_bytes: int = hf.DEFAULT_MAX_SHARD_BYTES) -> str:
+  """Write a `trust_remote_code` export of a CD/ND (see the module docstring); returns
+  `out_dir`. `dtype` casts the floating-point weights (e.g. 'bfloat16'; default: kept).
+  `meta` (vocabulary, lineage, ...) travels in config.json's `arch_objective` block.
+  ValueError for another arch, parameters that do not fit `config`, an activation the
+  PyTorch model lacks, or an `out_dir` that already holds a config.json."""
+  _check_arch(arch, "export")
+  _check_activations(tuple(config.mlp_activations), "export")
+  hf._check_params(params, arch, config, "export")
+  flat = hf._flat_numpy(params, dtype)
+  tensors = {theirs: (flat[ours].T if transpose else flat[ours])
+             for ours, theirs, transpose in name_map(config)}
+  dtypes = sorted({str(v.dtype) for v in tensors.values()})
+  out_dir = hf._prepare_out_dir(out_dir)
+  hf._write_weights(tensors, out_dir, max_shard_bytes)
+  for name in hf_code.CODE_FILES:
+    paths.write_text(paths.join(out_dir, name), (hf_code.CODE_DIR / name).read_text())
+  config_json = hf_config(config, arch, dtype=dtypes[0] if len(dtypes) == 1 else None,
+                          meta=meta)
+  paths.write_text(paths.join(out_dir, hf.CONFIG_FILE), json.dumps(config_json, indent=2))
+  return out_dir
+
+
+def _int_field(config_json: Mapping[str, Any], name: str, where: str) -> int:
+  value = config_json.get(name)
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    raise ValueError(f"{where}: field {name!r} must be a positive integer, found {value!r}.")
+  return value
+
+
+def _float_field(config_json: Mapping[str, Any], name: str, default: float, where: str
+                 ) -> float:
+  value = config_json.get(name, default)
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    raise ValueError(f"{where}: field {name!r} must be a positive number, found {value!r}.")
+  return float(value)
+
+
+def config_from_hf(config_json: Mapping[str, Any], where: str
+                   ) -> tuple[str, network.TransformerConfig]:
+  """`(arch, TransformerConfig)` of an export's config.json (as a dict).
+
+  Our own block, when present, gives the exact config (including `dtype`); the
+  Hugging Face fields must agree with it. Without the block the config is rebuilt
+  from the Hugging Face fields (activation dtype: the TransformerConfig default).
+  """
+  if config_json.get("model_type") != MODEL_TYPE:
+    raise ValueError(f"{where}: model_type {config_json.get('model_type')!r} is not "
+                     f"{MODEL_TYPE!r}; this reader takes exports of `export_decoder_only`.")
+  non_causal = config_json.get("non_causal", False)
+  if not isinstance(non_causal, bool):
+    raise ValueError(f"{where}: field 'non_causal' must be true or false, found "
+                     f"{non_causal!r}.")
+  activations = config_json.get("mlp_activations", ["gelu", "linear"])
+  if isinstance(activations, str) or not isinstance(activations, (list, tuple)):
+    raise ValueError(f"{where}: field 'mlp_activations' must be a list, found "
+                     f"{activations!r}.")
+  _check_activations(tuple(activations), where)
+  tied = config_json.get("logits_via_embedding", True)
+  if not isinstance(tied, bool):
+    raise ValueError(f"{where}: field 'logits_via_embedding' must be true or false, found "
+                     f"{tied!r}.")
+  fields = dict(
+      vocab_size=_int_field(config_json, "vocab_size", where),
+      emb_dim=_int_field(config_json, "d_model", where),
+      num_heads=_int_field(config_json, "num_heads", where),
+      head_dim=_int_field(config_json, "head_dim", where),
+      mlp_dim=_int_field(config_json, "d_ff", where),
+      num_decoder_layers=_int_field(config_json, "num_layers", where),
+      relpos_num_buckets=_int_field(config_json, "relative_attention_num_buckets", where),
+      relpos_max_distance=_int_field(config_json, "relative_attention_max_distance", where),
+      layer_norm_epsilon=_float_field(config_json, "layer_norm_epsilon", 1e-6, where),
+      mlp_activations=tuple(activations), logits_via_embedding=tied)
+  arch = models.NON_CAUSAL_DECODER if non_causal else models.CAUSAL_DECODER
+  block = config_json.get(hf.CONFIG_BLOCK)
+  if not block:
+    fields["num_encoder_layers"] = fields["num_decoder_layers"]
+    return arch, network.TransformerConfig(**fields)
+  if not isinstance(block, Mapping) or not isinstance(block.get("config"), Mapping):
+    raise ValueError(f"{where}: field {hf.CONFIG_BLOCK!r} must be an object with a 'config' "
+                     f"object (the TransformerConfig), found {block!r}.")
+  from arch_objective.convert import model_dir
+  config = model_dir.config_from_dict(block["config"], f"{where} ({hf.CONFIG_BLOCK}.config)")
+  for name, value in fields.items():
+    ours = getattr(config, name)
+    if (tuple(ours) if name == "mlp_activations" else ours) != value:
+      raise ValueError(f"{where}: {hf.CONFIG_BLOCK}.config.{name} = {ours!r} disagrees with "
+                       f"the Hugging Face field ({value!r}); the file was edited by hand. "
+                       f"Make them agree.")
+  if block.get("arch", arch) != arch:
+    raise ValueError(f"{where}: {hf.CONFIG_BLOCK}.arch = {block.get('arch')!r} disagrees with "
+                     f"non_causal = {str(non_causal).lower()} ({arch}).")
+  return arch, config
+
+
+def import_decoder_only(config_json: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
+                        path: str) -> tuple[str, network.TransformerConfig, dict]:
+  """`(arch, config, params)` of an export: its config.json as a dict and its safetensors
+  tensors by name (`path` names the directory in errors). Parameters keep their dtype."""
+  where = f"{path}/{hf.CONFIG_FILE}"
+  arch, config = config_from_hf(config_json, where)
+  table = name_map(config)
+  expected = {theirs for _, theirs, _ in table}
+  missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+  if missing or extra:
+    report = param_tree.MatchReport(missing=tuple(missing), unexpected=tuple(extra))
+    raise ValueError(f"{path}: the weights do not fit the model its {hf.CONFIG_FILE} "
+                     f"describes: {report.describe()}. Check that the directory holds one "
+                     f"complete export.")
+  flat = {ours: np.ascontiguousarray(np.asarray(tensors[theirs]).T if transpose
+                                     else np.asarray(tensors[theirs]))
+          for ours, theirs, transpose in table}
+  params = param_tree.unflatten(flat)
+  hf._check_params(params, arch, config, path)
+  return arch, config, params
+
+
+def read_decoder_only(path: str) -> tuple[str, network.TransformerConfig, dict]:
+  """`import_decoder_only` of a directory (local or gs://) written by
+  `export_decoder_only`."""
+  path = paths.normalize(path, "Hugging Face directory")
+  config_file = paths.join(path, hf.CONFIG_FILE)
+  if not paths.isfile(config_file):
+    raise ValueError(f"no {hf.CONFIG_FILE} in {path}; pass a directory written by "
+                     f"`export_decoder_only`.")
+  try:
+    config_json = json.loads(paths.read_text(config_file))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{config_file} is not valid JSON ({e}).") from None
+  return import_decoder_only(config_json, hf._read_weights(path), path)
