@@ -12,9 +12,15 @@
   4. multitask-finetunes each on the training families (constant learning rate, dropout
      0.1, the step counter continuing), and evaluates again;
   5. optionally runs NC-A (CD:FLM continued as ND:MLM, then MT-F as ND);
-  6. writes `results.json`, `results.md` (the paper-style table with bootstrap 95%
-     intervals and the random baseline), `zero_shot.png`, `loss_curves.png`; every run's
-     TensorBoard files stay in its directory under `runs/`.
+  6. with `ceiling_steps`, finetunes the pretrained ED:MLM on each held-out family's
+     `test` split and scores it on the family's `validation` split: what a model of
+     this size reaches when it is taught the family (a diagnostic, never compared);
+  7. writes `results.json`, `results.md` (the paper-style table with bootstrap 95%
+     intervals; the paper's contrasts as paired differences with paired bootstrap 95%
+     intervals; per family the random floor, the majority-class baseline, the
+     ceiling, every model's score and whether it answers one class only),
+     `zero_shot.png`, `contrasts.png`, `loss_curves.png`; every run's TensorBoard files
+     stay in its directory under `runs/`.
 Every stage is skipped when its output exists, so an interrupted study resumes.
 The presets are gin files, `gin/experiments/study/{smoke,quick,full}.gin`.
 """
@@ -56,6 +62,8 @@ class StudyConfig:
   bootstrap: int = 200
   nc_a: bool = True
   nc_a_steps: int = 100
+  ceiling_steps: int = 0
+  contrast_resamples: int = 1000
   seed: int = 0
 
   def model_overrides(self, vocab_size: int) -> dict:
@@ -131,6 +139,7 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
   pairs = [(a, o) for a, o in pipeline.PAPER_RUNS]
   names = {p: f"{models.SHORT_NAMES[p[0]]}_{pipeline.SHORT_NAMES[p[1]]}".lower() for p in pairs}
   total = 2 + 4 * len(pairs) + (3 if config.nc_a else 0)
+  total += 2 * len(world.heldout_suite()) if config.ceiling_steps else 0
   stages = _Stages(total, log)
 
   def write_corpus():
@@ -173,14 +182,38 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
                 restore_checkpoint=source, save_every=steps,
                 log_every=max(config.mtf_steps // 20, 1), seed=config.seed)
 
-  def evaluate(model_dir, out_path, arch=None):
+  def teach_family(world, family, model_dir, source, steps):
+    """The ED:MLM checkpoint finetuned on the family's `test` examples under its prompts."""
+    from arch_objective.data import world_prompts
+    prompts = world_prompts.HELDOUT_PROMPTS[family]
+    taught = tuple(
+        mixture.PromptedTask(f"{family}/{prompt.name}", prompt,
+                             lambda split, f=family: world.examples(f, "test"), len(prompts))
+        for prompt in prompts)
+    registry.register(mixture.PromptedMixture(
+        f"study_ceiling_{family}", taught, vocab_path,
+        inputs_length=config.mtf_inputs_length, targets_length=config.mtf_targets_length))
+    model = models.build_model(models.ENCODER_DECODER, "tiny",
+                               dropout_rate=config.mtf_dropout,
+                               **config.model_overrides(model_vocab))
+    train.train(model_dir=model_dir, model=model, train_steps=steps, progress=False,
+                dataset=data.DatasetConfig(task=f"study_ceiling_{family}",
+                                           batch_size=config.batch_size,
+                                           vocabulary=vocab_path, seed=config.seed,
+                                           inputs_length=config.mtf_inputs_length,
+                                           targets_length=config.mtf_targets_length),
+                learning_rate_schedule=optimizers.constant(config.mtf_learning_rate),
+                restore_checkpoint=source, save_every=steps,
+                log_every=max(config.ceiling_steps // 20, 1), seed=config.seed)
+
+  def evaluate(model_dir, out_path, arch=None, suite_of=None):
     from arch_objective.evaluation import loading, rank_classification, t0_eval
     model, params, meta, step = loading.load_model(model_dir, arch)
     scorer = rank_classification.RankScorer(model, params,
                                             inputs_length=config.mtf_inputs_length * 2,
                                             targets_length=config.mtf_targets_length,
                                             one_shape=True)
-    results = t0_eval.evaluate_suite(scorer, vocab.encode, suite=suite,
+    results = t0_eval.evaluate_suite(scorer, vocab.encode, suite=suite_of or suite,
                                      max_examples=config.eval_examples,
                                      bootstrap=config.bootstrap, seed=config.seed,
                                      log=lambda m: None)
@@ -215,6 +248,18 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
                                 nca_steps + config.mtf_steps))
     stages.run("zero-shot NC-A + MT-F", os.path.join(evals, "nc_a_mtf.json"),
                lambda: evaluate(nca_mtf, os.path.join(evals, "nc_a_mtf.json")))
+
+  if config.ceiling_steps:
+    ed_mlm = os.path.join(runs, names[(models.ENCODER_DECODER, pipeline.SPAN_CORRUPTION)])
+    for family in suite:
+      ceiling_dir = os.path.join(runs, f"ceiling_{family.name}")
+      steps = config.pretrain_steps + config.ceiling_steps
+      stages.run(f"ceiling {family.name}", _done(ceiling_dir, steps),
+                 lambda: teach_family(world, family.name, ceiling_dir, ed_mlm, steps))
+      stages.run(f"zero-shot ceiling {family.name}",
+                 os.path.join(evals, f"ceiling_{family.name}.json"),
+                 lambda: evaluate(ceiling_dir, os.path.join(evals, f"ceiling_{family.name}.json"),
+                                  suite_of=[family]))
 
   results = _collect(out_dir, pairs, names, config, suite, preset)
   from arch_objective import study_report
@@ -271,9 +316,91 @@ def _collect(out_dir, pairs, names, config, suite, preset) -> dict:
                      "pretrain_loss": _loss_curve(os.path.join(runs, "nc_a")),
                      "mtf_loss": _loss_curve(os.path.join(runs, "nc_a_mtf"))}
   random = float(sum(100.0 * s.random for s in suite) / len(suite))
+  per_example = {(name, stage): _read(os.path.join(evals, f"{name}{suffix}.json"))
+                 for name in cells for stage, suffix in (("zero_shot", ""),
+                                                          ("after_mtf", "_mtf"))}
   return {"preset": preset, "config": dataclasses.asdict(config), "cells": cells,
           "random_baseline": random,
-          "heldout_families": [s.name for s in suite]}
+          "heldout_families": [s.name for s in suite],
+          "contrasts": _contrasts(cells, per_example, config),
+          "families": _families(suite, cells, per_example,
+                                {s.name: _read(os.path.join(evals, f"ceiling_{s.name}.json"))
+                                 for s in suite})}
+
+
+# The paper's questions as paired contrasts: (label, question, (cell, stage), (cell, stage)).
+CONTRASTS = (
+    ("CD:FLM - ED:MLM, after pretraining",
+     "Without finetuning, does the causal decoder with full LM generalise best (paper §4.1)?",
+     ("cd_flm", "zero_shot"), ("ed_mlm", "zero_shot")),
+    ("CD:FLM - ED:MLM, after MT-F",
+     "After multitask finetuning, does the MLM-trained encoder-decoder win (paper §4.2)?",
+     ("cd_flm", "after_mtf"), ("ed_mlm", "after_mtf")),
+    ("ND:MLM - ED:MLM, after MT-F",
+     "After MT-F, the non-causal decoder against the encoder-decoder (paper §4.2).",
+     ("nd_mlm", "after_mtf"), ("ed_mlm", "after_mtf")),
+    ("NC-A - ND:MLM, after MT-F",
+     "Does adapting CD:FLM to ND:MLM (NC-A) match training ND:MLM from scratch (§5)?",
+     ("nc_a", "after_mtf"), ("nd_mlm", "after_mtf")),
+) + tuple(
+    (f"MT-F gain, {label}", f"How much does MT-F add to {label}?",
+     (name, "after_mtf"), (name, "zero_shot"))
+    for name, label in (("cd_flm", "CD:FLM"), ("cd_mlm", "CD:MLM"), ("nd_plm", "ND:PLM"),
+                        ("nd_mlm", "ND:MLM"), ("ed_plm", "ED:PLM"), ("ed_mlm", "ED:MLM")))
+
+
+def _correctness(results: Optional[dict]) -> Optional[dict]:
+  return ((results or {}).get("per_example") or {}).get("correct")
+
+
+def _contrasts(cells: dict, per_example: dict, config: StudyConfig) -> list[dict]:
+  """Each of CONTRASTS whose two evaluations exist, as a paired difference."""
+  from arch_objective.evaluation import contrasts
+  out = []
+  for label, question, a, b in CONTRASTS:
+    if a[0] not in cells or b[0] not in cells:
+      continue
+    table_a, table_b = (_correctness(per_example.get(k)) for k in (a, b))
+    if table_a is None or table_b is None:
+      continue
+    result = contrasts.paired_difference(table_a, table_b,
+                                         resamples=config.contrast_resamples,
+                                         seed=config.seed, names=(label, label))
+    stage = {"zero_shot": "after pretraining", "after_mtf": "after MT-F"}
+    out.append({"label": label, "question": question,
+                "a": f"{cells[a[0]]['label']} ({stage[a[1]]})",
+                "b": f"{cells[b[0]]['label']} ({stage[b[1]]})", **result})
+  return out
+
+
+def _families(suite, cells: dict, per_example: dict, ceilings: dict) -> dict:
+  """Per held-out family: its random floor, the majority-class baseline (always the most
+  frequent gold answer), the ceiling (when run), and per model and stage the score
+  (median over prompts) and the share of its most frequent answer over all prompts
+  (1.0: it answers one class only)."""
+  import numpy as np
+  out = {}
+  for family in suite:
+    entry = {"random": 100.0 * family.random, "majority": None, "ceiling": None,
+             "models": {}}
+    for (name, stage), results in per_example.items():
+      examples = (results or {}).get("per_example") or {}
+      if family.name not in (examples.get("gold") or {}):
+        continue
+      labels = [g for g in examples["gold"][family.name] if g is not None]
+      if labels and entry["majority"] is None:
+        counts = np.bincount(labels, minlength=family.num_choices)
+        entry["majority"] = 100.0 * float(counts.max()) / len(labels)
+      predicted = [p for prompt in examples["predicted"][family.name].values()
+                   for p in prompt if p is not None]
+      share = (float(np.bincount(predicted).max()) / len(predicted)) if predicted else None
+      entry["models"].setdefault(cells[name]["label"], {})[stage] = {
+          "score": results["datasets"][family.name]["median"], "top_answer_share": share}
+    ceiling = ceilings.get(family.name)
+    if ceiling is not None:
+      entry["ceiling"] = ceiling["datasets"][family.name]["median"]
+    out[family.name] = entry
+  return out
 
 
 def _summary(results: Optional[dict]) -> Optional[dict]:

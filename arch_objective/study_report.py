@@ -35,7 +35,79 @@ def markdown(results: dict) -> str:
     per = (cell["after_mtf"] or {}).get("per_family", {})
     lines.append(f"| {cell['label']} | " + " | ".join(
         f"{per[f]:.1f}" if f in per else "-" for f in families) + " |")
+  lines += _contrast_lines(results.get("contrasts") or [])
+  lines += _family_lines(results.get("families") or {})
   return "\n".join(lines) + "\n"
+
+
+def _contrast_lines(contrasts: list) -> list[str]:
+  if not contrasts:
+    return []
+  lines = ["", "The paper's questions as paired contrasts: difference of the two scores "
+           "(points), with a paired bootstrap 95% interval over the shared examples "
+           "(each resampling draws the same examples for both models and all prompts).", "",
+           "| contrast | A | B | A - B | 95% interval | excludes 0 |", "|---|---|---|---|---|---|"]
+  for c in contrasts:
+    lines.append(f"| {c['label']} | {c['a']}: {c['score_a']:.1f} | {c['b']}: "
+                 f"{c['score_b']:.1f} | {c['difference']:+.1f} | "
+                 f"[{c['ci'][0]:+.1f}, {c['ci'][1]:+.1f}] | "
+                 f"{'yes' if c['excludes_zero'] else 'no'} |")
+  return lines
+
+
+def _family_lines(families: dict) -> list[str]:
+  if not families:
+    return []
+  lines = ["", "Per held-out family: the random floor, the majority-class baseline (always "
+           "the most frequent gold answer), the ceiling (ED:MLM finetuned on the family's "
+           "test split, scored on its validation split; '-' when not run), and each model's "
+           "score after MT-F with, in parentheses, the share of its most frequent answer "
+           "over all prompts (1.00: one class only).", ""]
+  names = list(families)
+  labels = []
+  for entry in families.values():
+    for label in entry["models"]:
+      if label not in labels:
+        labels.append(label)
+  lines += ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+  for key, title in (("random", "random"), ("majority", "majority class"),
+                     ("ceiling", "ceiling")):
+    lines.append(f"| {title} | " + " | ".join(
+        f"{families[n][key]:.1f}" if families[n][key] is not None else "-" for n in names)
+        + " |")
+  for label in labels:
+    row = []
+    for n in names:
+      stage = families[n]["models"].get(label, {}).get("after_mtf")
+      if stage is None:
+        row.append("-")
+      else:
+        share = stage["top_answer_share"]
+        row.append(f"{stage['score']:.1f}" + (f" ({share:.2f})" if share is not None else ""))
+    lines.append(f"| {label} | " + " | ".join(row) + " |")
+  return lines
+
+
+def contrast_chart(results: dict, path: str):
+  """The paired differences with their 95% intervals, zero marked."""
+  contrasts = results.get("contrasts") or []
+  if not contrasts:
+    return
+  fig, ax = plt.subplots(figsize=(8, 0.45 * len(contrasts) + 1.2))
+  ys = list(range(len(contrasts)))[::-1]
+  for y, c in zip(ys, contrasts):
+    color = "tab:blue" if c["excludes_zero"] else "gray"
+    ax.errorbar(c["difference"], y, xerr=[[c["difference"] - c["ci"][0]],
+                                          [c["ci"][1] - c["difference"]]],
+                fmt="o", color=color, capsize=3)
+  ax.axvline(0.0, color="black", linewidth=0.8)
+  ax.set_yticks(ys)
+  ax.set_yticklabels([c["label"] for c in contrasts], fontsize=8)
+  ax.set_xlabel("difference in held-out accuracy (points), paired bootstrap 95% interval")
+  ax.set_title("The paper's contrasts at laptop scale")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
 
 
 def bar_chart(results: dict, path: str):
@@ -86,4 +158,5 @@ def write_all(results: dict, out_dir: str):
   with open(os.path.join(out_dir, "results.md"), "w") as f:
     f.write(markdown(results))
   bar_chart(results, os.path.join(out_dir, "zero_shot.png"))
+  contrast_chart(results, os.path.join(out_dir, "contrasts.png"))
   loss_curves(results, os.path.join(out_dir, "loss_curves.png"))

@@ -35,11 +35,59 @@ def test_smoke_study_writes_every_artifact(smoke_dir):
   assert 0 < written["random_baseline"] < 100
   table = (out / "results.md").read_text()
   assert all(label in table for label in ("CD:FLM", "ED:MLM", "random"))
-  for png in ("zero_shot.png", "loss_curves.png"):
+  for png in ("zero_shot.png", "loss_curves.png", "contrasts.png"):
     data = (out / png).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
   assert any("ETA" in line for line in lines)
   assert (out / "runs" / "cd_flm" / "tensorboard").is_dir()
+
+
+def test_the_papers_contrasts_are_paired_differences_of_the_cells(smoke_dir):
+  out, results, _ = smoke_dir
+  from arch_objective.evaluation import contrasts
+  labels = [c["label"] for c in results["contrasts"]]
+  assert labels[:3] == ["CD:FLM - ED:MLM, after pretraining", "CD:FLM - ED:MLM, after MT-F",
+                        "ND:MLM - ED:MLM, after MT-F"]
+  assert sum(l.startswith("MT-F gain") for l in labels) == 6
+  cells = results["cells"]
+  by_label = {c["label"]: c for c in results["contrasts"]}
+  pair = by_label["CD:FLM - ED:MLM, after MT-F"]
+  assert pair["score_a"] == pytest.approx(cells["cd_flm"]["after_mtf"]["average"])
+  assert pair["score_b"] == pytest.approx(cells["ed_mlm"]["after_mtf"]["average"])
+  assert pair["difference"] == pytest.approx(pair["score_a"] - pair["score_b"])
+  # The per-example table the contrasts read scores exactly as T0-Eval's average.
+  evaluation = json.loads((out / "eval" / "cd_flm_mtf.json").read_text())
+  assert contrasts.suite_score(evaluation["per_example"]["correct"]) == pytest.approx(
+      evaluation["average"])
+  gain = by_label["MT-F gain, ED:MLM"]
+  assert gain["difference"] == pytest.approx(cells["ed_mlm"]["after_mtf"]["average"]
+                                             - cells["ed_mlm"]["zero_shot"]["average"])
+  for c in results["contrasts"]:
+    assert c["ci"][0] <= c["ci"][1] and c["resamples"] == 50
+  table = (out / "results.md").read_text()
+  assert "paired bootstrap" in table and "MT-F gain, ED:MLM" in table
+
+
+def test_each_family_reports_its_floor_majority_ceiling_and_one_class_answers(smoke_dir):
+  out, results, _ = smoke_dir
+  families = results["families"]
+  assert sorted(families) == sorted(results["heldout_families"])
+  for name, entry in families.items():
+    evaluation = json.loads((out / "eval" / "ed_mlm_mtf.json").read_text())
+    gold = evaluation["per_example"]["gold"][name]
+    counts = [gold.count(k) for k in set(gold)]
+    assert entry["majority"] == pytest.approx(100.0 * max(counts) / len(gold))
+    assert 0 < entry["random"] < 100
+    assert entry["ceiling"] is not None and 0.0 <= entry["ceiling"] <= 100.0
+    ed_mlm = entry["models"]["ED:MLM"]["after_mtf"]
+    assert ed_mlm["score"] == pytest.approx(
+        results["cells"]["ed_mlm"]["after_mtf"]["per_family"][name])
+    predicted = [p for prompt in evaluation["per_example"]["predicted"][name].values()
+                 for p in prompt if p is not None]
+    top = max(predicted.count(k) for k in set(predicted)) / len(predicted)
+    assert ed_mlm["top_answer_share"] == pytest.approx(top)
+  assert (out / "runs" / f"ceiling_{results['heldout_families'][0]}" / "checkpoints").is_dir()
+  assert "majority class" in (out / "results.md").read_text()
 
 
 def test_a_finished_study_resumes_without_redoing_stages(smoke_dir):

@@ -8,7 +8,12 @@ prompts per dataset, and the mean of the medians over datasets (spec §4.1).
 Results (`results.json`):
   {"datasets": {name: {"prompts": {prompt: accuracy}, "median": m, "examples": n,
                        "random": r, "skipped": {prompt: reason}}},
-   "average": a, "random_average": b, ...run metadata}
+   "average": a, "random_average": b,
+   "per_example": {"correct": {name: {prompt: [1 | 0 | None per example]}},
+                   "predicted": {name: {prompt: [choice index | None per example]}},
+                   "gold": {name: [gold choice index per example]}},
+   ...run metadata}
+(`per_example` feeds paired comparisons between models: `evaluation/contrasts.py`.)
 Accuracies are percentages. Every dataset is read and rendered before any is scored; a
 run that stops midway leaves the datasets it scored in `results.partial.json`.
 """
@@ -134,6 +139,8 @@ def evaluate_suite(scorer: RankScorer, encode: Callable[[str], list[int]], *,
   tokens = _Tokens(encode)
   results, start = {}, time.time()
   correctness: dict[str, dict[str, np.ndarray]] = {}
+  predicted: dict[str, dict[str, list]] = {}
+  gold: dict[str, list] = {}
   run = {"normalize": normalize, "max_examples": max_examples, **(metadata or {})}
   try:
     for n, entry in enumerate(prepared, 1):
@@ -149,6 +156,11 @@ def evaluate_suite(scorer: RankScorer, encode: Callable[[str], list[int]], *,
         per_example = np.full(entry.num_examples, np.nan)
         per_example[rows] = correct
         correctness[spec.name][name] = per_example
+        chosen = [None] * entry.num_examples
+        for row, s, o in zip(rows, scores, outs):
+          chosen[row] = int(np.argmax(s))
+          gold.setdefault(spec.name, [None] * entry.num_examples)[row] = min(o.gold)
+        predicted.setdefault(spec.name, {})[name] = chosen
       median = float(np.median(list(accuracies.values())))
       results[spec.name] = {"prompts": accuracies, "median": median,
                             "examples": entry.num_examples, "random": 100.0 * spec.random,
@@ -171,7 +183,12 @@ def evaluate_suite(scorer: RankScorer, encode: Callable[[str], list[int]], *,
   out = {"datasets": results,
          "average": float(np.mean([r["median"] for r in results.values()])),
          "random_average": float(np.mean([r["random"] for r in results.values()])),
-         "normalize": normalize, "max_examples": max_examples}
+         "normalize": normalize, "max_examples": max_examples,
+         "per_example": {
+             "correct": {d: {p: [None if np.isnan(v) else int(v) for v in values]
+                             for p, values in prompts.items()}
+                         for d, prompts in correctness.items()},
+             "predicted": predicted, "gold": gold}}
   if bootstrap:
     out["average_ci"] = bootstrap_interval(correctness, bootstrap, seed)
   return out

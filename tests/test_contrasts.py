@@ -1,0 +1,54 @@
+"""Paired bootstrap comparisons of two evaluations on the same examples."""
+import numpy as np
+import pytest
+
+from arch_objective.evaluation import contrasts
+
+
+def test_suite_score_is_the_mean_of_prompt_medians():
+  table = {"nli": {"p1": [1, 0, 1, 1], "p2": [0, 0, 1, 0], "p3": [1, 1, 1, np.nan]},
+           "coref": {"q1": [1, 0], "q2": [0, 0]}}
+  # nli: accuracies 75, 25, 100 -> median 75; coref: 50, 0 -> median 25; mean 50.
+  assert contrasts.suite_score(table) == pytest.approx(50.0)
+  draw = {"nli": np.array([0, 0, 1, 1]), "coref": np.array([0, 0])}
+  # nli on examples 0,0,1,1: p1 50, p2 0, p3 100 -> 50; coref: q1 100, q2 0 -> 50.
+  assert contrasts.suite_score(table, draw) == pytest.approx(50.0)
+
+
+def test_a_model_compared_with_itself_differs_by_exactly_zero():
+  rng = np.random.default_rng(0)
+  table = {"d": {"p": rng.integers(0, 2, 50).astype(float)}}
+  out = contrasts.paired_difference(table, table, resamples=200)
+  assert out["difference"] == 0.0 and out["ci"] == [0.0, 0.0]
+  assert out["excludes_zero"] is False
+
+
+def test_pairing_finds_a_difference_that_separate_intervals_miss():
+  """b answers a random half right; a also gets 12 of b's 200 wrong answers right.
+  The paired interval matches the normal approximation of the mean of the per-example
+  differences and excludes zero; each model's own interval is about 14 points wide."""
+  rng = np.random.default_rng(1)
+  n = 200
+  b = rng.integers(0, 2, n).astype(float)
+  a = b.copy()
+  a[np.flatnonzero(b == 0)[:12]] = 1.0
+  out = contrasts.paired_difference({"d": {"p": a}}, {"d": {"p": b}}, resamples=4000,
+                                    seed=3)
+  assert out["difference"] == pytest.approx(100.0 * 12 / n)
+  assert out["excludes_zero"] and out["ci"][0] > 0
+  d = a - b
+  half_width = 1.96 * 100.0 * d.std() / np.sqrt(n)          # normal approximation
+  measured = (out["ci"][1] - out["ci"][0]) / 2
+  assert measured == pytest.approx(half_width, rel=0.2)
+  own = 1.96 * 100.0 * np.sqrt(0.5 * 0.5 / n)               # one model's half-width
+  assert own > 2 * measured and 6.0 < own < 8.0
+
+
+def test_datasets_prompts_and_examples_must_match():
+  a = {"d": {"p": [1, 0]}}
+  with pytest.raises(ValueError, match="different datasets"):
+    contrasts.paired_difference(a, {"e": {"p": [1, 0]}}, names=("CD", "ED"))
+  with pytest.raises(ValueError, match="d: CD and ED used different prompts"):
+    contrasts.paired_difference(a, {"d": {"q": [1, 0]}}, names=("CD", "ED"))
+  with pytest.raises(ValueError, match="different numbers of examples"):
+    contrasts.paired_difference(a, {"d": {"p": [1, 0, 1]}})
