@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 
 from arch_objective.data import registry, sources, vocabularies
 from arch_objective.objectives import pipeline
-from tasks import seqio_bridge, t0
+from tasks import seqio_bridge, seqio_source, t0
 
 C4_VERSION = "3.1.0"  # the paper used 2.2.0; both are known to tensorflow-datasets
 C4_TASKS = tuple(f"c4_{kind}" for kind in registry.TASK_KINDS)
@@ -102,6 +102,11 @@ def resolve(task: str, *, corpus=None, field: str = "text", layout: str = "line"
 
   `c4_<kind>` uses TFDS c4/en at `c4_version` in `tfds_data_dir`; with `corpus` (files or
   globs) the task must be `local_<kind>` and reads those files.
+
+  Any other name registered with seqio (a task or mixture of `seqio.TaskRegistry` or
+  `seqio.MixtureRegistry`, not ours) is read through seqio (`tasks.seqio_source.SeqioTask`):
+  at `{'targets': length}` when its examples have only targets, else at
+  `{'inputs': inputs_length, 'targets': targets_length}`.
   """
   if task == t0.T0_TRAIN or prompt_datasets:
     return t0.register_prompted_mixture(
@@ -122,4 +127,7 @@ def resolve(task: str, *, corpus=None, field: str = "text", layout: str = "line"
                      f"DatasetConfig.corpus in gin).")
   if task.endswith("_prefix_lm"):
     task += "_encoder_decoder" if arch == "encoder_decoder" else "_decoder"
+  if task not in registry.names() and seqio_source.registered(task):
+    return seqio_source.SeqioTask(task, length=length, inputs_length=inputs_length,
+                                  targets_length=targets_length)
   return registry.get(task)

@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 from arch_objective.data import registry, vocabularies
 from arch_objective.prompts import datasets as datasets_lib
 from arch_objective.prompts import mixture, t0
+from tasks import seqio_bridge
 
 T0_TRAIN = "t0_train"
 
@@ -24,9 +25,12 @@ def register_prompted_mixture(name: str = T0_TRAIN, *, datasets: Optional[Sequen
                               data_dir: Optional[str] = None, mapping: Optional[str] = None,
                               vocabulary: str = vocabularies.DEFAULT_VOCABULARY_PATH,
                               extra_ids: int = vocabularies.DEFAULT_EXTRA_IDS,
-                              inputs_length: int = 1024, targets_length: int = 256
-                              ) -> mixture.PromptedMixture:
-  """Register a mixture of every prompt of `datasets` (default: T0's d4_train list)."""
+                              inputs_length: int = 1024, targets_length: int = 256,
+                              with_seqio: Optional[bool] = None) -> mixture.PromptedMixture:
+  """Register a mixture of every prompt of `datasets` (default: T0's d4_train list).
+
+  `with_seqio=None` registers its seqio tasks and mixture too once `tasks.seqio_tasks` was
+  imported (`tasks.seqio_providers.register_prompted_mixture`)."""
   pairs = parse_datasets(datasets) if datasets else list(t0.D4_TRAIN)
   spec = mixture.from_promptsource(
       name, pairs, vocabulary=vocabulary, data_dir=data_dir,
@@ -34,4 +38,8 @@ def register_prompted_mixture(name: str = T0_TRAIN, *, datasets: Optional[Sequen
       excluded_prompts=t0.D4_TRAIN_EXCLUDED_PROMPTS, inputs_length=inputs_length,
       targets_length=targets_length)
   registry.register(spec)
+  if with_seqio is None:
+    with_seqio = seqio_bridge.enabled()
+  if with_seqio:
+    seqio_bridge.register(spec)
   return spec

@@ -24,8 +24,8 @@ def parsed(gin_file, *bindings):
     ("experiments/paper/ed_mlm.gin", {"inputs": 512, "targets": 114}, "LENGTH", 626),
     ("experiments/paper/nd_mlm.gin", {"inputs": 256, "targets": 58}, "LENGTH", 314),
     ("experiments/paper/cd_flm.gin", {"targets": 1024}, "LENGTH", 1024),
-    ("experiments/paper/nd_plm.gin", {"inputs": 300, "targets": 326}, "LENGTH", 626),
-    ("experiments/paper/ed_plm.gin", {"inputs": 400, "targets": 400}, "LENGTH", 400),
+    ("experiments/paper/nd_plm.gin", {"inputs": 626, "targets": 626}, "LENGTH", 626),
+    ("experiments/paper/ed_plm.gin", {"inputs": 400, "targets": 399}, "LENGTH", 400),
 ])
 def test_task_feature_lengths_set_the_length_of_each_objective(gin_file, lengths, macro,
                                                                 expected):
@@ -53,7 +53,8 @@ def test_task_feature_lengths_in_a_gin_file_as_t5x_writes_them(tmp_path):
     ("experiments/paper/ed_mlm.gin", {"inputs": 500, "targets": 114},
      r"chunks gives inputs \d+ and targets \d+"),
     ("experiments/paper/cd_flm.gin", {"inputs": 10, "targets": 20}, "'targets' only"),
-    ("experiments/paper/ed_plm.gin", {"inputs": 512, "targets": 114}, "equal 'inputs'"),
+    ("experiments/paper/ed_plm.gin", {"inputs": 512, "targets": 114}, "targets' must hold"),
+    ("experiments/paper/nd_plm.gin", {"targets": 626}, "targets' must hold"),
     ("experiments/paper/ed_mlm.gin", {"input": 512}, "keys 'inputs' and/or 'targets'"),
     ("experiments/paper/ed_mlm.gin", [512, 114], "must be a dict"),
 ])

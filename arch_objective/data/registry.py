@@ -2,16 +2,21 @@
 
 A `TaskSpec` produces the task features of its objective from its corpus, in numpy
 (no TensorFlow needed unless the corpus is TFDS). `tasks/` registers every spec with
-seqio too, so seqio users get the same examples from `seqio.get_mixture_or_task`.
+seqio too, so seqio users get the same examples from `seqio.get_dataset` at the lengths
+they ask for (t5x's TASK_FEATURE_LENGTHS, `pipeline.task_feature_lengths`).
 
 Task names are `<corpus>_<objective>`; the prefix LM comes in the two packings of the
 paper, `<corpus>_prefix_lm_decoder` and `<corpus>_prefix_lm_encoder_decoder`:
 
-  task                              task features            default architecture
-  <corpus>_full_lm                  targets (626)            causal_decoder
-  <corpus>_prefix_lm_decoder        model features (626)     non_causal_decoder
-  <corpus>_prefix_lm_encoder_decoder model features (626x2)   encoder_decoder
-  <corpus>_span_corruption          inputs 512, targets 114  encoder_decoder (any arch)
+  task                               task features                default architecture
+  <corpus>_full_lm                   targets (626)                causal_decoder
+  <corpus>_prefix_lm_decoder         inputs + targets = 626       non_causal_decoder
+  <corpus>_prefix_lm_encoder_decoder inputs + targets = 626 (x2)  encoder_decoder
+  <corpus>_span_corruption           inputs 512, targets 114      encoder_decoder (any arch)
+
+Prefix LM task features are each chunk's prefix and the rest (t5's `prefix_lm`); the two
+prefix LM tasks differ in their splits: the encoder-decoder's come in complementary
+pairs (i, 626 - i), so two consecutive examples fill one 626 / 626 row.
 """
 from __future__ import annotations
 
@@ -45,17 +50,13 @@ TASK_KINDS = {
 
 
 # task suffix -> the task features its examples hold (what `task_examples` yields and the
-# seqio bridge declares); the model features of each architecture are
+# seqio bridge declares, t5x's contract); the model features of each architecture are
 # `architectures.model_features`, their lengths `pipeline.Objective.feature_lengths`.
 TASK_FEATURES = {
     "full_lm": ("targets",),
     "span_corruption": ("inputs", "targets"),
-    "prefix_lm_decoder": ("decoder_target_tokens", "decoder_input_tokens",
-                          "decoder_loss_weights", "decoder_causal_attention"),
-    "prefix_lm_encoder_decoder": ("encoder_input_tokens", "encoder_segment_ids",
-                                  "encoder_positions", "decoder_target_tokens",
-                                  "decoder_input_tokens", "decoder_segment_ids",
-                                  "decoder_positions", "decoder_loss_weights"),
+    "prefix_lm_decoder": ("inputs", "targets"),
+    "prefix_lm_encoder_decoder": ("inputs", "targets"),
 }
 
 
@@ -120,7 +121,8 @@ class TaskSpec:
   def task_examples(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
                     shard_index: int = 0, num_shards: int = 1
                     ) -> Iterator[dict[str, np.ndarray]]:
-    """The task features of the objective (what the seqio task yields)."""
+    """The task features of the objective (`TASK_FEATURES[kind]`, each `[n]`: what the
+    seqio task yields at this spec's length)."""
     vocab = self.vocab()
     return self.objective(arch).task_examples(
         self.documents(split, seed=seed, shard_index=shard_index, num_shards=num_shards),
@@ -130,10 +132,10 @@ class TaskSpec:
   def rows(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
            shard_index: int = 0, num_shards: int = 1, pack: bool = True
            ) -> Iterator[dict[str, np.ndarray]]:
-    """Model features, one dict per row, for `arch`."""
-    examples = self.task_examples(split, arch=arch, seed=seed, shard_index=shard_index,
-                                  num_shards=num_shards)
-    return self.objective(arch, pack).model_rows(examples)
+    """Model features `{feature: [length]}`, one dict per row, for `arch`."""
+    rows = self.positioned_rows(split, arch=arch, seed=seed, shard_index=shard_index,
+                                num_shards=num_shards, pack=pack)
+    return (dict(row) for row in rows)
 
   def positioned_rows(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
                       shard_index: int = 0, num_shards: int = 1, pack: bool = True,
@@ -145,10 +147,9 @@ class TaskSpec:
     documents = self.positioned_documents(split, seed=seed, shard_index=shard_index,
                                           num_shards=num_shards,
                                           start=start["source"] if start else None)
-    examples = self.objective(arch).positioned_examples(
+    return self.objective(arch, pack).positioned_rows(
         documents, seed=shard_seed(seed, shard_index, num_shards),
         sentinel_start=vocab.vocab_size - 1, num_extra_ids=vocab.extra_ids, start=start)
-    return self.objective(arch, pack).model_rows(examples)
 
 
 def shard_seed(seed: int, shard_index: int, num_shards: int) -> int:
@@ -179,7 +180,9 @@ def get(name: str) -> TaskSpec:
   if name not in _SPECS:
     raise ValueError(f"unknown task {name!r}; registered tasks: "
                      f"{', '.join(sorted(_SPECS)) or '(none)'}. Import `tasks` to register "
-                     f"the C4 tasks, or pass --corpus for local_* tasks.")
+                     f"the C4 tasks, or pass --corpus for local_* tasks; a task or mixture "
+                     f"registered with seqio (its module imported first) is read through "
+                     f"seqio.")
   return _SPECS[name]
 
 

@@ -9,6 +9,16 @@ decoder length 626,
                         are `inputs ++ targets` (626, packed), ED rows 512 / 114 (packed)
 `mlm_lengths(length)` derives 512/114 from 626 (and the same split for any length).
 
+Task features (what `Objective.task_examples` yields and the seqio tasks emit) are t5's:
+`{'targets'}` for full LM, `{'inputs', 'targets'}` for span corruption and prefix LM (a
+chunk's prefix and the rest). `task_feature_lengths` gives t5x's TASK_FEATURE_LENGTHS of
+an objective at a decoder length, `objective_length` the decoder length back:
+  full LM          {'targets': 626}
+  prefix LM        {'inputs': 626, 'targets': 626}   the chunk is `inputs` long (t5's
+                   `prefix_lm`); any split's rest fits `targets` >= 625
+  span corruption  {'inputs': 512, 'targets': 114}   chunks of `random_spans_helper(512)`
+                   = 568 raw tokens (t5's span corruption)
+
 Chunks are cut from the continuous concatenation of the document stream, so all but
 the last chunk of a finite corpus are full (t5 concatenates groups of 128 documents,
 which leaves one short chunk per group).
@@ -31,10 +41,12 @@ SHORT_NAMES = {FULL_LM: "FLM", PREFIX_LM: "PLM", SPAN_CORRUPTION: "MLM"}
 PAPER_LENGTH = 626
 
 # The six (architecture, objective) pretraining runs of the paper (spec §2.7).
-PAPER_RUNS = ((architectures.CAUSAL_DECODER, FULL_LM), (architectures.CAUSAL_DECODER, SPAN_CORRUPTION),
+PAPER_RUNS = ((architectures.CAUSAL_DECODER, FULL_LM),
+              (architectures.CAUSAL_DECODER, SPAN_CORRUPTION),
               (architectures.NON_CAUSAL_DECODER, PREFIX_LM),
               (architectures.NON_CAUSAL_DECODER, SPAN_CORRUPTION),
-              (architectures.ENCODER_DECODER, PREFIX_LM), (architectures.ENCODER_DECODER, SPAN_CORRUPTION))
+              (architectures.ENCODER_DECODER, PREFIX_LM),
+              (architectures.ENCODER_DECODER, SPAN_CORRUPTION))
 
 
 def mlm_lengths(length: int = PAPER_LENGTH,
@@ -51,6 +63,57 @@ def mlm_lengths(length: int = PAPER_LENGTH,
     if inputs_length + targets_length <= length:
       return inputs_length, targets_length
   raise ValueError(f"length {length} is too short for span corruption; use >= 8.")
+
+
+def task_feature_lengths(objective: str, length: int = PAPER_LENGTH) -> dict[str, int]:
+  """t5x's TASK_FEATURE_LENGTHS whose task examples are those of `objective` at decoder
+  length `length` (see the module docstring)."""
+  if objective == FULL_LM:
+    return {"targets": length}
+  if objective == PREFIX_LM:
+    return {"inputs": length, "targets": length}
+  if objective == SPAN_CORRUPTION:
+    inputs, targets = mlm_lengths(length)
+    return {"inputs": inputs, "targets": targets}
+  raise ValueError(f"unknown objective {objective!r}; valid objectives: {', '.join(OBJECTIVES)}.")
+
+
+def objective_length(objective: str, feature_lengths: Mapping[str, int], task: str = "") -> int:
+  """The decoder length whose task examples `feature_lengths` (t5x's TASK_FEATURE_LENGTHS)
+  asks for. `Objective(o, arch, objective_length(o, task_feature_lengths(o, L)))` makes the
+  examples of length L (for span corruption the shortest such length, `inputs + targets`:
+  `mlm_lengths` may leave a few of L's positions unused).
+
+  Raises ValueError naming `task`, the feature and the lengths expected and found when a
+  feature is missing or too short for the examples its other lengths imply (seqio would
+  cut them).
+  """
+  where = f"task {task!r} ({objective})" if task else objective
+  needed = {FULL_LM: ("targets",)}.get(objective, ("inputs", "targets"))
+  missing = [k for k in needed if k not in feature_lengths or feature_lengths[k] is None]
+  if missing:
+    raise ValueError(f"{where} needs sequence lengths for {list(needed)}, found "
+                     f"{dict(feature_lengths)} (missing {missing}); e.g. "
+                     f"{task_feature_lengths(objective)} for the paper's length "
+                     f"{PAPER_LENGTH}.")
+  if objective == FULL_LM:
+    return int(feature_lengths["targets"])
+  inputs, targets = int(feature_lengths["inputs"]), int(feature_lengths["targets"])
+  if objective == PREFIX_LM:
+    if targets < inputs - 1:
+      raise ValueError(f"{where}: a {inputs}-token chunk (the 'inputs' length) split at 1 "
+                       f"leaves {inputs - 1} target tokens; 'targets' must be >= "
+                       f"{inputs - 1}, found {targets}.")
+    return inputs
+  if objective != SPAN_CORRUPTION:
+    raise ValueError(f"unknown objective {objective!r}; valid objectives: "
+                     f"{', '.join(OBJECTIVES)}.")
+  _, needed_targets = span_corruption.random_spans_helper(inputs)
+  if targets < needed_targets:
+    raise ValueError(f"{where}: span corruption with 'inputs' {inputs} makes targets of "
+                     f"{needed_targets} tokens; 'targets' must be >= {needed_targets}, "
+                     f"found {targets}.")
+  return inputs + needed_targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,13 +160,15 @@ class Objective:
   @property
   def examples_per_row(self) -> float:
     """Examples per row before packing: 2 for ED prefix LM (so halve its batch size)."""
-    return 2.0 if (self.objective == PREFIX_LM and self.arch == architectures.ENCODER_DECODER) else 1.0
+    two = self.objective == PREFIX_LM and self.arch == architectures.ENCODER_DECODER
+    return 2.0 if two else 1.0
 
   def task_examples(self, documents: Iterable[np.ndarray], *, seed: int = 0,
                     sentinel_start: Optional[int] = None, num_extra_ids: int = 100
                     ) -> Iterator[dict[str, np.ndarray]]:
     """Task features from tokenised documents (no EOS on them): `{'targets'}` (full LM),
-    `{'inputs', 'targets'}` (span corruption), or finished rows (prefix LM)."""
+    `{'inputs', 'targets'}` (span corruption, and prefix LM: each chunk's prefix and the
+    rest, `prefix_lm.prefix_lm_example`). `model_rows` turns them into model features."""
     for example in self.positioned_examples(((d, None) for d in documents), seed=seed,
                                             sentinel_start=sentinel_start,
                                             num_extra_ids=num_extra_ids):
@@ -120,9 +185,9 @@ class Objective:
                                                     seed=seed, start=start)
       return (chunking.tag({"targets": c}, where) for c, where in chunks)
     if self.objective == PREFIX_LM:
-      make = (prefix_lm.prefix_lm_encoder_decoder_positioned
-              if self.arch == architectures.ENCODER_DECODER else prefix_lm.prefix_lm_decoder_positioned)
-      return make(documents, self.length, seed=seed, start=start)
+      return prefix_lm.prefix_lm_examples_positioned(
+          documents, self.length, seed=seed, start=start,
+          encoder_decoder=self.arch == architectures.ENCODER_DECODER)
     if sentinel_start is None:
       raise ValueError("span corruption needs sentinel_start (the vocabulary size - 1, "
                        "32099 for the T5 vocabulary).")
@@ -134,9 +199,12 @@ class Objective:
 
   def model_rows(self, task_examples: Iterable[Mapping[str, np.ndarray]]
                  ) -> Iterator[dict[str, np.ndarray]]:
-    """Model features (one dict per row) from this objective's task examples."""
+    """Model features (one dict per row) from this objective's task examples. Prefix LM
+    rows do not depend on `pack`: one chunk per decoder row, two per encoder-decoder row
+    (`prefix_lm.rows_from_examples`)."""
     if self.objective == PREFIX_LM:
-      return iter(task_examples)
+      return prefix_lm.rows_from_examples(
+          task_examples, self.length, encoder_decoder=self.arch == architectures.ENCODER_DECODER)
     lengths = self.feature_lengths
     if self.objective == FULL_LM:
       rows = feature_converters.lm_rows(task_examples, self.length, self.pack)
@@ -149,9 +217,24 @@ class Objective:
     return feature_converters.prefix_lm_rows(task_examples, lengths["inputs"],
                                              lengths["targets"], self.pack)
 
+  def positioned_rows(self, documents: Iterable[tuple[np.ndarray, Any]], *, seed: int = 0,
+                      sentinel_start: Optional[int] = None, num_extra_ids: int = 100,
+                      start: Optional[dict] = None) -> Iterator[chunking.Tagged]:
+    """Model rows over (document, source position) pairs, each tagged with the position a
+    read restarts it at (`start=row.where` continues there, bit for bit)."""
+    if self.objective == PREFIX_LM:
+      make = (prefix_lm.prefix_lm_encoder_decoder_positioned
+              if self.arch == architectures.ENCODER_DECODER
+              else prefix_lm.prefix_lm_decoder_positioned)
+      return make(documents, self.length, seed=seed, start=start)
+    return self.model_rows(self.positioned_examples(
+        documents, seed=seed, sentinel_start=sentinel_start, num_extra_ids=num_extra_ids,
+        start=start))
+
   def rows(self, documents: Iterable[np.ndarray], **kwargs) -> Iterator[dict[str, np.ndarray]]:
-    """`model_rows(task_examples(documents))`."""
-    return self.model_rows(self.task_examples(documents, **kwargs))
+    """Model rows of tokenised documents (`positioned_rows` without positions)."""
+    for row in self.positioned_rows(((d, None) for d in documents), **kwargs):
+      yield dict(row)
 
 
 def _with_causal_attention_off(rows):

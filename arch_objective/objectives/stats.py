@@ -40,7 +40,8 @@ def row_statistics(objective: pipeline.Objective, task_examples: Iterable[Mappin
   packing_efficiency    non-padding tokens / row slots
   noise_density, mean_noise_span_length   span corruption only (else None)
   """
-  tap = _Tap(task_examples, sentinel_floor if sentinel_floor is not None else 1 << 62)
+  counts_spans = objective.objective == pipeline.SPAN_CORRUPTION and sentinel_floor is not None
+  tap = _Tap(task_examples, sentinel_floor if counts_spans else 1 << 62)
   rows = list(itertools.islice(objective.model_rows(tap), num_rows))
   if not rows:
     raise ValueError(f"{objective.name}: the corpus produced no rows; is it empty?")

@@ -157,9 +157,9 @@ def lengths_bindings(lengths: dict, files: Sequence[str]) -> list[str]:
     span corruption                  LENGTH = inputs + targets, which must be a pair the
                                      objective produces (512 + 114 = 626)
     full LM                          LENGTH = targets
-    prefix LM, decoder-only          LENGTH = inputs + targets (the split point is drawn
-                                     per row, as t5x's prefix_lm preprocessors do)
-    prefix LM, encoder-decoder       LENGTH = inputs = targets
+    prefix LM                        LENGTH = inputs, the chunk split at a random point
+                                     (t5's prefix_lm); targets >= inputs - 1 holds the rest
+  (the lengths `tasks.seqio_tasks`' tasks take from `get_dataset`'s sequence_length).
   """
   from arch_objective import architectures
   from arch_objective.objectives import pipeline
@@ -189,13 +189,12 @@ def lengths_bindings(lengths: dict, files: Sequence[str]) -> list[str]:
       raise ValueError(f"{where}: the full LM has 'targets' only (t5x's decoder-only "
                        f"feature lengths, e.g. {{'targets': 626}}).")
     length = targets
-  elif "prefix_lm" in task and arch == architectures.ENCODER_DECODER:
-    if inputs is None or inputs != targets:
-      raise ValueError(f"{where}: the encoder-decoder's prefix LM pads prefix and rest to "
-                       f"one length; give equal 'inputs' and 'targets' (paper: 626).")
-    length = inputs
   elif "prefix_lm" in task:
-    length = (inputs or 0) + (targets or 0)
+    if inputs is None or targets is None or targets < inputs - 1:
+      raise ValueError(f"{where}: the prefix LM splits chunks of 'inputs' tokens at a random "
+                       f"point, so 'targets' must hold any split's rest (>= inputs - 1), as "
+                       f"the seqio tasks (paper: {{'inputs': 626, 'targets': 626}}).")
+    length = inputs
   else:
     raise ValueError(f"{where}: task {task!r} has no known feature lengths; bind LENGTH "
                      f"(the decoder length) directly.")
