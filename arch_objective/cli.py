@@ -27,22 +27,18 @@ def _plan(args) -> int:
   if args.gin_file:
     return _plan_gin(args)
   lineage = None
-  try:
-    if args.model_dir:
-      from arch_objective.training import checkpoints
-      meta, step = checkpoints.load_meta(args.model_dir)
-      config = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
-      model = models.build_model(args.arch or meta["arch"], "tiny", **config)
-      lineage = {"step": step, "task": meta.get("task"), "trained_as": meta.get("arch"),
-                 "sources": meta.get("lineage", [])}
-      args.size = "custom"
-    else:
-      if not args.arch or not args.size:
-        raise ValueError("give --arch and --size, or --model_dir to describe a checkpoint.")
-      model = models.build_model(args.arch, args.size)
-  except (ValueError, OSError, KeyError) as e:
-    print(f"arch-objective plan: {e}", file=sys.stderr)
-    return 2
+  if args.model_dir:
+    from arch_objective.training import checkpoints
+    meta, step = checkpoints.load_meta(args.model_dir)
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
+    model = models.build_model(args.arch or meta["arch"], "tiny", **config)
+    lineage = {"step": step, "task": meta.get("task"), "trained_as": meta.get("arch"),
+               "sources": meta.get("lineage", [])}
+    args.size = "custom"
+  else:
+    if not args.arch or not args.size:
+      raise ValueError("give --arch and --size, or --model_dir to describe a checkpoint.")
+    model = models.build_model(args.arch, args.size)
   args.arch = model.name
   report = {
       "arch": args.arch,
@@ -65,17 +61,13 @@ def _plan_gin(args) -> int:
   budget, mesh and memory."""
   from arch_objective.evaluation import runs
   from arch_objective.training import partitioning, plan
-  try:
-    report = runs.plan_eval(args.gin_file, args.gin_bindings)
-    if report is None:
-      mesh = partitioning.parse_mesh(args.mesh) if args.mesh else None
-      memory = args.device_memory_gib
-      if memory is None and args.device:
-        memory = plan.DEVICE_MEMORY_GIB[args.device]
-      report = plan.plan_run(args.gin_file, args.gin_bindings, mesh, memory, args.num_devices)
-  except (ValueError, KeyError) as e:
-    print(f"arch-objective plan: {e}", file=sys.stderr)
-    return 2
+  report = runs.plan_eval(args.gin_file, args.gin_bindings)
+  if report is None:
+    mesh = partitioning.parse_mesh(args.mesh) if args.mesh else None
+    memory = args.device_memory_gib
+    if memory is None and args.device:
+      memory = plan.DEVICE_MEMORY_GIB[args.device]
+    report = plan.plan_run(args.gin_file, args.gin_bindings, mesh, memory, args.num_devices)
   print(json.dumps(report, indent=2))
   return 1 if report["problems"] else 0
 
@@ -93,25 +85,21 @@ def _task_spec(args):
 def _data(args) -> int:
   import itertools
   from arch_objective.objectives import stats
-  try:
-    spec = _task_spec(args)
-    objective = spec.objective(args.arch)
-    vocab = spec.vocab()
-    examples = spec.task_examples(args.split, arch=args.arch, seed=args.seed)
-    if args.data_command == "stats":
-      report = stats.row_statistics(objective, examples, args.num,
-                                    sentinel_floor=vocab.vocab_size - vocab.extra_ids)
-      report["corpus_task"] = spec.name
-      print(json.dumps(report, indent=2))
-      return 0
-    rows = itertools.islice(objective.model_rows(examples), args.num)
-    for i, row in enumerate(rows):
-      print(f"== {spec.name} as {objective.name}, row {i}")
-      print(stats.render_row(row, vocab.decode))
+  spec = _task_spec(args)
+  objective = spec.objective(args.arch)
+  vocab = spec.vocab()
+  examples = spec.task_examples(args.split, arch=args.arch, seed=args.seed)
+  if args.data_command == "stats":
+    report = stats.row_statistics(objective, examples, args.num,
+                                  sentinel_floor=vocab.vocab_size - vocab.extra_ids)
+    report["corpus_task"] = spec.name
+    print(json.dumps(report, indent=2))
     return 0
-  except (ValueError, FileNotFoundError) as e:
-    print(f"arch-objective data {args.data_command}: {e}", file=sys.stderr)
-    return 2
+  rows = itertools.islice(objective.model_rows(examples), args.num)
+  for i, row in enumerate(rows):
+    print(f"== {spec.name} as {objective.name}, row {i}")
+    print(stats.render_row(row, vocab.decode))
+  return 0
 
 
 def _split_gin_bindings(argv):
@@ -134,33 +122,37 @@ def _split_gin_bindings(argv):
 
 def _run_gin(args) -> int:
   import gin
-  from arch_objective.training import gin_utils, partitioning, run_lock
-  from arch_objective.training import train as train_lib
-  try:
-    partitioning.initialize_distributed(args.coordinator_address, args.num_processes,
-                                        args.process_id)
-    gin_utils.parse(args.gin_file, args.gin_bindings)
-    if args.command == "train":
-      result = gin.get_configurable("train")(config_text=gin.operative_config_str)
-      last = result.history[-1] if result.history else {}
-      print(json.dumps({"model_dir": result.model_dir, "last_checkpoint": result.last_checkpoint,
-                        "step": last.get("step"), "loss": last.get("loss"),
-                        "loss_per_token": last.get("loss_per_token"),
-                        "stopped_by": result.stopped_by}))
-    else:
-      print(json.dumps(gin.get_configurable("evaluate")(), indent=2))
-    return 0
-  except (ValueError, OSError, train_lib.NonFiniteLossError, run_lock.RunLockError) as e:
-    print(f"arch-objective {args.command}: {_one_line(e)}", file=sys.stderr)
-    return 2
-  except Exception as e:
-    full = _disk_full(e)
-    if full is None:
-      raise
-    print(f"arch-objective {args.command}: no space left on the device writing "
-          f"{full.filename or 'the run directory'}; free space and run the same command "
-          f"again to resume from the last complete checkpoint.", file=sys.stderr)
-    return 2
+  from arch_objective.training import gin_utils, partitioning
+  partitioning.initialize_distributed(args.coordinator_address, args.num_processes,
+                                      args.process_id)
+  gin_utils.parse(args.gin_file, args.gin_bindings)
+  if args.command == "train":
+    result = gin.get_configurable("train")(config_text=gin.operative_config_str)
+    last = result.history[-1] if result.history else {}
+    print(json.dumps({"model_dir": result.model_dir, "last_checkpoint": result.last_checkpoint,
+                      "step": last.get("step"), "loss": last.get("loss"),
+                      "loss_per_token": last.get("loss_per_token"),
+                      "stopped_by": result.stopped_by}))
+  else:
+    print(json.dumps(gin.get_configurable("evaluate")(), indent=2))
+  return 0
+
+
+def _user_error(error: BaseException) -> bool:
+  """Whether `error` is one a user causes and fixes (bad option, file, data, a diverged
+  run, a directory in use, a full disk): one line and exit 2. Anything else is a bug
+  and keeps its traceback."""
+  kinds = [ValueError, OSError, ImportError, KeyError]
+  for module, name in (("arch_objective.training.train", "NonFiniteLossError"),
+                       ("arch_objective.training.run_lock", "RunLockError")):
+    if module in sys.modules:      # (not imported: it cannot have raised)
+      kinds.append(getattr(sys.modules[module], name))
+  return isinstance(error, tuple(kinds)) or _disk_full(error) is not None
+
+
+def _command_name(args) -> str:
+  parts = [args.command] + [getattr(args, f"{args.command}_command", None)]
+  return "arch-objective " + " ".join(p for p in parts if p)
 
 
 def _disk_full(error: BaseException):
@@ -179,19 +171,16 @@ def _one_line(error: BaseException) -> str:
   full = _disk_full(error)
   if full is not None:
     return (f"no space left on the device writing {full.filename or 'the run directory'}; "
-            f"free space and run the same command again to resume.")
+            f"free space and run the same command again to resume from the last complete "
+            f"checkpoint.")
   # gin appends "  In call to configurable ..." lines; the first part is the message.
   return str(error).split("\n  In call to configurable")[0]
 
 
 def _study(args) -> int:
   from arch_objective import study
-  try:
-    study.run_study(args.preset, args.out, nc_a=args.nc_a,
-                    log=lambda m: print(m, file=sys.stderr, flush=True))
-  except (ValueError, OSError) as e:
-    print(f"arch-objective study: {e}", file=sys.stderr)
-    return 2
+  study.run_study(args.preset, args.out, nc_a=args.nc_a,
+                  log=lambda m: print(m, file=sys.stderr, flush=True))
   print(open(os.path.join(args.out, "results.md")).read())
   return 0
 
@@ -319,6 +308,75 @@ def _add_eval_parsers(eval_sub, architectures):
   hp.set_defaults(func=_eval, eval_kind=kinds.EVAL_HARNESS)
 
 
+def _add_convert_parsers(subparsers, architectures, sizes):
+  from arch_objective.convert.cli import COMMANDS, DEFAULT_VOCAB_SIZE
+  epilog = lambda name: (f"example:\n  {EXAMPLES[f'convert {name}']}"
+                         if f"convert {name}" in EXAMPLES else None)
+  convert = subparsers.add_parser(
+      "convert", help="convert checkpoints: t5x in/out, Hugging Face out/in, CD <-> ND")
+  sub = convert.add_subparsers(dest="convert_command", required=True,
+                               metavar="|".join(COMMANDS))
+
+  p = sub.add_parser("t5x-in", help="a t5x checkpoint (e.g. a released one) -> MODEL_DIR")
+  p.add_argument("--checkpoint", required=True,
+                 help="checkpoint_<step> directory (local or gs://), or its parent")
+  p.add_argument("--arch", required=True, choices=architectures)
+  p.add_argument("--size", required=True, choices=list(sizes))
+  p.add_argument("--out", required=True, help="the new MODEL_DIR")
+  p.add_argument("--config", action="append", default=[], metavar="NAME=VALUE",
+                 help="model config override, e.g. vocab_size=32128 (repeatable)")
+  p.add_argument("--vocabulary", default=None,
+                 help="SentencePiece model recorded in the meta (default: T5's)")
+  p.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE,
+                 help="ids of that vocabulary incl. extra ids (default 32100)")
+  p.add_argument("--reset_step", action="store_true",
+                 help="start the step (and optimiser counters) at 0, not the t5x step")
+  p.add_argument("--allow_missing", action="store_true",
+                 help="load what fits, fill the rest from a fresh init and report it")
+  p.add_argument("--seed", type=int, default=0, help="init seed for --allow_missing")
+
+  p = sub.add_parser("t5x-out", help="MODEL_DIR -> DIR/checkpoint_<step> in t5x's format")
+  p.add_argument("--model_dir", required=True, help="MODEL_DIR or MODEL_DIR/checkpoints/<step>")
+  p.add_argument("--out", required=True, help="directory for checkpoint_<step>/ (or gs://)")
+  p.add_argument("--dtype", default="float32", help="parameter dtype (t5x saves float32)")
+  p.add_argument("--inline", action="store_true",
+                 help="all arrays inside the msgpack file instead of TensorStore arrays")
+
+  p = sub.add_parser("hf-out", help="MODEL_DIR -> Hugging Face: T5 (ED) or a "
+                                    "trust_remote_code causal LM (CD/ND), with its tokenizer",
+                     epilog=epilog("hf-out"),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model_dir", required=True, help="MODEL_DIR or MODEL_DIR/checkpoints/<step>")
+  p.add_argument("--out", required=True, help="an empty directory")
+  p.add_argument("--dtype", default=None, help="weight dtype (default: as saved, float32)")
+  p.add_argument("--vocabulary", default=None,
+                 help="SentencePiece model of the tokenizer files (default: the run's)")
+  p.add_argument("--no_tokenizer", action="store_true",
+                 help="export the weights and config without tokenizer files")
+
+  p = sub.add_parser("hf-in", help="Hugging Face T5 or one of our exports -> MODEL_DIR")
+  p.add_argument("--hf_dir", required=True, help="directory with config.json + safetensors")
+  p.add_argument("--out", required=True, help="the new MODEL_DIR")
+  p.add_argument("--step", type=int, default=0, help="step of the new checkpoint")
+  p.add_argument("--vocabulary", default=None,
+                 help="SentencePiece model (default: the export's, else T5's)")
+  p.add_argument("--vocab_size", type=int, default=None,
+                 help="vocabulary ids (default: the export's, else 32100)")
+
+  p = sub.add_parser("switch-arch", help="CD <-> ND: same weights, the other architecture")
+  p.add_argument("--model_dir", required=True,
+                 help="source MODEL_DIR (or .../checkpoints/<step>)")
+  p.add_argument("--arch", required=True, choices=architectures)
+  p.add_argument("--out", required=True, help="the new MODEL_DIR")
+
+  convert.set_defaults(func=_convert)
+
+
+def _convert(args) -> int:
+  from arch_objective.convert import cli as convert_cli
+  return convert_cli.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
   from arch_objective.architectures import ARCHITECTURES, SIZES
   parser = argparse.ArgumentParser(
@@ -380,8 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
   eval_sub = evaluation.add_subparsers(dest="eval_command", required=True, metavar="t0|harness")
   _add_eval_parsers(eval_sub, ARCHITECTURES)
 
-  from arch_objective.convert import cli as convert_cli
-  convert_cli.add_parser(sub, EXAMPLES)
+  _add_convert_parsers(sub, ARCHITECTURES, SIZES)
 
   study = sub.add_parser("study", help="the laptop-scale study: the whole pipeline on a CPU")
   study.add_argument("--preset", default="quick", choices=["smoke", "quick", "full"])
@@ -404,15 +461,16 @@ def main(argv=None) -> int:
   try:
     if search_paths:
       from arch_objective.training import gin_utils
-      try:
-        gin_utils.set_extra_search_paths(search_paths)
-      except ValueError as e:
-        print(f"arch-objective {args.command}: {e}", file=sys.stderr)
-        return 2
+      gin_utils.set_extra_search_paths(search_paths)
     return args.func(args)
   except KeyboardInterrupt:
-    print(f"arch-objective {args.command}: interrupted.", file=sys.stderr)
+    print(f"{_command_name(args)}: interrupted.", file=sys.stderr)
     return 130
+  except Exception as e:
+    if not _user_error(e):
+      raise
+    print(f"{_command_name(args)}: {_one_line(e)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

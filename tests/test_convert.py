@@ -1,5 +1,4 @@
 """Conversions: t5x checkpoints in and out, Hugging Face T5 and native exports, CD <-> ND."""
-import argparse
 import dataclasses
 import json
 import os
@@ -338,10 +337,9 @@ def save_model_dir(directory, arch, params, step=3):
 
 
 def convert(*argv):
-  parser = argparse.ArgumentParser(prog="arch-objective")
-  cli.add_parser(parser.add_subparsers(dest="command", required=True))
-  args = parser.parse_args(["convert", *argv])
-  return args.func(args)
+  """`arch-objective convert ...` as the command line runs it (exit code returned)."""
+  from arch_objective import cli as main_cli
+  return main_cli.main(["convert", *argv])
 
 
 def test_load_params_restores_the_params_only(tmp_path, params_of):

@@ -6,16 +6,14 @@
   convert hf-in       --hf_dir DIR --out MODEL_DIR
   convert switch-arch --model_dir SRC --arch ARCH --out DST      (CD <-> ND)
 
-Each prints one JSON line describing what it wrote and returns 0, or prints the
-reason to stderr and returns 2. `add_parser(subparsers)` installs the `convert`
-command on the main parser; `run(args)` executes a parsed command.
+Each prints one JSON line describing what it wrote and returns 0; `run(args)` executes
+a command parsed by `arch_objective.cli` (which builds every parser and turns a user
+error into one line and exit 2).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 DEFAULT_VOCAB_SIZE = 32100  # the T5 SentencePiece model's 32000 pieces + 100 extra ids
 
@@ -127,85 +125,12 @@ COMMANDS: dict[str, Callable[[Any], dict]] = {
 }
 
 
-def add_parser(subparsers, examples: Optional[dict] = None) -> argparse.ArgumentParser:
-  """Install `convert` and its subcommands on the main parser's subparsers; `examples`
-  maps `convert <command>` to an example command line shown in its help."""
-  examples = examples or {}
-  epilog = lambda name: (f"example:\n  {examples[f'convert {name}']}"
-                         if f"convert {name}" in examples else None)
-  from arch_objective.architectures import ARCHITECTURES, SIZES
-  convert = subparsers.add_parser(
-      "convert", help="convert checkpoints: t5x in/out, Hugging Face out/in, CD <-> ND")
-  sub = convert.add_subparsers(dest="convert_command", required=True,
-                               metavar="|".join(COMMANDS))
-
-  p = sub.add_parser("t5x-in", help="a t5x checkpoint (e.g. a released one) -> MODEL_DIR")
-  p.add_argument("--checkpoint", required=True,
-                 help="checkpoint_<step> directory (local or gs://), or its parent")
-  p.add_argument("--arch", required=True, choices=ARCHITECTURES)
-  p.add_argument("--size", required=True, choices=list(SIZES))
-  p.add_argument("--out", required=True, help="the new MODEL_DIR")
-  p.add_argument("--config", action="append", default=[], metavar="NAME=VALUE",
-                 help="model config override, e.g. vocab_size=32128 (repeatable)")
-  p.add_argument("--vocabulary", default=None,
-                 help="SentencePiece model recorded in the meta (default: T5's)")
-  p.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE,
-                 help="ids of that vocabulary incl. extra ids (default 32100)")
-  p.add_argument("--reset_step", action="store_true",
-                 help="start the step (and optimiser counters) at 0, not the t5x step")
-  p.add_argument("--allow_missing", action="store_true",
-                 help="load what fits, fill the rest from a fresh init and report it")
-  p.add_argument("--seed", type=int, default=0, help="init seed for --allow_missing")
-
-  p = sub.add_parser("t5x-out", help="MODEL_DIR -> DIR/checkpoint_<step> in t5x's format")
-  p.add_argument("--model_dir", required=True, help="MODEL_DIR or MODEL_DIR/checkpoints/<step>")
-  p.add_argument("--out", required=True, help="directory for checkpoint_<step>/ (or gs://)")
-  p.add_argument("--dtype", default="float32", help="parameter dtype (t5x saves float32)")
-  p.add_argument("--inline", action="store_true",
-                 help="all arrays inside the msgpack file instead of TensorStore arrays")
-
-  p = sub.add_parser("hf-out", help="MODEL_DIR -> Hugging Face: T5 (ED) or a "
-                                    "trust_remote_code causal LM (CD/ND), with its tokenizer",
-                     epilog=epilog("hf-out"),
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--model_dir", required=True, help="MODEL_DIR or MODEL_DIR/checkpoints/<step>")
-  p.add_argument("--out", required=True, help="an empty directory")
-  p.add_argument("--dtype", default=None, help="weight dtype (default: as saved, float32)")
-  p.add_argument("--vocabulary", default=None,
-                 help="SentencePiece model of the tokenizer files (default: the run's)")
-  p.add_argument("--no_tokenizer", action="store_true",
-                 help="export the weights and config without tokenizer files")
-
-  p = sub.add_parser("hf-in", help="Hugging Face T5 or one of our exports -> MODEL_DIR")
-  p.add_argument("--hf_dir", required=True, help="directory with config.json + safetensors")
-  p.add_argument("--out", required=True, help="the new MODEL_DIR")
-  p.add_argument("--step", type=int, default=0, help="step of the new checkpoint")
-  p.add_argument("--vocabulary", default=None,
-                 help="SentencePiece model (default: the export's, else T5's)")
-  p.add_argument("--vocab_size", type=int, default=None,
-                 help="vocabulary ids (default: the export's, else 32100)")
-
-  p = sub.add_parser("switch-arch", help="CD <-> ND: same weights, the other architecture")
-  p.add_argument("--model_dir", required=True,
-                 help="source MODEL_DIR (or .../checkpoints/<step>)")
-  p.add_argument("--arch", required=True, choices=ARCHITECTURES)
-  p.add_argument("--out", required=True, help="the new MODEL_DIR")
-
-  convert.set_defaults(func=run)
-  return convert
-
-
 def run(args) -> int:
-  """Run a parsed `convert` command: 0 on success, 2 on a user error."""
+  """Run a parsed `convert` command (`arch_objective.cli` builds the parser): prints one
+  JSON line describing what it wrote and returns 0; errors propagate (the command line
+  turns a user's into one line and exit 2)."""
   name = getattr(args, "convert_command", None)
   if name not in COMMANDS:
-    print(f"arch-objective convert: unknown command {name!r}; valid: {', '.join(COMMANDS)}.",
-          file=sys.stderr)
-    return 2
-  try:
-    report = COMMANDS[name](args)
-  except (ValueError, OSError, ImportError) as e:
-    print(f"arch-objective convert {name}: {e}", file=sys.stderr)
-    return 2
-  print(json.dumps(report))
+    raise ValueError(f"unknown command {name!r}; valid: {', '.join(COMMANDS)}.")
+  print(json.dumps(COMMANDS[name](args)))
   return 0

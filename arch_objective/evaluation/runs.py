@@ -312,22 +312,18 @@ def _flag(param: str) -> str:
 
 
 def run_command(args) -> int:
-  """`arch-objective eval t0|harness` (see the module docstring)."""
+  """`arch-objective eval t0|harness` (see the module docstring); errors propagate (the
+  command line turns a user's into one line and exit 2)."""
   kind = args.eval_kind
-  command = f"arch-objective eval {args.eval_command}"
   given = {p: getattr(args, p) for p in parameters(kind) if getattr(args, p, None) is not None}
   bindings = getattr(args, "gin_bindings", [])
-  try:
-    if args.gin_file:
-      run = run_from_gin(kind, args.gin_file, bindings, given)
-    elif bindings:
-      raise ValueError(f"--gin.{bindings[0]} needs --gin_file (e.g. --gin_file "
-                       f"runs/{kind}.gin); without one, use the options.")
-    else:
-      run = RUNS[kind](**given)
-  except (ValueError, OSError, ImportError) as e:
-    print(f"{command}: {e}", file=sys.stderr)
-    return 2
+  if args.gin_file:
+    run = run_from_gin(kind, args.gin_file, bindings, given)
+  elif bindings:
+    raise ValueError(f"--gin.{bindings[0]} needs --gin_file (e.g. --gin_file "
+                     f"runs/{kind}.gin); without one, use the options.")
+  else:
+    run = RUNS[kind](**given)
   print(run.markdown)
   print(f"wrote {' and '.join(run.files)}", file=sys.stderr)
   return 0
