@@ -9,7 +9,7 @@
   arch-objective eval harness --checkpoint PATH | --gin_file F ... EAI-Eval (lm-eval harness)
   arch-objective convert t5x-in|t5x-out|hf-in|hf-out|switch-arch ...   checkpoint conversion
   arch-objective study --preset smoke|quick|full --out DIR    the laptop-scale study
-  arch-objective smoke [--steps N]                            tiny CPU training of each arch
+  arch-objective smoke [--out DIR]                            the study's smoke preset
 """
 from __future__ import annotations
 
@@ -186,9 +186,15 @@ def _study(args) -> int:
 
 
 def _smoke(args) -> int:
-  from arch_objective import smoke
-  smoke.main(steps=args.steps)
-  return 0
+  """The study's smoke preset (the whole pipeline, tiny, about two minutes) in `--out`
+  or a temporary directory."""
+  import tempfile
+  if args.out:
+    args.preset, args.nc_a = "smoke", None
+    return _study(args)
+  with tempfile.TemporaryDirectory(prefix="arch_objective_smoke_") as out:
+    args.out, args.preset, args.nc_a = out, "smoke", None
+    return _study(args)
 
 
 # Every example below is run by tests/test_cli.py (with EXAMPLE_DIR replaced by a
@@ -447,8 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also run the NC-A adaptation (default: the preset's choice)")
   study.set_defaults(func=_study)
 
-  smoke = sub.add_parser("smoke", help="train a tiny model of each architecture on CPU")
-  smoke.add_argument("--steps", type=int, default=200)
+  smoke = sub.add_parser("smoke", help="the study's smoke preset: the whole pipeline, tiny, "
+                                      "in about two minutes")
+  smoke.add_argument("--out", help="keep the smoke study here (default: a temporary directory)")
   smoke.set_defaults(func=_smoke)
   return parser
 
