@@ -447,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
   _add_convert_parsers(sub, ARCHITECTURES, SIZES)
 
   study = sub.add_parser("study", help="the laptop-scale study: the whole pipeline on a CPU")
-  study.add_argument("--preset", default="quick", choices=["smoke", "quick", "full"])
+  study.add_argument("--preset", default="quick",
+                     choices=["smoke", "quick", "medium", "full"])
   study.add_argument("--out", required=True, help="output directory (an existing one resumes)")
   study.add_argument("--nc_a", action=argparse.BooleanOptionalAction, default=None,
                      help="also run the NC-A adaptation (default: the preset's choice)")

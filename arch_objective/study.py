@@ -36,7 +36,7 @@ from typing import Any, Callable, Optional
 from arch_objective import models
 from arch_objective.objectives import pipeline
 
-PRESETS = ("smoke", "quick", "full")
+PRESETS = ("smoke", "quick", "medium", "full")
 
 
 @dataclasses.dataclass

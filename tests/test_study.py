@@ -100,11 +100,12 @@ def test_a_finished_study_resumes_without_redoing_stages(smoke_dir):
 
 
 def test_unknown_preset_is_named():
-  with pytest.raises(ValueError, match="unknown study preset 'huge'.*smoke, quick, full"):
+  with pytest.raises(ValueError,
+                     match="unknown study preset 'huge'.*smoke, quick, medium, full"):
     study.load_preset("huge")
 
 
-@pytest.mark.parametrize("preset", ["quick", "full"])
+@pytest.mark.parametrize("preset", ["quick", "medium", "full"])
 def test_preset_vocabulary_fits_its_corpus(preset, tmp_path):
   """The world's text has a bounded lexicon: a preset's `vocab_size` must be one that
   SentencePiece can fill from the corpus that preset writes."""
