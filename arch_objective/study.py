@@ -170,17 +170,18 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
                 save_every=steps, log_every=max(steps // 20, 1), seed=config.seed,
                 restore_checkpoint=restore)
 
-  def finetune(arch, model_dir, source, steps):
+  def finetune(arch, model_dir, source, steps, task="study_mtf", new_steps=None):
+    """Continue `source` on a prompted mixture (constant rate, dropout): MT-F by default."""
     model = models.build_model(arch, "tiny", dropout_rate=config.mtf_dropout,
                                **config.model_overrides(model_vocab))
     train.train(model_dir=model_dir, model=model, train_steps=steps, progress=False,
-                dataset=data.DatasetConfig(task="study_mtf", batch_size=config.batch_size,
+                dataset=data.DatasetConfig(task=task, batch_size=config.batch_size,
                                            vocabulary=vocab_path, seed=config.seed,
                                            inputs_length=config.mtf_inputs_length,
                                            targets_length=config.mtf_targets_length),
                 learning_rate_schedule=optimizers.constant(config.mtf_learning_rate),
                 restore_checkpoint=source, save_every=steps,
-                log_every=max(config.mtf_steps // 20, 1), seed=config.seed)
+                log_every=max((new_steps or config.mtf_steps) // 20, 1), seed=config.seed)
 
   def teach_family(world, family, model_dir, source, steps):
     """The ED:MLM checkpoint finetuned on the family's `test` examples under its prompts."""
@@ -193,18 +194,8 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
     registry.register(mixture.PromptedMixture(
         f"study_ceiling_{family}", taught, vocab_path,
         inputs_length=config.mtf_inputs_length, targets_length=config.mtf_targets_length))
-    model = models.build_model(models.ENCODER_DECODER, "tiny",
-                               dropout_rate=config.mtf_dropout,
-                               **config.model_overrides(model_vocab))
-    train.train(model_dir=model_dir, model=model, train_steps=steps, progress=False,
-                dataset=data.DatasetConfig(task=f"study_ceiling_{family}",
-                                           batch_size=config.batch_size,
-                                           vocabulary=vocab_path, seed=config.seed,
-                                           inputs_length=config.mtf_inputs_length,
-                                           targets_length=config.mtf_targets_length),
-                learning_rate_schedule=optimizers.constant(config.mtf_learning_rate),
-                restore_checkpoint=source, save_every=steps,
-                log_every=max(config.ceiling_steps // 20, 1), seed=config.seed)
+    finetune(models.ENCODER_DECODER, model_dir, source, steps, task=f"study_ceiling_{family}",
+             new_steps=config.ceiling_steps)
 
   def evaluate(model_dir, out_path, arch=None, suite_of=None):
     from arch_objective.evaluation import loading, rank_classification, t0_eval

@@ -44,3 +44,23 @@ def run_processes(script: str, argv: list, count: int = 2, devices_per_process: 
     assert p.returncode == 0, stderr[-3000:]
     outs.append(json.loads(stdout.split("RESULT", 1)[1]))
   return outs
+
+
+def random_params(model, seed: int):
+  """Parameters of `model`'s shapes drawn like its initialisers (unit-variance
+  activations), in numpy: no XLA compilation, so the conversion tests stay fast."""
+  import numpy as np
+  from arch_objective.convert import param_tree
+  rng = np.random.default_rng(seed)
+  out = {}
+  for name, shape in param_tree.model_shapes(model).items():
+    if name.endswith("/scale"):
+      value = 1.0 + 0.1 * rng.standard_normal(shape)
+    elif name.endswith("/embedding"):
+      value = rng.standard_normal(shape)
+    elif name.endswith("/rel_embedding"):
+      value = rng.uniform(-0.5, 0.5, shape)
+    else:
+      value = rng.standard_normal(shape) / np.sqrt(shape[0])
+    out[name] = value.astype(np.float32)
+  return param_tree.unflatten(out)

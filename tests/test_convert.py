@@ -15,7 +15,7 @@ from arch_objective import build_model, models
 from arch_objective.convert import cli, hf, model_dir, param_tree, t5x
 from arch_objective.training import checkpoints, optimizers, trainer
 
-from helpers import VOCAB as T5_VOCAB, needs_data
+from helpers import VOCAB as T5_VOCAB, needs_data, random_params
 
 CD, ND, ED = models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER, models.ENCODER_DECODER
 VOCAB = 128
@@ -23,24 +23,6 @@ VOCAB = 128
 
 def tiny(arch):
   return build_model(arch, "tiny", dtype="float32", vocab_size=VOCAB)
-
-
-def random_params(model, seed):
-  """Parameters of `model` drawn like its initialisers (unit-variance activations), in
-  numpy: no XLA compilation, so the tests stay fast."""
-  rng = np.random.default_rng(seed)
-  out = {}
-  for name, shape in param_tree.model_shapes(model).items():
-    if name.endswith("/scale"):
-      value = 1.0 + 0.1 * rng.standard_normal(shape)
-    elif name.endswith("/embedding"):
-      value = rng.standard_normal(shape)
-    elif name.endswith("/rel_embedding"):
-      value = rng.uniform(-0.5, 0.5, shape)
-    else:
-      value = rng.standard_normal(shape) / np.sqrt(shape[0])
-    out[name] = value.astype(np.float32)
-  return param_tree.unflatten(out)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 from arch_objective import build_model, layers, losses, models  # noqa: E402
 from arch_objective.convert import hf_code, hf_remote, param_tree  # noqa: E402
 from arch_objective.convert.hf_code import modeling_arch_objective as remote  # noqa: E402
+from helpers import random_params  # noqa: E402
 
 CD, ND = models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER
 VOCAB = 128
@@ -25,23 +26,6 @@ CASES = [(CD, True), (CD, False), (ND, True), (ND, False)]
 
 def tiny(arch, tied=True, **overrides):
   return build_model(arch, "tiny", dtype="float32", logits_via_embedding=tied, **overrides)
-
-
-def random_params(model, seed):
-  """Parameters of `model`'s shapes drawn with numpy (unit-variance activations)."""
-  rng = np.random.default_rng(seed)
-  out = {}
-  for name, shape in param_tree.model_shapes(model).items():
-    if name.endswith("/scale"):
-      value = 1.0 + 0.1 * rng.standard_normal(shape)
-    elif name.endswith("/embedding"):
-      value = rng.standard_normal(shape)
-    elif name.endswith("/rel_embedding"):
-      value = rng.uniform(-0.5, 0.5, shape)
-    else:
-      value = rng.standard_normal(shape) / np.sqrt(shape[0])
-    out[name] = value.astype(np.float32)
-  return param_tree.unflatten(out)
 
 
 def assert_trees_equal(a, b, dtype=None):
