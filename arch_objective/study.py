@@ -367,8 +367,9 @@ def _contrasts(cells: dict, per_example: dict, config: StudyConfig) -> list[dict
 def _families(suite, cells: dict, per_example: dict, ceilings: dict) -> dict:
   """Per held-out family: its random floor, the majority-class baseline (always the most
   frequent gold answer), the ceiling (when run), and per model and stage the score
-  (median over prompts) and the share of its most frequent answer over all prompts
-  (1.0: it answers one class only)."""
+  (median over prompts) and, averaged over prompts, the share of the most frequent
+  answer under that prompt (1.0: under every prompt it gives one answer whatever the
+  input)."""
   import numpy as np
   out = {}
   for family in suite:
@@ -382,9 +383,12 @@ def _families(suite, cells: dict, per_example: dict, ceilings: dict) -> dict:
       if labels and entry["majority"] is None:
         counts = np.bincount(labels, minlength=family.num_choices)
         entry["majority"] = 100.0 * float(counts.max()) / len(labels)
-      predicted = [p for prompt in examples["predicted"][family.name].values()
-                   for p in prompt if p is not None]
-      share = (float(np.bincount(predicted).max()) / len(predicted)) if predicted else None
+      shares = []
+      for prompt in examples["predicted"][family.name].values():
+        answers = [p for p in prompt if p is not None]
+        if answers:
+          shares.append(float(np.bincount(answers).max()) / len(answers))
+      share = float(np.mean(shares)) if shares else None
       entry["models"].setdefault(cells[name]["label"], {})[stage] = {
           "score": results["datasets"][family.name]["median"], "top_answer_share": share}
     ceiling = ceilings.get(family.name)

@@ -62,7 +62,7 @@ def _family_lines(families: dict) -> list[str]:
            "the most frequent gold answer), the ceiling (ED:MLM finetuned on the family's "
            "test split, scored on its validation split; '-' when not run), and each model's "
            "score after MT-F with, in parentheses, the share of its most frequent answer "
-           "over all prompts (1.00: one class only).", ""]
+           "under a prompt, averaged over prompts (1.00: one answer whatever the input).", ""]
   names = list(families)
   labels = []
   for entry in families.values():
