@@ -38,6 +38,7 @@ HEADS = "heads"
 KV = "kv"
 JOINED_KV = "joined_kv"
 RELPOS_BUCKETS = "relpos_buckets"
+LAYERS = "layers"  # the leading axis of a scanned stack's parameters (never sharded)
 
 ACT_BATCH = "activation_batch"
 ACT_LENGTH = "activation_length"
@@ -47,7 +48,7 @@ ACT_HEADS = "activation_heads"
 ACT_KV = "activation_kv"
 ACT_VOCAB = "activation_vocab"
 
-PARAM_AXES = (VOCAB, EMBED, MLP, HEADS, KV, JOINED_KV, RELPOS_BUCKETS)
+PARAM_AXES = (VOCAB, EMBED, MLP, HEADS, KV, JOINED_KV, RELPOS_BUCKETS, LAYERS)
 ACTIVATION_AXES = (ACT_BATCH, ACT_LENGTH, ACT_EMBED, ACT_MLP, ACT_HEADS, ACT_KV,
                    ACT_VOCAB)
 
@@ -370,28 +371,76 @@ class Dropout(nn.Module):
 # ---------------------------------------------------------------------------
 # Attention
 # ---------------------------------------------------------------------------
+EINSUM = "einsum"
+DOT_PRODUCT = "dot_product"
+CUDNN = "cudnn"
+ATTENTION_IMPLS = (EINSUM, DOT_PRODUCT, CUDNN)
+
+
+def check_attention_impl(implementation: str, dtype: DType):
+  """Raise a ValueError naming `attention_impl` when `implementation` cannot run here.
+
+  'cudnn' needs JAX's GPU backend (cuDNN flash attention on an NVIDIA GPU) and
+  bfloat16 or float16 activations.
+  """
+  if implementation not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl must be one of {', '.join(ATTENTION_IMPLS)}; found "
+                     f"{implementation!r}.")
+  if implementation != CUDNN:
+    return
+  backend = jax.default_backend()
+  if backend != "gpu":
+    raise ValueError(f"attention_impl='cudnn' (cuDNN flash attention) runs only on NVIDIA "
+                     f"GPUs, but JAX's backend here is {backend!r}; use "
+                     f"attention_impl='dot_product' (any backend) or 'einsum'.")
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    raise ValueError(f"attention_impl='cudnn' needs bfloat16 or float16 activations "
+                     f"(TransformerConfig.dtype), found {jnp.dtype(dtype).name}; use "
+                     f"attention_impl='dot_product' for {jnp.dtype(dtype).name}.")
+
+
 def dot_product_attention(query: Array, key: Array, value: Array,
                           bias: Optional[Array] = None,
                           dropout_rng: Optional[Array] = None,
                           dropout_rate: float = 0.0,
                           deterministic: bool = True,
                           dtype: DType = jnp.float32,
-                          float32_logits: bool = False) -> Array:
+                          float32_logits: bool = False,
+                          implementation: str = EINSUM) -> Array:
   """Unscaled dot-product attention (the 1/sqrt(e) lives in the query initialiser).
 
   `query [b, q, h, e]`, `key/value [b, k, h, e]`, `bias` broadcastable to `[b, h, q, k]`
-  -> `[b, q, h, e]`. Dropout on the weights is broadcast over the query axis.
+  (the relative position bias plus the masks as `NEG_INF`) -> `[b, q, h, e]`. Dropout on
+  the weights is broadcast over the query axis.
+
+  `implementation`:
+    'einsum'       the reference: two einsums and a softmax, in `dtype` (the logits in
+                   float32 with `float32_logits`).
+    'dot_product'  `jax.nn.dot_product_attention(..., scale=1.0, implementation=None)`:
+                   JAX picks the kernel (XLA's in JAX 0.10). Logits and softmax are always
+                   float32.
+    'cudnn'        the same with `implementation='cudnn'`: cuDNN flash attention, NVIDIA
+                   GPUs with bfloat16/float16 only (`check_attention_impl`).
+  Dropout on the attention weights exists only in the reference, so with dropout active
+  (`not deterministic and dropout_rate > 0`) every implementation computes the reference.
   """
   if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
     raise ValueError(f"attention expects rank-4 q/k/v, found {query.shape}, {key.shape}, "
                      f"{value.shape}.")
+  check_attention_impl(implementation, query.dtype)
+  dropout = not deterministic and dropout_rate > 0.0
+  if implementation != EINSUM and not dropout:
+    out = jax.nn.dot_product_attention(
+        query, key.astype(query.dtype), value.astype(query.dtype), bias=bias, scale=1.0,
+        implementation=CUDNN if implementation == CUDNN else None)
+    return out.astype(dtype)                                              # [b, q, h, e]
   if float32_logits:
     query, key = query.astype(jnp.float32), key.astype(jnp.float32)
   logits = jnp.einsum("bqhd,bkhd->bhqk", query, key)                      # [b, h, q, k]
   if bias is not None:
     logits = logits + bias.astype(logits.dtype)
   weights = jax.nn.softmax(logits).astype(dtype)
-  if not deterministic and dropout_rate > 0.0:
+  if dropout:
     weights = apply_dropout(weights, dropout_rate, dropout_rng, broadcast_dims=(-2,))
   return jnp.einsum("bhqk,bkhd->bqhd", weights, value)                   # [b, q, h, e]
 
@@ -406,6 +455,9 @@ class MultiHeadDotProductAttention(nn.Module):
   with `decode=True` and a length-1 input it writes the new key/value at
   `decode_position [b]` and attends over the whole cache (the caller's mask hides
   positions after `decode_position`).
+
+  `attention_impl` selects `dot_product_attention`'s implementation; a cached single
+  step (one query against the cache) always takes the reference einsums.
   """
   num_heads: int
   head_dim: int
@@ -413,6 +465,7 @@ class MultiHeadDotProductAttention(nn.Module):
   dropout_rate: float = 0.0
   kernel_init: Initializer = attention_kernel_init
   float32_logits: bool = False
+  attention_impl: str = EINSUM
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array,
@@ -431,10 +484,12 @@ class MultiHeadDotProductAttention(nn.Module):
     head_axes = (ACT_BATCH, ACT_LENGTH, ACT_HEADS, ACT_KV)
     query, key, value = (constrain(t, head_axes) for t in (query, key, value))
 
+    implementation = self.attention_impl
     if decode:
       cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
       cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
       if inputs_q.shape[1] == 1 and cached_key.value.shape[1] > 1:
+        implementation = EINSUM
         if decode_position is None:
           raise ValueError("a cached decoding step needs decode_position [batch].")
         length = cached_key.value.shape[1]
@@ -451,7 +506,8 @@ class MultiHeadDotProductAttention(nn.Module):
     x = dot_product_attention(query, key, value, bias=attention_bias,
                               dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
                               deterministic=deterministic, dtype=self.dtype,
-                              float32_logits=self.float32_logits)
+                              float32_logits=self.float32_logits,
+                              implementation=implementation)
     out = DenseGeneral(features=inputs_q.shape[-1], axis=(-2, -1),
                        kernel_init=self.kernel_init, kernel_axes=(JOINED_KV, EMBED),
                        dtype=self.dtype, name="out")(x)

@@ -11,6 +11,14 @@ Positions are accepted and ignored: the networks use relative positions only.
 `ARCHITECTURES`. The causal (CD) and non-causal (ND) decoders share one network; ND
 reads `decoder_causal_attention` (the inputs plus one position) and attends
 bidirectionally there; CD ignores it.
+
+Parameters are t5x's per-layer trees (`layers_0 .. layers_{n-1}`) whatever the
+execution options of the config (`network.TransformerConfig`: attention_impl,
+remat_policy, scan_layers): initialisation always traces the reference network, so a
+seed gives the same parameters with every option, and checkpoints and the t5x and
+Hugging Face converters never see another layout. With `scan_layers` a model stacks the
+layers (`params_to_scanned`) inside each call; it also accepts parameters already
+stacked, which saves that copy (and an unscanned model unstacks them).
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ import numpy as np
 from arch_objective import architectures, decoding, layers, losses, network
 from arch_objective.architectures import (ARCHITECTURES, CAUSAL_DECODER,  # noqa: F401
                                           ENCODER_DECODER, NON_CAUSAL_DECODER, SHORT_NAMES)
+from arch_objective import stacking
 
 Array = jax.Array
 Batch = Mapping[str, Any]
@@ -94,8 +103,7 @@ class BaseModel:
   name = "model"
 
   # -- implemented by subclasses -------------------------------------------------
-  @property
-  def module(self) -> nn.Module:
+  def _network(self, config: network.TransformerConfig) -> nn.Module:
     raise NotImplementedError
 
   def _init_args(self, input_shapes: Mapping[str, tuple[int, ...]]) -> tuple:
@@ -106,8 +114,32 @@ class BaseModel:
     raise NotImplementedError
 
   # -- shared ----------------------------------------------------------------------
-  def _boxed_variables(self, rng: Array, input_shapes) -> dict:
-    return self.module.init(rng, *self._init_args(input_shapes))
+  @functools.cached_property
+  def module(self) -> nn.Module:
+    """The network as configured (attention_impl, remat_policy, scan_layers)."""
+    return self._network(self.config)
+
+  def _init_network(self, scanned: bool = False) -> nn.Module:
+    """The reference network (per-layer, or scanned for the stacked layout's axes)."""
+    return self._network(dataclasses.replace(self.config.reference(), scan_layers=scanned))
+
+  def _boxed_variables(self, rng: Array, input_shapes, scanned: bool = False) -> dict:
+    return self._init_network(scanned).init(rng, *self._init_args(input_shapes))
+
+  def params_to_scanned(self, params: Params) -> Params:
+    """Per-layer parameters -> the stacked layout of a scanned module (`[n, ...]` under
+    each stack's `layers`); stacked parameters pass unchanged. Exact, jit-safe."""
+    return stacking.stack_layers(params)
+
+  def params_to_unscanned(self, params: Params) -> Params:
+    """The inverse of `params_to_scanned`: t5x's per-layer names and shapes."""
+    return stacking.unstack_layers(params)
+
+  def _apply_params(self, params: Params) -> Params:
+    """`params` (either layout) in the layout of `self.module`."""
+    if self.config.scan_layers:
+      return self.params_to_scanned(params)
+    return self.params_to_unscanned(params)
 
   def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, tuple[int, ...]]
                             ) -> dict:
@@ -118,12 +150,14 @@ class BaseModel:
     """Like `get_initial_variables` but ShapeDtypeStructs: allocates nothing."""
     return nn.unbox(self._abstract_boxed(input_shapes))
 
-  def logical_axes(self, input_shapes) -> dict:
-    """The logical axis names of every parameter, as a tree of PartitionSpecs."""
-    return nn.get_partition_spec(self._abstract_boxed(input_shapes))
+  def logical_axes(self, input_shapes, scanned: bool = False) -> dict:
+    """The logical axis names of every parameter, as a tree of PartitionSpecs; with
+    `scanned`, of the stacked layout, whose arrays lead with the axis `layers`."""
+    return nn.get_partition_spec(self._abstract_boxed(input_shapes, scanned))
 
-  def _abstract_boxed(self, input_shapes) -> dict:
-    init = functools.partial(self._boxed_variables, input_shapes=input_shapes)
+  def _abstract_boxed(self, input_shapes, scanned: bool = False) -> dict:
+    init = functools.partial(self._boxed_variables, input_shapes=input_shapes,
+                             scanned=scanned)
     return jax.eval_shape(init, jax.random.PRNGKey(0))
 
   def loss_fn(self, params: Params, batch: Batch, dropout_rng: Optional[Array]
@@ -168,9 +202,8 @@ class DecoderOnlyModel(BaseModel):
   def name(self):
     return NON_CAUSAL_DECODER if self.inputs_bidirectional_attention else CAUSAL_DECODER
 
-  @functools.cached_property
-  def module(self) -> nn.Module:
-    return network.DecoderOnly(self.config)
+  def _network(self, config):
+    return network.DecoderOnly(config)
 
   def _init_args(self, input_shapes):
     shape = input_shapes.get("decoder_input_tokens") if isinstance(input_shapes, Mapping) else None
@@ -204,8 +237,9 @@ class DecoderOnlyModel(BaseModel):
     mask = layers.make_decoder_mask(jnp.asarray(batch["decoder_target_tokens"]), dtype, dca,
                                     None if seg is None else jnp.asarray(seg))
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-    return self.module.apply({"params": params}, jnp.asarray(batch["decoder_input_tokens"]),
-                             mask, enable_dropout=dropout_rng is not None, rngs=rngs)
+    return self.module.apply({"params": self._apply_params(params)},
+                             jnp.asarray(batch["decoder_input_tokens"]), mask,
+                             enable_dropout=dropout_rng is not None, rngs=rngs)
 
   def predict_batch(self, params, batch, rng=None, *, max_decode_steps=None, temperature=None,
                     topk=None, eos_id="default", return_logits=False):
@@ -220,6 +254,7 @@ class DecoderOnlyModel(BaseModel):
     """
     self.validate(batch, required=("decoder_input_tokens",))
     options = self._decode_options(rng, max_decode_steps, temperature, topk, eos_id)
+    params = self._apply_params(params)
     tokens = jnp.asarray(batch["decoder_input_tokens"], jnp.int32)
     b, length = tokens.shape
     dca = batch.get("decoder_causal_attention")
@@ -257,9 +292,8 @@ class EncoderDecoderModel(BaseModel):
 
   name = ENCODER_DECODER
 
-  @functools.cached_property
-  def module(self) -> nn.Module:
-    return network.EncoderDecoder(self.config)
+  def _network(self, config):
+    return network.EncoderDecoder(config)
 
   def _init_args(self, input_shapes):
     shapes = input_shapes if isinstance(input_shapes, Mapping) else {}
@@ -295,14 +329,16 @@ class EncoderDecoderModel(BaseModel):
     masks = self._masks(enc, get("decoder_target_tokens"), get("encoder_segment_ids"),
                         get("decoder_segment_ids"))
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-    return self.module.apply({"params": params}, enc, get("decoder_input_tokens"), *masks,
+    return self.module.apply({"params": self._apply_params(params)}, enc,
+                             get("decoder_input_tokens"), *masks,
                              enable_dropout=dropout_rng is not None, rngs=rngs)
 
   def encode(self, params, encoder_input_tokens) -> Array:
     """Encoder outputs `[b, i, d]` of (unpacked) `encoder_input_tokens [b, i]`."""
     enc = jnp.asarray(encoder_input_tokens, jnp.int32)
     mask = layers.make_attention_mask(enc > 0, enc > 0, dtype=self.config.activation_dtype)
-    return self.module.apply({"params": params}, enc, mask, method=network.EncoderDecoder.encode)
+    return self.module.apply({"params": self._apply_params(params)}, enc, mask,
+                             method=network.EncoderDecoder.encode)
 
   def decode_logits(self, params, encoded, encoder_input_tokens, decoder_input_tokens,
                     decoder_target_tokens) -> Array:
@@ -313,7 +349,7 @@ class EncoderDecoderModel(BaseModel):
     dtype = self.config.activation_dtype
     cross_mask = layers.make_attention_mask(targets > 0, enc > 0, dtype=dtype)
     decoder_mask = layers.make_decoder_mask(targets, dtype)
-    return self.module.apply({"params": params}, encoded,
+    return self.module.apply({"params": self._apply_params(params)}, encoded,
                              jnp.asarray(decoder_input_tokens, jnp.int32), decoder_mask,
                              cross_mask, method=network.EncoderDecoder.decode)
 
@@ -326,6 +362,7 @@ class EncoderDecoderModel(BaseModel):
     """
     self.validate(batch, required=("encoder_input_tokens",))
     options = self._decode_options(rng, max_decode_steps, temperature, topk, eos_id)
+    params = self._apply_params(params)
     enc = jnp.asarray(batch["encoder_input_tokens"], jnp.int32)
     b = enc.shape[0]
     dtype = self.config.activation_dtype
@@ -364,7 +401,8 @@ def build_model(arch: str, size: str = "tiny", **overrides) -> BaseModel:
   """The model of an architecture at a size preset.
 
   `overrides` may set any `network.TransformerConfig` field (e.g. `dtype='float32'`,
-  `vocab_size=128`, `dropout_rate=0.1`) and the model options z_loss, label_smoothing,
+  `vocab_size=128`, `dropout_rate=0.1`, or the execution options `attention_impl`,
+  `remat_policy`, `scan_layers`) and the model options z_loss, label_smoothing,
   loss_normalizing_factor (None = the paper's sum, a number, or 'per_token'),
   max_decode_steps, temperature, topk and eos_id.
   """

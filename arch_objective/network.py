@@ -6,7 +6,8 @@ One `TransformerStack` serves every stack of the paper:
     `decoder_causal_attention`, see `layers.make_decoder_mask`);
   * the encoder and the decoder of the encoder-decoder (ED).
 
-Parameter trees match t5x (spec §1.2):
+Parameter trees match t5x (spec §1.2); with `scan_layers` a stack's `layers_i` become one
+`layers` subtree whose arrays carry a leading layer axis (`models` converts):
   decoder-only: decoder/{token_embedder, layers_i/{relpos_bias, pre_self_attention_layer_norm,
                 self_attention, pre_mlp_layer_norm, mlp}, decoder_norm}
   ED:           token_embedder, encoder/{relpos_bias, layers_i/{pre_attention_layer_norm,
@@ -33,9 +34,60 @@ ENCODER = "encoder"
 DECODER = "decoder"
 
 
+REMAT_POLICIES = ("none", "full", "dots", "minimal")
+
+
+def remat_policy(name: str):
+  """The `jax.checkpoint` policy of a `TransformerConfig.remat_policy` name.
+
+  'full' saves nothing (`nothing_saveable`); 'dots' saves every matmul output
+  (`checkpoint_dots`, also called `dots_saveable` in JAX), the attention scores included;
+  'minimal' saves the matmul outputs without batch dimensions, i.e. the projections and
+  the MLP but not the attention scores (`checkpoint_dots_with_no_batch_dims`, the
+  'minimal' of t5x's scalable_t5 and of MaxText). 'none' is not a policy: no remat.
+  """
+  policies = jax.checkpoint_policies
+  table = {"full": policies.nothing_saveable, "dots": policies.checkpoint_dots,
+           "minimal": policies.checkpoint_dots_with_no_batch_dims}
+  if name not in table:
+    raise ValueError(f"TransformerConfig.remat_policy {name!r} has no checkpoint policy; "
+                     f"valid: {', '.join(REMAT_POLICIES)} ('none' means no remat).")
+  return table[name]
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-  """Hyper-parameters of every architecture (T5.1.1 defaults)."""
+  """Hyper-parameters of every architecture (T5.1.1 defaults), and how they execute.
+
+  The execution options change the program, not the function it computes; the defaults
+  are the reference. Each is bindable from gin as `build_model.<field>`.
+
+  attention_impl  'einsum' (default): two einsums and a softmax (`layers.dot_product_attention`).
+                  'dot_product': `jax.nn.dot_product_attention` with the relative position
+                  bias and the masks folded into one additive bias, `scale=1.0` (T5 does not
+                  scale by 1/sqrt(head_dim)) and `implementation=None`, so JAX picks the
+                  kernel (JAX 0.10 picks its XLA implementation on every backend).
+                  'cudnn': the same forcing cuDNN flash attention (sequence lengths even);
+                  NVIDIA GPUs with dtype bfloat16/float16 only (anything else raises a
+                  ValueError naming the option). Both fused options compute the attention
+                  logits and softmax in float32 (as `float32_attention_logits` does for the
+                  reference). Where they cannot apply, the reference runs: a cached decoding
+                  step (one query against the KV cache) and attention dropout (active when
+                  dropout_rate > 0 and a dropout rng is given).
+  remat_policy    'none' (default): every layer keeps its activations for the backward pass.
+                  'full': each layer keeps only its input and recomputes the rest;
+                  'dots': keeps every matmul output (`jax.checkpoint_policies.checkpoint_dots`);
+                  'minimal': keeps the matmul outputs without batch dims, i.e. not the
+                  attention scores (`checkpoint_dots_with_no_batch_dims`, t5x's and MaxText's
+                  'minimal'). Applied per layer with `nn.remat`; less memory, more compute.
+  scan_layers     False (default): layers `layers_0..layers_{n-1}`, unrolled in the program.
+                  True: one `nn.scan` over the identical layers of each stack, compiled once;
+                  the module's parameters are stacked under `layers` with a leading layer
+                  axis (logical name `layers`, never sharded). The models keep t5x's
+                  unstacked names everywhere outside the module (see `models.BaseModel`).
+                  With dropout, scanned layers draw other masks than unscanned ones (same
+                  distribution).
+  """
   vocab_size: int = 32128
   emb_dim: int = 512
   num_heads: int = 8
@@ -51,6 +103,9 @@ class TransformerConfig:
   relpos_num_buckets: int = 32
   relpos_max_distance: int = 128
   layer_norm_epsilon: float = 1e-6
+  attention_impl: str = layers.EINSUM
+  remat_policy: str = "none"
+  scan_layers: bool = False
 
   def __post_init__(self):
     for name in ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",
@@ -64,10 +119,24 @@ class TransformerConfig:
     if self.dtype not in ("bfloat16", "float32", "float16"):
       raise ValueError(f"TransformerConfig.dtype must be one of bfloat16, float32, float16; "
                        f"found {self.dtype!r}.")
+    if self.attention_impl not in layers.ATTENTION_IMPLS:
+      raise ValueError(f"TransformerConfig.attention_impl must be one of "
+                       f"{', '.join(layers.ATTENTION_IMPLS)}; found {self.attention_impl!r}.")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"TransformerConfig.remat_policy must be one of "
+                       f"{', '.join(REMAT_POLICIES)}; found {self.remat_policy!r}.")
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f"TransformerConfig.scan_layers must be True or False, found "
+                       f"{self.scan_layers!r}.")
 
   @property
   def activation_dtype(self):
     return jnp.dtype(self.dtype)
+
+  def reference(self) -> "TransformerConfig":
+    """This config with the execution options at their defaults (the reference path)."""
+    return dataclasses.replace(self, attention_impl=layers.EINSUM, remat_policy="none",
+                               scan_layers=False)
 
 
 def make_config(size: str, **overrides) -> TransformerConfig:
@@ -95,35 +164,41 @@ class TransformerLayer(nn.Module):
   """One pre-norm block: self-attention, optional cross-attention, gated MLP.
 
   `x [b, l, d]` -> `[b, l, d]`. The encoder's self-attention is named `attention`
-  under `pre_attention_layer_norm`, decoders' `self_attention` (t5x names). The
-  relative position table is `relative_embedding` when shared by the stack (ED),
-  else the layer's own `relpos_bias` (decoder-only, one table per layer).
+  under `pre_attention_layer_norm`, decoders' `self_attention` (t5x names). With
+  `own_relpos` (decoder-only) the layer holds its own relative position table
+  `relpos_bias`; otherwise (ED) the stack's shared table gives `position_bias
+  [1|b, h, q, k]`. The call takes arrays (or None) only, so that `nn.remat` and `nn.scan`
+  can wrap the layer; `scanned` makes it return `(x, None)`, the carry and output of a
+  scan body.
   """
   config: TransformerConfig
   role: str = DECODER
   cross_attention: bool = False
-  relative_embedding: Optional[nn.Module] = None
+  own_relpos: bool = True
+  deterministic: bool = True
+  decode: bool = False
+  cache_length: Optional[int] = None
+  scanned: bool = False
 
   @nn.compact
-  def __call__(self, x: Array, mask: Optional[Array], *,
-               encoded: Optional[Array] = None, cross_mask: Optional[Array] = None,
-               deterministic: bool = True, decode: bool = False,
-               decode_position: Optional[Array] = None,
-               cache_length: Optional[int] = None) -> Array:
+  def __call__(self, x: Array, mask: Optional[Array], encoded: Optional[Array] = None,
+               cross_mask: Optional[Array] = None, position_bias: Optional[Array] = None,
+               decode_position: Optional[Array] = None):
     cfg = self.config
     dtype = cfg.activation_dtype
     is_encoder = self.role == ENCODER
-    relpos = self.relative_embedding if self.relative_embedding is not None else _relpos(cfg)
-    qlen = x.shape[1]
-    klen = cache_length if (decode and qlen == 1 and cache_length) else qlen
-    position_bias = relpos(qlen, klen, bidirectional=is_encoder,
-                           query_positions=decode_position if klen != qlen else None)
+    deterministic = self.deterministic
+    if self.own_relpos:
+      qlen = x.shape[1]
+      klen = _key_length(qlen, self.decode, self.cache_length)
+      position_bias = _relpos(cfg)(qlen, klen, bidirectional=is_encoder,
+                                   query_positions=decode_position if klen != qlen else None)
 
     def attention(name):
       return layers.MultiHeadDotProductAttention(
           num_heads=cfg.num_heads, head_dim=cfg.head_dim, dtype=dtype,
           dropout_rate=cfg.dropout_rate, float32_logits=cfg.float32_attention_logits,
-          name=name)
+          attention_impl=cfg.attention_impl, name=name)
 
     def dropout(y):
       return layers.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
@@ -133,7 +208,7 @@ class TransformerLayer(nn.Module):
     y = layers.RMSNorm(cfg.layer_norm_epsilon, dtype=dtype,
                        name=f"pre_{prefix}attention_layer_norm")(x)
     y = attention(f"{prefix}attention")(
-        y, y, mask, position_bias, decode=decode, decode_position=decode_position,
+        y, y, mask, position_bias, decode=self.decode, decode_position=decode_position,
         deterministic=deterministic)
     x = x + dropout(y)
 
@@ -149,7 +224,24 @@ class TransformerLayer(nn.Module):
                         intermediate_dropout_rate=cfg.dropout_rate, dtype=dtype,
                         name="mlp")(y, deterministic=deterministic)
     x = x + dropout(y)
-    return layers.constrain(x, (layers.ACT_BATCH, layers.ACT_LENGTH, layers.ACT_EMBED))
+    x = layers.constrain(x, (layers.ACT_BATCH, layers.ACT_LENGTH, layers.ACT_EMBED))
+    return (x, None) if self.scanned else x
+
+
+def _key_length(qlen: int, decode: bool, cache_length: Optional[int]) -> int:
+  """Keys a query attends over: the cache in a cached decoding step, else the input."""
+  return cache_length if (decode and qlen == 1 and cache_length) else qlen
+
+
+def layer_class(config: TransformerConfig, decode: bool = False, scanned: bool = False):
+  """`TransformerLayer`, wrapped in `nn.remat` with the config's policy when it has one.
+
+  Cached decoding computes no gradient, so it runs the layer unwrapped (same parameters).
+  """
+  if config.remat_policy == "none" or decode:
+    return TransformerLayer
+  return nn.remat(TransformerLayer, policy=remat_policy(config.remat_policy),
+                  prevent_cse=not scanned)
 
 
 class TransformerStack(nn.Module):
@@ -158,7 +250,9 @@ class TransformerStack(nn.Module):
   `tokens [b, l]` -> encoder: hidden `[b, l, d]`; decoder: float32 logits `[b, l, v]`.
   `shared_embedding` is the ED's top-level `token_embedder`; without it the stack owns
   one (decoder-only). `shared_relpos` selects one table per stack (ED) over one per
-  layer (decoder-only).
+  layer (decoder-only). With `config.scan_layers` the layers run as one `nn.scan`
+  named `layers` (parameters and KV cache stacked on a leading axis of size
+  num_layers); `config.remat_policy` wraps each layer in `nn.remat`.
   """
   config: TransformerConfig
   role: str = DECODER
@@ -177,18 +271,33 @@ class TransformerStack(nn.Module):
     embedder = self.shared_embedding
     if embedder is None:
       embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, dtype=dtype, name="token_embedder")
-    relpos = _relpos(cfg) if self.shared_relpos else None
     num_layers = cfg.num_encoder_layers if self.role == ENCODER else cfg.num_decoder_layers
 
     x = embedder(tokens.astype(jnp.int32))                                # [b, l, d]
     x = layers.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
         x, deterministic=deterministic)
     x = layers.constrain(x.astype(dtype), (layers.ACT_BATCH, layers.ACT_LENGTH, layers.ACT_EMBED))
-    for i in range(num_layers):
-      x = TransformerLayer(cfg, role=self.role, cross_attention=self.cross_attention,
-                           relative_embedding=relpos, name=f"layers_{i}")(
-          x, mask, encoded=encoded, cross_mask=cross_mask, deterministic=deterministic,
-          decode=decode, decode_position=decode_position, cache_length=cache_length)
+    position_bias = None
+    if self.shared_relpos:
+      qlen = tokens.shape[1]
+      klen = _key_length(qlen, decode, cache_length)
+      position_bias = _relpos(cfg)(qlen, klen, bidirectional=self.role == ENCODER,
+                                   query_positions=decode_position if klen != qlen else None)
+    layer_options = dict(role=self.role, cross_attention=self.cross_attention,
+                         own_relpos=not self.shared_relpos, deterministic=deterministic,
+                         decode=decode, cache_length=cache_length)
+    inputs = (mask, encoded, cross_mask, position_bias, decode_position)
+    if cfg.scan_layers and num_layers > 0:
+      scan = nn.scan(layer_class(cfg, decode, scanned=True),
+                     variable_axes={"params": 0, "cache": 0},
+                     split_rngs={"params": True, "dropout": True},
+                     in_axes=(nn.broadcast,) * len(inputs), length=num_layers,
+                     metadata_params={nn.PARTITION_NAME: layers.LAYERS})
+      x, _ = scan(cfg, scanned=True, name="layers", **layer_options)(x, *inputs)
+    else:
+      layer = layer_class(cfg, decode)
+      for i in range(num_layers):
+        x = layer(cfg, name=f"layers_{i}", **layer_options)(x, *inputs)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, dtype=dtype, name=f"{self.role}_norm")(x)
     x = layers.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
         x, deterministic=deterministic)

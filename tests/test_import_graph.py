@@ -11,7 +11,7 @@ LAYERS = (
     ("paths", "architectures"),
     ("objectives", "data"),
     ("prompts",),
-    ("layers", "network", "losses", "decoding", "models"),
+    ("layers", "stacking", "network", "losses", "decoding", "models"),
     ("training",),
     ("evaluation", "convert"),
     ("study", "study_report"),

@@ -7,6 +7,12 @@ native export's safetensors keys and the Hugging Face mapping all start from
 `match_model` compares a tree with the parameters a model expects and returns a
 `MatchReport` of what is missing, unexpected or of the wrong shape; converters turn
 that report into a ValueError (strict) or hand it back with the loadable subset.
+
+`stack_layers` / `unstack_layers` convert between t5x's per-layer names
+(`decoder/layers_0/...`, ..., `decoder/layers_{n-1}/...`) and the layout of a scanned
+stack (`decoder/layers/...` with a leading layer axis `[n, ...]`, `scan_layers=True`).
+Every converter and checkpoint speaks the per-layer names; the stacked layout exists
+only between a model and its scanned module (`models.BaseModel.params_to_scanned`).
 """
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ from typing import Any, Mapping
 import flax.traverse_util
 import jax.numpy as jnp
 import numpy as np
+
+from arch_objective.stacking import STACKED_LAYERS, stack_layers, unstack_layers  # noqa: F401
 
 SEP = "/"
 Tree = Mapping[str, Any]

@@ -15,7 +15,8 @@ def model_from_meta(meta: dict, checkpoint: str, arch: Optional[str] = None,
 
   The architecture and config come from the meta; `arch` may switch a causal decoder
   checkpoint to the non-causal decoder or back (same parameters), nothing else.
-  Activations run in `dtype`; dropout is off.
+  Activations run in `dtype`; dropout is off; the execution options the run trained
+  with (`EXECUTION_OPTIONS`) are reset to the reference path.
   """
   if "config" not in meta or "arch" not in meta:
     raise ValueError(f"checkpoint {checkpoint!r} has no model metadata (arch, config); was it "
@@ -28,7 +29,15 @@ def model_from_meta(meta: dict, checkpoint: str, arch: Optional[str] = None,
   config = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
   config["dtype"] = dtype
   config["dropout_rate"] = 0.0
+  # How the run trained (fused kernel, rematerialisation, layer scan) does not change the
+  # function; scoring runs the reference path, which every backend and dtype supports.
+  for name in EXECUTION_OPTIONS:
+    config.pop(name, None)
   return models.build_model(arch, "tiny", **config)
+
+
+# TransformerConfig fields that choose how a model executes, not what it computes.
+EXECUTION_OPTIONS = ("attention_impl", "remat_policy", "scan_layers")
 
 
 def load_model(checkpoint: str, arch: Optional[str] = None, dtype: str = "float32"):

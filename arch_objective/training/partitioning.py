@@ -1,7 +1,9 @@
 """Device meshes and the one table from logical axis names to mesh axes.
 
 The mesh has a `data` axis (the batch is split over it) and a `model` axis (weights are
-split over it: attention heads and the MLP width, as t5x's 1-D model parallelism).
+split over it: attention heads and the MLP width, as t5x's 1-D model parallelism). The
+leading `layers` axis of scanned (stacked) parameters is never split: each device holds
+every layer of its shard.
 With `fsdp=True` the parameters' `embed` axis is also split over `data`, so parameters
 and optimiser state are sharded over every device (ZeRO-3 style); activations still
 follow the batch.
@@ -37,6 +39,7 @@ def logical_axis_rules(fsdp: bool = False) -> tuple[tuple[str, Optional[str]], .
       (layers.KV, None),
       (layers.JOINED_KV, MODEL),
       (layers.RELPOS_BUCKETS, None),
+      (layers.LAYERS, None),   # the layer axis of stacked (scanned) parameters
       # activations
       (layers.ACT_BATCH, DATA),
       (layers.ACT_LENGTH, None),

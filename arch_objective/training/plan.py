@@ -8,10 +8,22 @@ counts parameters from abstract shapes, and estimates per-device memory:
   optimiser    Adafactor's exact state shapes (factored second moments are row and
                column vectors, replicated; unfactored ones follow their parameter)
   gradients    like the parameters
-  activations  stored for the backward pass, per microbatch, without rematerialisation:
-               per layer `s*b*(34*h + 5*a*s)` bytes for 2-byte activations (Korthikanti et
-               al., 2022), with the tensor-parallel parts divided over `model`, plus the
-               float32 logits and their gradient
+  activations  stored for the backward pass, per microbatch, for 2-byte activations
+               (Korthikanti et al., 2022), plus the float32 logits and their gradient
+               `8*b*s*v/t`. One layer stores `lin + att` bytes,
+                 lin = s*b*h*(10 + 24/t)   the per-token tensors (norms, projections, MLP)
+                 att = 5*a*s*s*b/t         attention scores, softmax and its dropout
+               (s tokens per row, b rows, h = emb_dim, a heads, t the `model` axis; each
+               stack of the ED sees s/2), and for L layers by `remat_policy`:
+                 none     L*(lin + att)
+                 dots     L*(lin + 2*a*s*s*b/t) + 3*a*s*s*b/t   the score matmuls are kept,
+                          softmax and dropout are recomputed one layer at a time
+                 minimal  L*lin + att       no batched matmul (scores) is kept
+                 full     L*2*s*b*h + lin + att   only each layer's input is kept; one
+                          layer's activations are rebuilt at a time in the backward pass
+  scan copy    with `scan_layers`, the model stacks the per-layer parameters in each step
+               and the gradients come back stacked: two copies of the layer parameters
+               (`scanned_layer_copy`, 0 without scan)
 All of it is an estimate for planning; the compiled program is the truth.
 """
 from __future__ import annotations
@@ -23,7 +35,7 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 
-from arch_objective import models
+from arch_objective import models, network
 from arch_objective.data import registry
 from arch_objective.objectives import pipeline
 from arch_objective.training import optimizers, partitioning
@@ -102,13 +114,15 @@ def memory_per_device(model, mesh: dict[str, int], fsdp: bool, rows_per_device: 
   """Bytes per device (see the module docstring)."""
   abstract, logical = _abstract(model)
   rules = dict(partitioning.logical_axis_rules(fsdp))
-  param_bytes, by_shape = 0.0, {}
-  for leaf, spec in zip(jax.tree_util.tree_leaves(abstract),
-                        jax.tree_util.tree_leaves(logical, is_leaf=lambda x: isinstance(
-                            x, jax.sharding.PartitionSpec))):
+  param_bytes, layer_bytes, by_shape = 0.0, 0.0, {}
+  for (path, leaf), spec in zip(jax.tree_util.tree_flatten_with_path(abstract)[0],
+                                jax.tree_util.tree_leaves(logical, is_leaf=lambda x: isinstance(
+                                    x, jax.sharding.PartitionSpec))):
     mesh_spec = [rules.get(a) for a in spec]
     per_device = leaf.size * 4 / _shard_factor(mesh_spec, mesh)
     param_bytes += per_device
+    if any(str(getattr(k, "key", "")).startswith("layers_") for k in path):
+      layer_bytes += per_device
     by_shape.setdefault(tuple(leaf.shape), per_device / (leaf.size * 4))
   opt = jax.eval_shape(optimizers.adafactor(optimizers.rsqrt_decay()).init, abstract)
   opt_bytes = 0.0
@@ -121,12 +135,29 @@ def memory_per_device(model, mesh: dict[str, int], fsdp: bool, rows_per_device: 
   s, b = row_length, rows_per_device
   if model.name == models.ENCODER_DECODER:
     s = row_length / 2  # each stack sees about half of the row's tokens
-  per_layer = s * b * h * (10 + 24 / t) + 5 * a * s * s * b / t
-  logits = 2 * 4 * b * s * c.vocab_size / t
-  activations = layers * per_layer + logits
+  activations = stored_activations(c.remat_policy, layers, s, b, h, a, t)
+  activations += 2 * 4 * b * s * c.vocab_size / t
+  scan_copy = 2 * layer_bytes if c.scan_layers else 0.0
   return {"parameters": param_bytes, "optimizer_state": opt_bytes, "gradients": param_bytes,
-          "activations": activations,
-          "total": 2 * param_bytes + opt_bytes + activations}
+          "activations": activations, "scanned_layer_copy": scan_copy,
+          "total": 2 * param_bytes + opt_bytes + activations + scan_copy}
+
+
+def stored_activations(remat_policy: str, layers: int, s: float, b: float, h: int, a: int,
+                       t: int) -> float:
+  """Bytes of the layers' activations kept for the backward pass (module docstring)."""
+  lin = s * b * h * (10 + 24 / t)
+  att = 5 * a * s * s * b / t
+  if remat_policy == "none":
+    return layers * (lin + att)
+  if remat_policy == "dots":
+    return layers * (lin + 2 * a * s * s * b / t) + 3 * a * s * s * b / t
+  if remat_policy == "minimal":
+    return layers * lin + att
+  if remat_policy == "full":
+    return layers * 2 * s * b * h + lin + att
+  raise ValueError(f"remat_policy must be one of {', '.join(network.REMAT_POLICIES)}; "
+                   f"found {remat_policy!r}.")
 
 
 def plan_run(gin_files: Sequence[str], bindings: Sequence[str] = (),
