@@ -60,12 +60,10 @@ import pathlib
 from typing import Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from arch_objective import losses, models, paths
-from arch_objective.evaluation.rank_classification import (Request, _batch_rows, _bucket,
-                                                          _decoder_batch, _ed_chunks, _pow2)
+from arch_objective import models, paths
+from arch_objective.evaluation import scoring
 
 try:
   from lm_eval.api import model as _lm_model
@@ -170,30 +168,8 @@ def cut_at_stop(text: str, until: Sequence[str]) -> str:
 
 
 # ----------------------------------------------------------------------------------------
-# Batched scoring: summed log-likelihood and the greedy flag per row
+# Batched scoring (summed log-likelihood and the greedy flag per pair) and generation
 # ----------------------------------------------------------------------------------------
-def _stats(logits, targets, weights):
-  """`[b]` summed log p(target) over weighted positions and whether each is the argmax."""
-  weights = weights.astype(jnp.float32)
-  total = jnp.sum(losses.token_log_likelihoods(logits, targets) * weights, axis=-1)
-  greedy = (jnp.argmax(logits, axis=-1) == targets) | (weights == 0)
-  return total, jnp.all(greedy, axis=-1)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _decoder_stats(model, params, batch):
-  logits = model.compute_logits(params, batch)                         # [b, l, v]
-  return _stats(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _ed_stats(model, params, enc, idx, targets):
-  encoded = model.encode(params, enc)                                  # [P, i, d]: once
-  inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
-  logits = model.decode_logits(params, encoded[idx], enc[idx], inputs, targets)  # [R, t, v]
-  return _stats(logits, targets, targets > 0)
-
-
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _greedy(model, params, batch, steps):
   return model.predict_batch(params, batch, max_decode_steps=steps)    # [b, steps]
@@ -203,64 +179,28 @@ def score_pairs(model: models.BaseModel, params, pairs, max_tokens: int = DEFAUL
                 ) -> list[tuple[float, bool]]:
   """(log-likelihood, is_greedy) of each (context ids, continuation ids), no EOS added.
 
-  Rows are bucketed by length (powers of two) with at most `max_tokens` tokens per batch;
-  an empty continuation scores (0.0, True).
+  `scoring.Scorer` with power-of-two shapes (`scoring.POW2`) and at most `max_tokens`
+  tokens per batch: decoder-only, one row per pair; ED, each distinct context is one
+  request whose choices are its pairs' continuations. An empty continuation scores
+  (0.0, True).
   """
   pairs = [(np.asarray(c, np.int32).reshape(-1), np.asarray(t, np.int32).reshape(-1))
            for c, t in pairs]
   out: list = [(0.0, True)] * len(pairs)
   todo = [i for i, (_, t) in enumerate(pairs) if len(t)]
   if model.name == models.ENCODER_DECODER:
-    _score_ed(model, params, pairs, todo, max_tokens, out)
+    by_context: dict[bytes, list[int]] = {}
+    for i in todo:
+      by_context.setdefault(pairs[i][0].tobytes(), []).append(i)
+    members = list(by_context.values())
   else:
-    _score_decoder(model, params, pairs, todo, max_tokens, out)
+    members = [[i] for i in todo]
+  requests = [scoring.Request(pairs[m[0]][0], tuple(pairs[i][1] for i in m)) for m in members]
+  scorer = scoring.Scorer(model, params, max_tokens=max_tokens, shapes=scoring.POW2)
+  for m, result in zip(members, scorer.score(requests, greedy=True)):
+    for i, total, is_greedy in zip(m, result.scores, result.greedy):
+      out[i] = (float(total), bool(is_greedy))
   return out
-
-
-def _score_decoder(model, params, pairs, todo, max_tokens, out):
-  by_bucket: dict[int, list[int]] = {}
-  for i in todo:
-    by_bucket.setdefault(_bucket(len(pairs[i][0]) + len(pairs[i][1])), []).append(i)
-  for length, group in sorted(by_bucket.items()):
-    rows = _batch_rows(max_tokens, length)
-    for start in range(0, len(group), rows):
-      chunk = group[start:start + rows]
-      batch = _decoder_batch([pairs[i] for i in chunk], length, min(rows, _pow2(len(chunk))))
-      totals, greedy = jax.device_get(_decoder_stats(model, params, batch))
-      for k, i in enumerate(chunk):
-        out[i] = (float(totals[k]), bool(greedy[k]))
-
-
-def _score_ed(model, params, pairs, todo, max_tokens, out):
-  by_context: dict[bytes, list[int]] = {}
-  for i in todo:
-    by_context.setdefault(pairs[i][0].tobytes(), []).append(i)
-  members = list(by_context.values())
-  requests = [Request(pairs[m[0]][0], tuple(pairs[i][1] for i in m)) for m in members]
-  order = sorted(range(len(requests)), key=lambda g: len(requests[g].prompt))
-  i = 0
-  while i < len(order):
-    enc_len = _bucket(len(requests[order[i]].prompt))
-    group = []
-    while i < len(order) and _bucket(len(requests[order[i]].prompt)) == enc_len:
-      group.append(order[i])
-      i += 1
-    for chunk in _ed_chunks(group, requests, enc_len, max_tokens):
-      dec_len = _bucket(max(len(c) for g in chunk for c in requests[g].choices))
-      enc = np.zeros((_pow2(len(chunk)), enc_len), np.int32)
-      num_rows = _pow2(sum(len(requests[g].choices) for g in chunk))
-      idx = np.zeros((num_rows,), np.int32)
-      targets = np.zeros((num_rows, dec_len), np.int32)
-      where, row = [], 0
-      for p, g in enumerate(chunk):
-        enc[p, :len(requests[g].prompt)] = requests[g].prompt
-        for j, c in enumerate(requests[g].choices):
-          idx[row], targets[row, :len(c)] = p, c
-          where.append(members[g][j])
-          row += 1
-      totals, greedy = jax.device_get(_ed_stats(model, params, enc, idx, targets))
-      for k, pair_index in enumerate(where):
-        out[pair_index] = (float(totals[k]), bool(greedy[k]))
 
 
 def generate_tokens(model: models.BaseModel, params, prompts, steps: int,
@@ -271,17 +211,17 @@ def generate_tokens(model: models.BaseModel, params, prompts, steps: int,
   `steps`, so that tasks with nearby `max_gen_toks` share one compiled program.
   """
   prompts = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
-  wanted, steps = steps, _bucket(steps)
+  wanted, steps = steps, scoring.bucket(steps)
   is_ed = model.name == models.ENCODER_DECODER
   out: list = [None] * len(prompts)
   by_bucket: dict[int, list[int]] = {}
   for i, p in enumerate(prompts):
-    by_bucket.setdefault(_bucket(len(p) + (0 if is_ed else 1)), []).append(i)
+    by_bucket.setdefault(scoring.bucket(len(p) + (0 if is_ed else 1)), []).append(i)
   for length, group in sorted(by_bucket.items()):
-    rows = _batch_rows(max_tokens, length + steps)
+    rows = scoring.batch_rows(max_tokens, length + steps)
     for start in range(0, len(group), rows):
       chunk = group[start:start + rows]
-      tokens = np.zeros((min(rows, _pow2(len(chunk))), length), np.int32)
+      tokens = np.zeros((min(rows, scoring.pow2(len(chunk))), length), np.int32)
       if is_ed:
         for r, i in enumerate(chunk):
           tokens[r, :len(prompts[i])] = prompts[i]

@@ -1,0 +1,328 @@
+"""Summed log-likelihoods of continuations given a context, batched, for the CD, ND and ED.
+
+A `Request` is a context's token ids (`prompt`, possibly empty) and one or more
+continuations' token ids (`choices`, none empty). `Scorer.score` returns per request a
+`Result`: per continuation the sum of log p(token) over its tokens (optionally divided by
+their number) and, when asked, whether every one of them is the model's argmax (lm-eval's
+`is_greedy`). Nothing is added or cut here: EOS and truncation are the caller's.
+
+How each architecture reads a request (the same features as training, spec §3.3):
+  decoder-only  one row `prompt ++ choice` per choice; `decoder_causal_attention` on the
+                prompt plus one position (bidirectional for the ND); loss weights on the
+                choice
+  ED            the prompt is encoded ONCE per batch and each of its choices decoded
+                against it from start token 0; an empty prompt is an all-padding row
+Batches hold at most `max_tokens` tokens (rows x padded length). Their shapes (`shapes`):
+  fine       lengths and row counts of the form 2^k or 3 x 2^(k-1) (16, 24, 32, 48, ...: at
+             most a third of a batch is padding); an ED batch's prompts are encoded by one
+             program and its choices decoded by another, grouped by their own length
+  pow2       lengths and row counts are powers of two; an ED batch is one program
+  one_shape  every batch padded to the longest request: one compilation for a whole suite
+so that a whole suite compiles a handful of programs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Iterator, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from arch_objective import losses, models
+
+FINE, POW2, ONE_SHAPE = "fine", "pow2", "one_shape"
+SHAPES = (FINE, POW2, ONE_SHAPE)
+DEFAULT_MAX_TOKENS = 16384
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """A context and the continuations to score against it."""
+  prompt: np.ndarray                 # [p] int32, p >= 0
+  choices: tuple[np.ndarray, ...]    # each [c] int32, c >= 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  """The scores of one request's choices."""
+  scores: np.ndarray                 # [num_choices] float64
+  greedy: Optional[np.ndarray]       # [num_choices] bool, or None when not asked
+
+
+# ----------------------------------------------------------------------------------------
+# Shapes
+# ----------------------------------------------------------------------------------------
+def pow2(n: int) -> int:
+  """The least power of two >= n (1 for n <= 1)."""
+  return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+  """`pow2(n)`, at least `minimum`: 16, 32, 64, ..."""
+  return max(minimum, pow2(n))
+
+
+def fine_bucket(n: int, minimum: int = 1) -> int:
+  """The least of 2^k and 3 x 2^(k-1) (1, 2, 3, 4, 6, 8, 12, 16, 24, ...) >= max(n, minimum)."""
+  n = max(int(n), minimum, 1)
+  power = 1 << (n - 1).bit_length()          # the least power of two >= n
+  three_quarters = 3 * power // 4
+  return three_quarters if three_quarters >= n and power >= 4 else power
+
+
+def batch_rows(max_tokens: int, length: int) -> int:
+  """The most rows of `length` tokens within `max_tokens`, a power of two (at least 1)."""
+  return max(1, 1 << (max(max_tokens // length, 1).bit_length() - 1))
+
+
+def ed_chunks(group: Sequence[int], requests: Sequence[Request], enc_len: int,
+              max_tokens: int, choice_bucket: Callable[[int], int] = bucket
+              ) -> Iterator[list[int]]:
+  """Consecutive runs of `group` (indices into `requests`) whose encoder rows (`enc_len`
+  each) and decoder rows (`choice_bucket(len(choice))` each) together stay within
+  `max_tokens`; a request over the budget alone is a run of its own."""
+  chunk, tokens = [], 0
+  for g in group:
+    cost = enc_len + sum(choice_bucket(len(c)) for c in requests[g].choices)
+    if chunk and tokens + cost > max_tokens:
+      yield chunk
+      chunk, tokens = [], 0
+    chunk.append(g)
+    tokens += cost
+  if chunk:
+    yield chunk
+
+
+# ----------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------
+def decoder_batch(pairs: Sequence[tuple[np.ndarray, np.ndarray]], length: int, rows: int
+                  ) -> dict[str, np.ndarray]:
+  """A decoder-only batch `[rows, length]` (int32) of (prompt, choice) pairs, one row each
+  (`len(prompt) + len(choice) <= length`, `len(pairs) <= rows`; the rest is padding).
+
+  `decoder_target_tokens` is `prompt ++ choice`, `decoder_input_tokens` the targets shifted
+  right by one (0 first), `decoder_loss_weights` 1 on the choice, `decoder_causal_attention`
+  1 on the prompt and the position after it.
+  """
+  targets = np.zeros((rows, length), np.int32)
+  weights = np.zeros((rows, length), np.int32)
+  dca = np.zeros((rows, length), np.int32)
+  for r, (prompt, choice) in enumerate(pairs):
+    n = len(prompt)
+    targets[r, :n] = prompt
+    targets[r, n:n + len(choice)] = choice
+    weights[r, n:n + len(choice)] = 1
+    dca[r, :n + 1] = 1
+  inputs = np.zeros_like(targets)
+  inputs[:, 1:] = targets[:, :-1]
+  return {"decoder_input_tokens": inputs, "decoder_target_tokens": targets,
+          "decoder_loss_weights": weights, "decoder_causal_attention": dca}
+
+
+def encoder_batch(prompts: Sequence[np.ndarray], length: int, rows: int) -> np.ndarray:
+  """Encoder input tokens `[rows, length]` (int32): prompt p in row p, 0-padded."""
+  enc = np.zeros((rows, length), np.int32)
+  for p, prompt in enumerate(prompts):
+    enc[p, :len(prompt)] = prompt
+  return enc
+
+
+def ed_decoder_batch(rows: Sequence[tuple[int, np.ndarray]], length: int, num_rows: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """`(idx [num_rows] int32, targets [num_rows, length] int32)` of (prompt row, choice)
+  pairs: row r decodes its choice against encoder row `idx[r]` (padding rows: row 0 and
+  all-0 targets, which weigh nothing)."""
+  idx = np.zeros((num_rows,), np.int32)
+  targets = np.zeros((num_rows, length), np.int32)
+  for r, (p, choice) in enumerate(rows):
+    idx[r] = p
+    targets[r, :len(choice)] = choice
+  return idx, targets
+
+
+# ----------------------------------------------------------------------------------------
+# The scorer
+# ----------------------------------------------------------------------------------------
+class Scorer:
+  """Scores requests with one model's parameters (see the module docstring).
+
+  `max_tokens` bounds the tokens of one batch (rows x padded length); `shapes` is one of
+  `SHAPES`. `computed` holds the positions the last `score` call computed, padding
+  included: `batches`, `encoder_positions`, `decoder_positions`,
+  `cross_attention_key_positions`.
+  """
+
+  def __init__(self, model: models.BaseModel, params, *, max_tokens: int = DEFAULT_MAX_TOKENS,
+               shapes: str = FINE):
+    if shapes not in SHAPES:
+      raise ValueError(f"unknown shapes {shapes!r}; expected one of {', '.join(SHAPES)}.")
+    self.model, self.params = model, params
+    self.max_tokens, self.shapes = max_tokens, shapes
+    self.is_ed = model.name == models.ENCODER_DECODER
+    self.computed = {"batches": 0, "encoder_positions": 0, "decoder_positions": 0,
+                     "cross_attention_key_positions": 0}
+
+  def score(self, requests: Sequence[Request], *, normalize: bool = False,
+            greedy: bool = False) -> list[Result]:
+    """Per request, its choices' summed log-likelihoods (divided by each choice's length
+    with `normalize`) and, with `greedy`, whether each choice is the greedy continuation.
+    Raises ValueError naming the first request without choices or with an empty one."""
+    self.computed = dict.fromkeys(self.computed, 0)
+    for i, r in enumerate(requests):
+      if not r.choices or any(len(c) == 0 for c in r.choices):
+        raise ValueError(f"request {i} has an empty choice list or an empty choice.")
+    scores = [np.zeros(len(r.choices)) for r in requests]
+    flags = [np.zeros(len(r.choices), bool) for r in requests] if greedy else None
+    if requests:
+      score = self._score_ed if self.is_ed else self._score_decoder
+      score(requests, normalize, greedy, scores, flags)
+    if flags is None:
+      return [Result(s, None) for s in scores]
+    return [Result(s, f) for s, f in zip(scores, flags)]
+
+  def _count(self, encoder: int = 0, decoder: int = 0, cross: int = 0, batches: int = 1):
+    c = self.computed
+    c["batches"] += batches
+    c["encoder_positions"] += int(encoder)
+    c["decoder_positions"] += int(decoder)
+    c["cross_attention_key_positions"] += int(cross)
+
+  @staticmethod
+  def _store(where, totals, is_greedy, scores, flags):
+    for k, (i, j) in enumerate(where):
+      scores[i][j] = totals[k]
+      if flags is not None:
+        flags[i][j] = is_greedy[k]
+
+  # -- decoder-only ------------------------------------------------------------------
+  def _score_decoder(self, requests, normalize, greedy, scores, flags):
+    rows = [(i, j, r.prompt, c) for i, r in enumerate(requests) for j, c in enumerate(r.choices)]
+    longest = bucket(max(len(p) + len(c) for _, _, p, c in rows))
+    length_of = {FINE: lambda n: fine_bucket(n, 16), POW2: bucket,
+                 ONE_SHAPE: lambda n: longest}[self.shapes]
+    by_length: dict[int, list] = {}
+    for row in rows:
+      by_length.setdefault(length_of(len(row[2]) + len(row[3])), []).append(row)
+    for length, group in sorted(by_length.items()):
+      per_batch = batch_rows(self.max_tokens, length)
+      for start in range(0, len(group), per_batch):
+        chunk = group[start:start + per_batch]
+        num_rows = per_batch if self.shapes == ONE_SHAPE else min(
+            per_batch, (fine_bucket if self.shapes == FINE else pow2)(len(chunk)))
+        batch = decoder_batch([(p, c) for _, _, p, c in chunk], length, num_rows)
+        self._count(decoder=num_rows * length)
+        totals, is_greedy = jax.device_get(
+            _decoder_scores(self.model, self.params, batch, normalize, greedy))
+        self._store([(i, j) for i, j, _, _ in chunk], totals, is_greedy, scores, flags)
+
+  # -- encoder-decoder ---------------------------------------------------------------
+  def _score_ed(self, requests, normalize, greedy, scores, flags):
+    order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt))
+    longest_prompt = bucket(max(len(r.prompt) for r in requests))
+    longest_choice = bucket(max(len(c) for r in requests for c in r.choices))
+    most_choices = max(len(r.choices) for r in requests)
+    enc_bucket = {FINE: lambda n: fine_bucket(n, 16), POW2: bucket,
+                  ONE_SHAPE: lambda n: longest_prompt}[self.shapes]
+    choice_bucket = (lambda n: fine_bucket(n, 4)) if self.shapes == FINE else bucket
+    i = 0
+    while i < len(order):
+      enc_len = enc_bucket(len(requests[order[i]].prompt))
+      group = []                  # the prompts of this encoder length
+      while i < len(order) and enc_bucket(len(requests[order[i]].prompt)) == enc_len:
+        group.append(order[i])
+        i += 1
+      chunks = list(ed_chunks(group, requests, enc_len, self.max_tokens, choice_bucket))
+      widest = max(len(c) for c in chunks)
+      for chunk in chunks:
+        args = (requests, chunk, enc_len, normalize, greedy, scores, flags)
+        if self.shapes == FINE:
+          self._score_ed_split(*args)
+        elif self.shapes == ONE_SHAPE:
+          self._score_ed_joint(*args, dec_len=longest_choice, num_prompts=pow2(widest),
+                               num_rows=pow2(widest * most_choices))
+        else:
+          self._score_ed_joint(
+              *args, dec_len=bucket(max(len(c) for g in chunk for c in requests[g].choices)),
+              num_prompts=pow2(len(chunk)),
+              num_rows=pow2(sum(len(requests[g].choices) for g in chunk)))
+
+  def _score_ed_split(self, requests, chunk, enc_len, normalize, greedy, scores, flags):
+    """Encode the chunk's prompts once, then decode its choices grouped by their own
+    length bucket, so that a long choice does not pad every other row of the chunk."""
+    enc = encoder_batch([requests[g].prompt for g in chunk], enc_len, fine_bucket(len(chunk)))
+    rows_by_length: dict[int, list] = {}
+    for p, g in enumerate(chunk):
+      for j, c in enumerate(requests[g].choices):
+        rows_by_length.setdefault(fine_bucket(len(c), 4), []).append((p, g, j, c))
+    encoded = _ed_encode(self.model, self.params, enc)
+    self._count(encoder=enc.size, batches=0)
+    for dec_len, rows in sorted(rows_by_length.items()):
+      per_batch = max(1, self.max_tokens // (dec_len + enc_len))
+      for start in range(0, len(rows), per_batch):
+        part = rows[start:start + per_batch]
+        idx, targets = ed_decoder_batch([(p, c) for p, _, _, c in part], dec_len,
+                                        fine_bucket(len(part)))
+        totals, is_greedy = jax.device_get(_ed_decode_scores(
+            self.model, self.params, encoded, enc, idx, targets, normalize, greedy))
+        self._count(decoder=targets.size, cross=len(idx) * enc_len)
+        self._store([(g, j) for _, g, j, _ in part], totals, is_greedy, scores, flags)
+
+  def _score_ed_joint(self, requests, chunk, enc_len, normalize, greedy, scores, flags, *,
+                      dec_len, num_prompts, num_rows):
+    """One program encodes the chunk's prompts `[num_prompts, enc_len]` and decodes all
+    their choices `[num_rows, dec_len]`."""
+    enc = encoder_batch([requests[g].prompt for g in chunk], enc_len, num_prompts)
+    rows = [(p, g, j, c) for p, g in enumerate(chunk)
+            for j, c in enumerate(requests[g].choices)]
+    idx, targets = ed_decoder_batch([(p, c) for p, _, _, c in rows], dec_len, num_rows)
+    totals, is_greedy = jax.device_get(
+        _ed_scores(self.model, self.params, enc, idx, targets, normalize, greedy))
+    self._count(encoder=enc.size, decoder=targets.size, cross=num_rows * enc_len)
+    self._store([(g, j) for _, g, j, _ in rows], totals, is_greedy, scores, flags)
+
+
+# ----------------------------------------------------------------------------------------
+# The compiled programs
+# ----------------------------------------------------------------------------------------
+def _summed(logits, targets, weights, normalize, greedy):
+  """`([b] summed log p(target) over weighted positions, [b] every one the argmax or None)`
+  of `logits [b, l, v]`, `targets [b, l]`, `weights [b, l]`."""
+  weights = weights.astype(jnp.float32)
+  total = jnp.sum(losses.token_log_likelihoods(logits, targets) * weights, axis=-1)
+  if normalize:
+    total = total / jnp.maximum(jnp.sum(weights, axis=-1), 1.0)
+  if not greedy:
+    return total, None
+  is_greedy = (jnp.argmax(logits, axis=-1) == targets) | (weights == 0)
+  return total, jnp.all(is_greedy, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _decoder_scores(model, params, batch, normalize, greedy):
+  logits = model.compute_logits(params, batch)                         # [b, l, v]
+  return _summed(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
+                 normalize, greedy)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _ed_encode(model, params, enc):
+  return model.encode(params, enc)                                     # [P, i, d]
+
+
+def _ed_decoded(model, params, encoded, enc, idx, targets, normalize, greedy):
+  """Row r of `targets [R, t]` decoded against prompt `idx[r]` of `encoded [P, i, d]`."""
+  inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
+  logits = model.decode_logits(params, encoded[idx], enc[idx], inputs, targets)  # [R, t, v]
+  return _summed(logits, targets, targets > 0, normalize, greedy)
+
+
+_ed_decode_scores = jax.jit(_ed_decoded, static_argnums=(0, 6, 7))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _ed_scores(model, params, enc, idx, targets, normalize, greedy):
+  encoded = model.encode(params, enc)                                  # [P, i, d]: once
+  return _ed_decoded(model, params, encoded, enc, idx, targets, normalize, greedy)
