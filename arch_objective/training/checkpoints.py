@@ -161,7 +161,8 @@ class Checkpoints:
     """(state, data position, meta) of `step` (the latest if None) into the shapes and
     shardings of `abstract_state` (a tree of ShapeDtypeStructs with shardings).
     `check_meta(meta, step)` (e.g. the run's identity check) runs on the small meta item
-    before any array is read, so a refused resume costs no restore."""
+    after the saved shapes were compared (array metadata only) and before any array is
+    read, so a refused resume costs no restore."""
     step = self.latest_step() if step is None else step
     if step is None or step not in self.all_steps():
       raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; available "
@@ -170,9 +171,9 @@ class Checkpoints:
         META: ocp.args.JsonRestore()}))[META]
     if expected_meta is not None:
       check_compatible(meta, expected_meta, f"{self.directory}/{step}")
+    check_shapes(self.saved_params(step), abstract_state.params, f"{self.directory}/{step}")
     if check_meta is not None:
       check_meta(meta, step)
-    check_shapes(self.saved_params(step), abstract_state.params, f"{self.directory}/{step}")
     items = {STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}
     # This process's iterator state; absent in checkpoints written before states were
     # saved, or by a run with another number of processes (then each host's share is
