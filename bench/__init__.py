@@ -12,6 +12,9 @@ tiny model, a few batches) while keeping the results well-formed.
                   train step of the small model consumes (target: >= 2x)
   training        tokens/s and MFU of the train step of CD, ND, ED against HF T5's
                   (target: ED >= 1x HF), and at several sizes and lengths
+  optimizer       seconds of one Adafactor update of the ED parameters: ours (fused)
+                  against the optax reference and transformers' Adafactor (target:
+                  ours at least as fast as transformers')
   scoring         T0-Eval rank classification examples/s against lm-eval's HF backend
                   (target: >= 3x) and a naive one-forward-per-choice scorer
   resume          input pipeline resume cost late vs early (target: <= 1.5x), bytes read
@@ -25,7 +28,7 @@ import os
 import platform
 from typing import Any, Callable, Mapping
 
-from bench import data_pipeline, resume, scoring, training
+from bench import data_pipeline, optimizer, resume, scoring, training
 
 Summary = tuple[list[str], list[list[str]], list[str]]  # header, rows, notes
 
@@ -53,6 +56,12 @@ BENCHMARKS: dict[str, Benchmark] = {
                      f"(target: ours/HF >= {training.TARGET_RATIO:g}x, aim "
                      f"{training.AIM_RATIO:g}x); CD at several sizes and lengths."),
         run=training.run, summary=training.summary),
+    "optimizer": Benchmark(
+        description=("Seconds of one Adafactor update of the ED model's parameters: ours "
+                     "(fused, the default) against optax's chain (the reference it "
+                     "replaces) and transformers' Adafactor on HF T5's parameters (target: "
+                     f"HF / ours >= {optimizer.TARGET_RATIO:g}x); both of ours must agree."),
+        run=optimizer.run, summary=optimizer.summary),
     "scoring": Benchmark(
         description=("T0-Eval rank classification examples/s of RankScorer against "
                      "lm-evaluation-harness's HF backend on the exported same model (target: "

@@ -10,6 +10,9 @@ weighted token; the step costs the same for any ids):
                   steps; the best of all of them is the machine's peak;
   CD, ND, ED      our step at `size` (default `small`) on `rows` x `length` tokens
                   (ED: `rows` x (`inputs_length` + `targets_length`));
+  ED (optax)      our ED step with `optimizers.adafactor(implementation="optax")`, the
+                  optax chain that our default fused Adafactor replaces (same results):
+                  the step before and after, timed in the same rounds;
   HF ED           `transformers.T5ForConditionalGeneration` (PyTorch, eager, float32) of
                   the same config (`convert.hf.t5_config`: gated-GELU, tied embeddings),
                   same batch, with `transformers.optimization.Adafactor(lr=1e-3,
@@ -24,7 +27,7 @@ weighted token; the step costs the same for any ids):
   scaling         our CD step at every size x length of `scaling_sizes` x
                   `scaling_lengths`.
 
-Our ED step, its parts and HF's steps alternate, one of each per round
+Our ED step, its parts, the reference step and HF's steps alternate, one of each per round
 (`comparison_steps` rounds), so that a change of the machine's load hits all of them.
 Each is warmed up by one untimed step (our first step compiles). `tokens/s = tokens
 per step / median step time`: other jobs may share the cores, and the median of the
@@ -32,7 +35,8 @@ rounds resists a disturbed step either way (the best step is recorded too).
 `MFU = tokens/s x training_flops_per_token / matmul peak`, with
 `models.training_flops_per_token` (6 FLOPs per parameter-token of every matmul plus
 attention scores; embedding lookups free), the same count for HF's model.
-`ratio = ours / HF` tokens/s; the target is `ratio >= TARGET_RATIO` (aim `AIM_RATIO`).
+`ratio = ours / HF` tokens/s; the target is `ratio >= TARGET_RATIO` (aim `AIM_RATIO`);
+`reference_ratio` is the same for the reference step, `speedup_vs_reference` ours / it.
 `--smoke` measures tiny models on a few tokens, one timed step each.
 """
 from __future__ import annotations
@@ -77,6 +81,7 @@ class Settings:
   scaling_sizes: tuple[str, ...] = ("tiny", "small")
   scaling_lengths: tuple[int, ...] = (64, 128)
   breakdown: bool = True       # also time our ED forward and forward+backward alone
+  reference_step: bool = True  # also time our ED step with the optax reference Adafactor
   seed: int = 0
 
 
@@ -176,11 +181,13 @@ class Runner:
 
 
 def our_runner(arch: str, size: str, rows: int, length: int, inputs_length: int,
-               targets_length: int, vocab_size: int, seed: int = 0) -> Runner:
-  """Our jitted `trainer.train_step` (float32, t5x Adafactor, rsqrt schedule)."""
+               targets_length: int, vocab_size: int, seed: int = 0,
+               implementation: str = "fused") -> Runner:
+  """Our jitted `trainer.train_step` (float32, t5x Adafactor of `implementation`, rsqrt
+  schedule)."""
   model = models.build_model(arch, size, dtype="float32", vocab_size=vocab_size)
   schedule = optimizers.rsqrt_decay()
-  optimizer = optimizers.adafactor(schedule)
+  optimizer = optimizers.adafactor(schedule, implementation=implementation)
   state = trainer.init_state(model, optimizer, models.default_input_shapes(arch, 1, 8, 8, 8),
                              jax.random.PRNGKey(seed))
   step_fn = jax.jit(lambda state, batch, rng: trainer.train_step(
@@ -206,9 +213,9 @@ def our_runner(arch: str, size: str, rows: int, length: int, inputs_length: int,
       tokens_per_step=rows * tokens_per_row, params=models.count_params(model),
       flops_per_token=models.training_flops_per_token(model, length, inputs_length,
                                                       targets_length),
-      vocab_size=vocab_size, dtype="float32")
-  return Runner(f"{models.SHORT_NAMES[arch]}", "ours", describe, step, step,
-                lambda: box["loss"])
+      vocab_size=vocab_size, dtype="float32", adafactor=implementation)
+  name = models.SHORT_NAMES[arch] + ("" if implementation == "fused" else f" ({implementation})")
+  return Runner(name, "ours", describe, step, step, lambda: box["loss"])
 
 
 def our_part_runners(ours: Runner, seed: int = 0) -> list[Runner]:
@@ -336,12 +343,18 @@ def _add_mfu(entries: Sequence[dict], peak: float) -> None:
 # ---------------------------------------------------------------------------
 # The benchmark
 # ---------------------------------------------------------------------------
-def compare(ours: Mapping[str, Any], hf_entries: Sequence[Mapping[str, Any]]) -> dict:
+def compare(ours: Mapping[str, Any], hf_entries: Sequence[Mapping[str, Any]],
+            reference: Optional[Mapping[str, Any]] = None) -> dict:
   """Ours / HF's fastest thread count (median steps) against the target; the ratio of
-  best steps beside it."""
+  best steps beside it; with the reference step, its ratio and ours / it."""
   baseline = max(hf_entries, key=lambda e: e["tokens_per_second"])
   ratio = ours["tokens_per_second"] / baseline["tokens_per_second"]
-  return {"ours": ours["name"], "baseline": baseline["name"],
+  extra = {}
+  if reference is not None:
+    extra = {"reference": reference["name"],
+             "reference_ratio": reference["tokens_per_second"] / baseline["tokens_per_second"],
+             "speedup_vs_reference": ours["tokens_per_second"] / reference["tokens_per_second"]}
+  return {**extra, "ours": ours["name"], "baseline": baseline["name"],
           "ours_tokens_per_second": ours["tokens_per_second"],
           "hf_tokens_per_second": baseline["tokens_per_second"],
           "hf_torch_threads": baseline["torch_threads"], "ratio": ratio,
@@ -371,9 +384,13 @@ def run(options: argparse.Namespace, log: Callable[[str], None] = print) -> dict
   except ImportError as e:   # the eval extra (torch, transformers) is not installed
     hf, hf_error = [], f"{type(e).__name__}: {e}"
   parts = our_part_runners(ed, s.seed) if s.breakdown and hf else []
-  measured = measure([ed] + parts + hf, s.comparison_steps, log)
+  references = ([our_runner(models.ENCODER_DECODER, s.size, **common, implementation="optax")]
+                if s.reference_step and hf else [])
+  measured = measure([ed] + parts + references + hf, s.comparison_steps, log)
   entries.append(measured[0])
-  part_entries, hf_entries = measured[1:1 + len(parts)], measured[1 + len(parts):]
+  part_entries = measured[1:1 + len(parts)]
+  reference_entries = measured[1 + len(parts):1 + len(parts) + len(references)]
+  hf_entries = measured[1 + len(parts) + len(references):]
 
   scaling = []
   for size in s.scaling_sizes:
@@ -389,9 +406,10 @@ def run(options: argparse.Namespace, log: Callable[[str], None] = print) -> dict
 
   peak_end = matmul_peak(s.matmul_size, s.matmul_repeats)
   peak = best_peak(peak_start, peak_end)
-  for group in (entries, hf_entries, scaling):
+  for group in (entries, reference_entries, hf_entries, scaling):
     _add_mfu(group, peak)
-  comparison = compare(entries[-1], hf_entries) if hf_entries else None
+  reference = reference_entries[0] if reference_entries else None
+  comparison = compare(entries[-1], hf_entries, reference) if hf_entries else None
   versions = {}
   if hf_entries:
     import torch
@@ -403,28 +421,32 @@ def run(options: argparse.Namespace, log: Callable[[str], None] = print) -> dict
       "load_average": {"start": load_start, "end": load_average()},
       "usable_cpus": usable_cpus(),
       "matmul_peak": {"start": peak_start, "end": peak_end, "flops_per_second": peak},
-      "entries": entries, "hf": {"entries": hf_entries, "error": hf_error,
-                                 "versions": versions},
+      "entries": entries, "reference": reference,
+      "hf": {"entries": hf_entries, "error": hf_error, "versions": versions},
       "comparison": comparison,
-      "breakdown": breakdown(entries[-1], part_entries, hf_entries, comparison),
+      "breakdown": breakdown(entries[-1], part_entries, hf_entries, comparison, reference),
       "scaling": scaling,
   }
 
 
 def breakdown(ours: Mapping[str, Any], part_entries: Sequence[Mapping[str, Any]],
-              hf_entries: Sequence[Mapping[str, Any]], comparison: Optional[Mapping[str, Any]]
-              ) -> Optional[dict]:
+              hf_entries: Sequence[Mapping[str, Any]], comparison: Optional[Mapping[str, Any]],
+              reference: Optional[Mapping[str, Any]] = None) -> Optional[dict]:
   """Median seconds of forward, backward and optimizer per step, ours (forward; forward
   + backward minus forward; full step minus forward + backward) and the baseline HF's
-  (timed inside its median step). None without the part timings."""
+  (timed inside its median step); with the reference step, its optimizer the same way.
+  None without the part timings."""
   if not part_entries or comparison is None:
     return None
   forward, both = (e["median_step_seconds"] for e in part_entries)
   baseline = next(e for e in hf_entries if e["name"] == comparison["baseline"])
-  return {"ours": {"forward": forward, "backward": both - forward,
-                   "optimizer": ours["median_step_seconds"] - both},
-          "hf": baseline["median_step_parts"], "hf_name": baseline["name"],
-          "ours_part_step_seconds": {e["name"]: e["step_seconds"] for e in part_entries}}
+  out = {"ours": {"forward": forward, "backward": both - forward,
+                  "optimizer": ours["median_step_seconds"] - both},
+         "hf": baseline["median_step_parts"], "hf_name": baseline["name"],
+         "ours_part_step_seconds": {e["name"]: e["step_seconds"] for e in part_entries}}
+  if reference is not None:
+    out["reference_optimizer"] = reference["median_step_seconds"] - both
+  return out
 
 
 # ---------------------------------------------------------------------------
@@ -495,6 +517,8 @@ def summary(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]], list
       rows.append(row(e, f"{c['ratio']:.2f}x", _target(result)))
     else:
       rows.append(row(e))
+  if result.get("reference") and c is not None:
+    rows.append(row(result["reference"], f"{c['reference_ratio']:.2f}x"))
   rows += [row(e) for e in result["hf"]["entries"]]
   rows += [row(dict(e, name=f"scaling: CD {e['size']} L={e['lengths']['length']}"))
            for e in result["scaling"]]
@@ -511,16 +535,23 @@ def summary(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]], list
       f"other jobs may share the cores, so each step counts by its median over "
       f"{s['steps']} step(s) ({s['comparison_steps']} interleaved rounds for ED vs HF), "
       f"the best step beside it.",
-      f"Ours: jitted trainer.train_step, float32, t5x Adafactor, vocabulary "
+      f"Ours: jitted trainer.train_step, float32, t5x Adafactor (fused; ED (optax): "
+      f"optax's chain, the reference), vocabulary "
       f"{s['vocab_size']}. HF: T5ForConditionalGeneration (PyTorch eager, float32) of the "
       f"same config with transformers' Adafactor, torch threads {result['hf_threads']}; "
       f"the faster is the baseline.",
   ]
   b = result.get("breakdown")
   if b:
+    reference_optimizer = (f"; the optax reference's optimizer {b['reference_optimizer']:.3f}"
+                           if "reference_optimizer" in b else "")
     notes.append(f"Forward / backward / optimizer seconds of the median step: ours "
                  f"{_parts(b['ours'])} (from our forward and forward + backward jitted "
-                 f"apart), {b['hf_name']} {_parts(b['hf'])}.")
+                 f"apart), {b['hf_name']} {_parts(b['hf'])}{reference_optimizer}.")
+  if c is not None and "speedup_vs_reference" in c:
+    notes.append(f"ED step with the fused Adafactor / with optax's ({c['reference']}, the "
+                 f"same rounds): {c['speedup_vs_reference']:.2f}x tokens/s; ours / HF "
+                 f"{c['ratio']:.2f}x against {c['reference_ratio']:.2f}x with optax's.")
   if c is None:
     notes.append(f"Training target not measured: HF step unavailable "
                  f"({result['hf']['error']}); install the eval extra.")
