@@ -7,17 +7,32 @@ so the input pipeline runs (and is tested) without building a network.
   causal_decoder      CD     one decoder, causal attention everywhere
   non_causal_decoder  ND     one decoder, bidirectional over the prefix (inputs)
   encoder_decoder     ED     an encoder and a decoder
+
+Each architecture is an `Architecture` (`get(name)`): what code outside `models.py` asks
+about an architecture (its feature groups, its input shapes at given lengths, its
+feature converter, whether a prompt goes to an encoder) it reads from there, never by
+comparing names. How each architecture reads each objective is the one table of
+`objectives/pipeline.py`.
+
+Lengths are given as a dict whose keys are those of `pipeline.Objective.feature_lengths`:
+`decoder` (the decoder-only row, `inputs ++ targets`), `inputs` and `targets` (the
+encoder-decoder's encoder and decoder rows). Each architecture reads the keys it has
+(`length_keys`) and ignores the others:
+
+  get('non_causal_decoder').input_shapes({'decoder': 626, 'inputs': 512, 'targets': 114}, 8)
+      == {'decoder_input_tokens': (8, 626)}
+  get('encoder_decoder').input_shapes({'decoder': 626, 'inputs': 512, 'targets': 114}, 8)
+      == {'encoder_input_tokens': (8, 512), 'decoder_input_tokens': (8, 114)}
 """
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Mapping, Optional, Sequence
 
 CAUSAL_DECODER = "causal_decoder"
 NON_CAUSAL_DECODER = "non_causal_decoder"
 ENCODER_DECODER = "encoder_decoder"
 ARCHITECTURES = (CAUSAL_DECODER, NON_CAUSAL_DECODER, ENCODER_DECODER)
-SHORT_NAMES = {CAUSAL_DECODER: "CD", NON_CAUSAL_DECODER: "ND", ENCODER_DECODER: "ED"}
-DECODER_ONLY = (CAUSAL_DECODER, NON_CAUSAL_DECODER)
 
 # The model features (what a batch holds), by stack; every one is [batch, length].
 DECODER_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
@@ -28,15 +43,99 @@ TOKEN_FEATURES = ("targets", "inputs", "decoder_target_tokens", "decoder_input_t
                   "encoder_input_tokens")
 
 
-def model_features(arch: str) -> tuple[tuple[str, ...], ...]:
-  """The feature groups a batch of `arch` may hold; features of a group share one length.
-  Only the non-causal decoder reads `decoder_causal_attention` (the causal decoder
-  accepts and ignores it)."""
-  check(arch)
-  if arch == ENCODER_DECODER:
-    return (ENCODER_FEATURES,
-            tuple(f for f in DECODER_FEATURES if f != "decoder_causal_attention"))
-  return (DECODER_FEATURES,)
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  """One architecture's static facts.
+
+  name: `build_model`'s `arch`.
+  short: the paper's abbreviation.
+  has_encoder: an encoder reads the inputs (a prompt, a prefix) and the decoder the
+    targets; without one, a single decoder reads `inputs ++ targets` in one row.
+  bidirectional_prefix: the decoder attends bidirectionally over the positions marked
+    by `decoder_causal_attention` (the non-causal decoder's prefix).
+  feature_groups: the model features a batch may hold; features of a group share one
+    length. Only the non-causal decoder reads `decoder_causal_attention` (the causal
+    decoder accepts and ignores it).
+  token_inputs: `(model feature, length key)` of each token input `get_initial_variables`
+    needs, in order: the shape of that feature is `[batch, lengths[length key]]`.
+  feature_converter: how it reads `{'inputs', 'targets'}` examples, a key of
+    `objectives.feature_converters.CONVERTERS`: 'prefix_lm_rows' (`inputs ++ targets` in
+    one decoder row) or 'encoder_decoder_rows' (inputs to the encoder, targets to the
+    decoder).
+  """
+  name: str
+  short: str
+  has_encoder: bool
+  bidirectional_prefix: bool
+  feature_groups: tuple[tuple[str, ...], ...]
+  token_inputs: tuple[tuple[str, str], ...]
+  feature_converter: str
+
+  @property
+  def length_keys(self) -> tuple[str, ...]:
+    """The keys of a lengths dict this architecture reads: `('decoder',)` or
+    `('inputs', 'targets')`."""
+    return tuple(key for _, key in self.token_inputs)
+
+  def row_lengths(self, lengths: Mapping[str, Any]) -> dict[str, int]:
+    """`lengths` cut to this architecture's `length_keys`, e.g. `{'decoder': 626}` or
+    `{'inputs': 512, 'targets': 114}`."""
+    missing = [k for k in self.length_keys if lengths.get(k) is None]
+    if missing:
+      raise ValueError(f"{self.name} needs the lengths {list(self.length_keys)}, found "
+                       f"{dict(lengths)} (missing {missing}).")
+    return {k: int(lengths[k]) for k in self.length_keys}
+
+  def row_tokens(self, lengths: Mapping[str, Any]) -> int:
+    """Tokens one row carries at `lengths`: the decoder length, or inputs + targets."""
+    return sum(self.row_lengths(lengths).values())
+
+  def input_shapes(self, lengths: Mapping[str, Any], batch_size: int = 1
+                   ) -> dict[str, tuple[int, int]]:
+    """Input shapes for `get_initial_variables`: `{feature: (batch_size, length)}` for
+    each of `token_inputs` (see the module docstring)."""
+    row = self.row_lengths(lengths)
+    return {feature: (batch_size, row[key]) for feature, key in self.token_inputs}
+
+  def lengths_of(self, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """The lengths of `input_shapes` (`[batch, length]` per feature), the inverse of
+    `input_shapes`: e.g. `{'decoder': 626}`."""
+    missing = [f for f, _ in self.token_inputs if f not in input_shapes]
+    if missing:
+      raise ValueError(f"{self.name}: input_shapes must give "
+                       f"{[f for f, _ in self.token_inputs]}, found {sorted(input_shapes)} "
+                       f"(missing {missing}).")
+    return {key: int(input_shapes[feature][1]) for feature, key in self.token_inputs}
+
+  def shares_parameters(self, other: "Architecture") -> bool:
+    """Whether `other` has this architecture's parameter tree (CD and ND do, spec §7.3):
+    a checkpoint of one is read as the other unchanged."""
+    return self.has_encoder == other.has_encoder
+
+
+_DECODER_GROUPS = (DECODER_FEATURES,)
+_ENCODER_DECODER_GROUPS = (ENCODER_FEATURES, tuple(f for f in DECODER_FEATURES
+                                                   if f != "decoder_causal_attention"))
+_DECODER_INPUTS = (("decoder_input_tokens", "decoder"),)
+_ENCODER_DECODER_INPUTS = (("encoder_input_tokens", "inputs"),
+                           ("decoder_input_tokens", "targets"))
+
+SPECS: dict[str, Architecture] = {
+    CAUSAL_DECODER: Architecture(
+        CAUSAL_DECODER, "CD", has_encoder=False, bidirectional_prefix=False,
+        feature_groups=_DECODER_GROUPS, token_inputs=_DECODER_INPUTS,
+        feature_converter="prefix_lm_rows"),
+    NON_CAUSAL_DECODER: Architecture(
+        NON_CAUSAL_DECODER, "ND", has_encoder=False, bidirectional_prefix=True,
+        feature_groups=_DECODER_GROUPS, token_inputs=_DECODER_INPUTS,
+        feature_converter="prefix_lm_rows"),
+    ENCODER_DECODER: Architecture(
+        ENCODER_DECODER, "ED", has_encoder=True, bidirectional_prefix=False,
+        feature_groups=_ENCODER_DECODER_GROUPS, token_inputs=_ENCODER_DECODER_INPUTS,
+        feature_converter="encoder_decoder_rows"),
+}
+SHORT_NAMES = {name: spec.short for name, spec in SPECS.items()}
+DECODER_ONLY = tuple(name for name, spec in SPECS.items() if not spec.has_encoder)
 
 
 def check(arch: str, what: str = "arch") -> str:
@@ -45,6 +144,41 @@ def check(arch: str, what: str = "arch") -> str:
     raise ValueError(f"unknown {what} {arch!r}; valid architectures: "
                      f"{', '.join(ARCHITECTURES)}.")
   return arch
+
+
+def get(arch: str, what: str = "arch") -> Architecture:
+  """The `Architecture` named `arch`, else `check`'s ValueError listing the names."""
+  return SPECS[check(arch, what)]
+
+
+def find(arch: Any) -> Optional[Architecture]:
+  """The `Architecture` named `arch`, or None for anything else (e.g. a checkpoint's
+  unchecked meta); callers raise their own error."""
+  return SPECS[arch] if arch in ARCHITECTURES else None
+
+
+def decoder_only(bidirectional_prefix: bool) -> Architecture:
+  """The decoder-only architecture with (ND) or without (CD) the bidirectional prefix."""
+  return next(spec for spec in SPECS.values() if not spec.has_encoder
+              and spec.bidirectional_prefix == bool(bidirectional_prefix))
+
+
+def is_decoder_only(arch: Any) -> bool:
+  """Whether `arch` names a decoder-only architecture (False for any other value)."""
+  spec = find(arch)
+  return spec is not None and not spec.has_encoder
+
+
+def share_parameters(a: Any, b: Any) -> bool:
+  """Whether the architectures named `a` and `b` have one parameter tree
+  (`Architecture.shares_parameters`; False when either is not a name)."""
+  spec_a, spec_b = find(a), find(b)
+  return spec_a is not None and spec_b is not None and spec_a.shares_parameters(spec_b)
+
+
+def model_features(arch: str) -> tuple[tuple[str, ...], ...]:
+  """The feature groups a batch of `arch` may hold (`Architecture.feature_groups`)."""
+  return get(arch).feature_groups
 
 
 # The size presets (`network.make_config`). Layer counts are per stack: decoder-only models have as many layers as each stack

@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _plan(args) -> int:
-  from arch_objective import models
+  from arch_objective import architectures, models
   if args.gin_file:
     return _plan_gin(args)
   lineage = None
@@ -46,8 +46,9 @@ def _plan(args) -> int:
       "params": models.count_params(model),
       "flops_per_token": models.training_flops_per_token(
           model, args.length, args.inputs_length, args.targets_length),
-      "lengths": ({"inputs": args.inputs_length, "targets": args.targets_length}
-                  if args.arch == models.ENCODER_DECODER else {"decoder": args.length}),
+      "lengths": architectures.get(args.arch).row_lengths(
+          {"decoder": args.length, "inputs": args.inputs_length,
+           "targets": args.targets_length}),
       "config": {k: v for k, v in vars(model.config).items()},
   }
   if lineage is not None:

@@ -55,7 +55,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from arch_objective import models  # noqa: E402
+from arch_objective import models, testing  # noqa: E402
 from arch_objective.evaluation import rank_classification  # noqa: E402
 from arch_objective.training import optimizers, trainer  # noqa: E402
 
@@ -174,22 +174,7 @@ def build(arch: str, s: Settings) -> models.BaseModel:
 def batch_for(arch: str, rows: int, length: int, vocab_size: int, seed: int
               ) -> dict[str, np.ndarray]:
   """Random ids, every target weighted; ND prefix = first half; ED length/2 + length/2."""
-  rng = np.random.default_rng(seed)
-  ids = lambda n: rng.integers(2, vocab_size, (rows, n)).astype(np.int32)
-  shift = lambda t: np.pad(t[:, :-1], ((0, 0), (1, 0)))
-  if arch == models.ENCODER_DECODER:
-    targets = ids(length // 2)
-    return {"encoder_input_tokens": ids(length - length // 2),
-            "decoder_target_tokens": targets, "decoder_input_tokens": shift(targets),
-            "decoder_loss_weights": np.ones_like(targets)}
-  targets = ids(length)
-  batch = {"decoder_target_tokens": targets, "decoder_input_tokens": shift(targets),
-           "decoder_loss_weights": np.ones_like(targets)}
-  if arch == models.NON_CAUSAL_DECODER:
-    dca = np.zeros_like(targets)
-    dca[:, :length // 2 + 1] = 1
-    batch["decoder_causal_attention"] = dca
-  return batch
+  return testing.synthetic_batch(arch, rows, length, vocab_size=vocab_size, seed=seed)
 
 
 def train_throughput(arch: str, s: Settings, device, log: Callable[[str], None]) -> dict:

@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arch_objective import models
+from arch_objective import models, testing
 from arch_objective.training import optimizers, trainer
 
 # Hugging Face reads only local files here; never ask the Hub.
@@ -149,22 +149,8 @@ def synthetic_batch(arch: str, rows: int, length: int, inputs_length: int,
                     ) -> dict[str, np.ndarray]:
   """A full batch of random ids in `[2, vocab_size)`, every target weighted. The ND's
   prefix (`decoder_causal_attention`) is the first half of each row."""
-  rng = np.random.default_rng(seed)
-  ids = lambda n: rng.integers(2, vocab_size, (rows, n)).astype(np.int32)
-  shift = lambda t: np.pad(t[:, :-1], ((0, 0), (1, 0)))
-  if arch == models.ENCODER_DECODER:
-    targets = ids(targets_length)
-    return {"encoder_input_tokens": ids(inputs_length), "decoder_target_tokens": targets,
-            "decoder_input_tokens": shift(targets),
-            "decoder_loss_weights": np.ones_like(targets)}
-  targets = ids(length)
-  batch = {"decoder_target_tokens": targets, "decoder_input_tokens": shift(targets),
-           "decoder_loss_weights": np.ones_like(targets)}
-  if arch == models.NON_CAUSAL_DECODER:
-    dca = np.zeros_like(targets)
-    dca[:, :length // 2 + 1] = 1
-    batch["decoder_causal_attention"] = dca
-  return batch
+  return testing.synthetic_batch(arch, rows, length, vocab_size=vocab_size, seed=seed,
+                                 inputs_length=inputs_length, targets_length=targets_length)
 
 
 @dataclasses.dataclass

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from arch_objective import build_model, models
+from arch_objective import build_model, models, testing
 from arch_objective.training import optimizers, trainer
 
 TOLERANCE = 1e-6      # max abs difference of parameters and updates (float32)
@@ -190,14 +190,9 @@ def test_factored_dims_follow_optax():
 
 
 def _batch(arch: str, seed: int, rows: int = 4, length: int = 12) -> dict:
-  rng = np.random.RandomState(seed)
-  targets = rng.randint(2, 160, size=(rows, length)).astype(np.int32)
-  weights = (rng.rand(rows, length) > 0.2).astype(np.float32)
-  batch = {"decoder_input_tokens": np.roll(targets, 1, 1), "decoder_target_tokens": targets,
-           "decoder_loss_weights": weights}
-  if arch == models.ENCODER_DECODER:
-    batch["encoder_input_tokens"] = rng.randint(2, 160, size=(rows, length)).astype(np.int32)
-  return batch
+  return testing.synthetic_batch(arch, rows, length, inputs_length=length,
+                                 targets_length=length, vocab_size=160, seed=seed,
+                                 weighted=0.8)
 
 
 @pytest.mark.parametrize("arch", [models.ENCODER_DECODER, models.CAUSAL_DECODER])

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from arch_objective import study
+from arch_objective.study import run as study
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +110,22 @@ def test_unknown_preset_is_named():
 def test_preset_vocabulary_fits_its_corpus(preset, tmp_path):
   """The world's text has a bounded lexicon: a preset's `vocab_size` must be one that
   SentencePiece can fill from the corpus that preset writes."""
-  from arch_objective.data import vocabularies, world as world_lib
+  from arch_objective.data import vocabularies
+  from arch_objective.study import world as world_lib
   config = study.load_preset(preset)
   corpus = str(tmp_path / "corpus.jsonl")
   world_lib.write_corpus(corpus, world_lib.make_world(seed=config.seed),
                          target_bytes=config.corpus_bytes)
   path = str(tmp_path / "spm.model")
   study._train_vocab(corpus, path, config.vocab_size)
-  assert vocabularies.SentencePieceVocabulary(path).vocab_size >= config.vocab_size
+  vocab = vocabularies.SentencePieceVocabulary(path)
+  assert vocab.vocab_size >= config.vocab_size
+  # Rank classification sums the answer's log-likelihood over its pieces: an answer word
+  # split into three pieces would lose to a one-piece one whatever the model thinks. The
+  # corpus's rumour dialogues use yes, no and maybe, so the vocabulary keeps them whole
+  # (True / Neither / False, the choices of one NLI prompt of five, stay split).
+  assert {w: len(vocab.encode(w)) for w in ("Yes", "Maybe", "No")} == {
+      "Yes": 1, "Maybe": 1, "No": 1}
+  people = world_lib.make_world(seed=config.seed).entities.people
+  names = {n for p in people for n in p.name.split()}   # coreference's answer choices
+  assert [n for n in sorted(names) if len(vocab.encode(n)) > 1] == []

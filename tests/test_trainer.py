@@ -4,27 +4,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arch_objective import build_model, layers
+from arch_objective import build_model, layers, testing
 from arch_objective.training import optimizers, trainer
 
 ARCHS = ("causal_decoder", "non_causal_decoder", "encoder_decoder")
 
 
 def _batch(arch: str, rows: int = 8, length: int = 12, seed: int = 0) -> dict:
-  """Random packed-looking rows: tokens in [2, 128), a loss on most positions."""
-  rng = np.random.RandomState(seed)
-  tokens = rng.randint(2, 128, size=(rows, length)).astype(np.int32)
-  targets = rng.randint(2, 128, size=(rows, length)).astype(np.int32)
-  weights = (rng.rand(rows, length) > 0.2).astype(np.float32)
-  if arch == "encoder_decoder":
-    return {"encoder_input_tokens": tokens, "decoder_input_tokens": np.roll(targets, 1, 1),
-            "decoder_target_tokens": targets, "decoder_loss_weights": weights}
-  batch = {"decoder_input_tokens": np.roll(targets, 1, 1), "decoder_target_tokens": targets,
-           "decoder_loss_weights": weights}
-  if arch == "non_causal_decoder":
-    split = rng.randint(1, length - 1, size=(rows, 1))
-    batch["decoder_causal_attention"] = (np.arange(length)[None] <= split).astype(np.int32)
-  return batch
+  """Random rows: tokens in [2, 128), a loss on about 80% of positions, ND prefixes of
+  random lengths."""
+  return testing.synthetic_batch(arch, rows, length, inputs_length=length,
+                                 targets_length=length, vocab_size=128, seed=seed,
+                                 weighted=0.8, prefix="random")
 
 
 def _model_and_params(arch: str, dropout: float):

@@ -1,4 +1,4 @@
-"""Tests of the synthetic world (`arch_objective.data.world`): determinism, every gold
+"""Tests of the synthetic world (`arch_objective.study.world`): determinism, every gold
 answer recomputed from the world's structured facts (not from its text), no leakage of
 the held-out families into the training mixture or the corpus, and a tiny MT-F mixture
 built from the world's training tasks."""
@@ -13,10 +13,10 @@ import pytest
 
 from arch_objective.data import sources
 from arch_objective.data import vocabularies
-from arch_objective.data import world as world_lib
-from arch_objective.data import world_entities as we
-from arch_objective.data import world_events as wv
-from arch_objective.data import world_text as wt
+from arch_objective.study import world as world_lib
+from arch_objective.study.world import entities as we
+from arch_objective.study.world import events as wv
+from arch_objective.study.world import text as wt
 
 SMALL = dict(num_people=60, num_towns=5, places_per_town=6, num_chains=90,
              train_examples=120, validation_examples=40, heldout_examples=80)
@@ -70,7 +70,7 @@ def test_same_seed_same_bytes_other_seed_differs(world):
 
 def test_generation_does_not_depend_on_the_hash_seed(world):
   """Nothing iterates over a set of strings: another PYTHONHASHSEED, the same bytes."""
-  code = ("from arch_objective.data import world as w; import json, sys; "
+  code = ("from arch_objective.study import world as w; import json, sys; "
           "sys.path.insert(0, 'tests'); import test_world as t; "
           f"print(t._fingerprint(w.make_world(seed={SEED}, **{SMALL!r})))")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -440,3 +440,36 @@ def test_a_prompted_mixture_of_the_training_tasks(world, corpus, tmp_path):
   vocab = mix.vocab()
   ex = next(mix.task_examples("train", seed=1))
   assert vocab.decode(ex["inputs"]).strip()
+
+
+def test_rumour_answers_follow_from_the_known_fact(world):
+  """A rumour that 'holds' is the known fact; one 'ruled_out' gives the known fact's
+  relation another value (false in the world); an 'unknown' one is of another relation."""
+  import random
+  seen = collections.Counter()
+  for k, person in enumerate(world.entities.people):
+    for answer in wt.RUMOUR_REPLIES:
+      told = wt.rumour(world, person, answer, random.Random(f"rumour:{k}:{answer}"))
+      known, claim = told["known"], told["claim"]
+      assert world.holds(known) and known.subject == claim.subject == person.id
+      if answer == "holds":
+        assert claim == known
+      elif answer == "ruled_out":
+        assert claim.relation == known.relation and not world.holds(claim)
+      else:
+        assert claim.relation != known.relation
+        seen[world.holds(claim)] += 1
+  assert seen[True] > 10 and seen[False] > 10, seen   # unknown claims: true or not, both
+
+
+def test_the_corpus_answers_questions_with_yes_no_and_maybe(world, corpus, suite):
+  """The NLI prompts' fixed choices occur in the corpus, Yes, Maybe and No as replies,
+  so a vocabulary trained on it can keep them whole."""
+  import random
+  text = "\n".join(corpus)
+  words = {c for f in suite for p in f.prompts for c in p.choices if "{" not in c}
+  assert words == {"Yes", "Maybe", "No", "True", "Neither", "False"}
+  for word in ("Yes", "Maybe", "No"):
+    assert text.count(f": {word}") >= 20, word
+  dialogue = wt.rumour_dialogue(world, world.entities.people[0], random.Random(0))
+  assert dialogue.count("Is it true?") == 3 and len(dialogue.splitlines()) == 6

@@ -74,6 +74,7 @@ def _t5x_out(args) -> dict:
 
 
 def _hf_out(args) -> dict:
+  from arch_objective import architectures
   from arch_objective.convert import hf, model_dir
   params, meta = model_dir.load_params(args.model_dir)
   config = model_dir.config_from_dict(meta.get("config") or {}, args.model_dir)
@@ -90,7 +91,7 @@ def _hf_out(args) -> dict:
       raise
     raise type(e)(f"{e} (the tokenizer comes from vocabulary {vocabulary!r}: pass a local "
                   f"copy with --vocabulary, or --no_tokenizer)") from e
-  kind = ("T5ForConditionalGeneration" if meta.get("arch") == "encoder_decoder"
+  kind = ("T5ForConditionalGeneration" if architectures.get(meta.get("arch")).has_encoder
           else "ArchObjectiveForCausalLM (trust_remote_code)")
   return {"out": out, "format": kind, "arch": meta.get("arch"), "step": meta["step"],
           "tokenizer": vocabulary}

@@ -46,7 +46,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from arch_objective import models, network, paths
+from arch_objective import architectures, models, network, paths
 from arch_objective.convert import model_dir, param_tree
 
 FORMAT_NAME = "arch_objective"
@@ -323,7 +323,8 @@ def export_hf(params: Mapping[str, Any], config: network.TransformerConfig, arch
     if extra_ids is None:
       extra_ids = _extra_ids(vocabulary, (meta or {}).get("vocab_size"))
     tokenizer = tokenizer_files(vocabulary, extra_ids)
-  if arch != models.ENCODER_DECODER:
+  spec = architectures.find(arch)
+  if spec is None or not spec.has_encoder:   # hf_remote names the valid architectures
     from arch_objective.convert import hf_remote
     out_dir = hf_remote.export_decoder_only(params, config, arch, out_dir, dtype=dtype,
                                             meta=meta, max_shard_bytes=max_shard_bytes)

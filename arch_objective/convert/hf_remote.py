@@ -42,7 +42,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from arch_objective import models, network, paths
+from arch_objective import architectures, network, paths
 from arch_objective.convert import hf, hf_code, param_tree
 
 MODEL_TYPE = "arch_objective_decoder"
@@ -53,7 +53,6 @@ AUTO_MAP = {
     "AutoModelForCausalLM": f"{hf_code.MODELING_MODULE}.{ARCHITECTURE}",
 }
 ACTIVATIONS = ("gelu", "relu", "silu", "linear")
-_DECODER_ONLY = (models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER)
 
 
 def _mlp_names(config: network.TransformerConfig) -> list[str]:
@@ -83,9 +82,10 @@ def name_map(config: network.TransformerConfig) -> list[tuple[str, str, bool]]:
 
 
 def _check_arch(arch: str, where: str):
-  if arch not in _DECODER_ONLY:
+  if not architectures.is_decoder_only(arch):
     raise ValueError(f"{where}: arch {arch!r} is not a decoder-only model; valid: "
-                     f"{', '.join(_DECODER_ONLY)} (export the {models.ENCODER_DECODER} with "
+                     f"{', '.join(architectures.DECODER_ONLY)} (export the "
+                     f"{architectures.ENCODER_DECODER} with "
                      f"`hf.export_hf`, as T5ForConditionalGeneration).")
 
 
@@ -117,7 +117,7 @@ def hf_config(config: network.TransformerConfig, arch: str, *, dtype: Optional[s
       "layer_norm_epsilon": config.layer_norm_epsilon,
       "mlp_activations": list(config.mlp_activations),
       "logits_via_embedding": config.logits_via_embedding,
-      "non_causal": arch == models.NON_CAUSAL_DECODER,
+      "non_causal": architectures.get(arch).bidirectional_prefix,
       "tie_word_embeddings": False,
       "use_cache": True,
       "pad_token_id": 0,
@@ -208,7 +208,7 @@ def config_from_hf(config_json: Mapping[str, Any], where: str
       relpos_max_distance=_int_field(config_json, "relative_attention_max_distance", where),
       layer_norm_epsilon=_float_field(config_json, "layer_norm_epsilon", 1e-6, where),
       mlp_activations=tuple(activations), logits_via_embedding=tied)
-  arch = models.NON_CAUSAL_DECODER if non_causal else models.CAUSAL_DECODER
+  arch = architectures.decoder_only(non_causal).name
   block = config_json.get(hf.CONFIG_BLOCK)
   if not block:
     fields["num_encoder_layers"] = fields["num_decoder_layers"]

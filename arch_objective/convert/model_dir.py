@@ -26,13 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from arch_objective import models, network, paths
+from arch_objective import architectures, models, network, paths
 from arch_objective.convert import param_tree
 from arch_objective.training import checkpoints, optimizers, trainer
 
 CHECKPOINTS = "checkpoints"
 COMMIT_FILE = ocp.path.atomicity.COMMIT_SUCCESS_FILE   # marks a complete step on gs://
-_DECODER_ONLY = (models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER)
 
 
 def config_from_dict(fields: Mapping[str, Any], where: str) -> network.TransformerConfig:
@@ -48,13 +47,11 @@ def config_from_dict(fields: Mapping[str, Any], where: str) -> network.Transform
 
 def model_for(arch: str, config: network.TransformerConfig) -> models.BaseModel:
   """The model of `arch` with exactly `config` (no size preset)."""
-  if arch == models.ENCODER_DECODER:
+  spec = architectures.get(arch)
+  if spec.has_encoder:
     return models.EncoderDecoderModel(config)
-  if arch in _DECODER_ONLY:
-    return models.DecoderOnlyModel(
-        config, inputs_bidirectional_attention=arch == models.NON_CAUSAL_DECODER)
-  raise ValueError(f"unknown arch {arch!r}; valid architectures: "
-                   f"{', '.join(models.ARCHITECTURES)}.")
+  return models.DecoderOnlyModel(config,
+                                 inputs_bidirectional_attention=spec.bidirectional_prefix)
 
 
 def find_step(path: str) -> tuple[str, int]:
@@ -174,8 +171,9 @@ def switch_arch(src: str, arch: str, dst: str) -> str:
   step_dir = paths.join(directory, str(step))
   meta = read_meta(step_dir)
   source_arch = meta.get("arch")
-  if arch not in _DECODER_ONLY or source_arch not in _DECODER_ONLY:
-    raise ValueError(f"switch-arch converts between {' and '.join(_DECODER_ONLY)} only "
+  if not (architectures.is_decoder_only(arch) and architectures.is_decoder_only(source_arch)):
+    raise ValueError(f"switch-arch converts between "
+                     f"{' and '.join(architectures.DECODER_ONLY)} only "
                      f"(identical parameter trees); {step_dir} is {source_arch!r} and the "
                      f"target is {arch!r}. The encoder-decoder's parameters differ.")
   dst = paths.normalize(dst, "model directory")

@@ -62,7 +62,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from arch_objective import models, paths
+from arch_objective import architectures, models, paths
 from arch_objective.evaluation import scoring
 
 try:
@@ -188,7 +188,7 @@ def score_pairs(model: models.BaseModel, params, pairs, max_tokens: int = DEFAUL
            for c, t in pairs]
   out: list = [(0.0, True)] * len(pairs)
   todo = [i for i, (_, t) in enumerate(pairs) if len(t)]
-  if model.name == models.ENCODER_DECODER:
+  if architectures.get(model.name).has_encoder:
     by_context: dict[bytes, list[int]] = {}
     for i in todo:
       by_context.setdefault(pairs[i][0].tobytes(), []).append(i)
@@ -212,17 +212,17 @@ def generate_tokens(model: models.BaseModel, params, prompts, steps: int,
   """
   prompts = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
   wanted, steps = steps, scoring.bucket(steps)
-  is_ed = model.name == models.ENCODER_DECODER
+  has_encoder = architectures.get(model.name).has_encoder
   out: list = [None] * len(prompts)
   by_bucket: dict[int, list[int]] = {}
   for i, p in enumerate(prompts):
-    by_bucket.setdefault(scoring.bucket(len(p) + (0 if is_ed else 1)), []).append(i)
+    by_bucket.setdefault(scoring.bucket(len(p) + (0 if has_encoder else 1)), []).append(i)
   for length, group in sorted(by_bucket.items()):
     rows = scoring.batch_rows(max_tokens, length + steps)
     for start in range(0, len(group), rows):
       chunk = group[start:start + rows]
       tokens = np.zeros((min(rows, scoring.pow2(len(chunk))), length), np.int32)
-      if is_ed:
+      if has_encoder:
         for r, i in enumerate(chunk):
           tokens[r, :len(prompts[i])] = prompts[i]
         batch = {"encoder_input_tokens": tokens}
@@ -310,7 +310,7 @@ class ArchObjectiveLM(_LM_BASE):
       from arch_objective.data import vocabularies
       vocab = vocabularies.SentencePieceVocabulary(os.fspath(vocab))
     self.model, self.params, self.vocab = model, params, vocab
-    self.is_ed = model.name == models.ENCODER_DECODER
+    self.architecture = architectures.get(model.name)
     self.dtype = str(model.config.dtype)
     self.truncation = truncation
     defaults = DEFAULT_LENGTHS[truncation]
@@ -329,7 +329,8 @@ class ArchObjectiveLM(_LM_BASE):
     return [np.asarray(ids[t], np.int32) for t in texts]
 
   def _truncate(self, context, continuation):
-    row = None if (self.is_ed or self.truncation == "paper") else self.row_length
+    row = (None if (self.architecture.has_encoder or self.truncation == "paper")
+           else self.row_length)
     return truncate(context, continuation, self.truncation, inputs_length=self.inputs_length,
                     targets_length=self.targets_length, row_length=row)
 
@@ -352,7 +353,7 @@ class ArchObjectiveLM(_LM_BASE):
     texts = self._encode_all([_arg(r, 0) for r in requests])
     pairs, owner = [], []
     for k, tokens in enumerate(texts):
-      if self.is_ed:
+      if self.architecture.has_encoder:
         windows = [(np.zeros((0,), np.int32), tokens[s:s + self.targets_length])
                    for s in range(0, len(tokens), self.targets_length)]
       else:
@@ -377,7 +378,7 @@ class ArchObjectiveLM(_LM_BASE):
     for steps, group in sorted(by_steps.items()):
       if self.truncation == "paper":
         cut = [p[:self.inputs_length] for p in (prompts[i] for i in group)]
-      elif self.is_ed:
+      elif self.architecture.has_encoder:
         cut = [p[max(len(p) - self.inputs_length, 0):] for p in (prompts[i] for i in group)]
       else:
         room = max(self.row_length - steps - 1, 1)         # the shifted-in 0 takes one
@@ -395,7 +396,8 @@ class ArchObjectiveLM(_LM_BASE):
                                "truncation": self.truncation, "dtype": self.dtype,
                                "inputs_length": self.inputs_length,
                                "targets_length": self.targets_length,
-                               "max_length": None if self.is_ed else self.row_length}}
+                               "max_length": (None if self.architecture.has_encoder
+                                              else self.row_length)}}
 
 
 def register_with_lm_eval() -> None:

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from arch_objective import models
+from arch_objective import architectures, models
 from arch_objective.training import checkpoints
-
-_DECODER_ONLY = (models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER)
 
 
 def model_from_meta(meta: dict, checkpoint: str, arch: Optional[str] = None,
@@ -23,7 +21,7 @@ def model_from_meta(meta: dict, checkpoint: str, arch: Optional[str] = None,
                      f"written by `arch-objective train` or `convert`?")
   trained = meta["arch"]
   arch = arch or trained
-  if arch != trained and not (arch in _DECODER_ONLY and trained in _DECODER_ONLY):
+  if arch != trained and not architectures.share_parameters(arch, trained):
     raise ValueError(f"checkpoint {checkpoint!r} holds a {trained} model; it cannot be read as "
                      f"{arch} (only the causal and non-causal decoders share parameters).")
   config = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}

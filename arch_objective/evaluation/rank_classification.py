@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from arch_objective import models
+from arch_objective import architectures, models
 from arch_objective.evaluation import scoring
 from arch_objective.evaluation.scoring import Request
 
@@ -43,7 +43,6 @@ class RankScorer:
     self.inputs_length, self.targets_length = inputs_length, targets_length
     self.max_tokens = max_tokens
     self.one_shape = one_shape
-    self.is_ed = model.name == models.ENCODER_DECODER
     self.scorer = scoring.Scorer(model, params, max_tokens=max_tokens,
                                  shapes=scoring.ONE_SHAPE if one_shape else scoring.FINE)
 
@@ -62,11 +61,12 @@ class RankScorer:
 def naive_scores(model: models.BaseModel, params, requests: Sequence[Request],
                  normalize: bool = False) -> list[np.ndarray]:
   """One full forward pass per (prompt, choice): the reference the scorer must equal."""
+  has_encoder = architectures.get(model.name).has_encoder
   out = []
   for r in requests:
     scores = []
     for c in r.choices:
-      if model.name == models.ENCODER_DECODER:
+      if has_encoder:
         targets = np.asarray(c, np.int32)[None]
         batch = {"encoder_input_tokens": np.asarray(r.prompt, np.int32)[None],
                  "decoder_target_tokens": targets,

@@ -34,6 +34,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from arch_objective import architectures
 from arch_objective.objectives import chunking
 from arch_objective.objectives.prefix_lm import segment_positions, shift_right
 
@@ -157,6 +158,21 @@ def encoder_decoder_rows(examples: Iterable[Example], inputs_length: int, target
            "decoder_loss_weights": (dec_seg > 0).astype(np.int32)}
     _with_segments(row, "encoder", enc_seg, pack)
     yield _tagged(_with_segments(row, "decoder", dec_seg, pack), position)
+
+
+# How an architecture reads `{'inputs', 'targets'}` examples, by its
+# `Architecture.feature_converter` (seqio's converter of each t5x model class).
+CONVERTERS = {"prefix_lm_rows": prefix_lm_rows, "encoder_decoder_rows": encoder_decoder_rows}
+
+
+def inputs_targets_rows(arch: str, examples: Iterable[Example], inputs_length: int,
+                        targets_length: int, pack: bool = True
+                        ) -> Iterator[dict[str, np.ndarray]]:
+  """Rows of `{'inputs', 'targets'}` examples as `arch` reads them: `prefix_lm_rows`
+  (rows of `inputs_length + targets_length`) for the decoders, `encoder_decoder_rows`
+  (`inputs_length` / `targets_length`) for the encoder-decoder."""
+  converter = CONVERTERS[architectures.get(arch).feature_converter]
+  return converter(examples, inputs_length, targets_length, pack)
 
 
 def batch_rows(rows: Iterable[Mapping[str, np.ndarray]], batch_size: int,

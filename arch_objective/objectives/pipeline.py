@@ -1,4 +1,5 @@
-"""One table from (objective, architecture) to the rows a model trains on.
+"""One table from (objective, architecture) to the rows a model trains on: `TABLE`,
+whose cells (`Reading`) `Objective` reads.
 
 Every objective sees the same number of tokens per row (spec §8.1): with the paper's
 decoder length 626,
@@ -118,7 +119,8 @@ def objective_length(objective: str, feature_lengths: Mapping[str, int], task: s
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-  """An objective read by one architecture, at a decoder length."""
+  """An objective read by one architecture, at a decoder length: the methods read the
+  (objective, architecture) cell of `TABLE`."""
   objective: str
   arch: str
   length: int = PAPER_LENGTH
@@ -130,38 +132,31 @@ class Objective:
     if self.objective not in OBJECTIVES:
       raise ValueError(f"unknown objective {self.objective!r}; valid objectives: "
                        f"{', '.join(OBJECTIVES)}.")
-    if self.arch not in architectures.ARCHITECTURES:
-      raise ValueError(f"unknown arch {self.arch!r}; valid architectures: "
-                       f"{', '.join(architectures.ARCHITECTURES)}.")
-    if self.objective == FULL_LM and self.arch == architectures.ENCODER_DECODER:
-      raise ValueError("objective 'full_lm' has no encoder-decoder form (there is nothing "
-                       "to encode); the encoder-decoder's language-model objective is "
-                       "'prefix_lm'.")
+    architectures.get(self.arch)
+    if (self.objective, self.arch) in NO_READING:
+      raise ValueError(NO_READING[self.objective, self.arch])
     if self.length < 8:
       raise ValueError(f"sequence length {self.length} is too short for the objectives; "
                        f"use >= 8 (the paper uses {PAPER_LENGTH}).")
 
   @property
+  def reading(self) -> Reading:
+    """This (objective, architecture) cell of `TABLE`."""
+    return TABLE[self.objective, self.arch]
+
+  @property
   def name(self) -> str:
-    return f"{architectures.SHORT_NAMES[self.arch]}:{SHORT_NAMES[self.objective]}"
+    return f"{architectures.get(self.arch).short}:{SHORT_NAMES[self.objective]}"
 
   @property
   def feature_lengths(self) -> dict[str, int]:
     """Lengths of the model features (what `TASK_FEATURE_LENGTHS` would say)."""
-    if self.objective == SPAN_CORRUPTION:
-      inputs, targets = mlm_lengths(self.length, self.noise_density, self.mean_noise_span_length)
-      if self.arch == architectures.ENCODER_DECODER:
-        return {"inputs": inputs, "targets": targets}
-      return {"inputs": inputs, "targets": targets, "decoder": inputs + targets}
-    if self.arch == architectures.ENCODER_DECODER:
-      return {"inputs": self.length, "targets": self.length}
-    return {"decoder": self.length}
+    return self.reading.lengths(self)
 
   @property
   def examples_per_row(self) -> float:
     """Examples per row before packing: 2 for ED prefix LM (so halve its batch size)."""
-    two = self.objective == PREFIX_LM and self.arch == architectures.ENCODER_DECODER
-    return 2.0 if two else 1.0
+    return self.reading.examples_per_row
 
   def task_examples(self, documents: Iterable[np.ndarray], *, seed: int = 0,
                     sentinel_start: Optional[int] = None, num_extra_ids: int = 100
@@ -180,53 +175,24 @@ class Objective:
     """`task_examples` over (document, source position) pairs, each example tagged with
     where a resume restarts it (`chunking.concat_and_split_positioned`); `start` (a
     tag's `where`) continues the stream there."""
-    if self.objective == FULL_LM:
-      chunks = chunking.concat_and_split_positioned(documents, self.length, append_eos=True,
-                                                    seed=seed, start=start)
-      return (chunking.tag({"targets": c}, where) for c, where in chunks)
-    if self.objective == PREFIX_LM:
-      return prefix_lm.prefix_lm_examples_positioned(
-          documents, self.length, seed=seed, start=start,
-          encoder_decoder=self.arch == architectures.ENCODER_DECODER)
-    if sentinel_start is None:
-      raise ValueError("span corruption needs sentinel_start (the vocabulary size - 1, "
-                       "32099 for the T5 vocabulary).")
-    inputs_length = self.feature_lengths["inputs"]
-    return span_corruption.span_corruption_positioned(
-        documents, inputs_length, sentinel_start, seed=seed, num_extra_ids=num_extra_ids,
-        noise_density=self.noise_density, mean_noise_span_length=self.mean_noise_span_length,
-        start=start)
+    return self.reading.examples(self, documents, seed=seed, sentinel_start=sentinel_start,
+                                 num_extra_ids=num_extra_ids, start=start)
 
   def model_rows(self, task_examples: Iterable[Mapping[str, np.ndarray]]
                  ) -> Iterator[dict[str, np.ndarray]]:
     """Model features (one dict per row) from this objective's task examples. Prefix LM
     rows do not depend on `pack`: one chunk per decoder row, two per encoder-decoder row
     (`prefix_lm.rows_from_examples`)."""
-    if self.objective == PREFIX_LM:
-      return prefix_lm.rows_from_examples(
-          task_examples, self.length, encoder_decoder=self.arch == architectures.ENCODER_DECODER)
-    lengths = self.feature_lengths
-    if self.objective == FULL_LM:
-      rows = feature_converters.lm_rows(task_examples, self.length, self.pack)
-      if self.arch == architectures.NON_CAUSAL_DECODER:
-        rows = _with_causal_attention_off(rows)
-      return rows
-    if self.arch == architectures.ENCODER_DECODER:
-      return feature_converters.encoder_decoder_rows(
-          task_examples, lengths["inputs"], lengths["targets"], self.pack)
-    return feature_converters.prefix_lm_rows(task_examples, lengths["inputs"],
-                                             lengths["targets"], self.pack)
+    return self.reading.rows(self, task_examples)
 
   def positioned_rows(self, documents: Iterable[tuple[np.ndarray, Any]], *, seed: int = 0,
                       sentinel_start: Optional[int] = None, num_extra_ids: int = 100,
                       start: Optional[dict] = None) -> Iterator[chunking.Tagged]:
     """Model rows over (document, source position) pairs, each tagged with the position a
     read restarts it at (`start=row.where` continues there, bit for bit)."""
-    if self.objective == PREFIX_LM:
-      make = (prefix_lm.prefix_lm_encoder_decoder_positioned
-              if self.arch == architectures.ENCODER_DECODER
-              else prefix_lm.prefix_lm_decoder_positioned)
-      return make(documents, self.length, seed=seed, start=start)
+    reading = self.reading
+    if reading.direct_rows is not None:
+      return reading.direct_rows(documents, self.length, seed=seed, start=start)
     return self.model_rows(self.positioned_examples(
         documents, seed=seed, sentinel_start=sentinel_start, num_extra_ids=num_extra_ids,
         start=start))
@@ -235,6 +201,139 @@ class Objective:
     """Model rows of tokenised documents (`positioned_rows` without positions)."""
     for row in self.positioned_rows(((d, None) for d in documents), **kwargs):
       yield dict(row)
+
+
+# ----------------------------------------------------------------------------------------
+# The table: how each architecture reads each objective
+# ----------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Reading:
+  """How one architecture reads one objective (a cell of `TABLE`); each callable takes
+  the `Objective` first.
+
+  lengths: the model feature lengths (`Objective.feature_lengths`).
+  examples: (objective, documents, *, seed, sentinel_start, num_extra_ids, start) ->
+    tagged task examples (`Objective.positioned_examples`).
+  rows: (objective, task examples) -> model rows (`Objective.model_rows`).
+  direct_rows: (documents, length, *, seed, start) -> tagged model rows made straight
+    from the chunks (prefix LM), or None: `rows` of `examples`.
+  examples_per_row: examples a row holds before packing.
+  """
+  lengths: Callable[["Objective"], dict[str, int]]
+  examples: Callable[..., Iterator[chunking.Tagged]]
+  rows: Callable[["Objective", Iterable[Mapping[str, np.ndarray]]],
+                 Iterator[dict[str, np.ndarray]]]
+  direct_rows: Optional[Callable[..., Iterator[chunking.Tagged]]] = None
+  examples_per_row: float = 1.0
+
+
+def _decoder_lengths(o: Objective) -> dict[str, int]:
+  return {"decoder": o.length}
+
+
+def _chunk_pair_lengths(o: Objective) -> dict[str, int]:
+  return {"inputs": o.length, "targets": o.length}
+
+
+def _mlm_decoder_lengths(o: Objective) -> dict[str, int]:
+  inputs, targets = mlm_lengths(o.length, o.noise_density, o.mean_noise_span_length)
+  return {"inputs": inputs, "targets": targets, "decoder": inputs + targets}
+
+
+def _mlm_encoder_decoder_lengths(o: Objective) -> dict[str, int]:
+  inputs, targets = mlm_lengths(o.length, o.noise_density, o.mean_noise_span_length)
+  return {"inputs": inputs, "targets": targets}
+
+
+def _full_lm_examples(o: Objective, documents, *, seed, start, **_):
+  chunks = chunking.concat_and_split_positioned(documents, o.length, append_eos=True,
+                                                seed=seed, start=start)
+  return (chunking.tag({"targets": c}, where) for c, where in chunks)
+
+
+def _prefix_lm_decoder_examples(o: Objective, documents, *, seed, start, **_):
+  return prefix_lm.prefix_lm_examples_positioned(documents, o.length, seed=seed, start=start,
+                                                 encoder_decoder=False)
+
+
+def _prefix_lm_encoder_decoder_examples(o: Objective, documents, *, seed, start, **_):
+  return prefix_lm.prefix_lm_examples_positioned(documents, o.length, seed=seed, start=start,
+                                                 encoder_decoder=True)
+
+
+def _span_corruption_examples(o: Objective, documents, *, seed, sentinel_start, num_extra_ids,
+                              start):
+  if sentinel_start is None:
+    raise ValueError("span corruption needs sentinel_start (the vocabulary size - 1, "
+                     "32099 for the T5 vocabulary).")
+  inputs_length = o.feature_lengths["inputs"]
+  return span_corruption.span_corruption_positioned(
+      documents, inputs_length, sentinel_start, seed=seed, num_extra_ids=num_extra_ids,
+      noise_density=o.noise_density, mean_noise_span_length=o.mean_noise_span_length,
+      start=start)
+
+
+def _lm_rows(o: Objective, examples):
+  return feature_converters.lm_rows(examples, o.length, o.pack)
+
+
+def _lm_rows_causal_attention_off(o: Objective, examples):
+  return _with_causal_attention_off(feature_converters.lm_rows(examples, o.length, o.pack))
+
+
+def _prefix_lm_decoder_rows(o: Objective, examples):
+  return prefix_lm.rows_from_examples(examples, o.length, encoder_decoder=False)
+
+
+def _prefix_lm_encoder_decoder_rows(o: Objective, examples):
+  return prefix_lm.rows_from_examples(examples, o.length, encoder_decoder=True)
+
+
+def _inputs_targets_decoder_rows(o: Objective, examples):
+  lengths = o.feature_lengths
+  return feature_converters.prefix_lm_rows(examples, lengths["inputs"], lengths["targets"],
+                                           o.pack)
+
+
+def _inputs_targets_encoder_decoder_rows(o: Objective, examples):
+  lengths = o.feature_lengths
+  return feature_converters.encoder_decoder_rows(examples, lengths["inputs"],
+                                                 lengths["targets"], o.pack)
+
+
+_CD, _ND, _ED = (architectures.CAUSAL_DECODER, architectures.NON_CAUSAL_DECODER,
+                 architectures.ENCODER_DECODER)
+
+# (objective, architecture) -> how the architecture reads the objective (module docstring).
+TABLE: dict[tuple[str, str], Reading] = {
+    # full LM: 626-token chunks, loss on every token; the ND reads them causally
+    (FULL_LM, _CD): Reading(_decoder_lengths, _full_lm_examples, _lm_rows),
+    (FULL_LM, _ND): Reading(_decoder_lengths, _full_lm_examples,
+                            _lm_rows_causal_attention_off),
+    # prefix LM: a chunk per decoder row, two chunks per encoder-decoder row
+    (PREFIX_LM, _CD): Reading(_decoder_lengths, _prefix_lm_decoder_examples,
+                              _prefix_lm_decoder_rows,
+                              direct_rows=prefix_lm.prefix_lm_decoder_positioned),
+    (PREFIX_LM, _ND): Reading(_decoder_lengths, _prefix_lm_decoder_examples,
+                              _prefix_lm_decoder_rows,
+                              direct_rows=prefix_lm.prefix_lm_decoder_positioned),
+    (PREFIX_LM, _ED): Reading(_chunk_pair_lengths, _prefix_lm_encoder_decoder_examples,
+                              _prefix_lm_encoder_decoder_rows,
+                              direct_rows=prefix_lm.prefix_lm_encoder_decoder_positioned,
+                              examples_per_row=2.0),
+    # span corruption: inputs ++ targets in a decoder row, or encoder inputs / decoder targets
+    (SPAN_CORRUPTION, _CD): Reading(_mlm_decoder_lengths, _span_corruption_examples,
+                                    _inputs_targets_decoder_rows),
+    (SPAN_CORRUPTION, _ND): Reading(_mlm_decoder_lengths, _span_corruption_examples,
+                                    _inputs_targets_decoder_rows),
+    (SPAN_CORRUPTION, _ED): Reading(_mlm_encoder_decoder_lengths, _span_corruption_examples,
+                                    _inputs_targets_encoder_decoder_rows),
+}
+# The pairs with no reading, and why.
+NO_READING: dict[tuple[str, str], str] = {
+    (FULL_LM, _ED): "objective 'full_lm' has no encoder-decoder form (there is nothing to "
+                    "encode); the encoder-decoder's language-model objective is 'prefix_lm'.",
+}
 
 
 def _with_causal_attention_off(rows):

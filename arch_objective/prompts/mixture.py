@@ -193,16 +193,13 @@ class PromptedMixture:
   def positioned_rows(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
                       shard_index: int = 0, num_shards: int = 1, pack: bool = True,
                       start: Optional[dict] = None) -> Iterator[dict[str, np.ndarray]]:
-    """Model rows for `arch`, each tagged with the mixture state its first example was
-    drawn at (`task_examples`); `start` continues there."""
+    """Model rows for `arch` (decoder-only rows when None), each tagged with the mixture
+    state its first example was drawn at (`task_examples`); `start` continues there."""
     examples = self.task_examples(split, seed=seed, shard_index=shard_index,
                                   num_shards=num_shards, start=start)
-    if arch == architectures.ENCODER_DECODER:
-      return feature_converters.encoder_decoder_rows(examples, self.inputs_length,
-                                                     self.targets_length, pack)
-    rows = feature_converters.prefix_lm_rows(examples, self.inputs_length, self.targets_length,
-                                             pack)
-    return rows
+    return feature_converters.inputs_targets_rows(arch or architectures.CAUSAL_DECODER,
+                                                  examples, self.inputs_length,
+                                                  self.targets_length, pack)
 
 
 _OUTCOMES = ("examples", "skipped", "no_label")

@@ -14,9 +14,9 @@ here:
 Everything else stays the experiment file's: architecture, objective, microbatches,
 dropout, schedules, restore and reset options, activation dtype, mesh logic.
 
-The default data is the laptop study's synthetic world (`data/world.py`): its corpus and
+The default data is the laptop study's synthetic world (`study/world/`): its corpus and
 a SentencePiece vocabulary of `WORLD_VOCAB` pieces (+100 extra ids: 500 ids), made once
-into LOCAL_DATA_DIR (default `$XDG_CACHE_HOME/arch-objective/local-world-v1`, else
+into LOCAL_DATA_DIR (default `$XDG_CACHE_HOME/arch-objective/local-world-v2`, else
 `~/.cache/...`). It is written into a temporary folder and renamed into place, so runs
 that start together share one copy. Give LOCAL_CORPUS and LOCAL_VOCABULARY to train on
 your own text instead.
@@ -33,7 +33,7 @@ from typing import Optional, Sequence, Union
 
 from arch_objective.training import data
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2          # bumped whenever the world's corpus changes
 WORLD_SEED = 0
 WORLD_BYTES = 4_000_000
 WORLD_VOCAB = 400
@@ -63,14 +63,15 @@ def default_data_dir() -> str:
 
 @functools.lru_cache(maxsize=None)
 def _world():
-  from arch_objective.data import world as world_lib
+  from arch_objective.study import world as world_lib
   return world_lib.make_world(seed=WORLD_SEED)
 
 
 def prepare(data_dir: Optional[str] = None, log=print) -> LocalData:
   """The world's corpus and vocabulary in `data_dir` (default `default_data_dir()`),
   made there first if missing (a few seconds)."""
-  from arch_objective.data import sources, vocabularies, world as world_lib
+  from arch_objective.data import sources, vocabularies
+  from arch_objective.study import world as world_lib
   local = LocalData(os.path.abspath(os.path.expanduser(data_dir or default_data_dir())))
   if os.path.exists(local.corpus) and os.path.exists(local.vocabulary):
     return local
@@ -172,7 +173,7 @@ def local_suite(data_dir: Optional[str] = None) -> list:
 
 def harness_task_names() -> list[str]:
   """The lm-eval task names `local_harness_tasks` writes: one per held-out family."""
-  from arch_objective.data import world_prompts
+  from arch_objective.study.world import prompts as world_prompts
   return list(world_prompts.HELDOUT_PROMPTS)
 
 

@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 
-from arch_objective import models, network
+from arch_objective import architectures, models, network
 from arch_objective.data import registry
 from arch_objective.objectives import pipeline
 from arch_objective.training import optimizers, partitioning
@@ -88,9 +88,7 @@ def tokens_per_row(dataset, arch: str) -> tuple[int, dict]:
   objective = {"full_lm": pipeline.FULL_LM, "span_corruption": pipeline.SPAN_CORRUPTION}.get(
       kind, pipeline.PREFIX_LM)
   lengths = pipeline.Objective(objective, arch, dataset.length).feature_lengths
-  if arch == models.ENCODER_DECODER:
-    return lengths["inputs"] + lengths["targets"], lengths
-  return lengths.get("decoder", dataset.length), lengths
+  return architectures.get(arch).row_tokens(lengths), lengths
 
 
 def _shard_factor(spec, mesh: dict[str, int]) -> int:
@@ -130,10 +128,10 @@ def memory_per_device(model, mesh: dict[str, int], fsdp: bool, rows_per_device: 
     opt_bytes += leaf.size * leaf.dtype.itemsize * by_shape.get(tuple(leaf.shape), 1.0)
   c = model.config
   h, a, t = c.emb_dim, c.num_heads, mesh.get(partitioning.MODEL, 1)
-  layers = c.num_decoder_layers + (c.num_encoder_layers if model.name == models.ENCODER_DECODER
-                                   else 0)
+  has_encoder = architectures.get(model.name).has_encoder
+  layers = c.num_decoder_layers + (c.num_encoder_layers if has_encoder else 0)
   s, b = row_length, rows_per_device
-  if model.name == models.ENCODER_DECODER:
+  if has_encoder:
     s = row_length / 2  # each stack sees about half of the row's tokens
   activations = stored_activations(c.remat_policy, layers, s, b, h, a, t)
   activations += 2 * 4 * b * s * c.vocab_size / t

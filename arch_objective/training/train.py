@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arch_objective import models, paths
+from arch_objective import architectures, models, paths
 from arch_objective.training import (checkpoints, data, metrics as metrics_lib, optimizers,
                                      partitioning, preemption, run_lock, trainer)
 
@@ -303,7 +303,7 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
   writer = metrics_lib.MetricsWriter(model_dir, enabled=is_chief, resume_step=start_step)
   bar = metrics_lib.Progress(stop_step, start_step, enabled=progress and is_chief)
   flops_per_token = models.training_flops_per_token(
-      model, *_lengths(spec, model, input_shapes))
+      model, *_lengths(model, input_shapes))
   peak = _peak_flops(jax.devices()[0])
   history: list[dict] = []
   last_saved = start_step or None
@@ -441,10 +441,11 @@ def _restore_initial(path: str, target, meta: dict) -> tuple[Any, list]:
   return state, saved.get("lineage", []) + [entry]
 
 
-def _lengths(spec, model, input_shapes) -> tuple[int, int, int]:
-  if model.name == models.ENCODER_DECODER:
-    return (0, input_shapes["encoder_input_tokens"][1], input_shapes["decoder_input_tokens"][1])
-  return (input_shapes["decoder_input_tokens"][1], 0, 0)
+def _lengths(model, input_shapes) -> tuple[int, int, int]:
+  """(length, inputs_length, targets_length) of `models.training_flops_per_token` for
+  `input_shapes`, 0 for the lengths the architecture has not."""
+  lengths = architectures.get(model.name).lengths_of(input_shapes)
+  return lengths.get("decoder", 0), lengths.get("inputs", 0), lengths.get("targets", 0)
 
 
 def _check_eval_dataset(dataset: data.DatasetConfig, arch: str):

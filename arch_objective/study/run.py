@@ -1,7 +1,7 @@
 """The laptop-scale study: the paper's whole pipeline on one CPU, on an embedded world.
 
 `run_study(preset, out_dir)`:
-  1. builds the synthetic world (`data/world.py`): a pretraining corpus, MT-F training
+  1. builds the synthetic world (`study/world/`): a pretraining corpus, MT-F training
      task families and held-out task families; trains a SentencePiece vocabulary on the
      corpus;
   2. pretrains the six (architecture, objective) pairs of the paper with the same token
@@ -116,12 +116,102 @@ class _Stages:
              f"(elapsed {time.time() - self.t0:.0f}s, ETA {left:.0f}s)")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+  """What every stage of one study reads: its preset, folders, world and vocabulary."""
+  config: StudyConfig
+  runs: str                 # out_dir/runs: one model directory per run
+  evals: str                # out_dir/eval: one T0-Eval results file per scored run
+  world: Any                # study.world.World
+  vocab_path: str
+  encode: Callable[[str], list]
+  model_vocab: int          # the vocabulary size, padded for the embedding
+  suite: tuple              # the held-out families (validation split)
+
+
+def _pretrain(setup: _Setup, arch: str, objective: str, model_dir: str, steps: int,
+              restore: Optional[str] = None):
+  """Pretrain (or, with `restore`, continue) `arch` on `objective` over the corpus."""
+  from arch_objective.training import data, optimizers, train
+  config = setup.config
+  task = {pipeline.FULL_LM: "study_full_lm", pipeline.PREFIX_LM: "study_prefix_lm",
+          pipeline.SPAN_CORRUPTION: "study_span_corruption"}[objective]
+  # Rows that hold two examples (ED prefix LM) halve the batch: the same tokens per step.
+  rows = int(config.batch_size // pipeline.TABLE[objective, arch].examples_per_row)
+  model = models.build_model(arch, "tiny", **config.model_overrides(setup.model_vocab))
+  train.train(model_dir=model_dir, model=model, train_steps=steps, progress=False,
+              dataset=data.DatasetConfig(task=task, batch_size=rows, length=config.length,
+                                         vocabulary=setup.vocab_path, seed=config.seed),
+              learning_rate_schedule=optimizers.constant(config.pretrain_learning_rate),
+              save_every=steps, log_every=max(steps // 20, 1), seed=config.seed,
+              restore_checkpoint=restore)
+
+
+def _finetune(setup: _Setup, arch: str, model_dir: str, source: str, steps: int,
+              task: str = "study_mtf", new_steps: Optional[int] = None):
+  """Continue `source` on a prompted mixture (constant rate, dropout): MT-F by default."""
+  from arch_objective.training import data, optimizers, train
+  config = setup.config
+  model = models.build_model(arch, "tiny", dropout_rate=config.mtf_dropout,
+                             **config.model_overrides(setup.model_vocab))
+  train.train(model_dir=model_dir, model=model, train_steps=steps, progress=False,
+              dataset=data.DatasetConfig(task=task, batch_size=config.batch_size,
+                                         vocabulary=setup.vocab_path, seed=config.seed,
+                                         inputs_length=config.mtf_inputs_length,
+                                         targets_length=config.mtf_targets_length),
+              learning_rate_schedule=optimizers.constant(config.mtf_learning_rate),
+              restore_checkpoint=source, save_every=steps,
+              log_every=max((new_steps or config.mtf_steps) // 20, 1), seed=config.seed)
+
+
+def _teach_family(setup: _Setup, family: str, model_dir: str, source: str, steps: int):
+  """The ED:MLM checkpoint finetuned on the family's `test` examples under its prompts."""
+  from arch_objective.data import registry
+  from arch_objective.prompts import mixture
+  from arch_objective.study.world import prompts as world_prompts
+  config, world = setup.config, setup.world
+  prompts = world_prompts.HELDOUT_PROMPTS[family]
+  taught = tuple(
+      mixture.PromptedTask(f"{family}/{prompt.name}", prompt,
+                           lambda split, f=family: world.examples(f, "test"), len(prompts))
+      for prompt in prompts)
+  registry.register(mixture.PromptedMixture(
+      f"study_ceiling_{family}", taught, setup.vocab_path,
+      inputs_length=config.mtf_inputs_length, targets_length=config.mtf_targets_length))
+  _finetune(setup, models.ENCODER_DECODER, model_dir, source, steps,
+            task=f"study_ceiling_{family}", new_steps=config.ceiling_steps)
+
+
+def _evaluate(setup: _Setup, model_dir: str, out_path: str, suite: Optional[list] = None):
+  """T0-Eval of the newest checkpoint of `model_dir` on `suite` (default: all families)."""
+  from arch_objective.evaluation import loading, rank_classification, t0_eval
+  config = setup.config
+  model, params, meta, step = loading.load_model(model_dir)
+  scorer = rank_classification.RankScorer(model, params,
+                                          inputs_length=config.mtf_inputs_length * 2,
+                                          targets_length=config.mtf_targets_length,
+                                          one_shape=True)
+  results = t0_eval.evaluate_suite(scorer, setup.encode, suite=list(suite or setup.suite),
+                                   max_examples=config.eval_examples,
+                                   bootstrap=config.bootstrap, seed=config.seed,
+                                   log=lambda m: None)
+  results.update(step=step, arch=model.name, lineage=meta.get("lineage", []))
+  with open(out_path, "w") as f:
+    json.dump(results, f, indent=2)
+
+
+def _write_corpus(world, corpus: str, target_bytes: int):
+  from arch_objective.study import world as world_lib
+  world_lib.write_corpus(corpus + ".tmp", world, target_bytes=target_bytes)
+  os.replace(corpus + ".tmp", corpus)
+
+
 def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
               log: Callable[[str], None] = print) -> dict:
   """Run (or resume) the study; returns the results dict also written to results.json."""
-  from arch_objective.data import registry, vocabularies, world as world_lib
+  from arch_objective.data import registry, vocabularies
   from arch_objective.prompts import mixture
-  from arch_objective.training import data, optimizers, train
+  from arch_objective.study import world as world_lib
   import tasks
 
   config = load_preset(preset)
@@ -137,127 +227,71 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
   corpus = os.path.join(out_dir, "world", "corpus.jsonl")
   vocab_path = os.path.join(out_dir, "world", "spm.model")
   pairs = [(a, o) for a, o in pipeline.PAPER_RUNS]
-  names = {p: f"{models.SHORT_NAMES[p[0]]}_{pipeline.SHORT_NAMES[p[1]]}".lower() for p in pairs}
+  names = {p: pipeline.Objective(p[1], p[0]).name.replace(":", "_").lower() for p in pairs}
   total = 2 + 4 * len(pairs) + (3 if config.nc_a else 0)
   total += 2 * len(world.heldout_suite()) if config.ceiling_steps else 0
   stages = _Stages(total, log)
 
-  def write_corpus():
-    world_lib.write_corpus(corpus + ".tmp", world, target_bytes=config.corpus_bytes)
-    os.replace(corpus + ".tmp", corpus)
-
-  stages.run("world corpus", corpus, write_corpus)
+  stages.run("world corpus", corpus, lambda: _write_corpus(world, corpus, config.corpus_bytes))
   stages.run("SentencePiece vocabulary", vocab_path, lambda: _train_vocab(corpus, vocab_path,
                                                                          config.vocab_size))
   vocab = vocabularies.SentencePieceVocabulary(vocab_path)
-  model_vocab = vocabularies.padded_vocab_size(vocab.vocab_size)
   tasks.register_local_corpus("study", corpus, vocabulary=vocab_path, length=config.length)
   registry.register(mixture.PromptedMixture(
       "study_mtf", tuple(world.training_tasks()), vocab_path,
       inputs_length=config.mtf_inputs_length, targets_length=config.mtf_targets_length))
-  suite = world.heldout_suite()
-
-  def pretrain(arch, objective, model_dir, steps, restore=None):
-    task = {pipeline.FULL_LM: "study_full_lm", pipeline.PREFIX_LM: "study_prefix_lm",
-            pipeline.SPAN_CORRUPTION: "study_span_corruption"}[objective]
-    rows = config.batch_size // 2 if (arch == models.ENCODER_DECODER and
-                                      objective == pipeline.PREFIX_LM) else config.batch_size
-    model = models.build_model(arch, "tiny", **config.model_overrides(model_vocab))
-    train.train(model_dir=model_dir, model=model, train_steps=steps, progress=False,
-                dataset=data.DatasetConfig(task=task, batch_size=rows, length=config.length,
-                                           vocabulary=vocab_path, seed=config.seed),
-                learning_rate_schedule=optimizers.constant(config.pretrain_learning_rate),
-                save_every=steps, log_every=max(steps // 20, 1), seed=config.seed,
-                restore_checkpoint=restore)
-
-  def finetune(arch, model_dir, source, steps, task="study_mtf", new_steps=None):
-    """Continue `source` on a prompted mixture (constant rate, dropout): MT-F by default."""
-    model = models.build_model(arch, "tiny", dropout_rate=config.mtf_dropout,
-                               **config.model_overrides(model_vocab))
-    train.train(model_dir=model_dir, model=model, train_steps=steps, progress=False,
-                dataset=data.DatasetConfig(task=task, batch_size=config.batch_size,
-                                           vocabulary=vocab_path, seed=config.seed,
-                                           inputs_length=config.mtf_inputs_length,
-                                           targets_length=config.mtf_targets_length),
-                learning_rate_schedule=optimizers.constant(config.mtf_learning_rate),
-                restore_checkpoint=source, save_every=steps,
-                log_every=max((new_steps or config.mtf_steps) // 20, 1), seed=config.seed)
-
-  def teach_family(world, family, model_dir, source, steps):
-    """The ED:MLM checkpoint finetuned on the family's `test` examples under its prompts."""
-    from arch_objective.data import world_prompts
-    prompts = world_prompts.HELDOUT_PROMPTS[family]
-    taught = tuple(
-        mixture.PromptedTask(f"{family}/{prompt.name}", prompt,
-                             lambda split, f=family: world.examples(f, "test"), len(prompts))
-        for prompt in prompts)
-    registry.register(mixture.PromptedMixture(
-        f"study_ceiling_{family}", taught, vocab_path,
-        inputs_length=config.mtf_inputs_length, targets_length=config.mtf_targets_length))
-    finetune(models.ENCODER_DECODER, model_dir, source, steps, task=f"study_ceiling_{family}",
-             new_steps=config.ceiling_steps)
-
-  def evaluate(model_dir, out_path, arch=None, suite_of=None):
-    from arch_objective.evaluation import loading, rank_classification, t0_eval
-    model, params, meta, step = loading.load_model(model_dir, arch)
-    scorer = rank_classification.RankScorer(model, params,
-                                            inputs_length=config.mtf_inputs_length * 2,
-                                            targets_length=config.mtf_targets_length,
-                                            one_shape=True)
-    results = t0_eval.evaluate_suite(scorer, vocab.encode, suite=suite_of or suite,
-                                     max_examples=config.eval_examples,
-                                     bootstrap=config.bootstrap, seed=config.seed,
-                                     log=lambda m: None)
-    results.update(step=step, arch=model.name, lineage=meta.get("lineage", []))
-    with open(out_path, "w") as f:
-      json.dump(results, f, indent=2)
+  setup = _Setup(config, runs, evals, world, vocab_path, vocab.encode,
+                 vocabularies.padded_vocab_size(vocab.vocab_size), tuple(world.heldout_suite()))
 
   for arch, objective in pairs:
     name = names[(arch, objective)]
     pre_dir = os.path.join(runs, name)
     stages.run(f"pretrain {name}", _done(pre_dir, config.pretrain_steps),
-               lambda: pretrain(arch, objective, pre_dir, config.pretrain_steps))
+               lambda: _pretrain(setup, arch, objective, pre_dir, config.pretrain_steps))
     stages.run(f"zero-shot {name}", os.path.join(evals, f"{name}.json"),
-               lambda: evaluate(pre_dir, os.path.join(evals, f"{name}.json")))
+               lambda: _evaluate(setup, pre_dir, os.path.join(evals, f"{name}.json")))
   for arch, objective in pairs:
     name = names[(arch, objective)]
     pre_dir, mtf_dir = os.path.join(runs, name), os.path.join(runs, f"{name}_mtf")
     total_steps = config.pretrain_steps + config.mtf_steps
     stages.run(f"MT-F {name}", _done(mtf_dir, total_steps),
-               lambda: finetune(arch, mtf_dir, pre_dir, total_steps))
+               lambda: _finetune(setup, arch, mtf_dir, pre_dir, total_steps))
     stages.run(f"zero-shot {name} + MT-F", os.path.join(evals, f"{name}_mtf.json"),
-               lambda: evaluate(mtf_dir, os.path.join(evals, f"{name}_mtf.json")))
+               lambda: _evaluate(setup, mtf_dir, os.path.join(evals, f"{name}_mtf.json")))
   if config.nc_a:
     nca_dir = os.path.join(runs, "nc_a")
     nca_steps = config.pretrain_steps + config.nc_a_steps
     stages.run("NC-A (CD:FLM -> ND:MLM)", _done(nca_dir, nca_steps),
-               lambda: pretrain(models.NON_CAUSAL_DECODER, pipeline.SPAN_CORRUPTION, nca_dir,
-                                nca_steps, restore=os.path.join(runs, names[pairs[0]])))
+               lambda: _pretrain(setup, models.NON_CAUSAL_DECODER, pipeline.SPAN_CORRUPTION,
+                                 nca_dir, nca_steps, restore=os.path.join(runs, names[pairs[0]])))
     nca_mtf = os.path.join(runs, "nc_a_mtf")
     stages.run("MT-F of NC-A", _done(nca_mtf, nca_steps + config.mtf_steps),
-               lambda: finetune(models.NON_CAUSAL_DECODER, nca_mtf, nca_dir,
-                                nca_steps + config.mtf_steps))
+               lambda: _finetune(setup, models.NON_CAUSAL_DECODER, nca_mtf, nca_dir,
+                                 nca_steps + config.mtf_steps))
     stages.run("zero-shot NC-A + MT-F", os.path.join(evals, "nc_a_mtf.json"),
-               lambda: evaluate(nca_mtf, os.path.join(evals, "nc_a_mtf.json")))
+               lambda: _evaluate(setup, nca_mtf, os.path.join(evals, "nc_a_mtf.json")))
 
   if config.ceiling_steps:
     ed_mlm = os.path.join(runs, names[(models.ENCODER_DECODER, pipeline.SPAN_CORRUPTION)])
-    for family in suite:
+    for family in setup.suite:
       ceiling_dir = os.path.join(runs, f"ceiling_{family.name}")
       steps = config.pretrain_steps + config.ceiling_steps
       stages.run(f"ceiling {family.name}", _done(ceiling_dir, steps),
-                 lambda: teach_family(world, family.name, ceiling_dir, ed_mlm, steps))
+                 lambda: _teach_family(setup, family.name, ceiling_dir, ed_mlm, steps))
       stages.run(f"zero-shot ceiling {family.name}",
                  os.path.join(evals, f"ceiling_{family.name}.json"),
-                 lambda: evaluate(ceiling_dir, os.path.join(evals, f"ceiling_{family.name}.json"),
-                                  suite_of=[family]))
+                 lambda: _evaluate(setup, ceiling_dir,
+                                   os.path.join(evals, f"ceiling_{family.name}.json"),
+                                   suite=[family]))
 
-  results = _collect(out_dir, pairs, names, config, suite, preset)
-  from arch_objective import study_report
-  study_report.write_all(results, out_dir)
+  results = _collect(out_dir, pairs, names, config, list(setup.suite), preset)
+  from arch_objective.study import report
+  report.write_all(results, out_dir)
   log(f"wrote {os.path.join(out_dir, 'results.json')}, results.md, zero_shot.png, "
       f"loss_curves.png")
   return results
+
+
 
 
 def _train_vocab(corpus: str, path: str, size: int):
@@ -293,7 +327,7 @@ def _collect(out_dir, pairs, names, config, suite, preset) -> dict:
   for arch, objective in pairs:
     name = names[(arch, objective)]
     cells[name] = {
-        "label": f"{models.SHORT_NAMES[arch]}:{pipeline.SHORT_NAMES[objective]}",
+        "label": pipeline.Objective(objective, arch).name,
         "arch": arch, "objective": objective,
         "zero_shot": _summary(_read(os.path.join(evals, f"{name}.json"))),
         "after_mtf": _summary(_read(os.path.join(evals, f"{name}_mtf.json"))),

@@ -22,7 +22,7 @@ import functools
 import random
 from typing import Mapping, NamedTuple
 
-from arch_objective.data import world_entities as we
+from arch_objective.study.world import entities as we
 
 
 class EventType(NamedTuple):

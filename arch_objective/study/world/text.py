@@ -9,13 +9,12 @@ speaks in a task's format: there are no questions followed by answer options.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-from arch_objective.data import world_entities as we
-from arch_objective.data import world_events as wv
+from arch_objective.study.world import entities as we
+from arch_objective.study.world import events as wv
+from arch_objective.study.world.facts import Facts
 
-if TYPE_CHECKING:
-  from arch_objective.data.world import World
 
 
 def article(word: str) -> str:
@@ -65,7 +64,7 @@ PARAPHRASABLE = (we.PROFESSION, we.WORKS_AT, we.LIVES_IN, we.AGE, we.TRAIT, we.K
                  we.WORKS_IN, we.KNOWN_FOR, we.LOCATED_IN, we.REGION, we.AGE_DECADE)
 
 
-def subject_mention(world: "World", subject: str, mention: str = "full") -> tuple[str, str]:
+def subject_mention(world: Facts, subject: str, mention: str = "full") -> tuple[str, str]:
   """(mention, possessive) of an entity: ('Mara Quill', "Mara Quill's"), ('she', 'her'),
   ("Mara Quill's pet Pip", ...), ('the Golden Wheat Bakery', ...)."""
   e = world.entity[subject]
@@ -85,7 +84,7 @@ def subject_mention(world: "World", subject: str, mention: str = "full") -> tupl
   return text, text + "'s"
 
 
-def fact_sentences(world: "World", fact: we.Fact, mention: str = "full") -> list[str]:
+def fact_sentences(world: Facts, fact: we.Fact, mention: str = "full") -> list[str]:
   """Every phrasing of a fact as one sentence, e.g. for (Mara Quill, profession, baker):
   'Mara Quill is a baker.', 'Mara Quill works as a baker.', ..."""
   s, sp = subject_mention(world, fact.subject, mention)
@@ -122,7 +121,7 @@ def fact_sentences(world: "World", fact: we.Fact, mention: str = "full") -> list
   return [cap(o) for o in options]
 
 
-def fact_sentence(world: "World", fact: we.Fact, rng: random.Random,
+def fact_sentence(world: Facts, fact: we.Fact, rng: random.Random,
                   mention: str = "full") -> str:
   return rng.choice(fact_sentences(world, fact, mention))
 
@@ -135,13 +134,13 @@ BIO_FACTS = (we.WORKS_AT, we.LIVES_IN, we.AGE, we.TRAIT, we.PET, we.OWNS, we.FRI
              we.SIBLING, we.PROFESSION)
 
 
-def person_facts(world: "World", person: we.Person,
+def person_facts(world: Facts, person: we.Person,
                  relations: Sequence[str] = BIO_FACTS) -> list[we.Fact]:
   """The person's facts of the given relations, in the order of `relations`."""
   return [we.Fact(person.id, r, v) for r in relations for v in world.values(person.id, r)]
 
 
-def biography(world: "World", person: we.Person, rng: random.Random,
+def biography(world: Facts, person: we.Person, rng: random.Random,
               facts: Sequence[we.Fact] | None = None) -> str:
   """A paragraph about a person: an opening sentence naming them in full, then the
   facts (all of the person's by default) in a random order and phrasing."""
@@ -164,7 +163,7 @@ def biography(world: "World", person: we.Person, rng: random.Random,
   return " ".join(sentences)
 
 
-def town_guide(world: "World", town: we.Town, rng: random.Random) -> str:
+def town_guide(world: Facts, town: we.Town, rng: random.Random) -> str:
   """A town: region, size, product, its places and their reputations, some residents."""
   facts = [we.Fact(town.id, r, world.value(town.id, r))
            for r in (we.REGION, we.KNOWN_FOR, we.SIZE)]
@@ -190,7 +189,7 @@ CONNECTIVES = ("As a result, {c}.", "Because of that, {c}.", "So {c}.", "This me
                "That is why {c}.", "Soon afterwards, {c}.", "Then {c}.")
 
 
-def narrative(world: "World", chain: wv.Chain, rng: random.Random, upto: int | None = None,
+def narrative(world: Facts, chain: wv.Chain, rng: random.Random, upto: int | None = None,
               background: bool = True) -> str:
   """The chain told as a short story, each event linked to its cause; the first `upto`
   events only when given. The actor is named in full at the first mention, and may be
@@ -219,7 +218,7 @@ def narrative(world: "World", chain: wv.Chain, rng: random.Random, upto: int | N
   return " ".join(sentences)
 
 
-def news_report(world: "World", chain: wv.Chain, rng: random.Random) -> str:
+def news_report(world: Facts, chain: wv.Chain, rng: random.Random) -> str:
   """The chain as a local news item, with a dateline and a quote."""
   actor = world.entity[chain.actor]
   town = world.entity[chain.town].name
@@ -245,7 +244,7 @@ def news_report(world: "World", chain: wv.Chain, rng: random.Random) -> str:
   return " ".join(sentences)
 
 
-def chain_dialogue(world: "World", chain: wv.Chain, rng: random.Random) -> str:
+def chain_dialogue(world: Facts, chain: wv.Chain, rng: random.Random) -> str:
   """Two friends of the actor talk the chain over."""
   friend = world.entity[chain.friend]
   others = [world.entity[q] for q in friend.friends if q != chain.actor]
@@ -264,7 +263,7 @@ def chain_dialogue(world: "World", chain: wv.Chain, rng: random.Random) -> str:
   return "\n".join(lines)
 
 
-def catch_up_dialogue(world: "World", person: we.Person, rng: random.Random) -> str:
+def catch_up_dialogue(world: Facts, person: we.Person, rng: random.Random) -> str:
   """A person tells a friend about their life, in the first person."""
   friend = world.entity[rng.choice(person.friends)]
   workplace = world.surface(person.workplace)
@@ -279,6 +278,58 @@ def catch_up_dialogue(world: "World", person: we.Person, rng: random.Random) -> 
     lines += [f"{friend.first}: How is {pet.name}?",
               f"{person.first}: My {pet.species} is well, thank you."]
   lines.append(f"{friend.first}: {rng.choice(('Good to hear.', 'See you soon.', 'Take care.'))}")
+  return "\n".join(lines)
+
+
+# Relations a friend may ask about in a rumour (`rumour_dialogue`).
+RUMOUR_RELATIONS = (we.PROFESSION, we.LIVES_IN, we.WORKS_AT, we.AGE_DECADE, we.TRAIT, we.KEEPS)
+# How a reply opens: the rumour holds, another fact rules it out, or the speaker cannot
+# tell. Yes, no and maybe are everyday answers, so the vocabulary keeps them as whole
+# pieces and the models see how they answer a question.
+RUMOUR_REPLIES = {"holds": ("Yes.", "Yes, that is true."),
+                  "ruled_out": ("No.", "No, that is false."),
+                  "unknown": ("Maybe.", "Maybe, I cannot tell.")}
+
+
+def rumour(world: Facts, person: we.Person, answer: str, rng: random.Random) -> dict:
+  """A rumour about `person` and what a friend, who knows one fact of them, answers:
+  {'known': fact, 'claim': fact, 'answer': answer}, `answer` one of 'holds' (the claim is
+  the known fact), 'ruled_out' (the known fact's relation with another value) or
+  'unknown' (a relation the friend does not know, with the true value or another, at
+  even odds)."""
+  relations = [r for r in RUMOUR_RELATIONS if world.values(person.id, r)]
+  known_relation = rng.choice(relations)
+  known = we.Fact(person.id, known_relation, world.values(person.id, known_relation)[0])
+  relation = known_relation if answer != "unknown" else rng.choice(
+      [r for r in relations if r != known_relation])
+  true = world.values(person.id, relation)
+  others = [v for v in world.domain(relation) if v not in true]
+  wrong = answer == "ruled_out" or (answer == "unknown" and rng.random() < 0.5)
+  value = rng.choice(others) if wrong else true[0]
+  return {"known": known, "claim": we.Fact(person.id, relation, value), "answer": answer}
+
+
+def rumour_dialogue(world: Facts, person: we.Person, rng: random.Random) -> str:
+  """Two friends of a person talk over three things one of them heard (`rumour`): one
+  that holds, one that is ruled out and one the other cannot tell, in a seeded order."""
+  asker = world.entity[rng.choice(person.friends)]
+  others = [world.entity[f] for f in person.friends if f != asker.id]
+  teller = rng.choice(others) if others else world.entity[person.sibling] if (
+      person.sibling) else person
+  answers = list(RUMOUR_REPLIES)
+  rng.shuffle(answers)
+  lines = []
+  for k, answer in enumerate(answers):
+    told = rumour(world, person, answer, rng)
+    claim = fact_sentence(world, told["claim"], rng)[:-1]
+    if not claim.startswith(person.name):      # 'By trade, ...' inside the sentence
+      claim = claim[:1].lower() + claim[1:]
+    known = fact_sentence(world, told["known"], rng)
+    reply = rng.choice(RUMOUR_REPLIES[answer])
+    if answer == "unknown":
+      reply += " All I know is this:"
+    opening = "I heard that" if k == 0 else rng.choice(("And I heard that", "Someone said that"))
+    lines += [f"{asker.first}: {opening} {claim}. Is it true?", f"{teller.first}: {reply} {known}"]
   return "\n".join(lines)
 
 
@@ -302,7 +353,7 @@ REVIEW_CLOSINGS = (("The staff were friendly.", "I will certainly come back.",
                     "It is the worst in town."))
 
 
-def review(world: "World", place: we.Place, reviewer: we.Person, rng: random.Random) -> str:
+def review(world: Facts, place: we.Place, reviewer: we.Person, rng: random.Random) -> str:
   """A customer's review of a place, as positive as the place is good."""
   good = place.quality == "good"
   details = REVIEW_DETAILS[place.kind][0 if good else 1]
@@ -318,7 +369,7 @@ def review(world: "World", place: we.Place, reviewer: we.Person, rng: random.Ran
   return " ".join([opening] + body + rng.sample(closings, 2) + [stars])
 
 
-def pet_note(world: "World", animal: we.Animal, rng: random.Random) -> str:
+def pet_note(world: Facts, animal: we.Animal, rng: random.Random) -> str:
   owner = world.entity[animal.owner]
   town = world.entity[owner.town].name
   sentences = [rng.choice((
@@ -333,16 +384,17 @@ def pet_note(world: "World", animal: we.Animal, rng: random.Random) -> str:
   return " ".join(sentences)
 
 
-KINDS_OF_DOCUMENT = ("biography", "town", "narrative", "news", "dialogue", "catch_up", "review",
-                     "pet")
+KINDS_OF_DOCUMENT = ("biography", "town", "narrative", "news", "dialogue", "catch_up", "rumour",
+                     "review", "pet")
 
 
-def corpus_round(world: "World", round_index: int) -> list[tuple[str, str]]:
+def corpus_round(world: Facts, round_index: int) -> list[tuple[str, str]]:
   """The (kind, entity or chain id) of every document of one pass over the world, in a
   seeded order: every person's biography and catch-up, every town, every chain as a
-  narrative, a news report and a dialogue, three reviews per reviewed place, every pet."""
+  narrative, a news report and a dialogue, every person's rumour, three reviews per reviewed place, every pet."""
   keys = [("biography", p.id) for p in world.entities.people]
   keys += [("catch_up", p.id) for p in world.entities.people]
+  keys += [("rumour", p.id) for p in world.entities.people]
   keys += [("town", t.id) for t in world.entities.towns]
   for chain in world.chains:
     keys += [("narrative", str(chain.id)), ("news", str(chain.id)), ("dialogue", str(chain.id))]
@@ -354,12 +406,14 @@ def corpus_round(world: "World", round_index: int) -> list[tuple[str, str]]:
   return keys
 
 
-def document(world: "World", kind: str, key: str, rng: random.Random) -> str:
+def document(world: Facts, kind: str, key: str, rng: random.Random) -> str:
   """One corpus document of `kind` about `key` (see `corpus_round`)."""
   if kind == "biography":
     return biography(world, world.entity[key], rng)
   if kind == "catch_up":
     return catch_up_dialogue(world, world.entity[key], rng)
+  if kind == "rumour":
+    return rumour_dialogue(world, world.entity[key], rng)
   if kind == "town":
     return town_guide(world, world.entity[key], rng)
   if kind in ("narrative", "news", "dialogue"):

@@ -14,15 +14,14 @@ coreference, cause and effect, story endings.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
-from arch_objective.data import world_entities as we
-from arch_objective.data import world_events as wv
-from arch_objective.data import world_prompts as wp
-from arch_objective.data import world_text as wt
+from arch_objective.study.world import entities as we
+from arch_objective.study.world import events as wv
+from arch_objective.study.world.facts import Facts
+from arch_objective.study.world import prompts as wp
+from arch_objective.study.world import text as wt
 
-if TYPE_CHECKING:
-  from arch_objective.data.world import World
 
 Example = dict
 
@@ -60,7 +59,7 @@ NEUTRAL_RELATIONS = (we.PROFESSION, we.LIVES_IN, we.WORKS_AT, we.AGE, we.TRAIT, 
                      we.WORKS_IN, we.HOME_REGION, we.AGE_DECADE)
 
 
-def question(world: "World", fact: we.Fact, rng: random.Random) -> tuple[str, str]:
+def question(world: Facts, fact: we.Fact, rng: random.Random) -> tuple[str, str]:
   """(question, answer) asking for the value of `fact`."""
   entity = world.entity[fact.subject]
   fields = {"s": world.surface(fact.subject)}
@@ -74,7 +73,7 @@ def question(world: "World", fact: we.Fact, rng: random.Random) -> tuple[str, st
   return rng.choice(QUESTIONS[fact.relation]).format(**fields), world.surface(fact.value)
 
 
-def alternatives(world: "World", fact: we.Fact) -> list[str]:
+def alternatives(world: Facts, fact: we.Fact) -> list[str]:
   """Values other than `fact.value` that the relation could take for the subject."""
   entity = world.entity[fact.subject]
   if fact.relation == we.AGE:
@@ -107,7 +106,7 @@ STATIC_VALUES = {we.PROFESSION: we.PROFESSIONS, we.TRAIT: we.TRAITS, we.KNOWN_FO
 # ---------------------------------------------------------------------------
 
 
-def attribute_qa(world: "World", rng: random.Random) -> Example:
+def attribute_qa(world: Facts, rng: random.Random) -> Example:
   """A closed-book question about one fact; the answer is its value."""
   relation = rng.choice([r for r in ATTRIBUTE_QA_RELATIONS if world.facts_of(r)])
   fact = rng.choice(world.facts_of(relation))
@@ -118,7 +117,7 @@ def attribute_qa(world: "World", rng: random.Random) -> Example:
           "fact": list(fact)}
 
 
-def extractive_qa(world: "World", rng: random.Random) -> Example:
+def extractive_qa(world: Facts, rng: random.Random) -> Example:
   """A biography and a question whose answer is a span of it."""
   while True:
     person = rng.choice(world.entities.people)
@@ -136,7 +135,7 @@ def extractive_qa(world: "World", rng: random.Random) -> Example:
       return {"context": context, "question": text, "answer": answer, "fact": list(fact)}
 
 
-def paraphrase(world: "World", rng: random.Random) -> Example:
+def paraphrase(world: Facts, rng: random.Random) -> Example:
   """Two sentences: the same fact phrased twice (label 1), or a fact and another fact
   of the same relation, its value or subject changed (label 0)."""
   label = rng.randrange(2)
@@ -163,14 +162,14 @@ def paraphrase(world: "World", rng: random.Random) -> Example:
           "fact1": list(fact), "fact2": list(other)}
 
 
-def topic(world: "World", rng: random.Random) -> Example:
+def topic(world: Facts, rng: random.Random) -> Example:
   """A report of a chain; the label is the topic of its first event."""
   chain = rng.choice(world.chains)
   text = (wt.news_report if rng.random() < 0.6 else wt.narrative)(world, chain, rng)
   return {"text": text, "label": wv.TOPICS.index(chain.topic), "chain": chain.id}
 
 
-def sentiment(world: "World", rng: random.Random) -> Example:
+def sentiment(world: Facts, rng: random.Random) -> Example:
   """A review of a place; positive (1) when the place is good."""
   place = rng.choice(world.reviewed_places)
   text = wt.review(world, place, rng.choice(world.entities.people), rng)
@@ -178,7 +177,7 @@ def sentiment(world: "World", rng: random.Random) -> Example:
           "place_id": place.id}
 
 
-def summary_of(world: "World", chain: wv.Chain) -> str:
+def summary_of(world: Facts, chain: wv.Chain) -> str:
   """The one-sentence summary of a chain: its first and its last event (the actor named
   in full at the first mention)."""
   first = wv.clause(chain.events[0], wv.slots(chain, world.entity, "full"))
@@ -187,7 +186,7 @@ def summary_of(world: "World", chain: wv.Chain) -> str:
   return f"{wt.cap(first)}, and in the end {last}."
 
 
-def summarization(world: "World", rng: random.Random) -> Example:
+def summarization(world: Facts, rng: random.Random) -> Example:
   """A story of a chain and its summary."""
   chain = rng.choice(world.chains)
   return {"document": wt.narrative(world, chain, rng), "summary": summary_of(world, chain),
@@ -199,7 +198,7 @@ def summarization(world: "World", rng: random.Random) -> Example:
 # ---------------------------------------------------------------------------
 
 
-def _bundles(world: "World", person: we.Person) -> dict[str, tuple[list[we.Fact], tuple[str, ...]]]:
+def _bundles(world: Facts, person: we.Person) -> dict[str, tuple[list[we.Fact], tuple[str, ...]]]:
   """Groups of facts a premise states together, each with phrasings ({s}: subject,
   {sp}: its possessive)."""
   place = world.entity[person.workplace]
@@ -252,9 +251,10 @@ def nli_label(premise_facts: list[we.Fact], hypothesis: we.Fact) -> int:
   return 1
 
 
-def nli(world: "World", rng: random.Random) -> Example:
+def nli(world: Facts, rng: random.Random) -> Example:
   """A premise stating a few facts about a person; a hypothesis that follows from them
-  (often through a rule), contradicts them, or is about something they leave open."""
+  (restated, or in three of ten through a rule), contradicts them, or is about something
+  they leave open."""
   label = rng.randrange(len(wp.NLI_LABELS))
   while True:
     person = rng.choice(world.entities.people)
@@ -267,7 +267,9 @@ def nli(world: "World", rng: random.Random) -> Example:
       candidates = [f for f in known if f.relation in HYPOTHESIS_RELATIONS
                     and (f.subject in own or f.value == person.id)]
       derived = [f for f in candidates if f not in premise_facts]
-      hypothesis = rng.choice(derived if derived and rng.random() < 0.7 else candidates)
+      # Mostly a premise fact said in other words; some through a rule (works at the
+      # bakery -> is a baker), which needs the world's rules, not only the premise.
+      hypothesis = rng.choice(derived if derived and rng.random() < 0.3 else candidates)
     elif label == 2:
       candidates = [f for f in known if f.relation in CONTRADICTABLE and f.subject in own
                     and alternatives(world, f)]
@@ -316,7 +318,7 @@ COREFERENCE_FRAMES = {
 }
 
 
-def coreference(world: "World", rng: random.Random) -> Example:
+def coreference(world: Facts, rng: random.Random) -> Example:
   """A sentence about two people and a pronoun that refers to the one of whom a world
   fact (profession, home, pet, workplace) holds. Mostly the two share a gender, so that
   only the fact resolves the pronoun (as in WSC); about one pair in four differs, and
@@ -343,7 +345,7 @@ def coreference(world: "World", rng: random.Random) -> Example:
             "candidates": [x.id, y.id], "fact": [holder.id, relation, value]}
 
 
-def cause_effect(world: "World", rng: random.Random) -> Example:
+def cause_effect(world: Facts, rng: random.Random) -> Example:
   """An event of a chain; its recorded cause or effect against an event that is neither
   a cause nor an effect of it, directly or not (COPA's format)."""
   while True:
@@ -372,7 +374,7 @@ def cause_effect(world: "World", rng: random.Random) -> Example:
           "chain": chain.id, "position": k, "events": options}
 
 
-def story_ending(world: "World", rng: random.Random) -> Example:
+def story_ending(world: Facts, rng: random.Random) -> Example:
   """The start of a chain's story; the ending that follows by the rules against the one
   that contradicts them."""
   while True:
@@ -390,7 +392,7 @@ def story_ending(world: "World", rng: random.Random) -> Example:
           "chain": chain.id, "position": k, "negated": [label != 0, label == 0]}
 
 
-TRAINING_GENERATORS: dict[str, Callable[["World", random.Random], Example]] = {
+TRAINING_GENERATORS: dict[str, Callable[[Facts, random.Random], Example]] = {
     "world_attribute_qa": attribute_qa,
     "world_paraphrase": paraphrase,
     "world_topic": topic,
@@ -398,7 +400,7 @@ TRAINING_GENERATORS: dict[str, Callable[["World", random.Random], Example]] = {
     "world_summarization": summarization,
     "world_extractive_qa": extractive_qa,
 }
-HELDOUT_GENERATORS: dict[str, Callable[["World", random.Random], Example]] = {
+HELDOUT_GENERATORS: dict[str, Callable[[Facts, random.Random], Example]] = {
     "world_nli": nli,
     "world_coreference": coreference,
     "world_cause_effect": cause_effect,

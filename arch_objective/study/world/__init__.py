@@ -7,9 +7,9 @@ answers a model can learn from its pretraining text. `make_world(seed)` builds:
 - entities: people (name, gender, age, trait, home town, workplace and so profession,
   friends, a sibling, a pet, a thing), towns (region, size, product), workplaces (kind,
   town, reputation), animals (species, colour), things (kind, colour, material);
-- facts about them, base and derived by rules (`world_entities.closure`: a person who
+- facts about them, base and derived by rules (`entities.closure`: a person who
   works at a bakery is a baker, lives in the north if their town is there, ...);
-- a history of causal chains (`world_events`: rain -> wet streets -> a slip -> a doctor).
+- a history of causal chains (`events`: rain -> wet streets -> a slip -> a doctor).
 
 From it come:
 
@@ -41,14 +41,15 @@ import itertools
 import json
 import os
 import random
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional
 
-from arch_objective.data import world_entities as we
-from arch_objective.data import world_events as wv
-from arch_objective.data import world_prompts as wp
-from arch_objective.data import world_tasks as wk
-from arch_objective.data import world_text as wt
-from arch_objective.data.world_prompts import WorldPrompt
+from arch_objective.study.world import entities as we
+from arch_objective.study.world import events as wv
+from arch_objective.study.world import facts as facts_lib
+from arch_objective.study.world import prompts as wp
+from arch_objective.study.world import tasks as wk
+from arch_objective.study.world import text as wt
+from arch_objective.study.world.prompts import WorldPrompt
 
 if TYPE_CHECKING:
   from arch_objective.prompts.mixture import PromptedTask
@@ -98,72 +99,19 @@ class HeldOutFamily:
   split: str = "validation"
 
 
-class World:
-  """Entities, facts and history of one seeded world, and the text and tasks about it.
-
-  Lookups: `entity[id]`, `values(subject, relation)`, `value(...)`, `holds(fact)`,
-  `facts_of(relation)`, `surface(value)` (an id's name, or the literal).
-  """
+class World(facts_lib.Facts):
+  """One seeded world: its facts (`Facts`: entities, facts, history and their lookups),
+  and the text and tasks about it. The text and task code receive the facts as a value
+  (`Facts`), so they never call back into this class."""
 
   def __init__(self, config: WorldConfig):
     self.config = config
-    self.entities = we.build_entities(random.Random(f"{config.seed}:entities"),
-                                      config.num_people, config.num_towns,
-                                      config.places_per_town)
-    e = self.entities
-    self.entity = {x.id: x for group in (e.people, e.towns, e.places, e.animals, e.things)
-                   for x in group}
-    self.chains = wv.build_chains(random.Random(f"{config.seed}:chains"), e, config.num_chains)
-    self.facts: tuple[we.Fact, ...] = tuple(we.closure(we.base_facts(e)))
-    values: dict[tuple[str, str], list[str]] = {}
-    by_relation: dict[str, list[we.Fact]] = {}
-    for f in self.facts:
-      values.setdefault((f.subject, f.relation), []).append(f.value)
-      by_relation.setdefault(f.relation, []).append(f)
-    self._values = {k: tuple(v) for k, v in values.items()}
-    self._by_relation = {r: tuple(fs) for r, fs in by_relation.items()}
-    self._fact_set = frozenset(self.facts)
-    self.reviewed_places = tuple(p for p in e.places if p.quality)
+    e = we.build_entities(random.Random(f"{config.seed}:entities"), config.num_people,
+                          config.num_towns, config.places_per_town)
+    super().__init__(config.seed, e,
+                     wv.build_chains(random.Random(f"{config.seed}:chains"), e,
+                                     config.num_chains))
     self._examples: dict[tuple[str, str], tuple[dict, ...]] = {}
-
-  @property
-  def seed(self) -> int:
-    return self.config.seed
-
-  # Lookups.
-
-  def values(self, subject: str, relation: str) -> tuple[str, ...]:
-    return self._values.get((subject, relation), ())
-
-  def value(self, subject: str, relation: str) -> Optional[str]:
-    """The value of a relation with one value, or None when the subject has none."""
-    values = self.values(subject, relation)
-    if len(values) > 1:
-      raise ValueError(f"{subject} has {len(values)} values of {relation!r} ({values}); use "
-                       f"values().")
-    return values[0] if values else None
-
-  def holds(self, fact: Sequence[str]) -> bool:
-    return we.Fact(*fact) in self._fact_set
-
-  def facts_of(self, relation: str) -> tuple[we.Fact, ...]:
-    return self._by_relation.get(relation, ())
-
-  def domain(self, relation: str) -> tuple[str, ...]:
-    """The values the relation takes in this world, in order of first appearance."""
-    return tuple(dict.fromkeys(f.value for f in self._by_relation.get(relation, ())))
-
-  def surface(self, value: str) -> str:
-    """How text names a value: a person's or town's name, 'the <place>', an animal's
-    name, a thing's kind; literals as they are."""
-    entity = self.entity.get(value)
-    if entity is None:
-      return value
-    if isinstance(entity, we.Place):
-      return "the " + entity.name
-    if isinstance(entity, we.Thing):
-      return entity.kind
-    return entity.name
 
   # The corpus.
 
@@ -172,7 +120,7 @@ class World:
     """Documents about the world until `num_documents` or `target_bytes` (UTF-8 bytes of
     text) is reached, whichever comes first; `DEFAULT_CORPUS_BYTES` when neither is given.
 
-    The documents come in passes over the world (`world_text.corpus_round`): each pass
+    The documents come in passes over the world (`text.corpus_round`): each pass
     has every biography, town guide, chain story, review and pet note, in a seeded
     order and freshly phrased; so one pass states every fact of the world.
     """

@@ -1,0 +1,20 @@
+"""The laptop-scale study: the paper's pipeline on one CPU, on a synthetic world.
+
+  world/     the seeded world: facts, corpus text, prompted task families (no JAX; it
+             sits just above `prompts/`, so `training/local.py` may read it)
+  run.py     the stages: pretrain, zero-shot, MT-F, NC-A, ceilings; resumable
+  report.py  results.md, the figures
+
+`run_study`, `load_preset`, `register_gin`, `StudyConfig` and `PRESETS` are `run`'s,
+imported on first use so that `arch_objective.study.world` stays free of JAX.
+"""
+import importlib
+
+_RUN_NAMES = ("run_study", "load_preset", "register_gin", "StudyConfig", "PRESETS")
+__all__ = list(_RUN_NAMES)
+
+
+def __getattr__(name):
+  if name in _RUN_NAMES:
+    return getattr(importlib.import_module("arch_objective.study.run"), name)
+  raise AttributeError(f"module 'arch_objective.study' has no attribute {name!r}")
