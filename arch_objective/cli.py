@@ -266,6 +266,10 @@ def _eval_common(p: argparse.ArgumentParser, results: str, architectures):
   p.add_argument("--vocabulary", help="SentencePiece model (default: the checkpoint's)")
   p.add_argument("--out", dest="out_dir", metavar="DIR",
                  help=f"directory for {results} (default: next to the checkpoint)")
+  p.add_argument("--compilation_cache_dir", metavar="DIR",
+                 help="JAX's persistent compilation cache (default: "
+                      "$ARCH_OBJECTIVE_COMPILATION_CACHE_DIR, else "
+                      "~/.cache/arch-objective/jax-cache; '' turns it off)")
 
 
 def _eval(args) -> int:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import math
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -369,6 +370,73 @@ class Dropout(nn.Module):
 
 
 # ---------------------------------------------------------------------------
+# Modes of a call: what attention does with its key/value cache
+# ---------------------------------------------------------------------------
+# As MaxText's MODEL_MODE_*: the caller states the mode; nothing guesses it from a shape.
+MODE_TRAIN = "train"                    # whole sequences, no cache: training, scoring
+MODE_PREFILL = "prefill"                # whole sequences, every key/value written to the cache
+MODE_AUTOREGRESSIVE = "autoregressive"  # one new token per row against the cache
+MODES = (MODE_TRAIN, MODE_PREFILL, MODE_AUTOREGRESSIVE)
+
+
+def check_mode(mode: str):
+  """Raise a ValueError naming the valid modes when `mode` is not one of `MODES`."""
+  if mode not in MODES:
+    raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+  """The decoding state of one call of a decoder stack: its mode and, for an
+  autoregressive step, where each row's token goes.
+
+  `mode`          one of `MODES`;
+  `position`      `[b]` int32, MODE_AUTOREGRESSIVE only: the cache slot of each row's
+                  new token (its keys/values are written there; the step's mask hides
+                  the slots after it);
+  `cache_length`  MODE_AUTOREGRESSIVE only: the number of cache slots (the keys a step's
+                  query attends over, and the width of its relative position bias).
+
+  `TRAIN` and `PREFILL` are the two states without a position; `Decoding.step(position,
+  cache_length)` makes a step's.
+  """
+  mode: str = MODE_TRAIN
+  position: Optional[Array] = None
+  cache_length: Optional[int] = None
+
+  def __post_init__(self):
+    check_mode(self.mode)
+    if self.mode == MODE_AUTOREGRESSIVE:
+      if self.position is None or self.cache_length is None:
+        raise ValueError(f"Decoding(mode={MODE_AUTOREGRESSIVE!r}) needs position [batch] "
+                         f"and cache_length; found position={self.position!r}, "
+                         f"cache_length={self.cache_length!r}.")
+      if not isinstance(self.cache_length, int) or self.cache_length < 1:
+        raise ValueError(f"Decoding.cache_length must be a positive int, found "
+                         f"{self.cache_length!r}.")
+    elif self.position is not None or self.cache_length is not None:
+      raise ValueError(f"Decoding(mode={self.mode!r}) takes no position or cache_length "
+                       f"(only mode={MODE_AUTOREGRESSIVE!r} does).")
+
+  @classmethod
+  def step(cls, position: Array, cache_length: int) -> "Decoding":
+    """An autoregressive step: one token per row at `position [b]` of a cache of
+    `cache_length` slots."""
+    return cls(MODE_AUTOREGRESSIVE, position, cache_length)
+
+
+Decoding.TRAIN = Decoding(MODE_TRAIN)
+Decoding.PREFILL = Decoding(MODE_PREFILL)
+
+
+class KeyValue(NamedTuple):
+  """Projected attention keys and values, `[b, k, h, e]` each (with a leading layer axis
+  `[n, b, k, h, e]` where a stack holds one per layer)."""
+  key: Array
+  value: Array
+
+
+# ---------------------------------------------------------------------------
 # Attention
 # ---------------------------------------------------------------------------
 EINSUM = "einsum"
@@ -450,13 +518,19 @@ class MultiHeadDotProductAttention(nn.Module):
 
   Parameters `query|key|value/kernel (d, h*e)` and `out/kernel (h*e, d)`.
 
-  Caching (self-attention only): with `decode=True` and a full-length input the call
-  *prefills* the cache `cached_key/cached_value [b, l, h, e]` with every position;
-  with `decode=True` and a length-1 input it writes the new key/value at
-  `decode_position [b]` and attends over the whole cache (the caller's mask hides
-  positions after `decode_position`).
+  `mode` (one of `MODES`, self-attention only for the cache):
+    MODE_TRAIN           no cache;
+    MODE_PREFILL         a whole-length input writes every key/value to the cache
+                         `cached_key/cached_value [b, l, h, e]` (created here);
+    MODE_AUTOREGRESSIVE  a length-1 input writes its key/value at `decode_position [b]`
+                         of the cache a PREFILL call made, and attends over the whole
+                         cache (the caller's mask hides the slots after `decode_position`).
 
-  `attention_impl` selects `dot_product_attention`'s implementation; a cached single
+  Cross-attention can take its keys and values precomputed (`key_value`, from
+  `project_key_value` of the same parameters): several query rows then share one
+  projection of `inputs_kv`.
+
+  `attention_impl` selects `dot_product_attention`'s implementation; an autoregressive
   step (one query against the cache) always takes the reference einsums.
   """
   num_heads: int
@@ -467,36 +541,70 @@ class MultiHeadDotProductAttention(nn.Module):
   float32_logits: bool = False
   attention_impl: str = EINSUM
 
+  def project_key_value(self, inputs_kv: Array) -> KeyValue:
+    """`inputs_kv [b, k, d]` -> `KeyValue` of `[b, k, h, e]` each: the `key` and `value`
+    projections, exactly as a call computes them."""
+    return self(None, inputs_kv)
+
   @nn.compact
-  def __call__(self, inputs_q: Array, inputs_kv: Array,
+  def __call__(self, inputs_q: Optional[Array], inputs_kv: Optional[Array],
                mask: Optional[Array] = None, bias: Optional[Array] = None, *,
-               decode: bool = False, decode_position: Optional[Array] = None,
-               deterministic: bool = True) -> Array:
-    """`inputs_q [b, q, d]`, `inputs_kv [b, k, d]`, mask `[b, 1|h, q, k]` -> `[b, q, d]`."""
+               key_value: Optional[KeyValue] = None, mode: str = MODE_TRAIN,
+               decode_position: Optional[Array] = None,
+               deterministic: bool = True):
+    """`inputs_q [b, q, d]`, `inputs_kv [b, k, d]` (or `key_value` of `[b, k, h, e]`),
+    mask `[b, 1|h, q, k]` -> `[b, q, d]`. With `inputs_q` None: `project_key_value`."""
+    check_mode(mode)
     depth_scaling = jnp.sqrt(self.head_dim).astype(jnp.float32)
     query_init = lambda *args: self.kernel_init(*args) / depth_scaling
     projection = functools.partial(
         DenseGeneral, features=(self.num_heads, self.head_dim), axis=-1,
         kernel_axes=(EMBED, JOINED_KV), dtype=self.dtype)
-    query = projection(kernel_init=query_init, name="query")(inputs_q)     # [b, q, h, e]
-    key = projection(kernel_init=self.kernel_init, name="key")(inputs_kv)  # [b, k, h, e]
-    value = projection(kernel_init=self.kernel_init, name="value")(inputs_kv)
     head_axes = (ACT_BATCH, ACT_LENGTH, ACT_HEADS, ACT_KV)
-    query, key, value = (constrain(t, head_axes) for t in (query, key, value))
+    if inputs_q is not None:
+      query = projection(kernel_init=query_init, name="query")(inputs_q)   # [b, q, h, e]
+      query = constrain(query, head_axes)
+    if key_value is None:
+      if inputs_kv is None:
+        raise ValueError("attention needs inputs_kv [batch, length, emb] or key_value.")
+      key = projection(kernel_init=self.kernel_init, name="key")(inputs_kv)  # [b, k, h, e]
+      value = projection(kernel_init=self.kernel_init, name="value")(inputs_kv)
+      key_value = KeyValue(key, value)
+    elif inputs_kv is not None:
+      raise ValueError("attention takes inputs_kv or precomputed key_value, not both.")
+    elif mode != MODE_TRAIN:
+      raise ValueError(f"precomputed key_value (cross-attention) takes no cache: mode "
+                       f"must be {MODE_TRAIN!r}, found {mode!r}.")
+    key, value = (constrain(t, head_axes) for t in key_value)
+    if inputs_q is None:
+      return KeyValue(key, value)
 
     implementation = self.attention_impl
-    if decode:
+    if mode != MODE_AUTOREGRESSIVE and decode_position is not None:
+      raise ValueError(f"decode_position is for mode={MODE_AUTOREGRESSIVE!r}; found it "
+                       f"with mode={mode!r}.")
+    if mode == MODE_PREFILL:
       cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
       cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
-      if inputs_q.shape[1] == 1 and cached_key.value.shape[1] > 1:
-        implementation = EINSUM
-        if decode_position is None:
-          raise ValueError("a cached decoding step needs decode_position [batch].")
-        length = cached_key.value.shape[1]
-        one_hot = jax.nn.one_hot(decode_position, length, dtype=key.dtype)  # [b, l]
-        one_hot = one_hot[:, :, None, None]
-        key = cached_key.value * (1 - one_hot) + key * one_hot
-        value = cached_value.value * (1 - one_hot) + value * one_hot
+      cached_key.value, cached_value.value = key, value
+    elif mode == MODE_AUTOREGRESSIVE:
+      if inputs_q.shape[1] != 1:
+        raise ValueError(f"an autoregressive step takes one token per row: inputs_q "
+                         f"[batch, 1, emb], found shape {inputs_q.shape}.")
+      if decode_position is None:
+        raise ValueError("an autoregressive step needs decode_position [batch].")
+      if not self.has_variable("cache", "cached_key"):
+        raise ValueError(f"an autoregressive step needs the cache of a "
+                         f"mode={MODE_PREFILL!r} call: pass variables['cache'] with "
+                         f"mutable=['cache'].")
+      cached_key = self.variable("cache", "cached_key")
+      cached_value = self.variable("cache", "cached_value")
+      implementation = EINSUM
+      length = cached_key.value.shape[1]
+      one_hot = jax.nn.one_hot(decode_position, length, dtype=key.dtype)  # [b, l]
+      one_hot = one_hot[:, :, None, None]
+      key = cached_key.value * (1 - one_hot) + key * one_hot                 # [b, l, h, e]
+      value = cached_value.value * (1 - one_hot) + value * one_hot
       cached_key.value, cached_value.value = key, value
 
     attention_bias = combine_biases(mask_to_bias(mask, self.dtype), bias)

@@ -271,14 +271,14 @@ class DecoderOnlyModel(BaseModel):
     prefill_mask = layers.make_decoder_mask(
         jnp.ones_like(tokens), dtype, dca if self.inputs_bidirectional_attention else None)
     logits, variables = self.module.apply({"params": params}, tokens, prefill_mask,
-                                          decode=True, mutable=["cache"])
+                                          decoding=layers.Decoding.PREFILL, mutable=["cache"])
     first_logits = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
 
     def step_fn(cache, token, position):
       step_logits, new_vars = self.module.apply(
           {"params": params, "cache": cache}, token[:, None],
-          layers.make_step_mask(position, cache_length, dtype), decode=True,
-          decode_position=position, cache_length=cache_length, mutable=["cache"])
+          layers.make_step_mask(position, cache_length, dtype),
+          decoding=layers.Decoding.step(position, cache_length), mutable=["cache"])
       return step_logits[:, 0], new_vars["cache"]
 
     result = decoding.decode(step_fn, variables["cache"], first_logits, prompt_lengths,
@@ -340,23 +340,52 @@ class EncoderDecoderModel(BaseModel):
     return self.module.apply({"params": self._apply_params(params)}, enc, mask,
                              method=network.EncoderDecoder.encode)
 
+  def cross_key_values(self, params, encoded) -> layers.KeyValue:
+    """Every decoder layer's cross-attention keys and values of `encoded [p, i, d]` (from
+    `encode`): `KeyValue` of `[layers, p, i, heads, head_dim]` each. Projected once per
+    prompt, they serve any number of decoder rows (`decode_logits(..., cross_key_values=,
+    cross_rows=)`)."""
+    return network.cross_key_values(self.config, self._apply_params(params),
+                                    jnp.asarray(encoded))
+
   def decode_logits(self, params, encoded, encoder_input_tokens, decoder_input_tokens,
-                    decoder_target_tokens) -> Array:
-    """Decoder logits `[b, t, v]` given encoder outputs `encoded [b, i, d]` (from `encode`,
-    possibly gathered so that several decoder rows share one encoded prompt)."""
+                    decoder_target_tokens, *, cross_key_values: Optional[layers.KeyValue] = None,
+                    cross_rows=None) -> Array:
+    """Decoder logits `[b, t, v]` of `decoder_input_tokens [b, t]` against either
+
+      `encoded [b, i, d]` (from `encode`, possibly gathered so that several decoder rows
+        share one encoded prompt), `encoder_input_tokens [b, i]` its tokens; or
+      `cross_key_values` (from `cross_key_values`) with `encoded` None: the decoder then
+        projects no encoder row. With `cross_rows [b]` they are per prompt,
+        `[layers, p, i, h, e]` with `encoder_input_tokens [p, i]`, and row r attends to
+        prompt `cross_rows[r]`; without, they are per row, `[layers, b, i, h, e]`.
+    """
+    if (encoded is None) == (cross_key_values is None):
+      raise ValueError(f"{self.name}.decode_logits takes encoded [batch, length, emb] or "
+                       f"cross_key_values, exactly one; found "
+                       f"{'both' if encoded is not None else 'neither'}.")
+    if cross_rows is not None and cross_key_values is None:
+      raise ValueError(f"{self.name}.decode_logits: cross_rows selects prompts of "
+                       f"cross_key_values; give those (with encoded None), or gather "
+                       f"encoded yourself.")
     enc = jnp.asarray(encoder_input_tokens, jnp.int32)
+    if cross_rows is not None:
+      cross_rows = jnp.asarray(cross_rows, jnp.int32)
+      enc = enc[cross_rows]                                               # [b, i]
     targets = jnp.asarray(decoder_target_tokens, jnp.int32)
     dtype = self.config.activation_dtype
     cross_mask = layers.make_attention_mask(targets > 0, enc > 0, dtype=dtype)
     decoder_mask = layers.make_decoder_mask(targets, dtype)
     return self.module.apply({"params": self._apply_params(params)}, encoded,
                              jnp.asarray(decoder_input_tokens, jnp.int32), decoder_mask,
-                             cross_mask, method=network.EncoderDecoder.decode)
+                             cross_mask, cross_key_values=cross_key_values,
+                             cross_rows=cross_rows, method=network.EncoderDecoder.decode)
 
   def predict_batch(self, params, batch, rng=None, *, max_decode_steps=None, temperature=None,
                     topk=None, eos_id="default", return_logits=False):
     """Encode `encoder_input_tokens`, then decode from token 0 with the KV cache.
 
+    The cross-attention keys and values are projected once, before the first step.
     Greedy if `rng` is None, else sampled. Returns tokens `[b, steps]` (or a
     `decoding.DecodeResult` with the logits).
     """
@@ -369,22 +398,26 @@ class EncoderDecoderModel(BaseModel):
     encoder_mask = layers.make_attention_mask(enc > 0, enc > 0, dtype=dtype)
     encoded = self.module.apply({"params": params}, enc, encoder_mask,
                                 method=network.EncoderDecoder.encode)
+    cross_key_values = network.cross_key_values(self.config, params, encoded)
     cross_mask = layers.make_attention_mask(jnp.ones((b, 1), jnp.bool_), enc > 0, dtype=dtype)
     cache_length = options["num_steps"] + 1
 
-    def run_decoder(cache, tokens, mask, **kw):
+    def run_decoder(cache, tokens, mask, decoding):
       variables = {"params": params} if cache is None else {"params": params, "cache": cache}
-      return self.module.apply(variables, encoded, tokens, mask, cross_mask, decode=True,
-                               method=network.EncoderDecoder.decode, mutable=["cache"], **kw)
+      return self.module.apply(variables, None, tokens, mask, cross_mask,
+                               cross_key_values=cross_key_values, decoding=decoding,
+                               method=network.EncoderDecoder.decode, mutable=["cache"])
 
-    cache = jax.eval_shape(
-        lambda: run_decoder(None, jnp.zeros((b, cache_length), jnp.int32), None)[1]["cache"])
+    # The cache's shapes: those a prefill of `cache_length` positions writes (zeros).
+    cache = jax.eval_shape(lambda: run_decoder(
+        None, jnp.zeros((b, cache_length), jnp.int32), None,
+        layers.Decoding.PREFILL)[1]["cache"])
     cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), cache)
 
     def step_fn(cache, token, position):
       logits, new_vars = run_decoder(cache, token[:, None],
                                      layers.make_step_mask(position, cache_length, dtype),
-                                     decode_position=position, cache_length=cache_length)
+                                     layers.Decoding.step(position, cache_length))
       return logits[:, 0], new_vars["cache"]
 
     start = jnp.zeros((b,), jnp.int32)

@@ -32,6 +32,7 @@ Array = jax.Array
 
 ENCODER = "encoder"
 DECODER = "decoder"
+CROSS_ATTENTION = "encoder_decoder_attention"   # a decoder layer's cross-attention (t5x)
 
 
 REMAT_POLICIES = ("none", "full", "dots", "minimal")
@@ -167,32 +168,35 @@ class TransformerLayer(nn.Module):
   under `pre_attention_layer_norm`, decoders' `self_attention` (t5x names). With
   `own_relpos` (decoder-only) the layer holds its own relative position table
   `relpos_bias`; otherwise (ED) the stack's shared table gives `position_bias
-  [1|b, h, q, k]`. The call takes arrays (or None) only, so that `nn.remat` and `nn.scan`
-  can wrap the layer; `scanned` makes it return `(x, None)`, the carry and output of a
-  scan body.
+  [1|b, h, q, k]`. The cross-attention reads `encoded [b, i, d]` or, precomputed by
+  `cross_key_values`, this layer's `cross_key_value` (`KeyValue` of `[b, i, h, e]`, or
+  `[p, i, h, e]` with `cross_rows [b]`: row r attends to key/value row `cross_rows[r]`).
+  `mode` and `cache_length` are a `layers.Decoding`'s (its position is `decode_position`).
+  The call takes arrays (or None) only, so that `nn.remat` and `nn.scan` can wrap the
+  layer; `scanned` makes it return `(x, None)`, the carry and output of a scan body.
   """
   config: TransformerConfig
   role: str = DECODER
   cross_attention: bool = False
   own_relpos: bool = True
   deterministic: bool = True
-  decode: bool = False
+  mode: str = layers.MODE_TRAIN
   cache_length: Optional[int] = None
   scanned: bool = False
 
   @nn.compact
   def __call__(self, x: Array, mask: Optional[Array], encoded: Optional[Array] = None,
                cross_mask: Optional[Array] = None, position_bias: Optional[Array] = None,
-               decode_position: Optional[Array] = None):
+               decode_position: Optional[Array] = None,
+               cross_key_value: Optional[layers.KeyValue] = None,
+               cross_rows: Optional[Array] = None):
     cfg = self.config
     dtype = cfg.activation_dtype
     is_encoder = self.role == ENCODER
     deterministic = self.deterministic
     if self.own_relpos:
-      qlen = x.shape[1]
-      klen = _key_length(qlen, self.decode, self.cache_length)
-      position_bias = _relpos(cfg)(qlen, klen, bidirectional=is_encoder,
-                                   query_positions=decode_position if klen != qlen else None)
+      position_bias = _position_bias(cfg, x.shape[1], is_encoder, self.mode,
+                                     self.cache_length, decode_position)
 
     def attention(name):
       return layers.MultiHeadDotProductAttention(
@@ -208,15 +212,18 @@ class TransformerLayer(nn.Module):
     y = layers.RMSNorm(cfg.layer_norm_epsilon, dtype=dtype,
                        name=f"pre_{prefix}attention_layer_norm")(x)
     y = attention(f"{prefix}attention")(
-        y, y, mask, position_bias, decode=self.decode, decode_position=decode_position,
+        y, y, mask, position_bias, mode=self.mode, decode_position=decode_position,
         deterministic=deterministic)
     x = x + dropout(y)
 
     if self.cross_attention:
+      if cross_rows is not None:      # [p, i, h, e] -> [b, i, h, e], one layer at a time
+        cross_key_value = layers.KeyValue(*(t[cross_rows] for t in cross_key_value))
       y = layers.RMSNorm(cfg.layer_norm_epsilon, dtype=dtype,
                          name="pre_cross_attention_layer_norm")(x)
-      y = attention("encoder_decoder_attention")(y, encoded, cross_mask,
-                                                 deterministic=deterministic)
+      y = attention(CROSS_ATTENTION)(
+          y, encoded if cross_key_value is None else None, cross_mask,
+          key_value=cross_key_value, deterministic=deterministic)
       x = x + dropout(y)
 
     y = layers.RMSNorm(cfg.layer_norm_epsilon, dtype=dtype, name="pre_mlp_layer_norm")(x)
@@ -228,17 +235,24 @@ class TransformerLayer(nn.Module):
     return (x, None) if self.scanned else x
 
 
-def _key_length(qlen: int, decode: bool, cache_length: Optional[int]) -> int:
-  """Keys a query attends over: the cache in a cached decoding step, else the input."""
-  return cache_length if (decode and qlen == 1 and cache_length) else qlen
+def _position_bias(cfg: TransformerConfig, qlen: int, bidirectional: bool, mode: str,
+                   cache_length: Optional[int], decode_position: Optional[Array]) -> Array:
+  """The relative position bias of `qlen` queries: `[1, h, q, q]` over the input, or for an
+  autoregressive step `[b, h, 1, cache_length]` from each row's `decode_position [b]`."""
+  if mode == layers.MODE_AUTOREGRESSIVE:
+    return _relpos(cfg)(qlen, cache_length, bidirectional=bidirectional,
+                        query_positions=decode_position)
+  return _relpos(cfg)(qlen, qlen, bidirectional=bidirectional)
 
 
-def layer_class(config: TransformerConfig, decode: bool = False, scanned: bool = False):
+def layer_class(config: TransformerConfig, mode: str = layers.MODE_TRAIN,
+                scanned: bool = False):
   """`TransformerLayer`, wrapped in `nn.remat` with the config's policy when it has one.
 
-  Cached decoding computes no gradient, so it runs the layer unwrapped (same parameters).
+  Decoding (PREFILL, AUTOREGRESSIVE) computes no gradient, so it runs the layer
+  unwrapped (same parameters).
   """
-  if config.remat_policy == "none" or decode:
+  if config.remat_policy == "none" or mode != layers.MODE_TRAIN:
     return TransformerLayer
   return nn.remat(TransformerLayer, policy=remat_policy(config.remat_policy),
                   prevent_cse=not scanned)
@@ -253,6 +267,13 @@ class TransformerStack(nn.Module):
   layer (decoder-only). With `config.scan_layers` the layers run as one `nn.scan`
   named `layers` (parameters and KV cache stacked on a leading axis of size
   num_layers); `config.remat_policy` wraps each layer in `nn.remat`.
+
+  `decoding` (a `layers.Decoding`) states the mode: TRAIN (the default), PREFILL (fill
+  the self-attention cache) or an AUTOREGRESSIVE step (`tokens [b, 1]`). A stack with
+  `cross_attention` reads `encoded [b, i, d]` or `cross_key_values` (a `KeyValue` of
+  `[n, b, i, h, e]`, from `cross_key_values`), not both. With `cross_rows [b]` the
+  keys/values are per prompt, `[n, p, i, h, e]`, and decoder row r attends to prompt
+  `cross_rows[r]`: each layer gathers its own rows, so no `[n, b, i, h, e]` copy is made.
   """
   config: TransformerConfig
   role: str = DECODER
@@ -262,11 +283,19 @@ class TransformerStack(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: Array, mask: Optional[Array], *,
-               encoded: Optional[Array] = None, cross_mask: Optional[Array] = None,
-               deterministic: bool = True, decode: bool = False,
-               decode_position: Optional[Array] = None,
-               cache_length: Optional[int] = None) -> Array:
+               encoded: Optional[Array] = None,
+               cross_key_values: Optional[layers.KeyValue] = None,
+               cross_rows: Optional[Array] = None,
+               cross_mask: Optional[Array] = None, deterministic: bool = True,
+               decoding: layers.Decoding = layers.Decoding.TRAIN) -> Array:
     cfg = self.config
+    if self.cross_attention and (encoded is None) == (cross_key_values is None):
+      raise ValueError(f"the {self.role} stack's cross-attention takes encoded [batch, "
+                       f"length, emb] or cross_key_values, exactly one; found "
+                       f"{'both' if encoded is not None else 'neither'}.")
+    if cross_rows is not None and cross_key_values is None:
+      raise ValueError("cross_rows selects rows of cross_key_values; give cross_key_values "
+                       "(per prompt) with it.")
     dtype = cfg.activation_dtype
     embedder = self.shared_embedding
     if embedder is None:
@@ -279,25 +308,29 @@ class TransformerStack(nn.Module):
     x = layers.constrain(x.astype(dtype), (layers.ACT_BATCH, layers.ACT_LENGTH, layers.ACT_EMBED))
     position_bias = None
     if self.shared_relpos:
-      qlen = tokens.shape[1]
-      klen = _key_length(qlen, decode, cache_length)
-      position_bias = _relpos(cfg)(qlen, klen, bidirectional=self.role == ENCODER,
-                                   query_positions=decode_position if klen != qlen else None)
+      position_bias = _position_bias(cfg, tokens.shape[1], self.role == ENCODER,
+                                     decoding.mode, decoding.cache_length, decoding.position)
     layer_options = dict(role=self.role, cross_attention=self.cross_attention,
                          own_relpos=not self.shared_relpos, deterministic=deterministic,
-                         decode=decode, cache_length=cache_length)
-    inputs = (mask, encoded, cross_mask, position_bias, decode_position)
+                         mode=decoding.mode, cache_length=decoding.cache_length)
+    inputs = (mask, encoded, cross_mask, position_bias, decoding.position)
     if cfg.scan_layers and num_layers > 0:
-      scan = nn.scan(layer_class(cfg, decode, scanned=True),
+      # The per-layer cross keys/values are scanned over (their leading axis), the rest
+      # broadcast to every layer.
+      kv_axis = nn.broadcast if cross_key_values is None else 0
+      scan = nn.scan(layer_class(cfg, decoding.mode, scanned=True),
                      variable_axes={"params": 0, "cache": 0},
                      split_rngs={"params": True, "dropout": True},
-                     in_axes=(nn.broadcast,) * len(inputs), length=num_layers,
-                     metadata_params={nn.PARTITION_NAME: layers.LAYERS})
-      x, _ = scan(cfg, scanned=True, name="layers", **layer_options)(x, *inputs)
+                     in_axes=(nn.broadcast,) * len(inputs) + (kv_axis, nn.broadcast),
+                     length=num_layers, metadata_params={nn.PARTITION_NAME: layers.LAYERS})
+      x, _ = scan(cfg, scanned=True, name="layers", **layer_options)(
+          x, *inputs, cross_key_values, cross_rows)
     else:
-      layer = layer_class(cfg, decode)
+      layer = layer_class(cfg, decoding.mode)
       for i in range(num_layers):
-        x = layer(cfg, name=f"layers_{i}", **layer_options)(x, *inputs)
+        kv = None if cross_key_values is None else layers.KeyValue(
+            cross_key_values.key[i], cross_key_values.value[i])
+        x = layer(cfg, name=f"layers_{i}", **layer_options)(x, *inputs, kv, cross_rows)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, dtype=dtype, name=f"{self.role}_norm")(x)
     x = layers.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
         x, deterministic=deterministic)
@@ -316,8 +349,9 @@ class DecoderOnly(nn.Module):
   """The decoder-only network of CD and ND: one stack under `decoder/`.
 
   `decoder_input_tokens [b, l]`, `decoder_mask [b, 1, l, l]` (from
-  `layers.make_decoder_mask`) -> logits `[b, l, v]`. For a cached decoding step the
-  inputs are `[b, 1]`, `decode_position [b]` and `cache_length` the cache size.
+  `layers.make_decoder_mask`) -> logits `[b, l, v]`. `decoding` states the mode (see
+  `TransformerStack`); an autoregressive step takes `[b, 1]` tokens and a mask
+  `[b, 1, 1, cache_length]` (`layers.make_step_mask`).
   """
   config: TransformerConfig
 
@@ -325,12 +359,10 @@ class DecoderOnly(nn.Module):
     self.decoder = TransformerStack(self.config, role=DECODER)
 
   def __call__(self, decoder_input_tokens: Array, decoder_mask: Optional[Array], *,
-               enable_dropout: bool = False, decode: bool = False,
-               decode_position: Optional[Array] = None,
-               cache_length: Optional[int] = None) -> Array:
+               enable_dropout: bool = False,
+               decoding: layers.Decoding = layers.Decoding.TRAIN) -> Array:
     return self.decoder(decoder_input_tokens, decoder_mask,
-                        deterministic=not enable_dropout, decode=decode,
-                        decode_position=decode_position, cache_length=cache_length)
+                        deterministic=not enable_dropout, decoding=decoding)
 
 
 class EncoderDecoder(nn.Module):
@@ -351,16 +383,18 @@ class EncoderDecoder(nn.Module):
     """`encoder_input_tokens [b, i]`, mask `[b, 1, i, i]` -> `[b, i, d]`."""
     return self.encoder(encoder_input_tokens, encoder_mask, deterministic=not enable_dropout)
 
-  def decode(self, encoded: Array, decoder_input_tokens: Array,
+  def decode(self, encoded: Optional[Array], decoder_input_tokens: Array,
              decoder_mask: Optional[Array], cross_mask: Optional[Array], *,
-             enable_dropout: bool = False, decode: bool = False,
-             decode_position: Optional[Array] = None,
-             cache_length: Optional[int] = None) -> Array:
-    """`encoded [b, i, d]`, `decoder_input_tokens [b, t]` -> logits `[b, t, v]`."""
+             cross_key_values: Optional[layers.KeyValue] = None,
+             cross_rows: Optional[Array] = None, enable_dropout: bool = False,
+             decoding: layers.Decoding = layers.Decoding.TRAIN) -> Array:
+    """`encoded [b, i, d]` (or None with `cross_key_values`, a `KeyValue` of
+    `[n, b, i, h, e]` from `cross_key_values`, or `[n, p, i, h, e]` with `cross_rows [b]`),
+    `decoder_input_tokens [b, t]` -> logits `[b, t, v]` (see `TransformerStack`)."""
     return self.decoder(decoder_input_tokens, decoder_mask, encoded=encoded,
+                        cross_key_values=cross_key_values, cross_rows=cross_rows,
                         cross_mask=cross_mask, deterministic=not enable_dropout,
-                        decode=decode, decode_position=decode_position,
-                        cache_length=cache_length)
+                        decoding=decoding)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                encoder_mask: Optional[Array], decoder_mask: Optional[Array],
@@ -368,3 +402,28 @@ class EncoderDecoder(nn.Module):
     encoded = self.encode(encoder_input_tokens, encoder_mask, enable_dropout=enable_dropout)
     return self.decode(encoded, decoder_input_tokens, decoder_mask, cross_mask,
                        enable_dropout=enable_dropout)
+
+
+def cross_key_values(config: TransformerConfig, params: Any, encoded: Array
+                     ) -> layers.KeyValue:
+  """The cross-attention keys and values of every decoder layer of an encoder-decoder.
+
+  `params` is the network's tree (per-layer `layers_i`, or stacked `layers` when
+  `config.scan_layers`), `encoded [b, i, d]` the encoder's output -> `KeyValue` of
+  `[n, b, i, h, e]` each (n = num_decoder_layers): each layer's
+  `encoder_decoder_attention/{key,value}` projection, as `TransformerLayer` computes it.
+  Computed once per encoded row, they serve every decoder row that attends to that row
+  (`EncoderDecoder.decode(None, ..., cross_key_values=..., cross_rows=...)`).
+  """
+  attention = layers.MultiHeadDotProductAttention(
+      num_heads=config.num_heads, head_dim=config.head_dim, dtype=config.activation_dtype,
+      parent=None)
+  project = lambda p: attention.apply({"params": p}, encoded,
+                                      method=attention.project_key_value)
+  decoder = params[DECODER]
+  if config.scan_layers:
+    return jax.vmap(project)(decoder["layers"][CROSS_ATTENTION])            # [n, b, i, h, e]
+  per_layer = [project(decoder[f"layers_{i}"][CROSS_ATTENTION])
+               for i in range(config.num_decoder_layers)]
+  return layers.KeyValue(jnp.stack([kv.key for kv in per_layer]),
+                         jnp.stack([kv.value for kv in per_layer]))

@@ -1,8 +1,13 @@
 """Shared fixtures: the real data under ../shared/data and a registry that does not leak."""
+import os
 import pathlib
 import sys
 
 import pytest
+
+# Evaluations in the tests keep no persistent compilation cache (the user's ~/.cache stays
+# untouched); tests of the cache give their own folder.
+os.environ.setdefault("ARCH_OBJECTIVE_COMPILATION_CACHE_DIR", "")
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -158,7 +158,10 @@ def test_scoring_smoke_scores_agree_and_ratios_are_quotients(smoke_run):
   assert pad["encoder_tokens"] >= pad["prompt_tokens"] > 0
   assert pad["decoder_tokens"] >= pad["choice_tokens"] >= ours["pairs"]
   assert pad["prompt_tokens_once_per_choice"] > pad["prompt_tokens"]
-  assert pad["cross_attention_key_tokens"] >= pad["prompt_tokens_once_per_choice"]
+  assert pad["cross_attention_key_tokens"] == pad["encoder_tokens"]   # once per prompt
+  kv = result["cross_kv"]       # the same scorer projecting keys/values per choice row
+  assert kv["agree"] is True and kv["pairs"] == ours["pairs"]
+  assert kv["ratio"] == pytest.approx(ours["examples_per_second"] / kv["examples_per_second"])
   summary = _section(summary, "scoring")
   rows = [line for line in summary.splitlines() if line.startswith("| lm-eval HF")]
   assert len(rows) == len(lm["entries"]) and all("| True (max diff" in r for r in rows)

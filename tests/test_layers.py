@@ -563,7 +563,7 @@ def test_attention_cache_prefill_then_step_matches_causal_forward():
 
   # Prefill the cache with every position.
   out_prefill, state = J(attn.apply, {"params": params}, x, x, mask=causal, bias=full_bias,
-                                  decode=True, mutable=["cache"])
+                                  mode=layers.MODE_PREFILL, mutable=["cache"])
   np.testing.assert_allclose(np.asarray(out_prefill), full, rtol=1e-5, atol=1e-6)
   assert state["cache"]["cached_key"].shape == (b, length, h, e)
   np.testing.assert_allclose(np.asarray(state["cache"]["cached_key"]),
@@ -576,7 +576,7 @@ def test_attention_cache_prefill_then_step_matches_causal_forward():
   step_bias = J(relpos.apply, rp_vars, 1, length, False, query_positions=pos)
   out_step, _ = J(attn.apply, {"params": params, "cache": state["cache"]},
                            x_step, x_step, mask=J(layers.make_step_mask, pos, length),
-                           bias=step_bias, decode=True, decode_position=pos,
+                           bias=step_bias, mode=layers.MODE_AUTOREGRESSIVE, decode_position=pos,
                            mutable=["cache"])
   out_step = np.asarray(out_step)
   assert out_step.shape == (b, 1, d)
@@ -589,7 +589,7 @@ def test_attention_cache_incremental_decoding_from_empty_cache():
   x = np.random.RandomState(7).randn(b, length, d).astype(np.float32)
   attn = layers.MultiHeadDotProductAttention(num_heads=h, head_dim=e)
   params = random_params(attn, x, x, seed=5)
-  cache_shapes = abstract_variables(attn, x, x, decode=True)["cache"]
+  cache_shapes = abstract_variables(attn, x, x, mode=layers.MODE_PREFILL)["cache"]
   assert cache_shapes["cached_key"].shape == (b, length, h, e)
   assert cache_shapes["cached_value"].shape == (b, length, h, e)
   cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
@@ -597,7 +597,7 @@ def test_attention_cache_incremental_decoding_from_empty_cache():
   full = np.asarray(J(attn.apply, {"params": params}, x, x, mask=causal))
   step = jax.jit(lambda cache, xs, pos: attn.apply(
       {"params": params, "cache": cache}, xs, xs, mask=layers.make_step_mask(pos, length),
-      decode=True, decode_position=pos, mutable=["cache"]))
+      mode=layers.MODE_AUTOREGRESSIVE, decode_position=pos, mutable=["cache"]))
   for p in range(length):
     pos = jnp.full((b,), p, jnp.int32)
     out, state = step(cache, x[:, p:p + 1], pos)
@@ -605,9 +605,68 @@ def test_attention_cache_incremental_decoding_from_empty_cache():
     np.testing.assert_allclose(np.asarray(out)[:, 0], full[:, p], rtol=1e-4, atol=1e-5)
     # The cache now holds the first p+1 keys; later slots are still zero.
     assert not np.asarray(cache["cached_key"])[:, p + 1:].any()
-  with pytest.raises(ValueError):   # a step without decode_position
+  # The mode is stated, never guessed: a step needs its position, one token per row and
+  # a prefilled cache.
+  with pytest.raises(ValueError, match="needs decode_position"):
     J(attn.apply, {"params": params, "cache": cache}, x[:, :1], x[:, :1],
-               decode=True, mutable=["cache"])
+      mode=layers.MODE_AUTOREGRESSIVE, mutable=["cache"])
+  with pytest.raises(ValueError, match="one token per row"):
+    J(attn.apply, {"params": params, "cache": cache}, x[:, :2], x[:, :2],
+      mode=layers.MODE_AUTOREGRESSIVE, decode_position=pos, mutable=["cache"])
+  with pytest.raises(ValueError, match="cache of a mode='prefill' call"):
+    J(attn.apply, {"params": params}, x[:, :1], x[:, :1], mode=layers.MODE_AUTOREGRESSIVE,
+      decode_position=pos, mutable=["cache"])
+  with pytest.raises(ValueError, match="valid modes: train, prefill, autoregressive"):
+    J(attn.apply, {"params": params}, x, x, mode="decode")
+
+
+def test_attention_takes_key_values_projected_once_for_several_query_rows():
+  # Two prompts' keys/values, projected once, serve four query rows (rows 0, 2 -> prompt 1;
+  # rows 1, 3 -> prompt 0) exactly as projecting each row's own copy does.
+  b, q, k, d, h, e = 4, 3, 5, 8, 2, 4
+  rng = np.random.RandomState(12)
+  x_q = rng.randn(b, q, d).astype(np.float32)
+  prompts = rng.randn(2, k, d).astype(np.float32)
+  rows = np.array([1, 0, 1, 0])
+  mask = np.ones((b, 1, q, k), np.float32)
+  mask[2, 0, :, 4] = 0
+  attn = layers.MultiHeadDotProductAttention(num_heads=h, head_dim=e)
+  params = random_params(attn, x_q, prompts[rows], seed=9)
+  full = np.asarray(J(attn.apply, {"params": params}, x_q, prompts[rows], mask))
+  np.testing.assert_allclose(full, np_attention(params, x_q, prompts[rows], h, e, mask),
+                             rtol=1e-4, atol=1e-5)
+  kv = J(attn.apply, {"params": params}, prompts, method=attn.project_key_value)
+  assert isinstance(kv, layers.KeyValue) and kv.key.shape == kv.value.shape == (2, k, h, e)
+  np.testing.assert_allclose(np.asarray(kv.value),
+                             (prompts @ params["value"]["kernel"]).reshape(2, k, h, e),
+                             rtol=1e-5, atol=1e-5)
+  per_row = layers.KeyValue(kv.key[rows], kv.value[rows])
+  out = np.asarray(J(attn.apply, {"params": params}, x_q, None, mask, key_value=per_row))
+  np.testing.assert_allclose(out, full, rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="not both"):
+    J(attn.apply, {"params": params}, x_q, prompts[rows], key_value=per_row)
+  with pytest.raises(ValueError, match="needs inputs_kv"):
+    J(attn.apply, {"params": params}, x_q, None)
+  with pytest.raises(ValueError, match="takes no cache"):
+    J(attn.apply, {"params": params}, x_q, None, key_value=per_row,
+      mode=layers.MODE_PREFILL, mutable=["cache"])
+
+
+def test_decoding_states_its_mode_and_checks_what_a_step_needs():
+  assert layers.MODES == ("train", "prefill", "autoregressive")
+  assert layers.Decoding.TRAIN == layers.Decoding() and layers.Decoding.TRAIN.position is None
+  assert layers.Decoding.PREFILL.mode == layers.MODE_PREFILL
+  step = layers.Decoding.step(jnp.array([3, 5], jnp.int32), 8)
+  assert step.mode == layers.MODE_AUTOREGRESSIVE and step.cache_length == 8
+  assert step.position.tolist() == [3, 5]
+  with pytest.raises(ValueError, match="needs position"):
+    layers.Decoding(layers.MODE_AUTOREGRESSIVE)
+  with pytest.raises(ValueError, match="cache_length must be a positive int"):
+    layers.Decoding.step(jnp.zeros((2,), jnp.int32), 0)
+  with pytest.raises(ValueError, match="takes no position or cache_length"):
+    layers.Decoding(layers.MODE_PREFILL, cache_length=8)
+  with pytest.raises(ValueError, match="unknown mode 'decode'; valid modes"):
+    layers.Decoding("decode")
 
 
 def test_attention_dropout_is_broadcast_over_queries():

@@ -280,6 +280,45 @@ def test_cached_decoding_matches_full_forward_encoder_decoder(params):
   np.testing.assert_allclose(logits, full, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_cross_key_values_projected_once_per_prompt_give_the_per_row_logits(params,
+                                                                           scan_layers):
+  # Three prompts (one padded to a single token), six decoder rows reading them in
+  # another order, one row with target padding.
+  model = tiny(ED, scan_layers=scan_layers)
+  rng = np.random.default_rng(11)
+  enc = np.zeros((3, 7), np.int32)
+  for p, n in enumerate((7, 4, 1)):
+    enc[p, :n] = rng.integers(2, VOCAB, n)
+  rows = np.array([2, 0, 0, 1, 2, 1], np.int32)
+  targets = rng.integers(2, VOCAB, (6, 5)).astype(np.int32)
+  targets[1, 3:] = 0
+  inputs = shift_right(targets).astype(np.int32)
+  p = params["ed"]
+  encoded = jax.jit(model.encode)(p, enc)
+  reference = jax.jit(model.decode_logits)(p, encoded[rows], enc[rows], inputs, targets)
+  kv = jax.jit(model.cross_key_values)(p, encoded)
+  c = model.config
+  assert kv.key.shape == kv.value.shape == (c.num_decoder_layers, 3, 7, c.num_heads,
+                                            c.head_dim)
+  decode = jax.jit(lambda kv, enc, rows: model.decode_logits(
+      p, None, enc, inputs, targets, cross_key_values=kv, cross_rows=rows))
+  np.testing.assert_allclose(decode(kv, enc, rows), reference, rtol=1e-6, atol=1e-6)
+  per_row = jax.tree_util.tree_map(lambda a: a[:, rows], kv)      # [layers, 6, 7, h, e]
+  np.testing.assert_allclose(decode(per_row, enc[rows], None), reference, rtol=1e-6,
+                             atol=1e-6)
+  full = jax.jit(model.compute_logits)(p, {"encoder_input_tokens": enc[rows],
+                                           "decoder_input_tokens": inputs,
+                                           "decoder_target_tokens": targets})
+  np.testing.assert_allclose(reference, full, rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="exactly one; found both"):
+    model.decode_logits(p, encoded[rows], enc[rows], inputs, targets, cross_key_values=per_row)
+  with pytest.raises(ValueError, match="exactly one; found neither"):
+    model.decode_logits(p, None, enc[rows], inputs, targets)
+  with pytest.raises(ValueError, match="cross_rows selects prompts"):
+    model.decode_logits(p, encoded, enc, inputs, targets, cross_rows=rows)
+
+
 def test_sampling_is_seeded_and_eos_pads_the_rest(params):
   model = tiny(CD)
   batch = {"decoder_input_tokens": np.array([[0, 5, 6]] * 4, np.int32),

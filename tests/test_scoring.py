@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from arch_objective import build_model, models
+from arch_objective import build_model, layers, models
 from arch_objective.evaluation import scoring
 from arch_objective.evaluation.scoring import Request
 
@@ -43,14 +43,89 @@ def model_and_params(arch):
   return tiny(arch), random_params("ed" if arch == ED else "decoder")
 
 
-@functools.lru_cache(maxsize=None)
-def compiled_logits(arch):
-  return jax.jit(tiny(arch).compute_logits)
+# -- an independent reference: the tiny models' forward pass in numpy, float64 -------------
+
+def _rms(x, scale):
+  return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-6) * scale
+
+
+def _gelu(x):                                     # flax's nn.gelu: the tanh approximation
+  return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _relpos(table, q, k, bidirectional):
+  """T5's relative position bias `[h, q, k]` of `table [h, 32]` (buckets: max distance 128)."""
+  rel = np.arange(k)[None, :] - np.arange(q)[:, None]
+  return table[:, layers.relative_position_bucket(rel, bidirectional, 32, 128)]
+
+
+def _attention(p, x_q, x_kv, mask, bias):
+  """`x_q [q, d]`, `x_kv [k, d]`, mask `[q, k]` (0/1), bias `[h, q, k]` -> `[q, d]`."""
+  c = tiny(CD).config
+  h, e = c.num_heads, c.head_dim
+  q, k, v = (x @ p[n]["kernel"] for x, n in ((x_q, "query"), (x_kv, "key"), (x_kv, "value")))
+  q, k, v = (t.reshape(len(t), h, e) for t in (q, k, v))
+  logits = np.einsum("qhd,khd->hqk", q, k) + bias + np.where(mask > 0, 0.0, -1e10)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  return np.einsum("hqk,khd->qhd", weights, v).reshape(len(x_q), h * e) @ p["out"]["kernel"]
+
+
+def _mlp(p, x):
+  return (_gelu(x @ p["wi_0"]["kernel"]) * (x @ p["wi_1"]["kernel"])) @ p["wo"]["kernel"]
+
+
+def numpy_logits(arch, params, batch):
+  """Logits `[l, v]` (float64) of the one-row `batch`, computed from the parameters alone:
+  T5.1.1 pre-norm layers (one per stack), relative position biases, masks from the
+  features as the models build them (spec §1): causal, OR the prefix both ways for the
+  ND, AND not padding; the ED's encoder bidirectional, its cross-attention on the
+  non-padding encoder tokens."""
+  f64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+  inputs = np.asarray(batch["decoder_input_tokens"])[0]
+  real = np.asarray(batch["decoder_target_tokens"])[0] > 0
+  n = len(inputs)
+  mask = np.tril(np.ones((n, n), bool))
+  if arch == ND:
+    dca = np.asarray(batch["decoder_causal_attention"])[0] > 0
+    mask |= dca[:, None] & dca[None, :]
+  mask &= real[:, None] & real[None, :]
+  if arch != ED:
+    dec = f64["decoder"]
+    x = dec["token_embedder"]["embedding"][inputs]
+    layer = dec["layers_0"]
+    bias = _relpos(layer["relpos_bias"]["rel_embedding"], n, n, False)
+  else:
+    enc_tokens = np.asarray(batch["encoder_input_tokens"])[0]
+    enc_real = enc_tokens > 0
+    embedding = f64["token_embedder"]["embedding"]
+    encoder = f64["encoder"]
+    y = embedding[enc_tokens]
+    layer = encoder["layers_0"]
+    enc_bias = _relpos(encoder["relpos_bias"]["rel_embedding"], len(y), len(y), True)
+    normed = _rms(y, layer["pre_attention_layer_norm"]["scale"])
+    y = y + _attention(layer["attention"], normed, normed,
+                       enc_real[:, None] & enc_real[None, :], enc_bias)
+    y = y + _mlp(layer["mlp"], _rms(y, layer["pre_mlp_layer_norm"]["scale"]))
+    encoded = _rms(y, encoder["encoder_norm"]["scale"])
+    dec = f64["decoder"]
+    x = embedding[inputs]
+    layer = dec["layers_0"]
+    bias = _relpos(dec["relpos_bias"]["rel_embedding"], n, n, False)
+  y = _rms(x, layer["pre_self_attention_layer_norm"]["scale"])
+  x = x + _attention(layer["self_attention"], y, y, mask, bias)
+  if arch == ED:
+    y = _rms(x, layer["pre_cross_attention_layer_norm"]["scale"])
+    x = x + _attention(layer["encoder_decoder_attention"], y, encoded,
+                       real[:, None] & enc_real[None, :], 0.0)
+  x = x + _mlp(layer["mlp"], _rms(x, layer["pre_mlp_layer_norm"]["scale"]))
+  return _rms(x, dec["decoder_norm"]["scale"]) @ dec["logits_dense"]["kernel"]
 
 
 def direct(arch, params, prompt, choice):
   """(summed log p(choice), every choice token the argmax) from one forward pass over the
-  unpadded features, built here by hand: log-softmax in float64, summed over the choice.
+  unpadded features, built here by hand, in numpy (`numpy_logits`): log-softmax in
+  float64, summed over the choice.
 
   Decoder-only: the row `prompt ++ choice`, inputs shifted right from 0, causal attention
   flags on the prompt and one position more. ED: the prompt as encoder input (an empty one
@@ -71,7 +146,7 @@ def direct(arch, params, prompt, choice):
              "decoder_loss_weights": (np.arange(n) >= len(prompt))[None].astype(np.int32),
              "decoder_causal_attention": (np.arange(n) <= len(prompt))[None].astype(np.int32)}
     start = len(prompt)
-  logits = np.asarray(compiled_logits(arch)(params, batch), np.float64)[0, start:]
+  logits = numpy_logits(arch, params, batch)[start:]
   shifted = logits - logits.max(-1, keepdims=True)
   log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
   total = float(log_probs[np.arange(len(choice)), choice].sum())
@@ -79,7 +154,7 @@ def direct(arch, params, prompt, choice):
 
 
 def greedy_choice(arch, params, prompt, steps):
-  """The model's own greedy continuation of `prompt`, `steps` tokens (by direct passes)."""
+  """The model's own greedy continuation of `prompt`, `steps` tokens (by `numpy_logits`)."""
   choice = []
   for _ in range(steps):
     probe = np.asarray(choice + [2], np.int32)
@@ -95,14 +170,13 @@ def greedy_choice(arch, params, prompt, steps):
                "decoder_input_tokens": np.concatenate([[0], row[:-1]])[None].astype(np.int32),
                "decoder_causal_attention":
                    (np.arange(n) <= len(prompt_))[None].astype(np.int32)}
-    logits = np.asarray(compiled_logits(arch)(params, batch))[0]
-    choice.append(int(logits[-1].argmax()))
+    choice.append(int(numpy_logits(arch, params, batch)[-1].argmax()))
   assert 0 not in choice                   # a 0 would read as padding
   return np.asarray(choice, np.int32)
 
 
-# Prompt lengths (0: an empty context) and choice lengths from small sets, so that the
-# direct passes compile few shapes; the scorer packs them into several buckets.
+# Prompt lengths (0: an empty context) and choice lengths from small sets; the scorer packs
+# them into several buckets.
 PROMPT_LENGTHS = (0, 3, 9, 21)
 CHOICE_LENGTHS = (1, 4, 7)
 
@@ -124,6 +198,27 @@ def references(arch):
   return requests, expected
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_numpy_reference_is_the_models_forward_pass(arch):
+  # One row with padding on every side (targets, and the ED's encoder input): the numpy
+  # forward pass gives the model's logits at every real position.
+  model, params = model_and_params(arch)
+  rng = np.random.default_rng(3)
+  targets = np.zeros((1, 12), np.int32)
+  targets[0, :9] = rng.integers(2, VOCAB, 9)
+  batch = {"decoder_target_tokens": targets,
+           "decoder_input_tokens": np.concatenate([[[0]], targets[:, :-1]], axis=1)}
+  if arch == ED:
+    enc = np.zeros((1, 8), np.int32)
+    enc[0, :5] = rng.integers(2, VOCAB, 5)
+    batch["encoder_input_tokens"] = enc
+  else:
+    batch["decoder_causal_attention"] = (np.arange(12) <= 4)[None].astype(np.int32)
+  expected = np.asarray(jax.jit(model.compute_logits)(params, batch))[0, :9]
+  np.testing.assert_allclose(numpy_logits(arch, params, batch)[:9], expected, rtol=1e-4,
+                             atol=1e-4)
+
+
 @pytest.mark.parametrize("shapes", scoring.SHAPES)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_packed_batches_equal_one_direct_pass_per_request(arch, shapes):
@@ -141,9 +236,11 @@ def test_packed_batches_equal_one_direct_pass_per_request(arch, shapes):
     assert result.greedy.tolist() == [g for _, g in ref]
   assert all((res.scores < 0).all() for res in results)
   assert len({round(float(x), 3) for res in results for x in res.scores}) > 10
-  normalized = scorer.score(requests, normalize=True)
+  # `normalize` is an argument of the compiled programs, not a constant: the same
+  # programs divide by each choice's length.
+  normalized = scorer.score(requests, normalize=True, greedy=True)
   for r, res, ref in zip(requests, normalized, expected):
-    assert res.greedy is None
+    assert res.greedy.tolist() == [g for _, g in ref]
     np.testing.assert_allclose(res.scores, [s / len(c) for (s, _), c in zip(ref, r.choices)],
                                atol=1e-4, rtol=1e-5)
 
@@ -175,7 +272,7 @@ def test_one_shape_computes_one_batch_shape():
   model, params = model_and_params(CD)
   requests, _ = references(CD)
   scorer = scoring.Scorer(model, params, max_tokens=128, shapes=scoring.ONE_SHAPE)
-  scorer.score(requests)
+  assert all(result.greedy is None for result in scorer.score(requests))   # not asked
   longest = scoring.bucket(max(len(r.prompt) + len(c) for r in requests for c in r.choices))
   rows = scoring.batch_rows(128, longest)
   assert scorer.computed["decoder_positions"] == scorer.computed["batches"] * rows * longest
@@ -191,6 +288,30 @@ def test_ed_encodes_each_prompt_once_per_batch():
   assert sorted(len(r.prompt) for r in requests) == [0, 0, 0, 3, 3, 9, 9, 21, 21]
   assert scorer.computed["batches"] == 2
   assert scorer.computed["encoder_positions"] == 16 * 8 + 32 * 2
+
+
+@pytest.mark.parametrize("shapes", [scoring.FINE, scoring.ONE_SHAPE])
+def test_ed_cross_attention_keys_and_values_projected_once_per_prompt(shapes):
+  # FINE runs the split programs (encode, then decode per choice length), ONE_SHAPE the
+  # joint one. Projecting the cross-attention keys/values once per prompt and gathering
+  # them per row gives the per-row projection's scores and flags (bit for bit on CPU; the
+  # bound allows other matmul blockings elsewhere).
+  # The requests of one encoder and one choice length bucket, in one batch: rows of
+  # several prompts, gathered in another order than the prompts'.
+  model, params = model_and_params(ED)
+  requests = [r for r in make_requests(ARCHS.index(ED))
+              if len(r.prompt) <= 9 and max(map(len, r.choices)) <= 4]
+  assert len(requests) >= 3 and sum(len(r.choices) for r in requests) > len(requests)
+  once = scoring.Scorer(model, params, shapes=shapes)
+  per_row = scoring.Scorer(model, params, shapes=shapes, cross_kv_per_prompt=False)
+  for a, b in zip(once.score(requests, greedy=True), per_row.score(requests, greedy=True)):
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-6)
+    assert a.greedy.tolist() == b.greedy.tolist()
+  # The keys/values of each encoder position are projected once, not once per choice.
+  counts = once.computed
+  assert counts["cross_attention_key_positions"] == counts["encoder_positions"]
+  assert (per_row.computed["cross_attention_key_positions"]
+          > per_row.computed["encoder_positions"] == counts["encoder_positions"])
 
 
 def test_requests_are_checked():

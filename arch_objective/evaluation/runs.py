@@ -18,11 +18,19 @@ parameter (`--max_examples 8` sets MAX_EXAMPLES) or else to the parameter itself
 Results go to `out_dir` (`--out`), else next to the checkpoint, local or remote:
 `<model dir>/eval_t0/<step>/` and `<model dir>/eval_harness/<step>/`. A gin run also
 writes its operative config there (`config.gin`).
+
+Both runs keep JAX's persistent compilation cache (`use_compilation_cache`): the programs
+one evaluation compiles are read back by the next one of the same shapes, in any process.
+`compilation_cache_dir` (gin: `eval_t0.compilation_cache_dir`) or the environment
+variable ARCH_OBJECTIVE_COMPILATION_CACHE_DIR chooses the folder, '' turns the cache off;
+by default it is `$XDG_CACHE_HOME/arch-objective/jax-cache` (`~/.cache/...` without
+XDG_CACHE_HOME).
 """
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import re
 import sys
 from typing import Callable, Optional, Sequence
@@ -35,6 +43,7 @@ from arch_objective.evaluation.kinds import (EAI_EVAL as _EAI_EVAL, EVAL_HARNESS
                                             HARNESS_BATCH_TOKENS as _HARNESS_BATCH_TOKENS)
 
 CONFIG_FILE = "config.gin"
+COMPILATION_CACHE_ENV = "ARCH_OBJECTIVE_COMPILATION_CACHE_DIR"
 
 
 @dataclasses.dataclass
@@ -84,6 +93,50 @@ def _names(value, what: str) -> Optional[list[str]]:
   return list(value)
 
 
+# ----------------------------------------------------------------------------------------
+# The persistent compilation cache
+# ----------------------------------------------------------------------------------------
+def default_compilation_cache_dir() -> str:
+  """`$ARCH_OBJECTIVE_COMPILATION_CACHE_DIR` when set ('' means off), else
+  `$XDG_CACHE_HOME/arch-objective/jax-cache`, else `~/.cache/arch-objective/jax-cache`."""
+  if COMPILATION_CACHE_ENV in os.environ:
+    return os.environ[COMPILATION_CACHE_ENV]
+  root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(root, "arch-objective", "jax-cache")
+
+
+def use_compilation_cache(directory: Optional[str] = None) -> Optional[str]:
+  """Keep every program this process compiles from now on in JAX's persistent compilation
+  cache at `directory` (None: `default_compilation_cache_dir()`; '': no cache), small CPU
+  programs included (no minimum compile time or entry size). Returns the folder, or None
+  when the cache is off. Later calls switch the folder or turn the cache off."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache
+  if directory is None:
+    directory = default_compilation_cache_dir()
+  if not isinstance(directory, str):
+    raise ValueError(f"compilation_cache_dir must be a folder (a string; '' turns the cache "
+                     f"off), found {directory!r}.")
+  if directory and "://" not in directory:
+    directory = os.path.abspath(os.path.expanduser(directory))
+  enabled = bool(directory)
+  if (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir) != (
+      enabled, directory or None):
+    compilation_cache.reset_cache()     # the cache binds its folder at the first compile
+  jax.config.update("jax_enable_compilation_cache", enabled)
+  jax.config.update("jax_compilation_cache_dir", directory or None)
+  if not enabled:
+    return None
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+  return directory
+
+
+def _compilation_cache(directory: Optional[str], log: Callable[[str], None]):
+  folder = use_compilation_cache(directory)
+  log(f"compilation cache: {folder}" if folder else "compilation cache: off")
+
+
 def _write_config(out_dir: str, config_text: Optional[Callable[[], str]]) -> list[str]:
   if config_text is None:
     return []
@@ -99,6 +152,7 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
             vocabulary: Optional[str] = None, inputs_length: int = 1024,
             targets_length: int = 256, bootstrap: int = 0, paper: bool = False,
             dtype: str = "float32", suite: Optional[Sequence] = None,
+            compilation_cache_dir: Optional[str] = None,
             log: Callable[[str], None] = _stderr,
             config_text: Optional[Callable[[], str]] = None) -> EvalRun:
   """T0-Eval of `checkpoint` (spec §4.1): every answer choice of every prompt scored by
@@ -110,7 +164,9 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
   first `targets_length`; `bootstrap` > 0 adds a 95% interval of the average;
   `paper` adds the paper's numbers to results.md; `dtype` is the activation dtype (the
   parameters stay as restored, float32); `suite` replaces the T0 suite by other held-out
-  datasets (the local overlay's world families) and then `datasets` is ignored.
+  datasets (the local overlay's world families) and then `datasets` is ignored;
+  `compilation_cache_dir` is the persistent compilation cache's folder (None: the
+  default, '': off; see `use_compilation_cache`).
   """
   from arch_objective.data import vocabularies
   from arch_objective.prompts import datasets as datasets_lib
@@ -124,6 +180,7 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
     raise ValueError(f"checkpoint {checkpoint!r} records no vocabulary; give --vocabulary "
                      f"(a SentencePiece .model) or bind VOCABULARY.")
   vocab = vocabularies.SentencePieceVocabulary(vocab_path)
+  _compilation_cache(compilation_cache_dir, log)
   scorer = rank_classification.RankScorer(model, params, inputs_length=inputs_length,
                                           targets_length=targets_length)
   out_dir = out_dir or default_out_dir(checkpoint, step, EVAL_T0)
@@ -144,11 +201,13 @@ def eval_harness(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = N
                  arch: Optional[str] = None, vocabulary: Optional[str] = None,
                  truncation: str = "modern", limit=None,
                  batch_tokens: int = _HARNESS_BATCH_TOKENS, dtype: str = "float32",
-                 bootstrap_iters: int = 100000, log: Callable[[str], None] = _stderr,
+                 bootstrap_iters: int = 100000, compilation_cache_dir: Optional[str] = None,
+                 log: Callable[[str], None] = _stderr,
                  config_text: Optional[Callable[[], str]] = None) -> EvalRun:
   """EAI-Eval of `checkpoint` (spec §4.2): lm-evaluation-harness `tasks` zero-shot
   (`eai_eval` = the paper's 31), summarised with `acc`; see `harness.run_harness` for
-  `truncation` (paper | modern), `limit`, `batch_tokens` and `dtype` (activations)."""
+  `truncation` (paper | modern), `limit`, `batch_tokens` and `dtype` (activations), and
+  `use_compilation_cache` for `compilation_cache_dir`."""
   from arch_objective.evaluation import harness
   checkpoint = _require_checkpoint(checkpoint, EVAL_HARNESS)
   names = _names(tasks, "tasks")
@@ -156,6 +215,7 @@ def eval_harness(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = N
     _, step = checkpoints.load_meta(checkpoint)
     out_dir = default_out_dir(checkpoint, step, EVAL_HARNESS)
   log(f"EAI-Eval of {checkpoint}: {', '.join(names)} -> {out_dir}")
+  _compilation_cache(compilation_cache_dir, log)
   results = harness.run_harness(checkpoint, names, include_path=include_path, arch=arch,
                                 vocabulary=vocabulary, truncation=truncation, limit=limit,
                                 out_dir=out_dir, batch_tokens=batch_tokens, dtype=dtype,

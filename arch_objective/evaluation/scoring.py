@@ -10,8 +10,11 @@ How each architecture reads a request (the same features as training, spec §3.3
   decoder-only  one row `prompt ++ choice` per choice; `decoder_causal_attention` on the
                 prompt plus one position (bidirectional for the ND); loss weights on the
                 choice
-  ED            the prompt is encoded ONCE per batch and each of its choices decoded
-                against it from start token 0; an empty prompt is an all-padding row
+  ED            the prompt is encoded ONCE per batch, and each decoder layer's
+                cross-attention keys and values are projected once per prompt
+                (`[P, enc_len, heads, head_dim]`); each of its choices is decoded against
+                them from start token 0, each layer gathering its rows' prompts, so a choice
+                costs only the decoder's own work; an empty prompt is an all-padding row
 Batches hold at most `max_tokens` tokens (rows x padded length). Their shapes (`shapes`):
   fine       lengths and row counts of the form 2^k or 3 x 2^(k-1) (16, 24, 32, 48, ...: at
              most a third of a batch is padding); an ED batch's prompts are encoded by one
@@ -30,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arch_objective import losses, models
+from arch_objective import architectures, losses, models
 
 FINE, POW2, ONE_SHAPE = "fine", "pow2", "one_shape"
 SHAPES = (FINE, POW2, ONE_SHAPE)
@@ -152,16 +155,22 @@ class Scorer:
   `max_tokens` bounds the tokens of one batch (rows x padded length); `shapes` is one of
   `SHAPES`. `computed` holds the positions the last `score` call computed, padding
   included: `batches`, `encoder_positions`, `decoder_positions`,
-  `cross_attention_key_positions`.
+  `cross_attention_key_positions` (the encoder positions whose cross-attention keys and
+  values were projected, all layers counted once).
+
+  `cross_kv_per_prompt` (ED only): True (the default) projects the cross-attention keys
+  and values once per prompt; False once per choice row, from the prompt's encoder
+  output gathered per row (the reference the default is tested and timed against).
   """
 
   def __init__(self, model: models.BaseModel, params, *, max_tokens: int = DEFAULT_MAX_TOKENS,
-               shapes: str = FINE):
+               shapes: str = FINE, cross_kv_per_prompt: bool = True):
     if shapes not in SHAPES:
       raise ValueError(f"unknown shapes {shapes!r}; expected one of {', '.join(SHAPES)}.")
     self.model, self.params = model, params
     self.max_tokens, self.shapes = max_tokens, shapes
-    self.is_ed = model.name == models.ENCODER_DECODER
+    self.cross_kv_per_prompt = bool(cross_kv_per_prompt)
+    self.has_encoder = architectures.get(model.name).has_encoder
     self.computed = {"batches": 0, "encoder_positions": 0, "decoder_positions": 0,
                      "cross_attention_key_positions": 0}
 
@@ -177,7 +186,7 @@ class Scorer:
     scores = [np.zeros(len(r.choices)) for r in requests]
     flags = [np.zeros(len(r.choices), bool) for r in requests] if greedy else None
     if requests:
-      score = self._score_ed if self.is_ed else self._score_decoder
+      score = self._score_ed if self.has_encoder else self._score_decoder
       score(requests, normalize, greedy, scores, flags)
     if flags is None:
       return [Result(s, None) for s in scores]
@@ -257,17 +266,20 @@ class Scorer:
     for p, g in enumerate(chunk):
       for j, c in enumerate(requests[g].choices):
         rows_by_length.setdefault(fine_bucket(len(c), 4), []).append((p, g, j, c))
-    encoded = _ed_encode(self.model, self.params, enc)
-    self._count(encoder=enc.size, batches=0)
+    per_prompt = self.cross_kv_per_prompt
+    # [P, i, d], or per decoder layer the keys and values [layers, P, i, h, e]
+    encoded = (_ed_encode_kv if per_prompt else _ed_encode)(self.model, self.params, enc)
+    self._count(encoder=enc.size, cross=enc.size if per_prompt else 0, batches=0)
     for dec_len, rows in sorted(rows_by_length.items()):
       per_batch = max(1, self.max_tokens // (dec_len + enc_len))
       for start in range(0, len(rows), per_batch):
         part = rows[start:start + per_batch]
         idx, targets = ed_decoder_batch([(p, c) for p, _, _, c in part], dec_len,
                                         fine_bucket(len(part)))
-        totals, is_greedy = jax.device_get(_ed_decode_scores(
+        decode = _ed_decode_kv_scores if per_prompt else _ed_decode_scores
+        totals, is_greedy = jax.device_get(decode(
             self.model, self.params, encoded, enc, idx, targets, normalize, greedy))
-        self._count(decoder=targets.size, cross=len(idx) * enc_len)
+        self._count(decoder=targets.size, cross=0 if per_prompt else len(idx) * enc_len)
         self._store([(g, j) for _, g, j, _ in part], totals, is_greedy, scores, flags)
 
   def _score_ed_joint(self, requests, chunk, enc_len, normalize, greedy, scores, flags, *,
@@ -278,29 +290,33 @@ class Scorer:
     rows = [(p, g, j, c) for p, g in enumerate(chunk)
             for j, c in enumerate(requests[g].choices)]
     idx, targets = ed_decoder_batch([(p, c) for p, _, _, c in rows], dec_len, num_rows)
+    program = _ed_kv_scores if self.cross_kv_per_prompt else _ed_scores
     totals, is_greedy = jax.device_get(
-        _ed_scores(self.model, self.params, enc, idx, targets, normalize, greedy))
-    self._count(encoder=enc.size, decoder=targets.size, cross=num_rows * enc_len)
+        program(self.model, self.params, enc, idx, targets, normalize, greedy))
+    self._count(encoder=enc.size, decoder=targets.size,
+                cross=enc.size if self.cross_kv_per_prompt else num_rows * enc_len)
     self._store([(g, j) for _, g, j, _ in rows], totals, is_greedy, scores, flags)
 
 
 # ----------------------------------------------------------------------------------------
 # The compiled programs
 # ----------------------------------------------------------------------------------------
+# `normalize` is traced (a scalar bool: one program serves both); `greedy` is static (it
+# adds an argmax over the logits, which plain scoring does not pay for).
 def _summed(logits, targets, weights, normalize, greedy):
-  """`([b] summed log p(target) over weighted positions, [b] every one the argmax or None)`
-  of `logits [b, l, v]`, `targets [b, l]`, `weights [b, l]`."""
+  """`([b] summed log p(target) over weighted positions, divided by their number where
+  `normalize`; [b] every one the argmax, or None)` of `logits [b, l, v]`, `targets [b, l]`,
+  `weights [b, l]`."""
   weights = weights.astype(jnp.float32)
   total = jnp.sum(losses.token_log_likelihoods(logits, targets) * weights, axis=-1)
-  if normalize:
-    total = total / jnp.maximum(jnp.sum(weights, axis=-1), 1.0)
+  total = jnp.where(normalize, total / jnp.maximum(jnp.sum(weights, axis=-1), 1.0), total)
   if not greedy:
     return total, None
   is_greedy = (jnp.argmax(logits, axis=-1) == targets) | (weights == 0)
   return total, jnp.all(is_greedy, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+@functools.partial(jax.jit, static_argnums=(0, 4))
 def _decoder_scores(model, params, batch, normalize, greedy):
   logits = model.compute_logits(params, batch)                         # [b, l, v]
   return _summed(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
@@ -312,17 +328,43 @@ def _ed_encode(model, params, enc):
   return model.encode(params, enc)                                     # [P, i, d]
 
 
+def _shifted(targets):
+  """Decoder inputs: `targets [R, t]` shifted right, start token 0 first."""
+  return jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
+
+
 def _ed_decoded(model, params, encoded, enc, idx, targets, normalize, greedy):
-  """Row r of `targets [R, t]` decoded against prompt `idx[r]` of `encoded [P, i, d]`."""
-  inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
-  logits = model.decode_logits(params, encoded[idx], enc[idx], inputs, targets)  # [R, t, v]
+  """Row r of `targets [R, t]` decoded against prompt `idx[r]` of `encoded [P, i, d]`: the
+  cross-attention keys and values are projected per row (the reference)."""
+  logits = model.decode_logits(params, encoded[idx], enc[idx], _shifted(targets),
+                               targets)                                # [R, t, v]
   return _summed(logits, targets, targets > 0, normalize, greedy)
 
 
-_ed_decode_scores = jax.jit(_ed_decoded, static_argnums=(0, 6, 7))
+def _ed_decoded_kv(model, params, key_values, enc, idx, targets, normalize, greedy):
+  """Row r of `targets [R, t]` decoded against prompt `idx[r]` of the cross-attention
+  keys and values `key_values` (`[layers, P, i, h, e]`, projected once per prompt)."""
+  logits = model.decode_logits(params, None, enc, _shifted(targets), targets,
+                               cross_key_values=key_values, cross_rows=idx)  # [R, t, v]
+  return _summed(logits, targets, targets > 0, normalize, greedy)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+_ed_decode_scores = jax.jit(_ed_decoded, static_argnums=(0, 7))
+_ed_decode_kv_scores = jax.jit(_ed_decoded_kv, static_argnums=(0, 7))
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _ed_encode_kv(model, params, enc):
+  return model.cross_key_values(params, model.encode(params, enc))   # [layers, P, i, h, e]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6))
 def _ed_scores(model, params, enc, idx, targets, normalize, greedy):
   encoded = model.encode(params, enc)                                  # [P, i, d]: once
   return _ed_decoded(model, params, encoded, enc, idx, targets, normalize, greedy)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _ed_kv_scores(model, params, enc, idx, targets, normalize, greedy):
+  key_values = model.cross_key_values(params, model.encode(params, enc))  # once per prompt
+  return _ed_decoded_kv(model, params, key_values, enc, idx, targets, normalize, greedy)
