@@ -30,8 +30,7 @@ def _plan(args) -> int:
   if args.model_dir:
     from arch_objective.training import checkpoints
     meta, step = checkpoints.load_meta(args.model_dir)
-    config = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
-    model = models.build_model(args.arch or meta["arch"], "tiny", **config)
+    model = models.from_meta(meta, args.model_dir, args.arch)
     lineage = {"step": step, "task": meta.get("task"), "trained_as": meta.get("arch"),
                "sources": meta.get("lineage", [])}
     args.size = "custom"

@@ -454,6 +454,28 @@ def build_model(arch: str, size: str = "tiny", **overrides) -> BaseModel:
                           **model_kwargs)
 
 
+def from_meta(meta: Mapping[str, Any], where: str, arch: Optional[str] = None,
+              **overrides) -> BaseModel:
+  """The model a checkpoint's `meta` (as `training.checkpoints.load_meta` reads it)
+  describes, built from its exact config; no parameters are read.
+
+  `where` names the checkpoint in errors. `arch` may read a causal decoder checkpoint as
+  the non-causal decoder or back (they share parameters), nothing else. `overrides` set
+  config fields or model options as in `build_model` (e.g. `dtype`, `dropout_rate`).
+  """
+  if "config" not in meta or "arch" not in meta:
+    raise ValueError(f"checkpoint {where!r} has no model metadata (arch, config); was it "
+                     f"written by `arch-objective train` or `convert`?")
+  trained = meta["arch"]
+  arch = arch or trained
+  if arch != trained and not architectures.share_parameters(arch, trained):
+    raise ValueError(f"checkpoint {where!r} holds a {trained} model; it cannot be read as "
+                     f"{arch} (only the causal and non-causal decoders share parameters).")
+  config = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
+  config.update(overrides)
+  return build_model(arch, "tiny", **config)
+
+
 def default_input_shapes(arch: str, batch_size: int = 1, length: int = 626,
                          inputs_length: int = 512, targets_length: int = 114) -> dict:
   """Input shapes for `get_initial_variables` (the paper's lengths by default)."""

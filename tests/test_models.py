@@ -453,3 +453,23 @@ def test_encoder_decoder_batch_size_mismatch_is_named(params):
 def test_bad_options_raise_named_errors(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+def test_from_meta_builds_the_checkpoints_model_and_names_bad_metadata():
+  from arch_objective import models
+  import dataclasses as dc
+  trained = models.build_model("causal_decoder", "tiny", vocab_size=96, num_decoder_layers=3)
+  meta = {"arch": "causal_decoder",
+          "config": {k: list(v) if isinstance(v, tuple) else v
+                     for k, v in dc.asdict(trained.config).items()}}
+  again = models.from_meta(meta, "/ckpt")
+  assert again.name == "causal_decoder" and again.config == trained.config
+  nd = models.from_meta(meta, "/ckpt", "non_causal_decoder", dropout_rate=0.0, dtype="bfloat16")
+  assert nd.name == "non_causal_decoder" and nd.config.dtype == "bfloat16"
+  assert dc.replace(nd.config, dtype=trained.config.dtype, dropout_rate=trained.config.dropout_rate
+                    ) == trained.config
+  with pytest.raises(ValueError, match="'/ckpt' holds a causal_decoder model; it cannot be read "
+                                       "as encoder_decoder"):
+    models.from_meta(meta, "/ckpt", "encoder_decoder")
+  with pytest.raises(ValueError, match="'/ckpt' has no model metadata"):
+    models.from_meta({"arch": "causal_decoder"}, "/ckpt")

@@ -1,9 +1,10 @@
 """A model and its parameters from one of our checkpoints, for evaluation."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
-from arch_objective import architectures, models
+from arch_objective import models, network
 from arch_objective.training import checkpoints
 
 
@@ -16,22 +17,11 @@ def model_from_meta(meta: dict, checkpoint: str, arch: Optional[str] = None,
   Activations run in `dtype`; dropout is off; the execution options the run trained
   with (`EXECUTION_OPTIONS`) are reset to the reference path.
   """
-  if "config" not in meta or "arch" not in meta:
-    raise ValueError(f"checkpoint {checkpoint!r} has no model metadata (arch, config); was it "
-                     f"written by `arch-objective train` or `convert`?")
-  trained = meta["arch"]
-  arch = arch or trained
-  if arch != trained and not architectures.share_parameters(arch, trained):
-    raise ValueError(f"checkpoint {checkpoint!r} holds a {trained} model; it cannot be read as "
-                     f"{arch} (only the causal and non-causal decoders share parameters).")
-  config = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
-  config["dtype"] = dtype
-  config["dropout_rate"] = 0.0
   # How the run trained (fused kernel, rematerialisation, layer scan) does not change the
   # function; scoring runs the reference path, which every backend and dtype supports.
-  for name in EXECUTION_OPTIONS:
-    config.pop(name, None)
-  return models.build_model(arch, "tiny", **config)
+  reference = {f.name: f.default for f in dataclasses.fields(network.TransformerConfig)
+               if f.name in EXECUTION_OPTIONS}
+  return models.from_meta(meta, checkpoint, arch, dtype=dtype, dropout_rate=0.0, **reference)
 
 
 # TransformerConfig fields that choose how a model executes, not what it computes.
