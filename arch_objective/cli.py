@@ -8,7 +8,7 @@
   arch-objective eval t0 --checkpoint PATH | --gin_file F ... T0-Eval (rank classification)
   arch-objective eval harness --checkpoint PATH | --gin_file F ... EAI-Eval (lm-eval harness)
   arch-objective convert t5x-in|t5x-out|hf-in|hf-out|switch-arch ...   checkpoint conversion
-  arch-objective study --preset smoke|quick|full --out DIR    the laptop-scale study
+  arch-objective study --preset smoke|quick|medium|full --out DIR   the laptop-scale study
   arch-objective smoke [--out DIR]                            the study's smoke preset
 """
 from __future__ import annotations
@@ -18,6 +18,8 @@ import errno
 import json
 import os
 import sys
+
+from arch_objective import logs
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -179,8 +181,7 @@ def _one_line(error: BaseException) -> str:
 
 def _study(args) -> int:
   from arch_objective import study
-  study.run_study(args.preset, args.out, nc_a=args.nc_a,
-                  log=lambda m: print(m, file=sys.stderr, flush=True))
+  study.run_study(args.preset, args.out, nc_a=args.nc_a)
   print(open(os.path.join(args.out, "results.md")).read())
   return 0
 
@@ -470,6 +471,7 @@ def main(argv=None) -> int:
       sys.argv[1:] if argv is None else list(argv))
   args = build_parser().parse_args(rest)
   args.gin_bindings = bindings
+  logs.show_on_stderr()
   try:
     if search_paths:
       from arch_objective.training import gin_utils

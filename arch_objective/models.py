@@ -439,8 +439,7 @@ def build_model(arch: str, size: str = "tiny", **overrides) -> BaseModel:
   loss_normalizing_factor (None = the paper's sum, a number, or 'per_token'),
   max_decode_steps, temperature, topk and eos_id.
   """
-  if arch not in ARCHITECTURES:
-    raise ValueError(f"unknown arch {arch!r}; valid architectures: {', '.join(ARCHITECTURES)}.")
+  spec = architectures.get(arch)
   model_kwargs = {k: overrides.pop(k) for k in list(overrides) if k in _MODEL_FIELDS}
   config_fields = {f.name for f in dataclasses.fields(network.TransformerConfig)}
   unknown = sorted(set(overrides) - config_fields)
@@ -448,9 +447,9 @@ def build_model(arch: str, size: str = "tiny", **overrides) -> BaseModel:
     raise ValueError(f"unknown option(s) {unknown} for build_model; valid: model options "
                      f"{sorted(_MODEL_FIELDS)} and config fields {sorted(config_fields)}.")
   config = network.make_config(size, **overrides)
-  if arch == ENCODER_DECODER:
+  if spec.has_encoder:
     return EncoderDecoderModel(config, **model_kwargs)
-  return DecoderOnlyModel(config, inputs_bidirectional_attention=arch == NON_CAUSAL_DECODER,
+  return DecoderOnlyModel(config, inputs_bidirectional_attention=spec.bidirectional_prefix,
                           **model_kwargs)
 
 
@@ -478,11 +477,10 @@ def from_meta(meta: Mapping[str, Any], where: str, arch: Optional[str] = None,
 
 def default_input_shapes(arch: str, batch_size: int = 1, length: int = 626,
                          inputs_length: int = 512, targets_length: int = 114) -> dict:
-  """Input shapes for `get_initial_variables` (the paper's lengths by default)."""
-  if arch == ENCODER_DECODER:
-    return {"encoder_input_tokens": (batch_size, inputs_length),
-            "decoder_input_tokens": (batch_size, targets_length)}
-  return {"decoder_input_tokens": (batch_size, length)}
+  """Input shapes for `get_initial_variables` (the paper's lengths by default): the
+  architecture's `input_shapes` at these lengths."""
+  return architectures.get(arch).input_shapes(
+      {"decoder": length, "inputs": inputs_length, "targets": targets_length}, batch_size)
 
 
 def count_params(model: BaseModel) -> int:
@@ -507,7 +505,7 @@ def training_flops_per_token(model: BaseModel, length: int = 626, inputs_length:
   d, a, m, v = c.emb_dim, c.num_heads * c.head_dim, c.mlp_dim, c.vocab_size
   attn_params = 4 * d * a
   mlp_params = len(c.mlp_activations) * d * m + m * d
-  if model.name != ENCODER_DECODER:
+  if not architectures.get(model.name).has_encoder:
     per_row = (2 * length * c.num_decoder_layers * (attn_params + mlp_params)
                + 4 * length * length * a * c.num_decoder_layers
                + 2 * length * d * v)

@@ -55,7 +55,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from arch_objective import models, testing  # noqa: E402
+from arch_objective import architectures, models, testing  # noqa: E402
 from arch_objective.evaluation import rank_classification  # noqa: E402
 from arch_objective.training import optimizers, trainer  # noqa: E402
 
@@ -206,13 +206,13 @@ def train_throughput(arch: str, s: Settings, device, log: Callable[[str], None])
   inputs_length = s.length - s.length // 2
   flops = models.training_flops_per_token(model, s.length, inputs_length, s.length // 2)
   entry = {
-      "arch": arch, "name": models.SHORT_NAMES[arch], "params": models.count_params(model),
+      "arch": arch, "name": architectures.get(arch).short, "params": models.count_params(model),
       "config": {k: getattr(model.config, k) for k in (
           "emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encoder_layers",
           "num_decoder_layers", "vocab_size", "dtype")},
       "rows": s.rows, "tokens_per_row": s.length, "tokens_per_step": tokens,
       "lengths": ({"inputs": inputs_length, "targets": s.length // 2}
-                  if arch == models.ENCODER_DECODER else {"length": s.length}),
+                  if architectures.get(arch).has_encoder else {"length": s.length}),
       "flops_per_token": flops, "init_seconds": init_seconds, "first_step_seconds": first,
       "steps": s.steps, "seconds_per_step": seconds, "tokens_per_second": tokens / seconds,
       "model_flops_per_second": tokens * flops / seconds, "loss": loss,
@@ -280,8 +280,8 @@ def training(s: Settings, archs: Sequence[str], device, log: Callable[[str], Non
     try:
       e = train_throughput(arch, s, device, log)
     except Exception as error:  # noqa: BLE001 - keep the other architectures' numbers
-      log(f"  {models.SHORT_NAMES[arch]}: FAILED: {type(error).__name__}: {error}"[:2000])
-      entries.append({"arch": arch, "name": models.SHORT_NAMES[arch],
+      log(f"  {architectures.get(arch).short}: FAILED: {type(error).__name__}: {error}"[:2000])
+      entries.append({"arch": arch, "name": architectures.get(arch).short,
                       "error": f"{type(error).__name__}: {str(error)[:2000]}"})
       continue
     e["mfu_vs_measured_peak"] = e["model_flops_per_second"] / peak["flops_per_second"]

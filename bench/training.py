@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arch_objective import models, testing
+from arch_objective import architectures, models, testing
 from arch_objective.training import optimizers, trainer
 
 # Hugging Face reads only local files here; never ask the Hub.
@@ -190,17 +190,17 @@ def our_runner(arch: str, size: str, rows: int, length: int, inputs_length: int,
     box["loss"] = float(metrics["loss"])
     return seconds
 
-  is_ed = arch == models.ENCODER_DECODER
-  tokens_per_row = inputs_length + targets_length if is_ed else length
+  has_encoder = architectures.get(arch).has_encoder
+  tokens_per_row = inputs_length + targets_length if has_encoder else length
   describe = dict(
       arch=arch, size=size, rows=rows, tokens_per_row=tokens_per_row,
-      lengths=({"inputs": inputs_length, "targets": targets_length} if is_ed
+      lengths=({"inputs": inputs_length, "targets": targets_length} if has_encoder
                else {"length": length}),
       tokens_per_step=rows * tokens_per_row, params=models.count_params(model),
       flops_per_token=models.training_flops_per_token(model, length, inputs_length,
                                                       targets_length),
       vocab_size=vocab_size, dtype="float32", adafactor=implementation)
-  name = models.SHORT_NAMES[arch] + ("" if implementation == "fused" else f" ({implementation})")
+  name = architectures.get(arch).short + ("" if implementation == "fused" else f" ({implementation})")
   return Runner(name, "ours", describe, step, step, lambda: box["loss"])
 
 
@@ -499,7 +499,7 @@ def summary(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]], list
 
   rows = []
   for e in result["entries"]:
-    if e["arch"] == models.ENCODER_DECODER and c is not None:
+    if architectures.get(e["arch"]).has_encoder and c is not None:  # what HF T5 is set against
       rows.append(row(e, f"{c['ratio']:.2f}x", _target(result)))
     else:
       rows.append(row(e))

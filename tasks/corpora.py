@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from arch_objective import architectures
 from arch_objective.data import registry, sources, vocabularies
 from arch_objective.objectives import pipeline
 from tasks import seqio_bridge, seqio_source, t0
@@ -126,7 +127,8 @@ def resolve(task: str, *, corpus=None, field: str = "text", layout: str = "line"
     raise ValueError(f"task {task!r} reads a local corpus: give its files (--corpus, or "
                      f"DatasetConfig.corpus in gin).")
   if task.endswith("_prefix_lm"):
-    task += "_encoder_decoder" if arch == "encoder_decoder" else "_decoder"
+    encoder = arch is not None and architectures.get(arch).has_encoder
+    task += "_encoder_decoder" if encoder else "_decoder"
   if task not in registry.names() and seqio_source.registered(task):
     return seqio_source.SeqioTask(task, length=length, inputs_length=inputs_length,
                                   targets_length=targets_length)

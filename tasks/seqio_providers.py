@@ -77,8 +77,7 @@ def feature_converter(arch: str, pack: bool = True) -> seqio.FeatureConverter:
   """seqio's converter of an architecture: `EncDecFeatureConverter` for the
   encoder-decoder, `DecoderFeatureConverter` (LM for `{'targets'}`, prefix LM for
   `{'inputs', 'targets'}` lengths) for the decoders."""
-  architectures.check(arch)
-  if arch == architectures.ENCODER_DECODER:
+  if architectures.get(arch).has_encoder:
     return seqio.EncDecFeatureConverter(pack=pack)
   return seqio.DecoderFeatureConverter(pack=pack)
 

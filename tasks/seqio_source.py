@@ -80,6 +80,13 @@ class SeqioTask:
       return architectures.ARCHITECTURES
     return (architectures.CAUSAL_DECODER, architectures.NON_CAUSAL_DECODER)
 
+  @property
+  def default_architecture(self) -> str:
+    """The reader when none is named: one with an encoder for `{inputs, targets}`
+    examples (the encoder-decoder), else the first decoder-only one (causal)."""
+    return next(a for a in self.architectures
+                if architectures.get(a).has_encoder == self.has_inputs)
+
   def vocab(self):
     return registry.load_vocabulary(*self._vocabulary)
 
@@ -101,8 +108,7 @@ class SeqioTask:
     `{'rows': n}`; `start={'rows': n}` skips the first n (replayed)."""
     import seqio
 
-    arch = arch or (architectures.ENCODER_DECODER if self.has_inputs
-                    else architectures.CAUSAL_DECODER)
+    arch = arch or self.default_architecture
     if arch not in self.architectures:
       raise ValueError(f"seqio task {self.name!r} (features "
                        f"{sorted(self.task_feature_lengths)}) is read by "
@@ -119,8 +125,9 @@ class SeqioTask:
     return self._rows(dataset.skip(skip), skip, arch)
 
   def _rows(self, dataset, first: int, arch: str) -> Iterator[chunking.Tagged]:
+    prefix_marked = architectures.get(arch).bidirectional_prefix
     for n, row in enumerate(dataset.as_numpy_iterator(), first):
       row = {k: np.asarray(v, np.int32) for k, v in row.items()}
-      if arch == architectures.NON_CAUSAL_DECODER and "decoder_causal_attention" not in row:
+      if prefix_marked and "decoder_causal_attention" not in row:
         row["decoder_causal_attention"] = np.zeros_like(row["decoder_target_tokens"])
       yield chunking.tag(row, {"rows": n})

@@ -1,4 +1,6 @@
-"""Shared fixtures: the real data under ../shared/data and a registry that does not leak."""
+"""Shared fixtures: the real data under ../shared/data; a registry and a logger that
+do not leak from one test to the next."""
+import logging
 import os
 import pathlib
 import sys
@@ -39,6 +41,17 @@ def t5_vocab_path(shared_data) -> str:
 def c4_sample_path(shared_data) -> str:
   """300 C4 English documents, one `{"text": ...}` object per line."""
   return _shared_file(shared_data, "pretrain/c4_sample.jsonl")
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was():
+  """A command run in-process (`cli.main`) shows the `arch_objective` records on stderr
+  and stops their propagation; put the logger back so the next test's `caplog` sees
+  them."""
+  logger = logging.getLogger("arch_objective")
+  saved = (list(logger.handlers), logger.level, logger.propagate)
+  yield
+  logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from arch_objective import build_model
+from arch_objective import build_model, logs
 from arch_objective.training import checkpoints, data, optimizers, run_lock, train, trainer
 
 from helpers import CORPUS, ROOT, VOCAB, needs_data, run_processes
@@ -37,8 +37,9 @@ SIGNAL_SCRIPT = """
 import json, os, signal, sys
 import jax
 import numpy as np
-from arch_objective import build_model
+from arch_objective import build_model, logs
 from arch_objective.training import data, optimizers, train
+logs.show_on_stderr()
 model_dir, steps, signal_at, signame, corpus, vocab = sys.argv[1:7]
 def hook(step, summary):
   print(json.dumps({"step": step, "loss": summary["loss"]}), flush=True)
@@ -232,10 +233,11 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_one_before(tmp_path, 
   assert data_files, sorted(str(p) for p in state_dir.rglob("*"))
   for p in data_files:
     p.write_bytes(p.read_bytes()[:16])
+  logs.show_on_stderr()
   capsys.readouterr()
   result = train.train(model_dir=str(tmp_path / "b"), train_steps=6, **kwargs)
   err = capsys.readouterr().err
-  assert "checkpoint" in err and "/4 cannot be read" in err and "4.unreadable" in err
+  assert "warning: checkpoint" in err and "/4 cannot be read" in err and "4.unreadable" in err
   assert [h["step"] for h in result.history] == [3, 4, 5, 6]
   assert (tmp_path / "b" / "checkpoints" / "4.unreadable").is_dir()
   np.testing.assert_array_equal(
@@ -267,10 +269,12 @@ def test_a_transient_read_error_is_retried_before_a_checkpoint_is_moved_aside(
   abstract = jax.eval_shape(lambda r: trainer.init_state(tiny(), tx, shapes, r),
                             jax.random.PRNGKey(0))
   ckpt = checkpoints.Checkpoints(str(tmp_path / "checkpoints"))
+  logs.show_on_stderr()
+  capsys.readouterr()
   state, position, _ = ckpt.restore_newest_readable(abstract, retries=2, retry_wait=0)
   ckpt.close()
   assert int(state.step) == 4 and len(failures) == 2
-  assert "trying again" in capsys.readouterr().out
+  assert capsys.readouterr().err.count("trying again") == 2
   assert not (tmp_path / "checkpoints" / "4.unreadable").exists()
 
 
@@ -388,7 +392,7 @@ import json, os, signal, sys
 from arch_objective.training import partitioning
 partitioning.initialize_distributed()
 import jax
-from arch_objective import build_model
+from arch_objective import build_model, logs
 from arch_objective.training import data, optimizers, train
 def hook(step, summary):
   if step == 2 and jax.process_index() == 1:     # only host 1 is preempted

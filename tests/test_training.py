@@ -51,8 +51,9 @@ def test_each_paper_pair_trains_and_the_loss_falls(arch, task, tmp_path):
 RESUME_SCRIPT = """
 import json, os, signal, sys, time
 import numpy as np
-from arch_objective import build_model
+from arch_objective import build_model, logs
 from arch_objective.training import data, optimizers, train
+logs.show_on_stderr()
 model_dir, steps, kill_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def hook(step, summary):
   print(json.dumps({"step": step, "loss": summary["loss"]}), flush=True)
@@ -113,7 +114,7 @@ def test_kill_during_checkpoint_save_restarts_from_the_previous_good_one(tmp_pat
   resumed = run_script(f"import sys; sys.argv = ['x'] + {[*args[:2], '0', *args[3:]]!r}\n"
                        + RESUME_SCRIPT)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert f"resumed from step {restart_step}" in resumed.stdout
+  assert f"resumed from step {restart_step}" in resumed.stderr
   assert sorted(_losses(resumed.stdout)) == list(range(restart_step + 1, 9))
 
 

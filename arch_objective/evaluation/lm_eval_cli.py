@@ -62,7 +62,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   registered; returns the exit status (argparse's 2 for bad options, 0 after `--help`).
   Errors inside the run propagate as they do from `lm_eval`."""
   argv = list(sys.argv[1:] if argv is None else argv)
+  from arch_objective import logs
   from arch_objective.evaluation import harness
+  logs.show_on_stderr()
   try:
     harness.register_with_lm_eval()
     from lm_eval import __main__ as lm_eval_main

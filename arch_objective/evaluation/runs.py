@@ -31,8 +31,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import logging
 import re
-import sys
 from typing import Callable, Optional, Sequence
 
 from arch_objective import models, paths
@@ -53,8 +53,9 @@ class EvalRun:
   markdown: str          # the summary table
 
 
-def _stderr(message: str):
-  print(message, file=sys.stderr, flush=True)
+def _progress(message: str):
+  """The default `log` of the runs: this module's logger at INFO (`arch_objective.logs`)."""
+  logging.getLogger(__name__).info(message)
 
 
 def default_out_dir(checkpoint: str, step: int, kind: str) -> str:
@@ -153,7 +154,7 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
             targets_length: int = 256, bootstrap: int = 0, paper: bool = False,
             dtype: str = "float32", suite: Optional[Sequence] = None,
             compilation_cache_dir: Optional[str] = None,
-            log: Callable[[str], None] = _stderr,
+            log: Callable[[str], None] = _progress,
             config_text: Optional[Callable[[], str]] = None) -> EvalRun:
   """T0-Eval of `checkpoint` (spec §4.1): every answer choice of every prompt scored by
   its summed log-likelihood (per token with `normalize`), accuracy per prompt, median
@@ -202,7 +203,7 @@ def eval_harness(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = N
                  truncation: str = "modern", limit=None,
                  batch_tokens: int = _HARNESS_BATCH_TOKENS, dtype: str = "float32",
                  bootstrap_iters: int = 100000, compilation_cache_dir: Optional[str] = None,
-                 log: Callable[[str], None] = _stderr,
+                 log: Callable[[str], None] = _progress,
                  config_text: Optional[Callable[[], str]] = None) -> EvalRun:
   """EAI-Eval of `checkpoint` (spec §4.2): lm-evaluation-harness `tasks` zero-shot
   (`eai_eval` = the paper's 31), summarised with `acc`; see `harness.run_harness` for
@@ -310,7 +311,7 @@ def _option_bindings(kind: str, gin_files: Sequence[str], bindings: Sequence[str
 
 def run_from_gin(kind: str, gin_files: Sequence[str], bindings: Sequence[str] = (),
                  given: Optional[dict] = None,
-                 log: Callable[[str], None] = _stderr) -> EvalRun:
+                 log: Callable[[str], None] = _progress) -> EvalRun:
   """Run `kind` as the gin files and bindings configure it; `given` ({param: value},
   the command-line options) is bound last, so it wins, and the operative config that
   lands next to the results records it."""
@@ -385,5 +386,5 @@ def run_command(args) -> int:
   else:
     run = RUNS[kind](**given)
   print(run.markdown)
-  print(f"wrote {' and '.join(run.files)}", file=sys.stderr)
+  _progress(f"wrote {' and '.join(run.files)}")
   return 0

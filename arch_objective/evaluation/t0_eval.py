@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from typing import Callable, Optional, Sequence
 
@@ -116,7 +117,7 @@ def evaluate_suite(scorer: RankScorer, encode: Callable[[str], list[int]], *,
                    data_dir: Optional[str] = None, mapping: Optional[dict] = None,
                    max_examples: Optional[int] = None, normalize: bool = False,
                    bootstrap: int = 0, seed: int = 0,
-                   log: Callable[[str], None] = print,
+                   log: Optional[Callable[[str], None]] = None,
                    partial_dir: Optional[str] = None,
                    metadata: Optional[dict] = None) -> dict:
   """Evaluate every dataset of `suite`; returns the results dict (module docstring).
@@ -129,8 +130,10 @@ def evaluate_suite(scorer: RankScorer, encode: Callable[[str], list[int]], *,
   With `partial_dir`, `results.partial.json` there holds the datasets scored so far
   (`write_partial`, with `metadata`) after each dataset, and when the run stops on an
   exception or an interrupt (which is then raised again) the error too; `write` removes
-  it once the complete results are written.
+  it once the complete results are written. Progress lines go to `log` (default: this
+  module's logger at INFO).
   """
+  log = log or logging.getLogger(__name__).info
   if max_examples is not None and (isinstance(max_examples, bool) or
                                    not isinstance(max_examples, int) or max_examples < 1):
     raise ValueError(f"max_examples must be a positive number of examples (or None for "

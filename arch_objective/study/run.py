@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
-import sys
 import time
 from typing import Any, Callable, Optional
 
@@ -207,8 +207,10 @@ def _write_corpus(world, corpus: str, target_bytes: int):
 
 
 def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
-              log: Callable[[str], None] = print) -> dict:
-  """Run (or resume) the study; returns the results dict also written to results.json."""
+              log: Optional[Callable[[str], None]] = None) -> dict:
+  """Run (or resume) the study; returns the results dict also written to results.json.
+  Progress lines go to `log` (default: this module's logger at INFO)."""
+  log = log or logging.getLogger(__name__).info
   from arch_objective.data import registry, vocabularies
   from arch_objective.prompts import mixture
   from arch_objective.study import world as world_lib

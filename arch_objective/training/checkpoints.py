@@ -57,6 +57,7 @@ class CheckpointError(ValueError):
 
 
 UNREADABLE_SUFFIX = ".unreadable"
+_logger = logging.getLogger(__name__)
 
 
 def checkpoint_path(path: str, what: str) -> str:
@@ -99,7 +100,7 @@ class Checkpoints:
     self._manager.wait_until_finished()
 
   def restore_newest_readable(self, abstract_state: Any, expected_meta: Optional[dict] = None,
-                              log=print, check_meta: Optional[Callable[[dict, int], None]] = None,
+                              log=None, check_meta: Optional[Callable[[dict, int], None]] = None,
                               retries: Optional[int] = None, retry_wait: float = 5.0
                               ) -> tuple[Any, dict, dict]:
     """`restore` of the newest step that reads. A step that fails to read for any reason
@@ -107,7 +108,9 @@ class Checkpoints:
     2 on gs://, where a read can fail for a moment; 0 on a local disk), waiting
     `retry_wait * 2**attempt` seconds between tries; a step that still fails is renamed
     `<step>.unreadable`, with a warning naming the error, and the step before it is
-    tried. `check_meta(meta, step)` runs before any array is read (see `restore`)."""
+    tried. `check_meta(meta, step)` runs before any array is read (see `restore`). The
+    warnings go to `log` (default: this module's logger)."""
+    log = log or _logger.warning
     if retries is None:
       retries = 2 if paths.is_remote(self.directory) else 0
     while True:

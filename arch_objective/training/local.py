@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -67,7 +68,7 @@ def _world():
   return world_lib.make_world(seed=WORLD_SEED)
 
 
-def prepare(data_dir: Optional[str] = None, log=print) -> LocalData:
+def prepare(data_dir: Optional[str] = None, log=None) -> LocalData:
   """The world's corpus and vocabulary in `data_dir` (default `default_data_dir()`),
   made there first if missing (a few seconds)."""
   from arch_objective.data import sources, vocabularies
@@ -80,7 +81,7 @@ def prepare(data_dir: Optional[str] = None, log=print) -> LocalData:
                      f"{_VOCAB}; give an empty or new directory.")
   parent = os.path.dirname(local.directory)
   os.makedirs(parent, exist_ok=True)
-  log(f"making the local world in {local.directory} (once)")
+  (log or logging.getLogger(__name__).info)(f"making the local world in {local.directory} (once)")
   tmp = tempfile.mkdtemp(prefix=".local-world-", dir=parent)
   try:
     world_lib.write_corpus(os.path.join(tmp, _CORPUS), _world(), target_bytes=WORLD_BYTES)

@@ -13,6 +13,7 @@ as any host received a signal, at the same step.
 """
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from typing import Optional
@@ -20,15 +21,18 @@ from typing import Optional
 import numpy as np
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_logger = logging.getLogger(__name__)
 
 
 class StopSignals:
   """`with StopSignals() as stop: ... if stop.requested(): save; break`."""
 
-  def __init__(self, log=print):
+  def __init__(self, log=None):
+    """`log`: where the line saying a signal arrived goes (default: this module's
+    logger, as a warning)."""
     self.signal_name: Optional[str] = None
     self._previous: dict = {}
-    self._log = log
+    self._log = log or _logger.warning
 
   def _handle(self, signum, frame):
     name = signal.Signals(signum).name

@@ -18,12 +18,15 @@ On multi-host runs process 0 holds the lock for the run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
 from typing import Optional
 
 from arch_objective import paths
+
+_logger = logging.getLogger(__name__)
 
 LOCK_FILE = "run.lock"
 
@@ -46,14 +49,14 @@ class RunLock:
   """`with RunLock(model_dir): ...` holds `model_dir/run.lock` for the block."""
 
   def __init__(self, model_dir: str, *, stale_after: float = 900.0,
-               heartbeat_every: float = 60.0, log=print):
+               heartbeat_every: float = 60.0, log=None):
     self.path = paths.join(model_dir, LOCK_FILE)
     self.stale_after, self.heartbeat_every = stale_after, heartbeat_every
     self.host, self.pid = socket.gethostname(), os.getpid()
     self.started = time.time()
     self.held = False
     self._last_beat = 0.0
-    self._log = log
+    self._log = log or _logger.warning   # the stale-lock takeover line
 
   def _record(self) -> str:
     return json.dumps({"host": self.host, "pid": self.pid, "started": self.started,

@@ -13,8 +13,8 @@ import dataclasses
 import hashlib
 import math
 import numbers
+import logging
 import os
-import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -50,8 +50,7 @@ class TrainResult:
   stopped_by: Optional[str] = None   # the signal that stopped the run early, if one did
 
 
-def _log(message: str):
-  print(message, file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 def _check_int(name: str, value, minimum: int, macro: str = ""):
@@ -84,7 +83,7 @@ def _lock(model_dir: str, is_chief: bool) -> Optional[run_lock.RunLock]:
   did, so all of them stop together when another run holds the directory."""
   lock, error = None, None
   if is_chief:
-    lock = run_lock.RunLock(model_dir, log=_log)
+    lock = run_lock.RunLock(model_dir)
     try:
       lock.acquire()
     except run_lock.RunLockError as e:
@@ -268,12 +267,12 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
           saved.get("identity"), meta["identity"], allow_resume_changes,
           f"{ckpt.directory}/{step}")
       state, position, saved_meta = ckpt.restore_newest_readable(
-          target, expected_meta=meta, log=_log, check_meta=check)
+          target, expected_meta=meta, check_meta=check)
       start_step = ckpt.latest_step()
       meta["lineage"] = saved_meta.get("lineage", [])
       batches.set_state(position.get("state") or {"batches": int(position["batches"])})
       pending = []
-      print(f"resumed from step {start_step} ({ckpt.directory})")
+      log.info(f"resumed from step {start_step} ({ckpt.directory})")
     elif restore_checkpoint:
       state, meta["lineage"] = _restore_initial(restore_checkpoint, target, meta)
       state = jax.device_put(_reset(state, tx, reset_step, reset_optimizer, reset_schedule),
@@ -310,7 +309,7 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
   step = start_step
   window_t, window_tokens = time.time(), 0.0
   stopped_by = None
-  with preemption.StopSignals(log=_log) as stop, _closing(ckpt, writer):
+  with preemption.StopSignals() as stop, _closing(ckpt, writer):
     for step in range(start_step, stop_step):
       local = pending.pop() if pending else next(batches)
       batch = partitioner.shard_batch(local)
@@ -352,9 +351,8 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
                                      partitioner)
         writer.write(done, validation, split="validation")
         if is_chief and progress:
-          print(f"step {done}: validation loss/token {validation['loss_per_token']:.4f}, "
-                f"accuracy {validation['accuracy']:.4f} ({validation['batches']} batches)",
-                flush=True)
+          log.info(f"step {done}: validation loss/token {validation['loss_per_token']:.4f}, "
+                f"accuracy {validation['accuracy']:.4f} ({validation['batches']} batches)")
       for hook in hooks:
         hook(done, summary)
       if stop.requested():
@@ -364,8 +362,9 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
         stopped_by = stop.signal_name
         break
   if stopped_by and is_chief:
-    _log(f"stopped by {stopped_by} after step {step + 1} of {train_steps}; checkpoint saved "
-         f"in {ckpt.directory}/{last_saved}. Run the same command again to resume there.")
+    log.warning(f"stopped by {stopped_by} after step {step + 1} of {train_steps}; checkpoint "
+                f"saved in {ckpt.directory}/{last_saved}. Run the same command again to "
+                f"resume there.")
   return TrainResult(state=state, history=history, model_dir=model_dir,
                      last_checkpoint=last_saved, stopped_by=stopped_by)
 
@@ -436,7 +435,7 @@ def _restore_initial(path: str, target, meta: dict) -> tuple[Any, list]:
   entry = {"checkpoint": paths.join(directory, str(int(state.step))),
            "step": int(state.step), "arch": saved.get("arch"), "task": saved.get("task")}
   if saved.get("arch") != meta["arch"]:
-    print(f"restoring a {saved.get('arch')} checkpoint into a {meta['arch']} model (the "
+    log.info(f"restoring a {saved.get('arch')} checkpoint into a {meta['arch']} model (the "
           f"parameter trees match)")
   return state, saved.get("lineage", []) + [entry]
 
