@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import os
 import sys
 
@@ -273,8 +274,22 @@ def _eval_common(p: argparse.ArgumentParser, results: str, architectures):
 
 
 def _eval(args) -> int:
+  """`eval t0|harness`: the options alone, or gin files the options override (see
+  `evaluation/runs.py`)."""
   from arch_objective.evaluation import runs
-  return runs.run_command(args)
+  kind = args.eval_kind
+  given = {p: getattr(args, p) for p in runs.parameters(kind)
+           if getattr(args, p, None) is not None}
+  if args.gin_file:
+    run = runs.run_from_gin(kind, args.gin_file, args.gin_bindings, given)
+  elif args.gin_bindings:
+    raise ValueError(f"--gin.{args.gin_bindings[0]} needs --gin_file (e.g. --gin_file "
+                     f"runs/{kind}.gin); without one, use the options.")
+  else:
+    run = runs.RUNS[kind](**given)
+  print(run.markdown)
+  logging.getLogger("arch_objective.cli").info(f"wrote {' and '.join(run.files)}")
+  return 0
 
 
 def _add_eval_parsers(eval_sub, architectures):

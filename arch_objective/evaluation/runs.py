@@ -4,7 +4,8 @@
   eval_harness(checkpoint=..., ...)  EAI-Eval through lm-evaluation-harness (`harness`)
 
 Both are gin configurables of the same names (`gin/runs/eval_t0.gin`,
-`gin/runs/eval_harness.gin` bind them; importing this module registers them) and the
+`gin/runs/eval_harness.gin` bind them; importing this module registers them through
+`training.gin_utils.register`, as the files' `import` line expects) and the
 commands `arch-objective eval t0|harness`:
 
   arch-objective eval t0 --checkpoint PATH [options]                  options only
@@ -37,7 +38,7 @@ from typing import Callable, Optional, Sequence
 
 from arch_objective import models, paths
 from arch_objective.evaluation import loading, rank_classification, t0_eval
-from arch_objective.training import checkpoints
+from arch_objective.training import checkpoints, gin_utils
 
 from arch_objective.evaluation.kinds import (EAI_EVAL as _EAI_EVAL, EVAL_HARNESS, EVAL_T0,
                                             HARNESS_BATCH_TOKENS as _HARNESS_BATCH_TOKENS)
@@ -235,61 +236,24 @@ def parameters(kind: str) -> list[str]:
   return [p for p in inspect.signature(RUNS[kind]).parameters if p not in _NOT_BINDABLE]
 
 
-_REGISTERED = False
-
-
-def register_gin():
-  """Make `eval_t0` and `eval_harness` bindable from gin (idempotent)."""
-  global _REGISTERED
-  if _REGISTERED:
-    return
-  import gin
-  with gin.unlock_config():
-    for name, fn in RUNS.items():
-      gin.external_configurable(fn, name, denylist=list(_NOT_BINDABLE))
-  _REGISTERED = True
-
-
-register_gin()
+gin_utils.register(RUNS, denylist=_NOT_BINDABLE)
 
 
 # ----------------------------------------------------------------------------------------
 # Gin: which run the files configure, its bound values, `plan`
 # ----------------------------------------------------------------------------------------
-def _binding(kind: str, param: str):
-  """(bound value, macro name or None) of `kind.param`; (None, None) if unbound."""
-  import gin
-  try:
-    value = gin.query_parameter(f"{kind}.{param}")
-  except ValueError:
-    return None, None
-  text = str(value)
-  if not text.startswith("%"):
-    return value, None
-  macro = text[1:]
-  try:
-    return gin.query_parameter(f"{macro}/macro.value"), macro
-  except ValueError:
-    return None, macro
-
-
 def configured_run(kind: Optional[str] = None) -> Optional[str]:
   """The evaluation run the parsed gin config binds (`kind` only, if given), or None."""
   kinds = [kind] if kind else list(RUNS)
   for k in kinds:
-    if any(_binding(k, p) != (None, None) for p in parameters(k)):
+    if any(gin_utils.bound(k, p) != (None, None) for p in parameters(k)):
       return k
   return None
 
 
 def bound_values(kind: str) -> dict:
   """`{param: value}` of every bound parameter of `kind` (macros resolved)."""
-  values = {}
-  for param in parameters(kind):
-    value, macro = _binding(kind, param)
-    if value is not None or macro is not None:
-      values[param] = value
-  return values
+  return gin_utils.bound_values(kind, parameters(kind))
 
 
 def _option_bindings(kind: str, gin_files: Sequence[str], bindings: Sequence[str],
@@ -303,10 +267,7 @@ def _option_bindings(kind: str, gin_files: Sequence[str], bindings: Sequence[str
     raise ValueError(f"the gin files {list(gin_files)} configure no {kind} run (no "
                      f"{kind}.* binding); include 'runs/{kind}.gin' or an experiment that "
                      f"does, e.g. experiments/paper/{kind}.gin.")
-  feeds = {_binding(kind, p)[1]: p for p in parameters(kind) if _binding(kind, p)[1]}
-  macros = {p: m for m, p in feeds.items()}
-  out = [f"{macros.get(p) or kind + '.' + p} = {value!r}" for p, value in given.items()]
-  return out, feeds
+  return gin_utils.option_bindings(kind, parameters(kind), given)
 
 
 def run_from_gin(kind: str, gin_files: Sequence[str], bindings: Sequence[str] = (),
@@ -316,7 +277,6 @@ def run_from_gin(kind: str, gin_files: Sequence[str], bindings: Sequence[str] = 
   the command-line options) is bound last, so it wins, and the operative config that
   lands next to the results records it."""
   import gin
-  from arch_objective.training import gin_utils
   extra, feeds = _option_bindings(kind, gin_files, bindings, dict(given or {}))
   try:
     gin_utils.parse(gin_files, list(bindings) + extra)
@@ -362,29 +322,9 @@ def describe_checkpoint(checkpoint: str, arch: Optional[str] = None) -> dict:
           "vocabulary": meta.get("vocabulary"), "lineage": meta.get("lineage", [])}
 
 
-# ----------------------------------------------------------------------------------------
-# `arch-objective eval t0|harness`
-# ----------------------------------------------------------------------------------------
+# The command-line option of a parameter where it is not `--<param>` (cli.py's parsers).
 _FLAGS = {"out_dir": "--out"}
 
 
 def _flag(param: str) -> str:
   return _FLAGS.get(param, f"--{param}")
-
-
-def run_command(args) -> int:
-  """`arch-objective eval t0|harness` (see the module docstring); errors propagate (the
-  command line turns a user's into one line and exit 2)."""
-  kind = args.eval_kind
-  given = {p: getattr(args, p) for p in parameters(kind) if getattr(args, p, None) is not None}
-  bindings = getattr(args, "gin_bindings", [])
-  if args.gin_file:
-    run = run_from_gin(kind, args.gin_file, bindings, given)
-  elif bindings:
-    raise ValueError(f"--gin.{bindings[0]} needs --gin_file (e.g. --gin_file "
-                     f"runs/{kind}.gin); without one, use the options.")
-  else:
-    run = RUNS[kind](**given)
-  print(run.markdown)
-  _progress(f"wrote {' and '.join(run.files)}")
-  return 0

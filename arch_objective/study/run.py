@@ -82,17 +82,12 @@ def load_preset(preset: str) -> StudyConfig:
   return configurable()
 
 
-_CONFIGURABLE = None
-
-
 def register_gin():
   """Make `StudyConfig` bindable from gin (idempotent); returns the configurable."""
-  global _CONFIGURABLE
-  if _CONFIGURABLE is None:
-    import gin
-    with gin.unlock_config():
-      _CONFIGURABLE = gin.external_configurable(StudyConfig, "StudyConfig")
-  return _CONFIGURABLE
+  import gin
+  from arch_objective.training import gin_utils
+  gin_utils.register({"StudyConfig": StudyConfig})
+  return gin.get_configurable("StudyConfig")
 
 
 class _Stages:

@@ -7,10 +7,15 @@ Configurable names (what gin files bind):
   DatasetConfig          arch_objective.training.data.DatasetConfig
   adafactor              arch_objective.training.optimizers.adafactor
   learning_rate_schedule arch_objective.training.optimizers.make_schedule
-  eval_t0, eval_harness  arch_objective.evaluation.runs (registered when that module is
-                         imported, as gin/runs/eval_*.gin do)
+  eval_t0, eval_harness  arch_objective.evaluation.runs (which hands them to `register`
+                         when it is imported, as gin/runs/eval_*.gin do: the training
+                         layer does not import evaluation)
   local_batch_size, local_dataset, local_suite, local_harness_tasks
                          arch_objective.training.local (the local overlay, gin/local.gin)
+
+`register` is the one place configurables are made bindable; `bound`, `bound_values` and
+`option_bindings` read a parsed config back (which macro feeds a parameter, what it holds)
+and turn command-line options into the bindings that override it.
 
 The repository's `gin/` directory is on the search path whether the package is
 installed editable (the source tree) or as a wheel (shipped as `arch_objective.gin_files`).
@@ -22,35 +27,85 @@ import logging
 import os
 import pathlib
 import re
-from typing import Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import gin
 
 from arch_objective import models
 from arch_objective.training import data, optimizers
 
-_REGISTERED = False
+_REGISTERED: dict[str, Callable] = {}
+
+
+def register(configurables: Mapping[str, Callable], denylist: Sequence[str] = ()):
+  """Make each `{name: function or class}` bindable from gin as `name` (its parameters
+  but those of `denylist`). Idempotent; a name already taken by something else is an
+  error naming both."""
+  with gin.unlock_config():
+    for name, fn in configurables.items():
+      if name in _REGISTERED:
+        if _REGISTERED[name] is not fn:
+          raise ValueError(f"gin configurable {name!r} is already {_REGISTERED[name]!r}; "
+                           f"cannot register {fn!r} under that name.")
+        continue
+      gin.external_configurable(fn, name, denylist=list(denylist))
+      _REGISTERED[name] = fn
 
 
 def register_configurables():
-  global _REGISTERED
-  if _REGISTERED:
-    return
+  """The training layer's configurables (the module docstring's table)."""
   from arch_objective.training import evaluate as evaluate_lib
   from arch_objective.training import local
   from arch_objective.training import train as train_lib
-  with gin.unlock_config():
-    gin.external_configurable(train_lib.train, "train")
-    gin.external_configurable(evaluate_lib.evaluate, "evaluate")
-    gin.external_configurable(models.build_model, "build_model")
-    gin.external_configurable(data.DatasetConfig, "DatasetConfig")
-    gin.external_configurable(optimizers.adafactor, "adafactor")
-    gin.external_configurable(optimizers.make_schedule, "learning_rate_schedule")
-    gin.external_configurable(local.local_batch_size, "local_batch_size")
-    gin.external_configurable(local.local_dataset, "local_dataset")
-    gin.external_configurable(local.local_suite, "local_suite")
-    gin.external_configurable(local.local_harness_tasks, "local_harness_tasks")
-  _REGISTERED = True
+  register({
+      "train": train_lib.train, "evaluate": evaluate_lib.evaluate,
+      "build_model": models.build_model, "DatasetConfig": data.DatasetConfig,
+      "adafactor": optimizers.adafactor, "learning_rate_schedule": optimizers.make_schedule,
+      "local_batch_size": local.local_batch_size, "local_dataset": local.local_dataset,
+      "local_suite": local.local_suite, "local_harness_tasks": local.local_harness_tasks})
+
+
+def bound(configurable: str, param: str) -> tuple[Any, Optional[str]]:
+  """(bound value, macro name or None) of `configurable.param` in the parsed config;
+  (None, None) if unbound, (None, macro) if it names a macro that holds nothing."""
+  try:
+    value = gin.query_parameter(f"{configurable}.{param}")
+  except ValueError:
+    return None, None
+  text = str(value)
+  if not text.startswith("%"):
+    return value, None
+  macro = text[1:]
+  try:
+    return gin.query_parameter(f"{macro}/macro.value"), macro
+  except ValueError:
+    return None, macro
+
+
+def bound_values(configurable: str, params: Sequence[str]) -> dict:
+  """`{param: value}` of every bound parameter among `params` (macros resolved)."""
+  values = {}
+  for param in params:
+    value, macro = bound(configurable, param)
+    if value is not None or macro is not None:
+      values[param] = value
+  return values
+
+
+def option_bindings(configurable: str, params: Sequence[str], given: Mapping[str, Any]
+                    ) -> tuple[list[str], dict[str, str]]:
+  """The bindings that set `given` (`{param: value}`, e.g. command-line options) over
+  the parsed config: `MACRO = value` where the config feeds the parameter from a macro
+  (so a file's required macro is satisfied too), else `configurable.param = value`; and
+  `{macro: param}` of the macros that feed `params`."""
+  feeds = {}
+  for param in params:
+    macro = bound(configurable, param)[1]
+    if macro:
+      feeds[macro] = param
+  macros = {p: m for m, p in feeds.items()}
+  out = [f"{macros.get(p) or configurable + '.' + p} = {value!r}" for p, value in given.items()]
+  return out, feeds
 
 
 def gin_search_paths() -> list[str]:
