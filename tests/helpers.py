@@ -20,6 +20,15 @@ needs_data = pytest.mark.skipif(not CORPUS.exists() or not VOCAB.exists(),
                                 reason=f"shared test data not found under {SHARED}")
 
 
+def one_layer_model(arch: str, vocab_size: int):
+  """A `tiny` model with one layer per stack (fast to compile) and an untied output
+  layer (a random model's greedy continuation does not just repeat its input token), in
+  float32: what the scoring and harness tests compare against their references."""
+  from arch_objective import build_model
+  return build_model(arch, "tiny", dtype="float32", num_encoder_layers=1,
+                     num_decoder_layers=1, logits_via_embedding=False, vocab_size=vocab_size)
+
+
 def run_processes(script: str, argv: list, count: int = 2, devices_per_process: int = 2,
                   timeout: int = 300) -> list[dict]:
   """Run `script` (which calls `partitioning.initialize_distributed()` and prints

@@ -13,10 +13,12 @@ lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from arch_objective import build_model, models  # noqa: E402
+from arch_objective import models  # noqa: E402
 from arch_objective.data import vocabularies  # noqa: E402
 from arch_objective.evaluation import harness  # noqa: E402
 from arch_objective.evaluation.rank_classification import Request, naive_scores  # noqa: E402
+
+import helpers  # noqa: E402
 
 CD, ND, ED = models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER, models.ENCODER_DECODER
 ARCHS = (CD, ND, ED)
@@ -49,11 +51,8 @@ def vocab(tmp_path_factory):
 
 
 def tiny(arch, vocab):
-  """One layer per stack (fast to compile); an untied output layer, so that a random
-  model's greedy continuation does not just repeat its input token."""
-  return build_model(arch, "tiny", dtype="float32", num_encoder_layers=1,
-                     num_decoder_layers=1, logits_via_embedding=False,
-                     vocab_size=vocabularies.padded_vocab_size(vocab.vocab_size))
+  """`helpers.one_layer_model` over `vocab`'s padded size."""
+  return helpers.one_layer_model(arch, vocabularies.padded_vocab_size(vocab.vocab_size))
 
 
 @functools.lru_cache(maxsize=None)

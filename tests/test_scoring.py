@@ -6,9 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from arch_objective import build_model, layers, models
+from arch_objective import layers, models
 from arch_objective.evaluation import scoring
 from arch_objective.evaluation.scoring import Request
+
+import helpers
 
 CD, ND, ED = models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER, models.ENCODER_DECODER
 ARCHS = (CD, ND, ED)
@@ -17,9 +19,8 @@ VOCAB = 256
 
 @functools.lru_cache(maxsize=None)
 def tiny(arch):
-  """One layer per stack, an untied output layer, a 256-id vocabulary: fast to compile."""
-  return build_model(arch, "tiny", dtype="float32", num_encoder_layers=1,
-                     num_decoder_layers=1, logits_via_embedding=False, vocab_size=VOCAB)
+  """`helpers.one_layer_model` with a 256-id vocabulary."""
+  return helpers.one_layer_model(arch, VOCAB)
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,6 +7,9 @@ from typing import Optional
 from arch_objective import models, network
 from arch_objective.training import checkpoints
 
+# TransformerConfig fields that choose how a model executes, not what it computes.
+EXECUTION_OPTIONS = ("attention_impl", "remat_policy", "scan_layers")
+
 
 def model_from_meta(meta: dict, checkpoint: str, arch: Optional[str] = None,
                     dtype: str = "float32") -> models.BaseModel:
@@ -23,9 +26,6 @@ def model_from_meta(meta: dict, checkpoint: str, arch: Optional[str] = None,
                if f.name in EXECUTION_OPTIONS}
   return models.from_meta(meta, checkpoint, arch, dtype=dtype, dropout_rate=0.0, **reference)
 
-
-# TransformerConfig fields that choose how a model executes, not what it computes.
-EXECUTION_OPTIONS = ("attention_impl", "remat_policy", "scan_layers")
 
 
 def load_model(checkpoint: str, arch: Optional[str] = None, dtype: str = "float32"):
