@@ -17,6 +17,8 @@ tiny model, a few batches) while keeping the results well-formed.
                   ours at least as fast as transformers')
   scoring         T0-Eval rank classification examples/s against lm-eval's HF backend
                   (target: >= 3x) and a naive one-forward-per-choice scorer
+  eval_cache      first evaluation pass in a fresh process with JAX's persistent
+                  compilation cache cold, warm and off (cold / warm: what it buys)
   resume          input pipeline resume cost late vs early (target: <= 1.5x), bytes read
                   per host of 4, pipeline vs a TPU v4 host's consumption at paper shapes
 """
@@ -28,7 +30,7 @@ import os
 import platform
 from typing import Any, Callable, Mapping
 
-from bench import data_pipeline, optimizer, resume, scoring, training
+from bench import data_pipeline, eval_cache, optimizer, resume, scoring, training
 
 Summary = tuple[list[str], list[list[str]], list[str]]  # header, rows, notes
 
@@ -68,6 +70,11 @@ BENCHMARKS: dict[str, Benchmark] = {
                      f">= {scoring.TARGET_RATIO:g}x) and against the naive scorer; scores "
                      "must agree."),
         run=scoring.run, summary=scoring.summary, add_arguments=scoring.add_arguments),
+    "eval_cache": Benchmark(
+        description=("First pass of an ED evaluation (initialisation and scoring, every "
+                     "program compiled) in a fresh process with JAX's persistent compilation "
+                     "cache cold, warm and off, as `eval` keeps it; scores must be identical."),
+        run=eval_cache.run_benchmark, summary=eval_cache.summary),
     "resume": Benchmark(
         description=("Input pipeline: seconds to the first batch resuming late vs early "
                      f"(target: <= {resume.RESUME_TARGET:g}x), bytes decoded per host of 4, "

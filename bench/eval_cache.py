@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -110,6 +110,26 @@ def _files(folder: str) -> tuple[int, int]:
     return 0, 0
   paths = [os.path.join(folder, name) for name in os.listdir(folder)]
   return len(paths), sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
+
+
+def run_benchmark(options, log=print) -> dict:
+  """`python -m bench`'s entry: the smoke or the full settings."""
+  return run(SMOKE if options.smoke else FULL, log)
+
+
+def summary(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
+  """`python -m bench`'s table: one row per run, the ratio in the notes."""
+  header = ["run", "first pass s", "init s", "scoring s", "cache hits", "misses",
+            "cache files"]
+  rows = [[name, f"{r['first_pass_seconds']:.1f}", f"{r['init_seconds']:.1f}",
+           f"{r['score_seconds']:.1f}", str(r["hits"]), str(r["misses"]),
+           str(r["cache_files"])] for name, r in result["runs"].items()]
+  s = result["settings"]
+  notes = [f"ED `{s['size']}`, float32, {result['suite']['prompts']} prompts "
+           f"({result['suite']['pairs']} choices), each run a fresh process.",
+           f"cold / warm first pass: {result['ratio']:.2f}x (scoring alone "
+           f"{result['ratio_scoring']:.2f}x); scores identical in all three runs."]
+  return header, rows, notes
 
 
 def run(settings: Settings, log=print) -> dict:

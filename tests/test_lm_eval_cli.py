@@ -109,14 +109,20 @@ def test_the_cli_wrapper_runs_lm_evals_cli_with_our_model(ed_dir, vocab, offline
   directory, params = ed_dir
   tasks_dir = write_tasks(offline / "tasks")
   out = offline / "out"
+  cache = offline / "jax-cache"
   env = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-         "HF_DATASETS_CACHE": str(offline / "hf_cache_cli")}
+         "HF_DATASETS_CACHE": str(offline / "hf_cache_cli"),
+         "ARCH_OBJECTIVE_COMPILATION_CACHE_DIR": str(cache)}
   done = run_python(["-m", "arch_objective.evaluation.lm_eval_cli", "--model",
                      harness.MODEL_NAME, "--model_args",
                      f"model_dir={directory},truncation=paper,batch_tokens=1024",
                      "--tasks", "toy_mc,toy_rolling", "--include_path", str(tasks_dir),
                      "--limit", "4", "--output_path", str(out)], env=env)
   assert done.returncode == 0, done.stderr[-3000:]
+  # The persistent compilation cache is on, as in `arch-objective eval`: its programs
+  # are kept for the next run.
+  assert f"compilation cache: {cache}" in done.stderr
+  assert cache.is_dir() and any(cache.iterdir())
   assert "|toy_mc" in done.stdout and "|toy_rolling" in done.stdout   # lm-eval's table
   written = sorted(out.rglob("results_*.json"))
   assert len(written) == 1, written

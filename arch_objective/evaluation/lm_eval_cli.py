@@ -29,6 +29,11 @@ ignored (batches are sized by batch_tokens; JAX picks the device). The paper's 3
 EAI-Eval tasks are the group `eai_eval` in `harness.HARNESS_TASKS_DIR`: pass that folder
 as `--include_path` and `--tasks eai_eval`.
 
+Like `arch-objective eval`, it keeps JAX's persistent compilation cache
+(`runs.use_compilation_cache`: `$ARCH_OBJECTIVE_COMPILATION_CACHE_DIR`, '' for none, else
+`~/.cache/arch-objective/jax-cache`), so a second run of the same tasks and model shapes
+reads its programs back instead of compiling them.
+
 lm-eval's own `hf` backend scores a Hugging Face export of our encoder-decoder
 (`arch-objective convert hf-out`, which carries its tokenizer) as `arch_objective` does
 with its default truncation (modern) when given
@@ -49,6 +54,7 @@ targets_length long with an empty encoder).
 """
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Optional, Sequence
 
@@ -63,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   Errors inside the run propagate as they do from `lm_eval`."""
   argv = list(sys.argv[1:] if argv is None else argv)
   from arch_objective import logs
-  from arch_objective.evaluation import harness
+  from arch_objective.evaluation import harness, runs
   logs.show_on_stderr()
   try:
     harness.register_with_lm_eval()
@@ -71,6 +77,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except ImportError as e:
     print(f"{PROG}: error: {e}", file=sys.stderr)
     return 2
+  folder = runs.use_compilation_cache(None)
+  logging.getLogger("arch_objective.evaluation.lm_eval_cli").info(   # also run as __main__
+      f"compilation cache: {folder}" if folder else "compilation cache: off")
   saved = sys.argv
   sys.argv = [PROG, *argv]          # lm-eval's parser reads (and edits) sys.argv
   try:
