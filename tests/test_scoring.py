@@ -315,6 +315,33 @@ def test_ed_cross_attention_keys_and_values_projected_once_per_prompt(shapes):
           > per_row.computed["encoder_positions"] == counts["encoder_positions"])
 
 
+@pytest.mark.parametrize("shapes", [scoring.FINE, scoring.POW2, scoring.ONE_SHAPE])
+def test_cross_kv_max_bytes_splits_the_prompts_of_a_batch(shapes):
+  """A budget of two prompts' keys and values: every batch holds at most that (prompts
+  padded), the prompts are split over more batches, and the scores do not change."""
+  model, params = model_and_params(ED)
+  requests = [r for r in make_requests(ARCHS.index(ED))
+              if len(r.prompt) <= 9 and max(map(len, r.choices)) <= 4]
+  free = scoring.Scorer(model, params, shapes=shapes)
+  expected = free.score(requests, greedy=True)
+  c = model.config                # per position: layers x (keys, values) x heads x dims x 4 B
+  assert free.cross_kv_bytes(1, 10) == c.num_decoder_layers * 2 * 10 * c.num_heads * c.head_dim * 4
+  budget = free.cross_kv_bytes(2, 16)            # two prompts of the (only) 16-token bucket
+  assert free.computed["cross_kv_bytes"] > budget  # unbounded, one batch holds them all
+  bounded = scoring.Scorer(model, params, shapes=shapes, cross_kv_max_bytes=budget)
+  for a, b in zip(bounded.score(requests, greedy=True), expected):
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-6)
+    assert a.greedy.tolist() == b.greedy.tolist()
+  assert bounded.computed["cross_kv_bytes"] == budget
+  # Below one prompt's worth, each batch still takes one prompt.
+  single = scoring.Scorer(model, params, shapes=shapes, cross_kv_max_bytes=1)
+  for a, b in zip(single.score(requests), expected):
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-6)
+  assert single.computed["cross_kv_bytes"] == free.cross_kv_bytes(1, 16)
+  with pytest.raises(ValueError, match="cross_kv_max_bytes must be a positive"):
+    scoring.Scorer(model, params, cross_kv_max_bytes=0)
+
+
 def test_requests_are_checked():
   model, params = model_and_params(CD)
   scorer = scoring.Scorer(model, params)

@@ -38,6 +38,9 @@ from arch_objective import architectures, losses, models
 FINE, POW2, ONE_SHAPE = "fine", "pow2", "one_shape"
 SHAPES = (FINE, POW2, ONE_SHAPE)
 DEFAULT_MAX_TOKENS = 16384
+# The most bytes of cross-attention keys and values one ED batch holds (all decoder layers,
+# its prompts padded): the paper's ED at 16,384 encoder tokens in bf16 would hold 6.4 GB.
+DEFAULT_CROSS_KV_MAX_BYTES = 2 << 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,18 +164,46 @@ class Scorer:
   `cross_kv_per_prompt` (ED only): True (the default) projects the cross-attention keys
   and values once per prompt; False once per choice row, from the prompt's encoder
   output gathered per row (the reference the default is tested and timed against).
+  Per prompt, a batch holds every decoder layer's keys and values of its prompts at once:
+  `cross_kv_max_bytes` bounds that (prompts padded), splitting a batch's prompts where
+  needed (at least one prompt per batch); `computed['cross_kv_bytes']` is the most one
+  batch held.
   """
 
   def __init__(self, model: models.BaseModel, params, *, max_tokens: int = DEFAULT_MAX_TOKENS,
-               shapes: str = FINE, cross_kv_per_prompt: bool = True):
+               shapes: str = FINE, cross_kv_per_prompt: bool = True,
+               cross_kv_max_bytes: int = DEFAULT_CROSS_KV_MAX_BYTES):
     if shapes not in SHAPES:
       raise ValueError(f"unknown shapes {shapes!r}; expected one of {', '.join(SHAPES)}.")
+    if isinstance(cross_kv_max_bytes, bool) or not isinstance(cross_kv_max_bytes, int) or (
+        cross_kv_max_bytes < 1):
+      raise ValueError(f"cross_kv_max_bytes must be a positive number of bytes, found "
+                       f"{cross_kv_max_bytes!r}.")
     self.model, self.params = model, params
     self.max_tokens, self.shapes = max_tokens, shapes
     self.cross_kv_per_prompt = bool(cross_kv_per_prompt)
+    self.cross_kv_max_bytes = cross_kv_max_bytes
     self.has_encoder = architectures.get(model.name).has_encoder
     self.computed = {"batches": 0, "encoder_positions": 0, "decoder_positions": 0,
-                     "cross_attention_key_positions": 0}
+                     "cross_attention_key_positions": 0, "cross_kv_bytes": 0}
+
+  def cross_kv_bytes(self, prompts: int, enc_len: int) -> int:
+    """Bytes of the cross-attention keys and values of `prompts` encoder rows of
+    `enc_len` tokens over all decoder layers, in the activation dtype."""
+    c = self.model.config
+    return (2 * c.num_decoder_layers * prompts * enc_len * c.num_heads * c.head_dim
+            * jnp.dtype(c.dtype).itemsize)
+
+  def _within_kv_budget(self, chunks: list[list[int]], enc_len: int) -> list[list[int]]:
+    """`chunks` split so that each one's padded prompts' keys and values fit
+    `cross_kv_max_bytes` (one prompt a chunk at least)."""
+    if not self.cross_kv_per_prompt:
+      return chunks
+    pad = fine_bucket if self.shapes == FINE else pow2
+    most = len(max(chunks, key=len))
+    while most > 1 and self.cross_kv_bytes(pad(most), enc_len) > self.cross_kv_max_bytes:
+      most -= 1
+    return [c[k:k + most] for c in chunks for k in range(0, len(c), most)]
 
   def score(self, requests: Sequence[Request], *, normalize: bool = False,
             greedy: bool = False) -> list[Result]:
@@ -198,6 +229,9 @@ class Scorer:
     c["encoder_positions"] += int(encoder)
     c["decoder_positions"] += int(decoder)
     c["cross_attention_key_positions"] += int(cross)
+
+  def _held(self, kv_bytes: int):
+    self.computed["cross_kv_bytes"] = max(self.computed["cross_kv_bytes"], int(kv_bytes))
 
   @staticmethod
   def _store(where, totals, is_greedy, scores, flags):
@@ -243,7 +277,8 @@ class Scorer:
       while i < len(order) and enc_bucket(len(requests[order[i]].prompt)) == enc_len:
         group.append(order[i])
         i += 1
-      chunks = list(ed_chunks(group, requests, enc_len, self.max_tokens, choice_bucket))
+      chunks = self._within_kv_budget(
+          list(ed_chunks(group, requests, enc_len, self.max_tokens, choice_bucket)), enc_len)
       widest = max(len(c) for c in chunks)
       for chunk in chunks:
         args = (requests, chunk, enc_len, normalize, greedy, scores, flags)
@@ -270,6 +305,8 @@ class Scorer:
     # [P, i, d], or per decoder layer the keys and values [layers, P, i, h, e]
     encoded = (_ed_encode_kv if per_prompt else _ed_encode)(self.model, self.params, enc)
     self._count(encoder=enc.size, cross=enc.size if per_prompt else 0, batches=0)
+    if per_prompt:
+      self._held(self.cross_kv_bytes(*enc.shape))
     for dec_len, rows in sorted(rows_by_length.items()):
       per_batch = max(1, self.max_tokens // (dec_len + enc_len))
       for start in range(0, len(rows), per_batch):
@@ -295,6 +332,8 @@ class Scorer:
         program(self.model, self.params, enc, idx, targets, normalize, greedy))
     self._count(encoder=enc.size, decoder=targets.size,
                 cross=enc.size if self.cross_kv_per_prompt else num_rows * enc_len)
+    if self.cross_kv_per_prompt:
+      self._held(self.cross_kv_bytes(num_prompts, enc_len))
     self._store([(g, j) for _, g, j, _ in rows], totals, is_greedy, scores, flags)
 
 
