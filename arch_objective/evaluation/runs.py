@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 import logging
+import os
 import re
 from typing import Callable, Optional, Sequence
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import math
 import numbers
-import logging
 import os
 import time
 from typing import Any, Callable, Optional, Sequence
