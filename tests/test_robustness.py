@@ -461,9 +461,10 @@ def test_a_checkpoint_of_another_process_count_resumes_by_replay(tmp_path, capsy
   train.train(model_dir=str(tmp_path / "b"), train_steps=2, **kwargs)
   states = tmp_path / "b" / "checkpoints" / "2" / "data_state"
   (states / "process_0-of-1.json").rename(states / "process_0-of-2.json")
+  logs.show_on_stderr()
   capsys.readouterr()
   resumed = train.train(model_dir=str(tmp_path / "b"), train_steps=4, **kwargs)
-  assert "resumed from step 2" in capsys.readouterr().out
+  assert "resumed from step 2" in capsys.readouterr().err
   np.testing.assert_array_equal(
       np.asarray(resumed.state.params["decoder"]["token_embedder"]["embedding"]),
       np.asarray(straight.state.params["decoder"]["token_embedder"]["embedding"]))
