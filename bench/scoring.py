@@ -414,7 +414,8 @@ def why_missed(result: Mapping[str, Any]) -> str:
             f"{pad['prompt_tokens_once_per_choice']:,}, each prompt once per choice), "
             f"{pad['decoder_tokens']:,} decoder positions for {pad['choice_tokens']:,} "
             f"choice tokens ({pad['decoder_tokens'] / pad['choice_tokens']:.1f}x: choices are "
-            f"batched by their own length bucket, at least 4) and "
+            f"batched by their own length bucket, at least 4, a small bucket with the next "
+            f"longer one where that costs less than compiling its own program) and "
             f"cross-attention keys and values over {pad['cross_attention_key_tokens']:,} "
             f"encoder positions (once per prompt)")
   return why + (f"; lm-eval's best was torch at {c['lm_eval_torch_threads']} thread(s); "

@@ -394,3 +394,41 @@ def test_ed_batch_builders():
   idx, targets = scoring.ed_decoder_batch([(1, [7, 1]), (0, [8, 9, 1])], 4, 4)
   assert idx.tolist() == [1, 0, 0, 0] and idx.dtype == np.int32
   assert targets.tolist() == [[7, 1, 0, 0], [8, 9, 1, 0], [0] * 4, [0] * 4]
+
+
+def test_merge_length_groups_weighs_padding_against_new_programs():
+  groups = [(4, 2), (8, 1), (48, 6)]             # (padded length, rows), ascending
+  # Free programs: every group apart (8 + 8 + 288 positions).
+  assert scoring.merge_length_groups(groups, 0) == [(0, 1), (1, 2), (2, 3)]
+  # 20 a program: 2 + 1 rows of 8 (24 + 20) beat 8 + 20 + 8 + 20; 12 rows of 48 do not.
+  assert scoring.merge_length_groups(groups, 20) == [(0, 2), (2, 3)]
+  # 1000 a program: one batch of fine_bucket(9) = 12 rows of 48 (576 + 1000).
+  assert scoring.merge_length_groups(groups, 1000) == [(0, 3)]
+  # A shape compiled before is free: 2 rows of 4 and 1 of 8 stay apart when both exist.
+  known = {(2, 4), (1, 8)}
+  assert scoring.merge_length_groups(groups, 20, known=lambda r, n: (r, n) in known) == [
+      (0, 1), (1, 2), (2, 3)]
+  assert scoring.merge_length_groups([(8, 1)], 5) == [(0, 1)]
+  assert scoring.merge_length_groups([], 5) == []
+
+
+def test_new_program_cost_trades_decode_programs_for_padding_not_scores():
+  """ED, FINE: merging choice-length buckets cuts the decode batches (and so programs),
+  computes more padded positions, and gives the same scores and greedy flags; a second
+  call reuses the shapes the first compiled."""
+  model, params = model_and_params(ED)
+  requests = make_requests(ARCHS.index(ED), n=12)
+  apart = scoring.Scorer(model, params, new_program_cost=0)
+  merged = scoring.Scorer(model, params, new_program_cost=10 ** 6)
+  expected = apart.score(requests, greedy=True)
+  for a, b in zip(merged.score(requests, greedy=True), expected):
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-6)
+    assert a.greedy.tolist() == b.greedy.tolist()
+  assert merged.computed["batches"] < apart.computed["batches"]
+  assert merged.computed["decoder_positions"] > apart.computed["decoder_positions"]
+  assert merged.computed["encoder_positions"] == apart.computed["encoder_positions"]
+  shapes = set(merged._decode_shapes)
+  merged.score(requests)
+  assert merged._decode_shapes == shapes           # nothing new to compile
+  with pytest.raises(ValueError, match="new_program_cost must be a number of positions"):
+    scoring.Scorer(model, params, new_program_cost=-1)

@@ -18,7 +18,10 @@ How each architecture reads a request (the same features as training, spec §3.3
 Batches hold at most `max_tokens` tokens (rows x padded length). Their shapes (`shapes`):
   fine       lengths and row counts of the form 2^k or 3 x 2^(k-1) (16, 24, 32, 48, ...: at
              most a third of a batch is padding); an ED batch's prompts are encoded by one
-             program and its choices decoded by another, grouped by their own length
+             program and its choices decoded by another, grouped by their own length,
+             except that a group whose own program would cost more to compile than its
+             padding to the next longer group costs to compute rides with that group
+             (`new_program_cost`, `merge_length_groups`)
   pow2       lengths and row counts are powers of two; an ED batch is one program
   one_shape  every batch padded to the longest request: one compilation for a whole suite
 so that a whole suite compiles a handful of programs.
@@ -41,6 +44,10 @@ DEFAULT_MAX_TOKENS = 16384
 # The most bytes of cross-attention keys and values one ED batch holds (all decoder layers,
 # its prompts padded): the paper's ED at 16,384 encoder tokens in bf16 would hold 6.4 GB.
 DEFAULT_CROSS_KV_MAX_BYTES = 2 << 30
+# What compiling one more decoder program is worth, in padded decoder positions: on a
+# 2-core CPU a small ED's decode program compiles in about 2.2 s, the time its forward
+# pass takes over about 3,400 positions.
+DEFAULT_NEW_PROGRAM_COST = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +106,38 @@ def ed_chunks(group: Sequence[int], requests: Sequence[Request], enc_len: int,
     tokens += cost
   if chunk:
     yield chunk
+
+
+def merge_length_groups(groups: Sequence[tuple[int, int]], new_program_cost: int,
+                        known: Callable[[int, int], bool] = lambda rows, length: False,
+                        rows_of: Callable[[int], int] = fine_bucket) -> list[tuple[int, int]]:
+  """How to decode length groups: `groups` are (padded length, rows) pairs by ascending
+  length; the result is the runs `(start, stop)` (slices of `groups`) that each become
+  one batch of `rows_of(their rows)` rows at their longest length. The runs minimise the
+  positions computed plus `new_program_cost` for each batch shape `(rows, length)` that
+  is neither `known` (compiled already) nor used by an earlier run, so a small group
+  joins the next longer one when padding it costs less than compiling its own program.
+
+  >>> merge_length_groups([(4, 2), (8, 1), (48, 6)], 0)       # programs are free
+  [(0, 1), (1, 2), (2, 3)]
+  >>> merge_length_groups([(4, 2), (8, 1), (48, 6)], 20)      # 3 rows of 8: 24 + 20
+  [(0, 2), (2, 3)]
+  >>> merge_length_groups([(4, 2), (8, 1), (48, 6)], 1000)    # 12 rows of 48: 576 + 1000
+  [(0, 3)]
+  """
+  # best[b]: (cost, runs, shapes) of the cheapest runs over groups[:b]
+  best: list[tuple[float, list, frozenset]] = [(0.0, [], frozenset())]
+  for stop in range(1, len(groups) + 1):
+    length = groups[stop - 1][0]
+    options = []
+    for start in range(stop):
+      cost, runs, shapes = best[start]
+      shape = (rows_of(sum(rows for _, rows in groups[start:stop])), length)
+      new = not known(*shape) and shape not in shapes
+      options.append((cost + shape[0] * length + (new_program_cost if new else 0),
+                      runs + [(start, stop)], shapes | {shape}))
+    best.append(min(options, key=lambda option: option[0]))
+  return best[-1][1]
 
 
 # ----------------------------------------------------------------------------------------
@@ -168,19 +207,32 @@ class Scorer:
   `cross_kv_max_bytes` bounds that (prompts padded), splitting a batch's prompts where
   needed (at least one prompt per batch); `computed['cross_kv_bytes']` is the most one
   batch held.
+
+  `new_program_cost` (ED, `FINE` only): what compiling one more decode program is worth
+  in decoder positions; a batch's choices of one length bucket ride with the next longer
+  bucket when padding them costs fewer positions than that (shapes compiled by earlier
+  calls of this scorer count as free). 0 decodes every bucket apart. Scores do not
+  depend on it beyond float rounding.
   """
 
   def __init__(self, model: models.BaseModel, params, *, max_tokens: int = DEFAULT_MAX_TOKENS,
                shapes: str = FINE, cross_kv_per_prompt: bool = True,
-               cross_kv_max_bytes: int = DEFAULT_CROSS_KV_MAX_BYTES):
+               cross_kv_max_bytes: int = DEFAULT_CROSS_KV_MAX_BYTES,
+               new_program_cost: int = DEFAULT_NEW_PROGRAM_COST):
     if shapes not in SHAPES:
       raise ValueError(f"unknown shapes {shapes!r}; expected one of {', '.join(SHAPES)}.")
     if isinstance(cross_kv_max_bytes, bool) or not isinstance(cross_kv_max_bytes, int) or (
         cross_kv_max_bytes < 1):
       raise ValueError(f"cross_kv_max_bytes must be a positive number of bytes, found "
                        f"{cross_kv_max_bytes!r}.")
+    if isinstance(new_program_cost, bool) or not isinstance(new_program_cost, int) or (
+        new_program_cost < 0):
+      raise ValueError(f"new_program_cost must be a number of positions >= 0, found "
+                       f"{new_program_cost!r}.")
     self.model, self.params = model, params
     self.max_tokens, self.shapes = max_tokens, shapes
+    self.new_program_cost = new_program_cost
+    self._decode_shapes: set[tuple[int, ...]] = set()   # (prompts, enc_len, rows, dec_len)
     self.cross_kv_per_prompt = bool(cross_kv_per_prompt)
     self.cross_kv_max_bytes = cross_kv_max_bytes
     self.has_encoder = architectures.get(model.name).has_encoder
@@ -307,12 +359,19 @@ class Scorer:
     self._count(encoder=enc.size, cross=enc.size if per_prompt else 0, batches=0)
     if per_prompt:
       self._held(self.cross_kv_bytes(*enc.shape))
-    for dec_len, rows in sorted(rows_by_length.items()):
+    lengths = sorted(rows_by_length)
+    runs = merge_length_groups(
+        [(n, len(rows_by_length[n])) for n in lengths], self.new_program_cost,
+        known=lambda rows, length: (enc.shape[0], enc_len, rows, length) in self._decode_shapes)
+    for start, stop in runs:
+      dec_len = lengths[stop - 1]
+      rows = [row for n in lengths[start:stop] for row in rows_by_length[n]]
       per_batch = max(1, self.max_tokens // (dec_len + enc_len))
-      for start in range(0, len(rows), per_batch):
-        part = rows[start:start + per_batch]
+      for first in range(0, len(rows), per_batch):
+        part = rows[first:first + per_batch]
         idx, targets = ed_decoder_batch([(p, c) for p, _, _, c in part], dec_len,
                                         fine_bucket(len(part)))
+        self._decode_shapes.add((enc.shape[0], enc_len, *targets.shape))
         decode = _ed_decode_kv_scores if per_prompt else _ed_decode_scores
         totals, is_greedy = jax.device_get(decode(
             self.model, self.params, encoded, enc, idx, targets, normalize, greedy))
