@@ -8,7 +8,8 @@
   arch-objective eval t0 --checkpoint PATH | --gin_file F ... T0-Eval (rank classification)
   arch-objective eval harness --checkpoint PATH | --gin_file F ... EAI-Eval (lm-eval harness)
   arch-objective convert t5x-in|t5x-out|hf-in|hf-out|switch-arch ...   checkpoint conversion
-  arch-objective study --preset smoke|quick|medium|full --out DIR   the laptop-scale study
+  arch-objective study --preset smoke|quick|medium|full --out DIR [--gin.StudyConfig.NAME=VALUE ...]
+                                                              the laptop-scale study
   arch-objective smoke [--out DIR]                            the study's smoke preset
 """
 from __future__ import annotations
@@ -182,7 +183,7 @@ def _one_line(error: BaseException) -> str:
 
 def _study(args) -> int:
   from arch_objective import study
-  study.run_study(args.preset, args.out, nc_a=args.nc_a)
+  study.run_study(args.preset, args.out, nc_a=args.nc_a, bindings=args.gin_bindings)
   print(open(os.path.join(args.out, "results.md")).read())
   return 0
 

@@ -129,3 +129,46 @@ def test_preset_vocabulary_fits_its_corpus(preset, tmp_path):
   people = world_lib.make_world(seed=config.seed).entities.people
   names = {n for p in people for n in p.name.split()}   # coreference's answer choices
   assert [n for n in sorted(names) if len(vocab.encode(n)) > 1] == []
+
+
+def test_bindings_override_the_preset_and_bad_ones_are_named():
+  config = study.load_preset("medium", ["StudyConfig.mtf_learning_rate = 0.001",
+                                        "StudyConfig.ceiling_examples = 2000"])
+  assert (config.mtf_learning_rate, config.ceiling_examples) == (0.001, 2000)
+  assert config.mtf_steps == study.load_preset("medium").mtf_steps   # the rest is the file's
+  assert study.load_preset("medium").mtf_learning_rate == 0.003    # bindings do not stick
+  with pytest.raises(ValueError, match="mtf_lr"):
+    study.load_preset("medium", ["StudyConfig.mtf_lr = 0.001"])
+
+
+def test_the_configuration_is_recorded_and_a_changed_one_is_named(tmp_path):
+  config = study.load_preset("smoke")
+  assert study.record_config(config, str(tmp_path)) == []
+  assert json.loads((tmp_path / "config.json").read_text())["mtf_learning_rate"] == (
+      config.mtf_learning_rate)
+  assert study.record_config(config, str(tmp_path)) == []          # the same: nothing
+  changed = study.load_preset("smoke", ["StudyConfig.mtf_learning_rate = 0.5"])
+  assert study.record_config(changed, str(tmp_path)) == [
+      f"mtf_learning_rate: {config.mtf_learning_rate!r} -> 0.5"]
+  assert json.loads((tmp_path / "config.json").read_text())["mtf_learning_rate"] == 0.5
+
+
+def test_the_study_command_passes_gin_bindings_and_checks_ceiling_fields(tmp_path, monkeypatch):
+  from arch_objective import cli
+  seen = {}
+
+  def fake(preset, out, *, nc_a=None, bindings=()):
+    seen.update(preset=preset, out=out, bindings=list(bindings))
+    (tmp_path / "results.md").write_text("table\n")
+    return {}
+  monkeypatch.setattr(study, "run_study", fake)
+  assert cli.main(["study", "--preset", "medium", "--out", str(tmp_path),
+                   "--gin.StudyConfig.mtf_learning_rate=0.001"]) == 0
+  assert seen == {"preset": "medium", "out": str(tmp_path),
+                  "bindings": ["StudyConfig.mtf_learning_rate=0.001"]}
+  monkeypatch.undo()
+  with pytest.raises(ValueError, match="StudyConfig.ceiling_examples must be an integer >= 0, "
+                                       "found -1"):
+    study.run_study("smoke", str(tmp_path / "bad"),
+                    bindings=["StudyConfig.ceiling_examples = -1"])
+  assert not (tmp_path / "bad" / "config.json").exists()

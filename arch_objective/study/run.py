@@ -13,8 +13,9 @@
      0.1, the step counter continuing), and evaluates again;
   5. optionally runs NC-A (CD:FLM continued as ND:MLM, then MT-F as ND);
   6. with `ceiling_steps`, finetunes the pretrained ED:MLM on each held-out family's
-     `test` split and scores it on the family's `validation` split: what a model of
-     this size reaches when it is taught the family (a diagnostic, never compared);
+     `test` split (its first `ceiling_examples`, 0: the world's 300) and scores it on the
+     family's `validation` split: what a model of this size reaches when it is taught
+     the family (a diagnostic, never compared);
   7. writes `results.json`, `results.md` (the paper-style table with bootstrap 95%
      intervals; the paper's contrasts as paired differences with paired bootstrap 95%
      intervals; per family the random floor, the majority-class baseline, the
@@ -22,7 +23,10 @@
      `zero_shot.png`, `contrasts.png`, `loss_curves.png`; every run's TensorBoard files
      stay in its directory under `runs/`.
 Every stage is skipped when its output exists, so an interrupted study resumes.
-The presets are gin files, `gin/experiments/study/{smoke,quick,full}.gin`.
+The presets are gin files, `gin/experiments/study/{smoke,quick,medium,full}.gin`;
+`bindings` (`StudyConfig.NAME = VALUE`) override them. The configuration a study ran
+with is kept in `config.json`; resuming with other values warns and names them (the
+stages already done keep the values they ran with).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from arch_objective import models
 from arch_objective.objectives import pipeline
@@ -63,6 +67,7 @@ class StudyConfig:
   nc_a: bool = True
   nc_a_steps: int = 100
   ceiling_steps: int = 0
+  ceiling_examples: int = 0
   contrast_resamples: int = 1000
   seed: int = 0
 
@@ -72,14 +77,32 @@ class StudyConfig:
                 num_decoder_layers=self.num_layers, vocab_size=vocab_size, dtype="float32")
 
 
-def load_preset(preset: str) -> StudyConfig:
-  """The StudyConfig of `gin/experiments/study/<preset>.gin`."""
+def load_preset(preset: str, bindings: Sequence[str] = ()) -> StudyConfig:
+  """The StudyConfig of `gin/experiments/study/<preset>.gin` with `bindings`
+  (`StudyConfig.NAME = VALUE`) applied after it."""
   from arch_objective.training import gin_utils
   if preset not in PRESETS:
     raise ValueError(f"unknown study preset {preset!r}; valid presets: {', '.join(PRESETS)}.")
   configurable = register_gin()
-  gin_utils.parse([f"experiments/study/{preset}.gin"])
+  gin_utils.parse([f"experiments/study/{preset}.gin"], list(bindings))
   return configurable()
+
+
+def record_config(config: StudyConfig, out_dir: str) -> list[str]:
+  """Write `config` to `out_dir/config.json`; returns, when a study ran there before with
+  other values, one `NAME: OLD -> NEW` line per field that changed (nothing is lost:
+  the earlier stages' outputs stay, and the file then holds the new values)."""
+  path = os.path.join(out_dir, "config.json")
+  new = dataclasses.asdict(config)
+  changed = []
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
+  with open(path + ".tmp", "w") as f:
+    json.dump(new, f, indent=2)
+  os.replace(path + ".tmp", path)
+  return changed
 
 
 def register_gin():
@@ -163,12 +186,15 @@ def _teach_family(setup: _Setup, family: str, model_dir: str, source: str, steps
   """The ED:MLM checkpoint finetuned on the family's `test` examples under its prompts."""
   from arch_objective.data import registry
   from arch_objective.prompts import mixture
+  from arch_objective.study import world as world_lib
   from arch_objective.study.world import prompts as world_prompts
   config, world = setup.config, setup.world
   prompts = world_prompts.HELDOUT_PROMPTS[family]
+  count = config.ceiling_examples or world_lib.WorldConfig.heldout_examples
   taught = tuple(
       mixture.PromptedTask(f"{family}/{prompt.name}", prompt,
-                           lambda split, f=family: world.examples(f, "test"), len(prompts))
+                           lambda split, f=family: world.examples(f, "test")[:count],
+                           len(prompts))
       for prompt in prompts)
   registry.register(mixture.PromptedMixture(
       f"study_ceiling_{family}", taught, setup.vocab_path,
@@ -202,25 +228,39 @@ def _write_corpus(world, corpus: str, target_bytes: int):
 
 
 def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
+              bindings: Sequence[str] = (),
               log: Optional[Callable[[str], None]] = None) -> dict:
   """Run (or resume) the study; returns the results dict also written to results.json.
-  Progress lines go to `log` (default: this module's logger at INFO)."""
+  `bindings` override the preset (`StudyConfig.NAME = VALUE`). Progress lines go to `log`
+  (default: this module's logger at INFO)."""
   log = log or logging.getLogger(__name__).info
   from arch_objective.data import registry, vocabularies
   from arch_objective.prompts import mixture
   from arch_objective.study import world as world_lib
   import tasks
 
-  config = load_preset(preset)
+  config = load_preset(preset, bindings)
   if nc_a is not None:
     config.nc_a = nc_a
+  for field in ("ceiling_steps", "ceiling_examples"):
+    value = getattr(config, field)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ValueError(f"StudyConfig.{field} must be an integer >= 0, found {value!r}.")
   out_dir = os.path.abspath(out_dir)
   os.makedirs(os.path.join(out_dir, "world"), exist_ok=True)
+  changed = record_config(config, out_dir)
+  if changed:
+    logging.getLogger(__name__).warning(
+        "%s ran before with another configuration; stages already done keep theirs: %s",
+        out_dir, "; ".join(changed))
   runs = os.path.join(out_dir, "runs")
   evals = os.path.join(out_dir, "eval")
   os.makedirs(evals, exist_ok=True)
 
-  world = world_lib.make_world(seed=config.seed)
+  # The first examples of a split do not depend on how many there are: a larger test
+  # split for the ceilings leaves every other split as it is.
+  heldout = max(config.ceiling_examples, world_lib.WorldConfig.heldout_examples)
+  world = world_lib.make_world(seed=config.seed, heldout_examples=heldout)
   corpus = os.path.join(out_dir, "world", "corpus.jsonl")
   vocab_path = os.path.join(out_dir, "world", "spm.model")
   pairs = [(a, o) for a, o in pipeline.PAPER_RUNS]
