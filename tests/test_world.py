@@ -88,6 +88,7 @@ def test_more_examples_or_documents_keep_the_first_ones(world):
     assert bigger.examples(family, "train")[:120] == world.examples(family, "train")
   assert bigger.examples("world_nli", "validation")[:80] == world.examples("world_nli",
                                                                           "validation")
+  assert bigger.examples("world_nli", "test")[:80] == world.examples("world_nli", "test")
   assert (list(world.corpus_documents(num_documents=400))[:100]
           == list(world.corpus_documents(num_documents=100)))
 

@@ -190,10 +190,15 @@ def _teach_family(setup: _Setup, family: str, model_dir: str, source: str, steps
   from arch_objective.study.world import prompts as world_prompts
   config, world = setup.config, setup.world
   prompts = world_prompts.HELDOUT_PROMPTS[family]
-  count = config.ceiling_examples or world_lib.WorldConfig.heldout_examples
+  count = config.ceiling_examples or world.config.heldout_examples
+  if count > world.config.heldout_examples:
+    # The same world with a longer test split (example i of a split does not depend on
+    # the split's size); the validation examples every model is scored on stay the
+    # study's own.
+    world = world_lib.make_world(seed=config.seed, heldout_examples=count)
   taught = tuple(
       mixture.PromptedTask(f"{family}/{prompt.name}", prompt,
-                           lambda split, f=family: world.examples(f, "test")[:count],
+                           lambda split, f=family, w=world: w.examples(f, "test")[:count],
                            len(prompts))
       for prompt in prompts)
   registry.register(mixture.PromptedMixture(
@@ -257,10 +262,7 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
   evals = os.path.join(out_dir, "eval")
   os.makedirs(evals, exist_ok=True)
 
-  # The first examples of a split do not depend on how many there are: a larger test
-  # split for the ceilings leaves every other split as it is.
-  heldout = max(config.ceiling_examples, world_lib.WorldConfig.heldout_examples)
-  world = world_lib.make_world(seed=config.seed, heldout_examples=heldout)
+  world = world_lib.make_world(seed=config.seed)
   corpus = os.path.join(out_dir, "world", "corpus.jsonl")
   vocab_path = os.path.join(out_dir, "world", "spm.model")
   pairs = [(a, o) for a, o in pipeline.PAPER_RUNS]
