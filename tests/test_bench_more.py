@@ -159,6 +159,10 @@ def test_scoring_smoke_scores_agree_and_ratios_are_quotients(smoke_run):
   assert pad["decoder_tokens"] >= pad["choice_tokens"] >= ours["pairs"]
   assert pad["prompt_tokens_once_per_choice"] > pad["prompt_tokens"]
   assert pad["cross_attention_key_tokens"] == pad["encoder_tokens"]   # once per prompt
+  compiling = ours["compiling"]
+  assert compiling["workers"] >= 1 and compiling["programs"] >= 2
+  assert compiling["first_pass_speedup"] == pytest.approx(
+      compiling["first_seconds_one_worker"] / ours["first_seconds"])
   kv = result["cross_kv"]       # the same scorer projecting keys/values per choice row
   assert kv["agree"] is True and kv["pairs"] == ours["pairs"]
   assert kv["ratio"] == pytest.approx(ours["examples_per_second"] / kv["examples_per_second"])
@@ -166,6 +170,7 @@ def test_scoring_smoke_scores_agree_and_ratios_are_quotients(smoke_run):
   rows = [line for line in summary.splitlines() if line.startswith("| lm-eval HF")]
   assert len(rows) == len(lm["entries"]) and all("| True (max diff" in r for r in rows)
   assert ("MISSED" in summary) == (not c["meets_target"])
+  assert f"compiles {compiling['programs']} programs on {compiling['workers']} threads" in summary
 
 
 @pytest.fixture

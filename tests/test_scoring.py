@@ -432,3 +432,43 @@ def test_new_program_cost_trades_decode_programs_for_padding_not_scores():
   assert merged._decode_shapes == shapes           # nothing new to compile
   with pytest.raises(ValueError, match="new_program_cost must be a number of positions"):
     scoring.Scorer(model, params, new_program_cost=-1)
+
+
+@pytest.mark.parametrize("arch", [CD, ED])
+def test_a_calls_new_programs_compile_together_on_worker_threads_once(arch, monkeypatch):
+  """Every program a call needs is compiled before any batch runs (on the pool's threads
+  with two workers, on the caller's with one), each once; another scorer of the same
+  model compiles nothing; the scores do not depend on how programs were compiled."""
+  import threading
+
+  import jax
+  model, params = model_and_params(arch)
+  requests, expected = references(arch)
+  compiled_on = []
+  compile = jax.stages.Lowered.compile
+
+  def recording(self, *a, **k):
+    compiled_on.append(threading.current_thread() is threading.main_thread())
+    return compile(self, *a, **k)
+  monkeypatch.setattr(jax.stages.Lowered, "compile", recording)
+  results = {}
+  for workers in (1, 2):
+    monkeypatch.setattr(scoring, "_PROGRAMS", {})       # nothing compiled yet
+    compiled_on.clear()
+    scorer = scoring.Scorer(model, params, max_tokens=96, compile_workers=workers)
+    results[workers] = scorer.score(requests, greedy=True)
+    assert scorer.computed["programs_compiled"] == len(compiled_on) == len(scoring._PROGRAMS)
+    assert len(compiled_on) >= 2
+    assert all(compiled_on) if workers == 1 else not any(compiled_on)
+    compiled_on.clear()
+    again = scoring.Scorer(model, params, max_tokens=96, compile_workers=workers)
+    again.score(requests, greedy=True)
+    assert again.computed["programs_compiled"] == 0 and compiled_on == []
+  for one, two, ref in zip(results[1], results[2], expected):
+    np.testing.assert_array_equal(one.scores, two.scores)
+    np.testing.assert_allclose(one.scores, [s for s, _ in ref], atol=1e-4, rtol=1e-5)
+    assert one.greedy.tolist() == two.greedy.tolist() == [g for _, g in ref]
+  for bad in (0, -2, True, 1.5):
+    with pytest.raises(ValueError, match=f"compile_workers must be a positive number of "
+                                         f"threads, found {bad!r}"):
+      scoring.Scorer(model, params, compile_workers=bad)

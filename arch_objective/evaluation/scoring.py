@@ -25,11 +25,20 @@ Batches hold at most `max_tokens` tokens (rows x padded length). Their shapes (`
   pow2       lengths and row counts are powers of two; an ED batch is one program
   one_shape  every batch padded to the longest request: one compilation for a whole suite
 so that a whole suite compiles a handful of programs.
+
+Compilation: each `score` call first walks its batches without running them, lowering
+every program it needs that is not compiled yet, then compiles those on a pool of
+threads (`compile_workers`; XLA's compiler releases the GIL, so the first pass of a
+suite waits for its longest compilations, not their sum), then runs the batches.
+Compiled programs are kept per (program, model, argument shapes) for the process, so
+scorers of one model share them; the persistent compilation cache serves repeat runs.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
+import os
 from typing import Callable, Iterator, Optional, Sequence
 
 import jax
@@ -208,6 +217,10 @@ class Scorer:
   needed (at least one prompt per batch); `computed['cross_kv_bytes']` is the most one
   batch held.
 
+  `compile_workers`: threads that compile a call's new programs (default: the CPU
+  count; 1 compiles them one after another). `computed['programs_compiled']` counts the
+  programs the last call compiled.
+
   `new_program_cost` (ED, `FINE` only): what compiling one more decode program is worth
   in decoder positions; a batch's choices of one length bucket ride with the next longer
   bucket when padding them costs fewer positions than that (shapes compiled by earlier
@@ -218,7 +231,8 @@ class Scorer:
   def __init__(self, model: models.BaseModel, params, *, max_tokens: int = DEFAULT_MAX_TOKENS,
                shapes: str = FINE, cross_kv_per_prompt: bool = True,
                cross_kv_max_bytes: int = DEFAULT_CROSS_KV_MAX_BYTES,
-               new_program_cost: int = DEFAULT_NEW_PROGRAM_COST):
+               new_program_cost: int = DEFAULT_NEW_PROGRAM_COST,
+               compile_workers: Optional[int] = None):
     if shapes not in SHAPES:
       raise ValueError(f"unknown shapes {shapes!r}; expected one of {', '.join(SHAPES)}.")
     if isinstance(cross_kv_max_bytes, bool) or not isinstance(cross_kv_max_bytes, int) or (
@@ -229,7 +243,17 @@ class Scorer:
         new_program_cost < 0):
       raise ValueError(f"new_program_cost must be a number of positions >= 0, found "
                        f"{new_program_cost!r}.")
+    if compile_workers is None:
+      compile_workers = os.cpu_count() or 1
+    if isinstance(compile_workers, bool) or not isinstance(compile_workers, int) or (
+        compile_workers < 1):
+      raise ValueError(f"compile_workers must be a positive number of threads, found "
+                       f"{compile_workers!r}.")
     self.model, self.params = model, params
+    self.compile_workers = compile_workers
+    self._params_signature = _signature(params)
+    self._planning = False
+    self._planned: dict = {}      # while planning: program key -> its lowering
     self.max_tokens, self.shapes = max_tokens, shapes
     self.new_program_cost = new_program_cost
     self._decode_shapes: set[tuple[int, ...]] = set()   # (prompts, enc_len, rows, dec_len)
@@ -237,7 +261,8 @@ class Scorer:
     self.cross_kv_max_bytes = cross_kv_max_bytes
     self.has_encoder = architectures.get(model.name).has_encoder
     self.computed = {"batches": 0, "encoder_positions": 0, "decoder_positions": 0,
-                     "cross_attention_key_positions": 0, "cross_kv_bytes": 0}
+                     "cross_attention_key_positions": 0, "cross_kv_bytes": 0,
+                     "programs_compiled": 0}
 
   def cross_kv_bytes(self, prompts: int, enc_len: int) -> int:
     """Bytes of the cross-attention keys and values of `prompts` encoder rows of
@@ -270,10 +295,58 @@ class Scorer:
     flags = [np.zeros(len(r.choices), bool) for r in requests] if greedy else None
     if requests:
       score = self._score_ed if self.has_encoder else self._score_decoder
+      # Plan: the same walk over the batches, lowering the programs not compiled yet and
+      # running nothing; then compile them together; then the walk that runs. The
+      # decode shapes seen are restored between the two, so both make the same choices.
+      seen = set(self._decode_shapes)
+      self._planning, self._planned = True, {}
+      try:
+        score(requests, normalize, greedy, scores, flags)
+      finally:
+        self._planning = False
+      compiled = self._compile(self._planned)
+      self._decode_shapes = seen
+      self.computed = dict.fromkeys(self.computed, 0)
+      self.computed["programs_compiled"] = compiled
       score(requests, normalize, greedy, scores, flags)
     if flags is None:
       return [Result(s, None) for s in scores]
     return [Result(s, f) for s, f in zip(scores, flags)]
+
+  def _run(self, program, *args, greedy: Optional[bool] = None):
+    """`program(model, params, *args[, greedy])` (one of this module's jitted programs)
+    through the compiled programs; while planning, lowers it when it is not compiled
+    and returns zeros of its output's shapes instead of running it."""
+    key = (program, self.model, greedy, self._params_signature, _signature(args))
+    static = () if greedy is None else (greedy,)
+    entry = _PROGRAMS.get(key)
+    if self._planning:
+      if entry is None:
+        lowered = self._planned.get(key)
+        if lowered is None:
+          lowered = self._planned[key] = program.lower(self.model, self.params, *args, *static)
+        out_info = lowered.out_info
+      else:
+        out_info = entry[1]
+      return jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), out_info)
+    if entry is None:       # (planned programs are compiled; this is a safety net)
+      lowered = program.lower(self.model, self.params, *args, *static)
+      entry = _PROGRAMS[key] = (lowered.compile(), lowered.out_info)
+    return entry[0](self.params, *args)
+
+  def _compile(self, planned: dict) -> int:
+    """Compile the lowered programs of `planned` on `compile_workers` threads into
+    `_PROGRAMS`; returns how many."""
+    items = list(planned.items())
+    workers = min(self.compile_workers, len(items))
+    if workers <= 1:
+      programs = [lowered.compile() for _, lowered in items]
+    else:
+      with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        programs = list(pool.map(lambda item: item[1].compile(), items))
+    for (key, lowered), program in zip(items, programs):
+      _PROGRAMS[key] = (program, lowered.out_info)
+    return len(items)
 
   def _count(self, encoder: int = 0, decoder: int = 0, cross: int = 0, batches: int = 1):
     c = self.computed
@@ -310,7 +383,7 @@ class Scorer:
         batch = decoder_batch([(p, c) for _, _, p, c in chunk], length, num_rows)
         self._count(decoder=num_rows * length)
         totals, is_greedy = jax.device_get(
-            _decoder_scores(self.model, self.params, batch, normalize, greedy))
+            self._run(_decoder_scores, batch, normalize, greedy=greedy))
         self._store([(i, j) for i, j, _, _ in chunk], totals, is_greedy, scores, flags)
 
   # -- encoder-decoder ---------------------------------------------------------------
@@ -355,7 +428,7 @@ class Scorer:
         rows_by_length.setdefault(fine_bucket(len(c), 4), []).append((p, g, j, c))
     per_prompt = self.cross_kv_per_prompt
     # [P, i, d], or per decoder layer the keys and values [layers, P, i, h, e]
-    encoded = (_ed_encode_kv if per_prompt else _ed_encode)(self.model, self.params, enc)
+    encoded = self._run(_ed_encode_kv if per_prompt else _ed_encode, enc)
     self._count(encoder=enc.size, cross=enc.size if per_prompt else 0, batches=0)
     if per_prompt:
       self._held(self.cross_kv_bytes(*enc.shape))
@@ -373,8 +446,8 @@ class Scorer:
                                         fine_bucket(len(part)))
         self._decode_shapes.add((enc.shape[0], enc_len, *targets.shape))
         decode = _ed_decode_kv_scores if per_prompt else _ed_decode_scores
-        totals, is_greedy = jax.device_get(decode(
-            self.model, self.params, encoded, enc, idx, targets, normalize, greedy))
+        totals, is_greedy = jax.device_get(self._run(
+            decode, encoded, enc, idx, targets, normalize, greedy=greedy))
         self._count(decoder=targets.size, cross=0 if per_prompt else len(idx) * enc_len)
         self._store([(g, j) for _, g, j, _ in part], totals, is_greedy, scores, flags)
 
@@ -388,7 +461,7 @@ class Scorer:
     idx, targets = ed_decoder_batch([(p, c) for p, _, _, c in rows], dec_len, num_rows)
     program = _ed_kv_scores if self.cross_kv_per_prompt else _ed_scores
     totals, is_greedy = jax.device_get(
-        program(self.model, self.params, enc, idx, targets, normalize, greedy))
+        self._run(program, enc, idx, targets, normalize, greedy=greedy))
     self._count(encoder=enc.size, decoder=targets.size,
                 cross=enc.size if self.cross_kv_per_prompt else num_rows * enc_len)
     if self.cross_kv_per_prompt:
@@ -399,6 +472,18 @@ class Scorer:
 # ----------------------------------------------------------------------------------------
 # The compiled programs
 # ----------------------------------------------------------------------------------------
+# (program, model, greedy, params' signature, arguments' signature) -> (compiled, output
+# shapes): what `Scorer._run` calls, for the process.
+_PROGRAMS: dict = {}
+
+
+def _signature(tree) -> tuple:
+  """The structure and per-leaf (shape, dtype) of `tree` (a Python scalar: its type)."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  return treedef, tuple((tuple(x.shape), str(x.dtype)) if hasattr(x, "dtype") else type(x)
+                        for x in leaves)
+
+
 # `normalize` is traced (a scalar bool: one program serves both); `greedy` is static (it
 # adds an argmax over the logits, which plain scoring does not pay for).
 def _summed(logits, targets, weights, normalize, greedy):
