@@ -10,6 +10,7 @@
   arch-objective convert t5x-in|t5x-out|hf-in|hf-out|switch-arch ...   checkpoint conversion
   arch-objective study --preset smoke|quick|medium|full --out DIR [--gin.StudyConfig.NAME=VALUE ...]
                                                               the laptop-scale study
+  arch-objective study --preset P --out DIR --widths 64,128,256   the study at each width
   arch-objective smoke [--out DIR]                            the study's smoke preset
 """
 from __future__ import annotations
@@ -183,6 +184,12 @@ def _one_line(error: BaseException) -> str:
 
 def _study(args) -> int:
   from arch_objective import study
+  if getattr(args, "widths", None):
+    from arch_objective.study import scale
+    scale.run_scale(args.preset, args.out, scale.parse_widths(args.widths), nc_a=args.nc_a,
+                    bindings=args.gin_bindings)
+    print(open(os.path.join(args.out, "scale.md")).read())
+    return 0
   study.run_study(args.preset, args.out, nc_a=args.nc_a, bindings=args.gin_bindings)
   print(open(os.path.join(args.out, "results.md")).read())
   return 0
@@ -473,6 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
   study.add_argument("--out", required=True, help="output directory (an existing one resumes)")
   study.add_argument("--nc_a", action=argparse.BooleanOptionalAction, default=None,
                      help="also run the NC-A adaptation (default: the preset's choice)")
+  study.add_argument("--widths", metavar="W1,W2,...",
+                     help="run the study at each of these model widths (emb_dim; head and "
+                          "MLP sizes scale with it) in DIR/width_W, and compare the paper's "
+                          "contrasts across widths in DIR/scale.md and scale.png")
   study.set_defaults(func=_study)
 
   smoke = sub.add_parser("smoke", help="the study's smoke preset: the whole pipeline, tiny, "

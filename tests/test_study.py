@@ -172,3 +172,74 @@ def test_the_study_command_passes_gin_bindings_and_checks_ceiling_fields(tmp_pat
     study.run_study("smoke", str(tmp_path / "bad"),
                     bindings=["StudyConfig.ceiling_examples = -1"])
   assert not (tmp_path / "bad" / "config.json").exists()
+
+
+def test_width_bindings_scale_heads_and_mlp_and_bad_widths_are_named():
+  from arch_objective.study import scale
+  medium = study.load_preset("medium")      # 192 wide, 4 heads of 48, MLP 384
+  assert scale.width_bindings(medium, 96) == [
+      "StudyConfig.emb_dim = 96", "StudyConfig.head_dim = 24", "StudyConfig.mlp_dim = 192"]
+  config = study.load_preset("medium", scale.width_bindings(medium, 320))
+  assert (config.emb_dim, config.num_heads * config.head_dim, config.mlp_dim) == (320, 320, 640)
+  with pytest.raises(ValueError, match=r"multiple of StudyConfig.num_heads \(4\), found 30"):
+    scale.width_bindings(medium, 30)
+  assert scale.parse_widths("256,64, 128") == [64, 128, 256]
+  for bad in ("64", "64,64", "64,x", "0,64"):
+    with pytest.raises(ValueError, match="--widths"):
+      scale.parse_widths(bad)
+
+
+def test_the_study_across_widths_reads_each_width_as_a_study(smoke_dir, tmp_path, capsys):
+  """Widths 16 and 32 of the smoke preset; 32 is the preset's own width, so its folder
+  is the module's smoke study, resumed: its row must be that study's numbers."""
+  import shutil
+
+  from arch_objective import cli
+  from arch_objective.evaluation import loading
+  from arch_objective.study import scale
+  import jax
+  import numpy as np
+  smoke_out, smoke_results, _ = smoke_dir
+  out = tmp_path / "scale"
+  shutil.copytree(smoke_out, out / "width_32")
+  lines = []
+  summary = scale.run_scale("smoke", str(out), [32, 16],
+                            bindings=["StudyConfig.ceiling_steps = 0"], log=lines.append)
+  assert summary["widths"] == [16, 32]
+  assert any(l.startswith("width 32: [") and "done before, skipped" in l for l in lines)
+  assert not any(l.startswith("width 32: [") and "skipped" not in l for l in lines)
+  config_16 = json.loads((out / "width_16" / "config.json").read_text())
+  assert (config_16["emb_dim"], config_16["head_dim"], config_16["mlp_dim"],
+          config_16["ceiling_steps"]) == (16, 8, 32, 0)
+  narrow, wide = summary["rows"]
+  # The preset's width reads back as the plain study's numbers.
+  assert wide["contrasts"] == [
+      {k: c[k] for k in ("label", "difference", "ci", "excludes_zero")}
+      for c in json.loads(json.dumps(smoke_results["contrasts"]))]
+  assert wide["models"]["ed_mlm"]["after_mtf"]["average"] == (
+      smoke_results["cells"]["ed_mlm"]["after_mtf"]["average"])
+  # Parameter counts against the checkpoints each width trained.
+  for row in (narrow, wide):
+    for key, run in (("decoder_only", "cd_flm"), ("encoder_decoder", "ed_mlm")):
+      _, params, _, _ = loading.load_model(str(out / row["folder"] / "runs" / run))
+      assert row["parameters"][key] == sum(int(np.prod(x.shape))
+                                           for x in jax.tree_util.tree_leaves(params))
+  assert narrow["parameters"]["decoder_only"] < wide["parameters"]["decoder_only"]
+  md = (out / "scale.md").read_text()
+  assert "| contrast | width 16 | width 32 |" in md
+  first = wide["contrasts"][0]
+  assert f"{first['difference']:+.1f} [{first['ci'][0]:+.1f}, {first['ci'][1]:+.1f}]" in md
+  assert (out / "scale.png").stat().st_size > 10_000
+  assert json.loads((out / "scale.json").read_text()) == json.loads(json.dumps(summary))
+
+  # The command: a second run resumes both widths and prints the same tables.
+  assert cli.main(["study", "--preset", "smoke", "--out", str(out), "--widths", "16,32",
+                   "--gin.StudyConfig.ceiling_steps=0"]) == 0
+  assert "| contrast | width 16 | width 32 |" in capsys.readouterr().out
+  again = json.loads((out / "scale.json").read_text())
+  assert again.pop("bindings") == ["StudyConfig.ceiling_steps=0"]   # as the command got it
+  assert again == {k: v for k, v in json.loads(json.dumps(summary)).items() if k != "bindings"}
+  assert cli.main(["study", "--preset", "smoke", "--out", str(tmp_path / "bad"),
+                   "--widths", "16"]) == 2
+  assert "--widths takes two or more distinct positive widths" in capsys.readouterr().err
+  assert not (tmp_path / "bad").exists()

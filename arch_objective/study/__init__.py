@@ -4,6 +4,7 @@
              sits just above `prompts/`, so `training/local.py` may read it)
   run.py     the stages: pretrain, zero-shot, MT-F, NC-A, ceilings; resumable
   report.py  results.md, the figures
+  scale.py   the study at several widths, and the paper's contrasts across them
 
 `run_study`, `load_preset`, `register_gin`, `StudyConfig` and `PRESETS` are `run`'s,
 imported on first use so that `arch_objective.study.world` stays free of JAX.

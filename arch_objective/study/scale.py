@@ -1,0 +1,210 @@
+"""The study across model widths: does a contrast grow with size?
+
+`run_scale(preset, out_dir, widths)` runs (or resumes) the study once per width, in
+`out_dir/width_<W>`, with `emb_dim = W`, `head_dim = W / num_heads` and `mlp_dim` in the
+preset's ratio to `emb_dim`; everything else (the world, the vocabulary size, the token
+budget, the steps and rates, the examples scored) is the preset's, so the widths differ
+only in the models. Every width scores the same examples, so one contrast can be read
+across widths. It then writes:
+
+  scale.json  per width: the parameter counts, each model's average before and after
+              MT-F (with its bootstrap interval) and each paired contrast with its interval
+  scale.md    the same as tables: models by width, contrasts by width
+  scale.png   each contrast against width, with its paired 95% interval, zero marked
+
+A width's study is an ordinary study folder (`results.md`, figures, runs), resumable on
+its own with `arch-objective study --gin.StudyConfig.emb_dim=W ...`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Callable, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def width_bindings(config, width: int) -> list[str]:
+  """The gin bindings that set a study `config` (a StudyConfig) to `width`: the embedding
+  width, the head size that keeps `num_heads` heads, and the MLP width in the preset's
+  ratio to the embedding.
+
+    >>> from arch_objective.study.run import StudyConfig
+    >>> width_bindings(StudyConfig(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256), 64)
+    ['StudyConfig.emb_dim = 64', 'StudyConfig.head_dim = 16', 'StudyConfig.mlp_dim = 128']
+  """
+  if isinstance(width, bool) or not isinstance(width, int) or width <= 0 \
+      or width % config.num_heads:
+    raise ValueError(f"a study width must be a positive multiple of StudyConfig.num_heads "
+                     f"({config.num_heads}), found {width!r}.")
+  mlp = int(round(width * config.mlp_dim / config.emb_dim))
+  return [f"StudyConfig.emb_dim = {width}", f"StudyConfig.head_dim = {width // config.num_heads}",
+          f"StudyConfig.mlp_dim = {mlp}"]
+
+
+def parse_widths(text: str) -> list[int]:
+  """'64,128,256' -> [64, 128, 256] (at least two distinct positive widths, any order;
+  returned ascending)."""
+  try:
+    widths = [int(w) for w in text.split(",") if w.strip()]
+  except ValueError:
+    raise ValueError(f"--widths takes comma-separated integers such as 64,128,256; "
+                     f"found {text!r}.") from None
+  if len(widths) < 2 or len(set(widths)) != len(widths) or min(widths) <= 0:
+    raise ValueError(f"--widths takes two or more distinct positive widths such as "
+                     f"64,128,256; found {text!r}.")
+  return sorted(widths)
+
+
+def _parameters(out_dir: str, config) -> dict[str, int]:
+  """Parameters of a decoder-only model and of the encoder-decoder at this width."""
+  from arch_objective import models
+  from arch_objective.data import vocabularies
+  vocab = vocabularies.SentencePieceVocabulary(os.path.join(out_dir, "world", "spm.model"))
+  overrides = config.model_overrides(vocabularies.padded_vocab_size(vocab.vocab_size))
+  return {key: models.count_params(models.build_model(arch, "tiny", **overrides))
+          for key, arch in (("decoder_only", models.CAUSAL_DECODER),
+                            ("encoder_decoder", models.ENCODER_DECODER))}
+
+
+def run_scale(preset: str, out_dir: str, widths: Sequence[int], *,
+              nc_a: Optional[bool] = None, bindings: Sequence[str] = (),
+              log: Optional[Callable[[str], None]] = None) -> dict:
+  """Run (or resume) the study `preset` at each of `widths` under `out_dir`; returns the
+  summary also written to `scale.json` (and `scale.md`, `scale.png`)."""
+  from arch_objective.study import run as study
+  log = log or logging.getLogger(__name__).info
+  if not widths or len(set(widths)) != len(widths):
+    raise ValueError(f"run_scale needs one or more distinct widths, found {list(widths)!r}.")
+  widths = sorted(widths)
+  base = study.load_preset(preset, bindings)
+  per_width = [width_bindings(base, w) for w in widths]   # every width checked first
+  out_dir = os.path.abspath(out_dir)
+  rows = []
+  for width, extra in zip(widths, per_width):
+    folder = os.path.join(out_dir, f"width_{width}")
+    log(f"width {width}: the study in {folder}")
+    results = study.run_study(preset, folder, nc_a=nc_a, bindings=[*bindings, *extra],
+                              log=lambda m, w=width: log(f"width {w}: {m}"))
+    config = study.load_preset(preset, [*bindings, *extra])
+    rows.append({
+        "width": width, "folder": os.path.basename(folder),
+        "parameters": _parameters(folder, config),
+        "models": {name: {"label": cell["label"],
+                          **{stage: ({"average": cell[stage]["average"],
+                                      "ci": cell[stage].get("ci")} if cell[stage] else None)
+                             for stage in ("zero_shot", "after_mtf")}}
+                   for name, cell in results["cells"].items()},
+        "contrasts": [{k: c[k] for k in ("label", "difference", "ci", "excludes_zero")}
+                      for c in results["contrasts"]],
+    })
+  summary = {"preset": preset, "bindings": list(bindings), "widths": widths, "rows": rows,
+             "random_baseline": results["random_baseline"]}
+  write_all(summary, out_dir)
+  log(f"wrote {os.path.join(out_dir, 'scale.json')}, scale.md, scale.png")
+  return summary
+
+
+def _interval(entry) -> str:
+  if not entry:
+    return "-"
+  ci = entry.get("ci")
+  return f"{entry['average']:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+
+
+def markdown(summary: dict) -> str:
+  rows = summary["rows"]
+  widths = [r["width"] for r in rows]
+  head = "| | " + " | ".join(f"width {w}" for w in widths) + " |"
+  rule = "|---|" + "---|" * len(widths)
+  lines = [f"# The study across widths (preset `{summary['preset']}`)", "",
+           "Each width is the preset with `emb_dim`, `head_dim` and `mlp_dim` scaled; the "
+           "world, the token budget, the steps and the scored examples are the same.", "",
+           head, rule,
+           "| parameters, decoder-only / encoder-decoder | " + " | ".join(
+               f"{r['parameters']['decoder_only'] / 1e6:.2f}M / "
+               f"{r['parameters']['encoder_decoder'] / 1e6:.2f}M"
+               for r in rows) + " |"]
+  names = list(rows[0]["models"])
+  for stage, title in (("zero_shot", "after pretraining"), ("after_mtf", "after MT-F")):
+    lines += ["", f"Held-out accuracy {title} (%; mean over families of the median over "
+              f"prompts, bootstrap 95% interval; random {summary['random_baseline']:.1f}):",
+              "", "| model | " + " | ".join(f"width {w}" for w in widths) + " |", rule]
+    for name in names:
+      entries = [r["models"].get(name, {}).get(stage) for r in rows]
+      if any(entries):
+        lines.append(f"| {rows[0]['models'][name]['label']} | "
+                     + " | ".join(_interval(e) for e in entries) + " |")
+  lines += ["", "The paper's contrasts at each width (points, paired bootstrap 95% interval "
+            "over the shared examples; bold: the interval excludes zero):", "",
+            "| contrast | " + " | ".join(f"width {w}" for w in widths) + " |", rule]
+  for label in _contrast_labels(rows):
+    cells = []
+    for r in rows:
+      c = next((c for c in r["contrasts"] if c["label"] == label), None)
+      if c is None:
+        cells.append("-")
+        continue
+      text = f"{c['difference']:+.1f} [{c['ci'][0]:+.1f}, {c['ci'][1]:+.1f}]"
+      cells.append(f"**{text}**" if c["excludes_zero"] else text)
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _contrast_labels(rows) -> list[str]:
+  labels = []
+  for r in rows:
+    for c in r["contrasts"]:
+      if c["label"] not in labels:
+        labels.append(c["label"])
+  return labels
+
+
+def chart(summary: dict, path: str):
+  """One panel per contrast: its difference at each width with the paired interval."""
+  rows = summary["rows"]
+  labels = _contrast_labels(rows)
+  if not labels:
+    return
+  columns = 3
+  lines = (len(labels) + columns - 1) // columns
+  fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 2.8 * lines),
+                           squeeze=False, sharex=True)
+  for ax, label in zip(axes.flat, labels):
+    xs, ys, low, high, colours = [], [], [], [], []
+    for r in rows:
+      c = next((c for c in r["contrasts"] if c["label"] == label), None)
+      if c is not None:
+        xs.append(r["width"])
+        ys.append(c["difference"])
+        low.append(c["difference"] - c["ci"][0])
+        high.append(c["ci"][1] - c["difference"])
+        colours.append("tab:blue" if c["excludes_zero"] else "gray")
+    ax.plot(xs, ys, color="tab:blue", linewidth=0.8)
+    for x, y, lo, hi, colour in zip(xs, ys, low, high, colours):
+      ax.errorbar([x], [y], yerr=[[lo], [hi]], fmt="o", color=colour, capsize=3)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([r["width"] for r in rows])
+    ax.set_xticklabels([str(r["width"]) for r in rows])
+    ax.set_title(label, fontsize=8)
+  for ax in list(axes.flat)[len(labels):]:
+    ax.axis("off")
+  for ax in axes[-1]:
+    ax.set_xlabel("model width (emb_dim)")
+  fig.suptitle("The paper's contrasts across widths (points, paired 95% intervals)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_all(summary: dict, out_dir: str):
+  with open(os.path.join(out_dir, "scale.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  with open(os.path.join(out_dir, "scale.md"), "w") as f:
+    f.write(markdown(summary))
+  chart(summary, os.path.join(out_dir, "scale.png"))
