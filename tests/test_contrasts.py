@@ -52,3 +52,35 @@ def test_datasets_prompts_and_examples_must_match():
     contrasts.paired_difference(a, {"d": {"q": [1, 0]}}, names=("CD", "ED"))
   with pytest.raises(ValueError, match="different numbers of examples"):
     contrasts.paired_difference(a, {"d": {"p": [1, 0, 1]}})
+
+
+def test_a_contrasts_change_between_two_evaluations_is_paired_over_all_four():
+  """(A2 - B2) - (A1 - B1) on one prompt of one dataset, against the same bootstrap done
+  by hand: every resampling draws one set of examples for all four tables."""
+  rng = np.random.default_rng(4)
+  n = 120
+  a1, b1, a2, b2 = (rng.integers(0, 2, n).astype(float) for _ in range(4))
+  tables = [{"d": {"p": t}} for t in (a1, b1, a2, b2)]
+  out = contrasts.paired_combination(tables, [-1.0, 1.0, 1.0, -1.0], resamples=300, seed=7)
+  expected = 100.0 * ((a2.mean() - b2.mean()) - (a1.mean() - b1.mean()))
+  assert out["value"] == pytest.approx(expected, abs=1e-9)
+  assert out["scores"] == pytest.approx([100.0 * t.mean() for t in (a1, b1, a2, b2)])
+  draws = np.random.default_rng(7)
+  by_hand = []
+  for _ in range(300):
+    i = draws.integers(0, n, n)
+    by_hand.append(100.0 * ((a2[i].mean() - b2[i].mean()) - (a1[i].mean() - b1[i].mean())))
+  assert out["ci"] == pytest.approx(list(np.percentile(by_hand, [2.5, 97.5])), abs=1e-9)
+  assert out["excludes_zero"] == (out["ci"][0] > 0 or out["ci"][1] < 0)
+  # Unchanged contrast: exactly zero; and the two-table case is paired_difference.
+  same = contrasts.paired_combination([tables[0], tables[1], tables[0], tables[1]],
+                                      [-1, 1, 1, -1], resamples=50)
+  assert same["value"] == 0.0 and same["ci"] == [0.0, 0.0]
+  pair = contrasts.paired_difference(tables[2], tables[3], resamples=300, seed=7)
+  both = contrasts.paired_combination(tables[2:], [1.0, -1.0], resamples=300, seed=7)
+  assert (pair["difference"], pair["ci"]) == (both["value"], both["ci"])
+  with pytest.raises(ValueError, match="one weight per table, found 2 tables and 3"):
+    contrasts.paired_combination(tables[:2], [1, -1, 1])
+  with pytest.raises(ValueError, match="width 64 and width 256 have different numbers"):
+    contrasts.paired_combination([tables[0], {"d": {"p": [1.0]}}], [1, -1],
+                                 names=["width 64", "width 256"])

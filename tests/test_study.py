@@ -225,8 +225,13 @@ def test_the_study_across_widths_reads_each_width_as_a_study(smoke_dir, tmp_path
       assert row["parameters"][key] == sum(int(np.prod(x.shape))
                                            for x in jax.tree_util.tree_leaves(params))
   assert narrow["parameters"]["decoder_only"] < wide["parameters"]["decoder_only"]
+  # Each contrast's change from width 16 to 32 is the difference of its two values.
+  assert [c["label"] for c in summary["changes"]] == [c["label"] for c in wide["contrasts"]]
+  for change, a, b in zip(summary["changes"], narrow["contrasts"], wide["contrasts"]):
+    assert change["change"] == pytest.approx(b["difference"] - a["difference"], abs=1e-9)
+    assert change["ci"][0] <= change["ci"][1]
   md = (out / "scale.md").read_text()
-  assert "| contrast | width 16 | width 32 |" in md
+  assert "| contrast | width 16 | width 32 | change, width 32 - width 16 |" in md
   first = wide["contrasts"][0]
   assert f"{first['difference']:+.1f} [{first['ci'][0]:+.1f}, {first['ci'][1]:+.1f}]" in md
   assert (out / "scale.png").stat().st_size > 10_000
@@ -235,7 +240,7 @@ def test_the_study_across_widths_reads_each_width_as_a_study(smoke_dir, tmp_path
   # The command: a second run resumes both widths and prints the same tables.
   assert cli.main(["study", "--preset", "smoke", "--out", str(out), "--widths", "16,32",
                    "--gin.StudyConfig.ceiling_steps=0"]) == 0
-  assert "| contrast | width 16 | width 32 |" in capsys.readouterr().out
+  assert "| contrast | width 16 | width 32 | change" in capsys.readouterr().out
   again = json.loads((out / "scale.json").read_text())
   assert again.pop("bindings") == ["StudyConfig.ceiling_steps=0"]   # as the command got it
   assert again == {k: v for k, v in json.loads(json.dumps(summary)).items() if k != "bindings"}

@@ -64,18 +64,40 @@ def paired_difference(a: Correctness, b: Correctness, *, resamples: int = 1000,
   Returns {"difference", "ci": [low, high], "score_a", "score_b", "resamples",
   "excludes_zero"}; `excludes_zero` says whether the interval lies on one side of 0.
   """
-  a, b = _as_arrays(a), _as_arrays(b)
-  _check_paired(a, b, names)
+  out = paired_combination([a, b], [1.0, -1.0], resamples=resamples, seed=seed, names=names)
+  score_a, score_b = out.pop("scores")
+  return {"difference": out["value"], "ci": out["ci"], "score_a": score_a,
+          "score_b": score_b, "resamples": resamples, "excludes_zero": out["excludes_zero"]}
+
+
+def paired_combination(tables: Sequence[Correctness], weights: Sequence[float], *,
+                       resamples: int = 1000, seed: int = 0,
+                       names: Sequence[str] | None = None) -> dict:
+  """`sum_i weights[i] * score(tables[i])` with a paired bootstrap 95% percentile
+  interval: each resampling draws the same examples for every table. With weights
+  (1, -1, -1, 1) over (A, B at one width; A, B at another) it is how much the contrast
+  A - B changes between them.
+
+  Returns {"value", "ci": [low, high], "scores": [score of each table], "resamples",
+  "excludes_zero"}.
+  """
+  if len(tables) != len(weights) or not tables:
+    raise ValueError(f"paired_combination needs one weight per table, found "
+                     f"{len(tables)} tables and {len(weights)} weights.")
+  names = list(names or [f"table {i}" for i in range(len(tables))])
+  arrays = [_as_arrays(t) for t in tables]
+  for i in range(1, len(arrays)):
+    _check_paired(arrays[0], arrays[i], (names[0], names[i]))
   if resamples < 1:
     raise ValueError(f"resamples must be >= 1, found {resamples}.")
   rng = np.random.default_rng(seed)
-  sizes = {d: len(next(iter(p.values()))) for d, p in a.items()}
-  differences = np.empty(resamples)
+  sizes = {d: len(next(iter(p.values()))) for d, p in arrays[0].items()}
+  values = np.empty(resamples)
   for r in range(resamples):
     draw = {d: rng.integers(0, n, n) for d, n in sizes.items()}
-    differences[r] = suite_score(a, draw) - suite_score(b, draw)
-  low, high = np.percentile(differences, [2.5, 97.5])
-  score_a, score_b = suite_score(a), suite_score(b)
-  return {"difference": score_a - score_b, "ci": [float(low), float(high)],
-          "score_a": score_a, "score_b": score_b, "resamples": resamples,
+    values[r] = sum(w * suite_score(t, draw) for w, t in zip(weights, arrays))
+  low, high = np.percentile(values, [2.5, 97.5])
+  scores = [suite_score(t) for t in arrays]
+  return {"value": float(sum(w * s for w, s in zip(weights, scores))),
+          "ci": [float(low), float(high)], "scores": scores, "resamples": resamples,
           "excludes_zero": bool(low > 0 or high < 0)}

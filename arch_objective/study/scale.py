@@ -8,7 +8,9 @@ only in the models. Every width scores the same examples, so one contrast can be
 across widths. It then writes:
 
   scale.json  per width: the parameter counts, each model's average before and after
-              MT-F (with its bootstrap interval) and each paired contrast with its interval
+              MT-F (with its bootstrap interval) and each paired contrast with its
+              interval; per contrast, its change from the narrowest width to the widest,
+              with a paired interval over the same examples for all four evaluations
   scale.md    the same as tables: models by width, contrasts by width
   scale.png   each contrast against width, with its paired 95% interval, zero marked
 
@@ -103,10 +105,37 @@ def run_scale(preset: str, out_dir: str, widths: Sequence[int], *,
                       for c in results["contrasts"]],
     })
   summary = {"preset": preset, "bindings": list(bindings), "widths": widths, "rows": rows,
-             "random_baseline": results["random_baseline"]}
+             "random_baseline": results["random_baseline"],
+             "changes": changes(os.path.join(out_dir, rows[0]["folder"]),
+                                os.path.join(out_dir, rows[-1]["folder"]), base)
+             if len(rows) > 1 else []}
   write_all(summary, out_dir)
   log(f"wrote {os.path.join(out_dir, 'scale.json')}, scale.md, scale.png")
   return summary
+
+
+def changes(narrow: str, wide: str, config) -> list[dict]:
+  """Per contrast of the study, how much it changes from the study in folder `narrow`
+  to the one in `wide`: (A - B at wide) - (A - B at narrow), with a paired bootstrap 95%
+  interval that draws the same examples for all four evaluations (every width scores
+  the same examples)."""
+  from arch_objective.evaluation import contrasts
+  from arch_objective.study import run as study
+  out = []
+  for label, _, a, b in study.CONTRASTS:
+    tables = [study._correctness(study._read(os.path.join(
+        folder, "eval", f"{cell}{'' if stage == 'zero_shot' else '_mtf'}.json")))
+        for folder in (narrow, wide) for cell, stage in (a, b)]
+    if any(t is None for t in tables):
+      continue
+    result = contrasts.paired_combination(
+        tables, [-1.0, 1.0, 1.0, -1.0], resamples=config.contrast_resamples,
+        seed=config.seed, names=[f"{os.path.basename(f)} {c[0]}" for f in (narrow, wide)
+                                 for c in (a, b)])
+    out.append({"label": label, "from": os.path.basename(narrow),
+                "to": os.path.basename(wide), "change": result["value"],
+                "ci": result["ci"], "excludes_zero": result["excludes_zero"]})
+  return out
 
 
 def _interval(entry) -> str:
@@ -139,9 +168,14 @@ def markdown(summary: dict) -> str:
       if any(entries):
         lines.append(f"| {rows[0]['models'][name]['label']} | "
                      + " | ".join(_interval(e) for e in entries) + " |")
+  moved = {c["label"]: c for c in summary.get("changes") or []}
+  change_head = (f" | change, width {widths[-1]} - width {widths[0]}" if moved else "")
   lines += ["", "The paper's contrasts at each width (points, paired bootstrap 95% interval "
-            "over the shared examples; bold: the interval excludes zero):", "",
-            "| contrast | " + " | ".join(f"width {w}" for w in widths) + " |", rule]
+            "over the shared examples; bold: the interval excludes zero)"
+            + (", and how much each changes from the narrowest width to the widest (paired "
+               "over the same examples for all four evaluations)" if moved else "") + ":", "",
+            "| contrast | " + " | ".join(f"width {w}" for w in widths) + change_head + " |",
+            rule + ("---|" if moved else "")]
   for label in _contrast_labels(rows):
     cells = []
     for r in rows:
@@ -151,6 +185,11 @@ def markdown(summary: dict) -> str:
         continue
       text = f"{c['difference']:+.1f} [{c['ci'][0]:+.1f}, {c['ci'][1]:+.1f}]"
       cells.append(f"**{text}**" if c["excludes_zero"] else text)
+    if moved:
+      m = moved.get(label)
+      text = "-" if m is None else (f"{m['change']:+.1f} [{m['ci'][0]:+.1f}, "
+                                    f"{m['ci'][1]:+.1f}]")
+      cells.append(f"**{text}**" if m is not None and m["excludes_zero"] else text)
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -191,7 +230,10 @@ def chart(summary: dict, path: str):
     ax.set_xscale("log", base=2)
     ax.set_xticks([r["width"] for r in rows])
     ax.set_xticklabels([str(r["width"]) for r in rows])
-    ax.set_title(label, fontsize=8)
+    m = next((m for m in summary.get("changes") or [] if m["label"] == label), None)
+    ax.set_title(label + ("" if m is None else
+                          f"\nchange {m['change']:+.1f} [{m['ci'][0]:+.1f}, {m['ci'][1]:+.1f}]"),
+                 fontsize=8)
   for ax in list(axes.flat)[len(labels):]:
     ax.axis("off")
   for ax in axes[-1]:
