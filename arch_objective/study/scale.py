@@ -212,7 +212,7 @@ def chart(summary: dict, path: str):
   columns = 3
   lines = (len(labels) + columns - 1) // columns
   fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 2.8 * lines),
-                           squeeze=False, sharex=True)
+                           squeeze=False)
   for ax, label in zip(axes.flat, labels):
     xs, ys, low, high, colours = [], [], [], [], []
     for r in rows:
@@ -236,8 +236,7 @@ def chart(summary: dict, path: str):
                  fontsize=8)
   for ax in list(axes.flat)[len(labels):]:
     ax.axis("off")
-  for ax in axes[-1]:
-    ax.set_xlabel("model width (emb_dim)")
+  fig.supxlabel("model width (emb_dim)")
   fig.suptitle("The paper's contrasts across widths (points, paired 95% intervals)")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
