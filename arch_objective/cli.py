@@ -184,7 +184,7 @@ def _one_line(error: BaseException) -> str:
 
 def _study(args) -> int:
   from arch_objective import study
-  if getattr(args, "widths", None):
+  if getattr(args, "widths", None) is not None:
     from arch_objective.study import scale
     scale.run_scale(args.preset, args.out, scale.parse_widths(args.widths), nc_a=args.nc_a,
                     bindings=args.gin_bindings)

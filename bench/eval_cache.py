@@ -59,10 +59,15 @@ def child(requests_path: str, size: str, vocab_size: int, seed: int) -> dict:
   """Turn the cache on as the `eval` commands do (the folder from the environment),
   then initialise the model and score every request once; seconds and cache events."""
   start = time.perf_counter()
+  import threading
   from jax import monitoring
   counts: dict[str, int] = {}
-  monitoring.register_event_listener(
-      lambda event, **_: counts.__setitem__(event, counts.get(event, 0) + 1))
+  lock = threading.Lock()      # the scorer compiles on a pool of threads
+
+  def count(event, **_):
+    with lock:
+      counts[event] = counts.get(event, 0) + 1
+  monitoring.register_event_listener(count)
   import jax
   from arch_objective import models
   from arch_objective.evaluation import rank_classification, runs

@@ -270,13 +270,13 @@ def run(options: argparse.Namespace, log: Callable[[str], None] = print) -> dict
     # The first pass compiling its programs one after another, then (the one that counts)
     # on the scorer's pool of threads; every compiled program is dropped before each.
     jax.clear_caches()
-    scoring._PROGRAMS.clear()
+    scoring.clear_programs()
     serial = rank_classification.RankScorer(model, params)
     serial.scorer.compile_workers = 1
     serial_first = _timed(lambda: serial.score(requests))[1]
     log(f"  ours      first pass {serial_first:6.1f} s compiling one program at a time")
     jax.clear_caches()
-    scoring._PROGRAMS.clear()
+    scoring.clear_programs()
     scorer = rank_classification.RankScorer(model, params)
     ours_pass = lambda: scorer.score(to_requests(vocab, suite))
     (ours_scores, padded), ours_first = _timed(lambda: score_counting_padding(scorer,

@@ -472,3 +472,26 @@ def test_a_calls_new_programs_compile_together_on_worker_threads_once(arch, monk
     with pytest.raises(ValueError, match=f"compile_workers must be a positive number of "
                                          f"threads, found {bad!r}"):
       scoring.Scorer(model, params, compile_workers=bad)
+
+
+def test_a_failed_compilation_leaves_the_scorer_as_it_was(monkeypatch):
+  """A compilation that fails (out of memory, an interrupt) raises from `score`, keeps no
+  half-made state (shapes counted as compiled, lowered programs), and the next call
+  scores as if it never happened."""
+  import jax
+  model, params = model_and_params(ED)
+  requests, expected = references(ED)
+  monkeypatch.setattr(scoring, "_PROGRAMS", {})
+  scorer = scoring.Scorer(model, params, max_tokens=96, compile_workers=2)
+
+  def failing(self, *a, **k):
+    raise MemoryError("compiling: out of memory")
+  with monkeypatch.context() as patch:
+    patch.setattr(jax.stages.Lowered, "compile", failing)
+    with pytest.raises(MemoryError, match="out of memory"):
+      scorer.score(requests)
+  assert scorer._decode_shapes == set() and scorer._planned == {}
+  assert scoring._PROGRAMS == {}
+  for result, ref in zip(scorer.score(requests), expected):
+    np.testing.assert_allclose(result.scores, [s for s, _ in ref], atol=1e-4, rtol=1e-5)
+  assert scorer.computed["programs_compiled"] == len(scoring._PROGRAMS) >= 2

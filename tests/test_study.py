@@ -244,7 +244,8 @@ def test_the_study_across_widths_reads_each_width_as_a_study(smoke_dir, tmp_path
   again = json.loads((out / "scale.json").read_text())
   assert again.pop("bindings") == ["StudyConfig.ceiling_steps=0"]   # as the command got it
   assert again == {k: v for k, v in json.loads(json.dumps(summary)).items() if k != "bindings"}
-  assert cli.main(["study", "--preset", "smoke", "--out", str(tmp_path / "bad"),
-                   "--widths", "16"]) == 2
-  assert "--widths takes two or more distinct positive widths" in capsys.readouterr().err
+  for bad in ("16", ""):
+    assert cli.main(["study", "--preset", "smoke", "--out", str(tmp_path / "bad"),
+                     "--widths", bad]) == 2
+    assert "--widths takes two or more distinct positive widths" in capsys.readouterr().err
   assert not (tmp_path / "bad").exists()

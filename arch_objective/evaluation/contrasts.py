@@ -85,6 +85,9 @@ def paired_combination(tables: Sequence[Correctness], weights: Sequence[float], 
     raise ValueError(f"paired_combination needs one weight per table, found "
                      f"{len(tables)} tables and {len(weights)} weights.")
   names = list(names or [f"table {i}" for i in range(len(tables))])
+  if len(names) != len(tables):
+    raise ValueError(f"paired_combination needs one name per table, found {len(tables)} "
+                     f"tables and {len(names)} names.")
   arrays = [_as_arrays(t) for t in tables]
   for i in range(1, len(arrays)):
     _check_paired(arrays[0], arrays[i], (names[0], names[i]))

@@ -217,8 +217,8 @@ class Scorer:
   needed (at least one prompt per batch); `computed['cross_kv_bytes']` is the most one
   batch held.
 
-  `compile_workers`: threads that compile a call's new programs (default: the CPU
-  count; 1 compiles them one after another). `computed['programs_compiled']` counts the
+  `compile_workers`: threads that compile a call's new programs (default: the CPUs this
+  process may use, at most 8; 1 compiles them one after another). `computed['programs_compiled']` counts the
   programs the last call compiled.
 
   `new_program_cost` (ED, `FINE` only): what compiling one more decode program is worth
@@ -244,7 +244,7 @@ class Scorer:
       raise ValueError(f"new_program_cost must be a number of positions >= 0, found "
                        f"{new_program_cost!r}.")
     if compile_workers is None:
-      compile_workers = os.cpu_count() or 1
+      compile_workers = default_compile_workers()
     if isinstance(compile_workers, bool) or not isinstance(compile_workers, int) or (
         compile_workers < 1):
       raise ValueError(f"compile_workers must be a positive number of threads, found "
@@ -302,10 +302,11 @@ class Scorer:
       self._planning, self._planned = True, {}
       try:
         score(requests, normalize, greedy, scores, flags)
-      finally:
         self._planning = False
-      compiled = self._compile(self._planned)
-      self._decode_shapes = seen
+        compiled = self._compile(self._planned)
+      finally:
+        self._planning, self._planned = False, {}
+        self._decode_shapes = seen
       self.computed = dict.fromkeys(self.computed, 0)
       self.computed["programs_compiled"] = compiled
       score(requests, normalize, greedy, scores, flags)
@@ -332,6 +333,7 @@ class Scorer:
     if entry is None:       # (planned programs are compiled; this is a safety net)
       lowered = program.lower(self.model, self.params, *args, *static)
       entry = _PROGRAMS[key] = (lowered.compile(), lowered.out_info)
+      self.computed["programs_compiled"] += 1
     return entry[0](self.params, *args)
 
   def _compile(self, planned: dict) -> int:
@@ -340,12 +342,17 @@ class Scorer:
     items = list(planned.items())
     workers = min(self.compile_workers, len(items))
     if workers <= 1:
-      programs = [lowered.compile() for _, lowered in items]
-    else:
-      with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        programs = list(pool.map(lambda item: item[1].compile(), items))
-    for (key, lowered), program in zip(items, programs):
-      _PROGRAMS[key] = (program, lowered.out_info)
+      for key, lowered in items:
+        _PROGRAMS[key] = (lowered.compile(), lowered.out_info)
+      return len(items)
+    pool = concurrent.futures.ThreadPoolExecutor(workers)
+    futures = {pool.submit(lowered.compile): (key, lowered) for key, lowered in items}
+    try:
+      for future in concurrent.futures.as_completed(futures):
+        key, lowered = futures[future]
+        _PROGRAMS[key] = (future.result(), lowered.out_info)   # kept as each one finishes
+    finally:
+      pool.shutdown(wait=True, cancel_futures=True)   # on an error, start no more
     return len(items)
 
   def _count(self, encoder: int = 0, decoder: int = 0, cross: int = 0, batches: int = 1):
@@ -477,11 +484,27 @@ class Scorer:
 _PROGRAMS: dict = {}
 
 
+def clear_programs():
+  """Drop every compiled scoring program of this process (the next call compiles again)."""
+  _PROGRAMS.clear()
+
+
+def default_compile_workers() -> int:
+  """The CPUs this process may use, at most 8 (each compilation holds its own memory)."""
+  try:
+    cpus = len(os.sched_getaffinity(0))
+  except AttributeError:                 # (not on every platform)
+    cpus = os.cpu_count() or 1
+  return max(1, min(cpus, 8))
+
+
 def _signature(tree) -> tuple:
-  """The structure and per-leaf (shape, dtype) of `tree` (a Python scalar: its type)."""
+  """The structure and per-leaf (shape, dtype, weak type) of `tree` (a Python scalar: its
+  type), and the default device programs are placed on."""
   leaves, treedef = jax.tree_util.tree_flatten(tree)
-  return treedef, tuple((tuple(x.shape), str(x.dtype)) if hasattr(x, "dtype") else type(x)
-                        for x in leaves)
+  return treedef, jax.config.jax_default_device, tuple(
+      (tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)))
+      if hasattr(x, "dtype") else type(x) for x in leaves)
 
 
 # `normalize` is traced (a scalar bool: one program serves both); `greedy` is static (it

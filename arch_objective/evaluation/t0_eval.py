@@ -150,10 +150,16 @@ def evaluate_suite(scorer: RankScorer, encode: Callable[[str], list[int]], *,
       spec = entry.spec
       accuracies = {}
       correctness[spec.name] = {}
+      # One call for all of the dataset's prompts: fuller batches, and the programs they
+      # need compile together.
+      requests = [Request(tokens(o.inputs, eos=False),
+                          tuple(tokens(c, eos=True) for c in o.choices))
+                  for _, outs in entry.rendered.values() for o in outs]
+      every_score = scorer.score(requests, normalize=normalize) if requests else []
+      offset = 0
       for name, (rows, outs) in entry.rendered.items():
-        requests = [Request(tokens(o.inputs, eos=False),
-                            tuple(tokens(c, eos=True) for c in o.choices)) for o in outs]
-        scores = scorer.score(requests, normalize=normalize)
+        scores = every_score[offset:offset + len(outs)]
+        offset += len(outs)
         correct = [int(np.argmax(s)) in o.gold for s, o in zip(scores, outs)]
         accuracies[name] = 100.0 * float(np.mean(correct))
         per_example = np.full(entry.num_examples, np.nan)

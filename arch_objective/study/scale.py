@@ -107,22 +107,25 @@ def run_scale(preset: str, out_dir: str, widths: Sequence[int], *,
   summary = {"preset": preset, "bindings": list(bindings), "widths": widths, "rows": rows,
              "random_baseline": results["random_baseline"],
              "changes": changes(os.path.join(out_dir, rows[0]["folder"]),
-                                os.path.join(out_dir, rows[-1]["folder"]), base)
+                                os.path.join(out_dir, rows[-1]["folder"]), base,
+                                cells=set(rows[0]["models"]) & set(rows[-1]["models"]))
              if len(rows) > 1 else []}
   write_all(summary, out_dir)
   log(f"wrote {os.path.join(out_dir, 'scale.json')}, scale.md, scale.png")
   return summary
 
 
-def changes(narrow: str, wide: str, config) -> list[dict]:
+def changes(narrow: str, wide: str, config, cells: Optional[set] = None) -> list[dict]:
   """Per contrast of the study, how much it changes from the study in folder `narrow`
   to the one in `wide`: (A - B at wide) - (A - B at narrow), with a paired bootstrap 95%
   interval that draws the same examples for all four evaluations (every width scores
-  the same examples)."""
+  the same examples). With `cells`, only contrasts between those models."""
   from arch_objective.evaluation import contrasts
   from arch_objective.study import run as study
   out = []
   for label, _, a, b in study.CONTRASTS:
+    if cells is not None and not {a[0], b[0]} <= cells:
+      continue
     tables = [study._correctness(study._read(os.path.join(
         folder, "eval", f"{cell}{'' if stage == 'zero_shot' else '_mtf'}.json")))
         for folder in (narrow, wide) for cell, stage in (a, b)]
