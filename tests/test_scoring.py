@@ -495,3 +495,19 @@ def test_a_failed_compilation_leaves_the_scorer_as_it_was(monkeypatch):
   for result, ref in zip(scorer.score(requests), expected):
     np.testing.assert_allclose(result.scores, [s for s, _ in ref], atol=1e-4, rtol=1e-5)
   assert scorer.computed["programs_compiled"] == len(scoring._PROGRAMS) >= 2
+
+
+def test_host_parameters_are_placed_on_the_device_once():
+  """Parameters as a checkpoint gives them (numpy) are put on the device when the scorer is
+  made, not copied with every batch; the scores are those of the device parameters."""
+  import jax
+  model, params = model_and_params(ED)
+  host = jax.tree_util.tree_map(np.asarray, params)
+  scorer = scoring.Scorer(model, host, max_tokens=96)
+  leaves = jax.tree_util.tree_leaves(scorer.params)
+  assert leaves and all(isinstance(x, jax.Array) for x in leaves)
+  assert {d for x in leaves for d in x.devices()} == {jax.devices()[0]}
+  requests, _ = references(ED)
+  on_device = scoring.Scorer(model, params, max_tokens=96).score(requests)
+  for a, b in zip(scorer.score(requests), on_device):
+    np.testing.assert_array_equal(a.scores, b.scores)

@@ -249,7 +249,9 @@ class Scorer:
         compile_workers < 1):
       raise ValueError(f"compile_workers must be a positive number of threads, found "
                        f"{compile_workers!r}.")
-    self.model, self.params = model, params
+    # On the device once: parameters read from a checkpoint are host arrays, which every
+    # batch would otherwise copy to the accelerator.
+    self.model, self.params = model, jax.device_put(params)
     self.compile_workers = compile_workers
     self._params_signature = _signature(params)
     self._planning = False
