@@ -218,8 +218,8 @@ class Scorer:
   batch held.
 
   `compile_workers`: threads that compile a call's new programs (default: the CPUs this
-  process may use, at most 8; 1 compiles them one after another). `computed['programs_compiled']` counts the
-  programs the last call compiled.
+  process may use, at most 8; 1 compiles them one after another).
+  `computed['programs_compiled']` counts the programs the last call compiled.
 
   `new_program_cost` (ED, `FINE` only): what compiling one more decode program is worth
   in decoder positions; a batch's choices of one length bucket ride with the next longer
