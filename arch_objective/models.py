@@ -333,10 +333,16 @@ class EncoderDecoderModel(BaseModel):
                              get("decoder_input_tokens"), *masks,
                              enable_dropout=dropout_rng is not None, rngs=rngs)
 
-  def encode(self, params, encoder_input_tokens) -> Array:
-    """Encoder outputs `[b, i, d]` of (unpacked) `encoder_input_tokens [b, i]`."""
+  def encode(self, params, encoder_input_tokens, encoder_segment_ids=None) -> Array:
+    """Encoder outputs `[b, i, d]` of `encoder_input_tokens [b, i]`; with
+    `encoder_segment_ids [b, i]` (packed rows) a position attends to its own segment only."""
     enc = jnp.asarray(encoder_input_tokens, jnp.int32)
-    mask = layers.make_attention_mask(enc > 0, enc > 0, dtype=self.config.activation_dtype)
+    dtype = self.config.activation_dtype
+    mask = layers.make_attention_mask(enc > 0, enc > 0, dtype=dtype)
+    if encoder_segment_ids is not None:
+      seg = jnp.asarray(encoder_segment_ids, jnp.int32)
+      mask = layers.combine_masks(mask, layers.make_attention_mask(seg, seg, jnp.equal),
+                                  dtype=dtype)
     return self.module.apply({"params": self._apply_params(params)}, enc, mask,
                              method=network.EncoderDecoder.encode)
 
@@ -350,7 +356,8 @@ class EncoderDecoderModel(BaseModel):
 
   def decode_logits(self, params, encoded, encoder_input_tokens, decoder_input_tokens,
                     decoder_target_tokens, *, cross_key_values: Optional[layers.KeyValue] = None,
-                    cross_rows=None) -> Array:
+                    cross_rows=None, encoder_segment_ids=None, decoder_segment_ids=None,
+                    cross_segment_ids=None) -> Array:
     """Decoder logits `[b, t, v]` of `decoder_input_tokens [b, t]` against either
 
       `encoded [b, i, d]` (from `encode`, possibly gathered so that several decoder rows
@@ -359,6 +366,12 @@ class EncoderDecoderModel(BaseModel):
         projects no encoder row. With `cross_rows [b]` they are per prompt,
         `[layers, p, i, h, e]` with `encoder_input_tokens [p, i]`, and row r attends to
         prompt `cross_rows[r]`; without, they are per row, `[layers, b, i, h, e]`.
+
+    Packed rows: `decoder_segment_ids [b, t]` keeps each decoder position's
+    self-attention within its segment, and `cross_segment_ids [b, t]` names the segment of
+    `encoder_segment_ids` (`[p, i]` with `cross_rows`, else `[b, i]`) it reads. Relative
+    positions do not depend on where a segment starts, so a packed segment scores as it
+    would alone.
     """
     if (encoded is None) == (cross_key_values is None):
       raise ValueError(f"{self.name}.decode_logits takes encoded [batch, length, emb] or "
@@ -368,14 +381,27 @@ class EncoderDecoderModel(BaseModel):
       raise ValueError(f"{self.name}.decode_logits: cross_rows selects prompts of "
                        f"cross_key_values; give those (with encoded None), or gather "
                        f"encoded yourself.")
+    if (encoder_segment_ids is None) != (cross_segment_ids is None):
+      raise ValueError(f"{self.name}.decode_logits: encoder_segment_ids and "
+                       f"cross_segment_ids go together (packed rows); found only "
+                       f"{'encoder' if cross_segment_ids is None else 'cross'}_segment_ids.")
     enc = jnp.asarray(encoder_input_tokens, jnp.int32)
+    enc_seg = None if encoder_segment_ids is None else jnp.asarray(encoder_segment_ids,
+                                                                   jnp.int32)
     if cross_rows is not None:
       cross_rows = jnp.asarray(cross_rows, jnp.int32)
       enc = enc[cross_rows]                                               # [b, i]
+      enc_seg = None if enc_seg is None else enc_seg[cross_rows]
     targets = jnp.asarray(decoder_target_tokens, jnp.int32)
     dtype = self.config.activation_dtype
     cross_mask = layers.make_attention_mask(targets > 0, enc > 0, dtype=dtype)
-    decoder_mask = layers.make_decoder_mask(targets, dtype)
+    if enc_seg is not None:
+      cross_mask = layers.combine_masks(
+          cross_mask, layers.make_attention_mask(jnp.asarray(cross_segment_ids, jnp.int32),
+                                                 enc_seg, jnp.equal), dtype=dtype)
+    decoder_mask = layers.make_decoder_mask(
+        targets, dtype, None,
+        None if decoder_segment_ids is None else jnp.asarray(decoder_segment_ids, jnp.int32))
     return self.module.apply({"params": self._apply_params(params)}, encoded,
                              jnp.asarray(decoder_input_tokens, jnp.int32), decoder_mask,
                              cross_mask, cross_key_values=cross_key_values,

@@ -7,12 +7,16 @@ with two to four sentence choices), tokenised with a SentencePiece vocabulary tr
 on that corpus. One encoder-decoder (`size`, float32, random initialisation: scores,
 not accuracy, are compared) scored three ways, each measured in this run:
 
-  ours      `RankScorer.score` (each prompt encoded once and its cross-attention keys
-            and values projected once, its choices decoded together, length buckets,
+  ours      `RankScorer.score` (its default, `scoring.PACKED`: prompts packed into
+            encoder rows and encoded once, the cross-attention keys and values projected
+            once per prompt, each encoder row's choices packed into decoder rows,
             jitted), timed from text: tokenisation included;
-  per row   the same with the cross-attention keys and values projected once per
-            choice row (`Scorer.cross_kv_per_prompt=False`, the reference): `cross_kv`
-            records ours / per row examples/s, measured in the same rounds;
+  fine      the same with `shapes=scoring.FINE` (each prompt a row of its own length
+            bucket, choices decoded by their own length bucket): `fine` records ours /
+            fine examples/s and both first passes, measured in the same rounds;
+  per row   `FINE` with the cross-attention keys and values projected once per choice
+            row (`Scorer.cross_kv_per_prompt=False`, the reference): `cross_kv` records
+            fine / per row examples/s, measured in the same rounds;
   lm-eval   lm-evaluation-harness's HF backend (`HFLM(backend="seq2seq")`) on
             `convert.hf.export_hf` of the same parameters, with a `T5Tokenizer` of the
             same SentencePiece model, `loglikelihood` over one request per (prompt,
@@ -287,12 +291,23 @@ def run(options: argparse.Namespace, log: Callable[[str], None] = print) -> dict
                  "first_pass_speedup": serial_first / ours_first}
     log(f"  ours      first pass {ours_first:6.1f} s (compiles its {compiling['programs']} "
         f"programs on {compiling['workers']} threads: {compiling['first_pass_speedup']:.2f}x)")
-    per_row = rank_classification.RankScorer(model, params)
+    fine = rank_classification.RankScorer(model, params, shapes=scoring.FINE)
+    fine_pass = lambda: fine.score(to_requests(vocab, suite))
+    (fine_scores, fine_padded), fine_first = _timed(lambda: score_counting_padding(
+        fine, requests))
+    fine_programs = fine.computed["programs_compiled"]
+    log(f"  fine      first pass {fine_first:6.1f} s (length buckets; compiles "
+        f"{fine_programs} programs)")
+    fine_checks = agreement(ours_scores, fine_scores, NAIVE_TOLERANCE)
+    if not fine_checks["agree"]:
+      raise ValueError(f"scoring benchmark: packed and fine shapes differ by "
+                       f"{fine_checks['max_rel_diff']:g} relative (> {NAIVE_TOLERANCE:g}).")
+    per_row = rank_classification.RankScorer(model, params, shapes=scoring.FINE)
     per_row.scorer.cross_kv_per_prompt = False
     per_row_pass = lambda: per_row.score(to_requests(vocab, suite))
     per_row_scores, per_row_first = _timed(lambda: per_row.score(requests))
     log(f"  per row   first pass {per_row_first:6.1f} s (K/V projected per choice row)")
-    per_row_checks = agreement(ours_scores, per_row_scores, NAIVE_TOLERANCE)
+    per_row_checks = agreement(fine_scores, per_row_scores, NAIVE_TOLERANCE)
     if not per_row_checks["agree"]:
       raise ValueError(f"scoring benchmark: K/V projected per prompt and per row differ by "
                        f"{per_row_checks['max_rel_diff']:g} relative (> {NAIVE_TOLERANCE:g}).")
@@ -331,15 +346,18 @@ def run(options: argparse.Namespace, log: Callable[[str], None] = print) -> dict
                          f"the export or the requests disagree.")
 
     ours_seconds: list[float] = []
+    fine_seconds: list[float] = []
     per_row_seconds: list[float] = []
     lm_seconds: dict[int, list[float]] = {n: [] for n in lm_first}
     for i in range(s.rounds):
       ours_seconds.append(_timed(ours_pass)[1])
+      fine_seconds.append(_timed(fine_pass)[1])
       per_row_seconds.append(_timed(per_row_pass)[1])
       for n in lm_seconds:
         torch.set_num_threads(n)
         lm_seconds[n].append(_timed(lm_pass)[1])
-      log(f"  round {i + 1}: ours {ours_seconds[-1]:.2f} s, per row "
+      log(f"  round {i + 1}: ours {ours_seconds[-1]:.2f} s, fine {fine_seconds[-1]:.2f} s, "
+          f"per row "
           f"{per_row_seconds[-1]:.2f} s, lm-eval "
           + ", ".join(f"{t[-1]:.2f} s ({n} thread{'s' if n > 1 else ''})"
                       for n, t in lm_seconds.items()))
@@ -356,13 +374,22 @@ def run(options: argparse.Namespace, log: Callable[[str], None] = print) -> dict
 
   ours = dict(_rate(len(suite), pairs, ours_seconds, ours_first), name="ours (RankScorer)")
   log(f"  ours      {ours['examples_per_second']:8.2f} examples/s")
+  fine_entry = dict(_rate(len(suite), pairs, fine_seconds, fine_first),
+                    name="ours, fine length buckets")
+  fine_result = dict(fine_entry, **fine_checks, padding=fine_padded, programs=fine_programs,
+                     ratio=ours["examples_per_second"] / fine_entry["examples_per_second"],
+                     ratio_best=(ours["examples_per_second_best"]
+                                 / fine_entry["examples_per_second_best"]),
+                     first_pass_speedup=fine_first / ours_first)
+  log(f"  fine      {fine_entry['examples_per_second']:8.2f} examples/s (ours / fine "
+      f"{fine_result['ratio']:.2f}x; first pass {fine_result['first_pass_speedup']:.2f}x)")
   per_row_entry = dict(_rate(len(suite), pairs, per_row_seconds, per_row_first),
-                       name="ours, K/V per choice row")
+                       name="fine, K/V per choice row")
   cross_kv = dict(per_row_entry, **per_row_checks,
-                  ratio=ours["examples_per_second"] / per_row_entry["examples_per_second"],
-                  ratio_best=(ours["examples_per_second_best"]
+                  ratio=fine_entry["examples_per_second"] / per_row_entry["examples_per_second"],
+                  ratio_best=(fine_entry["examples_per_second_best"]
                               / per_row_entry["examples_per_second_best"]))
-  log(f"  per row   {per_row_entry['examples_per_second']:8.2f} examples/s (ours / per row "
+  log(f"  per row   {per_row_entry['examples_per_second']:8.2f} examples/s (fine / per row "
       f"{cross_kv['ratio']:.2f}x)")
   lm_entries = []
   for n, seconds in lm_seconds.items():
@@ -405,6 +432,7 @@ def run(options: argparse.Namespace, log: Callable[[str], None] = print) -> dict
       "model": {"arch": models.ENCODER_DECODER, "size": s.size,
                 "params": models.count_params(model), "dtype": "float32"},
       "ours": dict(ours, padding=padded, compiling=compiling),
+      "fine": fine_result,
       "cross_kv": cross_kv,
       "lm_eval": dict(lm_checks, entries=lm_entries, error=lm_error, versions=versions),
       "naive": dict(naive, **naive_checks),
@@ -424,15 +452,15 @@ def why_missed(result: Mapping[str, Any]) -> str:
   if pad:
     why += (f"; ours computes {pad['encoder_tokens']:,} encoder positions for "
             f"{pad['prompt_tokens']:,} prompt tokens "
-            f"({pad['encoder_tokens'] / pad['prompt_tokens']:.1f}x: prompt lengths and "
-            f"counts rounded up to 2^k or 3x2^(k-1); lm-eval encodes "
+            f"({pad['encoder_tokens'] / pad['prompt_tokens']:.2f}x: prompts packed into rows "
+            f"of the longest one's length bucket; lm-eval encodes "
             f"{pad['prompt_tokens_once_per_choice']:,}, each prompt once per choice), "
             f"{pad['decoder_tokens']:,} decoder positions for {pad['choice_tokens']:,} "
-            f"choice tokens ({pad['decoder_tokens'] / pad['choice_tokens']:.1f}x: choices are "
-            f"batched by their own length bucket, at least 4, a small bucket with the next "
-            f"longer one where that costs less than compiling its own program) and "
-            f"cross-attention keys and values over {pad['cross_attention_key_tokens']:,} "
-            f"encoder positions (once per prompt)")
+            f"choice tokens ({pad['decoder_tokens'] / pad['choice_tokens']:.2f}x: a decoder "
+            f"row holds the choices of one encoder row's prompts, so each encoder row leaves "
+            f"part of a decoder row empty) and cross-attention keys and values over "
+            f"{pad['cross_attention_key_tokens']:,} encoder positions (once per prompt); "
+            f"every packed position also attends over its whole row, masked")
   return why + (f"; lm-eval's best was torch at {c['lm_eval_torch_threads']} thread(s); "
                 f"load average {result['load_average']['start']} on "
                 f"{result['usable_cpus']} CPUs")
@@ -456,9 +484,12 @@ def summary(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]], list
 
   lm = result["lm_eval"]
   rows = [row(ours)]
+  fine = result.get("fine")
+  if fine:
+    rows.append(row(fine, f"{fine['ratio']:.2f}x", _agreement(fine)))
   kv = result.get("cross_kv")
   if kv:
-    rows.append(row(kv, f"{kv['ratio']:.2f}x", _agreement(kv)))
+    rows.append(row(kv, "" if fine else f"{kv['ratio']:.2f}x", _agreement(kv)))
   for e in lm["entries"]:
     ratio = ours["examples_per_second"] / e["examples_per_second"]
     target = ""
@@ -493,8 +524,19 @@ def summary(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]], list
                  f"{compiling['workers']} threads: {ours['first_seconds']:.1f} s, against "
                  f"{compiling['first_seconds_one_worker']:.1f} s compiling one at a time in "
                  f"the same run ({compiling['first_pass_speedup']:.2f}x).")
+  if fine:
+    pad, fpad = ours.get("padding") or {}, fine["padding"]
+    notes.append(
+        f"Packed rows (ours) against fine length buckets, same rounds: {fine['ratio']:.2f}x "
+        f"examples/s (best passes {fine['ratio_best']:.2f}x); first pass "
+        f"{ours['first_seconds']:.1f} s against {fine['first_seconds']:.1f} s "
+        f"({fine['first_pass_speedup']:.2f}x; {compiling['programs'] if compiling else '?'} "
+        f"programs against {fine['programs']}); encoder / decoder positions "
+        f"{pad.get('encoder_tokens', 0):,} / {pad.get('decoder_tokens', 0):,} against "
+        f"{fpad['encoder_tokens']:,} / {fpad['decoder_tokens']:,}; scores agree within "
+        f"{fine['tolerance']:g} relative.")
   if kv:
-    notes.append(f"Cross-attention keys and values projected once per prompt (ours) "
+    notes.append(f"Cross-attention keys and values projected once per prompt (fine) "
                  f"against once per choice row, same rounds: {kv['ratio']:.2f}x examples/s "
                  f"(best passes {kv['ratio_best']:.2f}x); scores agree within "
                  f"{kv['tolerance']:g} relative.")

@@ -163,9 +163,17 @@ def test_scoring_smoke_scores_agree_and_ratios_are_quotients(smoke_run):
   assert compiling["workers"] >= 1 and compiling["programs"] >= 2
   assert compiling["first_pass_speedup"] == pytest.approx(
       compiling["first_seconds_one_worker"] / ours["first_seconds"])
-  kv = result["cross_kv"]       # the same scorer projecting keys/values per choice row
+  fine = result["fine"]         # length buckets, not packed rows, in the same rounds
+  assert fine["agree"] is True and fine["pairs"] == ours["pairs"]
+  assert fine["ratio"] == pytest.approx(ours["examples_per_second"]
+                                        / fine["examples_per_second"])
+  assert fine["first_pass_speedup"] == pytest.approx(fine["first_seconds"]
+                                                     / ours["first_seconds"])
+  assert fine["padding"]["prompt_tokens"] == pad["prompt_tokens"]
+  assert fine["padding"]["encoder_tokens"] >= fine["padding"]["prompt_tokens"]
+  kv = result["cross_kv"]       # fine, projecting keys/values per choice row
   assert kv["agree"] is True and kv["pairs"] == ours["pairs"]
-  assert kv["ratio"] == pytest.approx(ours["examples_per_second"] / kv["examples_per_second"])
+  assert kv["ratio"] == pytest.approx(fine["examples_per_second"] / kv["examples_per_second"])
   summary = _section(summary, "scoring")
   rows = [line for line in summary.splitlines() if line.startswith("| lm-eval HF")]
   assert len(rows) == len(lm["entries"]) and all("| True (max diff" in r for r in rows)

@@ -1,5 +1,6 @@
-"""`evaluation.scoring`: batched, bucketed scores against one unpadded forward pass per
-(context, continuation) for the CD, ND and ED, greedy flags, batch builders, shapes."""
+"""`evaluation.scoring`: batched, bucketed and packed scores against one unpadded forward
+pass per (context, continuation) for the CD, ND and ED, greedy flags, batch builders,
+shapes, packing and its budgets."""
 import functools
 
 import jax
@@ -225,8 +226,10 @@ def test_the_numpy_reference_is_the_models_forward_pass(arch):
 def test_packed_batches_equal_one_direct_pass_per_request(arch, shapes):
   model, params = model_and_params(arch)
   requests, expected = references(arch)
-  # Small batches: several batches per length bucket, several buckets.
-  scorer = scoring.Scorer(model, params, max_tokens=96, shapes=shapes)
+  # Small batches: several batches per length bucket, several buckets. (Packed rows hold
+  # several requests each: at 96 tokens the ED's fit in 2 batches, at 64 in 4.)
+  max_tokens = 64 if shapes == scoring.PACKED else 96
+  scorer = scoring.Scorer(model, params, max_tokens=max_tokens, shapes=shapes)
   results = scorer.score(requests, greedy=True)
   assert len(results) == len(requests)
   assert scorer.computed["batches"] >= 3
@@ -418,8 +421,8 @@ def test_new_program_cost_trades_decode_programs_for_padding_not_scores():
   call reuses the shapes the first compiled."""
   model, params = model_and_params(ED)
   requests = make_requests(ARCHS.index(ED), n=12)
-  apart = scoring.Scorer(model, params, new_program_cost=0)
-  merged = scoring.Scorer(model, params, new_program_cost=10 ** 6)
+  apart = scoring.Scorer(model, params, shapes=scoring.FINE, new_program_cost=0)
+  merged = scoring.Scorer(model, params, shapes=scoring.FINE, new_program_cost=10 ** 6)
   expected = apart.score(requests, greedy=True)
   for a, b in zip(merged.score(requests, greedy=True), expected):
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-6)
@@ -490,7 +493,7 @@ def test_a_failed_compilation_leaves_the_scorer_as_it_was(monkeypatch):
     patch.setattr(jax.stages.Lowered, "compile", failing)
     with pytest.raises(MemoryError, match="out of memory"):
       scorer.score(requests)
-  assert scorer._decode_shapes == set() and scorer._planned == {}
+  assert scorer._decode_shapes == set() and scorer._planned == {} and scorer._layouts == {}
   assert scoring._PROGRAMS == {}
   for result, ref in zip(scorer.score(requests), expected):
     np.testing.assert_allclose(result.scores, [s for s, _ in ref], atol=1e-4, rtol=1e-5)
@@ -511,3 +514,224 @@ def test_host_parameters_are_placed_on_the_device_once():
   on_device = scoring.Scorer(model, params, max_tokens=96).score(requests)
   for a, b in zip(scorer.score(requests), on_device):
     np.testing.assert_array_equal(a.scores, b.scores)
+
+
+# -- packed rows -------------------------------------------------------------------------------
+
+def test_pack_places_every_item_once_within_the_capacity():
+  assert scoring.pack([5, 1, 4, 2, 3], 6) == [[0, 1], [2, 3], [4]]        # the docstring's
+  assert scoring.pack([], 8) == []
+  assert scoring.pack([8, 8], 8) == [[0], [1]]
+  # Random lengths: every index exactly once, no bin over the capacity, two items longer
+  # than half the capacity never in one bin, and bins opened longest item first.
+  rng = np.random.default_rng(7)
+  for _ in range(200):
+    capacity = int(rng.integers(1, 41))
+    lengths = rng.integers(1, capacity + 1, int(rng.integers(0, 61))).tolist()
+    bins = scoring.pack(lengths, capacity)
+    assert sorted(k for b in bins for k in b) == list(range(len(lengths)))
+    assert all(b and sum(lengths[k] for k in b) <= capacity for b in bins)
+    assert all(sum(2 * lengths[k] > capacity for k in b) <= 1 for b in bins)
+    assert all(lengths[b[0]] == max(lengths[k] for k in b) for b in bins)
+    firsts = [lengths[b[0]] for b in bins]
+    assert firsts == sorted(firsts, reverse=True)
+
+
+def test_packed_rows():
+  # Rounded up to a sixteenth of their power of two: at most one row in eight is padding.
+  assert [scoring.packed_rows(n) for n in (0, 1, 2, 15, 16, 17, 18, 19, 33, 34, 100)] == [
+      1, 1, 2, 15, 16, 18, 18, 20, 36, 36, 104]
+
+
+def test_packed_options_are_checked():
+  model, params = model_and_params(ED)
+  with pytest.raises(ValueError, match="cross_kv_per_prompt"):
+    scoring.Scorer(model, params, shapes=scoring.PACKED, cross_kv_per_prompt=False)
+  # The default is packed, so the reference projection asks for another layout.
+  with pytest.raises(ValueError, match="cross_kv_per_prompt"):
+    scoring.Scorer(model, params, cross_kv_per_prompt=False)
+  assert scoring.Scorer(model, params).shapes == scoring.PACKED
+
+
+def test_decode_logits_takes_encoder_and_cross_segment_ids_together():
+  model, params = model_and_params(ED)
+  encoded = np.zeros((1, 4, model.config.emb_dim), np.float32)
+  enc = np.asarray([[5, 6, 7, 0]], np.int32)
+  dec = np.asarray([[8, 9]], np.int32)
+  seg = np.asarray([[1, 1, 2, 0]], np.int32)
+  with pytest.raises(ValueError, match="found only encoder_segment_ids"):
+    model.decode_logits(params, encoded, enc, dec, dec, encoder_segment_ids=seg)
+  with pytest.raises(ValueError, match="found only cross_segment_ids"):
+    model.decode_logits(params, encoded, enc, dec, dec, cross_segment_ids=dec > 0)
+
+
+def test_packed_encoder_segments_attend_only_to_themselves():
+  """Two prompts in one encoder row, segments 1 and 2: at each prompt's positions the
+  encoder outputs are those of the prompt alone at the start of its own row (relative
+  positions do not depend on where a segment starts); without the segment ids they are
+  not (the check can fail)."""
+  model, params = model_and_params(ED)
+  rng = np.random.default_rng(9)
+  a, b = rng.integers(2, VOCAB, 5), rng.integers(2, VOCAB, 7)
+  packed = np.zeros((1, 16), np.int32)
+  packed[0, :5], packed[0, 5:12] = a, b
+  seg = np.asarray([[1] * 5 + [2] * 7 + [0] * 4], np.int32)
+  alone = np.zeros((2, 16), np.int32)
+  alone[0, :5], alone[1, :7] = a, b
+  encode = jax.jit(model.encode)
+  out = np.asarray(encode(params, packed, seg))[0]
+  ref = np.asarray(encode(params, alone))
+  np.testing.assert_allclose(out[:5], ref[0, :5], atol=1e-5)
+  np.testing.assert_allclose(out[5:12], ref[1, :7], atol=1e-5)
+  mixed = np.asarray(encode(params, packed))[0]
+  assert np.abs(mixed[:12] - out[:12]).max() > 1e-3
+
+
+def _requests(spec, seed):
+  """Requests of random ids with (prompt length, choice lengths) as in `spec`."""
+  rng = np.random.default_rng(seed)
+  ids = lambda k: rng.integers(2, VOCAB, k).astype(np.int32)
+  return [Request(ids(p), tuple(ids(c) for c in choices)) for p, choices in spec]
+
+
+def _assert_direct(arch, params, requests, results, greedy=True):
+  for r, result in zip(requests, results):
+    ref = [direct(arch, params, r.prompt, c) for c in r.choices]
+    np.testing.assert_allclose(result.scores, [s for s, _ in ref], atol=1e-4, rtol=1e-5)
+    if greedy:
+      assert result.greedy.tolist() == [g for _, g in ref]
+
+
+def test_ed_packed_layout_by_hand(monkeypatch):
+  """Seven prompts of 10, 3, 2, 0, 0, 9 and 5 tokens, choices of 1 to 5 tokens, one batch.
+
+  Encoder rows of fine_bucket(10, 16) = 16: the longest prompt opens a row that the
+  shortest fill, 10 + 2 + 3 (prompts 0, 2, 1); then 9 + 5 (prompts 5, 6); the two empty
+  prompts share a row of padding: 3 rows, 48 encoder positions. Decoder rows per encoder
+  row, lengths from fine_bucket(5, 4) = 6 up: at 6 the choices (3 1 4 2 2 | 5 1 1 | 1 3 2)
+  take 3 + 2 + 1 rows (36 positions), at 8 2 + 1 + 1 (32), at 12 1 + 1 + 1 (36), at 16
+  48, at 24 72: 4 rows of 8, 32 decoder positions. One program encodes and projects the
+  keys and values, one decodes."""
+  model, params = model_and_params(ED)
+  requests = _requests([(10, [3, 1]), (3, [2]), (2, [4, 2]), (0, [1, 3]), (0, [2]),
+                        (9, [5]), (5, [1, 1])], 11)
+  monkeypatch.setattr(scoring, "_PROGRAMS", dict(scoring._PROGRAMS))   # restored after
+  scoring.clear_programs()
+  assert scoring._PROGRAMS == {}
+  scorer = scoring.Scorer(model, params)
+  scorer._layouts = {}                      # (what `score` sets up for a call)
+  enc_rows, dec_rows, dec_len, parts = scorer._ed_layout(requests, list(range(7)), 16)
+  scorer._layouts = {}
+  assert enc_rows == [[0, 2, 1], [5, 6], [3, 4]] and dec_len == 8
+  assert parts == [range(0, 3)]                           # 48 + 32 positions: one batch
+  assert [len(rows) for rows in dec_rows] == [2, 1, 1]
+  assert dec_rows[0] == [[(2, 0), (0, 1), (1, 0)], [(0, 0), (2, 1)]]      # 4 + 1 + 2, 3 + 2
+  results = scorer.score(requests, greedy=True)
+  assert scorer.computed == {"batches": 1, "encoder_positions": 48, "decoder_positions": 32,
+                             "cross_attention_key_positions": 48,
+                             "cross_kv_bytes": scorer.cross_kv_bytes(3, 16),
+                             "programs_compiled": 2}
+  _assert_direct(ED, params, requests, results)
+  # A second call of the same shapes compiles nothing.
+  again = scoring.Scorer(model, params)
+  for a, b in zip(again.score(requests, greedy=True), results):
+    np.testing.assert_array_equal(a.scores, b.scores)
+  assert again.computed["programs_compiled"] == 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_request_longer_than_a_packed_row_gets_rows_of_its_own(arch, monkeypatch):
+  """With `PACKED_ROW_TOKENS` 16, prompts of 3, 9, 0 and 20 tokens: the request of 20
+  (decoder-only: 21 and 23 tokens with its choices) is packed into rows of its own
+  bucket, 24, the rest into rows of 16: two length classes, one batch each, and every
+  score is the direct pass's. At the default row size they share one class."""
+  model, params = model_and_params(arch)
+  requests = _requests([(3, [2, 4]), (9, [3]), (20, [1, 3]), (0, [2])], 13)
+  one_class = scoring.Scorer(model, params)
+  _assert_direct(arch, params, requests, one_class.score(requests, greedy=True))
+  assert one_class.computed["batches"] == 1
+  monkeypatch.setattr(scoring, "PACKED_ROW_TOKENS", 16)
+  scorer = scoring.Scorer(model, params)
+  _assert_direct(arch, params, requests, scorer.score(requests, greedy=True))
+  assert scorer.computed["batches"] == 2
+  if arch == ED:
+    # Rows of 16: 9 + 3 and the empty prompt's; of 24: the prompt of 20. Decoder rows of 4
+    # (16 positions against 18 at 6): 4 | 3 | 2 and 2; 3 + 1.
+    assert scorer.computed["encoder_positions"] == 2 * 16 + 24
+    assert scorer.computed["decoder_positions"] == 4 * 4 + 1 * 4
+  else:
+    # Rows of 16: 12 + 2 and 7 + 5 tokens; of 24: 23 and 21.
+    assert scorer.computed["decoder_positions"] == 2 * 16 + 2 * 24
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_packed_scores_equal_fine_scores(arch):
+  model, params = model_and_params(arch)
+  requests, _ = references(arch)
+  packed = scoring.Scorer(model, params, shapes=scoring.PACKED)
+  fine = scoring.Scorer(model, params, shapes=scoring.FINE)
+  for a, b in zip(packed.score(requests, normalize=True, greedy=True),
+                  fine.score(requests, normalize=True, greedy=True)):
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=0)
+    assert a.greedy.tolist() == b.greedy.tolist()
+  # Packing computes fewer positions than fine buckets.
+  total = lambda s: s.computed["encoder_positions"] + s.computed["decoder_positions"]
+  assert total(packed) < total(fine)
+
+
+@pytest.mark.parametrize("arch, max_tokens, kv_rows", [
+    (CD, 48, None), (ED, 48, None), (ED, 16384, 1)])
+def test_packed_batches_stay_within_their_budgets(arch, max_tokens, kv_rows, monkeypatch):
+  """Every batch that runs (shapes recorded from `Scorer._run`) holds at most
+  `max_tokens` tokens: rows x length, for the ED encoder rows x their length plus
+  decoder rows x theirs; its prompts' keys and values at most `cross_kv_max_bytes`
+  (`kv_rows` encoder rows of the requests' length, 24), which bounds
+  `computed['cross_kv_bytes']`. The requests then take several batches, with the
+  direct pass's scores."""
+  model, params = model_and_params(arch)
+  requests, expected = references(arch)
+  shapes = []
+  run = scoring.Scorer._run
+
+  def recording(self, program, *args, **kwargs):
+    if not self._planning:
+      if program is scoring._ed_packed_encode_kv:
+        shapes.append({"enc": args[0].shape})
+      elif program is scoring._ed_packed_decode_scores:
+        shapes[-1]["dec"] = args[5].shape                        # targets
+      else:
+        assert program is scoring._decoder_packed_scores
+        shapes.append({"dec": args[0]["decoder_target_tokens"].shape})
+    return run(self, program, *args, **kwargs)
+  monkeypatch.setattr(scoring.Scorer, "_run", recording)
+  kv_budget = scoring.DEFAULT_CROSS_KV_MAX_BYTES if kv_rows is None else (
+      scoring.Scorer(model, params).cross_kv_bytes(kv_rows, 24))
+  scorer = scoring.Scorer(model, params, max_tokens=max_tokens, cross_kv_max_bytes=kv_budget)
+  results = scorer.score(requests, greedy=True)
+  for result, ref in zip(results, expected):
+    np.testing.assert_allclose(result.scores, [s for s, _ in ref], atol=1e-4, rtol=1e-5)
+    assert result.greedy.tolist() == [g for _, g in ref]
+  assert len(shapes) == scorer.computed["batches"] >= 3
+  for batch in shapes:
+    tokens = int(np.prod(batch["dec"])) + int(np.prod(batch.get("enc", 0)))
+    assert tokens <= max_tokens
+    if arch == ED:
+      assert batch["enc"][1] == 24
+      assert scorer.cross_kv_bytes(*batch["enc"]) <= kv_budget
+  assert scorer.computed["cross_kv_bytes"] <= kv_budget
+  if arch == ED:
+    assert scorer.computed["cross_kv_bytes"] == max(
+        scorer.cross_kv_bytes(*batch["enc"]) for batch in shapes)
+
+
+def test_batches_start_from_the_lower_bound_and_keep_every_row():
+  """`Scorer._batches` cuts rows into consecutive, nearly equal parts that fit: from the
+  lower bound it is given, and in more parts when those do not fit."""
+  fits = lambda parts: max(map(len, parts)) <= 10
+  for at_least in (1, 5, 10):
+    parts = scoring.Scorer._batches(100, fits, at_least)
+    assert [list(p) for p in parts] == [list(range(k, k + 10)) for k in range(0, 100, 10)]
+  # A lower bound above what is needed is kept (it comes from the positions to compute).
+  assert len(scoring.Scorer._batches(100, fits, 20)) == 20
+  # Nothing fits: one row a part.
+  assert len(scoring.Scorer._batches(7, lambda parts: False, 1)) == 7

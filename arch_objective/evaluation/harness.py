@@ -179,8 +179,8 @@ def score_pairs(model: models.BaseModel, params, pairs, max_tokens: int = DEFAUL
                 ) -> list[tuple[float, bool]]:
   """(log-likelihood, is_greedy) of each (context ids, continuation ids), no EOS added.
 
-  `scoring.Scorer` with power-of-two shapes (`scoring.POW2`) and at most `max_tokens`
-  tokens per batch: decoder-only, one row per pair; ED, each distinct context is one
+  `scoring.Scorer` with packed rows (`scoring.PACKED`) and at most `max_tokens` tokens
+  per batch: decoder-only, one segment per pair; ED, each distinct context is one
   request whose choices are its pairs' continuations. An empty continuation scores
   (0.0, True).
   """
@@ -196,7 +196,7 @@ def score_pairs(model: models.BaseModel, params, pairs, max_tokens: int = DEFAUL
   else:
     members = [[i] for i in todo]
   requests = [scoring.Request(pairs[m[0]][0], tuple(pairs[i][1] for i in m)) for m in members]
-  scorer = scoring.Scorer(model, params, max_tokens=max_tokens, shapes=scoring.POW2)
+  scorer = scoring.Scorer(model, params, max_tokens=max_tokens, shapes=scoring.PACKED)
   for m, result in zip(members, scorer.score(requests, greedy=True)):
     for i, total, is_greedy in zip(m, result.scores, result.greedy):
       out[i] = (float(total), bool(is_greedy))

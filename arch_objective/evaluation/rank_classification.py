@@ -5,8 +5,8 @@ EOS, so P(EOS) counts, spec §8.3). The score of a choice is the sum of the log
 probabilities of its tokens (optionally divided by their number). `RankScorer` cuts
 prompts and choices to their first tokens, as seqio does, and scores them with
 `scoring.Scorer` (how each architecture reads a request, and how rows are batched, is
-described there): fine length buckets, or with `one_shape` one batch shape for a whole
-suite.
+described there): packed rows by default, or any of `scoring.SHAPES`; `one_shape` is one
+batch shape for a whole suite.
 """
 from __future__ import annotations
 
@@ -30,21 +30,22 @@ class RankScorer:
 
   `max_tokens` bounds the tokens of one batch (rows x padded length);
   `inputs_length` / `targets_length` truncate prompts and choices (the first N tokens,
-  as seqio does; T0-Eval uses 1024 / 256). `one_shape` pads every batch to the longest
-  request: one compilation. `computed` holds the positions the last `score` call
+  as seqio does; T0-Eval uses 1024 / 256). `shapes` is how batches are laid out
+  (`scoring.SHAPES`; `one_shape=True` is `shapes="one_shape"`: every batch padded to the
+  longest request, one compilation). `computed` holds the positions the last `score` call
   computed, padding included (how much work the batching costs against the requests' own
   tokens; see `scoring.Scorer`).
   """
 
   def __init__(self, model: models.BaseModel, params, *, inputs_length: int = 1024,
                targets_length: int = 256, max_tokens: int = scoring.DEFAULT_MAX_TOKENS,
-               one_shape: bool = False):
+               one_shape: bool = False, shapes: str = scoring.PACKED):
     self.model, self.params = model, params
     self.inputs_length, self.targets_length = inputs_length, targets_length
     self.max_tokens = max_tokens
     self.one_shape = one_shape
     self.scorer = scoring.Scorer(model, params, max_tokens=max_tokens,
-                                 shapes=scoring.ONE_SHAPE if one_shape else scoring.FINE)
+                                 shapes=scoring.ONE_SHAPE if one_shape else shapes)
 
   @property
   def computed(self) -> dict[str, int]:

@@ -16,6 +16,19 @@ How each architecture reads a request (the same features as training, spec §3.3
                 them from start token 0, each layer gathering its rows' prompts, so a choice
                 costs only the decoder's own work; an empty prompt is an all-padding row
 Batches hold at most `max_tokens` tokens (rows x padded length). Their shapes (`shapes`):
+  packed     (the default) several requests share a row, each a segment of its own that
+             attends only to itself; relative positions do not depend on where a segment
+             starts, so it scores as it would alone (to float rounding). Rows are of one
+             length per class: every request up to `PACKED_ROW_TOKENS` tokens in rows of
+             the longest one's `fine_bucket`, a longer one in rows of its own bucket.
+             Decoder-only: rows of `prompt ++ choice` segments. ED: prompts packed into
+             encoder rows; each encoder row's choices packed into decoder rows that read
+             its keys and values (projected once per prompt), each choice's
+             cross-attention kept to its prompt's segment; the decoder length is the one
+             of a few buckets from the longest choice's up that computes the fewest
+             positions; prompts without tokens share an all-padding encoder row. A call
+             compiles about two programs a length class (one, decoder-only), and row
+             counts are rounded only to a sixteenth of their power of two (`packed_rows`)
   fine       lengths and row counts of the form 2^k or 3 x 2^(k-1) (16, 24, 32, 48, ...: at
              most a third of a batch is padding); an ED batch's prompts are encoded by one
              program and its choices decoded by another, grouped by their own length,
@@ -47,8 +60,8 @@ import numpy as np
 
 from arch_objective import architectures, losses, models
 
-FINE, POW2, ONE_SHAPE = "fine", "pow2", "one_shape"
-SHAPES = (FINE, POW2, ONE_SHAPE)
+PACKED, FINE, POW2, ONE_SHAPE = "packed", "fine", "pow2", "one_shape"
+SHAPES = (PACKED, FINE, POW2, ONE_SHAPE)
 DEFAULT_MAX_TOKENS = 16384
 # The most bytes of cross-attention keys and values one ED batch holds (all decoder layers,
 # its prompts padded): the paper's ED at 16,384 encoder tokens in bf16 would hold 6.4 GB.
@@ -57,6 +70,12 @@ DEFAULT_CROSS_KV_MAX_BYTES = 2 << 30
 # 2-core CPU a small ED's decode program compiles in about 2.2 s, the time its forward
 # pass takes over about 3,400 positions.
 DEFAULT_NEW_PROGRAM_COST = 2048
+# `PACKED`: rows of at most this many tokens hold several requests; a longer request gets
+# rows of its own length bucket. (Attention over a packed row's other segments is masked
+# work: at 512 it costs a small model about a sixth more per position.)
+PACKED_ROW_TOKENS = 512
+# `PACKED`, ED: decoder row lengths tried from the longest choice's bucket up.
+PACKED_DECODER_LENGTHS = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +134,36 @@ def ed_chunks(group: Sequence[int], requests: Sequence[Request], enc_len: int,
     tokens += cost
   if chunk:
     yield chunk
+
+
+def packed_rows(n: int) -> int:
+  """`n` rows rounded up to a multiple of a sixteenth of `pow2(n)` (1, 2, ..., 16, 18, 20,
+  ..., 32, 36, 40, ...): at most one row in eight is padding, and batches of similar
+  sizes share a shape."""
+  step = max(1, pow2(n) // 16)
+  return -(-max(int(n), 1) // step) * step
+
+
+def pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+  """Indices of `lengths` (each <= `capacity`) in bins of `capacity`: the longest item
+  not placed opens a bin, which the shortest ones then fill while they fit. Linear after
+  sorting, so that 10^5 prompts pack at once.
+
+  >>> pack([5, 1, 4, 2, 3], 6)
+  [[0, 1], [2, 3], [4]]
+  """
+  order = sorted(range(len(lengths)), key=lambda k: (-lengths[k], k))
+  bins, first, last = [], 0, len(order) - 1
+  while first <= last:
+    k = order[first]
+    first += 1
+    room, row = capacity - lengths[k], [k]
+    while first <= last and lengths[order[last]] <= room:
+      room -= lengths[order[last]]
+      row.append(order[last])
+      last -= 1
+    bins.append(row)
+  return bins
 
 
 def merge_length_groups(groups: Sequence[tuple[int, int]], new_program_cost: int,
@@ -211,7 +260,8 @@ class Scorer:
 
   `cross_kv_per_prompt` (ED only): True (the default) projects the cross-attention keys
   and values once per prompt; False once per choice row, from the prompt's encoder
-  output gathered per row (the reference the default is tested and timed against).
+  output gathered per row (the reference the default is tested and timed against; not
+  with `PACKED`, which always projects them once per prompt).
   Per prompt, a batch holds every decoder layer's keys and values of its prompts at once:
   `cross_kv_max_bytes` bounds that (prompts padded), splitting a batch's prompts where
   needed (at least one prompt per batch); `computed['cross_kv_bytes']` is the most one
@@ -229,12 +279,16 @@ class Scorer:
   """
 
   def __init__(self, model: models.BaseModel, params, *, max_tokens: int = DEFAULT_MAX_TOKENS,
-               shapes: str = FINE, cross_kv_per_prompt: bool = True,
+               shapes: str = PACKED, cross_kv_per_prompt: bool = True,
                cross_kv_max_bytes: int = DEFAULT_CROSS_KV_MAX_BYTES,
                new_program_cost: int = DEFAULT_NEW_PROGRAM_COST,
                compile_workers: Optional[int] = None):
     if shapes not in SHAPES:
       raise ValueError(f"unknown shapes {shapes!r}; expected one of {', '.join(SHAPES)}.")
+    if shapes == PACKED and not cross_kv_per_prompt:
+      raise ValueError("cross_kv_per_prompt=False (keys and values projected per choice "
+                       "row) is a reference for the unpacked shapes; shapes='packed' "
+                       "projects them once per prompt. Use shapes='fine' with it.")
     if isinstance(cross_kv_max_bytes, bool) or not isinstance(cross_kv_max_bytes, int) or (
         cross_kv_max_bytes < 1):
       raise ValueError(f"cross_kv_max_bytes must be a positive number of bytes, found "
@@ -256,6 +310,7 @@ class Scorer:
     self._params_signature = _signature(params)
     self._planning = False
     self._planned: dict = {}      # while planning: program key -> its lowering
+    self._layouts: dict = {}      # during a call (`PACKED`): how its requests are laid out
     self.max_tokens, self.shapes = max_tokens, shapes
     self.new_program_cost = new_program_cost
     self._decode_shapes: set[tuple[int, ...]] = set()   # (prompts, enc_len, rows, dec_len)
@@ -296,22 +351,32 @@ class Scorer:
     scores = [np.zeros(len(r.choices)) for r in requests]
     flags = [np.zeros(len(r.choices), bool) for r in requests] if greedy else None
     if requests:
-      score = self._score_ed if self.has_encoder else self._score_decoder
+      if self.shapes == PACKED:
+        score = self._score_ed_packed if self.has_encoder else self._score_decoder_packed
+      else:
+        score = self._score_ed if self.has_encoder else self._score_decoder
       # Plan: the same walk over the batches, lowering the programs not compiled yet and
       # running nothing; then compile them together; then the walk that runs. The
       # decode shapes seen are restored between the two, so both make the same choices.
+      # (`PACKED` lays a call's requests out once: `_layouts` keeps it for the run.)
       seen = set(self._decode_shapes)
-      self._planning, self._planned = True, {}
+      self._planning, self._planned, self._layouts = True, {}, {}
       try:
         score(requests, normalize, greedy, scores, flags)
         self._planning = False
         compiled = self._compile(self._planned)
+      except BaseException:
+        self._layouts = {}
+        raise
       finally:
         self._planning, self._planned = False, {}
         self._decode_shapes = seen
       self.computed = dict.fromkeys(self.computed, 0)
       self.computed["programs_compiled"] = compiled
-      score(requests, normalize, greedy, scores, flags)
+      try:
+        score(requests, normalize, greedy, scores, flags)
+      finally:
+        self._layouts = {}
     if flags is None:
       return [Result(s, None) for s in scores]
     return [Result(s, f) for s, f in zip(scores, flags)]
@@ -478,6 +543,190 @@ class Scorer:
     self._store([(g, j) for _, g, j, _ in rows], totals, is_greedy, scores, flags)
 
 
+  # -- packed rows -------------------------------------------------------------------
+  @staticmethod
+  def _batches(num_rows: int, fits: Callable[[list[range]], bool], at_least: int = 1
+               ) -> list[range]:
+    """`range(num_rows)` cut into consecutive, nearly equal parts for which `fits(parts)`
+    holds (it checks the parts' padded shapes against the budgets), trying `at_least`
+    parts (a lower bound from the positions to compute), then about 3% more each time;
+    one row a part at most."""
+    parts = max(1, min(int(at_least), num_rows))
+    while True:
+      bounds = np.linspace(0, num_rows, parts + 1).round().astype(int)
+      split = [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+      if parts >= num_rows or fits(split):
+        return split
+      parts = min(num_rows, parts + max(1, parts // 32))
+
+  @staticmethod
+  def _length_classes(lengths: Sequence[int], minimum: int) -> dict[int, list[int]]:
+    """Item indices by the row length they pack into: every item up to
+    `PACKED_ROW_TOKENS` into rows of the longest one's `fine_bucket`, a longer one into
+    rows of its own bucket."""
+    short = [n for n in lengths if n <= PACKED_ROW_TOKENS]
+    first = fine_bucket(max(short), minimum) if short else 0
+    classes: dict[int, list[int]] = {}
+    for k, n in enumerate(lengths):
+      classes.setdefault(first if n <= PACKED_ROW_TOKENS else fine_bucket(n, minimum),
+                         []).append(k)
+    return dict(sorted(classes.items()))
+
+  @staticmethod
+  def _sum_segments(where, token_scores, equal, slots, lengths, normalize, scores, flags):
+    """Each choice's score from its tokens' log-likelihoods `token_scores [R, L]` (0 off
+    its tokens), summed in float64: `slots [R, L]` numbers a position's choice (-1: none),
+    `where[slot]` is its (request, choice)."""
+    on = slots >= 0
+    totals = np.bincount(slots[on], weights=token_scores[on].astype(np.float64),
+                         minlength=len(where))
+    if normalize:
+      totals = totals / np.maximum(lengths, 1)
+    misses = None if equal is None else np.bincount(slots[on], weights=~equal[on],
+                                                    minlength=len(where))
+    for k, (i, j) in enumerate(where):
+      scores[i][j] = totals[k]
+      if flags is not None:
+        flags[i][j] = misses[k] == 0
+
+  def _score_decoder_packed(self, requests, normalize, greedy, scores, flags):
+    """Rows `prompt ++ choice` packed into rows of a length class, each a segment of its
+    own (causal within it; the ND's prefix both ways within it)."""
+    items = [(i, j) for i, r in enumerate(requests) for j in range(len(r.choices))]
+    lengths = [len(requests[i].prompt) + len(requests[i].choices[j]) for i, j in items]
+    for length, members in self._length_classes(lengths, 16).items():
+      key = ("decoder", length)
+      if key not in self._layouts:         # (laid out once a call: planning, then running)
+        rows = [[members[k] for k in row]
+                for row in pack([lengths[m] for m in members], length)]
+        fits = lambda parts: packed_rows(max(map(len, parts))) * length <= self.max_tokens
+        self._layouts[key] = (rows, self._batches(
+            len(rows), fits, -(-len(rows) * length // self.max_tokens)))
+      rows, parts = self._layouts[key]
+      for part in parts:
+        num_rows = packed_rows(len(part))
+        batch = {name: np.zeros((num_rows, length), np.int32) for name in (
+            "decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids",
+            "decoder_causal_attention", "decoder_loss_weights")}
+        slots = np.full((num_rows, length), -1, np.int64)
+        where = []
+        for r, row in enumerate(rows[k] for k in part):
+          start = 0
+          for segment, m in enumerate(row, 1):
+            i, j = items[m]
+            prompt, choice = requests[i].prompt, requests[i].choices[j]
+            n, stop = len(prompt), start + lengths[m]
+            tokens = np.concatenate([prompt, choice])
+            batch["decoder_target_tokens"][r, start:stop] = tokens
+            batch["decoder_input_tokens"][r, start + 1:stop] = tokens[:-1]
+            batch["decoder_segment_ids"][r, start:stop] = segment
+            batch["decoder_causal_attention"][r, start:start + n + 1] = 1
+            batch["decoder_loss_weights"][r, start + n:stop] = 1
+            slots[r, start + n:stop] = len(where)
+            where.append((i, j))
+            start = stop
+        self._count(decoder=num_rows * length)
+        token_scores, equal = jax.device_get(
+            self._run(_decoder_packed_scores, batch, greedy=greedy))
+        self._sum_segments(where, token_scores, equal, slots,
+                           np.asarray([len(requests[i].choices[j]) for i, j in where]),
+                           normalize, scores, flags)
+
+  def _ed_layout(self, requests, prompts: list[int], enc_len: int):
+    """How the prompts `prompts` (indices into `requests`) of one length class are laid
+    out: `(encoder rows, decoder rows per encoder row, decoder length)`. An encoder row is
+    a list of prompts (segments 1, 2, ...; the prompts without tokens share one row of
+    padding of their own, which their choices' cross-attention reads as the unpacked
+    scorer does), a decoder row a list of (prompt, choice) pairs of one encoder row.
+    The decoder length is the one of `PACKED_DECODER_LENGTHS` buckets from the longest
+    choice's up that computes the fewest positions. Also the batches: consecutive runs of
+    encoder rows within `max_tokens` and `cross_kv_max_bytes`."""
+    key = (enc_len, len(prompts))
+    if key in self._layouts:
+      return self._layouts[key]
+    full = [g for g in prompts if len(requests[g].prompt)]
+    empty = [g for g in prompts if not len(requests[g].prompt)]
+    enc_rows = [[full[k] for k in row]
+                for row in pack([len(requests[g].prompt) for g in full], enc_len)]
+    if empty:
+      enc_rows.append(empty)
+    choices = [[(g, j) for g in row for j in range(len(requests[g].choices))]
+               for row in enc_rows]
+    longest = max(len(c) for g in prompts for c in requests[g].choices)
+    best = None
+    length = fine_bucket(longest, 4)
+    for _ in range(PACKED_DECODER_LENGTHS):
+      dec_rows = [[[row[k] for k in d] for d in pack(
+          [len(requests[g].choices[j]) for g, j in row], length)] for row in choices]
+      positions = sum(map(len, dec_rows)) * length
+      if best is None or positions < best[0]:
+        best = (positions, dec_rows, length)
+      length = fine_bucket(length + 1)
+    _, dec_rows, dec_len = best
+
+    def fits(parts):
+      p = packed_rows(max(map(len, parts)))
+      d = packed_rows(max(sum(len(dec_rows[k]) for k in part) for part in parts))
+      return (p * enc_len + d * dec_len <= self.max_tokens
+              and self.cross_kv_bytes(p, enc_len) <= self.cross_kv_max_bytes)
+
+    positions = len(enc_rows) * enc_len + sum(map(len, dec_rows)) * dec_len
+    parts = self._batches(len(enc_rows), fits, -(-positions // self.max_tokens))
+    layout = self._layouts[key] = (enc_rows, dec_rows, dec_len, parts)
+    return layout
+
+  def _score_ed_packed(self, requests, normalize, greedy, scores, flags):
+    """Prompts packed into encoder rows, each prompt a segment; each encoder row's
+    choices packed into decoder rows that read that row's keys and values (projected
+    once per prompt), each choice a segment that reads its prompt's."""
+    prompt_lengths = [len(r.prompt) for r in requests]
+    for enc_len, prompts in self._length_classes(prompt_lengths, 16).items():
+      enc_rows, dec_rows, dec_len, parts = self._ed_layout(requests, prompts, enc_len)
+      for part in parts:
+        num_prompts = packed_rows(len(part))
+        num_rows = packed_rows(sum(len(dec_rows[k]) for k in part))
+        enc = np.zeros((num_prompts, enc_len), np.int32)
+        enc_seg = np.zeros_like(enc)
+        segment_of = {}
+        for p, k in enumerate(part):
+          start = 0
+          for segment, g in enumerate(enc_rows[k], 1):
+            prompt = requests[g].prompt
+            enc[p, start:start + len(prompt)] = prompt
+            enc_seg[p, start:start + len(prompt)] = segment
+            segment_of[g] = segment
+            start += len(prompt)
+        idx = np.zeros((num_rows,), np.int32)
+        arrays = {name: np.zeros((num_rows, dec_len), np.int32)
+                  for name in ("inputs", "targets", "segments", "cross")}
+        slots = np.full((num_rows, dec_len), -1, np.int64)
+        where = []
+        r = 0
+        for p, k in enumerate(part):
+          for row in dec_rows[k]:
+            idx[r], start = p, 0
+            for segment, (g, j) in enumerate(row, 1):
+              choice = requests[g].choices[j]
+              stop = start + len(choice)
+              arrays["targets"][r, start:stop] = choice
+              arrays["inputs"][r, start + 1:stop] = choice[:-1]
+              arrays["segments"][r, start:stop] = segment
+              arrays["cross"][r, start:stop] = segment_of[g]
+              slots[r, start:stop] = len(where)
+              where.append((g, j))
+              start = stop
+            r += 1
+        key_values = self._run(_ed_packed_encode_kv, enc, enc_seg)
+        self._count(encoder=enc.size, decoder=num_rows * dec_len, cross=enc.size)
+        self._held(self.cross_kv_bytes(num_prompts, enc_len))
+        token_scores, equal = jax.device_get(self._run(
+            _ed_packed_decode_scores, key_values, enc, enc_seg, idx, arrays["inputs"],
+            arrays["targets"], arrays["segments"], arrays["cross"], greedy=greedy))
+        self._sum_segments(where, token_scores, equal, slots,
+                           np.asarray([len(requests[g].choices[j]) for g, j in where]),
+                           normalize, scores, flags)
+
+
 # ----------------------------------------------------------------------------------------
 # The compiled programs
 # ----------------------------------------------------------------------------------------
@@ -576,3 +825,34 @@ def _ed_scores(model, params, enc, idx, targets, normalize, greedy):
 def _ed_kv_scores(model, params, enc, idx, targets, normalize, greedy):
   key_values = model.cross_key_values(params, model.encode(params, enc))  # once per prompt
   return _ed_decoded_kv(model, params, key_values, enc, idx, targets, normalize, greedy)
+
+
+def _token_scores(logits, targets, weights, greedy):
+  """`([b, l] log p(target) where `weights`, else 0; [b, l] the target is the argmax, or
+  None)`: packed rows sum them per segment on the host."""
+  scores = losses.token_log_likelihoods(logits, targets) * (weights > 0)
+  return scores, (jnp.argmax(logits, axis=-1) == targets) if greedy else None
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _decoder_packed_scores(model, params, batch, greedy):
+  logits = model.compute_logits(params, batch)                         # [b, l, v]
+  return _token_scores(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
+                       greedy)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _ed_packed_encode_kv(model, params, enc, enc_seg):
+  encoded = model.encode(params, enc, encoder_segment_ids=enc_seg)     # [P, i, d]
+  return model.cross_key_values(params, encoded)                       # [layers, P, i, h, e]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 10))
+def _ed_packed_decode_scores(model, params, key_values, enc, enc_seg, idx, inputs, targets,
+                             segments, cross, greedy):
+  """Decoder row r, packed choices (`segments`), against prompt row `idx[r]`'s keys and
+  values, each position reading its prompt's segment (`cross`) of `enc_seg`."""
+  logits = model.decode_logits(params, None, enc, inputs, targets, cross_key_values=key_values,
+                               cross_rows=idx, encoder_segment_ids=enc_seg,
+                               decoder_segment_ids=segments, cross_segment_ids=cross)
+  return _token_scores(logits, targets, targets, greedy)
