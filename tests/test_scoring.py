@@ -454,6 +454,9 @@ def test_a_calls_new_programs_compile_together_on_worker_threads_once(arch, monk
     compiled_on.append(threading.current_thread() is threading.main_thread())
     return compile(self, *a, **k)
   monkeypatch.setattr(jax.stages.Lowered, "compile", recording)
+  # Rows of at most 16 tokens packed: the longer requests form other length classes, so
+  # the decoder-only call too needs several programs.
+  monkeypatch.setattr(scoring, "PACKED_ROW_TOKENS", 16)
   results = {}
   for workers in (1, 2):
     monkeypatch.setattr(scoring, "_PROGRAMS", {})       # nothing compiled yet
@@ -725,13 +728,26 @@ def test_packed_batches_stay_within_their_budgets(arch, max_tokens, kv_rows, mon
 
 
 def test_batches_start_from_the_lower_bound_and_keep_every_row():
-  """`Scorer._batches` cuts rows into consecutive, nearly equal parts that fit: from the
-  lower bound it is given, and in more parts when those do not fit."""
+  """`Scorer._batches` deals rows into parts that fit (part b: rows b, b + parts, ...):
+  from the lower bound it is given, and in more parts when those do not fit."""
   fits = lambda parts: max(map(len, parts)) <= 10
   for at_least in (1, 5, 10):
     parts = scoring.Scorer._batches(100, fits, at_least)
-    assert [list(p) for p in parts] == [list(range(k, k + 10)) for k in range(0, 100, 10)]
+    assert [list(p) for p in parts] == [list(range(b, 100, 10)) for b in range(10)]
+  assert [list(p) for p in scoring.Scorer._batches(7, lambda p: len(p) == 3, 3)] == [
+      [0, 3, 6], [1, 4], [2, 5]]
   # A lower bound above what is needed is kept (it comes from the positions to compute).
   assert len(scoring.Scorer._batches(100, fits, 20)) == 20
   # Nothing fits: one row a part.
   assert len(scoring.Scorer._batches(7, lambda parts: False, 1)) == 7
+
+
+def test_max_tokens_defaults_by_shapes_and_is_checked():
+  model, params = model_and_params(CD)
+  assert scoring.Scorer(model, params).max_tokens == scoring.DEFAULT_PACKED_MAX_TOKENS == 4096
+  assert scoring.Scorer(model, params, shapes=scoring.FINE).max_tokens == 16384
+  assert scoring.Scorer(model, params, max_tokens=512).max_tokens == 512
+  for bad in (0, -1, 2.5, True):
+    with pytest.raises(ValueError, match=f"max_tokens must be a positive number of tokens, "
+                                         f"found {bad!r}"):
+      scoring.Scorer(model, params, max_tokens=bad)

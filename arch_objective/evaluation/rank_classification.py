@@ -10,7 +10,7 @@ batch shape for a whole suite.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -28,7 +28,8 @@ def _truncate(tokens, length: int) -> np.ndarray:
 class RankScorer:
   """Scores requests with one model's parameters.
 
-  `max_tokens` bounds the tokens of one batch (rows x padded length);
+  `max_tokens` bounds the tokens of one batch (rows x padded length; None: the scorer's
+  default for `shapes`);
   `inputs_length` / `targets_length` truncate prompts and choices (the first N tokens,
   as seqio does; T0-Eval uses 1024 / 256). `shapes` is how batches are laid out
   (`scoring.SHAPES`; `one_shape=True` is `shapes="one_shape"`: every batch padded to the
@@ -38,14 +39,14 @@ class RankScorer:
   """
 
   def __init__(self, model: models.BaseModel, params, *, inputs_length: int = 1024,
-               targets_length: int = 256, max_tokens: int = scoring.DEFAULT_MAX_TOKENS,
+               targets_length: int = 256, max_tokens: Optional[int] = None,
                one_shape: bool = False, shapes: str = scoring.PACKED):
     self.model, self.params = model, params
     self.inputs_length, self.targets_length = inputs_length, targets_length
-    self.max_tokens = max_tokens
     self.one_shape = one_shape
     self.scorer = scoring.Scorer(model, params, max_tokens=max_tokens,
                                  shapes=scoring.ONE_SHAPE if one_shape else shapes)
+    self.max_tokens = self.scorer.max_tokens
 
   @property
   def computed(self) -> dict[str, int]:

@@ -63,6 +63,10 @@ from arch_objective import architectures, losses, models
 PACKED, FINE, POW2, ONE_SHAPE = "packed", "fine", "pow2", "one_shape"
 SHAPES = (PACKED, FINE, POW2, ONE_SHAPE)
 DEFAULT_MAX_TOKENS = 16384
+# `PACKED` rows are full, so its batches hold more requests in fewer tokens; on the 2-core
+# CPU batches of about 4,096 tokens ran a pass faster than one of 16,384 (the large
+# batch's buffers are fresh memory on every run).
+DEFAULT_PACKED_MAX_TOKENS = 4096
 # The most bytes of cross-attention keys and values one ED batch holds (all decoder layers,
 # its prompts padded): the paper's ED at 16,384 encoder tokens in bf16 would hold 6.4 GB.
 DEFAULT_CROSS_KV_MAX_BYTES = 2 << 30
@@ -252,7 +256,8 @@ def ed_decoder_batch(rows: Sequence[tuple[int, np.ndarray]], length: int, num_ro
 class Scorer:
   """Scores requests with one model's parameters (see the module docstring).
 
-  `max_tokens` bounds the tokens of one batch (rows x padded length); `shapes` is one of
+  `max_tokens` bounds the tokens of one batch (rows x padded length; default
+  `DEFAULT_PACKED_MAX_TOKENS` packed, else `DEFAULT_MAX_TOKENS`); `shapes` is one of
   `SHAPES`. `computed` holds the positions the last `score` call computed, padding
   included: `batches`, `encoder_positions`, `decoder_positions`,
   `cross_attention_key_positions` (the encoder positions whose cross-attention keys and
@@ -278,13 +283,18 @@ class Scorer:
   depend on it beyond float rounding.
   """
 
-  def __init__(self, model: models.BaseModel, params, *, max_tokens: int = DEFAULT_MAX_TOKENS,
+  def __init__(self, model: models.BaseModel, params, *, max_tokens: Optional[int] = None,
                shapes: str = PACKED, cross_kv_per_prompt: bool = True,
                cross_kv_max_bytes: int = DEFAULT_CROSS_KV_MAX_BYTES,
                new_program_cost: int = DEFAULT_NEW_PROGRAM_COST,
                compile_workers: Optional[int] = None):
     if shapes not in SHAPES:
       raise ValueError(f"unknown shapes {shapes!r}; expected one of {', '.join(SHAPES)}.")
+    if max_tokens is None:
+      max_tokens = DEFAULT_PACKED_MAX_TOKENS if shapes == PACKED else DEFAULT_MAX_TOKENS
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+      raise ValueError(f"max_tokens must be a positive number of tokens, found "
+                       f"{max_tokens!r}.")
     if shapes == PACKED and not cross_kv_per_prompt:
       raise ValueError("cross_kv_per_prompt=False (keys and values projected per choice "
                        "row) is a reference for the unpacked shapes; shapes='packed' "
@@ -547,14 +557,14 @@ class Scorer:
   @staticmethod
   def _batches(num_rows: int, fits: Callable[[list[range]], bool], at_least: int = 1
                ) -> list[range]:
-    """`range(num_rows)` cut into consecutive, nearly equal parts for which `fits(parts)`
-    holds (it checks the parts' padded shapes against the budgets), trying `at_least`
-    parts (a lower bound from the positions to compute), then about 3% more each time;
-    one row a part at most."""
+    """`range(num_rows)` dealt into parts for which `fits(parts)` holds (it checks the
+    parts' padded shape against the budgets): part b takes rows b, b + parts, ..., so
+    that rows laid out in order of size mix evenly and the parts share one shape with
+    little padding. Tries `at_least` parts (a lower bound from the positions to
+    compute), then about 3% more each time; one row a part at most."""
     parts = max(1, min(int(at_least), num_rows))
     while True:
-      bounds = np.linspace(0, num_rows, parts + 1).round().astype(int)
-      split = [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+      split = [range(b, num_rows, parts) for b in range(parts)]
       if parts >= num_rows or fits(split):
         return split
       parts = min(num_rows, parts + max(1, parts // 32))
@@ -603,8 +613,8 @@ class Scorer:
         self._layouts[key] = (rows, self._batches(
             len(rows), fits, -(-len(rows) * length // self.max_tokens)))
       rows, parts = self._layouts[key]
+      num_rows = packed_rows(max(map(len, parts)))        # one shape for the class's batches
       for part in parts:
-        num_rows = packed_rows(len(part))
         batch = {name: np.zeros((num_rows, length), np.int32) for name in (
             "decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids",
             "decoder_causal_attention", "decoder_loss_weights")}
@@ -682,9 +692,10 @@ class Scorer:
     prompt_lengths = [len(r.prompt) for r in requests]
     for enc_len, prompts in self._length_classes(prompt_lengths, 16).items():
       enc_rows, dec_rows, dec_len, parts = self._ed_layout(requests, prompts, enc_len)
+      # One shape for all of the class's batches: two programs.
+      num_prompts = packed_rows(max(map(len, parts)))
+      num_rows = packed_rows(max(sum(len(dec_rows[k]) for k in part) for part in parts))
       for part in parts:
-        num_prompts = packed_rows(len(part))
-        num_rows = packed_rows(sum(len(dec_rows[k]) for k in part))
         enc = np.zeros((num_prompts, enc_len), np.int32)
         enc_seg = np.zeros_like(enc)
         segment_of = {}
