@@ -365,7 +365,8 @@ class EncoderDecoderModel(BaseModel):
       `cross_key_values` (from `cross_key_values`) with `encoded` None: the decoder then
         projects no encoder row. With `cross_rows [b]` they are per prompt,
         `[layers, p, i, h, e]` with `encoder_input_tokens [p, i]`, and row r attends to
-        prompt `cross_rows[r]`; without, they are per row, `[layers, b, i, h, e]`.
+        prompt `cross_rows[r]` (`cross_rows [b, k]`: to k prompt rows, one after
+        another); without, they are per row, `[layers, b, i, h, e]`.
 
     Packed rows: `decoder_segment_ids [b, t]` keeps each decoder position's
     self-attention within its segment, and `cross_segment_ids [b, t]` names the segment of
@@ -390,8 +391,9 @@ class EncoderDecoderModel(BaseModel):
                                                                    jnp.int32)
     if cross_rows is not None:
       cross_rows = jnp.asarray(cross_rows, jnp.int32)
-      enc = enc[cross_rows]                                               # [b, i]
-      enc_seg = None if enc_seg is None else enc_seg[cross_rows]
+      rows = lambda a: a[cross_rows].reshape(cross_rows.shape[0], -1)   # [b, i] or [b, k i]
+      enc = rows(enc)
+      enc_seg = None if enc_seg is None else rows(enc_seg)
     targets = jnp.asarray(decoder_target_tokens, jnp.int32)
     dtype = self.config.activation_dtype
     cross_mask = layers.make_attention_mask(targets > 0, enc > 0, dtype=dtype)

@@ -170,7 +170,8 @@ class TransformerLayer(nn.Module):
   `relpos_bias`; otherwise (ED) the stack's shared table gives `position_bias
   [1|b, h, q, k]`. The cross-attention reads `encoded [b, i, d]` or, precomputed by
   `cross_key_values`, this layer's `cross_key_value` (`KeyValue` of `[b, i, h, e]`, or
-  `[p, i, h, e]` with `cross_rows [b]`: row r attends to key/value row `cross_rows[r]`).
+  `[p, i, h, e]` with `cross_rows [b]`: row r attends to key/value row `cross_rows[r]`;
+  with `cross_rows [b, k]`, to those k rows, concatenated).
   `mode` and `cache_length` are a `layers.Decoding`'s (its position is `decode_position`).
   The call takes arrays (or None) only, so that `nn.remat` and `nn.scan` can wrap the
   layer; `scanned` makes it return `(x, None)`, the carry and output of a scan body.
@@ -218,7 +219,10 @@ class TransformerLayer(nn.Module):
 
     if self.cross_attention:
       if cross_rows is not None:      # [p, i, h, e] -> [b, i, h, e], one layer at a time
-        cross_key_value = layers.KeyValue(*(t[cross_rows] for t in cross_key_value))
+        # (`cross_rows [b, k]`: row r reads k rows' keys and values one after another.)
+        cross_key_value = layers.KeyValue(*(
+            t[cross_rows].reshape(cross_rows.shape[0], -1, *t.shape[-2:])
+            for t in cross_key_value))
       y = layers.RMSNorm(cfg.layer_norm_epsilon, dtype=dtype,
                          name="pre_cross_attention_layer_norm")(x)
       y = attention(CROSS_ATTENTION)(

@@ -621,12 +621,14 @@ def test_ed_packed_layout_by_hand(monkeypatch):
   monkeypatch.setattr(scoring, "_PROGRAMS", dict(scoring._PROGRAMS))   # restored after
   scoring.clear_programs()
   assert scoring._PROGRAMS == {}
+  monkeypatch.setattr(scoring, "PACKED_CROSS_ROWS", 1)    # a decoder row reads one row
   scorer = scoring.Scorer(model, params)
   scorer._layouts = {}                      # (what `score` sets up for a call)
-  enc_rows, dec_rows, dec_len, parts = scorer._ed_layout(requests, list(range(7)), 16)
+  enc_rows, groups, dec_rows, dec_len, parts = scorer._ed_layout(requests, list(range(7)), 16)
   scorer._layouts = {}
   assert enc_rows == [[0, 2, 1], [5, 6], [3, 4]] and dec_len == 8
-  assert parts == [range(0, 3)]                           # 48 + 32 positions: one batch
+  assert groups == [[0], [1], [2]]
+  assert [list(p) for p in parts] == [[0, 1, 2]]          # 48 + 32 positions: one batch
   assert [len(rows) for rows in dec_rows] == [2, 1, 1]
   assert dec_rows[0] == [[(2, 0), (0, 1), (1, 0)], [(0, 0), (2, 1)]]      # 4 + 1 + 2, 3 + 2
   results = scorer.score(requests, greedy=True)
@@ -640,6 +642,21 @@ def test_ed_packed_layout_by_hand(monkeypatch):
   for a, b in zip(again.score(requests, greedy=True), results):
     np.testing.assert_array_equal(a.scores, b.scores)
   assert again.computed["programs_compiled"] == 0
+  # Decoder rows that read two encoder rows: rows 0 and 1 form a group, the row of padding
+  # stays alone. The group's choices (3 1 4 2 2 | 5 1 1) take at 6: [5 1] [4 1 1] [3 2]
+  # [2] = 4 rows, the padding row's (1 3 2) one: 5 rows of 6, 30 positions (at 8: 4 rows,
+  # 32; at 12: 3, 36; at 16 and 24: 48).
+  monkeypatch.setattr(scoring, "PACKED_CROSS_ROWS", 2)
+  paired = scoring.Scorer(model, params)
+  paired._layouts = {}
+  enc_rows, groups, dec_rows, dec_len, parts = paired._ed_layout(requests, list(range(7)), 16)
+  paired._layouts = {}
+  assert enc_rows == [[0, 2, 1], [5, 6], [3, 4]] and groups == [[0, 1], [2]]
+  assert dec_len == 6 and [len(rows) for rows in dec_rows] == [4, 1]
+  results = paired.score(requests, greedy=True)
+  assert paired.computed["encoder_positions"] == 48
+  assert paired.computed["decoder_positions"] == 30 and paired.computed["batches"] == 1
+  _assert_direct(ED, params, requests, results)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -736,6 +753,10 @@ def test_batches_start_from_the_lower_bound_and_keep_every_row():
     assert [list(p) for p in parts] == [list(range(b, 100, 10)) for b in range(10)]
   assert [list(p) for p in scoring.Scorer._batches(7, lambda p: len(p) == 3, 3)] == [
       [0, 3, 6], [1, 4], [2, 5]]
+  # With weights, the heaviest row first to the lightest part: 5 | 4, 3 -> 7 | then 2 to
+  # the first (5 + 2), 1 to the first again on the tie (7 against 7).
+  weighted = scoring.Scorer._batches(5, lambda parts: True, 2, [5, 1, 4, 2, 3])
+  assert [list(p) for p in weighted] == [[0, 1, 3], [2, 4]]
   # A lower bound above what is needed is kept (it comes from the positions to compute).
   assert len(scoring.Scorer._batches(100, fits, 20)) == 20
   # Nothing fits: one row a part.

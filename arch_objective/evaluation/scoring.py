@@ -22,9 +22,9 @@ Batches hold at most `max_tokens` tokens (rows x padded length). Their shapes (`
              length per class: every request up to `PACKED_ROW_TOKENS` tokens in rows of
              the longest one's `fine_bucket`, a longer one in rows of its own bucket.
              Decoder-only: rows of `prompt ++ choice` segments. ED: prompts packed into
-             encoder rows; each encoder row's choices packed into decoder rows that read
-             its keys and values (projected once per prompt), each choice's
-             cross-attention kept to its prompt's segment; the decoder length is the one
+             encoder rows; the choices of each `PACKED_CROSS_ROWS` encoder rows packed
+             into decoder rows that read those rows' keys and values (projected once per
+             prompt), each choice's cross-attention kept to its prompt's segment; the decoder length is the one
              of a few buckets from the longest choice's up that computes the fewest
              positions; prompts without tokens share an all-padding encoder row. A call
              compiles about two programs a length class (one, decoder-only), and row
@@ -80,6 +80,12 @@ DEFAULT_NEW_PROGRAM_COST = 2048
 PACKED_ROW_TOKENS = 512
 # `PACKED`, ED: decoder row lengths tried from the longest choice's bucket up.
 PACKED_DECODER_LENGTHS = 5
+# `PACKED`, ED: the encoder rows one decoder row reads (their keys and values one after
+# another). Two fill decoder rows with the choices of twice as many prompts (on the
+# scoring benchmark's suite 2,880 decoder positions instead of 3,584), for twice the
+# cross-attention keys per position and their gathering: on the 2-core CPU that pass ran
+# 1.07x slower (medians of 5 alternated passes), so one it is.
+PACKED_CROSS_ROWS = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -555,16 +561,26 @@ class Scorer:
 
   # -- packed rows -------------------------------------------------------------------
   @staticmethod
-  def _batches(num_rows: int, fits: Callable[[list[range]], bool], at_least: int = 1
-               ) -> list[range]:
+  def _batches(num_rows: int, fits: Callable[[list], bool], at_least: int = 1,
+               weights: Optional[Sequence[float]] = None) -> list:
     """`range(num_rows)` dealt into parts for which `fits(parts)` holds (it checks the
-    parts' padded shape against the budgets): part b takes rows b, b + parts, ..., so
-    that rows laid out in order of size mix evenly and the parts share one shape with
-    little padding. Tries `at_least` parts (a lower bound from the positions to
-    compute), then about 3% more each time; one row a part at most."""
+    parts' padded shape against the budgets), so that the parts share one shape with
+    little padding: without `weights`, part b takes rows b, b + parts, ... (rows laid out
+    in order of size mix evenly); with them, each row, heaviest first, goes to the part
+    that weighs least so far (each part's rows in ascending order). Tries `at_least`
+    parts (a lower bound from the positions to compute), then about 3% more each time;
+    one row a part at most."""
     parts = max(1, min(int(at_least), num_rows))
     while True:
-      split = [range(b, num_rows, parts) for b in range(parts)]
+      if weights is None:
+        split = [range(b, num_rows, parts) for b in range(parts)]
+      else:
+        split, totals = [[] for _ in range(parts)], [0.0] * parts
+        for row in sorted(range(num_rows), key=lambda r: (-weights[r], r)):
+          lightest = min(range(parts), key=lambda b: (totals[b], b))
+          split[lightest].append(row)
+          totals[lightest] += weights[row]
+        split = [sorted(part) for part in split]
       if parts >= num_rows or fits(split):
         return split
       parts = min(num_rows, parts + max(1, parts // 32))
@@ -644,13 +660,17 @@ class Scorer:
 
   def _ed_layout(self, requests, prompts: list[int], enc_len: int):
     """How the prompts `prompts` (indices into `requests`) of one length class are laid
-    out: `(encoder rows, decoder rows per encoder row, decoder length)`. An encoder row is
-    a list of prompts (segments 1, 2, ...; the prompts without tokens share one row of
-    padding of their own, which their choices' cross-attention reads as the unpacked
-    scorer does), a decoder row a list of (prompt, choice) pairs of one encoder row.
-    The decoder length is the one of `PACKED_DECODER_LENGTHS` buckets from the longest
-    choice's up that computes the fewest positions. Also the batches: consecutive runs of
-    encoder rows within `max_tokens` and `cross_kv_max_bytes`."""
+    out: `(encoder rows, groups, decoder rows per group, decoder length, batches)`.
+
+    An encoder row is a list of prompts (each a segment; the prompts without tokens share
+    one row of padding of their own, which their choices' cross-attention reads as the
+    unpacked scorer does). A group is `PACKED_CROSS_ROWS` consecutive encoder rows (the
+    row of padding alone; one row where such a group alone would not fit a batch's
+    budgets) and a decoder row a list of (prompt, choice) pairs of one
+    group, which reads that group's keys and values. The decoder length is the one of
+    `PACKED_DECODER_LENGTHS` buckets from the longest choice's up that computes the
+    fewest positions. The batches are the groups dealt into parts (`_batches`) whose
+    shape, one for them all, stays within `max_tokens` and `cross_kv_max_bytes`."""
     key = (enc_len, len(prompts))
     if key in self._layouts:
       return self._layouts[key]
@@ -658,64 +678,81 @@ class Scorer:
     empty = [g for g in prompts if not len(requests[g].prompt)]
     enc_rows = [[full[k] for k in row]
                 for row in pack([len(requests[g].prompt) for g in full], enc_len)]
+    filled = len(enc_rows)
     if empty:
       enc_rows.append(empty)
-    choices = [[(g, j) for g in row for j in range(len(requests[g].choices))]
-               for row in enc_rows]
     longest = max(len(c) for g in prompts for c in requests[g].choices)
-    best = None
-    length = fine_bucket(longest, 4)
-    for _ in range(PACKED_DECODER_LENGTHS):
-      dec_rows = [[[row[k] for k in d] for d in pack(
-          [len(requests[g].choices[j]) for g, j in row], length)] for row in choices]
-      positions = sum(map(len, dec_rows)) * length
-      if best is None or positions < best[0]:
-        best = (positions, dec_rows, length)
-      length = fine_bucket(length + 1)
-    _, dec_rows, dec_len = best
+    # Groups of `PACKED_CROSS_ROWS` rows, or of one where a group alone would not fit.
+    for cross in sorted({PACKED_CROSS_ROWS, 1}, reverse=True):
+      groups = [list(range(a, min(a + cross, filled))) for a in range(0, filled, cross)]
+      if empty:
+        groups.append([filled])
+      choices = [[(g, j) for row in group for g in enc_rows[row]
+                  for j in range(len(requests[g].choices))] for group in groups]
+      best = None
+      length = fine_bucket(longest, 4)
+      for _ in range(PACKED_DECODER_LENGTHS):
+        dec_rows = [[[pairs[i] for i in d] for d in pack(
+            [len(requests[g].choices[j]) for g, j in pairs], length)] for pairs in choices]
+        positions = sum(map(len, dec_rows)) * length
+        if best is None or positions < best[0]:
+          best = (positions, dec_rows, length)
+        length = fine_bucket(length + 1)
+      _, dec_rows, dec_len = best
 
-    def fits(parts):
-      p = packed_rows(max(map(len, parts)))
-      d = packed_rows(max(sum(len(dec_rows[k]) for k in part) for part in parts))
-      return (p * enc_len + d * dec_len <= self.max_tokens
-              and self.cross_kv_bytes(p, enc_len) <= self.cross_kv_max_bytes)
+      def fits(parts, groups=groups, dec_rows=dec_rows, dec_len=dec_len):
+        p = packed_rows(max(sum(len(groups[x]) for x in part) for part in parts))
+        d = packed_rows(max(sum(len(dec_rows[x]) for x in part) for part in parts))
+        return (p * enc_len + d * dec_len <= self.max_tokens
+                and self.cross_kv_bytes(p, enc_len) <= self.cross_kv_max_bytes)
+
+      if cross == 1 or all(fits([[x]]) for x in range(len(groups))):
+        break
 
     positions = len(enc_rows) * enc_len + sum(map(len, dec_rows)) * dec_len
-    parts = self._batches(len(enc_rows), fits, -(-positions // self.max_tokens))
-    layout = self._layouts[key] = (enc_rows, dec_rows, dec_len, parts)
+    parts = self._batches(len(groups), fits, -(-positions // self.max_tokens),
+                          [len(g) * enc_len + len(d) * dec_len
+                           for g, d in zip(groups, dec_rows)])
+    layout = self._layouts[key] = (enc_rows, groups, dec_rows, dec_len, parts)
     return layout
 
   def _score_ed_packed(self, requests, normalize, greedy, scores, flags):
-    """Prompts packed into encoder rows, each prompt a segment; each encoder row's
-    choices packed into decoder rows that read that row's keys and values (projected
-    once per prompt), each choice a segment that reads its prompt's."""
+    """Prompts packed into encoder rows, each prompt a segment (numbered across the
+    batch); each group of encoder rows' choices packed into decoder rows that read the
+    group's keys and values (projected once per prompt; a group of one row reads it
+    twice, which leaves the attention's weighted sum as it is), each choice a segment
+    that reads its prompt's."""
     prompt_lengths = [len(r.prompt) for r in requests]
     for enc_len, prompts in self._length_classes(prompt_lengths, 16).items():
-      enc_rows, dec_rows, dec_len, parts = self._ed_layout(requests, prompts, enc_len)
+      enc_rows, groups, dec_rows, dec_len, parts = self._ed_layout(requests, prompts, enc_len)
+      k = max(map(len, groups))             # the encoder rows a decoder row reads
       # One shape for all of the class's batches: two programs.
-      num_prompts = packed_rows(max(map(len, parts)))
-      num_rows = packed_rows(max(sum(len(dec_rows[k]) for k in part) for part in parts))
+      num_prompts = packed_rows(max(sum(len(groups[x]) for x in part) for part in parts))
+      num_rows = packed_rows(max(sum(len(dec_rows[x]) for x in part) for part in parts))
       for part in parts:
         enc = np.zeros((num_prompts, enc_len), np.int32)
         enc_seg = np.zeros_like(enc)
-        segment_of = {}
-        for p, k in enumerate(part):
+        segment_of, row_of = {}, {}
+        for row in (row for x in part for row in groups[x]):
+          p = row_of[row] = len(row_of)
           start = 0
-          for segment, g in enumerate(enc_rows[k], 1):
+          for g in enc_rows[row]:
             prompt = requests[g].prompt
+            segment_of[g] = len(segment_of) + 1
             enc[p, start:start + len(prompt)] = prompt
-            enc_seg[p, start:start + len(prompt)] = segment
-            segment_of[g] = segment
+            enc_seg[p, start:start + len(prompt)] = segment_of[g]
             start += len(prompt)
-        idx = np.zeros((num_rows,), np.int32)
+        idx = np.zeros((num_rows, k), np.int32)
         arrays = {name: np.zeros((num_rows, dec_len), np.int32)
                   for name in ("inputs", "targets", "segments", "cross")}
         slots = np.full((num_rows, dec_len), -1, np.int64)
         where = []
         r = 0
-        for p, k in enumerate(part):
-          for row in dec_rows[k]:
-            idx[r], start = p, 0
+        for x in part:
+          read = [row_of[row] for row in groups[x]]
+          read += read[:1] * (k - len(read))
+          for row in dec_rows[x]:
+            idx[r], start = read, 0
             for segment, (g, j) in enumerate(row, 1):
               choice = requests[g].choices[j]
               stop = start + len(choice)
@@ -861,8 +898,9 @@ def _ed_packed_encode_kv(model, params, enc, enc_seg):
 @functools.partial(jax.jit, static_argnums=(0, 10))
 def _ed_packed_decode_scores(model, params, key_values, enc, enc_seg, idx, inputs, targets,
                              segments, cross, greedy):
-  """Decoder row r, packed choices (`segments`), against prompt row `idx[r]`'s keys and
-  values, each position reading its prompt's segment (`cross`) of `enc_seg`."""
+  """Decoder row r, packed choices (`segments`), against the keys and values of the
+  prompt rows `idx[r]` (`[R, k]`, one after another), each position reading its prompt's
+  segment (`cross`) of `enc_seg`."""
   logits = model.decode_logits(params, None, enc, inputs, targets, cross_key_values=key_values,
                                cross_rows=idx, encoder_segment_ids=enc_seg,
                                decoder_segment_ids=segments, cross_segment_ids=cross)
