@@ -89,6 +89,13 @@ def test_each_family_reports_its_floor_majority_ceiling_and_one_class_answers(sm
     assert ed_mlm["top_answer_share"] == pytest.approx(sum(shares) / len(shares))
   assert (out / "runs" / f"ceiling_{results['heldout_families'][0]}" / "checkpoints").is_dir()
   assert "majority class" in (out / "results.md").read_text()
+  # Ceilings are taught at `ceiling_learning_rate` (smoke: 0.005), MT-F at its own rate.
+  rates = lambda run: [json.loads(line)["learning_rate"]
+                       for line in (out / "runs" / run / "metrics.jsonl").read_text().splitlines()]
+  ceiling = rates(f"ceiling_{results['heldout_families'][0]}")
+  assert ceiling and ceiling == pytest.approx([0.005] * len(ceiling))
+  mtf = rates("ed_mlm_mtf")
+  assert mtf and mtf == pytest.approx([0.001] * len(mtf))
 
 
 def test_a_finished_study_resumes_without_redoing_stages(smoke_dir):
@@ -171,6 +178,10 @@ def test_the_study_command_passes_gin_bindings_and_checks_ceiling_fields(tmp_pat
                                        "found -1"):
     study.run_study("smoke", str(tmp_path / "bad"),
                     bindings=["StudyConfig.ceiling_examples = -1"])
+  with pytest.raises(ValueError, match="StudyConfig.ceiling_learning_rate must be a number >= 0 "
+                                       r"\(0: the MT-F rate\), found -0.1"):
+    study.run_study("smoke", str(tmp_path / "bad"),
+                    bindings=["StudyConfig.ceiling_learning_rate = -0.1"])
   assert not (tmp_path / "bad" / "config.json").exists()
 
 

@@ -13,9 +13,10 @@
      0.1, the step counter continuing), and evaluates again;
   5. optionally runs NC-A (CD:FLM continued as ND:MLM, then MT-F as ND);
   6. with `ceiling_steps`, finetunes the pretrained ED:MLM on each held-out family's
-     `test` split (its first `ceiling_examples`, 0: the world's 300) and scores it on the
-     family's `validation` split: what a model of this size reaches when it is taught
-     the family (a diagnostic, never compared);
+     `test` split (its first `ceiling_examples`, 0: the world's 300) at
+     `ceiling_learning_rate` (0: the MT-F rate) and scores it on the family's
+     `validation` split: what a model of this size reaches when it is taught the family
+     (a diagnostic, never compared);
   7. writes `results.json`, `results.md` (the paper-style table with bootstrap 95%
      intervals; the paper's contrasts as paired differences with paired bootstrap 95%
      intervals; per family the random floor, the majority-class baseline, the
@@ -68,6 +69,7 @@ class StudyConfig:
   nc_a_steps: int = 100
   ceiling_steps: int = 0
   ceiling_examples: int = 0
+  ceiling_learning_rate: float = 0.0
   contrast_resamples: int = 1000
   seed: int = 0
 
@@ -166,8 +168,10 @@ def _pretrain(setup: _Setup, arch: str, objective: str, model_dir: str, steps: i
 
 
 def _finetune(setup: _Setup, arch: str, model_dir: str, source: str, steps: int,
-              task: str = "study_mtf", new_steps: Optional[int] = None):
-  """Continue `source` on a prompted mixture (constant rate, dropout): MT-F by default."""
+              task: str = "study_mtf", new_steps: Optional[int] = None,
+              learning_rate: Optional[float] = None):
+  """Continue `source` on a prompted mixture (constant rate, dropout): MT-F by default,
+  at `learning_rate` (default: the MT-F rate)."""
   from arch_objective.training import data, optimizers, train
   config = setup.config
   model = models.build_model(arch, "tiny", dropout_rate=config.mtf_dropout,
@@ -177,7 +181,8 @@ def _finetune(setup: _Setup, arch: str, model_dir: str, source: str, steps: int,
                                          vocabulary=setup.vocab_path, seed=config.seed,
                                          inputs_length=config.mtf_inputs_length,
                                          targets_length=config.mtf_targets_length),
-              learning_rate_schedule=optimizers.constant(config.mtf_learning_rate),
+              learning_rate_schedule=optimizers.constant(learning_rate or
+                                                         config.mtf_learning_rate),
               restore_checkpoint=source, save_every=steps,
               log_every=max((new_steps or config.mtf_steps) // 20, 1), seed=config.seed)
 
@@ -205,7 +210,8 @@ def _teach_family(setup: _Setup, family: str, model_dir: str, source: str, steps
       f"study_ceiling_{family}", taught, setup.vocab_path,
       inputs_length=config.mtf_inputs_length, targets_length=config.mtf_targets_length))
   _finetune(setup, models.ENCODER_DECODER, model_dir, source, steps,
-            task=f"study_ceiling_{family}", new_steps=config.ceiling_steps)
+            task=f"study_ceiling_{family}", new_steps=config.ceiling_steps,
+            learning_rate=config.ceiling_learning_rate or None)
 
 
 def _evaluate(setup: _Setup, model_dir: str, out_path: str, suite: Optional[list] = None):
@@ -251,6 +257,10 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
     value = getattr(config, field)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
       raise ValueError(f"StudyConfig.{field} must be an integer >= 0, found {value!r}.")
+  rate = config.ceiling_learning_rate
+  if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate >= 0:
+    raise ValueError(f"StudyConfig.ceiling_learning_rate must be a number >= 0 (0: the MT-F "
+                     f"rate), found {rate!r}.")
   out_dir = os.path.abspath(out_dir)
   os.makedirs(os.path.join(out_dir, "world"), exist_ok=True)
   changed = record_config(config, out_dir)
