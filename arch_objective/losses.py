@@ -7,10 +7,12 @@ size (`loss_normalizing_factor=None`). A number divides the sum by that constant
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Array = jax.Array
 
@@ -33,6 +35,52 @@ def cross_entropy_with_logits(logits: Array, targets: Array, z_loss: float = 0.0
   return loss + total_z_loss, total_z_loss
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def label_cross_entropy(logits: Array, targets: Array, confidence: float,
+                        low_confidence: float, z_loss: float) -> tuple[Array, Array]:
+  """`cross_entropy_with_logits` against the smoothed one-hot of integer `targets`
+  (`confidence` on the label, `low_confidence` on every other entry), without building
+  the `[..., v]` target distribution.
+
+  `logits [..., v]` float32, `targets [...]` int32 -> (loss `[...]` including the z-loss
+  term, z-loss `[...]`). With `m` the total target mass `confidence + (v - 1) *
+  low_confidence`, the loss is `m * log Z - sum_j t_j x_j + z_loss * log(Z)^2`; the
+  gradient, written out as t5x does, is `softmax * (m + 2 z_loss log Z) - t`, one pass
+  over the logits instead of the several that differentiating the expression takes.
+  """
+  return _label_cross_entropy_fwd(logits, targets, confidence, low_confidence, z_loss)[0]
+
+
+def _target_mass(vocab_size: int, confidence: float, low_confidence: float) -> float:
+  return confidence + (vocab_size - 1) * low_confidence
+
+
+def _label_cross_entropy_fwd(logits, targets, confidence, low_confidence, z_loss):
+  peak = lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  log_z = jnp.log(jnp.sum(jnp.exp(logits - peak), axis=-1)) + peak[..., 0]    # [...]
+  label_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  mass = _target_mass(logits.shape[-1], confidence, low_confidence)
+  loss = mass * log_z - (confidence - low_confidence) * label_logit
+  if low_confidence:
+    loss = loss - low_confidence * jnp.sum(logits, axis=-1)
+  z = z_loss * jnp.square(log_z)
+  return (loss + z, z), (logits, targets, log_z)
+
+
+def _label_cross_entropy_bwd(confidence, low_confidence, z_loss, residuals, cotangents):
+  logits, targets, log_z = residuals
+  g_loss, g_z = cotangents                                                  # [...] each
+  mass = _target_mass(logits.shape[-1], confidence, low_confidence)
+  scale = g_loss * (mass + 2.0 * z_loss * log_z) + g_z * (2.0 * z_loss * log_z)
+  is_label = lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1) == targets[..., None]
+  target = jnp.where(is_label, confidence, low_confidence)
+  grad = jnp.exp(logits - log_z[..., None]) * scale[..., None] - target * g_loss[..., None]
+  return grad, None
+
+
+label_cross_entropy.defvjp(_label_cross_entropy_fwd, _label_cross_entropy_bwd)
+
+
 def compute_weighted_cross_entropy(
     logits: Array, targets: Array, weights: Optional[Array] = None,
     label_smoothing: float = 0.0, z_loss: float = 0.0,
@@ -49,14 +97,15 @@ def compute_weighted_cross_entropy(
     raise ValueError(f"logits must have one more axis than targets; found logits "
                      f"{logits.shape} and targets {targets.shape}.")
   vocab_size = logits.shape[-1]
+  # Python numbers: `label_cross_entropy` specialises its gradient on them.
+  label_smoothing, z_loss = float(label_smoothing), float(z_loss)
   confidence = 1.0 - label_smoothing
   low_confidence = (1.0 - confidence) / (vocab_size - 1)
   normalizing_constant = -(
       confidence * jnp.log(confidence)
       + (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
-  one_hot = jax.nn.one_hot(targets, vocab_size, dtype=jnp.float32)
-  soft_targets = one_hot * (confidence - low_confidence) + low_confidence
-  loss, z = cross_entropy_with_logits(logits, soft_targets, z_loss)
+  loss, z = label_cross_entropy(logits.astype(jnp.float32), targets.astype(jnp.int32),
+                                confidence, low_confidence, z_loss)
   loss = loss - normalizing_constant
   if weights is None:
     weights = jnp.ones(targets.shape, jnp.float32)

@@ -341,7 +341,11 @@ class TransformerStack(nn.Module):
     if self.role == ENCODER:
       return x
     if cfg.logits_via_embedding:
-      logits = embedder.attend(x) / jnp.sqrt(x.shape[-1]).astype(jnp.float32)
+      # t5x divides the logits by sqrt(d); dividing the [b, l, d] states instead is the
+      # same product up to rounding, without a pass over the [b, l, v] logits (and one
+      # over their gradient) in every training step.
+      logits = embedder.attend(jnp.asarray(x, jnp.float32)
+                               / jnp.sqrt(jnp.float32(x.shape[-1])))
     else:
       logits = layers.DenseGeneral(cfg.vocab_size, dtype=jnp.float32,
                                    kernel_axes=(layers.EMBED, layers.VOCAB),
