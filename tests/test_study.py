@@ -158,6 +158,16 @@ def test_the_configuration_is_recorded_and_a_changed_one_is_named(tmp_path):
   assert study.record_config(changed, str(tmp_path)) == [
       f"mtf_learning_rate: {config.mtf_learning_rate!r} -> 0.5"]
   assert json.loads((tmp_path / "config.json").read_text())["mtf_learning_rate"] == 0.5
+  # A study recorded before a field existed ran with that field's default (0.0): the
+  # default is no change, another value (the smoke preset's 0.005) is one.
+  recorded = json.loads((tmp_path / "config.json").read_text())
+  del recorded["ceiling_learning_rate"]
+  (tmp_path / "config.json").write_text(json.dumps(recorded))
+  at_default = study.load_preset("smoke", ["StudyConfig.mtf_learning_rate = 0.5",
+                                           "StudyConfig.ceiling_learning_rate = 0.0"])
+  assert study.record_config(at_default, str(tmp_path)) == []
+  (tmp_path / "config.json").write_text(json.dumps(recorded))
+  assert study.record_config(changed, str(tmp_path)) == ["ceiling_learning_rate: 0.0 -> 0.005"]
 
 
 def test_the_study_command_passes_gin_bindings_and_checks_ceiling_fields(tmp_path, monkeypatch):

@@ -100,7 +100,10 @@ def record_config(config: StudyConfig, out_dir: str) -> list[str]:
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
+    # A field added since that study ran had its default there.
+    defaults = dataclasses.asdict(StudyConfig())
+    changed = [f"{k}: {old.get(k, defaults[k])!r} -> {v!r}" for k, v in new.items()
+               if old.get(k, defaults[k]) != v]
   with open(path + ".tmp", "w") as f:
     json.dump(new, f, indent=2)
   os.replace(path + ".tmp", path)
