@@ -174,7 +174,7 @@ def _finetune(setup: _Setup, arch: str, model_dir: str, source: str, steps: int,
               task: str = "study_mtf", new_steps: Optional[int] = None,
               learning_rate: Optional[float] = None):
   """Continue `source` on a prompted mixture (constant rate, dropout): MT-F by default,
-  at `learning_rate` (default: the MT-F rate)."""
+  at `learning_rate` (None or 0: the MT-F rate)."""
   from arch_objective.training import data, optimizers, train
   config = setup.config
   model = models.build_model(arch, "tiny", dropout_rate=config.mtf_dropout,
@@ -214,7 +214,7 @@ def _teach_family(setup: _Setup, family: str, model_dir: str, source: str, steps
       inputs_length=config.mtf_inputs_length, targets_length=config.mtf_targets_length))
   _finetune(setup, models.ENCODER_DECODER, model_dir, source, steps,
             task=f"study_ceiling_{family}", new_steps=config.ceiling_steps,
-            learning_rate=config.ceiling_learning_rate or None)
+            learning_rate=config.ceiling_learning_rate)
 
 
 def _evaluate(setup: _Setup, model_dir: str, out_path: str, suite: Optional[list] = None):
