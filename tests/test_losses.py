@@ -217,6 +217,21 @@ def test_weighted_accuracy_literal():
   assert float(correct) == 2.5 and float(wsum) == 4.5
 
 
+def test_weighted_accuracy_counts_a_tie_with_the_maximum_and_matches_argmax_otherwise():
+  logits = np.array([[[1.0, 1.0, 0.0],      # the target ties for the maximum: correct
+                      [2.0, 2.0, 0.0]]], np.float32)   # target 2 is below it: wrong
+  correct, _ = J(losses.compute_weighted_accuracy, logits, np.array([[1, 2]], np.int32))
+  assert float(correct) == 1.0
+  rng = np.random.RandomState(3)
+  logits = rng.randn(3, 7, 50).astype(np.float32)
+  targets = rng.randint(0, 50, size=(3, 7)).astype(np.int32)
+  targets[0, :4] = logits[0, :4].argmax(-1)            # some positions correct
+  weights = rng.rand(3, 7).astype(np.float32)
+  expected = float(np.sum((logits.argmax(-1) == targets) * weights))
+  correct, _ = J(losses.compute_weighted_accuracy, logits, targets, weights)
+  assert float(correct) == pytest.approx(expected, rel=1e-6) and expected > 0
+
+
 def test_token_log_likelihoods_match_numpy():
   rng = np.random.RandomState(1)
   logits = (4 * rng.randn(2, 4, 6)).astype(np.float32)
