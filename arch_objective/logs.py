@@ -52,4 +52,3 @@ def show_on_stderr(level: int = logging.INFO) -> logging.Logger:
   root.setLevel(level)
   root.propagate = False
   return root
-
