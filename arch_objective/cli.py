@@ -494,6 +494,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+  from arch_objective import host_memory
+  try:
+    host_memory.keep_freed_memory()
+  except ValueError as e:              # a bad ARCH_OBJECTIVE_HOST_MEMORY
+    print(f"arch-objective: {e}", file=sys.stderr)
+    return 2
   bindings, search_paths, rest = _split_gin_bindings(
       sys.argv[1:] if argv is None else list(argv))
   args = build_parser().parse_args(rest)

@@ -43,6 +43,11 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
   return "\n".join(lines)
 
 
+def host_memory_note(setting: str) -> str:
+  return ("freed buffers kept for reuse: `arch_objective.host_memory`" if setting == "reuse"
+          else "the C library's default allocator")
+
+
 def markdown(results: dict) -> str:
   """`summary.md`: the run, the machine, one table per benchmark."""
   m = results["machine"]
@@ -52,6 +57,9 @@ def markdown(results: dict) -> str:
          f"Machine: {m['platform']}; {m['cpu_model']}; {m['usable_cpus']} of {m['cpu_count']} "
          f"CPUs usable; Python {m['python']}; {versions}; JAX backend {m['jax_backend']}, "
          f"devices {', '.join(m['jax_devices'])}.", ""]
+  if "host_memory" in results:
+    out[-1:-1] = ["", f"Host memory ({host_memory_note(results['host_memory'])}), for ours and "
+                  f"HF alike (one process)."]
   for name, result in results["benchmarks"].items():
     benchmark = bench.BENCHMARKS[name]
     header, rows, notes = benchmark.summary(result)
@@ -62,9 +70,12 @@ def markdown(results: dict) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   options = parse_args(argv)
+  from arch_objective import host_memory
+  kept = host_memory.keep_freed_memory()      # as the `arch-objective` command does
   names = options.only or list(bench.BENCHMARKS)
   start = time.perf_counter()
   results = {
+      "host_memory": "reuse" if kept else "system",
       "mode": "smoke" if options.smoke else "full",
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "command": " ".join(["python -m bench"] + list(sys.argv[1:] if argv is None else argv)),

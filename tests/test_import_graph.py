@@ -8,7 +8,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "arch_objective"
 
 # Lowest first. The package root only re-exports (lazily) and is not checked.
 LAYERS = (
-    ("paths", "architectures", "testing", "logs"),
+    ("paths", "architectures", "testing", "logs", "host_memory"),
     ("objectives", "data"),
     ("prompts",),
     ("study.world",),              # the study's world generator: data only, no JAX
