@@ -11,6 +11,7 @@
   arch-objective study --preset smoke|quick|medium|full --out DIR [--gin.StudyConfig.NAME=VALUE ...]
                                                               the laptop-scale study
   arch-objective study --preset P --out DIR --widths 64,128,256   the study at each width
+  arch-objective compare-studies BEFORE AFTER [--out DIR]     two studies, paired per example
   arch-objective smoke [--out DIR]                            the study's smoke preset
 """
 from __future__ import annotations
@@ -192,6 +193,15 @@ def _study(args) -> int:
     return 0
   study.run_study(args.preset, args.out, nc_a=args.nc_a, bindings=args.gin_bindings)
   print(open(os.path.join(args.out, "results.md")).read())
+  return 0
+
+
+def _compare_studies(args) -> int:
+  from arch_objective.study import scale
+  summary = scale.compare_studies(args.before, args.after, resamples=args.resamples)
+  if args.out:
+    scale.write_comparison(summary, args.out)
+  print(scale.comparison_markdown(summary))
   return 0
 
 
@@ -485,6 +495,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "MLP sizes scale with it) in DIR/width_W, and compare the paper's "
                           "contrasts across widths in DIR/scale.md and scale.png")
   study.set_defaults(func=_study)
+
+  compare = sub.add_parser(
+      "compare-studies", help="two finished studies (say medium and full) on the examples "
+                              "both scored: each model's change and each contrast's, paired")
+  compare.add_argument("before", help="a study folder (what `arch-objective study` wrote)")
+  compare.add_argument("after", help="another study folder of the same world")
+  compare.add_argument("--out", help="also write compare.md and compare.json here")
+  compare.add_argument("--resamples", type=int, default=1000,
+                       help="paired bootstrap resamplings (default 1000)")
+  compare.set_defaults(func=_compare_studies)
 
   smoke = sub.add_parser("smoke", help="the study's smoke preset: the whole pipeline, tiny, "
                                       "in about two minutes")

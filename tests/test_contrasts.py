@@ -88,3 +88,60 @@ def test_a_contrasts_change_between_two_evaluations_is_paired_over_all_four():
   with pytest.raises(ValueError, match="width 64 and width 256 have different numbers"):
     contrasts.paired_combination([tables[0], {"d": {"p": [1.0]}}], [1, -1],
                                  names=["width 64", "width 256"])
+
+
+def test_shared_examples_cuts_every_table_to_the_first_examples_all_of_them_scored():
+  long = {"d": {"p": [1, 0, 1, 1, 0, 1], "q": [0, 0, 1, 1, 1, 1]}, "e": {"p": [1, 1, 0]}}
+  short = {"d": {"p": [0, 0, 1, 1], "q": [1, 0, 1, 0]}, "e": {"p": [0, 1, 1, 0, 1]}}
+  golds = [{"d": [0, 1, 2, 0, 1, 2], "e": [1, 0, 1]},
+           {"d": [0, 1, 2, 0], "e": [1, 0, 1, 1, 1]}]
+  cut = contrasts.shared_examples([long, short], golds, names=["300", "150"])
+  assert cut == [{"d": {"p": [1, 0, 1, 1], "q": [0, 0, 1, 1]}, "e": {"p": [1, 1, 0]}},
+                 {"d": {"p": [0, 0, 1, 1], "q": [1, 0, 1, 0]}, "e": {"p": [0, 1, 1]}}]
+  # The cut tables pair: d: long p 75 q 50 -> 62.5, short 50, 50 -> 50; e: 66.7 vs 66.7.
+  out = contrasts.paired_difference(*cut, resamples=50)
+  assert out["difference"] == pytest.approx((62.5 + 200 / 3) / 2 - (50 + 200 / 3) / 2)
+
+
+def test_shared_examples_refuses_tables_whose_gold_answers_differ():
+  a = {"d": {"p": [1, 0, 1]}}
+  b = {"d": {"p": [1, 0]}}
+  with pytest.raises(ValueError, match=r"d: medium and full have different gold answers on "
+                                       r"their first 2 examples"):
+    contrasts.shared_examples([a, b], [{"d": [0, 1, 2]}, {"d": [0, 2]}],
+                              names=["medium", "full"])
+  with pytest.raises(ValueError, match="different datasets"):
+    contrasts.shared_examples([a, {"e": {"p": [1]}}])
+  with pytest.raises(ValueError, match="one name .* per table"):
+    contrasts.shared_examples([a, b], names=["only one"])
+
+
+def test_the_bootstrap_scores_all_resamplings_as_a_loop_over_them_would():
+  """The resamplings are scored at once; the interval equals, bit for bit, a loop that
+  draws each resampling's examples per dataset and scores it with `suite_score`
+  (prompts with unscored examples, and a prompt left with none in a draw, included)."""
+  rng = np.random.default_rng(3)
+
+  def table():
+    out = {}
+    for d, n in (("a", 40), ("b", 7)):
+      prompts = {}
+      for p in ("p", "q", "r"):
+        v = rng.integers(0, 2, n).astype(float)
+        v[rng.random(n) < 0.2] = np.nan
+        prompts[p] = v
+      out[d] = prompts
+    out["b"]["r"][:] = np.nan
+    out["b"]["r"][0] = 1.0          # scored once: some draws leave it no example
+    return out
+
+  tables = [table(), table(), table()]
+  weights = [1.0, -0.5, -0.5]
+  out = contrasts.paired_combination(tables, weights, resamples=300, seed=11)
+  loop_rng = np.random.default_rng(11)
+  values = []
+  for _ in range(300):
+    draw = {d: loop_rng.integers(0, n, n) for d, n in (("a", 40), ("b", 7))}
+    values.append(sum(w * contrasts.suite_score(t, draw) for w, t in zip(weights, tables)))
+  assert out["ci"] == [float(x) for x in np.percentile(values, [2.5, 97.5])]
+  assert out["value"] == sum(w * contrasts.suite_score(t) for w, t in zip(weights, tables))

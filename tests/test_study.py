@@ -257,6 +257,18 @@ def test_the_study_across_widths_reads_each_width_as_a_study(smoke_dir, tmp_path
   assert f"{first['difference']:+.1f} [{first['ci'][0]:+.1f}, {first['ci'][1]:+.1f}]" in md
   assert (out / "scale.png").stat().st_size > 10_000
   assert json.loads((out / "scale.json").read_text()) == json.loads(json.dumps(summary))
+  # The two width folders compared as studies: each model's change is the difference of
+  # its two averages (the same examples), each contrast's change is run_scale's.
+  compared = scale.compare_studies(str(out / "width_16"), str(out / "width_32"),
+                                   resamples=200)
+  assert compared["config_changes"]["emb_dim"] == [16, 32]
+  row = next(m for m in compared["models"]
+             if (m["cell"], m["stage"]) == ("ed_mlm", "after_mtf"))
+  assert row["change"] == pytest.approx(wide["models"]["ed_mlm"]["after_mtf"]["average"]
+                                        - narrow["models"]["ed_mlm"]["after_mtf"]["average"],
+                                        abs=1e-9)
+  assert [c["change"] for c in compared["contrasts"]] == pytest.approx(
+      [c["change"] for c in summary["changes"]], abs=1e-9)
 
   # The command: a second run resumes both widths and prints the same tables.
   assert cli.main(["study", "--preset", "smoke", "--out", str(out), "--widths", "16,32",
@@ -270,3 +282,83 @@ def test_the_study_across_widths_reads_each_width_as_a_study(smoke_dir, tmp_path
                      "--widths", bad]) == 2
     assert "--widths takes two or more distinct positive widths" in capsys.readouterr().err
   assert not (tmp_path / "bad").exists()
+
+
+def _fake_study(folder, config: dict, evaluations: dict):
+  """A study folder as `arch-objective study` leaves it, with only what a comparison
+  reads: config.json and eval/<cell>[_mtf].json ({"per_example": {correct, gold}})."""
+  (folder / "eval").mkdir(parents=True)
+  (folder / "config.json").write_text(json.dumps(config))
+  for name, (correct, gold) in evaluations.items():
+    (folder / "eval" / f"{name}.json").write_text(
+        json.dumps({"per_example": {"correct": correct, "gold": gold}}))
+
+
+def test_two_studies_compare_on_the_examples_both_scored(tmp_path, capsys):
+  """`medium` scored 6 examples of a family, `full` the first 4 of them: the comparison
+  uses those 4 (checked by the gold answers), per model and per contrast."""
+  from arch_objective import cli
+  from arch_objective.study import scale
+  gold6, gold4 = [0, 1, 1, 0, 1, 0], [0, 1, 1, 0]
+  medium, full = tmp_path / "medium", tmp_path / "full"
+  _fake_study(medium, {"emb_dim": 192, "eval_examples": 6}, {
+      "cd_flm": ({"f": {"p": [1, 1, 0, 0, 1, 1], "q": [1, 0, 0, 0, 1, 1]}}, {"f": gold6}),
+      "ed_mlm": ({"f": {"p": [0, 1, 0, 0, 1, 1], "q": [0, 0, 0, 0, 1, 1]}}, {"f": gold6})})
+  _fake_study(full, {"emb_dim": 256, "eval_examples": 4}, {
+      "cd_flm": ({"f": {"p": [1, 1, 1, 1], "q": [1, 1, 1, 0]}}, {"f": gold4}),
+      "ed_mlm": ({"f": {"p": [0, 1, 0, 0], "q": [1, 1, 0, 0]}}, {"f": gold4})})
+  summary = scale.compare_studies(str(medium), str(full), resamples=300)
+  assert summary["config_changes"] == {"emb_dim": [192, 256], "eval_examples": [6, 4]}
+  cd, ed = summary["models"]
+  # On the first 4 examples: medium CD:FLM p 50, q 25 -> median 37.5; full 100, 75 -> 87.5.
+  assert (cd["label"], cd["stage"], cd["before"], cd["after"], cd["examples"]) == (
+      "CD:FLM", "zero_shot", 37.5, 87.5, {"f": 4})
+  assert cd["change"] == pytest.approx(50.0)
+  # ED:MLM: medium p 25, q 0 -> 12.5; full 25, 50 -> 37.5.
+  assert (ed["before"], ed["after"]) == (12.5, 37.5)
+  (contrast,) = summary["contrasts"]       # the only contrast both cells allow
+  assert contrast["label"] == "CD:FLM - ED:MLM, after pretraining"
+  assert contrast["change"] == pytest.approx((87.5 - 37.5) - (37.5 - 12.5))
+  assert contrast["ci"][0] <= contrast["change"] <= contrast["ci"][1]
+
+  assert cli.main(["compare-studies", str(medium), str(full), "--out", str(tmp_path / "cmp"),
+                   "--resamples", "300"]) == 0
+  printed = capsys.readouterr().out
+  assert "| CD:FLM | after pretraining | 37.5 | 87.5 | " in printed
+  assert "Shared examples per family: f 4." in printed
+  assert (tmp_path / "cmp" / "compare.md").read_text() == printed[:-1]
+  assert json.loads((tmp_path / "cmp" / "compare.json").read_text()) == json.loads(
+      json.dumps(summary))
+
+  # Other gold answers on the shared examples: not the same examples, named.
+  other = tmp_path / "other"
+  _fake_study(other, {"emb_dim": 256}, {
+      "cd_flm": ({"f": {"p": [1, 1, 1, 1], "q": [1, 1, 1, 0]}}, {"f": [1, 1, 1, 0]})})
+  with pytest.raises(ValueError, match="f: medium cd_flm and other cd_flm have different gold answers"):
+    scale.compare_studies(str(medium), str(other))
+  assert cli.main(["compare-studies", str(medium), str(tmp_path / "nothing")]) == 2
+  assert "nothing is not a finished study folder" in capsys.readouterr().err
+
+
+def test_the_committed_medium_to_full_comparison_reruns_as_the_readme_prints_it(tmp_path,
+                                                                               monkeypatch):
+  """README: `arch-objective compare-studies docs/study/medium docs/study/full --out
+  docs/study/medium_vs_full`, run from the clone, into a temporary folder: the same
+  files, byte for byte (the bootstrap is seeded)."""
+  import os
+
+  from arch_objective import cli
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  monkeypatch.chdir(root)
+  out = tmp_path / "medium_vs_full"
+  assert cli.main(["compare-studies", "docs/study/medium", "docs/study/full",
+                   "--out", str(out)]) == 0
+  committed = os.path.join(root, "docs", "study", "medium_vs_full")
+  for name in ("compare.md", "compare.json"):
+    with open(os.path.join(committed, name)) as f:
+      assert (out / name).read_text() == f.read(), name
+  summary = json.loads((out / "compare.json").read_text())
+  assert summary["config_changes"]["num_layers"] == [3, 4]
+  assert all(m["examples"] == {"world_nli": 150, "world_coreference": 150,
+                               "world_cause_effect": 150, "world_story_ending": 150}
+             for m in summary["models"])

@@ -57,6 +57,23 @@ def suite_score(table: Correctness, indices: Mapping[str, np.ndarray] | None = N
   return float(np.mean(medians))
 
 
+def _suite_scores(table: dict[str, dict[str, np.ndarray]],
+                  draws: Mapping[str, np.ndarray]) -> np.ndarray:
+  """`suite_score` of `table` under each of R draws at once (`draws[dataset]`: [R, n]
+  example indices) -> [R]."""
+  medians = []
+  for dataset, prompts in table.items():
+    accuracies = []
+    for values in prompts.values():
+      chosen = values[draws[dataset]]                                   # [R, n]
+      scored = ~np.isnan(chosen)
+      count = scored.sum(axis=1)
+      total = np.where(scored, chosen, 0.0).sum(axis=1)
+      accuracies.append(np.where(count > 0, 100.0 * (total / np.maximum(count, 1)), 0.0))
+    medians.append(np.median(np.stack(accuracies), axis=0))           # [R]
+  return np.mean(np.stack(medians), axis=0)
+
+
 def paired_difference(a: Correctness, b: Correctness, *, resamples: int = 1000,
                       seed: int = 0, names: tuple[str, str] = ("a", "b")) -> dict:
   """`score(a) - score(b)` with a paired bootstrap 95% percentile interval.
@@ -95,12 +112,51 @@ def paired_combination(tables: Sequence[Correctness], weights: Sequence[float], 
     raise ValueError(f"resamples must be >= 1, found {resamples}.")
   rng = np.random.default_rng(seed)
   sizes = {d: len(next(iter(p.values()))) for d, p in arrays[0].items()}
-  values = np.empty(resamples)
+  # The draws in the order a loop over resamplings, then datasets, takes them.
+  draws = {d: np.empty((resamples, n), np.int64) for d, n in sizes.items()}
   for r in range(resamples):
-    draw = {d: rng.integers(0, n, n) for d, n in sizes.items()}
-    values[r] = sum(w * suite_score(t, draw) for w, t in zip(weights, arrays))
+    for d, n in sizes.items():
+      draws[d][r] = rng.integers(0, n, n)
+  values = sum(w * _suite_scores(t, draws) for w, t in zip(weights, arrays))
   low, high = np.percentile(values, [2.5, 97.5])
   scores = [suite_score(t) for t in arrays]
   return {"value": float(sum(w * s for w, s in zip(weights, scores))),
           "ci": [float(low), float(high)], "scores": scores, "resamples": resamples,
           "excludes_zero": bool(low > 0 or high < 0)}
+
+
+def shared_examples(tables: Sequence[Correctness],
+                    golds: Sequence[Mapping[str, Sequence[int]]] | None = None,
+                    names: Sequence[str] | None = None) -> list[dict]:
+  """`tables` cut to the examples they share: per dataset, the first n examples, n the
+  smallest count among them. For evaluations whose example i does not depend on how many
+  were scored (the study's world, a dataset's first `max_examples`), so that a run
+  scored on 300 examples pairs with one scored on 150.
+
+  `golds` (each table's `per_example["gold"]`: {dataset: [n] gold answers}) are checked
+  on the shared examples: a dataset whose gold answers differ there was not scored on
+  the same examples, and is named in the error. Datasets and prompts must match as in
+  `paired_combination`.
+  """
+  names = list(names or [f"table {i}" for i in range(len(tables))])
+  if len(names) != len(tables) or (golds is not None and len(golds) != len(tables)):
+    raise ValueError(f"shared_examples needs one name (and gold table) per table, found "
+                     f"{len(tables)} tables, {len(names)} names and "
+                     f"{'no' if golds is None else len(golds)} gold tables.")
+  if not tables:
+    return []
+  for i in range(1, len(tables)):
+    if sorted(tables[0]) != sorted(tables[i]):
+      raise ValueError(f"{names[0]} and {names[i]} were scored on different datasets: "
+                       f"{sorted(tables[0])} vs {sorted(tables[i])}.")
+  counts = {d: min(len(v) for t in tables for v in t[d].values()) for d in tables[0]}
+  if golds is not None:
+    for d, n in counts.items():
+      first = list(golds[0].get(d, []))[:n]
+      for i in range(1, len(golds)):
+        other = list(golds[i].get(d, []))[:n]
+        if len(first) != n or other != first:
+          raise ValueError(f"{d}: {names[0]} and {names[i]} have different gold answers on "
+                           f"their first {n} examples, so they were not scored on the same "
+                           f"examples and cannot be paired.")
+  return [{d: {p: list(v)[:counts[d]] for p, v in t[d].items()} for d in t} for t in tables]

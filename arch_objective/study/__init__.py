@@ -4,7 +4,8 @@
              sits just above `prompts/`, so `training/local.py` may read it)
   run.py     the stages: pretrain, zero-shot, MT-F, NC-A, ceilings; resumable
   report.py  results.md, the figures
-  scale.py   the study at several widths, and the paper's contrasts across them
+  scale.py   the study at several widths, the paper's contrasts across them, and two
+             finished studies compared per example
 
 `run_study`, `load_preset`, `register_gin`, `StudyConfig` and `PRESETS` are `run`'s,
 imported on first use so that `arch_objective.study.world` stays free of JAX.

@@ -16,6 +16,12 @@ across widths. It then writes:
 
 A width's study is an ordinary study folder (`results.md`, figures, runs), resumable on
 its own with `arch-objective study --gin.StudyConfig.emb_dim=W ...`.
+
+`compare_studies(before, after)` (`arch-objective compare-studies`) compares any two
+finished studies of the same world, say the `medium` and `full` presets: each model's
+change and each contrast's, paired over the examples both scored (a study that scored
+300 examples per family pairs with one that scored 150 on the first 150; the gold
+answers are checked to be the same).
 """
 from __future__ import annotations
 
@@ -115,30 +121,138 @@ def run_scale(preset: str, out_dir: str, widths: Sequence[int], *,
   return summary
 
 
+def _evaluation(folder: str, cell: str, stage: str) -> Optional[dict]:
+  """A study's per-example answers for `cell` at `stage` ('zero_shot' or 'after_mtf')."""
+  from arch_objective.study import run as study
+  results = study._read(os.path.join(
+      folder, "eval", f"{cell}{'' if stage == 'zero_shot' else '_mtf'}.json"))
+  return (results or {}).get("per_example")
+
+
+def _paired(evaluations: list, weights: list, names: list, config) -> dict:
+  """`paired_combination` over the examples the evaluations share (see
+  `contrasts.shared_examples`)."""
+  from arch_objective.evaluation import contrasts
+  tables = contrasts.shared_examples([e["correct"] for e in evaluations],
+                                     [e["gold"] for e in evaluations], names)
+  result = contrasts.paired_combination(tables, weights, resamples=config.contrast_resamples,
+                                        seed=config.seed, names=names)
+  result["examples"] = {d: len(next(iter(p.values()))) for d, p in tables[0].items()}
+  return result
+
+
 def changes(narrow: str, wide: str, config, cells: Optional[set] = None) -> list[dict]:
   """Per contrast of the study, how much it changes from the study in folder `narrow`
   to the one in `wide`: (A - B at wide) - (A - B at narrow), with a paired bootstrap 95%
-  interval that draws the same examples for all four evaluations (every width scores
-  the same examples). With `cells`, only contrasts between those models."""
-  from arch_objective.evaluation import contrasts
+  interval that draws the same examples for all four evaluations (the examples both
+  studies scored: the first n of each family). With `cells`, only contrasts between
+  those models."""
   from arch_objective.study import run as study
   out = []
   for label, _, a, b in study.CONTRASTS:
     if cells is not None and not {a[0], b[0]} <= cells:
       continue
-    tables = [study._correctness(study._read(os.path.join(
-        folder, "eval", f"{cell}{'' if stage == 'zero_shot' else '_mtf'}.json")))
-        for folder in (narrow, wide) for cell, stage in (a, b)]
-    if any(t is None for t in tables):
+    evaluations = [_evaluation(folder, cell, stage) for folder in (narrow, wide)
+                   for cell, stage in (a, b)]
+    if any(e is None for e in evaluations):
       continue
-    result = contrasts.paired_combination(
-        tables, [-1.0, 1.0, 1.0, -1.0], resamples=config.contrast_resamples,
-        seed=config.seed, names=[f"{os.path.basename(f)} {c[0]}" for f in (narrow, wide)
-                                 for c in (a, b)])
+    result = _paired(evaluations, [-1.0, 1.0, 1.0, -1.0],
+                     [f"{os.path.basename(f)} {c[0]}" for f in (narrow, wide) for c in (a, b)],
+                     config)
     out.append({"label": label, "from": os.path.basename(narrow),
                 "to": os.path.basename(wide), "change": result["value"],
-                "ci": result["ci"], "excludes_zero": result["excludes_zero"]})
+                "ci": result["ci"], "excludes_zero": result["excludes_zero"],
+                "examples": result["examples"]})
   return out
+
+
+def compare_studies(before: str, after: str, *, resamples: int = 1000,
+                    seed: int = 0) -> dict:
+  """Two finished study folders (say `medium` and `full`) compared on the examples both
+  scored: each model's average in each and its change (after - before) with a paired
+  bootstrap 95% interval, and each paired contrast's change (`changes`). The
+  configuration fields that differ (from each folder's `config.json`) say what changed.
+  Returns the summary that `write_comparison` writes."""
+  import types
+  from arch_objective.study import run as study
+  configs = []
+  for folder in (before, after):
+    config = study._read(os.path.join(folder, "config.json"))
+    if config is None or not os.path.isdir(os.path.join(folder, "eval")):
+      raise ValueError(f"{folder} is not a finished study folder: it needs config.json and "
+                       f"eval/ (what `arch-objective study` writes).")
+    configs.append(config)
+  differ = {k: [configs[0].get(k), configs[1].get(k)]
+            for k in sorted(set(configs[0]) | set(configs[1]))
+            if configs[0].get(k) != configs[1].get(k)}
+  settings = types.SimpleNamespace(contrast_resamples=resamples, seed=seed)
+  names = [os.path.basename(os.path.normpath(f)) for f in (before, after)]
+  models = []
+  for cell, label in _CELLS:
+    for stage in ("zero_shot", "after_mtf"):
+      evaluations = [_evaluation(folder, cell, stage) for folder in (before, after)]
+      if any(e is None for e in evaluations):
+        continue
+      result = _paired(evaluations, [-1.0, 1.0], [f"{n} {cell}" for n in names], settings)
+      models.append({"cell": cell, "label": label, "stage": stage,
+                     "before": result["scores"][0], "after": result["scores"][1],
+                     "change": result["value"], "ci": result["ci"],
+                     "excludes_zero": result["excludes_zero"],
+                     "examples": result["examples"]})
+  if not models:
+    raise ValueError(f"{before} and {after} have no evaluation of the same model in eval/ "
+                     f"(cd_flm.json, cd_flm_mtf.json, ...) to compare.")
+  return {"before": names[0], "after": names[1],
+          "folders": [before, after],
+          "config_changes": differ, "resamples": resamples, "seed": seed,
+          "models": models,
+          "contrasts": changes(os.path.normpath(before), os.path.normpath(after), settings)}
+
+
+_CELLS = (("cd_flm", "CD:FLM"), ("cd_mlm", "CD:MLM"), ("nd_plm", "ND:PLM"),
+          ("nd_mlm", "ND:MLM"), ("ed_plm", "ED:PLM"), ("ed_mlm", "ED:MLM"),
+          ("nc_a", "CD:FLM + ND:MLM (NC-A)"))
+
+
+def _signed(value: float, ci, bold: bool) -> str:
+  text = f"{value:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}]"
+  return f"**{text}**" if bold else text
+
+
+def comparison_markdown(summary: dict) -> str:
+  before, after = summary["before"], summary["after"]
+  lines = [f"# `{before}` -> `{after}`", "",
+           "Both studies scored on the examples they share (per family, the first n of "
+           "the validation split); changes are after - before with a paired bootstrap 95% "
+           f"interval ({summary['resamples']} resamplings; bold: it excludes zero).", ""]
+  examples = next((m["examples"] for m in summary["models"]), None)
+  if examples:
+    lines += ["Shared examples per family: " + ", ".join(
+        f"{d} {n}" for d, n in examples.items()) + ".", ""]
+  if summary["config_changes"]:
+    lines += ["| configuration | " + before + " | " + after + " |", "|---|---|---|"]
+    lines += [f"| {k} | {v[0]} | {v[1]} |" for k, v in summary["config_changes"].items()]
+    lines.append("")
+  lines += ["| model | stage | " + before + " | " + after + " | change |",
+            "|---|---|---|---|---|"]
+  stage = {"zero_shot": "after pretraining", "after_mtf": "after MT-F"}
+  for m in summary["models"]:
+    lines.append(f"| {m['label']} | {stage[m['stage']]} | {m['before']:.1f} | "
+                 f"{m['after']:.1f} | {_signed(m['change'], m['ci'], m['excludes_zero'])} |")
+  if summary["contrasts"]:
+    lines += ["", "| contrast | change |", "|---|---|"]
+    lines += [f"| {c['label']} | {_signed(c['change'], c['ci'], c['excludes_zero'])} |"
+              for c in summary["contrasts"]]
+  return "\n".join(lines) + "\n"
+
+
+def write_comparison(summary: dict, out_dir: str):
+  """`compare.json` and `compare.md` in `out_dir`."""
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "compare.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  with open(os.path.join(out_dir, "compare.md"), "w") as f:
+    f.write(comparison_markdown(summary))
 
 
 def _interval(entry) -> str:
