@@ -359,6 +359,6 @@ def test_the_committed_medium_to_full_comparison_reruns_as_the_readme_prints_it(
       assert (out / name).read_text() == f.read(), name
   summary = json.loads((out / "compare.json").read_text())
   assert summary["config_changes"]["num_layers"] == [3, 4]
-  assert all(m["examples"] == {"world_nli": 150, "world_coreference": 150,
-                               "world_cause_effect": 150, "world_story_ending": 150}
+  assert all(m["examples"] == {"world_nli": 300, "world_coreference": 300,
+                               "world_cause_effect": 300, "world_story_ending": 300}
              for m in summary["models"])
