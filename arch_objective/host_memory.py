@@ -7,8 +7,8 @@ maps its buffers afresh and pays a page fault (and a zeroed page) for each 4 KiB
 touches: about 169,000 faults per ED `small` training step on 8 x (64 + 64) tokens.
 `keep_freed_memory()` tells glibc (`mallopt`) to use one arena, never `mmap` for large
 blocks and never trim the heap, so a step reuses the pages earlier steps mapped: no faults
-once the heap has grown to the step's peak (a few steps). The cost is that the process keeps its peak host memory until it exits,
-as a caching allocator does.
+once the heap has grown to the step's peak (a few steps). The cost is that the process
+keeps its peak host memory until it exits, as a caching allocator does.
 
 The `arch-objective` command calls it first thing; a library user may call it before the
 first JAX computation (threads that have already allocated keep their arenas). It does
