@@ -279,7 +279,7 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
   corpus = os.path.join(out_dir, "world", "corpus.jsonl")
   vocab_path = os.path.join(out_dir, "world", "spm.model")
   pairs = [(a, o) for a, o in pipeline.PAPER_RUNS]
-  names = {p: pipeline.Objective(p[1], p[0]).name.replace(":", "_").lower() for p in pairs}
+  names = {p: cell for p, (cell, _) in zip(pipeline.PAPER_RUNS, PAPER_CELLS)}
   total = 2 + 4 * len(pairs) + (3 if config.nc_a else 0)
   total += 2 * len(world.heldout_suite()) if config.ceiling_steps else 0
   stages = _Stages(total, log)
@@ -387,7 +387,7 @@ def _collect(out_dir, pairs, names, config, suite, preset) -> dict:
         "mtf_loss": _loss_curve(os.path.join(runs, f"{name}_mtf")),
     }
   if config.nc_a and os.path.exists(os.path.join(evals, "nc_a_mtf.json")):
-    cells["nc_a"] = {"label": "CD:FLM + ND:MLM (NC-A)", "arch": models.NON_CAUSAL_DECODER,
+    cells["nc_a"] = {"label": NC_A_CELL[1], "arch": models.NON_CAUSAL_DECODER,
                      "objective": "nc_a", "zero_shot": None,
                      "after_mtf": _summary(_read(os.path.join(evals, "nc_a_mtf.json"))),
                      "pretrain_loss": _loss_curve(os.path.join(runs, "nc_a")),
@@ -404,6 +404,14 @@ def _collect(out_dir, pairs, names, config, suite, preset) -> dict:
                                 {s.name: _read(os.path.join(evals, f"ceiling_{s.name}.json"))
                                  for s in suite})}
 
+
+# The study's models as (cell, label): the cell names its run and evaluation files
+# (`runs/cd_flm`, `eval/cd_flm_mtf.json`), the label its rows in tables.
+PAPER_CELLS = tuple((pipeline.Objective(objective, arch).name.replace(":", "_").lower(),
+                     pipeline.Objective(objective, arch).name)
+                    for arch, objective in pipeline.PAPER_RUNS)
+NC_A_CELL = ("nc_a", "CD:FLM + ND:MLM (NC-A)")
+CELLS = PAPER_CELLS + (NC_A_CELL,)
 
 # The paper's questions as paired contrasts: (label, question, (cell, stage), (cell, stage)).
 CONTRASTS = (
@@ -422,8 +430,7 @@ CONTRASTS = (
 ) + tuple(
     (f"MT-F gain, {label}", f"How much does MT-F add to {label}?",
      (name, "after_mtf"), (name, "zero_shot"))
-    for name, label in (("cd_flm", "CD:FLM"), ("cd_mlm", "CD:MLM"), ("nd_plm", "ND:PLM"),
-                        ("nd_mlm", "ND:MLM"), ("ed_plm", "ED:PLM"), ("ed_mlm", "ED:MLM")))
+    for name, label in PAPER_CELLS)
 
 
 def _correctness(results: Optional[dict]) -> Optional[dict]:

@@ -188,7 +188,7 @@ def compare_studies(before: str, after: str, *, resamples: int = 1000,
   settings = types.SimpleNamespace(contrast_resamples=resamples, seed=seed)
   names = [os.path.basename(os.path.normpath(f)) for f in (before, after)]
   models = []
-  for cell, label in _CELLS:
+  for cell, label in study.CELLS:
     for stage in ("zero_shot", "after_mtf"):
       evaluations = [_evaluation(folder, cell, stage) for folder in (before, after)]
       if any(e is None for e in evaluations):
@@ -207,11 +207,6 @@ def compare_studies(before: str, after: str, *, resamples: int = 1000,
           "config_changes": differ, "resamples": resamples, "seed": seed,
           "models": models,
           "contrasts": changes(os.path.normpath(before), os.path.normpath(after), settings)}
-
-
-_CELLS = (("cd_flm", "CD:FLM"), ("cd_mlm", "CD:MLM"), ("nd_plm", "ND:PLM"),
-          ("nd_mlm", "ND:MLM"), ("ed_plm", "ED:PLM"), ("ed_mlm", "ED:MLM"),
-          ("nc_a", "CD:FLM + ND:MLM (NC-A)"))
 
 
 def _signed(value: float, ci, bold: bool) -> str:
