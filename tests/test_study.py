@@ -138,6 +138,19 @@ def test_preset_vocabulary_fits_its_corpus(preset, tmp_path):
   assert [n for n in sorted(names) if len(vocab.encode(n)) > 1] == []
 
 
+def test_the_held_out_splits_grow_to_the_examples_scored_and_keep_the_first_ones():
+  """A preset that scores more than the world's 300 held-out examples per family gets a
+  longer validation split whose first 300 examples are the default world's."""
+  from arch_objective.study import world as world_lib
+  default = world_lib.make_world(seed=0)
+  assert study.study_world(study.load_preset("quick")).config.heldout_examples == 300
+  wide = study.study_world(study.load_preset("smoke", ["StudyConfig.eval_examples = 420"]))
+  for family in default.heldout_suite("validation"):
+    longer = wide.examples(family.name, "validation")
+    assert len(longer) == 420
+    assert longer[:300] == default.examples(family.name, "validation")
+
+
 def test_bindings_override_the_preset_and_bad_ones_are_named():
   config = study.load_preset("medium", ["StudyConfig.mtf_learning_rate = 0.001",
                                         "StudyConfig.ceiling_examples = 2000"])
@@ -359,8 +372,8 @@ def test_the_committed_medium_to_full_comparison_reruns_as_the_readme_prints_it(
       assert (out / name).read_text() == f.read(), name
   summary = json.loads((out / "compare.json").read_text())
   assert summary["config_changes"]["num_layers"] == [3, 4]
-  assert all(m["examples"] == {"world_nli": 300, "world_coreference": 300,
-                               "world_cause_effect": 300, "world_story_ending": 300}
+  assert all(m["examples"] == {"world_nli": 1000, "world_coreference": 1000,
+                               "world_cause_effect": 1000, "world_story_ending": 1000}
              for m in summary["models"])
 
 

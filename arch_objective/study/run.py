@@ -7,13 +7,14 @@
   2. pretrains the six (architecture, objective) pairs of the paper with the same token
      budget each (same steps, rows and tokens per row; ED prefix-LM rows hold two
      examples, so its batch is halved);
-  3. evaluates each zero-shot on the held-out families (rank classification, median over
-     prompts, mean over families: T0-Eval's code);
+  3. evaluates each zero-shot on the first `eval_examples` of each held-out family's
+     `validation` split (300 examples, or `eval_examples` when more; rank
+     classification, median over prompts, mean over families: T0-Eval's code);
   4. multitask-finetunes each on the training families (constant learning rate, dropout
      0.1, the step counter continuing), and evaluates again;
   5. optionally runs NC-A (CD:FLM continued as ND:MLM, then MT-F as ND);
   6. with `ceiling_steps`, finetunes the pretrained ED:MLM on each held-out family's
-     `test` split (its first `ceiling_examples`, 0: the world's 300) at
+     `test` split (its first `ceiling_examples`, 0: as many as the validation split) at
      `ceiling_learning_rate` (0: the MT-F rate) and scores it on the family's
      `validation` split: what a model of this size reaches when it is taught the family
      (a diagnostic, never compared);
@@ -222,10 +223,11 @@ def _evaluate(setup: _Setup, model_dir: str, out_path: str, suite: Optional[list
   from arch_objective.evaluation import loading, rank_classification, t0_eval
   config = setup.config
   model, params, meta, step = loading.load_model(model_dir)
+  # Packed rows (the scorer's default): the same predictions as one padded shape for
+  # every batch, at a third of the positions computed.
   scorer = rank_classification.RankScorer(model, params,
                                           inputs_length=config.mtf_inputs_length * 2,
-                                          targets_length=config.mtf_targets_length,
-                                          one_shape=True)
+                                          targets_length=config.mtf_targets_length)
   results = t0_eval.evaluate_suite(scorer, setup.encode, suite=list(suite or setup.suite),
                                    max_examples=config.eval_examples,
                                    bootstrap=config.bootstrap, seed=config.seed,
@@ -233,6 +235,15 @@ def _evaluate(setup: _Setup, model_dir: str, out_path: str, suite: Optional[list
   results.update(step=step, arch=model.name, lineage=meta.get("lineage", []))
   with open(out_path, "w") as f:
     json.dump(results, f, indent=2)
+
+
+def study_world(config: StudyConfig):
+  """The world of a study: seeded by `config.seed`, its held-out splits as long as
+  `config.eval_examples` when that is more than the world's default 300 (example i of a
+  split does not depend on the split's size, so a longer split keeps the first ones)."""
+  from arch_objective.study import world as world_lib
+  return world_lib.make_world(seed=config.seed, heldout_examples=max(
+      config.eval_examples, world_lib.WorldConfig().heldout_examples))
 
 
 def _write_corpus(world, corpus: str, target_bytes: int):
@@ -275,7 +286,7 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
   evals = os.path.join(out_dir, "eval")
   os.makedirs(evals, exist_ok=True)
 
-  world = world_lib.make_world(seed=config.seed)
+  world = study_world(config)
   corpus = os.path.join(out_dir, "world", "corpus.jsonl")
   vocab_path = os.path.join(out_dir, "world", "spm.model")
   pairs = [(a, o) for a, o in pipeline.PAPER_RUNS]
