@@ -98,6 +98,57 @@ def test_each_family_reports_its_floor_majority_ceiling_and_one_class_answers(sm
   assert mtf and mtf == pytest.approx([0.001] * len(mtf))
 
 
+def test_every_model_is_scored_on_mtf_own_classification_families(smoke_dir):
+  """Before and after MT-F, each model is scored on the training families with answer
+  choices; the report's numbers are the evaluation files', and the evaluation files'
+  answers are those of one full forward pass per choice."""
+  import numpy as np
+  from arch_objective.data import vocabularies
+  from arch_objective.evaluation import loading, rank_classification
+  from arch_objective.evaluation.scoring import Request
+  from arch_objective.study import world as world_lib
+  out, results, _ = smoke_dir
+  held_in = results["held_in"]
+  assert sorted(held_in) == ["world_paraphrase", "world_sentiment", "world_topic"]
+  assert held_in["world_topic"]["random"] == pytest.approx(100.0 / 6)
+  assert held_in["world_paraphrase"]["random"] == pytest.approx(50.0)
+  evaluation = json.loads((out / "eval" / "ed_mlm_mtf_held_in.json").read_text())
+  assert evaluation["step"] == results["cells"]["ed_mlm"]["after_mtf"]["step"]
+  for name, entry in held_in.items():
+    gold = evaluation["per_example"]["gold"][name]
+    assert len(gold) == 12   # the smoke preset's eval_examples
+    assert entry["majority"] == pytest.approx(100.0 * max(gold.count(k) for k in set(gold))
+                                              / len(gold))
+    assert set(entry["models"]) == {"CD:FLM", "CD:MLM", "ND:PLM", "ND:MLM", "ED:PLM", "ED:MLM"}
+    for stages in entry["models"].values():
+      assert set(stages) == {"zero_shot", "after_mtf"}
+      for stage in stages.values():
+        assert 0.0 <= stage["score"] <= 100.0 and 0.0 < stage["top_answer_share"] <= 1.0
+    assert entry["models"]["ED:MLM"]["after_mtf"]["score"] == pytest.approx(
+        evaluation["datasets"][name]["median"])
+  cell = results["cells"]["ed_mlm"]["held_in"]
+  assert cell["after_mtf"]["average"] == pytest.approx(evaluation["average"])
+  assert set(cell["zero_shot"]["per_family"]) == set(held_in)
+  # The stored answers under one prompt, recomputed with one forward pass per choice.
+  world = world_lib.make_world(seed=0)
+  family = next(f for f in world.classification_suite() if f.name == "world_topic")
+  prompt = family.prompts[0]
+  vocab = vocabularies.SentencePieceVocabulary(str(out / "world" / "spm.model"))
+  model, params, _, _ = loading.load_model(str(out / "runs" / "ed_mlm_mtf"))
+  config = study.load_preset("smoke")
+  requests = []
+  for example in family.examples[:12]:
+    r = prompt.render(example)
+    requests.append(Request(
+        np.asarray(vocab.encode(r.inputs), np.int32)[:2 * config.mtf_inputs_length],
+        tuple(np.asarray(vocab.encode(c) + [1], np.int32) for c in r.choices)))
+  answers = [int(np.argmax(s)) for s in rank_classification.naive_scores(model, params,
+                                                                         requests)]
+  assert evaluation["per_example"]["predicted"]["world_topic"][prompt.name] == answers
+  table = (out / "results.md").read_text()
+  assert "MT-F's own classification families" in table and "world_topic" in table
+
+
 def test_a_finished_study_resumes_without_redoing_stages(smoke_dir):
   out, results, _ = smoke_dir
   lines = []

@@ -201,6 +201,27 @@ def test_every_training_prompt_renders_every_example(world):
             assert len(r.gold) == 1
 
 
+def test_the_classification_suite_is_mtf_own_families_with_choices(world):
+  suite = world.classification_suite("validation")
+  assert [f.name for f in suite] == ["world_paraphrase", "world_topic", "world_sentiment"]
+  training = {f.name: f.prompts for f in world.training_families()}
+  for family in suite:
+    assert family.prompts == training[family.name]
+    assert family.examples == world.examples(family.name, "validation")
+    assert family.random == pytest.approx(1 / family.num_choices)
+    for example in family.examples:
+      for prompt in family.prompts:
+        r = prompt.render(example)
+        assert len(r.choices) == family.num_choices and r.gold == (example["label"],)
+    counts = collections.Counter(e["label"] for e in family.examples)
+    assert len(counts) == family.num_choices
+  assert {f.name: f.num_choices for f in suite} == {"world_paraphrase": 2, "world_topic": 6,
+                                                   "world_sentiment": 2}
+  # Families without answer choices (QA, summaries) are not in it.
+  assert not {"world_attribute_qa", "world_extractive_qa", "world_summarization"} & {
+      f.name for f in suite}
+
+
 def test_heldout_labels_are_balanced(suite):
   for family in suite:
     counts = collections.Counter(e["label"] for e in family.examples)

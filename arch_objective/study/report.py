@@ -37,6 +37,7 @@ def markdown(results: dict) -> str:
         f"{per[f]:.1f}" if f in per else "-" for f in families) + " |")
   lines += _contrast_lines(results.get("contrasts") or [])
   lines += _family_lines(results.get("families") or {})
+  lines += _held_in_lines(results.get("held_in") or {})
   return "\n".join(lines) + "\n"
 
 
@@ -84,6 +85,40 @@ def _family_lines(families: dict) -> list[str]:
       else:
         share = stage["top_answer_share"]
         row.append(f"{stage['score']:.1f}" + (f" ({share:.2f})" if share is not None else ""))
+    lines.append(f"| {label} | " + " | ".join(row) + " |")
+  return lines
+
+
+def _held_in_lines(families: dict) -> list[str]:
+  """MT-F's own classification families: each model's score before -> after MT-F."""
+  if not families:
+    return []
+  lines = ["", "MT-F's own classification families (held in: MT-F trains on their train "
+           "split; scored here on their validation split, as the held-out families are): "
+           "each model's score (median over prompts) after pretraining -> after MT-F, with "
+           "the share of its most frequent answer after MT-F in parentheses. Whether MT-F "
+           "taught the tasks it trains on.", ""]
+  names = list(families)
+  labels = []
+  for entry in families.values():
+    for label in entry["models"]:
+      if label not in labels:
+        labels.append(label)
+  lines += ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+  for key, title in (("random", "random"), ("majority", "majority class")):
+    lines.append(f"| {title} | " + " | ".join(
+        f"{families[n][key]:.1f}" if families[n][key] is not None else "-" for n in names)
+        + " |")
+  for label in labels:
+    row = []
+    for n in names:
+      stages = families[n]["models"].get(label, {})
+      before, after = stages.get("zero_shot"), stages.get("after_mtf")
+      text = (f"{before['score']:.1f}" if before else "-") + " -> " + (
+          f"{after['score']:.1f}" if after else "-")
+      if after and after["top_answer_share"] is not None:
+        text += f" ({after['top_answer_share']:.2f})"
+      row.append(text)
     lines.append(f"| {label} | " + " | ".join(row) + " |")
   return lines
 

@@ -12,7 +12,10 @@
      `study_world`) by rank classification, median over prompts, mean over families:
      T0-Eval's code;
   4. multitask-finetunes each on the training families (constant learning rate, dropout
-     0.1, the step counter continuing), and evaluates again;
+     0.1, the step counter continuing), and evaluates again; before and after MT-F, each
+     model is also scored on MT-F's own classification families (paraphrase, topic,
+     sentiment; their `validation` split, the same rank classification): whether MT-F
+     taught the tasks it trains on (`eval/<model>[_mtf]_held_in.json`);
   5. optionally runs NC-A (CD:FLM continued as ND:MLM, then MT-F as ND);
   6. with `ceiling_steps`, finetunes the pretrained ED:MLM on each held-out family's
      `test` split (its first `ceiling_examples`, 0: as many as the validation split) at
@@ -22,7 +25,8 @@
   7. writes `results.json`, `results.md` (the paper-style table with bootstrap 95%
      intervals; the paper's contrasts as paired differences with paired bootstrap 95%
      intervals; per family the random floor, the majority-class baseline, the
-     ceiling, every model's score and whether it answers one class only),
+     ceiling, every model's score and whether it answers one class only; the same for
+     the held-in classification families before and after MT-F),
      `zero_shot.png`, `contrasts.png`, `loss_curves.png`; every run's TensorBoard files
      stay in its directory under `runs/`.
 Every stage is skipped when its output exists, so an interrupted study resumes.
@@ -152,6 +156,7 @@ class _Setup:
   encode: Callable[[str], list]
   model_vocab: int          # the vocabulary size, padded for the embedding
   suite: tuple              # the held-out families (validation split)
+  held_in: tuple = ()       # MT-F's classification families (validation split)
 
 
 def _pretrain(setup: _Setup, arch: str, objective: str, model_dir: str, steps: int,
@@ -238,6 +243,15 @@ def _evaluate(setup: _Setup, model_dir: str, out_path: str, suite: Optional[list
     json.dump(results, f, indent=2)
 
 
+def _score_held_in(stages: _Stages, setup: _Setup, name: str, model_dir: str):
+  """The stage that scores `model_dir` on MT-F's own classification families (held-in,
+  their validation split): whether MT-F taught the tasks it trains on."""
+  path = os.path.join(setup.evals, f"{name}_held_in.json")
+  label = name[:-len("_mtf")] + " + MT-F" if name.endswith("_mtf") else name
+  stages.run(f"held-in tasks {label}", path,
+             lambda: _evaluate(setup, model_dir, path, suite=list(setup.held_in)))
+
+
 def study_world(config: StudyConfig):
   """The world of a study: seeded by `config.seed`, its held-out splits as long as
   `config.eval_examples` when that is more than the world's default 300 (example i of a
@@ -292,7 +306,7 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
   vocab_path = os.path.join(out_dir, "world", "spm.model")
   pairs = [(a, o) for a, o in pipeline.PAPER_RUNS]
   names = {p: cell for p, (cell, _) in zip(pipeline.PAPER_RUNS, PAPER_CELLS)}
-  total = 2 + 4 * len(pairs) + (3 if config.nc_a else 0)
+  total = 2 + 6 * len(pairs) + (4 if config.nc_a else 0)
   total += 2 * len(world.heldout_suite()) if config.ceiling_steps else 0
   stages = _Stages(total, log)
 
@@ -305,7 +319,8 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
       "study_mtf", tuple(world.training_tasks()), vocab_path,
       inputs_length=config.mtf_inputs_length, targets_length=config.mtf_targets_length))
   setup = _Setup(config, runs, evals, world, vocab_path, vocab.encode,
-                 vocabularies.padded_vocab_size(vocab.vocab_size), tuple(world.heldout_suite()))
+                 vocabularies.padded_vocab_size(vocab.vocab_size), tuple(world.heldout_suite()),
+                 tuple(world.classification_suite()))
 
   for arch, objective in pairs:
     name = names[(arch, objective)]
@@ -314,6 +329,7 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
                lambda: _pretrain(setup, arch, objective, pre_dir, config.pretrain_steps))
     stages.run(f"zero-shot {name}", os.path.join(evals, f"{name}.json"),
                lambda: _evaluate(setup, pre_dir, os.path.join(evals, f"{name}.json")))
+    _score_held_in(stages, setup, name, pre_dir)
   for arch, objective in pairs:
     name = names[(arch, objective)]
     pre_dir, mtf_dir = os.path.join(runs, name), os.path.join(runs, f"{name}_mtf")
@@ -322,6 +338,7 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
                lambda: _finetune(setup, arch, mtf_dir, pre_dir, total_steps))
     stages.run(f"zero-shot {name} + MT-F", os.path.join(evals, f"{name}_mtf.json"),
                lambda: _evaluate(setup, mtf_dir, os.path.join(evals, f"{name}_mtf.json")))
+    _score_held_in(stages, setup, f"{name}_mtf", mtf_dir)
   if config.nc_a:
     nca_dir = os.path.join(runs, "nc_a")
     nca_steps = config.pretrain_steps + config.nc_a_steps
@@ -334,6 +351,7 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
                                  nca_steps + config.mtf_steps))
     stages.run("zero-shot NC-A + MT-F", os.path.join(evals, "nc_a_mtf.json"),
                lambda: _evaluate(setup, nca_mtf, os.path.join(evals, "nc_a_mtf.json")))
+    _score_held_in(stages, setup, "nc_a_mtf", nca_mtf)
 
   if config.ceiling_steps:
     ed_mlm = os.path.join(runs, names[(models.ENCODER_DECODER, pipeline.SPAN_CORRUPTION)])
@@ -348,7 +366,8 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
                                    os.path.join(evals, f"ceiling_{family.name}.json"),
                                    suite=[family]))
 
-  results = _collect(out_dir, pairs, names, config, list(setup.suite), preset)
+  results = _collect(out_dir, pairs, names, config, list(setup.suite), preset,
+                     list(setup.held_in))
   from arch_objective.study import report
   report.write_all(results, out_dir)
   log(f"wrote {os.path.join(out_dir, 'results.json')}, results.md, zero_shot.png, "
@@ -385,7 +404,7 @@ def _loss_curve(model_dir: str) -> list[list[float]]:
   return [[r["step"], r["loss_per_token"]] for r in rows if "split" not in r]
 
 
-def _collect(out_dir, pairs, names, config, suite, preset) -> dict:
+def _collect(out_dir, pairs, names, config, suite, preset, held_in=()) -> dict:
   evals, runs = os.path.join(out_dir, "eval"), os.path.join(out_dir, "runs")
   cells = {}
   for arch, objective in pairs:
@@ -404,6 +423,12 @@ def _collect(out_dir, pairs, names, config, suite, preset) -> dict:
                      "after_mtf": _summary(_read(os.path.join(evals, "nc_a_mtf.json"))),
                      "pretrain_loss": _loss_curve(os.path.join(runs, "nc_a")),
                      "mtf_loss": _loss_curve(os.path.join(runs, "nc_a_mtf"))}
+  held_in_results = {(name, stage): _read(os.path.join(evals, f"{name}{suffix}_held_in.json"))
+                     for name in cells for stage, suffix in (("zero_shot", ""),
+                                                              ("after_mtf", "_mtf"))}
+  for name, cell in cells.items():
+    cell["held_in"] = {stage: _summary(held_in_results[name, stage])
+                       for stage in ("zero_shot", "after_mtf")}
   random = float(sum(100.0 * s.random for s in suite) / len(suite))
   per_example = {(name, stage): _read(os.path.join(evals, f"{name}{suffix}.json"))
                  for name in cells for stage, suffix in (("zero_shot", ""),
@@ -414,7 +439,9 @@ def _collect(out_dir, pairs, names, config, suite, preset) -> dict:
           "contrasts": _contrasts(cells, per_example, config),
           "families": _families(suite, cells, per_example,
                                 {s.name: _read(os.path.join(evals, f"ceiling_{s.name}.json"))
-                                 for s in suite})}
+                                 for s in suite}),
+          # MT-F's own classification families, scored like the held-out ones.
+          "held_in": _families(held_in, cells, held_in_results, {})}
 
 
 # The study's models as (cell, label): the cell names its run and evaluation files

@@ -19,6 +19,8 @@ From it come:
 - `World.training_tasks()`: one `prompts.mixture.PromptedTask` per (family, template) of
   six training families (attribute QA, extractive QA, paraphrase, topic, sentiment,
   summarisation), for a `PromptedMixture`;
+- `World.classification_suite(split)`: the training families with answer choices
+  (paraphrase, topic, sentiment) in the same form, to check what MT-F taught;
 - `World.heldout_suite(split)`: four held-out families that mirror T0-Eval (NLI,
   coreference, cause and effect, story endings) with answer choices for rank
   classification; their names and wording occur in no training template and nowhere in
@@ -198,6 +200,24 @@ class World(facts_lib.Facts):
     for name, prompts in wp.HELDOUT_PROMPTS.items():
       suite.append(HeldOutFamily(name, wp.HELDOUT_RANDOM[name], len(prompts[0].choices),
                                  prompts, self.examples(name, split), split))
+    return suite
+
+  def classification_suite(self, split: str = "validation") -> list[HeldOutFamily]:
+    """MT-F's own classification families (the training families whose prompts have
+    answer choices: paraphrase, topic, sentiment) with the examples of `split`, in the
+    held-out families' form, so T0-Eval's rank classification scores whether MT-F
+    taught its own tasks. Not held out: the MT-F mixture trains on their 'train' split."""
+    suite = []
+    for family in self.training_families():
+      if not all(p.has_choices for p in family.prompts):
+        continue
+      counts = {len(p.choices) for p in family.prompts}
+      if len(counts) != 1:
+        raise ValueError(f"{family.name}: its prompts have {sorted(counts)} answer choices; "
+                         f"a classification family needs one number for all of them.")
+      (count,) = counts
+      suite.append(HeldOutFamily(family.name, 1.0 / count, count, family.prompts,
+                                 self.examples(family.name, split), split))
     return suite
 
 
