@@ -56,6 +56,16 @@ def _contrast_lines(contrasts: list) -> list[str]:
   return lines
 
 
+def _model_labels(families: dict) -> list[str]:
+  """The models of a per-family table, in the order they first appear."""
+  labels = []
+  for entry in families.values():
+    for label in entry["models"]:
+      if label not in labels:
+        labels.append(label)
+  return labels
+
+
 def _family_lines(families: dict) -> list[str]:
   if not families:
     return []
@@ -64,12 +74,7 @@ def _family_lines(families: dict) -> list[str]:
            "test split, scored on its validation split; '-' when not run), and each model's "
            "score after MT-F with, in parentheses, the share of its most frequent answer "
            "under a prompt, averaged over prompts (1.00: one answer whatever the input).", ""]
-  names = list(families)
-  labels = []
-  for entry in families.values():
-    for label in entry["models"]:
-      if label not in labels:
-        labels.append(label)
+  names, labels = list(families), _model_labels(families)
   lines += ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
   for key, title in (("random", "random"), ("majority", "majority class"),
                      ("ceiling", "ceiling")):
@@ -98,12 +103,7 @@ def _held_in_lines(families: dict) -> list[str]:
            "each model's score (median over prompts) after pretraining -> after MT-F, with "
            "the share of its most frequent answer after MT-F in parentheses. Whether MT-F "
            "taught the tasks it trains on.", ""]
-  names = list(families)
-  labels = []
-  for entry in families.values():
-    for label in entry["models"]:
-      if label not in labels:
-        labels.append(label)
+  names, labels = list(families), _model_labels(families)
   lines += ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
   for key, title in (("random", "random"), ("majority", "majority class")):
     lines.append(f"| {title} | " + " | ".join(
