@@ -442,3 +442,28 @@ def test_the_committed_studies_ran_the_shipped_presets(preset):
   differ = {f.name for f in dataclasses.fields(medium)
             if getattr(medium, f.name) != getattr(full, f.name)}
   assert differ == {"emb_dim", "head_dim", "mlp_dim", "num_layers"}
+
+
+@pytest.mark.parametrize("preset", ["medium", "full"])
+def test_the_committed_reports_are_their_results(preset):
+  """docs/study/<preset>/results.md is what the report writes from its results.json, and
+  its held-in table reads the committed evaluation files."""
+  import os
+  from arch_objective.study import report
+  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                      "study", preset)
+  with open(os.path.join(root, "results.json")) as f:
+    results = json.load(f)
+  with open(os.path.join(root, "results.md")) as f:
+    assert report.markdown(results) == f.read()
+  for cell, label in study.CELLS:
+    for stage, suffix in (("zero_shot", ""), ("after_mtf", "_mtf")):
+      path = os.path.join(root, "eval", f"{cell}{suffix}_held_in.json")
+      if not os.path.exists(path):
+        assert cell == "nc_a" and stage == "zero_shot"
+        continue
+      with open(path) as f:
+        evaluation = json.load(f)
+      for family, entry in results["held_in"].items():
+        assert entry["models"][label][stage]["score"] == pytest.approx(
+            evaluation["datasets"][family]["median"])
