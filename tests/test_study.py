@@ -367,10 +367,16 @@ def test_two_studies_compare_on_the_examples_both_scored(tmp_path, capsys):
   medium, full = tmp_path / "medium", tmp_path / "full"
   _fake_study(medium, {"emb_dim": 192, "eval_examples": 6}, {
       "cd_flm": ({"f": {"p": [1, 1, 0, 0, 1, 1], "q": [1, 0, 0, 0, 1, 1]}}, {"f": gold6}),
-      "ed_mlm": ({"f": {"p": [0, 1, 0, 0, 1, 1], "q": [0, 0, 0, 0, 1, 1]}}, {"f": gold6})})
+      "ed_mlm": ({"f": {"p": [0, 1, 0, 0, 1, 1], "q": [0, 0, 0, 0, 1, 1]}}, {"f": gold6}),
+      # MT-F's own families: "para" in both studies, "topic" in medium only.
+      "cd_flm_mtf_held_in": ({"para": {"a": [1, 0, 1, 0, 1, 1], "b": [1, 1, 1, 0, 0, 1]},
+                              "topic": {"a": [1, 1, 1, 1, 1, 1]}},
+                             {"para": gold6, "topic": gold6})})
   _fake_study(full, {"emb_dim": 256, "eval_examples": 4}, {
       "cd_flm": ({"f": {"p": [1, 1, 1, 1], "q": [1, 1, 1, 0]}}, {"f": gold4}),
-      "ed_mlm": ({"f": {"p": [0, 1, 0, 0], "q": [1, 1, 0, 0]}}, {"f": gold4})})
+      "ed_mlm": ({"f": {"p": [0, 1, 0, 0], "q": [1, 1, 0, 0]}}, {"f": gold4}),
+      "cd_flm_mtf_held_in": ({"para": {"a": [1, 1, 1, 1], "b": [0, 1, 1, 1]}},
+                             {"para": gold4})})
   summary = scale.compare_studies(str(medium), str(full), resamples=300)
   assert summary["config_changes"] == {"emb_dim": [192, 256], "eval_examples": [6, 4]}
   cd, ed = summary["models"]
@@ -384,12 +390,22 @@ def test_two_studies_compare_on_the_examples_both_scored(tmp_path, capsys):
   assert contrast["label"] == "CD:FLM - ED:MLM, after pretraining"
   assert contrast["change"] == pytest.approx((87.5 - 37.5) - (37.5 - 12.5))
   assert contrast["ci"][0] <= contrast["change"] <= contrast["ci"][1]
+  # The held-in family both scored, on the first 4: medium a 50, b 75 -> 62.5; full 100, 75
+  # -> 87.5. "topic" (medium only) is left out.
+  (held_in,) = summary["held_in"]
+  assert (held_in["label"], held_in["stage"], held_in["family"], held_in["before"],
+          held_in["after"], held_in["examples"]) == ("CD:FLM", "after_mtf", "para", 62.5,
+                                                     87.5, 4)
+  assert held_in["change"] == pytest.approx(25.0)
+  assert held_in["ci"][0] <= held_in["change"] <= held_in["ci"][1]
 
   assert cli.main(["compare-studies", str(medium), str(full), "--out", str(tmp_path / "cmp"),
                    "--resamples", "300"]) == 0
   printed = capsys.readouterr().out
   assert "| CD:FLM | after pretraining | 37.5 | 87.5 | " in printed
   assert "Shared examples per family: f 4." in printed
+  assert "| model | stage | para |" in printed and "examples: para 4" in printed
+  assert "| CD:FLM | after MT-F | 62.5 -> 87.5: " in printed
   assert (tmp_path / "cmp" / "compare.md").read_text() == printed[:-1]
   assert json.loads((tmp_path / "cmp" / "compare.json").read_text()) == json.loads(
       json.dumps(summary))

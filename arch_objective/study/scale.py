@@ -19,7 +19,8 @@ its own with `arch-objective study --gin.StudyConfig.emb_dim=W ...`.
 
 `compare_studies(before, after)` (`arch-objective compare-studies`) compares any two
 finished studies of the same world, say the `medium` and `full` presets: each model's
-change and each contrast's, paired over the examples both scored (a study that scored
+change and each contrast's (and, where both scored them, each model's score on MT-F's own
+classification families), paired over the examples both scored (a study that scored
 300 examples per family pairs with one that scored 150 on the first 150; the gold
 answers are checked to be the same).
 """
@@ -121,11 +122,13 @@ def run_scale(preset: str, out_dir: str, widths: Sequence[int], *,
   return summary
 
 
-def _evaluation(folder: str, cell: str, stage: str) -> Optional[dict]:
-  """A study's per-example answers for `cell` at `stage` ('zero_shot' or 'after_mtf')."""
+def _evaluation(folder: str, cell: str, stage: str, kind: str = "") -> Optional[dict]:
+  """A study's per-example answers for `cell` at `stage` ('zero_shot' or 'after_mtf'):
+  on the held-out families, or with `kind="_held_in"` on MT-F's own classification
+  families."""
   from arch_objective.study import run as study
   results = study._read(os.path.join(
-      folder, "eval", f"{cell}{'' if stage == 'zero_shot' else '_mtf'}.json"))
+      folder, "eval", f"{cell}{'' if stage == 'zero_shot' else '_mtf'}{kind}.json"))
   return (results or {}).get("per_example")
 
 
@@ -206,7 +209,33 @@ def compare_studies(before: str, after: str, *, resamples: int = 1000,
           "folders": [before, after],
           "config_changes": differ, "resamples": resamples, "seed": seed,
           "models": models,
-          "contrasts": changes(os.path.normpath(before), os.path.normpath(after), settings)}
+          "contrasts": changes(os.path.normpath(before), os.path.normpath(after), settings),
+          "held_in": _held_in_changes(before, after, names, settings)}
+
+
+def _held_in_changes(before: str, after: str, names: list, settings) -> list[dict]:
+  """Per model, stage and MT-F classification family that both studies scored
+  (`eval/<cell>[_mtf]_held_in.json`): the family's score in each and the change, paired
+  over the examples both scored."""
+  from arch_objective.study import run as study
+  out = []
+  for cell, label in study.CELLS:
+    for stage in ("zero_shot", "after_mtf"):
+      evaluations = [_evaluation(folder, cell, stage, "_held_in") for folder in (before, after)]
+      if any(e is None for e in evaluations):
+        continue
+      for family in evaluations[0]["correct"]:
+        if family not in evaluations[1]["correct"]:
+          continue
+        one = [{"correct": {family: e["correct"][family]}, "gold": {family: e["gold"][family]}}
+               for e in evaluations]
+        result = _paired(one, [-1.0, 1.0], [f"{n} {cell} {family}" for n in names], settings)
+        out.append({"cell": cell, "label": label, "stage": stage, "family": family,
+                    "before": result["scores"][0], "after": result["scores"][1],
+                    "change": result["value"], "ci": result["ci"],
+                    "excludes_zero": result["excludes_zero"],
+                    "examples": result["examples"][family]})
+  return out
 
 
 def _signed(value: float, ci, bold: bool) -> str:
@@ -238,7 +267,30 @@ def comparison_markdown(summary: dict) -> str:
     lines += ["", "| contrast | change |", "|---|---|"]
     lines += [f"| {c['label']} | {_signed(c['change'], c['ci'], c['excludes_zero'])} |"
               for c in summary["contrasts"]]
+  lines += _held_in_comparison(summary.get("held_in") or [], before, after, stage)
   return "\n".join(lines) + "\n"
+
+
+def _held_in_comparison(rows: list, before: str, after: str, stage: dict) -> list[str]:
+  """MT-F's own classification families: per model and stage, `before -> after: change`."""
+  if not rows:
+    return []
+  families = list(dict.fromkeys(r["family"] for r in rows))
+  counts = ", ".join(f"{f} {next(r['examples'] for r in rows if r['family'] == f)}"
+                     for f in families)
+  lines = ["", f"MT-F's own classification families (held in; median over prompts, "
+           f"{before} -> {after}: the change with its paired interval; examples: {counts}):",
+           "", "| model | stage | " + " | ".join(families) + " |",
+           "|---|---|" + "---|" * len(families)]
+  keyed = {(r["label"], r["stage"], r["family"]): r for r in rows}
+  for label, row_stage in dict.fromkeys((r["label"], r["stage"]) for r in rows):
+    cells = []
+    for family in families:
+      r = keyed.get((label, row_stage, family))
+      cells.append("-" if r is None else f"{r['before']:.1f} -> {r['after']:.1f}: "
+                   + _signed(r["change"], r["ci"], r["excludes_zero"]))
+    lines.append(f"| {label} | {stage[row_stage]} | " + " | ".join(cells) + " |")
+  return lines
 
 
 def write_comparison(summary: dict, out_dir: str):
