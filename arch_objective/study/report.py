@@ -56,71 +56,59 @@ def _contrast_lines(contrasts: list) -> list[str]:
   return lines
 
 
-def _model_labels(families: dict) -> list[str]:
-  """The models of a per-family table, in the order they first appear."""
-  labels = []
-  for entry in families.values():
-    for label in entry["models"]:
-      if label not in labels:
-        labels.append(label)
-  return labels
-
-
-def _family_lines(families: dict) -> list[str]:
+def _per_family_table(families: dict, intro: str, baselines, cell) -> list[str]:
+  """A table with one column per family: a row per baseline (key, title) of the families'
+  entries, then a row per model whose cells are `cell(stages)` ({stage: {score,
+  top_answer_share}} of that model on that family, '-' when it has none)."""
   if not families:
     return []
-  lines = ["", "Per held-out family: the random floor, the majority-class baseline (always "
-           "the most frequent gold answer), the ceiling (ED:MLM finetuned on the family's "
-           "test split, scored on its validation split; '-' when not run), and each model's "
-           "score after MT-F with, in parentheses, the share of its most frequent answer "
-           "under a prompt, averaged over prompts (1.00: one answer whatever the input).", ""]
-  names, labels = list(families), _model_labels(families)
-  lines += ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-  for key, title in (("random", "random"), ("majority", "majority class"),
-                     ("ceiling", "ceiling")):
+  names = list(families)
+  labels = list(dict.fromkeys(label for entry in families.values()
+                              for label in entry["models"]))
+  lines = ["", intro, "", "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+  for key, title in baselines:
     lines.append(f"| {title} | " + " | ".join(
         f"{families[n][key]:.1f}" if families[n][key] is not None else "-" for n in names)
         + " |")
   for label in labels:
-    row = []
-    for n in names:
-      stage = families[n]["models"].get(label, {}).get("after_mtf")
-      if stage is None:
-        row.append("-")
-      else:
-        share = stage["top_answer_share"]
-        row.append(f"{stage['score']:.1f}" + (f" ({share:.2f})" if share is not None else ""))
-    lines.append(f"| {label} | " + " | ".join(row) + " |")
+    lines.append(f"| {label} | " + " | ".join(
+        cell(families[n]["models"].get(label, {})) for n in names) + " |")
   return lines
+
+
+def _score(stage, share: bool = True) -> str:
+  if stage is None:
+    return "-"
+  text = f"{stage['score']:.1f}"
+  if share and stage["top_answer_share"] is not None:
+    text += f" ({stage['top_answer_share']:.2f})"
+  return text
+
+
+def _family_lines(families: dict) -> list[str]:
+  return _per_family_table(
+      families,
+      "Per held-out family: the random floor, the majority-class baseline (always the most "
+      "frequent gold answer), the ceiling (ED:MLM finetuned on the family's test split, "
+      "scored on its validation split; '-' when not run), and each model's score after "
+      "MT-F with, in parentheses, the share of its most frequent answer under a prompt, "
+      "averaged over prompts (1.00: one answer whatever the input).",
+      (("random", "random"), ("majority", "majority class"), ("ceiling", "ceiling")),
+      lambda stages: _score(stages.get("after_mtf")))
 
 
 def _held_in_lines(families: dict) -> list[str]:
   """MT-F's own classification families: each model's score before -> after MT-F."""
-  if not families:
-    return []
-  lines = ["", "MT-F's own classification families (held in: MT-F trains on their train "
-           "split; scored here on their validation split, as the held-out families are): "
-           "each model's score (median over prompts) after pretraining -> after MT-F, with "
-           "the share of its most frequent answer after MT-F in parentheses. Whether MT-F "
-           "taught the tasks it trains on.", ""]
-  names, labels = list(families), _model_labels(families)
-  lines += ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-  for key, title in (("random", "random"), ("majority", "majority class")):
-    lines.append(f"| {title} | " + " | ".join(
-        f"{families[n][key]:.1f}" if families[n][key] is not None else "-" for n in names)
-        + " |")
-  for label in labels:
-    row = []
-    for n in names:
-      stages = families[n]["models"].get(label, {})
-      before, after = stages.get("zero_shot"), stages.get("after_mtf")
-      text = (f"{before['score']:.1f}" if before else "-") + " -> " + (
-          f"{after['score']:.1f}" if after else "-")
-      if after and after["top_answer_share"] is not None:
-        text += f" ({after['top_answer_share']:.2f})"
-      row.append(text)
-    lines.append(f"| {label} | " + " | ".join(row) + " |")
-  return lines
+  return _per_family_table(
+      families,
+      "MT-F's own classification families (held in: MT-F trains on their train split; "
+      "scored here on their validation split, as the held-out families are): each model's "
+      "score (median over prompts) after pretraining -> after MT-F, with the share of its "
+      "most frequent answer after MT-F in parentheses. Whether MT-F taught the tasks it "
+      "trains on.",
+      (("random", "random"), ("majority", "majority class")),
+      lambda stages: (_score(stages.get("zero_shot"), share=False) + " -> "
+                      + _score(stages.get("after_mtf"))))
 
 
 def contrast_chart(results: dict, path: str):
