@@ -422,7 +422,8 @@ def test_two_studies_compare_on_the_examples_both_scored(tmp_path, capsys):
 
 @pytest.mark.parametrize("after, folder, change", [
     ("full", "medium_vs_full", ("num_layers", [3, 4])),
-    ("medium_mtf_1600", "medium_vs_mtf_1600", ("mtf_steps", [160, 1600]))])
+    ("medium_mtf_1600", "medium_vs_mtf_1600", ("mtf_steps", [160, 1600])),
+    ("medium_mtf_dropout0", "medium_vs_mtf_dropout0", ("mtf_dropout", [0.1, 0.0]))])
 def test_the_committed_comparisons_rerun_as_the_readme_prints_them(tmp_path, monkeypatch,
                                                                    after, folder, change):
   """README: `arch-objective compare-studies docs/study/medium docs/study/<after> --out
@@ -463,11 +464,11 @@ def test_the_committed_studies_ran_the_shipped_presets(preset):
   assert differ == {"emb_dim", "head_dim", "mlp_dim", "num_layers"}
 
 
-@pytest.mark.parametrize("preset", ["medium", "full", "medium_mtf_1600"])
+@pytest.mark.parametrize("preset", ["medium", "full", "medium_mtf_1600", "medium_mtf_dropout0"])
 def test_the_committed_reports_are_their_results(preset):
   """docs/study/<folder>/results.md is what the report writes from its results.json, and
-  its held-in table reads the committed evaluation files (medium_mtf_1600 keeps only its
-  MT-F evaluations: its pretrained models are medium's)."""
+  its held-in table reads the committed evaluation files (the medium_mtf_* follow-ups keep
+  only their MT-F evaluations: their pretrained models are medium's)."""
   import os
   from arch_objective.study import report
   root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
@@ -480,7 +481,7 @@ def test_the_committed_reports_are_their_results(preset):
     for stage, suffix in (("zero_shot", ""), ("after_mtf", "_mtf")):
       path = os.path.join(root, "eval", f"{cell}{suffix}_held_in.json")
       if not os.path.exists(path):
-        assert stage == "zero_shot" and (cell == "nc_a" or preset == "medium_mtf_1600")
+        assert stage == "zero_shot" and (cell == "nc_a" or preset.startswith("medium_mtf_"))
         continue
       with open(path) as f:
         evaluation = json.load(f)
