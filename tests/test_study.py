@@ -1,6 +1,7 @@
 """`arch-objective study --preset smoke`: every artifact, and resuming skips finished stages."""
 import json
 
+import numpy as np
 import pytest
 
 from arch_objective.study import run as study
@@ -87,8 +88,23 @@ def test_each_family_reports_its_floor_majority_ceiling_and_one_class_answers(sm
       answers = [p for p in prompt if p is not None]
       shares.append(max(answers.count(k) for k in set(answers)) / len(answers))
     assert ed_mlm["top_answer_share"] == pytest.approx(sum(shares) / len(shares))
+    # Cohen's kappa from each prompt's confusion matrix, median over prompts.
+    kappas = []
+    for prompt in evaluation["per_example"]["predicted"][name].values():
+      pairs = [(p, g) for p, g in zip(prompt, gold) if p is not None and g is not None]
+      k = 1 + max(max(pair) for pair in pairs)
+      confusion = np.zeros((k, k))
+      for p, g in pairs:
+        confusion[p, g] += 1
+      confusion /= confusion.sum()
+      chance = float(confusion.sum(1) @ confusion.sum(0))
+      kappas.append(0.0 if chance == pytest.approx(1.0)
+                    else (float(np.trace(confusion)) - chance) / (1.0 - chance))
+    assert ed_mlm["kappa"] == pytest.approx(float(np.median(kappas)), abs=1e-12)
+    assert ed_mlm["kappa_ci"][0] <= ed_mlm["kappa"] <= ed_mlm["kappa_ci"][1]
   assert (out / "runs" / f"ceiling_{results['heldout_families'][0]}" / "checkpoints").is_dir()
   assert "majority class" in (out / "results.md").read_text()
+  assert "Cohen's kappa" in (out / "results.md").read_text()
   # Ceilings are taught at `ceiling_learning_rate` (smoke: 0.005), MT-F at its own rate.
   rates = lambda run: [json.loads(line)["learning_rate"]
                        for line in (out / "runs" / run / "metrics.jsonl").read_text().splitlines()]
@@ -420,13 +436,15 @@ def test_two_studies_compare_on_the_examples_both_scored(tmp_path, capsys):
   assert "nothing is not a finished study folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("after, folder, change", [
-    ("full", "medium_vs_full", ("num_layers", [3, 4])),
-    ("medium_mtf_1600", "medium_vs_mtf_1600", ("mtf_steps", [160, 1600])),
-    ("medium_mtf_dropout0", "medium_vs_mtf_dropout0", ("mtf_dropout", [0.1, 0.0]))])
+@pytest.mark.parametrize("before, after, folder, change", [
+    ("medium", "full", "medium_vs_full", ("num_layers", [3, 4])),
+    ("medium", "medium_mtf_1600", "medium_vs_mtf_1600", ("mtf_steps", [160, 1600])),
+    ("medium", "medium_mtf_dropout0", "medium_vs_mtf_dropout0", ("mtf_dropout", [0.1, 0.0])),
+    ("full", "full_mtf_dropout0", "full_vs_mtf_dropout0", ("mtf_dropout", [0.1, 0.0]))])
 def test_the_committed_comparisons_rerun_as_the_readme_prints_them(tmp_path, monkeypatch,
-                                                                   after, folder, change):
-  """README: `arch-objective compare-studies docs/study/medium docs/study/<after> --out
+                                                                   before, after, folder,
+                                                                   change):
+  """README: `arch-objective compare-studies docs/study/<before> docs/study/<after> --out
   docs/study/<folder>`, run from the clone, into a temporary folder: the same files, byte
   for byte (the bootstrap is seeded)."""
   import os
@@ -435,7 +453,7 @@ def test_the_committed_comparisons_rerun_as_the_readme_prints_them(tmp_path, mon
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   monkeypatch.chdir(root)
   out = tmp_path / folder
-  assert cli.main(["compare-studies", "docs/study/medium", f"docs/study/{after}",
+  assert cli.main(["compare-studies", f"docs/study/{before}", f"docs/study/{after}",
                    "--out", str(out)]) == 0
   committed = os.path.join(root, "docs", "study", folder)
   for name in ("compare.md", "compare.json"):
@@ -464,11 +482,12 @@ def test_the_committed_studies_ran_the_shipped_presets(preset):
   assert differ == {"emb_dim", "head_dim", "mlp_dim", "num_layers"}
 
 
-@pytest.mark.parametrize("preset", ["medium", "full", "medium_mtf_1600", "medium_mtf_dropout0"])
+@pytest.mark.parametrize("preset", ["medium", "full", "medium_mtf_1600", "medium_mtf_dropout0",
+                                    "full_mtf_dropout0"])
 def test_the_committed_reports_are_their_results(preset):
   """docs/study/<folder>/results.md is what the report writes from its results.json, and
-  its held-in table reads the committed evaluation files (the medium_mtf_* follow-ups keep
-  only their MT-F evaluations: their pretrained models are medium's)."""
+  its held-in table reads the committed evaluation files (the *_mtf_* follow-ups keep only
+  their MT-F evaluations: their pretrained models are medium's or full's)."""
   import os
   from arch_objective.study import report
   root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
@@ -481,7 +500,7 @@ def test_the_committed_reports_are_their_results(preset):
     for stage, suffix in (("zero_shot", ""), ("after_mtf", "_mtf")):
       path = os.path.join(root, "eval", f"{cell}{suffix}_held_in.json")
       if not os.path.exists(path):
-        assert stage == "zero_shot" and (cell == "nc_a" or preset.startswith("medium_mtf_"))
+        assert stage == "zero_shot" and (cell == "nc_a" or "_mtf_" in preset)
         continue
       with open(path) as f:
         evaluation = json.load(f)

@@ -37,6 +37,7 @@ def markdown(results: dict) -> str:
         f"{per[f]:.1f}" if f in per else "-" for f in families) + " |")
   lines += _contrast_lines(results.get("contrasts") or [])
   lines += _family_lines(results.get("families") or {})
+  lines += _kappa_lines(results.get("families") or {})
   lines += _held_in_lines(results.get("held_in") or {})
   return "\n".join(lines) + "\n"
 
@@ -95,6 +96,29 @@ def _family_lines(families: dict) -> list[str]:
       "averaged over prompts (1.00: one answer whatever the input).",
       (("random", "random"), ("majority", "majority class"), ("ceiling", "ceiling")),
       lambda stages: _score(stages.get("after_mtf")))
+
+
+def _kappa_lines(families: dict) -> list[str]:
+  """Each model's Cohen's kappa after MT-F per family (results.json from before kappa was
+  recorded has none: no table)."""
+  if not any("kappa" in stage for entry in families.values()
+             for stages in entry["models"].values() for stage in stages.values() if stage):
+    return []
+
+  def cell(stages):
+    stage = stages.get("after_mtf")
+    if not stage or stage.get("kappa") is None:
+      return "-"
+    low, high = stage["kappa_ci"]
+    return f"{stage['kappa']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+  return _per_family_table(
+      families,
+      "Whether the answers after MT-F carry information about the gold answer: Cohen's "
+      "kappa, (accuracy - p_e) / (1 - p_e) with p_e the accuracy the model's own answer "
+      "frequencies would get by chance (0: no information, as for one answer whatever the "
+      "input; 1: all right); median over prompts, with a bootstrap 95% interval over "
+      "examples.", (), cell)
 
 
 def _held_in_lines(families: dict) -> list[str]:

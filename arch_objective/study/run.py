@@ -439,9 +439,9 @@ def _collect(out_dir, pairs, names, config, suite, preset, held_in=()) -> dict:
           "contrasts": _contrasts(cells, per_example, config),
           "families": _families(suite, cells, per_example,
                                 {s.name: _read(os.path.join(evals, f"ceiling_{s.name}.json"))
-                                 for s in suite}),
+                                 for s in suite}, config),
           # MT-F's own classification families, scored like the held-out ones.
-          "held_in": _families(held_in, cells, held_in_results, {})}
+          "held_in": _families(held_in, cells, held_in_results, {}, config)}
 
 
 # The study's models as (cell, label): the cell names its run and evaluation files
@@ -496,13 +496,18 @@ def _contrasts(cells: dict, per_example: dict, config: StudyConfig) -> list[dict
   return out
 
 
-def _families(suite, cells: dict, per_example: dict, ceilings: dict) -> dict:
+def _families(suite, cells: dict, per_example: dict, ceilings: dict,
+              config: StudyConfig) -> dict:
   """Per held-out family: its random floor, the majority-class baseline (always the most
   frequent gold answer), the ceiling (when run), and per model and stage the score
-  (median over prompts) and, averaged over prompts, the share of the most frequent
-  answer under that prompt (1.0: under every prompt it gives one answer whatever the
-  input)."""
+  (median over prompts), averaged over prompts the share of the most frequent answer
+  under that prompt (1.0: under every prompt it gives one answer whatever the input),
+  and Cohen's kappa of its answers against the gold ones (median over prompts, with a
+  bootstrap 95% interval: whether its answers carry information about the gold answer
+  at all, which a score at the majority baseline does not say)."""
   import numpy as np
+
+  from arch_objective.evaluation import agreement
   out = {}
   for family in suite:
     entry = {"random": 100.0 * family.random, "majority": None, "ceiling": None,
@@ -521,8 +526,12 @@ def _families(suite, cells: dict, per_example: dict, ceilings: dict) -> dict:
         if answers:
           shares.append(float(np.bincount(answers).max()) / len(answers))
       share = float(np.mean(shares)) if shares else None
+      kappa = agreement.family_kappa(examples["predicted"][family.name],
+                                     examples["gold"][family.name], family.num_choices,
+                                     resamples=config.bootstrap, seed=config.seed)
       entry["models"].setdefault(cells[name]["label"], {})[stage] = {
-          "score": results["datasets"][family.name]["median"], "top_answer_share": share}
+          "score": results["datasets"][family.name]["median"], "top_answer_share": share,
+          "kappa": kappa["kappa"], "kappa_ci": kappa["ci"]}
     ceiling = ceilings.get(family.name)
     if ceiling is not None:
       entry["ceiling"] = ceiling["datasets"][family.name]["median"]
