@@ -440,7 +440,9 @@ def test_two_studies_compare_on_the_examples_both_scored(tmp_path, capsys):
     ("medium", "full", "medium_vs_full", ("num_layers", [3, 4])),
     ("medium", "medium_mtf_1600", "medium_vs_mtf_1600", ("mtf_steps", [160, 1600])),
     ("medium", "medium_mtf_dropout0", "medium_vs_mtf_dropout0", ("mtf_dropout", [0.1, 0.0])),
-    ("full", "full_mtf_dropout0", "full_vs_mtf_dropout0", ("mtf_dropout", [0.1, 0.0]))])
+    ("full", "full_mtf_dropout0", "full_vs_mtf_dropout0", ("mtf_dropout", [0.1, 0.0])),
+    ("medium_mtf_1600", "medium_mtf_1600_dropout0", "medium_mtf_1600_vs_dropout0",
+     ("mtf_dropout", [0.1, 0.0]))])
 def test_the_committed_comparisons_rerun_as_the_readme_prints_them(tmp_path, monkeypatch,
                                                                    before, after, folder,
                                                                    change):
@@ -483,7 +485,7 @@ def test_the_committed_studies_ran_the_shipped_presets(preset):
 
 
 @pytest.mark.parametrize("preset", ["medium", "full", "medium_mtf_1600", "medium_mtf_dropout0",
-                                    "full_mtf_dropout0"])
+                                    "full_mtf_dropout0", "medium_mtf_1600_dropout0"])
 def test_the_committed_reports_are_their_results(preset):
   """docs/study/<folder>/results.md is what the report writes from its results.json, and
   its held-in table reads the committed evaluation files (the *_mtf_* follow-ups keep only
