@@ -24,7 +24,7 @@ $(STAMP): $(PY) $(SETUP_INPUTS)
 
 install: $(STAMP)
 
-STUDY_OUT ?= runs/study
+STUDY_OUT ?= out/study
 
 run: $(STAMP)
 	$(VENV)/bin/arch-objective study --preset quick --out $(STUDY_OUT)

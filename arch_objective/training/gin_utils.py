@@ -118,16 +118,18 @@ def gin_search_paths() -> list[str]:
 _SEARCH_PATHS: Optional[list[str]] = None   # of the config being parsed (see `parse`)
 
 
-def _locate(path: str, roots: Optional[Sequence[str]] = None) -> str:
-  """A gin file as given, else under a search path; a clear error if neither."""
+def _locate(path: str, roots: Optional[Sequence[str]] = None, include: bool = False) -> str:
+  """A gin file given on the command line: as given, else under a search path. An
+  included file (`include: True`): under a search path first, then as given, which is
+  the order `_gin_reading` makes gin read includes in, so a `runs/` or `models/` folder
+  in the working directory cannot shadow the shipped files. A clear error if neither."""
   if roots is None:
     roots = _SEARCH_PATHS if _SEARCH_PATHS is not None else gin_search_paths()
-  if os.path.exists(path):
-    return path
-  for root in roots:
-    candidate = os.path.join(root, path)
-    if os.path.exists(candidate):
-      return candidate
+  candidates = [os.path.join(root, path) for root in roots]
+  candidates = candidates + [path] if include else [path] + candidates
+  for candidate in candidates:
+    if os.path.isfile(candidate):
+      return os.path.abspath(candidate)   # gin then reads this file, not a namesake
   raise ValueError(f"gin file {path!r} not found in the working directory nor in "
                    f"{list(roots)}.")
 
@@ -270,7 +272,7 @@ def _texts(files: Sequence[str]) -> list[str]:
     with open(path) as f:
       text = f.read()
     texts.append(text)
-    todo.extend(_locate(p) for p in _INCLUDE.findall(text))
+    todo.extend(_locate(p, include=True) for p in _INCLUDE.findall(text))
   return texts
 
 
@@ -340,13 +342,44 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (),
   _parse(files, bindings, roots)
 
 
+def _exists_as_resource(path: str) -> bool:
+  """gin's Python-package reader's existence check (`include 'pkg.sub/file.gin'`), False
+  instead of an error where the head of `path` is no regular package (gin's own check
+  raises a TypeError for a namespace package such as a bare `runs/` folder)."""
+  from gin import resource_reader
+  try:
+    return resource_reader.system_path_file_exists(path)
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+@contextlib.contextmanager
+def _gin_reading(roots: Sequence[str]):
+  """While gin parses: it looks for an included file under `roots` first, then relative
+  to the working directory, and reads it as a plain file before trying it as a Python
+  package's resource. gin's default order tries the working directory first and, for
+  each place, the package reader, so a `runs/` folder in the working directory (the
+  namespace package `runs`) would shadow `include 'runs/pretrain.gin'` or fail it.
+  gin's search path and readers are put back afterwards."""
+  from gin import config as gin_config
+  from gin import resource_reader
+  saved = list(gin_config._LOCATION_PREFIXES), list(gin_config._FILE_READERS)
+  gin_config._LOCATION_PREFIXES[:] = list(roots) + [""]
+  gin_config._FILE_READERS[:] = [
+      (reader, check) for reader, check in saved[1]
+      if reader is not resource_reader.system_path_reader] + [
+          (resource_reader.system_path_reader, _exists_as_resource)]
+  try:
+    yield
+  finally:
+    gin_config._LOCATION_PREFIXES[:], gin_config._FILE_READERS[:] = saved
+
+
 def _parse(files: Sequence[str], bindings: Sequence[str], roots: Sequence[str]):
   gin.clear_config()
-  for path in roots:
-    gin.add_config_file_search_path(path)
   _check_macro_bindings(files, bindings)
   try:
-    with _quiet_gin_search():
+    with _quiet_gin_search(), _gin_reading(roots):
       gin.parse_config_files_and_bindings(files, list(bindings), skip_unknown=False)
   except SyntaxError as e:   # in a gin file (bindings were checked above)
     where = f"{e.filename}:{e.lineno}" if getattr(e, "filename", None) else "a gin file"
