@@ -33,13 +33,47 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
   return out
 
 
+def _check_dtype(args):
+  """`--dtype`, if given, names a floating-point type (ValueError naming the option)."""
+  from arch_objective.convert import param_tree
+  return param_tree.float_dtype(getattr(args, "dtype", None), "--dtype")
+
+
+def _check_vocab_size(vocabulary: str, vocab_size, what: str = "--vocab_size") -> None:
+  """A local SentencePiece `vocabulary` has at most `vocab_size` pieces (the ids it
+  needs before the extra ids); a remote one is not fetched for this check. `what` names
+  where `vocab_size` came from."""
+  import os
+  from arch_objective import paths
+  from arch_objective.data import vocabularies
+  if vocab_size is None or paths.is_remote(vocabulary) or not os.path.isfile(
+      os.path.expanduser(vocabulary)):
+    return
+  base = vocabularies.SentencePieceVocabulary(vocabulary, 0).base_vocab_size
+  if vocab_size < base:
+    raise ValueError(f"{what} {vocab_size} is smaller than the {base} pieces of "
+                     f"vocabulary {vocabulary!r}; pass the ids the model was trained with, "
+                     f"extra ids included (T5: 32100).")
+
+
 def _t5x_in(args) -> dict:
   import jax
   from arch_objective import models
   from arch_objective.convert import model_dir, param_tree, t5x
   from arch_objective.data import vocabularies
-  model = models.build_model(args.arch, args.size, **_parse_overrides(args.config))
-  checkpoint = t5x.read_t5x_checkpoint(args.checkpoint, dtype="float32")
+  overrides = _parse_overrides(args.config)
+  if _check_dtype(args) is not None:   # a t5x-in --dtype, should the parser offer one
+    overrides["dtype"] = _check_dtype(args)
+  model = models.build_model(args.arch, args.size, **overrides)
+  vocabulary = args.vocabulary or vocabularies.DEFAULT_VOCABULARY_PATH
+  _check_vocab_size(vocabulary, args.vocab_size)
+  checkpoint = t5x.read_t5x_checkpoint(args.checkpoint)
+  if "dtype" not in overrides:   # the checkpoint's dtype, not the size preset's default
+    stored = param_tree.floating_dtype_of(checkpoint["params"])
+    if stored is not None and stored != model.config.dtype:
+      stored = "float32" if stored == "float64" else stored
+      model = models.build_model(args.arch, args.size, **dict(overrides, dtype=stored))
+  checkpoint["params"] = param_tree.cast_floating(checkpoint["params"], "float32")
   step = 0 if args.reset_step or checkpoint["step"] is None else checkpoint["step"]
   entry = {"checkpoint": args.checkpoint, "step": checkpoint["step"], "arch": args.arch,
            "task": None, "conversion": "t5x-in"}
@@ -57,9 +91,9 @@ def _t5x_in(args) -> dict:
     params = t5x.to_model_params(checkpoint["params"], model)
   written = model_dir.write_model_dir(
       args.out, args.arch, model.config, params, step=step,
-      vocabulary=args.vocabulary or vocabularies.DEFAULT_VOCABULARY_PATH,
-      vocab_size=args.vocab_size, lineage=[entry])
-  report = {"model_dir": args.out, "checkpoint": written, "step": step}
+      vocabulary=vocabulary, vocab_size=args.vocab_size, lineage=[entry])
+  report = {"model_dir": args.out, "checkpoint": written, "step": step,
+            "dtype": model.config.dtype}
   if args.allow_missing:
     report["skipped"] = entry["skipped"]
   return report
@@ -67,6 +101,7 @@ def _t5x_in(args) -> dict:
 
 def _t5x_out(args) -> dict:
   from arch_objective.convert import model_dir, t5x
+  _check_dtype(args)
   params, meta = model_dir.load_params(args.model_dir)
   written = t5x.write_t5x_checkpoint(params, args.out, meta["step"], dtype=args.dtype,
                                      use_tensorstore=not args.inline)
@@ -76,6 +111,7 @@ def _t5x_out(args) -> dict:
 def _hf_out(args) -> dict:
   from arch_objective import architectures
   from arch_objective.convert import hf, model_dir
+  _check_dtype(args)
   params, meta = model_dir.load_params(args.model_dir)
   config = model_dir.config_from_dict(meta.get("config") or {}, args.model_dir)
   carried = {k: meta.get(k) for k in ("vocabulary", "vocab_size", "task", "lineage", "step")}
@@ -105,6 +141,8 @@ def _hf_in(args) -> dict:
   vocabulary = args.vocabulary or carried.get("vocabulary") or \
       vocabularies.DEFAULT_VOCABULARY_PATH
   vocab_size = args.vocab_size or carried.get("vocab_size") or DEFAULT_VOCAB_SIZE
+  _check_vocab_size(vocabulary, vocab_size, "--vocab_size" if args.vocab_size else
+                    f"the vocab_size of {args.hf_dir}")
   entry = {"checkpoint": args.hf_dir, "step": carried.get("step"), "arch": arch,
            "task": carried.get("task"), "conversion": "hf-in"}
   written = model_dir.write_model_dir(

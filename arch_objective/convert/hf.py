@@ -35,8 +35,10 @@ package's own format (`export_native`): `config.json` =
 names (`decoder/layers_0/self_attention/query/kernel`, kernels stored (in, out)).
 
 Weights above `max_shard_bytes` are split into `model-0000k-of-0000n.safetensors`
-with a `model.safetensors.index.json`, as `save_pretrained` does. Directories may be
-local or remote (`gs://...`, see `arch_objective.paths`).
+with a `model.safetensors.index.json`, as `save_pretrained` does. On import, every
+shard the index names must lie inside the directory (no absolute path, URL or climbing
+`..`), and a damaged safetensors or JSON file is a ValueError naming it. Directories may
+be local or remote (`gs://...`, see `arch_objective.paths`).
 """
 from __future__ import annotations
 
@@ -83,11 +85,20 @@ def _save(tensors: Mapping[str, np.ndarray], path: str, metadata: dict):
 
 
 def _load(path: str) -> dict[str, np.ndarray]:
-  if paths.is_remote(path):
-    from safetensors.numpy import load
-    return load(paths.read_bytes(path))
-  from safetensors.numpy import load_file
-  return load_file(path)
+  """The tensors of one safetensors file; a damaged one (truncated, a header that lies
+  about its length, is not JSON or points outside the data) is a ValueError naming it."""
+  import safetensors
+  error = getattr(safetensors, "SafetensorError", Exception)
+  try:
+    if paths.is_remote(path):
+      from safetensors.numpy import load
+      return load(paths.read_bytes(path))
+    from safetensors.numpy import load_file
+    return load_file(path)
+  except error as e:
+    reason = " ".join(str(e).split())
+    raise ValueError(f"{path} is not a readable safetensors file ({reason}); it is "
+                     f"truncated or damaged: copy or export it again.") from None
 
 
 def _write_weights(tensors: Mapping[str, np.ndarray], out_dir: str,
@@ -118,18 +129,59 @@ def _write_weights(tensors: Mapping[str, np.ndarray], out_dir: str,
   return files + [INDEX_FILE]
 
 
+def _read_json(file: str) -> Any:
+  """The JSON of `file` (local or remote); ValueError naming the file if it is not JSON."""
+  try:
+    return json.loads(paths.read_text(file))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{file} is not valid JSON ({e}).") from None
+
+
+def _inside(directory: str, name: Any, source: str, entry: str) -> str:
+  """`directory/name` for a file `name` read from `source` (an index or manifest): only
+  a relative path that stays inside `directory` is accepted; an absolute path, a URL or
+  a `..` that climbs out of it is a ValueError naming the file, the entry and the
+  directory. (Symbolic links are followed: Hugging Face's own cache links every
+  snapshot file to a blob outside the snapshot directory.)"""
+  if not isinstance(name, str) or not name.strip():
+    raise ValueError(f"{source}: entry {entry!r} names {name!r}, expected a file name "
+                     f"inside {directory}.")
+  parts = name.replace("\\", "/").split("/")
+  depth, climbs = 0, False
+  for part in parts:
+    if part == "..":
+      depth -= 1
+      climbs = climbs or depth < 0
+    elif part not in ("", "."):
+      depth += 1
+  if climbs or name.startswith(("/", "\\")) or "://" in name:
+    raise ValueError(f"{source}: entry {entry!r} names {name!r}, which is outside the "
+                     f"directory {directory}; only files inside it are read.")
+  return paths.join(directory, name)
+
+
 def _read_weights(path: str) -> dict[str, np.ndarray]:
+  """Every tensor of `model.safetensors` or of the shards `model.safetensors.index.json`
+  lists, each shard resolved inside `path` (see `_inside`)."""
   index = paths.join(path, INDEX_FILE)
   if paths.isfile(index):
-    files = sorted(set(json.loads(paths.read_text(index))["weight_map"].values()))
+    weight_map = _read_json(index)
+    weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+      raise ValueError(f"{index}: expected an object whose 'weight_map' maps tensor names "
+                       f"to shard files, found none.")
+    files = {}
+    for tensor, file in sorted(weight_map.items()):
+      files.setdefault(_inside(path, file, index, tensor), file)
+    files = sorted(files)
   elif paths.isfile(paths.join(path, WEIGHTS_FILE)):
-    files = [WEIGHTS_FILE]
+    files = [paths.join(path, WEIGHTS_FILE)]
   else:
     raise ValueError(f"no weights in {path}: expected {WEIGHTS_FILE} or {INDEX_FILE} "
                      f"(PyTorch .bin files are not read; re-save with safe_serialization=True).")
   tensors: dict[str, np.ndarray] = {}
   for file in files:
-    tensors.update(_load(paths.join(path, file)))
+    tensors.update(_load(file))
   return tensors
 
 
@@ -267,11 +319,37 @@ def _t5_config_to_ours(hf: Mapping[str, Any], where: str) -> network.Transformer
       relpos_max_distance=int(hf.get("relative_attention_max_distance", 128)),
       layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
       dropout_rate=float(hf.get("dropout_rate", 0.0)), logits_via_embedding=not untied)
-  block = (hf.get(CONFIG_BLOCK) or {}).get("config") or {}
+  block = _config_block(hf, where)
   for name in ("dtype", "float32_attention_logits"):   # ours only; HF has no such field
     if name in block:
       fields[name] = block[name]
   return network.TransformerConfig(**fields)
+
+
+def _config_block(hf: Mapping[str, Any], where: str) -> dict:
+  """The `config` of our block in a T5 `config.json` (empty if it has none), every field
+  checked: an unknown one (in the block or its config) is a ValueError naming it and the
+  known ones, since it was written by another version or edited by hand."""
+  block = hf.get(CONFIG_BLOCK)
+  if block is None:
+    return {}
+  known = ("arch", "config", "meta")
+  if not isinstance(block, Mapping):
+    raise ValueError(f"{where}: {CONFIG_BLOCK!r} must be an object with fields "
+                     f"{list(known)}, found {block!r}.")
+  unknown = sorted(set(block) - set(known))
+  if unknown:
+    raise ValueError(f"{where}: unknown field(s) {unknown} in {CONFIG_BLOCK!r}; known: "
+                     f"{list(known)}.")
+  if block.get("arch", models.ENCODER_DECODER) != models.ENCODER_DECODER:
+    raise ValueError(f"{where}: {CONFIG_BLOCK}.arch is {block['arch']!r}, but a T5 "
+                     f"config.json holds an {models.ENCODER_DECODER}.")
+  config = block.get("config") or {}
+  if not isinstance(config, Mapping):
+    raise ValueError(f"{where}: {CONFIG_BLOCK}.config must be an object (the model "
+                     f"config), found {config!r}.")
+  model_dir.config_from_dict(config, f"{where} ({CONFIG_BLOCK}.config)")
+  return dict(config)
 
 
 # ---------------------------------------------------------------------------
@@ -411,8 +489,9 @@ def _extra_ids(vocabulary: str, vocab_size: Optional[int]) -> int:
 
 def read_export_meta(path: str) -> dict:
   """The `meta` an export carries (empty for a T5 from elsewhere)."""
-  config = json.loads(paths.read_text(paths.join(paths.normalize(path, "export"),
-                                                 CONFIG_FILE)))
+  config = _read_json(paths.join(paths.normalize(path, "export"), CONFIG_FILE))
+  if not isinstance(config, dict):
+    return {}
   block = config if config.get("format") == FORMAT_NAME else (config.get(CONFIG_BLOCK) or {})
   return dict(block.get("meta") or {})
 
@@ -426,7 +505,10 @@ def import_hf(path: str) -> tuple[str, network.TransformerConfig, dict]:
   if not paths.isfile(config_file):
     raise ValueError(f"no {CONFIG_FILE} in {path}; pass a directory written by "
                      f"`arch-objective convert hf-out` or a Hugging Face T5 model directory.")
-  config_json = json.loads(paths.read_text(config_file))
+  config_json = _read_json(config_file)
+  if not isinstance(config_json, dict):
+    raise ValueError(f"{config_file}: expected a JSON object (a model config), found a "
+                     f"{type(config_json).__name__}.")
   tensors = _read_weights(path)
   if config_json.get("format") == FORMAT_NAME:
     return _import_native(config_json, tensors, path)

@@ -31,6 +31,8 @@ from arch_objective.convert import param_tree
 from arch_objective.training import checkpoints, optimizers, trainer
 
 CHECKPOINTS = "checkpoints"
+# Embeddings hold the vocabulary's ids padded to this multiple (`padded_vocab_size`).
+_PAD_MULTIPLE = 128
 COMMIT_FILE = ocp.path.atomicity.COMMIT_SUCCESS_FILE   # marks a complete step on gs://
 
 
@@ -43,6 +45,11 @@ def config_from_dict(fields: Mapping[str, Any], where: str) -> network.Transform
                      f"It was written by a different version of arch-objective.")
   fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items()}
   return network.TransformerConfig(**fields)
+
+
+def _padded(vocab_size: int) -> int:
+  """`vocab_size` rounded up to `_PAD_MULTIPLE` (0 for no ids): 32100 -> 32128."""
+  return -(-max(int(vocab_size), 0) // _PAD_MULTIPLE) * _PAD_MULTIPLE
 
 
 def model_for(arch: str, config: network.TransformerConfig) -> models.BaseModel:
@@ -93,7 +100,10 @@ def read_meta(step_dir: str) -> dict:
   if not paths.isfile(file):
     raise ValueError(f"checkpoint {step_dir} has no meta ({file} is missing); it was not "
                      f"written by arch-objective's trainer, so its architecture is unknown.")
-  return json.loads(paths.read_text(file))
+  try:
+    return json.loads(paths.read_text(file))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{file} is not valid JSON ({e}).") from None
 
 
 def load_params(path: str, dtype=None) -> tuple[dict, dict]:
@@ -128,6 +138,24 @@ def _fresh_state(params: Mapping[str, Any], step: int) -> trainer.TrainState:
                             opt_state=opt_state)
 
 
+def check_vocab_size(vocab_size: Optional[int], rows: int) -> None:
+  """A ValueError naming both numbers unless `vocab_size` ids (the vocabulary's, extra
+  ids included) fit an embedding of `rows` rows: at most `rows`, and `rows` at most
+  `vocab_size` padded to a multiple of 128 (T5: 32100 ids, 32128 rows)."""
+  if vocab_size is None:
+    return
+  if vocab_size > rows:
+    raise ValueError(f"vocab_size {vocab_size} is larger than the model's embedding "
+                     f"({rows} rows); pass the vocabulary the model was trained with "
+                     f"(--vocab_size).")
+  if _padded(vocab_size) < rows:
+    raise ValueError(f"vocab_size {vocab_size} is too small for the model's embedding of "
+                     f"{rows} rows: the embedding holds the vocabulary's ids padded to a "
+                     f"multiple of {_PAD_MULTIPLE} (at most {_padded(vocab_size)} rows for "
+                     f"{vocab_size} ids); pass the number of ids the model was trained "
+                     f"with, extra ids included (--vocab_size; T5: 32100 for 32128 rows).")
+
+
 def write_model_dir(out: str, arch: str, config: network.TransformerConfig,
                     params: Mapping[str, Any], *, step: int = 0,
                     vocabulary: Optional[str] = None, vocab_size: Optional[int] = None,
@@ -139,10 +167,7 @@ def write_model_dir(out: str, arch: str, config: network.TransformerConfig,
   if not report.ok:
     raise ValueError(f"cannot write {out}: the parameters do not fit a {arch} with this "
                      f"config: {report.describe()}.")
-  if vocab_size is not None and vocab_size > config.vocab_size:
-    raise ValueError(f"vocab_size {vocab_size} is larger than the model's embedding "
-                     f"({config.vocab_size} rows); pass the vocabulary the model was "
-                     f"trained with (--vocab_size).")
+  check_vocab_size(vocab_size, config.vocab_size)
   out = paths.normalize(out, "model directory")
   directory = paths.join(out, CHECKPOINTS)
   if any(n.isdigit() for n in paths.listdir(directory)):

@@ -17,7 +17,7 @@ only between a model and its scanned module (`models.BaseModel.params_to_scanned
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import flax.traverse_util
 import jax.numpy as jnp
@@ -41,14 +41,43 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   return flax.traverse_util.unflatten_dict(dict(flat), sep=SEP)
 
 
+# The dtypes parameters may be cast to (a converter's --dtype).
+FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def float_dtype(dtype, where: str = "dtype") -> Optional[str]:
+  """The name of floating-point `dtype` (None stays None); anything else (an unknown
+  name, an integer type) is a ValueError naming `where`, the accepted values and it."""
+  if dtype is None:
+    return None
+  try:
+    name = jnp.dtype(dtype).name
+  except (TypeError, ValueError):
+    name = None
+  if name not in FLOAT_DTYPES:
+    raise ValueError(f"{where}: expected one of {', '.join(FLOAT_DTYPES)}, found "
+                     f"{str(dtype)!r}.")
+  return name
+
+
+def floating_dtype_of(tree: Tree) -> Optional[str]:
+  """The dtype name shared by every floating-point leaf of `tree`; the widest of them if
+  they differ (bfloat16 before float16); None if it has none."""
+  names = {np.asarray(v).dtype for v in flatten(tree).values()
+           if jnp.issubdtype(np.asarray(v).dtype, jnp.floating)}
+  if not names:
+    return None
+  return jnp.dtype(max(names, key=lambda d: (d.itemsize, d == jnp.bfloat16))).name
+
+
 def cast_floating(tree: Tree, dtype) -> dict[str, Any]:
   """Every floating-point leaf of a nested dict cast to `dtype` (None: unchanged)."""
   flat = flatten(tree)
   if dtype is None:
     return unflatten(flat)
-  dtype = jnp.dtype(dtype)
+  dtype = jnp.dtype(float_dtype(dtype))
   return unflatten({k: (np.asarray(v).astype(dtype)
-                        if np.issubdtype(np.asarray(v).dtype, np.floating) else v)
+                        if jnp.issubdtype(np.asarray(v).dtype, jnp.floating) else v)
                     for k, v in flat.items()})
 
 

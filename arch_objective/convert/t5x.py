@@ -21,7 +21,8 @@ directory. Two spellings of that path occur:
 The second is what a checkpoint written to Google Cloud Storage holds (the released
 checkpoints, spec §7.1): the bucket is a placeholder. Both are resolved against the
 directory being read, local (`file` driver) or `gs://bucket/dir` (`gcs` driver), so a
-downloaded copy reads like the original.
+downloaded copy reads like the original. A path that leaves that directory (absolute,
+a URL, or a `..` climbing above it) is refused: t5x writes plain array names.
 
   read_t5x_checkpoint(path, dtype=None, with_optimizer=False)
       -> {'params': tree, 'step': int, 'optimizer': tree | None}
@@ -169,10 +170,16 @@ def resolve_spec(spec: Mapping[str, Any], checkpoint_dir: str, name: str = "") -
   if driver not in ("file", "gfile", "gcs"):
     raise ValueError(f"t5x checkpoint {checkpoint_dir}: parameter {name!r} is stored with "
                      f"kvstore driver {driver!r}; expected 'file', 'gfile' or 'gcs'.")
-  relative = _join(kvstore.get("path", "") or "", spec.pop("path", "") or "")
+  parts = (kvstore.get("path", "") or "", spec.pop("path", "") or "")
+  if not all(isinstance(part, str) for part in parts):
+    raise ValueError(f"{_join(checkpoint_dir, CHECKPOINT_FILE)}: parameter {name!r} has a "
+                     f"non-text array path {parts}; expected a directory name inside "
+                     f"{checkpoint_dir}.")
+  relative = _join(*parts) if all(parts) else parts[0] or parts[1]
   if not relative:
     raise ValueError(f"t5x checkpoint {checkpoint_dir}: the spec of parameter {name!r} has "
                      f"no 'path' (neither spec['kvstore']['path'] nor spec['path']): {spec}.")
+  _check_inside(relative, checkpoint_dir, name)
   spec.pop("metadata", None)
   spec.pop("dtype", None)
   gcs = _split_gcs(checkpoint_dir)
@@ -184,6 +191,22 @@ def resolve_spec(spec: Mapping[str, Any], checkpoint_dir: str, name: str = "") -
     spec["kvstore"] = {"driver": "gcs", "bucket": bucket,
                        "path": _join(prefix, relative).rstrip("/") + "/"}
   return spec
+
+
+def _check_inside(relative: str, checkpoint_dir: str, name: str):
+  """Refuse an array path from the msgpack that leaves the checkpoint directory: an
+  absolute path, a URL, or a `..` that climbs above it (t5x writes plain names)."""
+  depth, climbs = 0, False
+  for part in relative.replace("\\", "/").split("/"):
+    if part == "..":
+      depth -= 1
+      climbs = climbs or depth < 0
+    elif part not in ("", "."):
+      depth += 1
+  if climbs or relative.startswith(("/", "\\")) or "://" in relative:
+    raise ValueError(f"{_join(checkpoint_dir, CHECKPOINT_FILE)}: parameter {name!r} names "
+                     f"array path {relative!r}, which is outside the checkpoint directory "
+                     f"{checkpoint_dir}; only arrays inside it are read.")
 
 
 def _stored_shape(spec: Mapping[str, Any]) -> Optional[tuple[int, ...]]:
