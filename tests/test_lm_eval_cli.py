@@ -151,6 +151,72 @@ def test_the_cli_wrapper_returns_lm_evals_exit_status_for_bad_options():
   assert "argument --limit/-L: invalid float value: 'some'" in done.stderr
 
 
+PROG = lm_eval_cli.PROG
+
+
+@pytest.mark.parametrize("model_args, line", [
+    ("model_path=/runs/ed", f"{PROG}: error: unknown option(s) ['model_path'] for the "
+                            f"arch_objective model; valid: checkpoint (or model_dir), arch, "),
+    ("batch_tokens=1024", f"{PROG}: error: give checkpoint=PATH, or model and params (and "
+                          f"vocab); found neither a checkpoint nor both objects (lm-eval: "
+                          f"--model_args checkpoint=MODEL_DIR, or model_dir=MODEL_DIR)."),
+    ("model_dir={missing}", f"{PROG}: error: model_dir='{{missing}}' does not exist; "
+                            f"expected a model directory"),
+    ("model_dir={ed},truncation=sideways", f"{PROG}: error: unknown truncation 'sideways'; "
+                                           f"expected one of paper, modern"),
+    ("model_dir={ed},max_length=abc", f"{PROG}: error: max_length must be a positive integer, "
+                                      f"found 'abc'; pass e.g. max_length=1280."),
+    ("model_dir={ed},dtype=float64", f"{PROG}: error: dtype must be one of float32, bfloat16, "
+                                     f"float16, found 'float64'"),
+], ids=["unknown", "no_model_dir", "missing_model_dir", "truncation", "max_length", "dtype"])
+def test_a_bad_model_arg_is_one_line_and_status_2(ed_dir, tmp_path, model_args, line):
+  """Checked from the command line before lm-eval reads its tasks or anything loads."""
+  fill = {"ed": ed_dir[0], "missing": str(tmp_path / "missing")}
+  done = run_python(["-m", "arch_objective.evaluation.lm_eval_cli", "--model",
+                     harness.MODEL_NAME, "--model_args", model_args.format(**fill),
+                     "--tasks", "boolq"], env={"HF_DATASETS_OFFLINE": "1",
+                                               "HF_HUB_OFFLINE": "1"})
+  assert done.returncode == 2, done.stderr[-3000:]
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(line.format(**fill)), done.stderr[-3000:]
+  assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_a_bad_model_arg_of_a_config_file_is_one_line_and_status_2(tmp_path):
+  """lm-eval's --config file: the model's own check, when lm-eval builds it."""
+  config = tmp_path / "eval.yaml"
+  config.write_text("model: arch_objective\nmodel_args:\n  truncation: sideways\n"
+                    "tasks:\n  - boolq\n")
+  done = run_python(["-m", "arch_objective.evaluation.lm_eval_cli", "--config", str(config)],
+                    env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+  assert done.returncode == 2, done.stderr[-3000:]
+  errors = [x for x in done.stderr.splitlines() if x.startswith(PROG)]
+  assert errors == [f"{PROG}: error: unknown truncation 'sideways'; expected one of paper, "
+                    f"modern (paper: the first 512 context tokens, as the paper's t5x bridge; "
+                    f"modern: the last tokens that fit)."]
+  assert "Traceback" not in done.stderr
+
+
+def test_model_args_are_checked_before_the_model_loads(ed_dir, tmp_path, monkeypatch):
+  from arch_objective.evaluation import loading
+  directory, _ = ed_dir
+  monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("loaded"))
+  for args, message in [
+      (f"model_dir={directory},arch=decoder", r"unknown arch 'decoder'; valid architectures"),
+      (f"model_dir={directory},arch=causal_decoder",
+       r"^model_dir: checkpoint '.*/ed' holds a encoder_decoder model; it cannot be read as "
+       r"causal_decoder"),
+      (f"checkpoint={directory},vocabulary={tmp_path}/none.model",
+       r"vocabulary='.*/none.model' does not exist; expected a SentencePiece .model file"),
+      (f"model_dir={tmp_path}", r"^model_dir: checkpoint '.*': no complete checkpoint in"),
+      (f"model_dir={directory},inputs_length=0",
+       r"inputs_length must be a positive integer, found 0; pass e.g. inputs_length=1024"),
+  ]:
+    with pytest.raises(harness.ModelArgsError, match=message):
+      harness.ArchObjectiveLM.create_from_arg_string(args)
+  assert harness.check_model_args({"model_dir": directory, "max_length": 64}) == directory
+
+
 # ----------------------------------------------------------------------------------------
 # lm-eval's `hf` backend on our Hugging Face export
 # ----------------------------------------------------------------------------------------

@@ -244,6 +244,89 @@ def generate_tokens(model: models.BaseModel, params, prompts, steps: int,
 # The harness model
 # ----------------------------------------------------------------------------------------
 _HARNESS_KWARGS = ("batch_size", "max_batch_size", "device")   # passed by simple_evaluate
+DTYPES = ("float32", "bfloat16", "float16")
+_MODEL_ARGS = ("checkpoint", "model_dir", "arch", "vocabulary", "truncation", "batch_tokens",
+               "inputs_length", "targets_length", "max_length", "dtype")
+
+
+class ModelArgsError(ValueError):
+  """A bad option (model_args) of the `arch_objective` model, found before anything
+  loads; its message is one line naming the option."""
+
+
+def check_model_args(model_args: dict, *, objects: bool = False) -> Optional[str]:
+  """Check the options of the `arch_objective` model (model_args, as lm-eval passes them:
+  strings and numbers) before anything loads, reading at most a checkpoint's metadata:
+  ModelArgsError, one line naming the first bad option. Returns the checkpoint path
+  (`checkpoint` or `model_dir`), None without one; `objects`: a model and parameters are
+  given as objects instead of a checkpoint."""
+  given = {k: v for k, v in model_args.items() if v is not None}
+  unknown = sorted(set(given) - set(_MODEL_ARGS) - set(_HARNESS_KWARGS))
+  if unknown:
+    raise ModelArgsError(f"unknown option(s) {unknown} for the {MODEL_NAME} model; valid: "
+                         f"checkpoint (or model_dir), arch, vocabulary, truncation, "
+                         f"batch_tokens, inputs_length, targets_length, max_length, dtype.")
+  try:
+    _check_truncation(given.get("truncation", "modern"))
+  except ValueError as e:
+    raise ModelArgsError(str(e)) from None
+  for name, example in (("batch_tokens", DEFAULT_BATCH_TOKENS), ("inputs_length", 1024),
+                        ("targets_length", 256), ("max_length", 1280)):
+    if name in given:
+      try:
+        _positive_int(given[name], name)
+      except ValueError as e:
+        raise ModelArgsError(f"{str(e).rstrip('.')}; pass e.g. {name}={example}.") from None
+  checkpoint, key = given.get("checkpoint"), "checkpoint"
+  if "model_dir" in given:
+    if checkpoint is not None and str(checkpoint) != str(given["model_dir"]):
+      raise ModelArgsError(f"checkpoint={checkpoint!r} and model_dir={given['model_dir']!r} "
+                           f"differ; expected one model directory (model_dir is another name "
+                           f"for checkpoint).")
+    checkpoint, key = given["model_dir"], "model_dir"
+  if checkpoint is None:
+    if not objects:
+      raise ModelArgsError("give checkpoint=PATH, or model and params (and vocab); found "
+                           "neither a checkpoint nor both objects (lm-eval: --model_args "
+                           "checkpoint=MODEL_DIR, or model_dir=MODEL_DIR).")
+    return None
+  if objects:
+    raise ValueError("give either checkpoint or (model, params, vocab), found both.")
+  checkpoint = os.fspath(checkpoint) if isinstance(checkpoint, os.PathLike) else str(checkpoint)
+  _check_checkpoint_args(key, checkpoint, given.get("arch"), given.get("dtype", "float32"),
+                         given.get("vocabulary"))
+  return checkpoint
+
+
+def _check_checkpoint_args(key: str, checkpoint: str, arch, dtype, vocabulary):
+  """ModelArgsError for a checkpoint, arch, dtype or vocabulary that cannot be read, found
+  from the checkpoint's metadata alone (no parameters are read)."""
+  from arch_objective.evaluation import loading
+  from arch_objective.training import checkpoints
+  if arch is not None:
+    try:
+      architectures.check(arch)
+    except ValueError as e:
+      raise ModelArgsError(str(e)) from None
+  if dtype not in DTYPES:
+    raise ModelArgsError(f"dtype must be one of {', '.join(DTYPES)}, found {dtype!r}; pass "
+                         f"e.g. dtype=float32.")
+  for name, path, expected in ((key, checkpoint, "a model directory (`arch-objective train` "
+                                "or `convert`) or <dir>/checkpoints/<step>"),
+                               ("vocabulary", vocabulary, "a SentencePiece .model file")):
+    if path is None:
+      continue
+    try:
+      missing = paths.scheme(path) is None and not paths.exists(path)
+    except ValueError as e:                   # a scheme we do not read
+      raise ModelArgsError(f"{name}={path!r}: {e}") from None
+    if missing:
+      raise ModelArgsError(f"{name}={path!r} does not exist; expected {expected}.")
+  try:
+    meta, _ = checkpoints.load_meta(checkpoint)
+    loading.model_from_meta(meta, checkpoint, arch, dtype)
+  except ValueError as e:                     # CheckpointError, or meta that does not fit
+    raise ModelArgsError(f"{key}: {e}" if key != "checkpoint" else str(e)) from None
 
 
 class ArchObjectiveLM(_LM_BASE):
@@ -272,40 +355,25 @@ class ArchObjectiveLM(_LM_BASE):
       raise ImportError("ArchObjectiveLM needs lm-evaluation-harness: pip install "
                         "'lm-eval==0.4.13' (the `eval` extra of arch-objective).")
     super().__init__()
-    unknown = sorted(set(harness_kwargs) - set(_HARNESS_KWARGS))
-    if unknown:
-      raise ValueError(f"unknown option(s) {unknown} for the {MODEL_NAME} model; valid: "
-                       f"checkpoint (or model_dir), arch, vocabulary, truncation, "
-                       f"batch_tokens, inputs_length, targets_length, max_length, dtype.")
-    _check_truncation(truncation)
-    if model_dir is not None:
-      if checkpoint is not None and str(checkpoint) != str(model_dir):
-        raise ValueError(f"checkpoint={checkpoint!r} and model_dir={model_dir!r} differ; "
-                         f"expected one model directory (model_dir is another name for "
-                         f"checkpoint).")
-      checkpoint = model_dir
-    if checkpoint is not None and not isinstance(checkpoint, str):
-      checkpoint = os.fspath(checkpoint) if isinstance(checkpoint, os.PathLike) \
-          else str(checkpoint)
+    checkpoint = check_model_args(
+        dict(checkpoint=checkpoint, model_dir=model_dir, arch=arch, vocabulary=vocabulary,
+             truncation=truncation, batch_tokens=batch_tokens, inputs_length=inputs_length,
+             targets_length=targets_length, max_length=max_length, dtype=dtype,
+             **harness_kwargs), objects=model is not None or params is not None)
     self.meta, self.step, self.checkpoint = {}, None, checkpoint
     if checkpoint is not None:
-      if model is not None or params is not None:
-        raise ValueError("give either checkpoint or (model, params, vocab), found both.")
       from arch_objective.evaluation import loading
       model, params, self.meta, self.step = loading.load_model(str(checkpoint), arch, dtype)
       vocab = vocab if vocab is not None else vocabulary or self.meta.get("vocabulary")
     else:
-      if model is None or params is None:
-        raise ValueError("give checkpoint=PATH, or model and params (and vocab); found "
-                         "neither a checkpoint nor both objects.")
       if arch is not None and arch != model.name:
         raise ValueError(f"arch {arch!r} does not match the given {model.name} model; "
                          f"build the model as {arch} (only the causal and non-causal "
                          f"decoders share parameters).")
       vocab = vocab if vocab is not None else vocabulary
     if vocab is None:
-      raise ValueError("no vocabulary: pass vocabulary=PATH (a SentencePiece .model); the "
-                       "checkpoint does not record one.")
+      raise ModelArgsError("no vocabulary: pass vocabulary=PATH (a SentencePiece .model); "
+                           "the checkpoint does not record one.")
     if isinstance(vocab, (str, os.PathLike)):
       from arch_objective.data import vocabularies
       vocab = vocabularies.SentencePieceVocabulary(os.fspath(vocab))
@@ -478,6 +546,11 @@ def task_manager(tasks: Sequence[str], include_path: Optional[str] = None):
   if manager is None:
     manager = TaskManager(include_path=include_path, include_defaults=True)
   unknown = [t for t in tasks if t not in manager.all_tasks]
+  broken = _unparsable_yaml(include_path) if unknown and include_path else []
+  if broken:
+    raise ValueError(f"unknown task(s) {unknown}: {len(broken)} task YAML file(s) of "
+                     f"include_path {include_path} do not parse, and lm-eval skips them: "
+                     f"{'; '.join(broken)}.")
   if unknown:
     raise ValueError(f"unknown task(s) {unknown}: not in lm-eval's tasks"
                      f"{' nor in ' + include_path if include_path else ''}. Expected lm-eval "
@@ -485,37 +558,93 @@ def task_manager(tasks: Sequence[str], include_path: Optional[str] = None):
   return manager
 
 
+def _unparsable_yaml(folder: str) -> list[str]:
+  """'<file>: line L, column C: <problem>' of each task YAML file under `folder` that
+  does not parse (lm-eval's task index skips those without a word). Tags such as
+  `!function` are accepted unread."""
+  import yaml
+
+  class _Loader(yaml.SafeLoader):
+    pass
+
+  _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+  broken = []
+  for path in sorted(pathlib.Path(folder).glob("**/*.yaml")):
+    try:
+      with open(path, "rb") as f:
+        yaml.load(f, Loader=_Loader)  # noqa: S506 (a safe loader)
+    except yaml.YAMLError as e:
+      mark = getattr(e, "problem_mark", None)
+      where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+      problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+      broken.append(f"{path}: {where}{problem}")
+    except OSError as e:
+      broken.append(f"{path}: {e.strerror or e}")
+  return broken
+
+
 def run_harness(checkpoint, tasks: Sequence[str], *, include_path: Optional[str] = None,
                 arch: Optional[str] = None, vocabulary: Optional[str] = None,
                 truncation: str = "modern", limit=None, out_dir: str,
                 batch_tokens: int = DEFAULT_BATCH_TOKENS, dtype: str = "float32",
-                bootstrap_iters: int = 100000) -> dict:
+                bootstrap_iters: int = 100000, allow_other_vocabulary: bool = False,
+                allow_option: str = "allow_other_vocabulary=True") -> dict:
   """Zero-shot `tasks` on a checkpoint path (or an `ArchObjectiveLM` already built).
 
   Writes `out_dir/harness_results.json` (the harness's results, JSON-serialisable entries
-  only) and `out_dir/summary.md` (see `summarize`), local or remote; returns the results.
-  `dtype` is the activation dtype of a checkpoint's model.
+  only; `arch_objective.vocabulary` records the vocabulary used: path, sha256) and
+  `out_dir/summary.md` (see `summarize`), local or remote; returns the results.
+  `dtype` is the activation dtype of a checkpoint's model. A `vocabulary` other than
+  the one the checkpoint was trained with is refused unless `allow_other_vocabulary`
+  (`loading.check_vocabulary`; `allow_option` is how the message says to allow it).
   """
   import lm_eval
+  from arch_objective.evaluation import loading
   names = expand_tasks(tasks)
   manager = task_manager(names, include_path)          # unknown tasks fail before loading
   out_dir = paths.normalize(out_dir, "output directory")
   if isinstance(checkpoint, ArchObjectiveLM):
     lm = checkpoint
+    path = getattr(lm.vocab, "path", None)
+    used = loading.vocabulary_record(path) if path else None
   else:
+    vocab, used = _checked_vocabulary(str(checkpoint), arch, vocabulary,
+                                      allow_other_vocabulary, allow_option)
     lm = ArchObjectiveLM(checkpoint=checkpoint, arch=arch, vocabulary=vocabulary,
-                         truncation=truncation, batch_tokens=batch_tokens, dtype=dtype)
+                         truncation=truncation, batch_tokens=batch_tokens, dtype=dtype,
+                         vocab=vocab)
   results = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=0, limit=limit,
                                     task_manager=manager, log_samples=False,
                                     bootstrap_iters=bootstrap_iters)
   results = _jsonable(results)
   results["arch_objective"] = {"checkpoint": None if isinstance(checkpoint, ArchObjectiveLM)
                                else str(checkpoint), "tasks": names, "limit": limit,
-                               **lm.get_model_info()["arch_objective"]}
+                               **lm.get_model_info()["arch_objective"], "vocabulary": used}
   paths.makedirs(out_dir)
   paths.write_text(paths.join(out_dir, RESULTS_FILE), json.dumps(results, indent=2))
   paths.write_text(paths.join(out_dir, SUMMARY_FILE), summarize(results)["markdown"])
   return results
+
+
+def _checked_vocabulary(checkpoint: str, arch: Optional[str], vocabulary: Optional[str],
+                        allow_other: bool, allow_option: str):
+  """(vocabulary, its record) an evaluation of `checkpoint` tokenises with: `vocabulary`
+  or else the checkpoint's, checked against the one it was trained with
+  (`loading.check_vocabulary`); (None, None) when neither names one."""
+  from arch_objective.data import vocabularies
+  from arch_objective.evaluation import loading
+  from arch_objective.training import checkpoints
+  meta, _ = checkpoints.load_meta(checkpoint)
+  path = vocabulary or meta.get("vocabulary")
+  if not path:
+    return None, None
+  vocab = vocabularies.SentencePieceVocabulary(os.fspath(path))
+  rows = loading.model_from_meta(meta, checkpoint, arch).config.vocab_size
+  used = loading.check_vocabulary(
+      meta, vocab.path, checkpoint, allow_other=allow_other,
+      option="--vocabulary" if vocabulary else "the vocabulary", allow_option=allow_option,
+      embedding_rows=rows, vocab_size=vocab.vocab_size)
+  return vocab, used
 
 
 _DROP = object()

@@ -24,6 +24,8 @@ numbers as numbers):
   max_length      decoder-only row of context and continuation, modern mode; default 1280
   batch_tokens    tokens per forward batch; default 16384
   dtype           activation dtype; default float32
+A bad model_arg (an unknown key, a missing model directory, a bad value) is one line on
+stderr and exit status 2, before lm-eval reads its tasks or anything loads.
 lm-eval's `--batch_size`, `--max_batch_size` and `--device` reach the model and are
 ignored (batches are sized by batch_tokens; JAX picks the device). The paper's 31
 EAI-Eval tasks are the group `eai_eval` in `harness.HARNESS_TASKS_DIR`: pass that folder
@@ -54,6 +56,8 @@ targets_length long with an empty encoder).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import sys
 from typing import Optional, Sequence
@@ -66,7 +70,10 @@ HF_EXPORT_MODEL_ARGS = ("backend=seq2seq,add_bos_token=False,prefix_token_id=0,"
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Run lm-eval's command line on `argv` (default: `sys.argv[1:]`) with `arch_objective`
   registered; returns the exit status (argparse's 2 for bad options, 0 after `--help`).
-  Errors inside the run propagate as they do from `lm_eval`."""
+  A bad model_args option of `arch_objective` (`harness.ModelArgsError`, found before the
+  model loads, those of the command line before lm-eval reads its tasks) is one line on
+  stderr and status 2 too; other errors inside the run propagate as they do from
+  `lm_eval`."""
   argv = list(sys.argv[1:] if argv is None else argv)
   from arch_objective import logs
   from arch_objective.evaluation import harness, runs
@@ -75,6 +82,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     harness.register_with_lm_eval()
     from lm_eval import __main__ as lm_eval_main
   except ImportError as e:
+    print(f"{PROG}: error: {e}", file=sys.stderr)
+    return 2
+  try:
+    _check_model_args(argv, harness)
+  except harness.ModelArgsError as e:
     print(f"{PROG}: error: {e}", file=sys.stderr)
     return 2
   folder = runs.use_compilation_cache(None)
@@ -86,9 +98,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     lm_eval_main.cli_evaluate()
   except SystemExit as e:
     return _exit_status(e.code)
+  except harness.ModelArgsError as e:    # e.g. model_args of a --config file
+    print(f"{PROG}: error: {e}", file=sys.stderr)
+    return 2
   finally:
     sys.argv = saved
   return 0
+
+
+def _check_model_args(argv: list, harness) -> None:
+  """`harness.check_model_args` on the model_args of `--model arch_objective` in `argv`,
+  before lm-eval indexes its tasks. Anything lm-eval's parser refuses, and a `--config`
+  file's options, are left to lm-eval's own run (the model checks them when it is built)."""
+  from lm_eval._cli import HarnessCLI
+  saved = sys.argv
+  sys.argv = [PROG, *argv]          # a copy: lm-eval's parser edits it
+  try:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+      args = HarnessCLI().parse_args()
+  except SystemExit:
+    return
+  finally:
+    sys.argv = saved
+  if getattr(args, "model", None) == harness.MODEL_NAME and not getattr(args, "config", None):
+    harness.check_model_args(getattr(args, "model_args", None) or {})
 
 
 def _exit_status(code) -> int:

@@ -14,7 +14,11 @@ process then builds the same global mesh, and reads its own shard of the data.
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import os
+import socket
+import time
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -23,6 +27,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from arch_objective import layers
+
+log = logging.getLogger(__name__)
 
 DATA = "data"
 MODEL = "model"
@@ -142,29 +148,141 @@ class Partitioner:
       yield
 
 
+COORDINATOR_ENV = "ARCH_OBJECTIVE_COORDINATOR"
+NUM_PROCESSES_ENV = "ARCH_OBJECTIVE_NUM_PROCESSES"
+PROCESS_ID_ENV = "ARCH_OBJECTIVE_PROCESS_ID"
+TIMEOUT_ENV = "ARCH_OBJECTIVE_COORDINATOR_TIMEOUT"
+DEFAULT_TIMEOUT_S = 300   # JAX's own default: a pod's hosts may start minutes apart
+_CLUSTER_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
 def initialize_distributed(coordinator_address: Optional[str] = None,
                            num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None) -> bool:
+                           process_id: Optional[int] = None,
+                           initialization_timeout: Optional[float] = None) -> bool:
   """Join the processes of a multi-host job (`jax.distributed.initialize`).
 
   With no arguments, JAX detects TPU pods and SLURM jobs itself; explicit values (or
   the environment variables ARCH_OBJECTIVE_COORDINATOR, ARCH_OBJECTIVE_NUM_PROCESSES,
   ARCH_OBJECTIVE_PROCESS_ID) join any cluster. Returns False when there is nothing to
   join (a single process).
+
+  `initialization_timeout` (seconds; else ARCH_OBJECTIVE_COORDINATOR_TIMEOUT, else 300)
+  bounds the wait for the coordinator (process 0) and for the other processes. Every
+  setting is checked before anything starts (ValueError naming the option); a process
+  other than 0 first waits, at most that long, for the coordinator's port to accept a
+  connection, and raises a ValueError naming the address if it never does (JAX itself
+  would abort the process without a word of ours).
   """
-  coordinator_address = coordinator_address or os.environ.get("ARCH_OBJECTIVE_COORDINATOR")
-  if num_processes is None and "ARCH_OBJECTIVE_NUM_PROCESSES" in os.environ:
-    num_processes = int(os.environ["ARCH_OBJECTIVE_NUM_PROCESSES"])
-  if process_id is None and "ARCH_OBJECTIVE_PROCESS_ID" in os.environ:
-    process_id = int(os.environ["ARCH_OBJECTIVE_PROCESS_ID"])
-  explicit = coordinator_address is not None
-  detected = any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES",
-                                           "MEGASCALE_COORDINATOR_ADDRESS"))
-  if not explicit and not detected:
+  names = {"coordinator_address": "--coordinator_address", "num_processes": "--num_processes",
+           "process_id": "--process_id"}
+  if not coordinator_address and os.environ.get(COORDINATOR_ENV):
+    coordinator_address, names["coordinator_address"] = (os.environ[COORDINATOR_ENV],
+                                                          COORDINATOR_ENV)
+  coordinator_address = coordinator_address or None
+  if num_processes is None and os.environ.get(NUM_PROCESSES_ENV):
+    num_processes = _int_setting(os.environ[NUM_PROCESSES_ENV], NUM_PROCESSES_ENV, "2")
+    names["num_processes"] = NUM_PROCESSES_ENV
+  if process_id is None and os.environ.get(PROCESS_ID_ENV):
+    process_id = _int_setting(os.environ[PROCESS_ID_ENV], PROCESS_ID_ENV, "0")
+    names["process_id"] = PROCESS_ID_ENV
+  timeout = _timeout_setting(initialization_timeout)
+  n_name, id_name, address_name = (names["num_processes"], names["process_id"],
+                                   names["coordinator_address"])
+  if num_processes is not None and num_processes < 1:
+    raise ValueError(f"{n_name} must be at least 1, found {num_processes}; give the number "
+                     f"of processes in the job.")
+  if process_id is not None and process_id < 0:
+    raise ValueError(f"{id_name} must be 0 or more, found {process_id}; number the "
+                     f"processes 0 to N-1 (process 0 runs the coordinator).")
+  if num_processes is not None and process_id is not None and process_id >= num_processes:
+    raise ValueError(f"{id_name} must be below {n_name}={num_processes} (0 to "
+                     f"{num_processes - 1}), found {process_id}; number the processes "
+                     f"0 to {num_processes - 1}.")
+  detected = any(k in os.environ for k in _CLUSTER_ENV)
+  if coordinator_address is None and not detected:
+    if (num_processes or 1) > 1 or (process_id or 0) > 0:
+      job = (f"{n_name}={num_processes}" if num_processes is not None
+             else f"{id_name}={process_id}")
+      raise ValueError(f"{job}: a multi-process job needs a coordinator address, found none; "
+                       f"pass --coordinator_address HOST:PORT (or set {COORDINATOR_ENV}) to "
+                       f"every process, the same: process 0's host and a free port.")
     return False
-  if explicit and (num_processes is None or process_id is None):
-    raise ValueError("a coordinator address needs num_processes and process_id too "
-                     f"(found num_processes={num_processes}, process_id={process_id}).")
+  host = port = None
+  if coordinator_address is not None:
+    if num_processes is None or process_id is None:
+      raise ValueError(f"{address_name}={coordinator_address} needs the number of processes "
+                       f"and this process's index too, found {n_name}={num_processes}, "
+                       f"{id_name}={process_id}; pass --num_processes and --process_id (or "
+                       f"set {NUM_PROCESSES_ENV} and {PROCESS_ID_ENV}).")
+    host, port = _parse_address(coordinator_address, address_name)
+  log.info("joining the job%s through %s (waiting up to %g s)",
+           f" as process {process_id} of {num_processes}" if process_id is not None else "",
+           f"the coordinator at {coordinator_address}" if coordinator_address
+           else "the cluster's coordinator", timeout)
+  if host is not None and process_id != 0:
+    _wait_for_coordinator(host, port, coordinator_address, timeout)
   jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+                             num_processes=num_processes, process_id=process_id,
+                             initialization_timeout=max(int(math.ceil(timeout)), 1))
   return True
+
+
+def _int_setting(value: str, name: str, example: str) -> int:
+  try:
+    return int(value.strip())
+  except ValueError:
+    raise ValueError(f"{name} must be an integer, found {value!r}; set e.g. "
+                     f"{name}={example}.") from None
+
+
+def _timeout_setting(value: Optional[float]) -> float:
+  """Seconds to wait for the coordinator: `value`, else $ARCH_OBJECTIVE_COORDINATOR_TIMEOUT,
+  else DEFAULT_TIMEOUT_S."""
+  name = "initialization_timeout"
+  if value is None and os.environ.get(TIMEOUT_ENV):
+    value, name = os.environ[TIMEOUT_ENV], TIMEOUT_ENV
+  if value is None:
+    return float(DEFAULT_TIMEOUT_S)
+  try:
+    seconds = float(value)
+  except (TypeError, ValueError):
+    seconds = float("nan")
+  if not seconds > 0 or math.isinf(seconds):
+    raise ValueError(f"{name} must be a positive number of seconds, found {value!r}; set e.g. "
+                     f"{name}={DEFAULT_TIMEOUT_S}.")
+  return seconds
+
+
+def _parse_address(address: str, name: str) -> tuple[str, int]:
+  """(host, port) of 'HOST:PORT' ('[v6]:PORT' too); ValueError naming `name` otherwise."""
+  host, colon, port = address.strip().rpartition(":")
+  host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+  problem = ("no port" if not colon else "no host" if not host
+             else f"port {port!r}, not an integer" if not port.isdigit()
+             else f"port {port}, outside 1-65535" if not 0 < int(port) < 65536 else None)
+  if problem:
+    raise ValueError(f"{name}={address!r}: expected HOST:PORT (process 0's host and a free "
+                     f"port, e.g. 10.0.0.1:12355), found {problem}.")
+  return host, int(port)
+
+
+def _wait_for_coordinator(host: str, port: int, address: str, timeout: float):
+  """Return once `host:port` accepts a TCP connection; ValueError after `timeout` s."""
+  deadline = time.monotonic() + timeout
+  delay = 0.1
+  while True:
+    try:
+      with socket.create_connection((host, port), timeout=min(max(
+          deadline - time.monotonic(), 0.1), 5.0)):
+        return
+    except OSError as e:
+      reason = e.strerror or str(e) or type(e).__name__
+    left = deadline - time.monotonic()
+    if left <= 0:
+      raise ValueError(f"cannot reach the coordinator at {address} within {timeout:g} s "
+                       f"({reason}); start process 0 first (it runs the coordinator), or "
+                       f"check the address (--coordinator_address / {COORDINATOR_ENV}) and "
+                       f"that its port is open; {TIMEOUT_ENV} sets the wait.")
+    time.sleep(min(delay, left))
+    delay = min(delay * 2, 2.0)
