@@ -72,6 +72,10 @@ def _plan_gin(args) -> int:
     mesh = partitioning.parse_mesh(args.mesh) if args.mesh else None
     memory = args.device_memory_gib
     if memory is None and args.device:
+      if args.device not in plan.DEVICE_MEMORY_GIB:
+        raise ValueError(f"--device {args.device!r}: expected one of "
+                         f"{', '.join(plan.DEVICE_MEMORY_GIB)} (or give "
+                         f"--device_memory_gib).")
       memory = plan.DEVICE_MEMORY_GIB[args.device]
     report = plan.plan_run(args.gin_file, args.gin_bindings, mesh, memory, args.num_devices)
   print(json.dumps(report, indent=2))
@@ -130,7 +134,8 @@ def _run_gin(args) -> int:
   import gin
   from arch_objective.training import gin_utils, partitioning
   partitioning.initialize_distributed(args.coordinator_address, args.num_processes,
-                                      args.process_id)
+                                      args.process_id,
+                                      initialization_timeout=args.coordinator_timeout)
   gin_utils.parse(args.gin_file, args.gin_bindings)
   if args.command == "train":
     result = gin.get_configurable("train")(config_text=gin.operative_config_str)
@@ -144,16 +149,40 @@ def _run_gin(args) -> int:
   return 0
 
 
+TRACEBACK_ENV = "ARCH_OBJECTIVE_TRACEBACK"
+# Libraries whose ValueErrors are programming errors of ours (a wrong shape, a bad tree),
+# never a user's option: such an error keeps its traceback.
+_LIBRARY_FRAMES = tuple(os.sep + name + os.sep for name in (
+    "jax", "jaxlib", "flax", "optax", "orbax", "tensorstore", "grain"))
+
+
+def _raised_in_library(error: BaseException) -> bool:
+  """Whether the innermost frame of `error`'s traceback is in one of `_LIBRARY_FRAMES`
+  (a ValueError raised there was not written for a user to read)."""
+  tb = error.__traceback__
+  if tb is None:
+    return False
+  while tb.tb_next is not None:
+    tb = tb.tb_next
+  filename = tb.tb_frame.f_code.co_filename
+  return "site-packages" in filename and any(part in filename for part in _LIBRARY_FRAMES)
+
+
 def _user_error(error: BaseException) -> bool:
   """Whether `error` is one a user causes and fixes (bad option, file, data, a diverged
   run, a directory in use, a full disk): one line and exit 2. Anything else is a bug
-  and keeps its traceback."""
-  kinds = [ValueError, OSError, ImportError, KeyError]
+  and keeps its traceback: a KeyError (a bare key is no message), and a ValueError
+  raised inside JAX, orbax or another library rather than by our own checks."""
+  kinds = [ValueError, OSError, ImportError]
   for module, name in (("arch_objective.training.train", "NonFiniteLossError"),
                        ("arch_objective.training.run_lock", "RunLockError")):
     if module in sys.modules:      # (not imported: it cannot have raised)
       kinds.append(getattr(sys.modules[module], name))
-  return isinstance(error, tuple(kinds)) or _disk_full(error) is not None
+  if _disk_full(error) is not None:
+    return True
+  if isinstance(error, ValueError) and _raised_in_library(error):
+    return False
+  return isinstance(error, tuple(kinds))
 
 
 def _command_name(args) -> str:
@@ -283,6 +312,9 @@ def _eval_common(p: argparse.ArgumentParser, results: str, architectures):
   p.add_argument("--arch", choices=architectures,
                  help="read a causal decoder checkpoint as non-causal or back")
   p.add_argument("--vocabulary", help="SentencePiece model (default: the checkpoint's)")
+  p.add_argument("--allow_other_vocabulary", action=argparse.BooleanOptionalAction,
+                 help="evaluate with a --vocabulary other than the one the checkpoint was "
+                      "trained with (default: refused; results record the vocabulary)")
   p.add_argument("--out", dest="out_dir", metavar="DIR",
                  help=f"directory for {results} (default: next to the checkpoint)")
   p.add_argument("--compilation_cache_dir", metavar="DIR",
@@ -421,9 +453,48 @@ def _convert(args) -> int:
   return convert_cli.run(args)
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse with a one-line error (`arch-objective plan: argument --length: ...`,
+  exit 2) instead of the usage block; `--help` still shows the usage."""
+
+  def error(self, message: str):
+    self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _integer(text: str, minimum: int, expected: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected {expected}, found {text!r}") from None
+  if value < minimum:
+    raise argparse.ArgumentTypeError(f"expected {expected}, found {value}")
+  return value
+
+
+def positive_int(text: str) -> int:
+  """argparse type: an integer >= 1."""
+  return _integer(text, 1, "a positive integer")
+
+
+def nonnegative_int(text: str) -> int:
+  """argparse type: an integer >= 0."""
+  return _integer(text, 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+  """argparse type: a finite number > 0."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive number, found {text!r}") from None
+  if not 0 < value < float("inf"):
+    raise argparse.ArgumentTypeError(f"expected a positive number, found {text}")
+  return value
+
+
 def build_parser() -> argparse.ArgumentParser:
   from arch_objective.architectures import ARCHITECTURES, SIZES
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
       prog="arch-objective",
       description="Architectures and pretraining objectives for zero-shot generalisation.")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -436,13 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
   plan.add_argument("--gin_file", action="append",
                     help="plan a run from its gin files (repeatable; --gin.NAME=VALUE binds)")
   plan.add_argument("--mesh", help="data=N,model=M (default: data=1, the run's MESH_MODEL)")
-  plan.add_argument("--num_devices", type=int, help="devices the mesh must cover")
+  plan.add_argument("--num_devices", type=positive_int, help="devices the mesh must cover")
   plan.add_argument("--device", help="device kind for the memory check: "
                     "tpu_v4, tpu_v5e, tpu_v5p, a100_40, a100_80, h100, h200, cpu")
-  plan.add_argument("--device_memory_gib", type=float, help="device memory for the check")
-  plan.add_argument("--length", type=int, default=626, help="decoder-only row length")
-  plan.add_argument("--inputs_length", type=int, default=512, help="encoder length (ED)")
-  plan.add_argument("--targets_length", type=int, default=114, help="decoder length (ED)")
+  plan.add_argument("--device_memory_gib", type=positive_float, help="device memory for the check")
+  plan.add_argument("--length", type=positive_int, default=626, help="decoder-only row length")
+  plan.add_argument("--inputs_length", type=positive_int, default=512, help="encoder length (ED)")
+  plan.add_argument("--targets_length", type=positive_int, default=114, help="decoder length (ED)")
   plan.set_defaults(func=_plan)
 
   data = sub.add_parser("data", help="inspect pretraining tasks")
@@ -459,10 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text files: one document per line, or blank-line separated")
     p.add_argument("--vocabulary", help="SentencePiece model (default: the T5 vocabulary on GCS)")
     p.add_argument("--arch", choices=ARCHITECTURES, help="reader (default: the task's)")
-    p.add_argument("--length", type=int, default=626, help="decoder length (paper: 626)")
+    p.add_argument("--length", type=positive_int, default=626, help="decoder length (paper: 626)")
     p.add_argument("--split", default="train")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num", type=int, default=100 if name == "stats" else 2,
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--num", type=positive_int, default=100 if name == "stats" else 2,
                    help="rows to read")
     p.add_argument("--tfds_data_dir", help="where c4/en is prepared (c4 tasks)")
     p.add_argument("--c4_version", default="3.1.0", help="c4/en version (paper: 2.2.0)")
@@ -476,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator_address", help="multi-host: coordinator host:port")
     p.add_argument("--num_processes", type=int, help="multi-host: number of processes")
     p.add_argument("--process_id", type=int, help="multi-host: this process's index")
+    p.add_argument("--coordinator_timeout", type=positive_float, metavar="SECONDS",
+                   help="multi-host: how long to wait for the coordinator and the other "
+                        "processes (default 300, or ARCH_OBJECTIVE_COORDINATOR_TIMEOUT)")
     p.set_defaults(func=_run_gin)
 
   evaluation = sub.add_parser("eval", help="zero-shot evaluation of a checkpoint")
@@ -502,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
   compare.add_argument("before", help="a study folder (what `arch-objective study` wrote)")
   compare.add_argument("after", help="another study folder of the same world")
   compare.add_argument("--out", help="also write compare.md and compare.json here")
-  compare.add_argument("--resamples", type=int, default=1000,
+  compare.add_argument("--resamples", type=positive_int, default=1000,
                        help="paired bootstrap resamplings (default 1000)")
   compare.set_defaults(func=_compare_studies)
 
@@ -520,8 +594,10 @@ def main(argv=None) -> int:
   except ValueError as e:              # a bad ARCH_OBJECTIVE_HOST_MEMORY
     print(f"arch-objective: {e}", file=sys.stderr)
     return 2
-  bindings, search_paths, rest = _split_gin_bindings(
-      sys.argv[1:] if argv is None else list(argv))
+  argv = sys.argv[1:] if argv is None else list(argv)
+  show_traceback = "--traceback" in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
+  argv = [a for a in argv if a != "--traceback"]
+  bindings, search_paths, rest = _split_gin_bindings(argv)
   args = build_parser().parse_args(rest)
   args.gin_bindings = bindings
   logs.show_on_stderr()
@@ -536,6 +612,9 @@ def main(argv=None) -> int:
   except Exception as e:
     if not _user_error(e):
       raise
+    if show_traceback:
+      import traceback
+      traceback.print_exc()
     print(f"{_command_name(args)}: {_one_line(e)}", file=sys.stderr)
     return 2
 

@@ -296,7 +296,7 @@ def test_every_dataset_is_read_and_checked_before_anything_is_scored(tmp_path, e
   fake = _FakeScorer(lambda call, i, n: 0)
   with pytest.raises(FileNotFoundError) as e:
     t0_eval.evaluate_suite(fake, _encode, suite=suite, data_dir=str(root), log=lambda m: None)
-  assert str(e.value).startswith("T0-Eval dataset super_glue/cb (super_glue/cb validation: "
+  assert str(e.value).startswith("T0-Eval dataset super_glue/cb validation: "
                                  f"no file in {root}; expected {root}/super_glue/CB/val.jsonl")
   assert fake.calls == []
   # The second dataset's file has a bad line.

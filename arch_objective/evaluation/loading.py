@@ -6,6 +6,7 @@ from typing import Optional
 
 from arch_objective import models, network
 from arch_objective.training import checkpoints
+from arch_objective.training import evaluate as evaluate_lib
 
 # TransformerConfig fields that choose how a model executes, not what it computes.
 EXECUTION_OPTIONS = ("attention_impl", "remat_policy", "scan_layers")
@@ -36,3 +37,9 @@ def load_model(checkpoint: str, arch: Optional[str] = None, dtype: str = "float3
   model = model_from_meta(meta, checkpoint, arch, dtype)   # a bad `arch` fails before reading
   params, meta, step = checkpoints.load_params(checkpoint)
   return model, params, meta, step
+
+
+# The vocabulary an evaluation tokenises with, against the one the checkpoint trained with
+# (the training layer's `evaluate` checks it too, so the check lives there).
+check_vocabulary = evaluate_lib.check_vocabulary
+vocabulary_record = evaluate_lib.vocabulary_record

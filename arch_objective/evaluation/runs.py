@@ -84,6 +84,26 @@ def _check_max_examples(value):
                      f"dataset, found {value!r}; leave it unset (None) for every example.")
 
 
+def _check_integer(kind: str, param: str, value, minimum: int, note: str = ""):
+  """An integer option of run `kind` (command line or gin) of at least `minimum`."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    raise ValueError(f"{kind}: {_flag(param)} (gin: {param.upper()}, or {kind}.{param}) "
+                     f"must be {expected}{note}, found {value!r}.")
+
+
+def _check_limit(value):
+  """`limit` of eval_harness: None, a whole number of examples, or a fraction in (0, 1)."""
+  if value is None:
+    return
+  number = not isinstance(value, bool) and isinstance(value, (int, float))
+  if not number or not (0 < value < 1 or (value >= 1 and value == int(value))):
+    raise ValueError(f"{EVAL_HARNESS}: --limit (gin: LIMIT, or {EVAL_HARNESS}.limit) must be "
+                     f"a number of examples >= 1 or a fraction between 0 and 1, found "
+                     f"{f'{value:g}' if number else repr(value)}; leave it unset (None) for "
+                     f"every example.")
+
+
 def _names(value, what: str) -> Optional[list[str]]:
   """A list of names from a list, a tuple or one string (None stays None)."""
   if value is None:
@@ -155,6 +175,7 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
             targets_length: int = 256, bootstrap: int = 0, paper: bool = False,
             dtype: str = "float32", suite: Optional[Sequence] = None,
             compilation_cache_dir: Optional[str] = None,
+            allow_other_vocabulary: bool = False,
             log: Callable[[str], None] = _progress,
             config_text: Optional[Callable[[], str]] = None) -> EvalRun:
   """T0-Eval of `checkpoint` (spec §4.1): every answer choice of every prompt scored by
@@ -168,12 +189,18 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
   parameters stay as restored, float32); `suite` replaces the T0 suite by other held-out
   datasets (the local overlay's world families) and then `datasets` is ignored;
   `compilation_cache_dir` is the persistent compilation cache's folder (None: the
-  default, '': off; see `use_compilation_cache`).
+  default, '': off; see `use_compilation_cache`). A `vocabulary` other than the one the
+  checkpoint was trained with (its recorded SHA-256) is refused unless
+  `allow_other_vocabulary`; results.json records the vocabulary used (`vocabulary`:
+  path, sha256, `same_as_checkpoint`).
   """
   from arch_objective.data import vocabularies
   from arch_objective.prompts import datasets as datasets_lib
   checkpoint = _require_checkpoint(checkpoint, EVAL_T0)
   _check_max_examples(max_examples)
+  _check_integer(EVAL_T0, "inputs_length", inputs_length, 1, " (prompt tokens kept)")
+  _check_integer(EVAL_T0, "targets_length", targets_length, 1, " (choice tokens kept)")
+  _check_integer(EVAL_T0, "bootstrap", bootstrap, 0, " (0: no interval)")
   if suite is None:
     suite = t0_eval.select(_names(datasets, "datasets"))
   model, params, meta, step = loading.load_model(checkpoint, arch, dtype=dtype)
@@ -182,12 +209,17 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
     raise ValueError(f"checkpoint {checkpoint!r} records no vocabulary; give --vocabulary "
                      f"(a SentencePiece .model) or bind VOCABULARY.")
   vocab = vocabularies.SentencePieceVocabulary(vocab_path)
+  used = loading.check_vocabulary(
+      meta, vocab.path, checkpoint, allow_other=allow_other_vocabulary,
+      option="--vocabulary" if vocabulary else "the vocabulary",
+      allow_option=_ALLOW_OTHER_VOCABULARY.format(kind=EVAL_T0),
+      embedding_rows=model.config.vocab_size, vocab_size=vocab.vocab_size)
   _compilation_cache(compilation_cache_dir, log)
   scorer = rank_classification.RankScorer(model, params, inputs_length=inputs_length,
                                           targets_length=targets_length)
   out_dir = out_dir or default_out_dir(checkpoint, step, EVAL_T0)
   run = dict(checkpoint=checkpoint, step=step, arch=model.name,
-             trained_as=meta.get("arch"), lineage=meta.get("lineage", []))
+             trained_as=meta.get("arch"), lineage=meta.get("lineage", []), vocabulary=used)
   results = t0_eval.evaluate_suite(
       scorer, vocab.encode, suite=suite, data_dir=data_dir,
       mapping=datasets_lib.load_mapping(mapping), max_examples=max_examples,
@@ -204,14 +236,19 @@ def eval_harness(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = N
                  truncation: str = "modern", limit=None,
                  batch_tokens: int = _HARNESS_BATCH_TOKENS, dtype: str = "float32",
                  bootstrap_iters: int = 100000, compilation_cache_dir: Optional[str] = None,
+                 allow_other_vocabulary: bool = False,
                  log: Callable[[str], None] = _progress,
                  config_text: Optional[Callable[[], str]] = None) -> EvalRun:
   """EAI-Eval of `checkpoint` (spec §4.2): lm-evaluation-harness `tasks` zero-shot
   (`eai_eval` = the paper's 31), summarised with `acc`; see `harness.run_harness` for
-  `truncation` (paper | modern), `limit`, `batch_tokens` and `dtype` (activations), and
-  `use_compilation_cache` for `compilation_cache_dir`."""
+  `truncation` (paper | modern), `limit`, `batch_tokens`, `dtype` (activations) and
+  `allow_other_vocabulary` (as `eval_t0`'s), and `use_compilation_cache` for
+  `compilation_cache_dir`."""
   from arch_objective.evaluation import harness
   checkpoint = _require_checkpoint(checkpoint, EVAL_HARNESS)
+  _check_limit(limit)
+  _check_integer(EVAL_HARNESS, "bootstrap_iters", bootstrap_iters, 0, " (0 skips them)")
+  _check_integer(EVAL_HARNESS, "batch_tokens", batch_tokens, 1)
   names = _names(tasks, "tasks")
   if out_dir is None:
     _, step = checkpoints.load_meta(checkpoint)
@@ -221,11 +258,17 @@ def eval_harness(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = N
   results = harness.run_harness(checkpoint, names, include_path=include_path, arch=arch,
                                 vocabulary=vocabulary, truncation=truncation, limit=limit,
                                 out_dir=out_dir, batch_tokens=batch_tokens, dtype=dtype,
-                                bootstrap_iters=bootstrap_iters)
+                                bootstrap_iters=bootstrap_iters,
+                                allow_other_vocabulary=allow_other_vocabulary,
+                                allow_option=_ALLOW_OTHER_VOCABULARY.format(kind=EVAL_HARNESS))
   files = [paths.join(out_dir, harness.RESULTS_FILE), paths.join(out_dir, harness.SUMMARY_FILE)]
   files += _write_config(out_dir, config_text)
   return EvalRun(results, files, harness.summarize(results)["markdown"])
 
+
+# How a user accepts a vocabulary other than the checkpoint's (`loading.check_vocabulary`).
+_ALLOW_OTHER_VOCABULARY = ("--allow_other_vocabulary (gin: "
+                           "--gin.{kind}.allow_other_vocabulary=True)")
 
 RUNS = {EVAL_T0: eval_t0, EVAL_HARNESS: eval_harness}
 _NOT_BINDABLE = ("log", "config_text")

@@ -103,13 +103,37 @@ def _prepare(spec, data_dir, mapping, max_examples) -> _Prepared:
     if not rendered:
       raise ValueError(f"no prompt could be scored ({skipped}).")
   except (ValueError, OSError) as e:
-    message = f"T0-Eval dataset {spec.name} ({_source(spec, data_dir, mapping)}): {e}"
+    source = _source(spec, data_dir, mapping)
+    if source != str(e):
+      message = f"T0-Eval dataset {spec.name} ({source}): {e}"
+    else:  # the file cannot be located: `source` is this very message; say it once
+      message = (f"T0-Eval dataset {e}" if str(e).startswith(f"{spec.name} ") else
+                 f"T0-Eval dataset {spec.name}: {e}")
     try:
       error = type(e)(message)
     except TypeError:  # e.g. UnicodeDecodeError takes other arguments
       error = ValueError(message)
     raise error from e
   return _Prepared(spec, len(examples), rendered, skipped)
+
+
+def _prepare_all(suite, data_dir, mapping, max_examples) -> list[_Prepared]:
+  """`_prepare` of every suite entry; the errors of all entries that fail, as one."""
+  prepared, errors = [], []
+  for spec in suite:
+    try:
+      prepared.append(_prepare(spec, data_dir, mapping, max_examples))
+    except (ValueError, OSError) as e:
+      errors.append(e)
+  if len(errors) == 1:
+    raise errors[0]
+  if errors:
+    kind = (FileNotFoundError if all(isinstance(e, FileNotFoundError) for e in errors)
+            else ValueError)
+    details = " ".join(str(e).replace("T0-Eval dataset ", "", 1) for e in errors)
+    raise kind(f"T0-Eval: {len(errors)} datasets cannot be read. {details}") \
+        from errors[0]
+  return prepared
 
 
 def evaluate_suite(scorer: RankScorer, encode: Callable[[str], list[int]], *,
@@ -123,7 +147,8 @@ def evaluate_suite(scorer: RankScorer, encode: Callable[[str], list[int]], *,
   """Evaluate every dataset of `suite`; returns the results dict (module docstring).
 
   Every dataset is read and rendered under every prompt before anything is scored, so
-  a missing or malformed file stops the run at once, naming the dataset and the file.
+  a missing or malformed file stops the run at once, naming every dataset at fault and
+  its file.
   With `bootstrap=B`, `average_ci` is the 95% interval of the average over B resamplings
   of each dataset's examples (the same resampled examples for all its prompts).
 
@@ -138,7 +163,10 @@ def evaluate_suite(scorer: RankScorer, encode: Callable[[str], list[int]], *,
                                    not isinstance(max_examples, int) or max_examples < 1):
     raise ValueError(f"max_examples must be a positive number of examples (or None for "
                      f"all of them), found {max_examples!r}.")
-  prepared = [_prepare(spec, data_dir, mapping, max_examples) for spec in suite]
+  if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
+    raise ValueError(f"bootstrap must be a number of resamplings >= 0 (0: no interval), "
+                     f"found {bootstrap!r}.")
+  prepared = _prepare_all(suite, data_dir, mapping, max_examples)
   tokens = _Tokens(encode)
   results, start = {}, time.time()
   correctness: dict[str, dict[str, np.ndarray]] = {}

@@ -27,6 +27,7 @@ import logging
 import os
 import pathlib
 import re
+import tokenize
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import gin
@@ -384,6 +385,9 @@ def _parse(files: Sequence[str], bindings: Sequence[str], roots: Sequence[str]):
   except SyntaxError as e:   # in a gin file (bindings were checked above)
     where = f"{e.filename}:{e.lineno}" if getattr(e, "filename", None) else "a gin file"
     raise ValueError(f"gin syntax error in {where}: {e.msg}") from None
+  except tokenize.TokenError as e:    # a bracket left open at the end of a file
+    raise ValueError(f"gin syntax error in one of {list(files)}: {e.args[0]} (a bracket "
+                     f"or string left open).") from None
   except (ValueError, KeyError) as e:
     required = re.search(r"([A-Za-z0-9_]+)/macro.value set to `%gin.REQUIRED`", str(e))
     if required:
@@ -406,6 +410,9 @@ def _check_binding_syntax(bindings: Sequence[str]):
       for _ in gin.config_parser.ConfigParser(binding, gin.config.ParserDelegate(
           skip_unknown=True)):
         pass
+    except tokenize.TokenError as e:      # an unclosed bracket: `TRAIN_STEPS=(`
+      raise ValueError(f"gin binding {binding!r}: the value is not a Python literal, a "
+                       f"%MACRO or an @reference ({e.args[0]}).") from None
     except SyntaxError as e:
       name, _, value = binding.partition("=")
       name, value = name.strip(), value.strip()
