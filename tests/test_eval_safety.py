@@ -152,6 +152,28 @@ def test_eval_harness_refuses_another_vocabulary_unless_allowed(run, capsys):
             f"embeds only 512") in err.strip().splitlines()[-1]
 
 
+def test_the_lm_eval_model_refuses_another_vocabulary_unless_allowed(run):
+  """`arch-objective-lm-eval --model_args checkpoint=...,vocabulary=...` builds the model
+  from its arguments: the same check, allowed by `allow_other_vocabulary=True`."""
+  from arch_objective.evaluation import harness
+  model_dir, other = run["model_dir"], run["other"]
+  with pytest.raises(ValueError) as e:
+    harness.ArchObjectiveLM(checkpoint=model_dir, vocabulary=other)
+  assert str(e.value).startswith(f"vocabulary= {other} is not the vocabulary checkpoint "
+                                 f"{model_dir} was trained with"), str(e.value)
+  assert "allow_other_vocabulary=True (in --model_args)" in str(e.value)
+  with pytest.raises(ValueError, match="allow_other_vocabulary must be True or False"):
+    harness.ArchObjectiveLM(checkpoint=model_dir, vocabulary=other,
+                            allow_other_vocabulary="maybe")
+  lm = harness.ArchObjectiveLM(checkpoint=model_dir, vocabulary=other,
+                               allow_other_vocabulary="True")
+  assert lm.get_model_info()["arch_objective"]["vocabulary"] == {
+      "path": other, "sha256": _sha(other), "same_as_checkpoint": False,
+      "checkpoint_vocabulary": {"path": run["vocabulary"], "sha256": _sha(run["vocabulary"])}}
+  lm = harness.ArchObjectiveLM(checkpoint=model_dir)       # the checkpoint's own
+  assert lm.get_model_info()["arch_objective"]["vocabulary"]["same_as_checkpoint"] is True
+
+
 def test_a_checkpoint_without_the_hash_accepts_any_vocabulary(run):
   """Imports and older runs record no SHA-256: accepted as before, recorded as unknown."""
   from arch_objective.training import evaluate

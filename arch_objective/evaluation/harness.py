@@ -246,12 +246,25 @@ def generate_tokens(model: models.BaseModel, params, prompts, steps: int,
 _HARNESS_KWARGS = ("batch_size", "max_batch_size", "device")   # passed by simple_evaluate
 DTYPES = ("float32", "bfloat16", "float16")
 _MODEL_ARGS = ("checkpoint", "model_dir", "arch", "vocabulary", "truncation", "batch_tokens",
-               "inputs_length", "targets_length", "max_length", "dtype")
+               "inputs_length", "targets_length", "max_length", "dtype",
+               "allow_other_vocabulary")
 
 
 class ModelArgsError(ValueError):
   """A bad option (model_args) of the `arch_objective` model, found before anything
   loads; its message is one line naming the option."""
+
+
+def _flag(value, name: str) -> bool:
+  """A yes/no model arg as lm-eval passes it (`True`/`False`, or a bool)."""
+  if isinstance(value, bool):
+    return value
+  if str(value).strip().lower() in ("true", "1", "yes"):
+    return True
+  if str(value).strip().lower() in ("false", "0", "no"):
+    return False
+  raise ModelArgsError(f"{name} must be True or False, found {value!r}; pass e.g. "
+                       f"{name}=True.")
 
 
 def check_model_args(model_args: dict, *, objects: bool = False) -> Optional[str]:
@@ -265,11 +278,14 @@ def check_model_args(model_args: dict, *, objects: bool = False) -> Optional[str
   if unknown:
     raise ModelArgsError(f"unknown option(s) {unknown} for the {MODEL_NAME} model; valid: "
                          f"checkpoint (or model_dir), arch, vocabulary, truncation, "
-                         f"batch_tokens, inputs_length, targets_length, max_length, dtype.")
+                         f"batch_tokens, inputs_length, targets_length, max_length, dtype, "
+                         f"allow_other_vocabulary.")
   try:
     _check_truncation(given.get("truncation", "modern"))
   except ValueError as e:
     raise ModelArgsError(str(e)) from None
+  if "allow_other_vocabulary" in given:
+    _flag(given["allow_other_vocabulary"], "allow_other_vocabulary")
   for name, example in (("batch_tokens", DEFAULT_BATCH_TOKENS), ("inputs_length", 1024),
                         ("targets_length", 256), ("max_length", 1280)):
     if name in given:
@@ -349,6 +365,7 @@ class ArchObjectiveLM(_LM_BASE):
                batch_tokens: int = DEFAULT_BATCH_TOKENS, inputs_length: Optional[int] = None,
                targets_length: Optional[int] = None, max_length: Optional[int] = None,
                dtype: str = "float32", *, model_dir: Optional[str] = None,
+               allow_other_vocabulary=False,
                model: Optional[models.BaseModel] = None, params=None, vocab=None,
                **harness_kwargs):
     if _lm_model is None:
@@ -359,12 +376,18 @@ class ArchObjectiveLM(_LM_BASE):
         dict(checkpoint=checkpoint, model_dir=model_dir, arch=arch, vocabulary=vocabulary,
              truncation=truncation, batch_tokens=batch_tokens, inputs_length=inputs_length,
              targets_length=targets_length, max_length=max_length, dtype=dtype,
+             allow_other_vocabulary=allow_other_vocabulary,
              **harness_kwargs), objects=model is not None or params is not None)
     self.meta, self.step, self.checkpoint = {}, None, checkpoint
+    self.vocabulary_record = None
     if checkpoint is not None:
       from arch_objective.evaluation import loading
+      if vocab is None:    # a path (lm-eval's model_args): checked against the checkpoint's
+        vocab, self.vocabulary_record = _checked_vocabulary(
+            str(checkpoint), arch, vocabulary,
+            _flag(allow_other_vocabulary, "allow_other_vocabulary"),
+            "allow_other_vocabulary=True (in --model_args)", option="vocabulary=")
       model, params, self.meta, self.step = loading.load_model(str(checkpoint), arch, dtype)
-      vocab = vocab if vocab is not None else vocabulary or self.meta.get("vocabulary")
     else:
       if arch is not None and arch != model.name:
         raise ValueError(f"arch {arch!r} does not match the given {model.name} model; "
@@ -465,7 +488,8 @@ class ArchObjectiveLM(_LM_BASE):
                                "inputs_length": self.inputs_length,
                                "targets_length": self.targets_length,
                                "max_length": (None if self.architecture.has_encoder
-                                              else self.row_length)}}
+                                              else self.row_length),
+                               "vocabulary": self.vocabulary_record}}
 
 
 def register_with_lm_eval() -> None:
@@ -627,7 +651,7 @@ def run_harness(checkpoint, tasks: Sequence[str], *, include_path: Optional[str]
 
 
 def _checked_vocabulary(checkpoint: str, arch: Optional[str], vocabulary: Optional[str],
-                        allow_other: bool, allow_option: str):
+                        allow_other: bool, allow_option: str, option: str = "--vocabulary"):
   """(vocabulary, its record) an evaluation of `checkpoint` tokenises with: `vocabulary`
   or else the checkpoint's, checked against the one it was trained with
   (`loading.check_vocabulary`); (None, None) when neither names one."""
@@ -642,7 +666,7 @@ def _checked_vocabulary(checkpoint: str, arch: Optional[str], vocabulary: Option
   rows = loading.model_from_meta(meta, checkpoint, arch).config.vocab_size
   used = loading.check_vocabulary(
       meta, vocab.path, checkpoint, allow_other=allow_other,
-      option="--vocabulary" if vocabulary else "the vocabulary", allow_option=allow_option,
+      option=option if vocabulary else "the vocabulary", allow_option=allow_option,
       embedding_rows=rows, vocab_size=vocab.vocab_size)
   return vocab, used
 
