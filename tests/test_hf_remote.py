@@ -108,6 +108,9 @@ def test_export_files_and_config_read_back(exports, arch, tied):
   assert config["architectures"] == ["ArchObjectiveForCausalLM"]
   assert config["auto_map"]["AutoModelForCausalLM"] == \
       "modeling_arch_objective.ArchObjectiveForCausalLM"
+  assert config["auto_map"]["AutoModelForSeq2SeqLM"] == \
+      "modeling_arch_objective.ArchObjectiveForSeq2SeqLM"
+  assert config["prepend_start_token"] is True
   assert config["non_causal"] is (arch == ND) and config["logits_via_embedding"] is tied
   assert config["arch_objective"]["arch"] == arch
   assert config["arch_objective"]["meta"] == {"vocab_size": 100}
@@ -118,6 +121,7 @@ def test_export_files_and_config_read_back(exports, arch, tied):
       (64, 4, 16, 128, 2)
   assert (auto.pad_token_id, auto.eos_token_id, auto.decoder_start_token_id) == (0, 1, 0)
   assert auto.non_causal is (arch == ND) and auto.mlp_activations == ["gelu", "linear"]
+  assert auto.prepend_start_token is True
 
   arch_back, config_back, params_back = hf_remote.read_decoder_only(out)
   assert arch_back == arch and config_back == model.config
@@ -242,6 +246,137 @@ def test_loss_with_labels_is_our_mean_token_cross_entropy(exports, arch):
   total, _, count = losses.compute_weighted_cross_entropy(
       logits[:, :-1], np.maximum(labels[:, 1:], 0), weights)
   assert abs(loss - float(total) / float(count)) < 1e-5
+
+
+# ---------------------------------------------------------------------------
+# The start token supplied by the export (prepend_start_token)
+# ---------------------------------------------------------------------------
+def plain_batch(seed, length=30):
+  """Rows of plain ids, without the start token: full, right-padded, left-padded, and a
+  left-padded row that already starts with 0. Returns tokens, the padding mask and the ND
+  prefix lengths in positions of these rows (from index 0, left padding included)."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(2, VOCAB, size=(4, length))
+  real = np.ones((4, length), np.int64)
+  real[1, 20:] = 0
+  real[2, :6] = 0
+  real[3, :4] = 0
+  tokens[real == 0] = 0
+  tokens[3, 4] = 0
+  return tokens, real, np.array([9, 12, 6 + 10, 4 + 11])
+
+
+def with_start_token(tokens, real, prefix_lengths=None):
+  """Our rows of `plain_batch`: one position longer at the front, position j + 1 holding
+  position j; the start token 0 just before each row's first token unless it starts
+  with 0 (then the new front position is padding). Returns tokens, mask and (with
+  `prefix_lengths`) decoder_causal_attention: the start token and the prefix."""
+  b, length = tokens.shape
+  ours = np.zeros((b, length + 1), np.int64)
+  ours[:, 1:] = tokens
+  mask = np.zeros_like(ours)
+  mask[:, 1:] = real
+  for r in range(b):
+    first = int(np.argmax(real[r]))
+    if tokens[r, first] != 0:
+      mask[r, first] = 1                     # ours[r, first] is 0: the start token
+  if prefix_lengths is None:
+    return ours, mask
+  dca = (np.arange(length + 1)[None, :] < prefix_lengths[:, None] + 1).astype(np.int32)
+  return ours, mask, dca
+
+
+@pytest.mark.parametrize("arch", [CD, ND])
+def test_plain_ids_score_as_our_rows_with_the_start_token(exports, arch):
+  model, params, _, theirs_model = exports(arch, False)
+  tokens, real, prefix_lengths = plain_batch(seed=11)
+  ours_tokens, ours_mask, dca = with_start_token(tokens, real, prefix_lengths)
+  kwargs = {"attention_mask": real}
+  if arch == ND:
+    kwargs["prefix_lengths"] = prefix_lengths
+  theirs = torch_logits(theirs_model, tokens, **kwargs)
+  ours = our_logits(model, params, ours_tokens, ours_mask, dca if arch == ND else None)[:, 1:]
+  assert theirs.shape == (4, 30, VOCAB)
+  np.testing.assert_allclose(theirs[real > 0], ours[real > 0], atol=1e-4, rtol=0)
+  if arch == ND:        # the prefix as a mask over the given positions: the same reading
+    mask = (np.arange(30)[None, :] < prefix_lengths[:, None]).astype(np.int32)
+    by_mask = torch_logits(theirs_model, tokens, attention_mask=real, causal_attention_mask=mask)
+    np.testing.assert_allclose(by_mask[real > 0], ours[real > 0], atol=1e-4, rtol=0)
+
+  # Unpadded rows need no mask; prepend_start_token=False reads the rows as given.
+  full = tokens[[0]]
+  ours_full = our_logits(model, params, np.pad(full, ((0, 0), (1, 0))), np.ones((1, 31)),
+                         np.ones((1, 31)) if arch == ND else None)[:, 1:]
+  np.testing.assert_allclose(
+      torch_logits(theirs_model, full, **({"prefix_lengths": [30]} if arch == ND else {})),
+      ours_full, atol=1e-4, rtol=0)
+  with torch.no_grad():
+    as_given = theirs_model(torch.as_tensor(full), prepend_start_token=False).logits.numpy()
+  causal = models.DecoderOnlyModel(model.config)
+  np.testing.assert_allclose(as_given, our_logits(causal, params, full, np.ones_like(full)),
+                             atol=1e-4, rtol=0)
+
+
+def test_an_export_without_the_flag_reads_rows_as_given(tmp_path, exports):
+  model, params, out, _ = exports(CD, False)
+  old = tmp_path / "old"
+  shutil.copytree(out, old)
+  config = json.loads((old / "config.json").read_text())
+  del config["prepend_start_token"]
+  (old / "config.json").write_text(json.dumps(config))
+  assert hf_remote.read_decoder_only(str(old))[1] == model.config
+  theirs_model = load(str(old))
+  assert theirs_model.config.prepend_start_token is False
+  tokens, real, _ = plain_batch(seed=12)
+  np.testing.assert_allclose(torch_logits(theirs_model, tokens, attention_mask=real)[real > 0],
+                             our_logits(model, params, tokens, real)[real > 0],
+                             atol=1e-4, rtol=0)
+  config["prepend_start_token"] = "yes"
+  (old / "config.json").write_text(json.dumps(config))
+  with pytest.raises(ValueError, match="'prepend_start_token' must be true or false"):
+    hf_remote.read_decoder_only(str(old))
+
+
+@pytest.mark.parametrize("arch", [CD, ND])
+def test_seq2seq_reading_scores_targets_after_the_inputs_as_ours(exports, arch):
+  model, params, out, _ = exports(arch, False)
+  seq2seq = transformers.AutoModelForSeq2SeqLM.from_pretrained(out, trust_remote_code=True)
+  assert type(seq2seq).__name__ == "ArchObjectiveForSeq2SeqLM"
+  rng = np.random.default_rng(13)
+  contexts = [rng.integers(2, VOCAB, n) for n in (7, 3)] + [np.array([0])]  # [0]: empty
+  targets = [rng.integers(2, VOCAB, n) for n in (4, 6, 2)]
+  inputs = np.zeros((3, 7), np.int64)
+  mask = np.zeros_like(inputs)
+  labels = np.full((3, 6), -100)
+  for r, (c, t) in enumerate(zip(contexts, targets)):
+    if r == 1:                                        # left padding
+      inputs[r, 7 - len(c):], mask[r, 7 - len(c):] = c, 1
+    else:
+      inputs[r, :len(c)], mask[r, :len(c)] = c, 1
+    labels[r, :len(t)] = t
+  with torch.no_grad():
+    out_ = seq2seq(torch.as_tensor(inputs), attention_mask=torch.as_tensor(mask),
+                   labels=torch.as_tensor(labels))
+  theirs = out_.logits.numpy()
+  assert theirs.shape == (3, 6, VOCAB)
+  total, count = 0.0, 0
+  for r, (c, t) in enumerate(zip(contexts, targets)):
+    head = [0] + [int(x) for x in c if x != 0]
+    row = np.array([head + list(t[:-1])])
+    dca = (np.arange(row.shape[1]) < len(head)).astype(np.int32)[None] if arch == ND else None
+    ours = our_logits(model, params, row, np.ones_like(row), dca)[0, len(head) - 1:]
+    np.testing.assert_allclose(theirs[r, :len(t)], ours, atol=1e-4, rtol=0)
+    log_probs = ours - np.log(np.exp(ours.astype(np.float64)).sum(-1, keepdims=True))
+    total -= log_probs[np.arange(len(t)), t].sum()
+    count += len(t)
+  assert abs(float(out_.loss) - total / count) < 1e-5
+
+  prompt, prompt_mask = torch.as_tensor(inputs[:2]), torch.as_tensor(mask[:2])
+  causal = load(out)
+  options = dict(attention_mask=prompt_mask, max_new_tokens=4, do_sample=False)
+  generated = seq2seq.generate(prompt, **options)
+  assert generated.shape == (2, 5) and (generated[:, 0] == 0).all()
+  assert generated[:, 1:].tolist() == causal.generate(prompt, **options)[:, 7:].tolist()
 
 
 # ---------------------------------------------------------------------------
@@ -470,15 +605,16 @@ metric_list:
   scores = [tuple(r) for s in samples for r in s["filtered_resps"]]
   assert len(pairs) == 4 and results["results"]["toy_mc"]["sample_len"] == 2
 
-  # The rows lm-eval scores: context ++ continuation, pieces without EOS or a start token.
+  # lm-eval's rows are context ++ continuation, pieces without EOS or a start token; the
+  # export supplies the start token, so they score as our rows [0] + context ++ continuation.
   from arch_objective.data import vocabularies
   vocab = vocabularies.SentencePieceVocabulary(t5_vocab_path)
   rows, spans = [], []
   for context, continuation in pairs:
     whole, head = vocab.encode(context + continuation), vocab.encode(context)
     assert tokenizer.encode(context + continuation, add_special_tokens=False) == whole
-    rows.append(whole)
-    spans.append((len(head), len(whole)))
+    rows.append([0] + whole)
+    spans.append((1 + len(head), 1 + len(whole)))
   length = max(len(r) for r in rows)
   tokens = np.zeros((len(rows), length), np.int64)
   real = np.zeros_like(tokens)
@@ -494,3 +630,20 @@ metric_list:
     greedy = bool((logits[i, positions].argmax(-1) == targets).all())
     assert abs(scores[i][0] - ours) < 1e-4, (pairs[i], scores[i], ours)
     assert scores[i][1] == greedy
+
+
+@pytest.mark.parametrize("arch", [CD, ND])
+def test_greedy_generate_from_plain_prompts_equals_ours(exports, arch):
+  """Prompts without the start token (left-padded, one that already has it): the export
+  supplies it on the first pass and the cached steps follow; the ND's prefix is the
+  start token and the prompt, as in our decoding."""
+  model, params, _, theirs_model = exports(arch, False)
+  tokens, real, _ = plain_batch(seed=14, length=12)
+  tokens, real = tokens[[0, 2, 3]], real[[0, 2, 3]]
+  ours_prompt, ours_real = with_start_token(tokens, real)
+  ours = our_greedy(model, params, ours_prompt, ours_real, 6, prefix=arch == ND)
+  for use_cache in (True, False):
+    generated = theirs_model.generate(torch.as_tensor(tokens), attention_mask=torch.as_tensor(real),
+                                      max_new_tokens=6, do_sample=False, use_cache=use_cache)
+    assert until_eos(generated[:, 12:].numpy()) == until_eos(ours), use_cache
+

@@ -3,13 +3,28 @@
 `export_decoder_only` writes a directory that transformers loads without this package:
 
   config.json                       model_type 'arch_objective_decoder', `auto_map` to the
-                                    two code files, the hyper-parameters below, and our own
-                                    block {"arch", "config" (TransformerConfig), "meta"}
+                                    two code files, the hyper-parameters below,
+                                    `prepend_start_token: true`, and our own block
+                                    {"arch", "config" (TransformerConfig), "meta"}
   configuration_arch_objective.py   copied from `arch_objective/convert/hf_code/`; they
   modeling_arch_objective.py        import only torch and transformers
   model.safetensors                 PyTorch names and layout (or shards + index)
 
   AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)
+  AutoModelForSeq2SeqLM.from_pretrained(out_dir, trust_remote_code=True)   # (inputs, targets)
+
+The start token: our rows are `[0] + tokens`, position j predicting token j of the row
+unshifted. The export's `prepend_start_token: true` makes the PyTorch model supply that 0
+itself, so that plain token ids (a tokenizer's output) follow Hugging Face's causal-LM
+convention, logits[i] predicting input_ids[i + 1], with our numbers: a forward pass with
+nothing cached reads each row as `[0] + row` (the 0 just before the first token the
+padding mask marks; a row that already starts with 0 is read as it is) and returns the
+positions of the given ids; `generate()` prepends once, on its first pass. Exports written before the flag lack it and read rows exactly as
+given (`[0, t_1, ...]`). `AutoModelForSeq2SeqLM` loads `ArchObjectiveForSeq2SeqLM`, which
+takes (inputs, labels) and reads `[0] + inputs + labels`, the start token and the inputs
+being the ND's bidirectional prefix: that is how lm-eval's `hf` backend scores an ND as
+we do (`LM_EVAL_MODEL_ARGS`), since its causal-LM calls carry nothing that tells where a
+context ends.
 
 Weights (`name_map`; Linear weights are (out, in), so every kernel is transposed):
 
@@ -29,7 +44,8 @@ Weights (`name_map`; Linear weights are (out, in), so every kernel is transposed
 Config fields (ours -> config.json): vocab_size, emb_dim -> d_model, num_heads, head_dim,
 mlp_dim -> d_ff, num_decoder_layers -> num_layers, relpos_num_buckets ->
 relative_attention_num_buckets, relpos_max_distance -> relative_attention_max_distance,
-layer_norm_epsilon, mlp_activations, logits_via_embedding, and non_causal (arch ND).
+layer_norm_epsilon, mlp_activations, logits_via_embedding, and non_causal (arch ND);
+prepend_start_token (always true in new exports) is read by the PyTorch model only.
 Our `dtype` (the activation dtype) and `float32_attention_logits` have no counterpart:
 the PyTorch model computes in its parameters' dtype, with float32 norms, softmax and
 logits. `import_decoder_only` reads such a directory back to `(arch, config, params)`.
@@ -51,7 +67,28 @@ AUTO_MAP = {
     "AutoConfig": f"{hf_code.CONFIG_MODULE}.ArchObjectiveConfig",
     "AutoModel": f"{hf_code.MODELING_MODULE}.ArchObjectiveModel",
     "AutoModelForCausalLM": f"{hf_code.MODELING_MODULE}.{ARCHITECTURE}",
+    "AutoModelForSeq2SeqLM": f"{hf_code.MODELING_MODULE}.ArchObjectiveForSeq2SeqLM",
 }
+# lm-eval's `hf` backend on an export (after `pretrained=EXPORT_DIR,`), CD or ND: scores
+# loglikelihood and loglikelihood_rolling requests as `arch_objective` (truncation
+# modern) does on the same token ids (tests/test_hf_backend_parity.py).
+#   backend=seq2seq      AutoModelForSeq2SeqLM: the model gets each context and
+#                        continuation apart (tokenised apart, as our harness does), so the
+#                        ND's prefix is the start token plus the context
+#   add_bos_token=False  the T5 tokenizer adds no EOS to contexts
+#   prefix_token_id=0    an empty context (and the first rolling window) is the start
+#                        token alone (lm-eval's default there is EOS)
+#   max_length=1280      rolling windows of our row_length (lm-eval's default: 2048)
+#   dtype=float32        our activation dtype
+# generate_until still differs there: lm-eval's seq2seq backend appends EOS to prompts.
+# A CD also scores as ours with the causal backend, LM_EVAL_CAUSAL_MODEL_ARGS, where
+# generate_until agrees too (lm-eval tokenises context + continuation together and
+# splits: the same ids as ours unless a word straddles the boundary). An ND under the
+# causal backend reads causally: that backend's calls carry no prefix.
+LM_EVAL_MODEL_ARGS = ("trust_remote_code=True,backend=seq2seq,add_bos_token=False,"
+                      "prefix_token_id=0,max_length=1280,dtype=float32")
+LM_EVAL_CAUSAL_MODEL_ARGS = ("trust_remote_code=True,add_bos_token=False,prefix_token_id=0,"
+                             "max_length=1280,dtype=float32")
 ACTIVATIONS = ("gelu", "relu", "silu", "linear")
 
 
@@ -118,6 +155,7 @@ def hf_config(config: network.TransformerConfig, arch: str, *, dtype: Optional[s
       "mlp_activations": list(config.mlp_activations),
       "logits_via_embedding": config.logits_via_embedding,
       "non_causal": architectures.get(arch).bidirectional_prefix,
+      "prepend_start_token": True,
       "tie_word_embeddings": False,
       "use_cache": True,
       "pad_token_id": 0,
@@ -193,6 +231,10 @@ def config_from_hf(config_json: Mapping[str, Any], where: str
     raise ValueError(f"{where}: field 'mlp_activations' must be a list, found "
                      f"{activations!r}.")
   _check_activations(tuple(activations), where)
+  prepend = config_json.get("prepend_start_token", False)
+  if not isinstance(prepend, bool):
+    raise ValueError(f"{where}: field 'prepend_start_token' must be true or false, found "
+                     f"{prepend!r}.")
   tied = config_json.get("logits_via_embedding", True)
   if not isinstance(tied, bool):
     raise ValueError(f"{where}: field 'logits_via_embedding' must be true or false, found "

@@ -5,6 +5,7 @@ into every export by `arch_objective.convert.hf_remote.export_decoder_only`; the
 only torch and transformers, so an export loads without this package installed:
 
   transformers.AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)
+  transformers.AutoModelForSeq2SeqLM.from_pretrained(out_dir, trust_remote_code=True)
 """
 import pathlib
 

@@ -16,8 +16,13 @@ a key after its query shares bucket 0 with distance 0), a gated MLP
 a final RMSNorm, and either the tied embedding as output layer with the hidden state
 divided by sqrt(d_model) (`logits_via_embedding=True`) or a separate `lm_head`.
 
-Special ids are T5's: pad 0, eos 1. Rows start with the decoder start token 0, which is
-also `bos_token_id`, so `generate()` without a prompt starts from it.
+Special ids are T5's: pad 0, eos 1. arch-objective's rows start with the decoder start
+token 0 (also `bos_token_id`, so `generate()` without a prompt starts from it). With
+`prepend_start_token=True` (written by every export since it was added) the model supplies
+that token itself: a row whose first token is not 0 reads as if it were preceded by 0, so
+plain text ids (a tokenizer's output, lm-eval's `hf` rows) score as arch-objective scores
+them; a row that already starts with 0 is taken as it is. Without the field (older
+exports) rows are read exactly as given.
 """
 from transformers import PretrainedConfig
 
@@ -41,6 +46,11 @@ class ArchObjectiveConfig(PretrainedConfig):
   logits_via_embedding             True: logits = (h / sqrt(d_model)) @ embedding^T, no
                                    `lm_head` weight; False: logits = `lm_head(h)`
   non_causal                       True for the ND (prefix inputs attend bidirectionally)
+  prepend_start_token              True: a forward pass without a key/value cache puts the
+                                   start token 0 before every row whose first token (after
+                                   left padding) is not 0, and returns the positions of the
+                                   given ids only (see `modeling_arch_objective`); False
+                                   (the default, and older exports): rows as given
   """
   model_type = "arch_objective_decoder"
   attribute_map = {"hidden_size": "d_model", "num_attention_heads": "num_heads",
@@ -50,8 +60,8 @@ class ArchObjectiveConfig(PretrainedConfig):
                num_layers=8, relative_attention_num_buckets=32,
                relative_attention_max_distance=128, layer_norm_epsilon=1e-6,
                mlp_activations=("gelu", "linear"), logits_via_embedding=True,
-               non_causal=False, use_cache=True, pad_token_id=0, eos_token_id=1,
-               bos_token_id=0, decoder_start_token_id=0, tie_word_embeddings=False,
+               non_causal=False, prepend_start_token=False, use_cache=True, pad_token_id=0,
+               eos_token_id=1, bos_token_id=0, decoder_start_token_id=0, tie_word_embeddings=False,
                **kwargs):
     for name, value in (("vocab_size", vocab_size), ("d_model", d_model),
                         ("num_heads", num_heads), ("head_dim", head_dim), ("d_ff", d_ff),
@@ -67,6 +77,9 @@ class ArchObjectiveConfig(PretrainedConfig):
     if not mlp_activations or unknown:
       raise ValueError(f"ArchObjectiveConfig.mlp_activations must be a non-empty list of "
                        f"{list(ACTIVATIONS)}, found {mlp_activations!r}.")
+    if not isinstance(prepend_start_token, bool):
+      raise ValueError(f"ArchObjectiveConfig.prepend_start_token must be true or false, found "
+                       f"{prepend_start_token!r}.")
     if tie_word_embeddings:
       raise ValueError("ArchObjectiveConfig.tie_word_embeddings must be false: a tied output "
                        "layer is `logits_via_embedding=true` (the embedding itself, with the "
@@ -83,6 +96,7 @@ class ArchObjectiveConfig(PretrainedConfig):
     self.mlp_activations = mlp_activations
     self.logits_via_embedding = bool(logits_via_embedding)
     self.non_causal = bool(non_causal)
+    self.prepend_start_token = bool(prepend_start_token)
     self.use_cache = use_cache
     super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id,
                      bos_token_id=bos_token_id, decoder_start_token_id=decoder_start_token_id,
