@@ -13,15 +13,24 @@ renamed into place only when complete (on gs://, marked complete by a
 `commit_success.txt` file), so a process killed mid-save leaves the last good checkpoint
 as the latest one. A latest checkpoint that cannot be read all the same (a truncated
 or deleted file) is moved aside to `<step>.unreadable` by `restore_newest_readable`,
-which then restores the newest one that reads. Directories may be local or remote
-(`gs://...`, see `paths`).
+once an older one has been read; a checkpoint that reads but does not fit the run (its
+identity, its shapes, its optimiser state) is never moved, and neither is the only
+one left. Directories may be local or remote (`gs://...`, see `paths`).
+
+A save that runs out of space (an OSError ENOSPC, or tensorstore's ValueError
+`RESOURCE_EXHAUSTED ... No space left on device` that orbax wraps) raises
+`DiskFullError`, one line naming the directory and the space a checkpoint needs;
+`disk_full_error` finds either form in an exception chain.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import shutil
+import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -56,6 +65,125 @@ class CheckpointError(ValueError):
   """A checkpoint that is missing or does not fit the model."""
 
 
+class UnreadableCheckpointError(CheckpointError):
+  """A checkpoint whose files are missing, truncated or unreadable (not a mismatch with
+  the run: `restore_newest_readable` falls back to an older checkpoint for this one)."""
+
+
+class DiskFullError(CheckpointError):
+  """A save failed for want of space. `str()` is the whole one-line message (the
+  directory, the space a checkpoint needs, what to do); `directory`, `needed_bytes`,
+  `free_bytes` (None where unknown) and `original` (the error the storage raised) say
+  the same to code."""
+
+  def __init__(self, message: str, directory: str, needed_bytes: Optional[int] = None,
+               free_bytes: Optional[int] = None, original: Optional[BaseException] = None):
+    super().__init__(message)
+    self.directory, self.needed_bytes, self.free_bytes = directory, needed_bytes, free_bytes
+    self.original = original
+
+
+_NO_SPACE = "No space left on device"
+
+
+def disk_full_error(error: Optional[BaseException]) -> Optional[BaseException]:
+  """The exception in `error`'s chain (`__cause__`, `__context__`, an exception group's
+  members) that says the disk is full, or None: a `DiskFullError`, an OSError with errno
+  ENOSPC, or an error whose message says "No space left on device" (tensorstore's
+  ValueError `RESOURCE_EXHAUSTED: ... No space left on device`, which orbax re-raises
+  from its writer threads)."""
+  seen, todo = set(), [error]
+  while todo:
+    e = todo.pop(0)
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    if isinstance(e, DiskFullError) or (isinstance(e, OSError) and e.errno == errno.ENOSPC):
+      return e
+    if _NO_SPACE in str(e):
+      return e
+    todo.extend([e.__cause__, e.__context__] + list(getattr(e, "exceptions", None) or ()))
+  return None
+
+
+def tree_bytes(tree: Any) -> int:
+  """Bytes of the arrays of `tree` (global sizes: what one checkpoint of it holds,
+  before compression)."""
+  return int(sum(int(np.prod(getattr(x, "shape", ()))) * np.dtype(x.dtype).itemsize
+                 for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "dtype")))
+
+
+def _megabytes(n: int) -> str:
+  return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def _free_bytes(directory: str) -> Optional[int]:
+  """Free bytes of the local file system holding `directory` (None on gs://)."""
+  if paths.is_remote(directory):
+    return None
+  path = directory
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  try:
+    return shutil.disk_usage(path).free
+  except OSError:
+    return None
+
+
+class _DropDiskFullNoise(logging.Filter):
+  """Drops orbax's tracebacks of a save that ran out of space (one per writer thread
+  and item): the save raises `DiskFullError`, which says it once."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return disk_full_error(error) is None and _NO_SPACE not in str(record.msg)
+
+
+_DISK_FULL_NOISE = _DropDiskFullNoise()
+
+
+class _DropDamagedReadNoise(logging.Filter):
+  """Drops asyncio's "... exception was never retrieved" of tensorstore reads of a
+  damaged checkpoint and of writes to a full disk: the read or the save raised, and
+  reported it, already."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not ("exception was never retrieved" in str(record.msg)
+                and isinstance(error, ValueError)
+                and ("tensorstore_spec" in str(error) or disk_full_error(error) is not None))
+
+
+_closed_loop_hook_installed = False
+
+
+def _quiet_damaged_read_noise():
+  """Once per process: drop what a failed read of a damaged checkpoint, or a save to a
+  full disk, leaves behind after the read or save itself raised (one error):
+  tensorstore callbacks of the other reads, still in flight, that reach orbax's closed
+  asyncio loop (`RuntimeError: Event loop is closed` in `call_soon_threadsafe`, through
+  `sys.unraisablehook`), and asyncio's never-retrieved tasks of those reads and writes.
+  Every other unraisable exception still reaches the hook that was there."""
+  global _closed_loop_hook_installed
+  if _closed_loop_hook_installed:
+    return
+  _closed_loop_hook_installed = True
+  logging.getLogger("asyncio").addFilter(_DropDamagedReadNoise())
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    error, tb = unraisable.exc_value, unraisable.exc_traceback
+    names = set()
+    while tb is not None:
+      names.add(tb.tb_frame.f_code.co_name)
+      tb = tb.tb_next
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+            and "call_soon_threadsafe" in names):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+
+
 UNREADABLE_SUFFIX = ".unreadable"
 _logger = logging.getLogger(__name__)
 
@@ -71,7 +199,8 @@ def checkpoint_path(path: str, what: str) -> str:
 
 
 class Checkpoints:
-  """Periodic saves and restores under `directory`."""
+  """Periodic saves and restores under `directory`. `close` it on every path (a
+  `try/finally`): orbax's background threads must end before the interpreter does."""
 
   def __init__(self, directory: str, *, keep: Optional[int] = None, async_save: bool = True):
     self.directory = checkpoint_path(directory, "checkpoint directory")
@@ -80,6 +209,18 @@ class Checkpoints:
         cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=(STATE, DATA, META, DATA_STATE))
+    self._await_cleanup()
+    self._pending: Optional[tuple[int, int]] = None   # (step, bytes) of the save in flight
+    logging.getLogger("absl").addFilter(_DISK_FULL_NOISE)
+    _quiet_damaged_read_noise()
+
+  def _await_cleanup(self):
+    """Wait for the removal of interrupted saves' temporary directories, which orbax
+    starts in a thread of its own when it opens the directory (a thread left running
+    fails at interpreter shutdown)."""
+    wait = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+    if wait is not None:
+      wait()
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -89,73 +230,204 @@ class Checkpoints:
 
   def save(self, step: int, state: Any, data_position: dict, meta: dict,
            data_state: Optional[dict] = None) -> bool:
+    """Start saving `step` (in the background unless `async_save=False`), after the save
+    before it has finished. DiskFullError, with nothing written, when the local disk
+    holds less free space than the state's bytes (single-process runs); when it holds
+    less than twice that, the save is waited for here, so that a write that runs out of
+    space all the same stops the run before its next step. DiskFullError too when a
+    write runs out of space (this save's or the one before). A failed save leaves the
+    checkpoints before it as they were."""
+    self.wait()
+    needed = tree_bytes(state)
+    free = _free_bytes(self.directory) if jax.process_count() == 1 else None
+    if free is not None and free < needed:
+      raise self._disk_full(step, needed, free, None)
     items = {STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data_position),
              META: ocp.args.JsonSave(meta)}
     if data_state is not None:
       import grain
       items[DATA_STATE] = grain.checkpoint.CheckpointSave(_FrozenState(data_state))
-    return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self._pending = (step, needed)
+    error = None
+    try:
+      saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:  # tensorstore and orbax raise many types for a failed write
+      error = self._translate(e)
+      if error is e:
+        raise
+    if error is not None:     # raised outside the handler: one line, not a chain of
+      raise error             # tracebacks (`error.original` keeps the storage's error)
+    if free is not None and free < 2 * needed:
+      self.wait()             # a tight disk: know now whether it fitted
+    return saved
+
+  def check_save(self):
+    """Raise the error of a background save that has failed already (DiskFullError for a
+    full disk), without waiting for one still being written. The training loop calls it
+    before each step, so a run whose save failed trains no further."""
+    ref = getattr(self._manager, "_finalize_thread", None)
+    try:
+      failed = ref is not None and ref.map(
+          lambda t: t is not None and not t.is_alive() and t.exception is not None)
+    except Exception:  # another orbax version: the next save or `close` raises it
+      failed = False
+    if failed:
+      self.wait()
 
   def wait(self):
-    self._manager.wait_until_finished()
+    """Wait for the save in flight; a failure is raised (DiskFullError for a full disk)."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # the writer threads' error, re-raised by orbax
+      error = self._translate(e)
+      if error is e:
+        raise
+    else:
+      self._pending = None
+      return
+    raise error
+
+  def _translate(self, error: BaseException) -> BaseException:
+    """A DiskFullError for an error that says the disk is full, else `error`."""
+    full = disk_full_error(error)
+    if full is None or isinstance(full, DiskFullError):
+      return error if full is None else full
+    step, needed = self._pending or (None, None)
+    self._pending = None
+    return self._disk_full(step, needed, _free_bytes(self.directory), full)
+
+  def _disk_full(self, step: Optional[int], needed: Optional[int], free: Optional[int],
+                 original: Optional[BaseException]) -> DiskFullError:
+    target = f"{self.directory}/{step}" if step is not None else self.directory
+    size = (f"; a checkpoint of this run needs about {_megabytes(needed)}"
+            if needed else "")
+    if free is not None:
+      size += f", {_megabytes(free)} free"
+    done = [s for s in complete_steps(self.directory) if s != step]
+    last = (f"the last complete checkpoint, step {done[-1]}, is intact" if done else
+            "no checkpoint was completed before it")
+    return DiskFullError(
+        f"no space left on the device for checkpoint {target}{size}. Training stopped; "
+        f"{last}. Free space on that disk (or keep fewer checkpoints with "
+        f"train.keep_checkpoints) and run the same command again"
+        f"{' to resume from it' if done else ''}.", self.directory, needed, free, original)
 
   def restore_newest_readable(self, abstract_state: Any, expected_meta: Optional[dict] = None,
                               log=None, check_meta: Optional[Callable[[dict, int], None]] = None,
                               retries: Optional[int] = None, retry_wait: float = 5.0
                               ) -> tuple[Any, dict, dict]:
-    """`restore` of the newest step that reads. A step that fails to read for any reason
-    but a mismatch with the run (CheckpointError) is read again `retries` times (default:
-    2 on gs://, where a read can fail for a moment; 0 on a local disk), waiting
-    `retry_wait * 2**attempt` seconds between tries; a step that still fails is renamed
-    `<step>.unreadable`, with a warning naming the error, and the step before it is
-    tried. `check_meta(meta, step)` runs before any array is read (see `restore`). The
-    warnings go to `log` (default: this module's logger)."""
+    """`restore` of the newest step that reads.
+
+    A step that does not fit the run (a CheckpointError other than
+    UnreadableCheckpointError: its identity, shapes or state structure, all checked
+    before any array is read, see `restore`) is refused at once, and nothing is moved.
+    A step that fails to read (missing or truncated files, any error of orbax or
+    tensorstore) is read again `retries` times (default: 2 on gs://, where a read can
+    fail for a moment; 0 on a local disk), waiting `retry_wait * 2**attempt` seconds
+    between tries, then the step before it is tried. Only once an older step has been
+    restored are the newer unreadable ones renamed `<step>.unreadable`, each with a
+    warning naming its error; when no step reads, UnreadableCheckpointError names them
+    and every checkpoint stays where it is (a directory never loses its last
+    checkpoint this way). The warnings go to `log` (default: this module's logger).
+    """
     log = log or _logger.warning
     if retries is None:
       retries = 2 if paths.is_remote(self.directory) else 0
-    while True:
-      step = self.latest_step()
-      if step is None:
-        raise CheckpointError(f"no readable checkpoint left in {self.directory}.")
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
+      raise CheckpointError(f"no checkpoint in {self.directory}.")
+    failed: list[tuple[int, BaseException]] = []
+    for step in steps:
       try:
-        return self._restore_with_retries(abstract_state, step, expected_meta, check_meta,
-                                          retries, retry_wait, log)
+        result = self._restore_with_retries(abstract_state, step, expected_meta, check_meta,
+                                            retries, retry_wait, log)
+      except UnreadableCheckpointError as e:
+        failed.append((step, e))
       except CheckpointError:
         raise
       except Exception as e:  # orbax and tensorstore raise many types for a bad file
-        aside = paths.join(self.directory, f"{step}{UNREADABLE_SUFFIX}")
-        log(f"warning: checkpoint {self.directory}/{step} cannot be read "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
-            f"moved to {aside}; falling back to the newest earlier checkpoint.")
-        _move(paths.join(self.directory, str(step)), aside)
-        self._manager.reload()
+        failed.append((step, e))
+      else:
+        for bad, error in failed:
+          aside = paths.join(self.directory, f"{bad}{UNREADABLE_SUFFIX}")
+          log(f"warning: checkpoint {self.directory}/{bad} cannot be read "
+              f"({_first_line(error)}); moved to {aside}; resumed from step {step}, the "
+              f"newest checkpoint that reads.")
+          _move(paths.join(self.directory, str(bad)), aside)
+        if failed:
+          self._manager.reload()
+        return result
+    step, error = failed[0]
+    why = (str(error).rstrip(".") if isinstance(error, UnreadableCheckpointError) else
+           f"checkpoint {self.directory}/{step} cannot be read ({_first_line(error)})")
+    if len(steps) == 1:
+      raise UnreadableCheckpointError(
+          f"{why}. It is the only checkpoint of the run and stays where it is: repair or "
+          f"restore its files, or move it away (or use a new MODEL_DIR) to start afresh.")
+    raise UnreadableCheckpointError(
+        f"no checkpoint in {self.directory} can be read (steps {sorted(steps)}; the newest: "
+        f"{why}); all stay where they are. Repair or restore their files, or move them "
+        f"away (or use a new MODEL_DIR) to start afresh.")
 
   def _restore_with_retries(self, abstract_state, step, expected_meta, check_meta, retries,
                             retry_wait, log):
     for attempt in range(retries + 1):
       try:
         return self.restore(abstract_state, step, expected_meta, check_meta)
-      except CheckpointError:
-        raise
+      except CheckpointError as e:
+        if not isinstance(e, UnreadableCheckpointError) or attempt == retries:
+          raise
+        error = e
       except Exception as e:
         if attempt == retries:
           raise
-        wait = retry_wait * 2 ** attempt
-        log(f"warning: reading checkpoint {self.directory}/{step} failed ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200] if str(e) else ''}); trying again in {wait:g} s "
-            f"({attempt + 1} of {retries} retries)")
-        time.sleep(wait)
+        error = e
+      wait = retry_wait * 2 ** attempt
+      log(f"warning: reading checkpoint {self.directory}/{step} failed "
+          f"({_first_line(error, 200)}); trying again in {wait:g} s ({attempt + 1} of "
+          f"{retries} retries)")
+      time.sleep(wait)
 
-  def close(self):
-    self._manager.wait_until_finished()
-    self._manager.close()
+  def close(self, raise_errors: bool = True):
+    """Wait for the last save, then end orbax's threads. The save's failure is raised
+    (DiskFullError for a full disk) if `raise_errors`; with False (the caller is handling
+    another error already) it is logged at debug level. The threads end either way."""
+    error = None
+    try:
+      self.wait()
+    except Exception as e:
+      error = e
+      ref = getattr(self._manager, "_finalize_thread", None)
+      if ref is not None and hasattr(ref, "set"):
+        ref.set(None)     # its error is taken: let the manager's `close` run to the end
+    self._await_cleanup()
+    try:
+      self._manager.close()
+    except Exception as e:
+      error = error or e
+    if error is not None:
+      if raise_errors:
+        raise error
+      _logger.debug(f"closing {self.directory}: {_first_line(error)}")
+
+  def saved_state(self, step: int) -> Any:
+    """The tree of the saved train state's array metadata (shapes, dtypes) of a step,
+    read without any array; UnreadableCheckpointError naming what is missing if it
+    cannot be read."""
+    return _state_metadata(paths.join(self.directory, str(step)))
 
   def saved_params(self, step: int) -> Any:
     """The tree of saved parameter metadata (shapes, dtypes) of a step."""
-    with _quiet_missing_step_metadata():
-      metadata = ocp.StandardCheckpointer().metadata(
-          paths.join(self.directory, str(step), STATE))
-    return getattr(metadata, "item_metadata", metadata)["params"]
+    return self.saved_state(step)["params"]
+
+  def _read_meta(self, step: int) -> dict:
+    where = paths.join(self.directory, str(step))
+    meta = self._manager.restore(step, args=ocp.args.Composite(**{
+        META: ocp.args.JsonRestore()}))[META]
+    if not isinstance(meta, dict):
+      raise UnreadableCheckpointError(f"checkpoint {where}: its {META}/metadata holds no "
+                                      f"JSON object (found {type(meta).__name__}).")
+    return meta
 
   def restore(self, abstract_state: Any, step: Optional[int] = None,
               expected_meta: Optional[dict] = None,
@@ -163,20 +435,30 @@ class Checkpoints:
               ) -> tuple[Any, dict, dict]:
     """(state, data position, meta) of `step` (the latest if None) into the shapes and
     shardings of `abstract_state` (a tree of ShapeDtypeStructs with shardings).
-    `check_meta(meta, step)` (e.g. the run's identity check) runs on the small meta item
-    after the saved shapes were compared (array metadata only) and before any array is
-    read, so a refused resume costs no restore."""
+
+    Before any array is read: the meta item (`expected_meta`'s vocab_size), the saved
+    parameter shapes, `check_meta(meta, step)` (e.g. the run's identity check), then
+    the whole saved state's structure against `abstract_state` (optimiser state
+    included; `check_state_structure`), so a refused resume costs no restore. A step
+    with missing files raises UnreadableCheckpointError naming them."""
     step = self.latest_step() if step is None else step
     if step is None or step not in self.all_steps():
       raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; available "
                             f"steps: {self.all_steps() or 'none'}.")
-    meta = self._manager.restore(step, args=ocp.args.Composite(**{
-        META: ocp.args.JsonRestore()}))[META]
+    where = f"{self.directory}/{step}"
+    missing = _missing_files(where)
+    if missing:
+      raise UnreadableCheckpointError(f"checkpoint {where} is incomplete: "
+                                      f"{', '.join(missing)} missing (a truncated copy or a "
+                                      f"deleted file).")
+    meta = self._read_meta(step)
     if expected_meta is not None:
-      check_compatible(meta, expected_meta, f"{self.directory}/{step}")
-    check_shapes(self.saved_params(step), abstract_state.params, f"{self.directory}/{step}")
+      check_compatible(meta, expected_meta, where)
+    saved = self.saved_state(step)
+    check_shapes(saved["params"], abstract_state.params, where)
     if check_meta is not None:
       check_meta(meta, step)
+    check_state_structure(saved, abstract_state, where)
     items = {STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}
     # This process's iterator state; absent in checkpoints written before states were
     # saved, or by a run with another number of processes (then each host's share is
@@ -187,11 +469,66 @@ class Checkpoints:
     if has_data_state:
       import grain
       items[DATA_STATE] = grain.checkpoint.CheckpointRestore(_FrozenState())
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # orbax and tensorstore raise many types for a bad file
+      raise UnreadableCheckpointError(f"checkpoint {where} cannot be read (a file under it "
+                                      f"is truncated or damaged: {_first_line(e, 200)}).") from e
+    if restored[DATA] is None:
+      raise UnreadableCheckpointError(f"checkpoint {where} is incomplete: its {DATA} item "
+                                      f"(the data position) cannot be read.")
     position = dict(restored[DATA])
     if has_data_state:
       position["state"] = restored[DATA_STATE].state
     return restored[STATE], position, meta
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+  text = str(error).splitlines()[0][:limit] if str(error) else ""
+  return f"{type(error).__name__}: {text}"
+
+
+def _missing_files(step_dir: str) -> list[str]:
+  """The files a complete checkpoint step holds that `step_dir` lacks, as
+  `item/file` names (an OCDBT state: its manifest and data folder too)."""
+  needed = [f"{STATE}/_METADATA", f"{META}/metadata", f"{DATA}/metadata"]
+  state_dir = paths.join(step_dir, STATE)
+  if not paths.isdir(state_dir):
+    return [f"{STATE}/ (the train state)"] + needed[1:]
+  names = paths.listdir(state_dir)
+  if any(str(n).startswith("ocdbt.process_") or n == "manifest.ocdbt" for n in names):
+    needed += [f"{STATE}/manifest.ocdbt", f"{STATE}/d"]
+    for n in names:
+      if str(n).startswith("ocdbt.process_"):
+        needed += [f"{STATE}/{n}/manifest.ocdbt", f"{STATE}/{n}/d"]
+  return [f for f in needed if not paths.exists(paths.join(step_dir, f))]
+
+
+def _state_metadata(step_dir: str) -> Any:
+  """The saved train state's metadata tree of a step directory (no array read)."""
+  state_dir = paths.join(step_dir, STATE)
+  if not paths.isdir(state_dir):
+    raise UnreadableCheckpointError(f"checkpoint {step_dir} has no '{STATE}' item (the "
+                                    f"train state); is it a complete checkpoint of ours?")
+  missing = _missing_files(step_dir)
+  metadata, error = None, None
+  _quiet_damaged_read_noise()
+  try:
+    with _quiet_missing_step_metadata():
+      metadata = ocp.PyTreeCheckpointer().metadata(state_dir)
+  except Exception as e:  # orbax and tensorstore raise many types for a bad file
+    error = e
+  item = getattr(metadata, "item_metadata", metadata)
+  if item is None or error is not None or not hasattr(item, "keys"):
+    why = (f"{', '.join(missing)} missing" if missing else
+           f"a file under {state_dir} is truncated or damaged" +
+           (f" ({_first_line(error, 200)})" if error is not None else ""))
+    raise UnreadableCheckpointError(f"checkpoint {step_dir} cannot be read: {why}; the "
+                                    f"metadata of its train state is unreadable.")
+  if "params" not in item:
+    raise CheckpointError(f"checkpoint {state_dir} has no 'params' in its state; found "
+                          f"{sorted(item.keys())}. Is it a checkpoint of ours?")
+  return item
 
 
 def _move(src: str, dst: str):
@@ -203,23 +540,42 @@ def _move(src: str, dst: str):
 
 
 IDENTITY_FIELDS = ("arch", "size", "task", "batch_size", "lengths", "vocabulary_sha256",
-                   "seed")
+                   "seed", "optimizer")
+# The identity fields whose change would move the data position onto other rows.
+_DATA_FIELDS = ("task", "batch_size", "lengths", "vocabulary_sha256", "seed")
+_ABSENT = object()
+
+
+def _difference(old: Any, new: Any) -> str:
+  """`old -> new`; of two dicts only the keys whose values differ."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    keys = [k for k in list(old) + [k for k in new if k not in old]
+            if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+    old, new = ({k: d[k] for k in keys if k in d} for d in (old, new))
+  return f"{old!r} -> {new!r}"
 
 
 def check_identity(saved: Optional[dict], current: dict, allow: Sequence[str], where: str):
-  """Refuse a resume that changes what the run is (see IDENTITY_FIELDS), naming the field
-  with its old and new value, unless the field is in `allow`."""
+  """Refuse a resume that changes what the run is (see IDENTITY_FIELDS), naming each
+  changed field with its old and new value (of a dict field, e.g. `optimizer`, the keys
+  that changed), unless the field is in `allow`. A field the checkpoint did not record
+  (written before it was part of the identity) is not compared."""
   if not saved:
     return    # written before identities were recorded
   check_allowed_changes(allow)
   changed = [(k, saved.get(k), current.get(k)) for k in IDENTITY_FIELDS
              if k in saved and k in current and saved[k] != current[k] and k not in allow]
   if changed:
-    what = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changed)
+    what = "; ".join(f"{k}: {_difference(old, new)}" for k, old, new in changed)
+    why = []
+    if any(k in _DATA_FIELDS for k, _, _ in changed):
+      why.append("The data position would point at other rows.")
+    if any(k == "optimizer" for k, _, _ in changed):
+      why.append("The optimiser state in the checkpoint was built with the old settings.")
     raise CheckpointError(
-        f"resuming {where} with a different run: {what}. The data position would point at "
-        f"other rows. Use the original settings, a new MODEL_DIR, or accept the change "
-        f"explicitly with --gin.train.allow_resume_changes=\"{[k for k, _, _ in changed]}\".")
+        f"resuming {where} with a different run: {what}. {' '.join(why) + ' ' if why else ''}"
+        f"Use the original settings, a new MODEL_DIR, or accept the change explicitly with "
+        f"--gin.train.allow_resume_changes=\"{[k for k, _, _ in changed]}\".")
 
 
 def check_allowed_changes(allow: Sequence[str]):
@@ -267,6 +623,54 @@ def check_shapes(saved_tree: Any, abstract_params: Any, where: str):
                             f"expects {shape}; check the size and vocabulary options.")
 
 
+def _key_name(key: Any) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _is_empty(x: Any) -> bool:
+  return x is None or (isinstance(x, (tuple, list, dict)) and len(x) == 0)
+
+
+def state_structure(tree: Any) -> dict[str, Optional[tuple]]:
+  """`{path: shape}` of every array of a train state, or of its saved metadata tree, and
+  `{path: None}` of every empty entry (an optax EmptyState, which orbax saves as None);
+  paths read `opt_state/0/v_row/decoder/...` in both, so the two compare equal exactly
+  when the saved state restores into the abstract one."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_empty)[0]
+  return {"/".join(_key_name(k) for k in path):
+          None if _is_empty(x) else tuple(getattr(x, "shape", ())) for path, x in leaves}
+
+
+def _describe_entry(entry: Any) -> str:
+  if entry is _ABSENT:
+    return "nothing"
+  return "an empty entry" if entry is None else f"an array of shape {entry}"
+
+
+def check_state_structure(saved_tree: Any, abstract_state: Any, where: str):
+  """Refuse a saved train state (its metadata tree: no array is read) whose structure
+  or shapes differ from `abstract_state`'s, the optimiser state included, naming how
+  many entries differ and the first one, saved vs. expected."""
+  saved, wanted = state_structure(saved_tree), state_structure(abstract_state)
+  if saved == wanted:
+    return
+  order = list(wanted) + [p for p in saved if p not in wanted]
+  diffs = [p for p in order if saved.get(p, _ABSENT) != wanted.get(p, _ABSENT)]
+  first = diffs[0]
+  raise CheckpointError(
+      f"checkpoint {where} holds a train state of another structure than this run's "
+      f"({len(diffs)} entr{'y differs' if len(diffs) == 1 else 'ies differ'}; the first, "
+      f"{first}: the checkpoint has {_describe_entry(saved.get(first, _ABSENT))}, this "
+      f"run expects {_describe_entry(wanted.get(first, _ABSENT))}). It was written with "
+      f"other optimizer settings (e.g. adafactor.momentum, factored, "
+      f"min_dim_size_to_factor, clipping_threshold, multiply_by_parameter_scale, or "
+      f"another train.optimizer) or another model: resume with the settings that wrote "
+      f"it, or use a new MODEL_DIR.")
+
+
 def cast_floating(tree: Any, dtype) -> Any:
   """Cast every floating-point leaf to `dtype` (restore-time dtype casts)."""
   if dtype is None:
@@ -301,11 +705,18 @@ def step_directory(path: str) -> tuple[str, int]:
   directory, step = split_checkpoint_path(path)
   if not paths.isdir(directory):
     raise CheckpointError(f"checkpoint {path!r}: no such directory {directory!r}.")
+  steps = complete_steps(directory)
   if step is None:
-    steps = complete_steps(directory)
     if not steps:
       raise CheckpointError(f"checkpoint {path!r}: no complete checkpoint in {directory}.")
     step = steps[-1]
+  elif step not in steps:
+    if paths.isdir(paths.join(directory, str(step))):
+      raise CheckpointError(f"checkpoint {path!r}: step {step} in {directory} is incomplete "
+                            f"(its save did not finish); complete steps are {steps}.")
+    raise CheckpointError(f"checkpoint {path!r}: no step {step} in {directory}; steps are "
+                          f"{steps}. Give one of them, or the model directory for the "
+                          f"latest.")
   return paths.join(directory, str(step)), step
 
 
@@ -330,14 +741,18 @@ class _DropMessage(logging.Filter):
 @contextlib.contextmanager
 def _quiet_missing_step_metadata():
   """Orbax warns that an item directory has no `_CHECKPOINT_METADATA` (that file lives
-  one level up, in the step directory the manager wrote); the warning means nothing here."""
-  drop = _DropMessage("Metadata file does not exist")
+  one level up, in the step directory the manager wrote), which means nothing here, and
+  that it failed to read a damaged item's metadata, which the caller raises itself."""
+  drops = [_DropMessage("Metadata file does not exist"),
+           _DropMessage("Failed to get item metadata")]   # (a damaged one: we raise)
   logger = logging.getLogger("absl")
-  logger.addFilter(drop)
+  for drop in drops:
+    logger.addFilter(drop)
   try:
     yield
   finally:
-    logger.removeFilter(drop)
+    for drop in drops:
+      logger.removeFilter(drop)
 
 
 def load_params(path: str, dtype=None) -> tuple[Any, dict, int]:
@@ -346,20 +761,20 @@ def load_params(path: str, dtype=None) -> tuple[Any, dict, int]:
   directory, or `.../checkpoints/<step>`, local or remote."""
   step_dir, step = step_directory(path)
   state_dir = paths.join(step_dir, STATE)
-  if not paths.isdir(state_dir):
-    raise CheckpointError(f"checkpoint {step_dir} has no '{STATE}' item; is it one of ours?")
-  checkpointer = ocp.PyTreeCheckpointer()
-  with _quiet_missing_step_metadata():
-    saved = checkpointer.metadata(state_dir)
-  saved = getattr(saved, "item_metadata", saved)
-  if saved is None or "params" not in saved:
-    raise CheckpointError(f"checkpoint {state_dir} has no 'params' in its state; found "
-                          f"{sorted(saved) if saved else 'nothing'}.")
+  saved = _state_metadata(step_dir)
   item = jax.tree_util.tree_map(lambda m: np.zeros((0,), np.float32), saved["params"])
   restore_args = jax.tree_util.tree_map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray),
                                         saved["params"])
-  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-      item={"params": item}, restore_args={"params": restore_args}, partial_restore=True))
+  checkpointer = ocp.PyTreeCheckpointer()
+  try:
+    restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item={"params": item}, restore_args={"params": restore_args}, partial_restore=True))
+  except Exception as e:  # orbax and tensorstore raise many types for a bad file
+    missing = _missing_files(step_dir)
+    why = (f"{', '.join(missing)} missing" if missing else
+           f"a file under {state_dir} is truncated or damaged")
+    raise UnreadableCheckpointError(f"checkpoint {step_dir}: its parameters cannot be read "
+                                    f"({why}: {_first_line(e, 200)}).") from e
   params = cast_floating(restored["params"], dtype)
   meta, _ = load_meta(step_dir)
   return params, meta, step

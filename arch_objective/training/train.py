@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
+import inspect
 import logging
 import math
 import numbers
 import os
+import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -68,14 +71,59 @@ def _file_sha256(path: str) -> str:
 
 
 def run_identity(model, dataset: data.DatasetConfig, spec, vocab, input_shapes: dict,
-                 seed: int) -> dict:
-  """What a resume in the same MODEL_DIR must keep (`checkpoints.IDENTITY_FIELDS`)."""
+                 seed: int, optimizer: Optional[Callable] = None) -> dict:
+  """What a resume in the same MODEL_DIR must keep (`checkpoints.IDENTITY_FIELDS`);
+  `optimizer` is `train`'s (see `optimizer_identity`)."""
   return {"arch": model.name,
           "size": {k: getattr(model.config, k) for k in SIZE_FIELDS},
           "task": spec.name, "batch_size": dataset.batch_size,
           "lengths": {k: list(v[1:]) for k, v in sorted(input_shapes.items())},
           "vocabulary_sha256": _file_sha256(vocab.path),
-          "seed": {"train": seed, "data": dataset.seed}}
+          "seed": {"train": seed, "data": dataset.seed},
+          "optimizer": optimizer_identity(optimizer)}
+
+
+# Optimizer arguments a resume may change: the learning rate (the schedule, given to
+# `train` on its own) and the implementation (`optimizers.adafactor`'s "fused" and
+# "optax" compute the same numbers and keep the same state).
+_FREE_OPTIMIZER_ARGS = ("learning_rate", "implementation")
+
+
+def _jsonable(value: Any) -> Any:
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  return repr(value)
+
+
+def optimizer_identity(optimizer: Optional[Callable] = None) -> dict:
+  """The optimizer settings a resume must keep: `{"name": "<module>.<function>",
+  <argument>: value, ...}` of the function that builds the optimizer from the schedule
+  (`optimizer`, default `optimizers.adafactor`): its defaults, updated by the keywords
+  of a `functools.partial` and, for a gin configurable (`train.optimizer = @adafactor`),
+  by the gin bindings it is called with. The schedule and the implementation are left
+  out (`_FREE_OPTIMIZER_ARGS`); values are JSON (others by their repr)."""
+  fn, given = optimizer or optimizers.adafactor, {}
+  while isinstance(fn, functools.partial):
+    given = {**fn.keywords, **given}
+    fn = fn.func
+  base = inspect.unwrap(fn)
+  gin = sys.modules.get("gin")
+  if base is not fn and gin is not None:   # gin's wrapper calls `base` with its bindings
+    try:
+      given = {**gin.get_bindings(fn), **given}
+    except Exception:  # a wrapper that is not gin's: its arguments are unknown
+      pass
+  try:
+    parameters = inspect.signature(base).parameters.values()
+  except (TypeError, ValueError):  # a builtin or a class without a signature
+    parameters = ()
+  values = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+  values.update(given)
+  name = f"{getattr(base, '__module__', '')}.{getattr(base, '__qualname__', repr(base))}"
+  return {"name": name, **{k: _jsonable(v) for k, v in sorted(values.items())
+                           if k not in _FREE_OPTIMIZER_ARGS}}
 
 
 def _lock(model_dir: str, is_chief: bool) -> Optional[run_lock.RunLock]:
@@ -188,10 +236,19 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
 
   Robustness: one run writes a `model_dir` at a time (`run_lock`); a resume that changes
   the run's identity (architecture, size, task, batch size, lengths, vocabulary file,
-  seeds) is refused unless the changed fields are in `allow_resume_changes`; a state
-  with non-finite parameters is never saved; an unreadable latest checkpoint is moved
-  aside and the newest readable one restored; SIGTERM or SIGINT finishes the current
-  step, saves, and returns (`TrainResult.stopped_by`).
+  seeds, optimizer settings: `optimizer_identity`) is refused unless the changed fields
+  are in `allow_resume_changes`, and one whose saved train state (the optimiser state
+  included) has another structure is refused too, before any array is read or any
+  checkpoint moved; a state with non-finite parameters is never saved; an unreadable
+  latest checkpoint is moved aside once an older one has been restored (never the only
+  one: then the run stops, naming it), and a `checkpoints/` that holds only such
+  `<step>.unreadable` directories is refused rather than trained over from step 0; a
+  save that runs out of disk space stops the run (`checkpoints.DiskFullError`; on a
+  local disk before its next step, see `Checkpoints.save`), the checkpoints before it
+  intact; SIGTERM or SIGINT
+  finishes the current step, saves, and returns (`TrainResult.stopped_by`). Orbax's
+  background threads are ended on every exit, error or not.
+  `keep_checkpoints` is a positive integer (the newest ones kept) or None (all).
   """
   _check_int("train_steps", train_steps, 1, "TRAIN_STEPS")
   _check_int("save_every", save_every, 1, "SAVE_EVERY")
@@ -203,6 +260,18 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
   _check_int("num_microbatches", num_microbatches, 1, "NUM_MICROBATCHES")
   _check_int("log_every", log_every, 1)
   _check_int("seed", seed, 0)
+  if keep_checkpoints is not None and (
+      isinstance(keep_checkpoints, bool) or not isinstance(keep_checkpoints, numbers.Integral)
+      or keep_checkpoints < 1):
+    raise ValueError(f"train.keep_checkpoints must be a positive integer (how many of the "
+                     f"newest checkpoints to keep) or None (keep all), found "
+                     f"{keep_checkpoints!r}; e.g. --gin.train.keep_checkpoints=3.")
+  if isinstance(model_dir, os.PathLike):
+    model_dir = os.fspath(model_dir)
+  if not isinstance(model_dir, str) or not model_dir.strip():
+    raise ValueError(f"MODEL_DIR (train.model_dir) must name the run's directory, found "
+                     f"{model_dir!r}; give one, e.g. --gin.MODEL_DIR=\"'/tmp/my_run'\" (an "
+                     f"empty one would write into the current directory).")
   checkpoints.check_allowed_changes(tuple(allow_resume_changes))
   model_dir = _check_model_dir(model_dir)
   is_chief = jax.process_index() == 0
@@ -249,134 +318,166 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
 
   ckpt = checkpoints.Checkpoints(paths.join(model_dir, "checkpoints"), keep=keep_checkpoints,
                                  async_save=async_checkpoints)
-  start_step = ckpt.latest_step() or 0
-  shard = dict(shard_index=jax.process_index(), num_shards=jax.process_count())
-  batches = data.batches(dataset, model.name, **shard)
-  first = next(batches)
-  input_shapes = {k: (dataset.batch_size,) + v.shape[1:] for k, v in first.items()}
-  meta["identity"] = run_identity(model, dataset, spec, vocab, input_shapes, seed)
+  with _closing(ckpt) as opened:     # on every exit: orbax's threads must end
+    start_step = ckpt.latest_step() or 0
+    if not start_step:
+      _refuse_only_unreadable(ckpt.directory)
+    shard = dict(shard_index=jax.process_index(), num_shards=jax.process_count())
+    batches = data.batches(dataset, model.name, **shard)
+    first = next(batches)
+    input_shapes = {k: (dataset.batch_size,) + v.shape[1:] for k, v in first.items()}
+    meta["identity"] = run_identity(model, dataset, spec, vocab, input_shapes, seed, optimizer)
 
-  rng = jax.random.PRNGKey(seed)
-  init_fn = lambda r: trainer.init_state(model, tx, input_shapes, r)
-  abstract = jax.eval_shape(init_fn, rng)
-  shardings = state_shardings(partitioner, model, abstract, input_shapes)
-  target = _with_shardings(abstract, shardings)
-  with partitioner.activation_context():
-    if start_step:
-      check = lambda saved, step: checkpoints.check_identity(
-          saved.get("identity"), meta["identity"], allow_resume_changes,
-          f"{ckpt.directory}/{step}")
-      state, position, saved_meta = ckpt.restore_newest_readable(
-          target, expected_meta=meta, check_meta=check)
-      start_step = ckpt.latest_step()
-      meta["lineage"] = saved_meta.get("lineage", [])
-      batches.set_state(position.get("state") or {"batches": int(position["batches"])})
-      pending = []
-      log.info(f"resumed from step {start_step} ({ckpt.directory})")
-    elif restore_checkpoint:
-      state, meta["lineage"] = _restore_initial(restore_checkpoint, target, meta)
-      state = jax.device_put(_reset(state, tx, reset_step, reset_optimizer, reset_schedule),
-                             shardings)
-      state = dataclasses.replace(state, params=checkpoints.cast_floating(state.params,
-                                                                           restore_dtype))
-      start_step = int(state.step)
-      pending = [first]
-      position = {"batches": 0}
-    else:
-      state = jax.jit(init_fn, out_shardings=shardings)(rng)
-      pending = [first]
-      position = {"batches": 0}
-  data_position = int(position["batches"])
-  stop_step = train_steps if run_steps is None else min(train_steps, start_step + run_steps)
-  if eval_every and eval_dataset is None:
-    eval_dataset = dataclasses.replace(dataset, split=eval_split)
-  if eval_every and stop_step // eval_every > start_step // eval_every:
-    _check_eval_dataset(eval_dataset, model.name)   # this run validates at least once
-
-  batch_shardings = {k: partitioner.batch_sharding() for k in first}
-  step_fn = jax.jit(
-      lambda s, b, r: trainer.train_step(model, tx, schedule, num_microbatches, s, b, r),
-      in_shardings=(shardings, batch_shardings, partitioner.replicated()),
-      out_shardings=(shardings, partitioner.replicated()), donate_argnums=(0,))
-
-  writer = metrics_lib.MetricsWriter(model_dir, enabled=is_chief, resume_step=start_step)
-  bar = metrics_lib.Progress(stop_step, start_step, enabled=progress and is_chief)
-  flops_per_token = models.training_flops_per_token(
-      model, *_lengths(model, input_shapes))
-  peak = _peak_flops(jax.devices()[0])
-  history: list[dict] = []
-  last_saved = start_step or None
-  step = start_step
-  window_t, window_tokens = time.time(), 0.0
-  stopped_by = None
-  with preemption.StopSignals() as stop, _closing(ckpt, writer):
-    for step in range(start_step, stop_step):
-      local = pending.pop() if pending else next(batches)
-      batch = partitioner.shard_batch(local)
-      t0 = time.time()
-      with partitioner.activation_context():
-        new_state, step_metrics = step_fn(state, batch, rng)
-      summary = trainer.summarize(step_metrics)
-      if not math.isfinite(summary["loss"]):
-        raise NonFiniteLossError(
-            f"the loss is {summary['loss']} at step {step + 1}; training stopped. "
-            f"{_last_good(ckpt, last_saved)}; lower the learning rate or check the data of "
-            f"that step.")
-      state = new_state
-      data_position += 1
-      summary["step_time"] = time.time() - t0
-      window_tokens += summary["num_tokens"]
-      history.append({"step": step + 1, **summary})
-      if step == start_step and is_chief and config_text is not None:
-        _write_config(model_dir, config_text(), start_step)
-      done = step + 1
-      if done % log_every == 0 or done == stop_step:
-        elapsed = time.time() - window_t
-        tokens_per_s = window_tokens / max(elapsed, 1e-9)
-        scalars = dict(summary, tokens_per_second=tokens_per_s)
-        if peak:
-          scalars["mfu"] = tokens_per_s * flops_per_token / (peak * jax.device_count())
-        writer.write(done, scalars)
-        window_t, window_tokens = time.time(), 0.0
-        bar.update(done, summary["loss_per_token"], force_line=True)
+    rng = jax.random.PRNGKey(seed)
+    init_fn = lambda r: trainer.init_state(model, tx, input_shapes, r)
+    abstract = jax.eval_shape(init_fn, rng)
+    shardings = state_shardings(partitioner, model, abstract, input_shapes)
+    target = _with_shardings(abstract, shardings)
+    with partitioner.activation_context():
+      if start_step:
+        check = lambda saved, step: checkpoints.check_identity(
+            saved.get("identity"), meta["identity"], allow_resume_changes,
+            f"{ckpt.directory}/{step}")
+        state, position, saved_meta = ckpt.restore_newest_readable(
+            target, expected_meta=meta, check_meta=check)
+        start_step = ckpt.latest_step()
+        meta["lineage"] = saved_meta.get("lineage", [])
+        batches.set_state(position.get("state") or {"batches": int(position["batches"])})
+        pending = []
+        log.info(f"resumed from step {start_step} ({ckpt.directory})")
+      elif restore_checkpoint:
+        state, meta["lineage"] = _restore_initial(restore_checkpoint, target, meta)
+        state = jax.device_put(_reset(state, tx, reset_step, reset_optimizer, reset_schedule),
+                               shardings)
+        state = dataclasses.replace(state, params=checkpoints.cast_floating(state.params,
+                                                                             restore_dtype))
+        start_step = int(state.step)
+        pending = [first]
+        position = {"batches": 0}
       else:
-        bar.update(done, summary["loss_per_token"])
-      if done % save_every == 0 or done == stop_step:
-        last_saved = _save(ckpt, done, state, data_position, batches, meta, summary,
-                           last_saved)
-      if lock is not None:
-        lock.heartbeat()
-      if eval_every and done % eval_every == 0:
-        validation = evaluate_params(model, state.params, eval_dataset, eval_steps,
-                                     partitioner)
-        writer.write(done, validation, split="validation")
-        if is_chief and progress:
-          log.info(f"step {done}: validation loss/token {validation['loss_per_token']:.4f}, "
-                f"accuracy {validation['accuracy']:.4f} ({validation['batches']} batches)")
-      for hook in hooks:
-        hook(done, summary)
-      if stop.requested():
-        if last_saved != done:
+        state = jax.jit(init_fn, out_shardings=shardings)(rng)
+        pending = [first]
+        position = {"batches": 0}
+    data_position = int(position["batches"])
+    stop_step = train_steps if run_steps is None else min(train_steps, start_step + run_steps)
+    if eval_every and eval_dataset is None:
+      eval_dataset = dataclasses.replace(dataset, split=eval_split)
+    if eval_every and stop_step // eval_every > start_step // eval_every:
+      _check_eval_dataset(eval_dataset, model.name)   # this run validates at least once
+
+    batch_shardings = {k: partitioner.batch_sharding() for k in first}
+    step_fn = jax.jit(
+        lambda s, b, r: trainer.train_step(model, tx, schedule, num_microbatches, s, b, r),
+        in_shardings=(shardings, batch_shardings, partitioner.replicated()),
+        out_shardings=(shardings, partitioner.replicated()), donate_argnums=(0,))
+
+    writer = metrics_lib.MetricsWriter(model_dir, enabled=is_chief, resume_step=start_step)
+    opened.append(writer)
+    bar = metrics_lib.Progress(stop_step, start_step, enabled=progress and is_chief)
+    flops_per_token = models.training_flops_per_token(
+        model, *_lengths(model, input_shapes))
+    peak = _peak_flops(jax.devices()[0])
+    history: list[dict] = []
+    last_saved = start_step or None
+    step = start_step
+    window_t, window_tokens = time.time(), 0.0
+    stopped_by = None
+    with preemption.StopSignals() as stop:
+      for step in range(start_step, stop_step):
+        ckpt.check_save()     # a background save that failed stops the run here
+        local = pending.pop() if pending else next(batches)
+        batch = partitioner.shard_batch(local)
+        t0 = time.time()
+        with partitioner.activation_context():
+          new_state, step_metrics = step_fn(state, batch, rng)
+        summary = trainer.summarize(step_metrics)
+        if not math.isfinite(summary["loss"]):
+          raise NonFiniteLossError(
+              f"the loss is {summary['loss']} at step {step + 1}; training stopped. "
+              f"{_last_good(ckpt, last_saved)}; lower the learning rate or check the data of "
+              f"that step.")
+        state = new_state
+        data_position += 1
+        summary["step_time"] = time.time() - t0
+        window_tokens += summary["num_tokens"]
+        history.append({"step": step + 1, **summary})
+        if step == start_step and is_chief and config_text is not None:
+          _write_config(model_dir, config_text(), start_step)
+        done = step + 1
+        if done % log_every == 0 or done == stop_step:
+          elapsed = time.time() - window_t
+          tokens_per_s = window_tokens / max(elapsed, 1e-9)
+          scalars = dict(summary, tokens_per_second=tokens_per_s)
+          if peak:
+            scalars["mfu"] = tokens_per_s * flops_per_token / (peak * jax.device_count())
+          writer.write(done, scalars)
+          window_t, window_tokens = time.time(), 0.0
+          bar.update(done, summary["loss_per_token"], force_line=True)
+        else:
+          bar.update(done, summary["loss_per_token"])
+        if done % save_every == 0 or done == stop_step:
           last_saved = _save(ckpt, done, state, data_position, batches, meta, summary,
-                           last_saved)
-        stopped_by = stop.signal_name
-        break
-  if stopped_by and is_chief:
-    log.warning(f"stopped by {stopped_by} after step {step + 1} of {train_steps}; checkpoint "
-                f"saved in {ckpt.directory}/{last_saved}. Run the same command again to "
-                f"resume there.")
-  return TrainResult(state=state, history=history, model_dir=model_dir,
-                     last_checkpoint=last_saved, stopped_by=stopped_by)
+                             last_saved)
+        if lock is not None:
+          lock.heartbeat()
+        if eval_every and done % eval_every == 0:
+          validation = evaluate_params(model, state.params, eval_dataset, eval_steps,
+                                       partitioner)
+          writer.write(done, validation, split="validation")
+          if is_chief and progress:
+            log.info(f"step {done}: validation loss/token {validation['loss_per_token']:.4f}, "
+                  f"accuracy {validation['accuracy']:.4f} ({validation['batches']} batches)")
+        for hook in hooks:
+          hook(done, summary)
+        if stop.requested():
+          if last_saved != done:
+            last_saved = _save(ckpt, done, state, data_position, batches, meta, summary,
+                             last_saved)
+          stopped_by = stop.signal_name
+          break
+    if stopped_by and is_chief:
+      log.warning(f"stopped by {stopped_by} after step {step + 1} of {train_steps}; checkpoint "
+                  f"saved in {ckpt.directory}/{last_saved}. Run the same command again to "
+                  f"resume there.")
+    return TrainResult(state=state, history=history, model_dir=model_dir,
+                       last_checkpoint=last_saved, stopped_by=stopped_by)
 
 
 @contextlib.contextmanager
-def _closing(ckpt: checkpoints.Checkpoints, writer: metrics_lib.MetricsWriter):
-  """Wait for the last asynchronous save and close the metrics file, on any exit."""
+def _closing(ckpt: checkpoints.Checkpoints):
+  """Close what is appended to the yielded list (the metrics file), then `ckpt`, waiting
+  for its last save, on any exit. On an error path a failed save is not raised over the
+  error in flight; on success it is (DiskFullError for a full disk)."""
+  opened: list = []
   try:
-    yield
-  finally:
-    ckpt.close()
-    writer.close()
+    yield opened
+  except BaseException:
+    for thing in reversed(opened):
+      try:
+        thing.close()
+      except Exception as e:  # the error in flight is the one to report
+        log.debug(f"closing {thing!r}: {e}")
+    ckpt.close(raise_errors=False)
+    raise
+  for thing in reversed(opened):
+    thing.close()
+  ckpt.close()
+
+
+def _refuse_only_unreadable(directory: str):
+  """Refuse to start from step 0 in a checkpoint directory that holds no checkpoint but
+  `<step>.unreadable` ones (set aside because they could not be read)."""
+  if not paths.isdir(directory):
+    return
+  aside = sorted((n for n in paths.listdir(directory)
+                  if str(n).endswith(checkpoints.UNREADABLE_SUFFIX)),
+                 key=lambda n: (len(str(n)), str(n)))
+  if aside:
+    raise checkpoints.CheckpointError(
+        f"{directory} holds no checkpoint, only {', '.join(map(str, aside))} (set aside "
+        f"because they could not be read); training will not start over them from step "
+        f"0. Repair and rename one back to its step to resume, or move them out of "
+        f"{directory} (or use a new MODEL_DIR) to start afresh.")
 
 
 def _save(ckpt, done: int, state, data_position: int, batches: data.Batches, meta: dict,
@@ -427,6 +528,13 @@ def _restore_initial(path: str, target, meta: dict) -> tuple[Any, list]:
   if not paths.isdir(directory):
     raise checkpoints.CheckpointError(f"restore_checkpoint {path!r}: no such checkpoint "
                                       f"directory {directory!r}.")
+  if not checkpoints.complete_steps(directory):
+    raise checkpoints.CheckpointError(
+        f"restore_checkpoint {path!r} (INITIAL_CHECKPOINT_PATH): no checkpoint in "
+        f"{directory}; give the MODEL_DIR of a trained run, its checkpoints/ directory or "
+        f"one .../checkpoints/<step>.")
+  if step is not None:
+    checkpoints.step_directory(path)    # a step that is not there: names those that are
   source = checkpoints.Checkpoints(directory)
   try:
     state, _, saved = source.restore(target, step, expected_meta=meta)
