@@ -191,8 +191,12 @@ def _command_name(args) -> str:
 
 
 def _disk_full(error: BaseException):
-  """The ENOSPC OSError in an exception's chain (orbax wraps the ones of its writer
-  threads), or None."""
+  """The exception in `error`'s chain that says the disk is full, or None
+  (`checkpoints.disk_full_error` once training or evaluation has loaded it, which also
+  reads tensorstore's ValueError; else an OSError with errno ENOSPC)."""
+  module = sys.modules.get("arch_objective.training.checkpoints")
+  if module is not None:
+    return module.disk_full_error(error)
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
@@ -204,10 +208,13 @@ def _disk_full(error: BaseException):
 
 def _one_line(error: BaseException) -> str:
   full = _disk_full(error)
+  module = sys.modules.get("arch_objective.training.checkpoints")
+  if full is not None and module is not None and isinstance(full, module.DiskFullError):
+    return str(full)           # names the directory and the space needed
   if full is not None:
-    return (f"no space left on the device writing {full.filename or 'the run directory'}; "
-            f"free space and run the same command again to resume from the last complete "
-            f"checkpoint.")
+    where = getattr(full, "filename", None) or "the run directory"
+    return (f"no space left on the device writing {where}; free space and run the same "
+            f"command again to resume from the last complete checkpoint.")
   # gin appends "  In call to configurable ..." lines; the first part is the message.
   return str(error).split("\n  In call to configurable")[0]
 
