@@ -36,6 +36,7 @@ def _plan(args) -> int:
   if args.model_dir:
     from arch_objective.training import checkpoints
     meta, step = checkpoints.load_meta(args.model_dir)
+    checkpoints.state_metadata(args.model_dir)    # the state's files are all there
     model = models.from_meta(meta, args.model_dir, args.arch)
     lineage = {"step": step, "task": meta.get("task"), "trained_as": meta.get("arch"),
                "sources": meta.get("lineage", [])}

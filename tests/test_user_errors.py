@@ -1,7 +1,8 @@
 """What a user types wrong gets one line and exit 2, and loses nothing: each row is a
 command as typed, its exit status and a fragment of the line it must print (stderr holds
 that one line and no traceback). `{run}` is a causal decoder trained for 2 steps on the
-local world, `{tmp}` a fresh folder; a row that would change `{run}` runs on a copy.
+local world, `{tmp}` a fresh folder; a row that would change `{run}` runs on a copy
+(`{copy}`), and `{truncated}` is a copy whose train state lost its `_METADATA` file.
 
 The cases that need a prepared input (a tampered export, a full disk, a second
 vocabulary, a bad corpus in a subprocess) live beside their feature's tests:
@@ -37,6 +38,13 @@ ROWS = [
      2, "argument --num_devices: expected a positive integer, found 0"),
     ("plan: a step that is not there", ["plan", "--model_dir", "{run}/checkpoints/99"],
      2, "no step 99 in {run}/checkpoints; steps are [2]"),
+    ("plan: a truncated checkpoint", ["plan", "--model_dir", "{truncated}"],
+     2, "checkpoint {truncated}/checkpoints/2 cannot be read: state/_METADATA missing"),
+    ("train: resume from a truncated checkpoint", TRAIN + ["--gin.MODEL_DIR='{truncated}'",
+                                                           "--gin.LOCAL_STEPS=4"],
+     2, "It is the only checkpoint of the run and stays where it is"),
+    ("evaluate: a truncated checkpoint", EVALUATE + ["--gin.MODEL_DIR='{truncated}'"],
+     2, "checkpoint {truncated}/checkpoints/2 is incomplete: state/_METADATA missing"),
     ("data: negative count", ["data", "show", "--task", "local_full_lm", "--num", "-1"],
      2, "argument --num: expected a positive integer, found -1"),
     ("gin: unclosed bracket", TRAIN + ["--gin.MODEL_DIR='{tmp}/a'", "--gin.TRAIN_STEPS=("],
@@ -105,10 +113,13 @@ def _fill(text: str, values: dict) -> str:
 
 @pytest.mark.parametrize("case,argv,status,fragment", ROWS, ids=[r[0] for r in ROWS])
 def test_a_mistake_is_one_line(case, argv, status, fragment, run, tmp_path, capsys):
-  copy = tmp_path / "copy"
+  copy, truncated = tmp_path / "copy", tmp_path / "truncated"
   shutil.copytree(run, copy)
-  values = {"run": str(run), "tmp": str(tmp_path), "copy": str(copy)}
-  before = _listing(run), _listing(copy)
+  shutil.copytree(run, truncated)
+  (truncated / "checkpoints" / "2" / "state" / "_METADATA").unlink()
+  values = {"run": str(run), "tmp": str(tmp_path), "copy": str(copy),
+            "truncated": str(truncated)}
+  before = _listing(run), _listing(copy), _listing(truncated)
   capsys.readouterr()
   try:
     rc = cli.main([_fill(a, values) for a in argv])
@@ -120,7 +131,8 @@ def test_a_mistake_is_one_line(case, argv, status, fragment, run, tmp_path, caps
   assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
   assert lines[0].startswith(f"arch-objective {argv[0]}"), lines[0]
   assert _fill(fragment, values) in lines[0], lines[0]
-  assert (_listing(run), _listing(copy)) == before, "a refused command changed a run"
+  assert (_listing(run), _listing(copy), _listing(truncated)) == before, \
+      "a refused command changed a run"
 
 
 def test_traceback_on_request(capsys, monkeypatch):

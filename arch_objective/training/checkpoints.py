@@ -504,6 +504,13 @@ def _missing_files(step_dir: str) -> list[str]:
   return [f for f in needed if not paths.exists(paths.join(step_dir, f))]
 
 
+def state_metadata(path: str) -> Any:
+  """The saved train state's metadata tree (shapes, dtypes; no array read) of a
+  checkpoint path (`step_directory`'s forms); UnreadableCheckpointError naming what is
+  missing or damaged."""
+  return _state_metadata(step_directory(path)[0])
+
+
 def _state_metadata(step_dir: str) -> Any:
   """The saved train state's metadata tree of a step directory (no array read)."""
   state_dir = paths.join(step_dir, STATE)
