@@ -498,9 +498,9 @@ def from_meta(meta: Mapping[str, Any], where: str, arch: Optional[str] = None,
   if arch != trained and not architectures.share_parameters(arch, trained):
     raise ValueError(f"checkpoint {where!r} holds a {trained} model; it cannot be read as "
                      f"{arch} (only the causal and non-causal decoders share parameters).")
-  config = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
+  config = dataclasses.asdict(network.config_from_dict(meta["config"], f"checkpoint {where!r}"))
   config.update(overrides)
-  return build_model(arch, "tiny", **config)
+  return build_model(arch, "tiny", **config)    # every field given: the preset plays no part
 
 
 def default_input_shapes(arch: str, batch_size: int = 1, length: int = 626,

@@ -19,7 +19,7 @@ Parameter trees match t5x (spec §1.2); with `scan_layers` a stack's `layers_i` 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -138,6 +138,36 @@ class TransformerConfig:
     """This config with the execution options at their defaults (the reference path)."""
     return dataclasses.replace(self, attention_impl=layers.EINSUM, remat_policy="none",
                                scan_layers=False)
+
+
+# The fields that decide the function a saved model computes: a saved config must hold
+# each of them. The others (dropout, activation dtype, the execution options) take their
+# defaults when a config written before them lacks them.
+FUNCTION_FIELDS = ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",
+                   "num_encoder_layers", "num_decoder_layers", "mlp_activations",
+                   "logits_via_embedding", "relpos_num_buckets", "relpos_max_distance",
+                   "layer_norm_epsilon")
+
+
+def config_from_dict(fields: Mapping[str, Any], where: str) -> TransformerConfig:
+  """The `TransformerConfig` a checkpoint or export saved (its JSON form: lists become
+  tuples). A field it lacks among `FUNCTION_FIELDS` or one this config does not know is
+  a ValueError naming `where` and the fields: never a size preset's value."""
+  if not isinstance(fields, Mapping):
+    raise ValueError(f"{where}: the model config is not a JSON object (found "
+                     f"{type(fields).__name__}).")
+  valid = {f.name for f in dataclasses.fields(TransformerConfig)}
+  unknown = sorted(set(fields) - valid)
+  if unknown:
+    raise ValueError(f"{where}: unknown config field(s) {unknown}; valid: {sorted(valid)}. "
+                     f"It was written by a different version of arch-objective.")
+  missing = [name for name in FUNCTION_FIELDS if name not in fields]
+  if missing:
+    raise ValueError(f"{where}: the model config lacks {', '.join(missing)}; a saved config "
+                     f"names every field that decides the model ({', '.join(FUNCTION_FIELDS)})."
+                     f" Add the missing values to its meta (the size it was trained with).")
+  return TransformerConfig(**{k: (tuple(v) if isinstance(v, list) else v)
+                              for k, v in fields.items()})
 
 
 def make_config(size: str, **overrides) -> TransformerConfig:

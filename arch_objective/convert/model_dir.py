@@ -37,14 +37,9 @@ COMMIT_FILE = ocp.path.atomicity.COMMIT_SUCCESS_FILE   # marks a complete step o
 
 
 def config_from_dict(fields: Mapping[str, Any], where: str) -> network.TransformerConfig:
-  """A `TransformerConfig` from its JSON form (lists become tuples); unknown keys fail."""
-  valid = {f.name for f in dataclasses.fields(network.TransformerConfig)}
-  unknown = sorted(set(fields) - valid)
-  if unknown:
-    raise ValueError(f"{where}: unknown config field(s) {unknown}; valid: {sorted(valid)}. "
-                     f"It was written by a different version of arch-objective.")
-  fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items()}
-  return network.TransformerConfig(**fields)
+  """A `TransformerConfig` from its JSON form (`network.config_from_dict`: unknown and
+  missing fields fail, naming them)."""
+  return network.config_from_dict(fields, where)
 
 
 def _padded(vocab_size: int) -> int:
