@@ -24,6 +24,7 @@ import os
 import sys
 
 from arch_objective import logs
+from arch_objective.data.sources import C4_VERSION
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -544,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=positive_int, default=100 if name == "stats" else 2,
                    help="rows to read")
     p.add_argument("--tfds_data_dir", help="where c4/en is prepared (c4 tasks)")
-    p.add_argument("--c4_version", default="3.1.0", help="c4/en version (paper: 2.2.0)")
+    p.add_argument("--c4_version", default=C4_VERSION, help="c4/en version (paper: 2.2.0)")
     p.set_defaults(func=_data)
 
   for name, help_text in (("train", "train a model (gin-configured, resumes from MODEL_DIR)"),

@@ -8,7 +8,7 @@ from arch_objective.data import registry, sources, vocabularies
 from arch_objective.objectives import pipeline
 from tasks import seqio_bridge, seqio_source, t0
 
-C4_VERSION = "3.1.0"  # the paper used 2.2.0; both are known to tensorflow-datasets
+C4_VERSION = sources.C4_VERSION  # the paper used 2.2.0; both are known to tensorflow-datasets
 C4_TASKS = tuple(f"c4_{kind}" for kind in registry.TASK_KINDS)
 VALIDATION_EVERY = 100  # local corpora: every 100th document is held out for validation
 

@@ -406,9 +406,11 @@ def local_positioned(patterns: Patterns, field: str = "text", layout: str = "lin
 # ---------------------------------------------------------------------------
 
 C4_VERSIONS = ("3.1.0", "2.3.1", "2.3.0", "2.2.1", "2.2.0")  # the paper used 2.2.0
+# The default c4/en version: the newest this TensorFlow Datasets knows.
+C4_VERSION = C4_VERSIONS[0]
 
 
-def tfds_documents(name: str = "c4/en", version: str = "3.1.0", split: str = "train",
+def tfds_documents(name: str = "c4/en", version: str = C4_VERSION, split: str = "train",
                    data_dir: Optional[str] = None, field: str = "text",
                    shuffle_files: bool = False, seed: Optional[int] = None,
                    stats: Optional[CorpusStats] = None) -> Iterator[str]:
@@ -438,7 +440,7 @@ def tfds_documents(name: str = "c4/en", version: str = "3.1.0", split: str = "tr
   return _tfds_texts(dataset, f"tfds:{name}:{version}/{split}", field, stats)
 
 
-def tfds_positioned(name: str = "c4/en", version: str = "3.1.0", split: str = "train",
+def tfds_positioned(name: str = "c4/en", version: str = C4_VERSION, split: str = "train",
                     data_dir: Optional[str] = None, field: str = "text", *,
                     shard_index: int = 0, num_shards: int = 1, start: Optional[dict] = None,
                     stats: Optional[CorpusStats] = None) -> Iterator[tuple[str, dict]]:

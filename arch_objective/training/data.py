@@ -16,6 +16,7 @@ from typing import Iterator, Optional, Sequence, Union
 import grain
 import numpy as np
 
+from arch_objective.data import sources
 from arch_objective.data import task as task_lib
 from arch_objective.data import vocabularies
 from arch_objective.objectives import pipeline
@@ -38,7 +39,7 @@ class DatasetConfig:
   vocabulary: str = vocabularies.DEFAULT_VOCABULARY_PATH
   extra_ids: int = vocabularies.DEFAULT_EXTRA_IDS
   tfds_data_dir: Optional[str] = None
-  c4_version: str = "3.1.0"
+  c4_version: str = sources.C4_VERSION
   split: str = "train"
   seed: int = 0
   pack: bool = True
