@@ -341,15 +341,30 @@ def _config_block(hf: Mapping[str, Any], where: str) -> dict:
   if unknown:
     raise ValueError(f"{where}: unknown field(s) {unknown} in {CONFIG_BLOCK!r}; known: "
                      f"{list(known)}.")
-  if block.get("arch", models.ENCODER_DECODER) != models.ENCODER_DECODER:
+  if "arch" in block and not _has_encoder(block["arch"]):
     raise ValueError(f"{where}: {CONFIG_BLOCK}.arch is {block['arch']!r}, but a T5 "
                      f"config.json holds an {models.ENCODER_DECODER}.")
   config = block.get("config") or {}
   if not isinstance(config, Mapping):
     raise ValueError(f"{where}: {CONFIG_BLOCK}.config must be an object (the model "
                      f"config), found {config!r}.")
-  model_dir.config_from_dict(config, f"{where} ({CONFIG_BLOCK}.config)")
+  # Only its dtype options are read (the rest is in T5's own fields): unknown fields
+  # fail, missing ones do not.
+  valid = {f.name for f in dataclasses.fields(network.TransformerConfig)}
+  unknown = sorted(set(config) - valid)
+  if unknown:
+    raise ValueError(f"{where} ({CONFIG_BLOCK}.config): unknown config field(s) {unknown}; "
+                     f"valid: {sorted(valid)}. It was written by a different version of "
+                     f"arch-objective.")
   return dict(config)
+
+
+def _has_encoder(arch) -> bool:
+  """Whether `arch` names an architecture with an encoder (False for any other value)."""
+  try:
+    return architectures.get(arch).has_encoder
+  except (ValueError, KeyError, TypeError):
+    return False
 
 
 # ---------------------------------------------------------------------------
