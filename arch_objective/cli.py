@@ -21,6 +21,7 @@ import errno
 import json
 import logging
 import os
+import pathlib
 import sys
 
 from arch_objective import logs
@@ -154,8 +155,7 @@ def _run_gin(args) -> int:
 TRACEBACK_ENV = "ARCH_OBJECTIVE_TRACEBACK"
 # Libraries whose ValueErrors are programming errors of ours (a wrong shape, a bad tree),
 # never a user's option: such an error keeps its traceback.
-_LIBRARY_FRAMES = tuple(os.sep + name + os.sep for name in (
-    "jax", "jaxlib", "flax", "optax", "orbax", "tensorstore", "grain"))
+_LIBRARY_FRAMES = ("jax", "jaxlib", "flax", "optax", "orbax", "tensorstore", "grain")
 
 
 def _raised_in_library(error: BaseException) -> bool:
@@ -166,8 +166,11 @@ def _raised_in_library(error: BaseException) -> bool:
     return False
   while tb.tb_next is not None:
     tb = tb.tb_next
-  filename = tb.tb_frame.f_code.co_filename
-  return "site-packages" in filename and any(part in filename for part in _LIBRARY_FRAMES)
+  parts = pathlib.PurePath(tb.tb_frame.f_code.co_filename).parts
+  for i, part in enumerate(parts[:-1]):
+    if part in ("site-packages", "dist-packages"):    # the installed package's own name
+      return parts[i + 1] in _LIBRARY_FRAMES
+  return False
 
 
 def _user_error(error: BaseException) -> bool:

@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from arch_objective import build_model
@@ -74,21 +76,38 @@ def _refused(model_dir, match, **kw):
 # ---------------------------------------------------------------------------
 # A resume that does not fit the run: refused, every checkpoint in place
 # ---------------------------------------------------------------------------
-OPTIMIZER_CHANGES = [("momentum", None, 0.9), ("min_dim_size_to_factor", 128, 16),
-                     ("factored", True, False), ("clipping_threshold", 1.0, None),
-                     ("multiply_by_parameter_scale", True, False), ("decay_rate", 0.8, 0.5),
-                     ("epsilon1", 1e-30, 1e-20), ("step_offset", 0, 10)]
+# (setting, old, new, what a resume with it gets): "structure" where the new setting gives
+# the optimiser state of the tiny model another structure (no way to accept it),
+# "accepted" where `allow_resume_changes=['optimizer']` then resumes, "offered" where the
+# message offers it (step_offset's resume is not trained: its jump in the schedule sends
+# the tiny model's loss to infinity).
+OPTIMIZER_CHANGES = [("momentum", None, 0.9, "structure"),
+                     ("min_dim_size_to_factor", 128, 16, "structure"),
+                     ("factored", True, False, "accepted"),     # no tiny dimension >= 128
+                     ("clipping_threshold", 1.0, None, "structure"),
+                     ("multiply_by_parameter_scale", True, False, "structure"),
+                     ("decay_rate", 0.8, 0.5, "accepted"), ("epsilon1", 1e-30, 1e-20, "accepted"),
+                     ("step_offset", 0, 10, "offered")]
 
 
 @needs_data
-@pytest.mark.parametrize("field,old,new", OPTIMIZER_CHANGES,
+@pytest.mark.parametrize("field,old,new,outcome", OPTIMIZER_CHANGES,
                          ids=[c[0] for c in OPTIMIZER_CHANGES])
 def test_a_resume_with_another_optimizer_setting_is_refused_in_place(copy_of_base, field, old,
-                                                                     new):
+                                                                     new, outcome):
+  """Refused naming the setting; the way to accept the change is offered only where the
+  saved state fits the new setting, and there it works."""
   optimizer = functools.partial(optimizers.adafactor, **{field: new})
   message = _refused(copy_of_base, "with a different run", optimizer=optimizer)
   assert f"optimizer: {{'{field}': {old!r}}} -> {{'{field}': {new!r}}}" in message
+  if outcome == "structure":
+    assert "allow_resume_changes" not in message
+    assert "has another structure than this run's, so it cannot be resumed" in message
+    return
   assert "allow_resume_changes=\"['optimizer']\"" in message
+  if outcome == "accepted":
+    result = run(copy_of_base, steps=3, optimizer=optimizer, allow_resume_changes=["optimizer"])
+    assert result.last_checkpoint == 3
 
 
 @needs_data
@@ -400,3 +419,42 @@ def test_a_bad_corpus_is_one_line_with_no_background_thread_traceback(tmp_path):
   assert len(lines) == 1, proc.stderr[-3000:]
   assert lines[0].startswith("arch-objective train: ") and "not valid UTF-8" in lines[0]
   assert "Traceback" not in proc.stderr and "cannot schedule new futures" not in proc.stderr
+
+
+@needs_data
+def test_a_run_of_other_optimizer_settings_is_evaluated_and_finetuned(tmp_path):
+  """Evaluation and a restore that resets the optimiser read the parameters only, so a
+  run trained with momentum (another optimiser state) is evaluated, and finetuned with
+  the default optimiser, on exactly its parameters."""
+  from arch_objective.training import evaluate
+  momentum = functools.partial(optimizers.adafactor, momentum=0.9)
+  source = tmp_path / "momentum"
+  trained = run(source, optimizer=momentum)
+  result = evaluate.evaluate(model_dir=str(source), model=tiny(),
+                             dataset=dataset(split="validation"), eval_steps=1)
+  assert result["step"] == 2 and np.isfinite(result["loss"])
+  params, _, _ = checkpoints.load_params(str(source))
+  finetuned = train.train(model_dir=str(tmp_path / "mtf"), model=tiny(), dataset=dataset(),
+                          train_steps=3, save_every=1, progress=False,
+                          learning_rate_schedule=optimizers.constant(0.0),
+                          restore_checkpoint=str(source), reset_optimizer=True)
+  assert finetuned.last_checkpoint == 3     # one step at rate 0: the parameters stay
+  again, _, _ = checkpoints.load_params(str(tmp_path / "mtf"))
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(again)):
+    np.testing.assert_array_equal(a, b)
+  assert trained.last_checkpoint == 2
+  with pytest.raises(checkpoints.CheckpointError, match="another structure"):
+    train.train(model_dir=str(tmp_path / "kept"), model=tiny(), dataset=dataset(),
+                train_steps=3, save_every=1, progress=False, learning_rate_schedule=SCHEDULE,
+                restore_checkpoint=str(source))
+
+
+def test_settings_an_older_checkpoint_did_not_record_are_not_compared():
+  """A setting added to the optimizer later (absent from an older checkpoint's identity)
+  does not make the resume another run; a recorded one that changed does."""
+  saved = {"optimizer": {"name": "adafactor", "decay_rate": 0.8}}
+  checkpoints.check_identity(saved, {"optimizer": {"name": "adafactor", "decay_rate": 0.8,
+                                                   "new_setting": 3}}, (), "ckpt")
+  with pytest.raises(checkpoints.CheckpointError, match="decay_rate': 0.8} -> {'decay_rate"):
+    checkpoints.check_identity(saved, {"optimizer": {"name": "adafactor", "decay_rate": 0.5,
+                                                     "new_setting": 3}}, (), "ckpt")

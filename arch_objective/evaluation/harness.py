@@ -378,6 +378,9 @@ class ArchObjectiveLM(_LM_BASE):
              targets_length=targets_length, max_length=max_length, dtype=dtype,
              allow_other_vocabulary=allow_other_vocabulary,
              **harness_kwargs), objects=model is not None or params is not None)
+    if checkpoint is None and (model is None or params is None):
+      raise ModelArgsError("give checkpoint=PATH, or both model and params (and vocab); found "
+                           f"{'params' if model is None else 'model'} alone.")
     self.meta, self.step, self.checkpoint = {}, None, checkpoint
     self.vocabulary_record = None
     if checkpoint is not None:

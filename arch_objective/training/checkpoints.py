@@ -456,9 +456,23 @@ class Checkpoints:
       check_compatible(meta, expected_meta, where)
     saved = self.saved_state(step)
     check_shapes(saved["params"], abstract_state.params, where)
+    try:
+      check_state_structure(saved, abstract_state, where)
+      other_structure = None
+    except CheckpointError as e:
+      other_structure = e
     if check_meta is not None:
-      check_meta(meta, step)
-    check_state_structure(saved, abstract_state, where)
+      try:
+        check_meta(meta, step)
+      except IdentityError as e:
+        if other_structure is None:
+          raise
+        # Accepting the change cannot help: the saved state does not fit this run's.
+        raise CheckpointError(f"{e.head}Its optimiser state has another structure than this "
+                              f"run's, so it cannot be resumed with these settings: use the "
+                              f"original settings or a new MODEL_DIR.") from None
+    if other_structure is not None:
+      raise other_structure
     items = {STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}
     # This process's iterator state; absent in checkpoints written before states were
     # saved, or by a run with another number of processes (then each host's share is
@@ -481,6 +495,46 @@ class Checkpoints:
     if has_data_state:
       position["state"] = restored[DATA_STATE].state
     return restored[STATE], position, meta
+
+
+  def restore_params(self, abstract_state: Any, step: Optional[int] = None,
+                     expected_meta: Optional[dict] = None) -> tuple[Any, dict]:
+    """(state, meta) of `step` (the latest if None) with the parameters and the step
+    counter read into the shapes and shardings of `abstract_state` and its `opt_state`
+    left as `abstract_state` has it (abstract): what evaluation and a restore that resets
+    the optimiser need. The optimiser state is not read, so a checkpoint written with
+    other optimiser settings reads all the same. Checks as `restore` (files, meta,
+    parameter shapes)."""
+    step = self.latest_step() if step is None else step
+    if step is None or step not in self.all_steps():
+      raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; available "
+                            f"steps: {self.all_steps() or 'none'}.")
+    where = f"{self.directory}/{step}"
+    missing = _missing_files(where)
+    if missing:
+      raise UnreadableCheckpointError(f"checkpoint {where} is incomplete: "
+                                      f"{', '.join(missing)} missing (a truncated copy or a "
+                                      f"deleted file).")
+    meta = self._read_meta(step)
+    if expected_meta is not None:
+      check_compatible(meta, expected_meta, where)
+    check_shapes(self.saved_state(step)["params"], abstract_state.params, where)
+    wanted = {"params": abstract_state.params, "step": abstract_state.step}
+    restore_args = jax.tree_util.tree_map(
+        lambda x: ocp.ArrayRestoreArgs(sharding=getattr(x, "sharding", None),
+                                       global_shape=x.shape, dtype=x.dtype), wanted)
+    _quiet_damaged_read_noise()
+    try:
+      with _quiet_missing_step_metadata():
+        restored = ocp.PyTreeCheckpointer().restore(
+            paths.join(where, STATE), args=ocp.args.PyTreeRestore(
+                item=wanted, restore_args=restore_args, partial_restore=True))
+    except Exception as e:  # orbax and tensorstore raise many types for a bad file
+      raise UnreadableCheckpointError(f"checkpoint {where} cannot be read (a file under it "
+                                      f"is truncated or damaged: {_first_line(e, 200)}).") from e
+    state = type(abstract_state)(step=restored["step"], params=restored["params"],
+                                 opt_state=abstract_state.opt_state)
+    return state, meta
 
 
 def _first_line(error: BaseException, limit: int = 300) -> str:
@@ -571,7 +625,8 @@ def check_identity(saved: Optional[dict], current: dict, allow: Sequence[str], w
     return    # written before identities were recorded
   check_allowed_changes(allow)
   changed = [(k, saved.get(k), current.get(k)) for k in IDENTITY_FIELDS
-             if k in saved and k in current and saved[k] != current[k] and k not in allow]
+             if k in saved and k in current and not _same(k, saved[k], current[k])
+             and k not in allow]
   if changed:
     what = "; ".join(f"{k}: {_difference(old, new)}" for k, old, new in changed)
     why = []
@@ -579,10 +634,28 @@ def check_identity(saved: Optional[dict], current: dict, allow: Sequence[str], w
       why.append("The data position would point at other rows.")
     if any(k == "optimizer" for k, _, _ in changed):
       why.append("The optimiser state in the checkpoint was built with the old settings.")
-    raise CheckpointError(
-        f"resuming {where} with a different run: {what}. {' '.join(why) + ' ' if why else ''}"
-        f"Use the original settings, a new MODEL_DIR, or accept the change explicitly with "
-        f"--gin.train.allow_resume_changes=\"{[k for k, _, _ in changed]}\".")
+    head = f"resuming {where} with a different run: {what}. {' '.join(why) + ' ' if why else ''}"
+    raise IdentityError(
+        head + f"Use the original settings, a new MODEL_DIR, or accept the change explicitly "
+        f"with --gin.train.allow_resume_changes=\"{[k for k, _, _ in changed]}\".", head)
+
+
+class IdentityError(CheckpointError):
+  """A resume that changes the run's identity (`check_identity`); `head` is the message
+  without the way to accept the change."""
+
+  def __init__(self, message: str, head: str):
+    super().__init__(message)
+    self.head = head
+
+
+def _same(field: str, old: Any, new: Any) -> bool:
+  """Whether an identity field kept its value. Of the optimizer's settings only those
+  both sides recorded are compared: a setting added to the optimizer later (absent from
+  older checkpoints) does not make a resume another run."""
+  if field == "optimizer" and isinstance(old, dict) and isinstance(new, dict):
+    return all(old[k] == new[k] for k in set(old) & set(new))
+  return old == new
 
 
 def check_allowed_changes(allow: Sequence[str]):

@@ -66,7 +66,8 @@ def evaluate(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetCo
   try:
     with partitioner.activation_context():
       # (an allowed other vocabulary may have another size: the embedding check stands)
-      state, _, meta = ckpt.restore(
+      # (the parameters only: a run trained with other optimiser settings reads the same)
+      state, meta = ckpt.restore_params(
           train._with_shardings(abstract, shardings), step,
           expected_meta=None if allow_other_vocabulary else {"vocab_size": vocab.vocab_size})
   finally:

@@ -346,7 +346,8 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
         pending = []
         log.info(f"resumed from step {start_step} ({ckpt.directory})")
       elif restore_checkpoint:
-        state, meta["lineage"] = _restore_initial(restore_checkpoint, target, meta)
+        state, meta["lineage"] = _restore_initial(restore_checkpoint, target, meta,
+                                                  params_only=reset_optimizer)
         state = jax.device_put(_reset(state, tx, reset_step, reset_optimizer, reset_schedule),
                                shardings)
         state = dataclasses.replace(state, params=checkpoints.cast_floating(state.params,
@@ -459,9 +460,11 @@ def _closing(ckpt: checkpoints.Checkpoints):
         log.debug(f"closing {thing!r}: {e}")
     ckpt.close(raise_errors=False)
     raise
-  for thing in reversed(opened):
-    thing.close()
-  ckpt.close()
+  try:
+    for thing in reversed(opened):
+      thing.close()
+  finally:
+    ckpt.close()      # the last save is waited for even if a writer fails to close
 
 
 def _refuse_only_unreadable(directory: str):
@@ -523,7 +526,11 @@ def _reset(state, tx, reset_step: bool, reset_optimizer: bool, reset_schedule: b
   return trainer.TrainState(step=step, params=state.params, opt_state=count)
 
 
-def _restore_initial(path: str, target, meta: dict) -> tuple[Any, list]:
+def _restore_initial(path: str, target, meta: dict, params_only: bool = False
+                     ) -> tuple[Any, list]:
+  """(state, lineage) of the checkpoint a run starts from (`restore_checkpoint`); with
+  `params_only` (the optimiser is reset) its optimiser state is not read, so it may have
+  been written with other optimiser settings."""
   directory, step = checkpoints.split_checkpoint_path(path)
   if not paths.isdir(directory):
     raise checkpoints.CheckpointError(f"restore_checkpoint {path!r}: no such checkpoint "
@@ -537,7 +544,10 @@ def _restore_initial(path: str, target, meta: dict) -> tuple[Any, list]:
     checkpoints.step_directory(path)    # a step that is not there: names those that are
   source = checkpoints.Checkpoints(directory)
   try:
-    state, _, saved = source.restore(target, step, expected_meta=meta)
+    if params_only:
+      state, saved = source.restore_params(target, step, expected_meta=meta)
+    else:
+      state, _, saved = source.restore(target, step, expected_meta=meta)
   finally:
     source.close()
   entry = {"checkpoint": paths.join(directory, str(int(state.step))),
