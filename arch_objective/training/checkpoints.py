@@ -441,19 +441,7 @@ class Checkpoints:
     the whole saved state's structure against `abstract_state` (optimiser state
     included; `check_state_structure`), so a refused resume costs no restore. A step
     with missing files raises UnreadableCheckpointError naming them."""
-    step = self.latest_step() if step is None else step
-    if step is None or step not in self.all_steps():
-      raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; available "
-                            f"steps: {self.all_steps() or 'none'}.")
-    where = f"{self.directory}/{step}"
-    missing = _missing_files(where)
-    if missing:
-      raise UnreadableCheckpointError(f"checkpoint {where} is incomplete: "
-                                      f"{', '.join(missing)} missing (a truncated copy or a "
-                                      f"deleted file).")
-    meta = self._read_meta(step)
-    if expected_meta is not None:
-      check_compatible(meta, expected_meta, where)
+    step, where, meta = self._checked_step(step, expected_meta)
     saved = self.saved_state(step)
     check_shapes(saved["params"], abstract_state.params, where)
     try:
@@ -497,14 +485,10 @@ class Checkpoints:
     return restored[STATE], position, meta
 
 
-  def restore_params(self, abstract_state: Any, step: Optional[int] = None,
-                     expected_meta: Optional[dict] = None) -> tuple[Any, dict]:
-    """(state, meta) of `step` (the latest if None) with the parameters and the step
-    counter read into the shapes and shardings of `abstract_state` and its `opt_state`
-    left as `abstract_state` has it (abstract): what evaluation and a restore that resets
-    the optimiser need. The optimiser state is not read, so a checkpoint written with
-    other optimiser settings reads all the same. Checks as `restore` (files, meta,
-    parameter shapes)."""
+  def _checked_step(self, step: Optional[int], expected_meta: Optional[dict]
+                    ) -> tuple[int, str, dict]:
+    """(step, its directory, its meta) of `step` (the latest if None), once its files
+    are all there and its meta fits `expected_meta` (`check_compatible`)."""
     step = self.latest_step() if step is None else step
     if step is None or step not in self.all_steps():
       raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; available "
@@ -518,6 +502,17 @@ class Checkpoints:
     meta = self._read_meta(step)
     if expected_meta is not None:
       check_compatible(meta, expected_meta, where)
+    return step, where, meta
+
+  def restore_params(self, abstract_state: Any, step: Optional[int] = None,
+                     expected_meta: Optional[dict] = None) -> tuple[Any, dict]:
+    """(state, meta) of `step` (the latest if None) with the parameters and the step
+    counter read into the shapes and shardings of `abstract_state` and its `opt_state`
+    left as `abstract_state` has it (abstract): what evaluation and a restore that resets
+    the optimiser need. The optimiser state is not read, so a checkpoint written with
+    other optimiser settings reads all the same. Checks as `restore` (files, meta,
+    parameter shapes)."""
+    step, where, meta = self._checked_step(step, expected_meta)
     check_shapes(self.saved_state(step)["params"], abstract_state.params, where)
     wanted = {"params": abstract_state.params, "step": abstract_state.step}
     restore_args = jax.tree_util.tree_map(
