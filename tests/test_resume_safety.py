@@ -236,6 +236,29 @@ def test_the_only_checkpoint_is_never_moved_aside(copy_of_base):
 
 
 @needs_data
+def test_running_out_of_memory_in_a_restore_sets_no_checkpoint_aside(copy_of_base, monkeypatch):
+  """A restore that runs out of memory says nothing about the files: the error propagates
+  and both checkpoints stay where they are (a damaged file would set step 2 aside)."""
+  import orbax.checkpoint as ocp
+  real = ocp.CheckpointManager.restore
+
+  def restore(self, step, *args, **kw):
+    items = getattr(kw.get("args"), "keys", lambda: ())()
+    if "state" in items:
+      raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4.0G.")
+    return real(self, step, *args, **kw)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", restore)
+  before = snapshot(copy_of_base)
+  with pytest.raises(RuntimeError, match="Out of memory"):
+    run(copy_of_base, steps=3)
+  assert snapshot(copy_of_base) == before
+  assert checkpoints.out_of_memory(MemoryError())
+  assert not checkpoints.out_of_memory(ValueError(
+      "RESOURCE_EXHAUSTED: write failed: No space left on device"))
+
+
+@needs_data
 def test_a_truncated_checkpoint_names_what_is_missing(copy_of_base):
   step_dir = copy_of_base / "checkpoints" / "2"
   (step_dir / "state" / "_METADATA").unlink()

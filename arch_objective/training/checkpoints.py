@@ -346,6 +346,8 @@ class Checkpoints:
       except CheckpointError:
         raise
       except Exception as e:  # orbax and tensorstore raise many types for a bad file
+        if out_of_memory(e):
+          raise
         failed.append((step, e))
       else:
         for bad, error in failed:
@@ -379,7 +381,7 @@ class Checkpoints:
           raise
         error = e
       except Exception as e:
-        if attempt == retries:
+        if attempt == retries or out_of_memory(e):
           raise
         error = e
       wait = retry_wait * 2 ** attempt
@@ -474,6 +476,8 @@ class Checkpoints:
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax and tensorstore raise many types for a bad file
+      if out_of_memory(e):   # the files may be fine: not a reason to set them aside
+        raise
       raise UnreadableCheckpointError(f"checkpoint {where} cannot be read (a file under it "
                                       f"is truncated or damaged: {_first_line(e, 200)}).") from e
     if restored[DATA] is None:
@@ -530,6 +534,16 @@ class Checkpoints:
     state = type(abstract_state)(step=restored["step"], params=restored["params"],
                                  opt_state=abstract_state.opt_state)
     return state, meta
+
+
+def out_of_memory(error: BaseException) -> bool:
+  """Whether `error` says memory (host or device) ran out: XLA's `RESOURCE_EXHAUSTED: Out
+  of memory ...` or Python's MemoryError. A restore that fails so says nothing about the
+  checkpoint's files."""
+  if isinstance(error, MemoryError):
+    return True
+  text = str(error)
+  return "RESOURCE_EXHAUSTED" in text and "memory" in text.lower() and _NO_SPACE not in text
 
 
 def _first_line(error: BaseException, limit: int = 300) -> str:
