@@ -135,3 +135,14 @@ def test_plan_prints_no_gin_search_noise_and_still_names_missing_files(capsys, c
   broken.write_text("include 'runs/no_such_run.gin'\n")
   rc, captured = plan_command(capsys, "--gin_file", str(broken))
   assert rc == 2 and "gin file 'runs/no_such_run.gin' not found" in captured.err
+
+
+def test_plan_counts_the_optimizer_state_of_the_runs_adafactor_settings():
+  """`--gin.adafactor.momentum=0.9` adds a float32 first moment per parameter to the
+  optimizer state the plan counts (the run files bind `train.optimizer = @adafactor`)."""
+  mesh = {"data": 1, "model": 1}
+  default = plan.plan_run(["experiments/paper/cd_flm.gin"], [], mesh)
+  momentum = plan.plan_run(["experiments/paper/cd_flm.gin"], ["adafactor.momentum=0.9"], mesh)
+  added = (momentum["memory_per_device_gib"]["optimizer_state"]
+           - default["memory_per_device_gib"]["optimizer_state"])
+  assert added == pytest.approx(default["params"] * 4 / 2**30, rel=1e-6)

@@ -108,8 +108,9 @@ def _abstract(model) -> tuple[Any, Any]:
 
 
 def memory_per_device(model, mesh: dict[str, int], fsdp: bool, rows_per_device: float,
-                      row_length: int) -> dict[str, float]:
-  """Bytes per device (see the module docstring)."""
+                      row_length: int, optimizer=None) -> dict[str, float]:
+  """Bytes per device (see the module docstring); the optimiser state is that of
+  `optimizer(schedule)` (default `optimizers.adafactor`, t5x's defaults)."""
   abstract, logical = _abstract(model)
   rules = dict(partitioning.logical_axis_rules(fsdp))
   param_bytes, layer_bytes, by_shape = 0.0, 0.0, {}
@@ -122,7 +123,8 @@ def memory_per_device(model, mesh: dict[str, int], fsdp: bool, rows_per_device: 
     if any(str(getattr(k, "key", "")).startswith("layers_") for k in path):
       layer_bytes += per_device
     by_shape.setdefault(tuple(leaf.shape), per_device / (leaf.size * 4))
-  opt = jax.eval_shape(optimizers.adafactor(optimizers.rsqrt_decay()).init, abstract)
+  opt = jax.eval_shape((optimizer or optimizers.adafactor)(optimizers.rsqrt_decay()).init,
+                       abstract)
   opt_bytes = 0.0
   for leaf in jax.tree_util.tree_leaves(opt):
     opt_bytes += leaf.size * leaf.dtype.itemsize * by_shape.get(tuple(leaf.shape), 1.0)
@@ -192,7 +194,9 @@ def plan_run(gin_files: Sequence[str], bindings: Sequence[str] = (),
       model, lengths.get("decoder", row_tokens), lengths.get("inputs", 512),
       lengths.get("targets", 114))
   rows_per_device = dataset.batch_size / mesh[partitioning.DATA] / microbatches
-  memory = memory_per_device(model, mesh, fsdp, rows_per_device, row_tokens)
+  # the run's optimizer with its gin bindings (`train.optimizer = @adafactor`), if any
+  optimizer = getattr(_value("train.optimizer"), "scoped_configurable_fn", None)
+  memory = memory_per_device(model, mesh, fsdp, rows_per_device, row_tokens, optimizer)
   report = {
       "gin_files": list(gin_files), "arch": model.name,
       "params": int(sum(x.size for x in jax.tree_util.tree_leaves(_abstract(model)[0]))),
