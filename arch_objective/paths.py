@@ -65,6 +65,21 @@ def join(path, *parts: str) -> str:
   return os.path.join(path, *parts)
 
 
+def stays_inside(name: str) -> bool:
+  """Whether the relative name `name` (read from a file: an index, a manifest) names
+  something inside the directory it is relative to: not absolute, not a URL, and no
+  `..` that climbs above it. Symbolic links are not resolved."""
+  depth = 0
+  for part in name.replace("\\", "/").split("/"):
+    if part == "..":
+      depth -= 1
+      if depth < 0:
+        return False
+    elif part not in ("", "."):
+      depth += 1
+  return not name.startswith(("/", "\\")) and "://" not in name
+
+
 def basename(path) -> str:
   path = os.fspath(path).rstrip("/")
   return posixpath.basename(path) if is_remote(path) else os.path.basename(path)

@@ -288,3 +288,12 @@ def test_eval_t0_reads_and_writes_gs(fake_bucket, capsys):
   results = json.loads((out / "results.json").read_text())
   assert results["checkpoint"] == "gs://bucket/runs/ed/checkpoints/3" and results["step"] == 3
   assert (out / "results.md").is_file() and (out / "config.gin").is_file()
+
+
+@pytest.mark.parametrize("name,inside", [
+    ("model-00001-of-00002.safetensors", True), ("sub/../model.safetensors", True),
+    ("./a/b", True), ("a/../../b", False), ("../outside/model.safetensors", False),
+    ("/etc/passwd", False), ("\\\\server\\share", False), ("gs://bucket/x", False),
+    ("a\\..\\..\\b", False), ("..", False)])
+def test_stays_inside(name, inside):
+  assert paths.stays_inside(name) is inside

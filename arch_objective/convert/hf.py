@@ -146,15 +146,7 @@ def _inside(directory: str, name: Any, source: str, entry: str) -> str:
   if not isinstance(name, str) or not name.strip():
     raise ValueError(f"{source}: entry {entry!r} names {name!r}, expected a file name "
                      f"inside {directory}.")
-  parts = name.replace("\\", "/").split("/")
-  depth, climbs = 0, False
-  for part in parts:
-    if part == "..":
-      depth -= 1
-      climbs = climbs or depth < 0
-    elif part not in ("", "."):
-      depth += 1
-  if climbs or name.startswith(("/", "\\")) or "://" in name:
+  if not paths.stays_inside(name):
     raise ValueError(f"{source}: entry {entry!r} names {name!r}, which is outside the "
                      f"directory {directory}; only files inside it are read.")
   return paths.join(directory, name)

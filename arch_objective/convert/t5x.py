@@ -196,14 +196,7 @@ def resolve_spec(spec: Mapping[str, Any], checkpoint_dir: str, name: str = "") -
 def _check_inside(relative: str, checkpoint_dir: str, name: str):
   """Refuse an array path from the msgpack that leaves the checkpoint directory: an
   absolute path, a URL, or a `..` that climbs above it (t5x writes plain names)."""
-  depth, climbs = 0, False
-  for part in relative.replace("\\", "/").split("/"):
-    if part == "..":
-      depth -= 1
-      climbs = climbs or depth < 0
-    elif part not in ("", "."):
-      depth += 1
-  if climbs or relative.startswith(("/", "\\")) or "://" in relative:
+  if not paths.stays_inside(relative):
     raise ValueError(f"{_join(checkpoint_dir, CHECKPOINT_FILE)}: parameter {name!r} names "
                      f"array path {relative!r}, which is outside the checkpoint directory "
                      f"{checkpoint_dir}; only arrays inside it are read.")
