@@ -71,3 +71,17 @@ def clean_registry():
       task_registry = sys.modules["seqio"].TaskRegistry
       for name in sorted(set(task_registry.names()) - seqio_before):
         task_registry.remove(name)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+  """No network: the HF datasets and hub offline switches, and a private datasets cache;
+  returns the test's folder."""
+  datasets = pytest.importorskip("datasets")
+  import huggingface_hub.constants
+  monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+  monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+  return tmp_path

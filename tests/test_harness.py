@@ -115,19 +115,6 @@ def requests_of(kind, args):
   return [Instance(request_type=kind, doc={}, arguments=a, idx=i) for i, a in enumerate(args)]
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-  """No network: the HF datasets and hub offline switches, and a private datasets cache."""
-  import datasets
-  import huggingface_hub.constants
-  monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-  monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
-  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-  monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-  return tmp_path
-
-
 def write_tasks(directory: pathlib.Path) -> pathlib.Path:
   """Local YAML tasks over JSONL files: toy_mc (multiple choice), toy_rolling
   (loglikelihood_rolling) and toy_generate (generate_until)."""

@@ -104,18 +104,6 @@ def setup(tmp_path_factory, t5_vocab_path):
   return tokenizer, vocab, _tasks(root / "tasks"), exports
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-  """No network: the HF datasets and hub offline switches, and a private datasets cache."""
-  datasets = pytest.importorskip("datasets")
-  import huggingface_hub.constants
-  monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-  monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
-  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-  monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-
-
 def run_hf(export, model_args, tasks_dir, tasks):
   """lm-eval's `hf` backend on `export` with `model_args` (rows and windows of
   MAX_LENGTH tokens instead of their 1280, so that rolling texts span several windows)."""

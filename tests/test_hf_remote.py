@@ -550,19 +550,6 @@ def test_trained_model_gives_our_logits(tmp_path, trained, t5_vocab_path, arch):
   np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-  """No network: the HF datasets and hub offline switches, and a private datasets cache."""
-  datasets = pytest.importorskip("datasets")
-  import huggingface_hub.constants
-  monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-  monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
-  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-  monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-  return tmp_path
-
-
 def test_lm_eval_hf_backend_scores_like_our_model(offline, trained, t5_vocab_path):
   lm_eval = pytest.importorskip("lm_eval")
   from lm_eval.tasks import TaskManager

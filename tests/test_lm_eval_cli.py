@@ -18,7 +18,7 @@ from arch_objective.data import vocabularies  # noqa: E402
 from arch_objective.evaluation import harness, lm_eval_cli  # noqa: E402
 
 from helpers import ROOT  # noqa: E402
-from test_harness import (offline, random_params, requests_of, sentences, tiny,  # noqa: E402,F401
+from test_harness import (random_params, requests_of, sentences, tiny,  # noqa: E402,F401
                           vocab, write_tasks)
 
 ED = models.ENCODER_DECODER
