@@ -208,3 +208,20 @@ def test_export_loads_with_the_auto_classes(setup):
   assert type(causal).__name__ == "ArchObjectiveForCausalLM"
   assert type(seq2seq).__name__ == "ArchObjectiveForSeq2SeqLM"
   assert causal.config.prepend_start_token is True
+
+
+def test_the_readmes_transformers_snippet_runs_as_printed(setup, tmp_path, monkeypatch):
+  """The README's Python block for decoder-only exports, run unattended as printed
+  (`export/nd` is the ND export): logits for every prompt token, a continuation of the
+  prompt (greedy decoding against ours is tested in test_hf_remote.py)."""
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+  section = readme.split("### Decoder-only models in transformers", 1)[1]
+  snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+  (tmp_path / "export").mkdir()
+  (tmp_path / "export" / "nd").symlink_to(setup[3][ND][2])
+  monkeypatch.chdir(tmp_path)
+  names = {}
+  exec(compile(snippet, "README.md", "exec"), names)     # noqa: S102
+  prompt = names["batch"]["input_ids"][0].tolist()
+  assert names["logits"].shape == (1, len(prompt), names["model"].config.vocab_size)
+  assert names["tokens"][0, :len(prompt)].tolist() == prompt
