@@ -29,18 +29,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional, Sequence
 
+import numpy as np
+
+from arch_objective import features, layouts
+from arch_objective.features import (DECODER_FEATURES, ENCODER_FEATURES,  # noqa: F401
+                                     FEATURES, TOKEN_FEATURES, Feature)
+from arch_objective.errors import UserError
+
 CAUSAL_DECODER = "causal_decoder"
 NON_CAUSAL_DECODER = "non_causal_decoder"
 ENCODER_DECODER = "encoder_decoder"
 ARCHITECTURES = (CAUSAL_DECODER, NON_CAUSAL_DECODER, ENCODER_DECODER)
 
-# The model features (what a batch holds), by stack; every one is [batch, length].
-DECODER_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-                    "decoder_segment_ids", "decoder_positions", "decoder_causal_attention")
-ENCODER_FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
-# Features that hold token ids (of the vocabulary), task features included.
-TOKEN_FEATURES = ("targets", "inputs", "decoder_target_tokens", "decoder_input_tokens",
-                  "encoder_input_tokens")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +62,8 @@ class Architecture:
     `objectives.feature_converters.CONVERTERS`: 'prefix_lm_rows' (`inputs ++ targets` in
     one decoder row) or 'encoder_decoder_rows' (inputs to the encoder, targets to the
     decoder).
+  layout: how it reads a prompt and a continuation (`layouts`): scoring and generation
+    batches, truncation, windows, synthetic batches, the memory estimate's stacks.
   """
   name: str
   short: str
@@ -70,6 +72,7 @@ class Architecture:
   feature_groups: tuple[tuple[str, ...], ...]
   token_inputs: tuple[tuple[str, str], ...]
   feature_converter: str
+  layout: layouts.Layout
 
   @property
   def length_keys(self) -> tuple[str, ...]:
@@ -82,8 +85,8 @@ class Architecture:
     `{'inputs': 512, 'targets': 114}`."""
     missing = [k for k in self.length_keys if lengths.get(k) is None]
     if missing:
-      raise ValueError(f"{self.name} needs the lengths {list(self.length_keys)}, found "
-                       f"{dict(lengths)} (missing {missing}).")
+      raise UserError(f"{self.name} needs the lengths {list(self.length_keys)}, found "
+                      f"{dict(lengths)} (missing {missing}).")
     return {k: int(lengths[k]) for k in self.length_keys}
 
   def row_tokens(self, lengths: Mapping[str, Any]) -> int:
@@ -102,10 +105,50 @@ class Architecture:
     `input_shapes`: e.g. `{'decoder': 626}`."""
     missing = [f for f, _ in self.token_inputs if f not in input_shapes]
     if missing:
-      raise ValueError(f"{self.name}: input_shapes must give "
-                       f"{[f for f, _ in self.token_inputs]}, found {sorted(input_shapes)} "
-                       f"(missing {missing}).")
+      raise UserError(f"{self.name}: input_shapes must give "
+                      f"{[f for f, _ in self.token_inputs]}, found {sorted(input_shapes)} "
+                      f"(missing {missing}).")
     return {key: int(input_shapes[feature][1]) for feature, key in self.token_inputs}
+
+  def check_batch(self, batch: Mapping[str, Any], required: Sequence[str]) -> None:
+    """Raise a UserError unless `batch` holds every `required` feature and each feature
+    of `feature_groups` it holds is `[batch, length]` of a dtype the feature `accepts`,
+    with one shape per group and one batch size for all."""
+    if not isinstance(batch, Mapping):
+      raise UserError(f"{self.name}: the batch must be a dict of arrays, found "
+                      f"{type(batch).__name__}.")
+    missing = [f for f in required if batch.get(f) is None]
+    if missing:
+      raise UserError(f"{self.name}: missing feature(s) {missing}; the batch has "
+                      f"{sorted(k for k, v in batch.items() if v is not None)}. "
+                      f"Required: {list(required)}.")
+    batch_size = None
+    for group in self.feature_groups:
+      shape = None
+      for name in group:
+        value = batch.get(name)
+        if value is None:
+          continue
+        value_shape = tuple(value.shape if hasattr(value, "shape") else np.shape(value))
+        if len(value_shape) != 2:
+          raise UserError(f"{self.name}: feature {name!r} must have shape [batch, length], "
+                          f"found shape {value_shape}.")
+        dtype = np.dtype(value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype)
+        if not FEATURES[name].accepts(dtype):
+          expected = ("an integer or float" if FEATURES[name].role == "weights"
+                      else "an integer")
+          raise UserError(f"{self.name}: feature {name!r} must have {expected} dtype, "
+                          f"found {dtype}.")
+        if shape is None:
+          shape, first = value_shape, name
+        elif value_shape != shape:
+          raise UserError(f"{self.name}: feature {name!r} has shape {value_shape} but "
+                          f"{first!r} has {shape}; they must match.")
+        if batch_size is None:
+          batch_size, batch_from = value_shape[0], name
+        elif value_shape[0] != batch_size:
+          raise UserError(f"{self.name}: feature {name!r} has batch size {value_shape[0]} "
+                          f"but {batch_from!r} has {batch_size}.")
 
   def shares_parameters(self, other: "Architecture") -> bool:
     """Whether `other` has this architecture's parameter tree (CD and ND do, spec §7.3):
@@ -114,25 +157,26 @@ class Architecture:
 
 
 _DECODER_GROUPS = (DECODER_FEATURES,)
+# The encoder-decoder's decoder has no prefix to mark.
 _ENCODER_DECODER_GROUPS = (ENCODER_FEATURES, tuple(f for f in DECODER_FEATURES
-                                                   if f != "decoder_causal_attention"))
-_DECODER_INPUTS = (("decoder_input_tokens", "decoder"),)
-_ENCODER_DECODER_INPUTS = (("encoder_input_tokens", "inputs"),
-                           ("decoder_input_tokens", "targets"))
+                                                   if FEATURES[f].role != "prefix"))
+_DECODER_INPUTS = ((features.DECODER_INPUT_TOKENS, "decoder"),)
+_ENCODER_DECODER_INPUTS = ((features.ENCODER_INPUT_TOKENS, "inputs"),
+                           (features.DECODER_INPUT_TOKENS, "targets"))
 
 SPECS: dict[str, Architecture] = {
     CAUSAL_DECODER: Architecture(
         CAUSAL_DECODER, "CD", has_encoder=False, bidirectional_prefix=False,
         feature_groups=_DECODER_GROUPS, token_inputs=_DECODER_INPUTS,
-        feature_converter="prefix_lm_rows"),
+        feature_converter="prefix_lm_rows", layout=layouts.DECODER),
     NON_CAUSAL_DECODER: Architecture(
         NON_CAUSAL_DECODER, "ND", has_encoder=False, bidirectional_prefix=True,
         feature_groups=_DECODER_GROUPS, token_inputs=_DECODER_INPUTS,
-        feature_converter="prefix_lm_rows"),
+        feature_converter="prefix_lm_rows", layout=layouts.PREFIX_DECODER),
     ENCODER_DECODER: Architecture(
         ENCODER_DECODER, "ED", has_encoder=True, bidirectional_prefix=False,
         feature_groups=_ENCODER_DECODER_GROUPS, token_inputs=_ENCODER_DECODER_INPUTS,
-        feature_converter="encoder_decoder_rows"),
+        feature_converter="encoder_decoder_rows", layout=layouts.ENCODER_DECODER),
 }
 SHORT_NAMES = {name: spec.short for name, spec in SPECS.items()}
 DECODER_ONLY = tuple(name for name, spec in SPECS.items() if not spec.has_encoder)
@@ -141,8 +185,8 @@ DECODER_ONLY = tuple(name for name, spec in SPECS.items() if not spec.has_encode
 def check(arch: str, what: str = "arch") -> str:
   """`arch` if it names an architecture, else a ValueError listing the names."""
   if arch not in ARCHITECTURES:
-    raise ValueError(f"unknown {what} {arch!r}; valid architectures: "
-                     f"{', '.join(ARCHITECTURES)}.")
+    raise UserError(f"unknown {what} {arch!r}; valid architectures: "
+                    f"{', '.join(ARCHITECTURES)}.")
   return arch
 
 
@@ -174,6 +218,18 @@ def share_parameters(a: Any, b: Any) -> bool:
   (`Architecture.shares_parameters`; False when either is not a name)."""
   spec_a, spec_b = find(a), find(b)
   return spec_a is not None and spec_b is not None and spec_a.shares_parameters(spec_b)
+
+
+def readers(has_inputs: bool) -> tuple[str, ...]:
+  """The architectures that read a task's examples: all three for `{inputs, targets}`
+  examples, the decoder-only ones for `{targets}` alone (an encoder would read nothing)."""
+  return ARCHITECTURES if has_inputs else DECODER_ONLY
+
+
+def default_reader(has_inputs: bool) -> str:
+  """The reader of a task's examples when none is named: the encoder-decoder for
+  `{inputs, targets}` examples, the causal decoder for `{targets}`."""
+  return ENCODER_DECODER if has_inputs else CAUSAL_DECODER
 
 
 def model_features(arch: str) -> tuple[tuple[str, ...], ...]:

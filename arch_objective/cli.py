@@ -21,11 +21,11 @@ import errno
 import json
 import logging
 import os
-import pathlib
 import sys
 
 from arch_objective import logs
 from arch_objective.data.sources import C4_VERSION
+from arch_objective.errors import UserError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -37,15 +37,15 @@ def _plan(args) -> int:
   lineage = None
   if args.model_dir:
     from arch_objective.training import checkpoints
-    meta, step = checkpoints.load_meta(args.model_dir)
+    model, _, meta, step = checkpoints.open_model_dir(args.model_dir, arch=args.arch,
+                                                      read_params=False)
     checkpoints.state_metadata(args.model_dir)    # the state's files are all there
-    model = models.from_meta(meta, args.model_dir, args.arch)
     lineage = {"step": step, "task": meta.get("task"), "trained_as": meta.get("arch"),
                "sources": meta.get("lineage", [])}
     args.size = "custom"
   else:
     if not args.arch or not args.size:
-      raise ValueError("give --arch and --size, or --model_dir to describe a checkpoint.")
+      raise UserError("give --arch and --size, or --model_dir to describe a checkpoint.")
     model = models.build_model(args.arch, args.size)
   args.arch = model.name
   report = {
@@ -76,9 +76,9 @@ def _plan_gin(args) -> int:
     memory = args.device_memory_gib
     if memory is None and args.device:
       if args.device not in plan.DEVICE_MEMORY_GIB:
-        raise ValueError(f"--device {args.device!r}: expected one of "
-                         f"{', '.join(plan.DEVICE_MEMORY_GIB)} (or give "
-                         f"--device_memory_gib).")
+        raise UserError(f"--device {args.device!r}: expected one of "
+                        f"{', '.join(plan.DEVICE_MEMORY_GIB)} (or give "
+                        f"--device_memory_gib).")
       memory = plan.DEVICE_MEMORY_GIB[args.device]
     report = plan.plan_run(args.gin_file, args.gin_bindings, mesh, memory, args.num_devices)
   print(json.dumps(report, indent=2))
@@ -89,10 +89,12 @@ def _task_spec(args):
   """Register the tasks the options name and return the spec of `--task`."""
   import tasks
   from arch_objective.data import vocabularies
-  return tasks.resolve(args.task, corpus=args.corpus, field=args.field, layout=args.layout,
+  from arch_objective.training import sources
+  source = sources.corpus_source(corpus=args.corpus, field=args.field, layout=args.layout,
+                                 tfds_data_dir=args.tfds_data_dir, c4_version=args.c4_version)
+  return tasks.resolve(args.task, source=source,
                        vocabulary=args.vocabulary or vocabularies.DEFAULT_VOCABULARY_PATH,
-                       length=args.length, tfds_data_dir=args.tfds_data_dir,
-                       c4_version=args.c4_version)
+                       length=args.length)
 
 
 def _data(args) -> int:
@@ -153,41 +155,15 @@ def _run_gin(args) -> int:
 
 
 TRACEBACK_ENV = "ARCH_OBJECTIVE_TRACEBACK"
-# Libraries whose ValueErrors are programming errors of ours (a wrong shape, a bad tree),
-# never a user's option: such an error keeps its traceback.
-_LIBRARY_FRAMES = ("jax", "jaxlib", "flax", "optax", "orbax", "tensorstore", "grain")
-
-
-def _raised_in_library(error: BaseException) -> bool:
-  """Whether the innermost frame of `error`'s traceback is in one of `_LIBRARY_FRAMES`
-  (a ValueError raised there was not written for a user to read)."""
-  tb = error.__traceback__
-  if tb is None:
-    return False
-  while tb.tb_next is not None:
-    tb = tb.tb_next
-  parts = pathlib.PurePath(tb.tb_frame.f_code.co_filename).parts
-  for i, part in enumerate(parts[:-1]):
-    if part in ("site-packages", "dist-packages"):    # the installed package's own name
-      return parts[i + 1] in _LIBRARY_FRAMES
-  return False
 
 
 def _user_error(error: BaseException) -> bool:
-  """Whether `error` is one a user causes and fixes (bad option, file, data, a diverged
-  run, a directory in use, a full disk): one line and exit 2. Anything else is a bug
-  and keeps its traceback: a KeyError (a bare key is no message), and a ValueError
-  raised inside JAX, orbax or another library rather than by our own checks."""
-  kinds = [ValueError, OSError, ImportError]
-  for module, name in (("arch_objective.training.train", "NonFiniteLossError"),
-                       ("arch_objective.training.run_lock", "RunLockError")):
-    if module in sys.modules:      # (not imported: it cannot have raised)
-      kinds.append(getattr(sys.modules[module], name))
-  if _disk_full(error) is not None:
-    return True
-  if isinstance(error, ValueError) and _raised_in_library(error):
-    return False
-  return isinstance(error, tuple(kinds))
+  """Whether `error` is one a user causes and fixes: the project's `UserError` (a bad
+  option, file, field, run directory; a diverged run; a directory in use), an OS error
+  about a path (a file that cannot be read or written) or a full disk. One line and exit
+  2. Anything else is a bug, in this package or a library it calls (a KeyError, a
+  ValueError raised inside JAX or orbax), and keeps its traceback."""
+  return (isinstance(error, (UserError, OSError)) or _disk_full(error) is not None)
 
 
 def _command_name(args) -> str:
@@ -345,8 +321,8 @@ def _eval(args) -> int:
   if args.gin_file:
     run = runs.run_from_gin(kind, args.gin_file, args.gin_bindings, given)
   elif args.gin_bindings:
-    raise ValueError(f"--gin.{args.gin_bindings[0]} needs --gin_file (e.g. --gin_file "
-                     f"runs/{kind}.gin); without one, use the options.")
+    raise UserError(f"--gin.{args.gin_bindings[0]} needs --gin_file (e.g. --gin_file "
+                    f"runs/{kind}.gin); without one, use the options.")
   else:
     run = runs.RUNS[kind](**given)
   print(run.markdown)
@@ -394,75 +370,6 @@ def _add_eval_parsers(eval_sub, architectures):
                   help="the harness's bootstrap resamplings for standard errors "
                        "(default 100000; 0 skips them)")
   hp.set_defaults(func=_eval, eval_kind=kinds.EVAL_HARNESS)
-
-
-def _add_convert_parsers(subparsers, architectures, sizes):
-  from arch_objective.convert.cli import COMMANDS, DEFAULT_VOCAB_SIZE
-  epilog = lambda name: (f"example:\n  {EXAMPLES[f'convert {name}']}"
-                         if f"convert {name}" in EXAMPLES else None)
-  convert = subparsers.add_parser(
-      "convert", help="convert checkpoints: t5x in/out, Hugging Face out/in, CD <-> ND")
-  sub = convert.add_subparsers(dest="convert_command", required=True,
-                               metavar="|".join(COMMANDS))
-
-  p = sub.add_parser("t5x-in", help="a t5x checkpoint (e.g. a released one) -> MODEL_DIR")
-  p.add_argument("--checkpoint", required=True,
-                 help="checkpoint_<step> directory (local or gs://), or its parent")
-  p.add_argument("--arch", required=True, choices=architectures)
-  p.add_argument("--size", required=True, choices=list(sizes))
-  p.add_argument("--out", required=True, help="the new MODEL_DIR")
-  p.add_argument("--config", action="append", default=[], metavar="NAME=VALUE",
-                 help="model config override, e.g. vocab_size=32128 (repeatable)")
-  p.add_argument("--vocabulary", default=None,
-                 help="SentencePiece model recorded in the meta (default: T5's)")
-  p.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE,
-                 help="ids of that vocabulary incl. extra ids (default 32100)")
-  p.add_argument("--reset_step", action="store_true",
-                 help="start the step (and optimiser counters) at 0, not the t5x step")
-  p.add_argument("--allow_missing", action="store_true",
-                 help="load what fits, fill the rest from a fresh init and report it")
-  p.add_argument("--seed", type=int, default=0, help="init seed for --allow_missing")
-
-  p = sub.add_parser("t5x-out", help="MODEL_DIR -> DIR/checkpoint_<step> in t5x's format")
-  p.add_argument("--model_dir", required=True, help="MODEL_DIR or MODEL_DIR/checkpoints/<step>")
-  p.add_argument("--out", required=True, help="directory for checkpoint_<step>/ (or gs://)")
-  p.add_argument("--dtype", default="float32", help="parameter dtype (t5x saves float32)")
-  p.add_argument("--inline", action="store_true",
-                 help="all arrays inside the msgpack file instead of TensorStore arrays")
-
-  p = sub.add_parser("hf-out", help="MODEL_DIR -> Hugging Face: T5 (ED) or a "
-                                    "trust_remote_code causal LM (CD/ND), with its tokenizer",
-                     epilog=epilog("hf-out"),
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--model_dir", required=True, help="MODEL_DIR or MODEL_DIR/checkpoints/<step>")
-  p.add_argument("--out", required=True, help="an empty directory")
-  p.add_argument("--dtype", default=None, help="weight dtype (default: as saved, float32)")
-  p.add_argument("--vocabulary", default=None,
-                 help="SentencePiece model of the tokenizer files (default: the run's)")
-  p.add_argument("--no_tokenizer", action="store_true",
-                 help="export the weights and config without tokenizer files")
-
-  p = sub.add_parser("hf-in", help="Hugging Face T5 or one of our exports -> MODEL_DIR")
-  p.add_argument("--hf_dir", required=True, help="directory with config.json + safetensors")
-  p.add_argument("--out", required=True, help="the new MODEL_DIR")
-  p.add_argument("--step", type=int, default=0, help="step of the new checkpoint")
-  p.add_argument("--vocabulary", default=None,
-                 help="SentencePiece model (default: the export's, else T5's)")
-  p.add_argument("--vocab_size", type=int, default=None,
-                 help="vocabulary ids (default: the export's, else 32100)")
-
-  p = sub.add_parser("switch-arch", help="CD <-> ND: same weights, the other architecture")
-  p.add_argument("--model_dir", required=True,
-                 help="source MODEL_DIR (or .../checkpoints/<step>)")
-  p.add_argument("--arch", required=True, choices=architectures)
-  p.add_argument("--out", required=True, help="the new MODEL_DIR")
-
-  convert.set_defaults(func=_convert)
-
-
-def _convert(args) -> int:
-  from arch_objective.convert import cli as convert_cli
-  return convert_cli.run(args)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -568,7 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
   eval_sub = evaluation.add_subparsers(dest="eval_command", required=True, metavar="t0|harness")
   _add_eval_parsers(eval_sub, ARCHITECTURES)
 
-  _add_convert_parsers(sub, ARCHITECTURES, SIZES)
+  from arch_objective.convert import cli as convert_cli
+  convert_cli.add_parser(sub, examples={name[len("convert "):]: text
+                                        for name, text in EXAMPLES.items()
+                                        if name.startswith("convert ")})
 
   study = sub.add_parser("study", help="the laptop-scale study: the whole pipeline on a CPU")
   study.add_argument("--preset", default="quick",

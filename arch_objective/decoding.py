@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from arch_objective.errors import UserError
+
 Array = jax.Array
 StepFn = Callable[[Any, Array, Array], tuple[Array, Any]]
 
@@ -31,11 +33,11 @@ def sample_logits(logits: Array, rng: Optional[Array], temperature: float = 1.0,
   if rng is None or temperature == 0.0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   if temperature < 0:
-    raise ValueError(f"temperature must be >= 0, found {temperature}.")
+    raise UserError(f"temperature must be >= 0, found {temperature}.")
   logits = logits.astype(jnp.float32) / temperature
   if topk:
     if topk < 0:
-      raise ValueError(f"topk must be >= 0, found {topk}.")
+      raise UserError(f"topk must be >= 0, found {topk}.")
     kth = lax.top_k(logits, topk)[0][..., -1:]                            # [b, 1]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
@@ -51,7 +53,7 @@ def decode(step_fn: StepFn, cache: Any, first_logits: Array, start_positions: Ar
   The caller's cache must hold `start_positions + num_steps` positions.
   """
   if num_steps < 1:
-    raise ValueError(f"num_steps must be >= 1, found {num_steps}.")
+    raise UserError(f"num_steps must be >= 1, found {num_steps}.")
   batch = first_logits.shape[0]
 
   def body(carry, step):

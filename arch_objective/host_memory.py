@@ -22,6 +22,8 @@ import ctypes.util
 import os
 import sys
 
+from arch_objective.errors import UserError
+
 ENV = "ARCH_OBJECTIVE_HOST_MEMORY"
 
 # glibc's mallopt parameters (malloc.h).
@@ -42,7 +44,7 @@ def keep_freed_memory() -> bool:
     return _applied
   setting = os.environ.get(ENV, "reuse").strip().lower()
   if setting not in ("reuse", "system"):
-    raise ValueError(f"{ENV} must be 'reuse' (the default) or 'system', found {setting!r}.")
+    raise UserError(f"{ENV} must be 'reuse' (the default) or 'system', found {setting!r}.")
   _applied = False
   if setting == "system" or not sys.platform.startswith("linux"):
     return _applied

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from arch_objective.errors import UserError
+
 Array = jax.Array
 DType = jnp.dtype
 Initializer = Callable[..., Array]
@@ -123,7 +125,7 @@ class Embed(nn.Module):
   def __call__(self, tokens: Array) -> Array:
     """`tokens [b, l]` int -> `[b, l, d]`."""
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
-      raise ValueError(f"Embed expects integer token ids, found dtype {tokens.dtype}.")
+      raise UserError(f"Embed expects integer token ids, found dtype {tokens.dtype}.")
     embedding = jnp.asarray(self.embedding, self.dtype)
     return jnp.take(embedding, tokens, axis=0)
 
@@ -208,8 +210,8 @@ def make_decoder_mask(decoder_target_tokens: Optional[Array],
   if ref is None:
     ref = decoder_causal_attention if decoder_causal_attention is not None else decoder_segment_ids
   if ref is None:
-    raise ValueError("make_decoder_mask needs at least one of decoder_target_tokens, "
-                     "decoder_causal_attention or decoder_segment_ids to know the shape.")
+    raise UserError("make_decoder_mask needs at least one of decoder_target_tokens, "
+                    "decoder_causal_attention or decoder_segment_ids to know the shape.")
   mask = make_causal_mask(ref, dtype=jnp.bool_)
   if decoder_causal_attention is not None:
     inputs = make_attention_mask(decoder_causal_attention, decoder_causal_attention,
@@ -340,8 +342,8 @@ def dropout_keep_mask(rng: Array, keep_prob: float, shape: Sequence[int],
   ndim = len(shape)
   broadcast = {d % ndim for d in broadcast_dims}
   if 0 in broadcast:
-    raise ValueError("dropout cannot broadcast over the batch axis (axis 0): each row "
-                     "draws its own mask.")
+    raise UserError("dropout cannot broadcast over the batch axis (axis 0): each row "
+                    "draws its own mask.")
   row_shape = tuple(1 if i in broadcast else n for i, n in enumerate(shape))[1:]
   rows = jnp.asarray(_ROW_OFFSET.get(), jnp.uint32) + jnp.arange(shape[0], dtype=jnp.uint32)
   keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(rows)
@@ -382,7 +384,7 @@ MODES = (MODE_TRAIN, MODE_PREFILL, MODE_AUTOREGRESSIVE)
 def check_mode(mode: str):
   """Raise a ValueError naming the valid modes when `mode` is not one of `MODES`."""
   if mode not in MODES:
-    raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}.")
+    raise UserError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -408,15 +410,15 @@ class Decoding:
     check_mode(self.mode)
     if self.mode == MODE_AUTOREGRESSIVE:
       if self.position is None or self.cache_length is None:
-        raise ValueError(f"Decoding(mode={MODE_AUTOREGRESSIVE!r}) needs position [batch] "
-                         f"and cache_length; found position={self.position!r}, "
-                         f"cache_length={self.cache_length!r}.")
+        raise UserError(f"Decoding(mode={MODE_AUTOREGRESSIVE!r}) needs position [batch] "
+                        f"and cache_length; found position={self.position!r}, "
+                        f"cache_length={self.cache_length!r}.")
       if not isinstance(self.cache_length, int) or self.cache_length < 1:
-        raise ValueError(f"Decoding.cache_length must be a positive int, found "
-                         f"{self.cache_length!r}.")
+        raise UserError(f"Decoding.cache_length must be a positive int, found "
+                        f"{self.cache_length!r}.")
     elif self.position is not None or self.cache_length is not None:
-      raise ValueError(f"Decoding(mode={self.mode!r}) takes no position or cache_length "
-                       f"(only mode={MODE_AUTOREGRESSIVE!r} does).")
+      raise UserError(f"Decoding(mode={self.mode!r}) takes no position or cache_length "
+                      f"(only mode={MODE_AUTOREGRESSIVE!r} does).")
 
   @classmethod
   def step(cls, position: Array, cache_length: int) -> "Decoding":
@@ -452,19 +454,19 @@ def check_attention_impl(implementation: str, dtype: DType):
   bfloat16 or float16 activations.
   """
   if implementation not in ATTENTION_IMPLS:
-    raise ValueError(f"attention_impl must be one of {', '.join(ATTENTION_IMPLS)}; found "
-                     f"{implementation!r}.")
+    raise UserError(f"attention_impl must be one of {', '.join(ATTENTION_IMPLS)}; found "
+                    f"{implementation!r}.")
   if implementation != CUDNN:
     return
   backend = jax.default_backend()
   if backend != "gpu":
-    raise ValueError(f"attention_impl='cudnn' (cuDNN flash attention) runs only on NVIDIA "
-                     f"GPUs, but JAX's backend here is {backend!r}; use "
-                     f"attention_impl='dot_product' (any backend) or 'einsum'.")
+    raise UserError(f"attention_impl='cudnn' (cuDNN flash attention) runs only on NVIDIA "
+                    f"GPUs, but JAX's backend here is {backend!r}; use "
+                    f"attention_impl='dot_product' (any backend) or 'einsum'.")
   if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
-    raise ValueError(f"attention_impl='cudnn' needs bfloat16 or float16 activations "
-                     f"(TransformerConfig.dtype), found {jnp.dtype(dtype).name}; use "
-                     f"attention_impl='dot_product' for {jnp.dtype(dtype).name}.")
+    raise UserError(f"attention_impl='cudnn' needs bfloat16 or float16 activations "
+                    f"(TransformerConfig.dtype), found {jnp.dtype(dtype).name}; use "
+                    f"attention_impl='dot_product' for {jnp.dtype(dtype).name}.")
 
 
 def dot_product_attention(query: Array, key: Array, value: Array,
@@ -493,8 +495,8 @@ def dot_product_attention(query: Array, key: Array, value: Array,
   (`not deterministic and dropout_rate > 0`) every implementation computes the reference.
   """
   if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
-    raise ValueError(f"attention expects rank-4 q/k/v, found {query.shape}, {key.shape}, "
-                     f"{value.shape}.")
+    raise UserError(f"attention expects rank-4 q/k/v, found {query.shape}, {key.shape}, "
+                    f"{value.shape}.")
   check_attention_impl(implementation, query.dtype)
   dropout = not deterministic and dropout_rate > 0.0
   if implementation != EINSUM and not dropout:
@@ -566,37 +568,37 @@ class MultiHeadDotProductAttention(nn.Module):
       query = constrain(query, head_axes)
     if key_value is None:
       if inputs_kv is None:
-        raise ValueError("attention needs inputs_kv [batch, length, emb] or key_value.")
+        raise UserError("attention needs inputs_kv [batch, length, emb] or key_value.")
       key = projection(kernel_init=self.kernel_init, name="key")(inputs_kv)  # [b, k, h, e]
       value = projection(kernel_init=self.kernel_init, name="value")(inputs_kv)
       key_value = KeyValue(key, value)
     elif inputs_kv is not None:
-      raise ValueError("attention takes inputs_kv or precomputed key_value, not both.")
+      raise UserError("attention takes inputs_kv or precomputed key_value, not both.")
     elif mode != MODE_TRAIN:
-      raise ValueError(f"precomputed key_value (cross-attention) takes no cache: mode "
-                       f"must be {MODE_TRAIN!r}, found {mode!r}.")
+      raise UserError(f"precomputed key_value (cross-attention) takes no cache: mode "
+                      f"must be {MODE_TRAIN!r}, found {mode!r}.")
     key, value = (constrain(t, head_axes) for t in key_value)
     if inputs_q is None:
       return KeyValue(key, value)
 
     implementation = self.attention_impl
     if mode != MODE_AUTOREGRESSIVE and decode_position is not None:
-      raise ValueError(f"decode_position is for mode={MODE_AUTOREGRESSIVE!r}; found it "
-                       f"with mode={mode!r}.")
+      raise UserError(f"decode_position is for mode={MODE_AUTOREGRESSIVE!r}; found it "
+                      f"with mode={mode!r}.")
     if mode == MODE_PREFILL:
       cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
       cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
       cached_key.value, cached_value.value = key, value
     elif mode == MODE_AUTOREGRESSIVE:
       if inputs_q.shape[1] != 1:
-        raise ValueError(f"an autoregressive step takes one token per row: inputs_q "
-                         f"[batch, 1, emb], found shape {inputs_q.shape}.")
+        raise UserError(f"an autoregressive step takes one token per row: inputs_q "
+                        f"[batch, 1, emb], found shape {inputs_q.shape}.")
       if decode_position is None:
-        raise ValueError("an autoregressive step needs decode_position [batch].")
+        raise UserError("an autoregressive step needs decode_position [batch].")
       if not self.has_variable("cache", "cached_key"):
-        raise ValueError(f"an autoregressive step needs the cache of a "
-                         f"mode={MODE_PREFILL!r} call: pass variables['cache'] with "
-                         f"mutable=['cache'].")
+        raise UserError(f"an autoregressive step needs the cache of a "
+                        f"mode={MODE_PREFILL!r} call: pass variables['cache'] with "
+                        f"mutable=['cache'].")
       cached_key = self.variable("cache", "cached_key")
       cached_value = self.variable("cache", "cached_value")
       implementation = EINSUM
@@ -643,8 +645,8 @@ class MlpBlock(nn.Module):
   def __call__(self, inputs: Array, deterministic: bool = True) -> Array:
     unknown = [a for a in self.activations if a not in _ACTIVATIONS]
     if unknown:
-      raise ValueError(f"MlpBlock: unknown activation(s) {unknown}; "
-                       f"valid: {sorted(_ACTIVATIONS)}.")
+      raise UserError(f"MlpBlock: unknown activation(s) {unknown}; "
+                      f"valid: {sorted(_ACTIVATIONS)}.")
     x = None
     for idx, act in enumerate(self.activations):
       name = "wi" if len(self.activations) == 1 else f"wi_{idx}"

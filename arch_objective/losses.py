@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from arch_objective.errors import UserError
+
 Array = jax.Array
 
 PER_TOKEN = "per_token"
@@ -94,8 +96,8 @@ def compute_weighted_cross_entropy(
   scores 0), as t5x does.
   """
   if logits.ndim != targets.ndim + 1:
-    raise ValueError(f"logits must have one more axis than targets; found logits "
-                     f"{logits.shape} and targets {targets.shape}.")
+    raise UserError(f"logits must have one more axis than targets; found logits "
+                    f"{logits.shape} and targets {targets.shape}.")
   vocab_size = logits.shape[-1]
   # Python numbers: `label_cross_entropy` specialises its gradient on them.
   label_smoothing, z_loss = float(label_smoothing), float(z_loss)
@@ -124,11 +126,11 @@ def normalizing_divisor(factor: LossNormalizingFactor, weight_sum: Array) -> Opt
     return None
   if isinstance(factor, str):
     if factor != PER_TOKEN:
-      raise ValueError(f"loss_normalizing_factor: unknown value {factor!r}; valid: None, "
-                       f"a positive number, or {PER_TOKEN!r}.")
+      raise UserError(f"loss_normalizing_factor: unknown value {factor!r}; valid: None, "
+                      f"a positive number, or {PER_TOKEN!r}.")
     return jnp.maximum(weight_sum, 1e-8)
   if factor <= 0:
-    raise ValueError(f"loss_normalizing_factor must be positive, found {factor!r}.")
+    raise UserError(f"loss_normalizing_factor must be positive, found {factor!r}.")
   return jnp.asarray(factor, jnp.float32)
 
 

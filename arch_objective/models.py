@@ -35,56 +35,21 @@ from arch_objective import architectures, decoding, layers, losses, network
 from arch_objective.architectures import (ARCHITECTURES, CAUSAL_DECODER,  # noqa: F401
                                           ENCODER_DECODER, NON_CAUSAL_DECODER, SHORT_NAMES)
 from arch_objective import stacking
+from arch_objective.errors import UserError
+from arch_objective.features import (DECODER_CAUSAL_ATTENTION, DECODER_INPUT_TOKENS,
+                                     DECODER_LOSS_WEIGHTS, DECODER_SEGMENT_IDS,
+                                     DECODER_TARGET_TOKENS, ENCODER_INPUT_TOKENS,
+                                     ENCODER_SEGMENT_IDS)
 
 Array = jax.Array
 Batch = Mapping[str, Any]
 Params = Any
 
 
-def _validate_batch(batch: Batch, required: tuple[str, ...], groups: tuple[tuple[str, ...], ...],
-                    model_name: str, float_ok: tuple[str, ...] = ("decoder_loss_weights",)):
-  """Check presence, rank, dtype and shared shapes of features; raise ValueError."""
-  if not isinstance(batch, Mapping):
-    raise ValueError(f"{model_name}: the batch must be a dict of arrays, found "
-                     f"{type(batch).__name__}.")
-  missing = [f for f in required if batch.get(f) is None]
-  if missing:
-    raise ValueError(f"{model_name}: missing feature(s) {missing}; the batch has "
-                     f"{sorted(k for k, v in batch.items() if v is not None)}. "
-                     f"Required: {list(required)}.")
-  batch_size = None
-  for group in groups:
-    shape = None
-    for name in group:
-      value = batch.get(name)
-      if value is None:
-        continue
-      value_shape = tuple(value.shape if hasattr(value, "shape") else np.shape(value))
-      if len(value_shape) != 2:
-        raise ValueError(f"{model_name}: feature {name!r} must have shape [batch, length], "
-                         f"found shape {value_shape}.")
-      dtype = np.dtype(value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype)
-      if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_)
-              or (name in float_ok and np.issubdtype(dtype, np.floating))):
-        expected = "an integer or float" if name in float_ok else "an integer"
-        raise ValueError(f"{model_name}: feature {name!r} must have {expected} dtype, "
-                         f"found {dtype}.")
-      if shape is None:
-        shape, first = value_shape, name
-      elif value_shape != shape:
-        raise ValueError(f"{model_name}: feature {name!r} has shape {value_shape} but "
-                         f"{first!r} has {shape}; they must match.")
-      if batch_size is None:
-        batch_size, batch_from = value_shape[0], name
-      elif value_shape[0] != batch_size:
-        raise ValueError(f"{model_name}: feature {name!r} has batch size {value_shape[0]} "
-                         f"but {batch_from!r} has {batch_size}.")
-
-
 def _weights(batch: Batch) -> Array:
-  weights = batch.get("decoder_loss_weights")
+  weights = batch.get(DECODER_LOSS_WEIGHTS)
   if weights is None:
-    return (jnp.asarray(batch["decoder_target_tokens"]) > 0).astype(jnp.float32)
+    return (jnp.asarray(batch[DECODER_TARGET_TOKENS]) > 0).astype(jnp.float32)
   return jnp.asarray(weights, jnp.float32)
 
 
@@ -114,6 +79,12 @@ class BaseModel:
     raise NotImplementedError
 
   # -- shared ----------------------------------------------------------------------
+  @property
+  def layout(self):
+    """How this model reads prompts and continuations (`layouts.DecoderLayout` or
+    `layouts.EncoderDecoderLayout`): what evaluation asks instead of the model's kind."""
+    return architectures.get(self.name).layout
+
   @functools.cached_property
   def module(self) -> nn.Module:
     """The network as configured (attention_impl, remat_policy, scan_layers)."""
@@ -168,7 +139,7 @@ class BaseModel:
     `accuracy` (over weighted tokens) and `num_tokens` (the weight sum).
     """
     logits = self.compute_logits(params, batch, dropout_rng)
-    targets = jnp.asarray(batch["decoder_target_tokens"])
+    targets = jnp.asarray(batch[DECODER_TARGET_TOKENS])
     weights = _weights(batch)
     loss, z_loss, weight_sum = losses.compute_weighted_cross_entropy(
         logits, targets, weights, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
@@ -181,7 +152,7 @@ class BaseModel:
   def score_batch(self, params: Params, batch: Batch) -> Array:
     """Summed log-probability of the weighted target tokens per row, `[b]` (no z-loss)."""
     logits = self.compute_logits(params, batch)
-    token_ll = losses.token_log_likelihoods(logits, jnp.asarray(batch["decoder_target_tokens"]))
+    token_ll = losses.token_log_likelihoods(logits, jnp.asarray(batch[DECODER_TARGET_TOKENS]))
     return jnp.sum(token_ll * _weights(batch), axis=-1)
 
   def _decode_options(self, rng, max_decode_steps, temperature, topk, eos_id):
@@ -206,39 +177,39 @@ class DecoderOnlyModel(BaseModel):
     return network.DecoderOnly(config)
 
   def _init_args(self, input_shapes):
-    shape = input_shapes.get("decoder_input_tokens") if isinstance(input_shapes, Mapping) else None
+    shape = input_shapes.get(DECODER_INPUT_TOKENS) if isinstance(input_shapes, Mapping) else None
     if shape is None:
-      raise ValueError(f"{self.name}: input_shapes must give 'decoder_input_tokens', found "
-                       f"{input_shapes!r}.")
+      raise UserError(f"{self.name}: input_shapes must give 'decoder_input_tokens', found "
+                      f"{input_shapes!r}.")
     tokens = jnp.ones(shape, jnp.int32)
     return (tokens, layers.make_decoder_mask(tokens))
 
   def _causal_attention(self, batch: Batch) -> Optional[Array]:
     if not self.inputs_bidirectional_attention:
       return None
-    dca = batch.get("decoder_causal_attention")
+    dca = batch.get(DECODER_CAUSAL_ATTENTION)
     if dca is None:
-      raise ValueError(
+      raise UserError(
           f"{self.name}: feature 'decoder_causal_attention' is required (1 on the input "
           f"tokens plus one position, 0 elsewhere) but the batch has only "
           f"{sorted(k for k, v in batch.items() if v is not None)}. Use the causal_decoder "
           f"to read every position causally.")
     return jnp.asarray(dca)
 
-  def validate(self, batch: Batch, required=("decoder_input_tokens", "decoder_target_tokens")):
-    _validate_batch(batch, required, architectures.model_features(self.name), self.name)
+  def validate(self, batch: Batch, required=(DECODER_INPUT_TOKENS, DECODER_TARGET_TOKENS)):
+    architectures.get(self.name).check_batch(batch, required)
 
   def compute_logits(self, params, batch, dropout_rng=None):
     """Logits `[b, l, v]` (float32) of a full forward pass."""
     self.validate(batch)
     dca = self._causal_attention(batch)
     dtype = self.config.activation_dtype
-    seg = batch.get("decoder_segment_ids")
-    mask = layers.make_decoder_mask(jnp.asarray(batch["decoder_target_tokens"]), dtype, dca,
+    seg = batch.get(DECODER_SEGMENT_IDS)
+    mask = layers.make_decoder_mask(jnp.asarray(batch[DECODER_TARGET_TOKENS]), dtype, dca,
                                     None if seg is None else jnp.asarray(seg))
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
     return self.module.apply({"params": self._apply_params(params)},
-                             jnp.asarray(batch["decoder_input_tokens"]), mask,
+                             jnp.asarray(batch[DECODER_INPUT_TOKENS]), mask,
                              enable_dropout=dropout_rng is not None, rngs=rngs)
 
   def predict_batch(self, params, batch, rng=None, *, max_decode_steps=None, temperature=None,
@@ -252,12 +223,12 @@ class DecoderOnlyModel(BaseModel):
     attends bidirectionally over it), then one token per step is generated.
     Returns tokens `[b, steps]` (or a `decoding.DecodeResult` with the logits).
     """
-    self.validate(batch, required=("decoder_input_tokens",))
+    self.validate(batch, required=(DECODER_INPUT_TOKENS,))
     options = self._decode_options(rng, max_decode_steps, temperature, topk, eos_id)
     params = self._apply_params(params)
-    tokens = jnp.asarray(batch["decoder_input_tokens"], jnp.int32)
+    tokens = jnp.asarray(batch[DECODER_INPUT_TOKENS], jnp.int32)
     b, length = tokens.shape
-    dca = batch.get("decoder_causal_attention")
+    dca = batch.get(DECODER_CAUSAL_ATTENTION)
     if dca is None:
       if self.inputs_bidirectional_attention:
         self._causal_attention(batch)  # raises the missing-feature error
@@ -297,11 +268,11 @@ class EncoderDecoderModel(BaseModel):
 
   def _init_args(self, input_shapes):
     shapes = input_shapes if isinstance(input_shapes, Mapping) else {}
-    if "encoder_input_tokens" not in shapes or "decoder_input_tokens" not in shapes:
-      raise ValueError(f"{self.name}: input_shapes must give 'encoder_input_tokens' and "
-                       f"'decoder_input_tokens', found {input_shapes!r}.")
-    enc = jnp.ones(shapes["encoder_input_tokens"], jnp.int32)
-    dec = jnp.ones(shapes["decoder_input_tokens"], jnp.int32)
+    if ENCODER_INPUT_TOKENS not in shapes or DECODER_INPUT_TOKENS not in shapes:
+      raise UserError(f"{self.name}: input_shapes must give 'encoder_input_tokens' and "
+                      f"'decoder_input_tokens', found {input_shapes!r}.")
+    enc = jnp.ones(shapes[ENCODER_INPUT_TOKENS], jnp.int32)
+    dec = jnp.ones(shapes[DECODER_INPUT_TOKENS], jnp.int32)
     return (enc, dec) + self._masks(enc, dec, None, None)
 
   def _masks(self, enc_tokens, dec_targets, enc_seg, dec_seg):
@@ -317,20 +288,20 @@ class EncoderDecoderModel(BaseModel):
     decoder_mask = layers.make_decoder_mask(dec_targets, dtype, None, dec_seg)
     return encoder_mask, decoder_mask, cross_mask
 
-  def validate(self, batch, required=("encoder_input_tokens", "decoder_input_tokens",
-                                      "decoder_target_tokens")):
-    _validate_batch(batch, required, architectures.model_features(self.name), self.name)
+  def validate(self, batch, required=(ENCODER_INPUT_TOKENS, DECODER_INPUT_TOKENS,
+                                      DECODER_TARGET_TOKENS)):
+    architectures.get(self.name).check_batch(batch, required)
 
   def compute_logits(self, params, batch, dropout_rng=None):
     """Decoder logits `[b, t, v]` (float32) of a full forward pass."""
     self.validate(batch)
     get = lambda k: None if batch.get(k) is None else jnp.asarray(batch[k])
-    enc = get("encoder_input_tokens")
-    masks = self._masks(enc, get("decoder_target_tokens"), get("encoder_segment_ids"),
-                        get("decoder_segment_ids"))
+    enc = get(ENCODER_INPUT_TOKENS)
+    masks = self._masks(enc, get(DECODER_TARGET_TOKENS), get(ENCODER_SEGMENT_IDS),
+                        get(DECODER_SEGMENT_IDS))
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
     return self.module.apply({"params": self._apply_params(params)}, enc,
-                             get("decoder_input_tokens"), *masks,
+                             get(DECODER_INPUT_TOKENS), *masks,
                              enable_dropout=dropout_rng is not None, rngs=rngs)
 
   def encode(self, params, encoder_input_tokens, encoder_segment_ids=None) -> Array:
@@ -375,17 +346,17 @@ class EncoderDecoderModel(BaseModel):
     would alone.
     """
     if (encoded is None) == (cross_key_values is None):
-      raise ValueError(f"{self.name}.decode_logits takes encoded [batch, length, emb] or "
-                       f"cross_key_values, exactly one; found "
-                       f"{'both' if encoded is not None else 'neither'}.")
+      raise UserError(f"{self.name}.decode_logits takes encoded [batch, length, emb] or "
+                      f"cross_key_values, exactly one; found "
+                      f"{'both' if encoded is not None else 'neither'}.")
     if cross_rows is not None and cross_key_values is None:
-      raise ValueError(f"{self.name}.decode_logits: cross_rows selects prompts of "
-                       f"cross_key_values; give those (with encoded None), or gather "
-                       f"encoded yourself.")
+      raise UserError(f"{self.name}.decode_logits: cross_rows selects prompts of "
+                      f"cross_key_values; give those (with encoded None), or gather "
+                      f"encoded yourself.")
     if (encoder_segment_ids is None) != (cross_segment_ids is None):
-      raise ValueError(f"{self.name}.decode_logits: encoder_segment_ids and "
-                       f"cross_segment_ids go together (packed rows); found only "
-                       f"{'encoder' if cross_segment_ids is None else 'cross'}_segment_ids.")
+      raise UserError(f"{self.name}.decode_logits: encoder_segment_ids and "
+                      f"cross_segment_ids go together (packed rows); found only "
+                      f"{'encoder' if cross_segment_ids is None else 'cross'}_segment_ids.")
     enc = jnp.asarray(encoder_input_tokens, jnp.int32)
     enc_seg = None if encoder_segment_ids is None else jnp.asarray(encoder_segment_ids,
                                                                    jnp.int32)
@@ -417,10 +388,10 @@ class EncoderDecoderModel(BaseModel):
     Greedy if `rng` is None, else sampled. Returns tokens `[b, steps]` (or a
     `decoding.DecodeResult` with the logits).
     """
-    self.validate(batch, required=("encoder_input_tokens",))
+    self.validate(batch, required=(ENCODER_INPUT_TOKENS,))
     options = self._decode_options(rng, max_decode_steps, temperature, topk, eos_id)
     params = self._apply_params(params)
-    enc = jnp.asarray(batch["encoder_input_tokens"], jnp.int32)
+    enc = jnp.asarray(batch[ENCODER_INPUT_TOKENS], jnp.int32)
     b = enc.shape[0]
     dtype = self.config.activation_dtype
     encoder_mask = layers.make_attention_mask(enc > 0, enc > 0, dtype=dtype)
@@ -472,8 +443,8 @@ def build_model(arch: str, size: str = "tiny", **overrides) -> BaseModel:
   config_fields = {f.name for f in dataclasses.fields(network.TransformerConfig)}
   unknown = sorted(set(overrides) - config_fields)
   if unknown:
-    raise ValueError(f"unknown option(s) {unknown} for build_model; valid: model options "
-                     f"{sorted(_MODEL_FIELDS)} and config fields {sorted(config_fields)}.")
+    raise UserError(f"unknown option(s) {unknown} for build_model; valid: model options "
+                    f"{sorted(_MODEL_FIELDS)} and config fields {sorted(config_fields)}.")
   config = network.make_config(size, **overrides)
   if spec.has_encoder:
     return EncoderDecoderModel(config, **model_kwargs)
@@ -481,26 +452,36 @@ def build_model(arch: str, size: str = "tiny", **overrides) -> BaseModel:
                           **model_kwargs)
 
 
-def from_meta(meta: Mapping[str, Any], where: str, arch: Optional[str] = None,
-              **overrides) -> BaseModel:
+def from_meta(meta: Mapping[str, Any], where: str, arch: Optional[str] = None, *,
+              reference: bool = False, **overrides) -> BaseModel:
   """The model a checkpoint's `meta` (as `training.checkpoints.load_meta` reads it)
-  describes, built from its exact config; no parameters are read.
+  describes, built from its exact config (`network.config_from_dict`: a field that
+  decides the model and is missing is refused, naming it); no parameters are read.
+  This is the one reader from saved metadata to a model; a model directory is opened
+  with `training.checkpoints.open_model_dir`, which calls it.
 
   `where` names the checkpoint in errors. `arch` may read a causal decoder checkpoint as
-  the non-causal decoder or back (they share parameters), nothing else. `overrides` set
-  config fields or model options as in `build_model` (e.g. `dtype`, `dropout_rate`).
+  the non-causal decoder or back (they share parameters), nothing else. `reference`
+  builds the model as scoring runs it on any backend and dtype: no dropout, and the
+  execution options (`network.EXECUTION_OPTIONS`) at their defaults whatever the run
+  trained with (`TransformerConfig.reference`); they do not change the function.
+  `overrides` then set config fields or model options as in `build_model` (e.g.
+  `dtype`, `dropout_rate`).
   """
   if "config" not in meta or "arch" not in meta:
-    raise ValueError(f"checkpoint {where!r} has no model metadata (arch, config); was it "
-                     f"written by `arch-objective train` or `convert`?")
+    raise UserError(f"checkpoint {where!r} has no model metadata (arch, config); was it "
+                    f"written by `arch-objective train` or `convert`?")
   trained = meta["arch"]
   arch = arch or trained
   if arch != trained and not architectures.share_parameters(arch, trained):
-    raise ValueError(f"checkpoint {where!r} holds a {trained} model; it cannot be read as "
-                     f"{arch} (only the causal and non-causal decoders share parameters).")
-  config = dataclasses.asdict(network.config_from_dict(meta["config"], f"checkpoint {where!r}"))
-  config.update(overrides)
-  return build_model(arch, "tiny", **config)    # every field given: the preset plays no part
+    raise UserError(f"checkpoint {where!r} holds a {trained} model; it cannot be read as "
+                    f"{arch} (only the causal and non-causal decoders share parameters).")
+  config = network.config_from_dict(meta["config"], f"checkpoint {where!r}")
+  if reference:
+    config = dataclasses.replace(config.reference(), dropout_rate=0.0)
+  fields = dataclasses.asdict(config)
+  fields.update(overrides)
+  return build_model(arch, "tiny", **fields)    # every field given: the preset plays no part
 
 
 def default_input_shapes(arch: str, batch_size: int = 1, length: int = 626,

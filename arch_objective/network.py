@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from arch_objective import layers
 from arch_objective.architectures import SIZES  # the size presets (no JAX there)
+from arch_objective.errors import UserError
 
 Array = jax.Array
 
@@ -51,8 +52,8 @@ def remat_policy(name: str):
   table = {"full": policies.nothing_saveable, "dots": policies.checkpoint_dots,
            "minimal": policies.checkpoint_dots_with_no_batch_dims}
   if name not in table:
-    raise ValueError(f"TransformerConfig.remat_policy {name!r} has no checkpoint policy; "
-                     f"valid: {', '.join(REMAT_POLICIES)} ('none' means no remat).")
+    raise UserError(f"TransformerConfig.remat_policy {name!r} has no checkpoint policy; "
+                    f"valid: {', '.join(REMAT_POLICIES)} ('none' means no remat).")
   return table[name]
 
 
@@ -113,22 +114,22 @@ class TransformerConfig:
                  "num_decoder_layers"):
       value = getattr(self, name)
       if not isinstance(value, int) or value <= 0:
-        raise ValueError(f"TransformerConfig.{name} must be a positive int, found {value!r}.")
+        raise UserError(f"TransformerConfig.{name} must be a positive int, found {value!r}.")
     if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f"TransformerConfig.dropout_rate must be in [0, 1), found "
+      raise UserError(f"TransformerConfig.dropout_rate must be in [0, 1), found "
                        f"{self.dropout_rate!r}.")
     if self.dtype not in ("bfloat16", "float32", "float16"):
-      raise ValueError(f"TransformerConfig.dtype must be one of bfloat16, float32, float16; "
-                       f"found {self.dtype!r}.")
+      raise UserError(f"TransformerConfig.dtype must be one of bfloat16, float32, float16; "
+                      f"found {self.dtype!r}.")
     if self.attention_impl not in layers.ATTENTION_IMPLS:
-      raise ValueError(f"TransformerConfig.attention_impl must be one of "
-                       f"{', '.join(layers.ATTENTION_IMPLS)}; found {self.attention_impl!r}.")
+      raise UserError(f"TransformerConfig.attention_impl must be one of "
+                      f"{', '.join(layers.ATTENTION_IMPLS)}; found {self.attention_impl!r}.")
     if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"TransformerConfig.remat_policy must be one of "
-                       f"{', '.join(REMAT_POLICIES)}; found {self.remat_policy!r}.")
+      raise UserError(f"TransformerConfig.remat_policy must be one of "
+                      f"{', '.join(REMAT_POLICIES)}; found {self.remat_policy!r}.")
     if not isinstance(self.scan_layers, bool):
-      raise ValueError(f"TransformerConfig.scan_layers must be True or False, found "
-                       f"{self.scan_layers!r}.")
+      raise UserError(f"TransformerConfig.scan_layers must be True or False, found "
+                      f"{self.scan_layers!r}.")
 
   @property
   def activation_dtype(self):
@@ -140,32 +141,39 @@ class TransformerConfig:
                                scan_layers=False)
 
 
-# The fields that decide the function a saved model computes: a saved config must hold
-# each of them. The others (dropout, activation dtype, the execution options) take their
-# defaults when a config written before them lacks them.
-FUNCTION_FIELDS = ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",
-                   "num_encoder_layers", "num_decoder_layers", "mlp_activations",
-                   "logits_via_embedding", "relpos_num_buckets", "relpos_max_distance",
-                   "layer_norm_epsilon")
+# The fields that choose how a model executes, not what it computes (see
+# `TransformerConfig`). A saved config written before them may lack them.
+EXECUTION_OPTIONS = ("attention_impl", "remat_policy", "scan_layers")
+# Every other field decides the function a saved model computes (its shapes, its
+# activations, its numerics, its training-time dropout): a saved config must hold each.
+FUNCTION_FIELDS = tuple(f.name for f in dataclasses.fields(TransformerConfig)
+                        if f.name not in EXECUTION_OPTIONS)
 
 
 def config_from_dict(fields: Mapping[str, Any], where: str) -> TransformerConfig:
   """The `TransformerConfig` a checkpoint or export saved (its JSON form: lists become
-  tuples). A field it lacks among `FUNCTION_FIELDS` or one this config does not know is
-  a ValueError naming `where` and the fields: never a size preset's value."""
+  tuples): the one reader of a saved config.
+
+  Every field in `FUNCTION_FIELDS` (all but the execution options) must be there: a
+  missing one is a UserError naming `where` and the field, never filled in from a size
+  preset or the dataclass default. The execution options (`EXECUTION_OPTIONS`:
+  attention_impl, remat_policy, scan_layers) change how the model runs, not what it
+  computes, and configs saved before they existed lack them: a missing one takes its
+  default (the reference path). A field this config does not know is a UserError too.
+  """
   if not isinstance(fields, Mapping):
-    raise ValueError(f"{where}: the model config is not a JSON object (found "
-                     f"{type(fields).__name__}).")
+    raise UserError(f"{where}: the model config is not a JSON object (found "
+                    f"{type(fields).__name__}).")
   valid = {f.name for f in dataclasses.fields(TransformerConfig)}
   unknown = sorted(set(fields) - valid)
   if unknown:
-    raise ValueError(f"{where}: unknown config field(s) {unknown}; valid: {sorted(valid)}. "
-                     f"It was written by a different version of arch-objective.")
+    raise UserError(f"{where}: unknown config field(s) {unknown}; valid: {sorted(valid)}. "
+                    f"It was written by a different version of arch-objective.")
   missing = [name for name in FUNCTION_FIELDS if name not in fields]
   if missing:
-    raise ValueError(f"{where}: the model config lacks {', '.join(missing)}; a saved config "
-                     f"names every field that decides the model ({', '.join(FUNCTION_FIELDS)})."
-                     f" Add the missing values to its meta (the size it was trained with).")
+    raise UserError(f"{where}: the model config lacks {', '.join(missing)}; a saved config "
+                    f"names every field that decides the model ({', '.join(FUNCTION_FIELDS)})."
+                    f" Add the missing values to its meta (the size it was trained with).")
   return TransformerConfig(**{k: (tuple(v) if isinstance(v, list) else v)
                               for k, v in fields.items()})
 
@@ -173,14 +181,14 @@ def config_from_dict(fields: Mapping[str, Any], where: str) -> TransformerConfig
 def make_config(size: str, **overrides) -> TransformerConfig:
   """The config of a size preset, with field overrides (e.g. `dtype='float32'`)."""
   if size not in SIZES:
-    raise ValueError(f"unknown size {size!r}; valid sizes: {', '.join(SIZES)}.")
+    raise UserError(f"unknown size {size!r}; valid sizes: {', '.join(SIZES)}.")
   preset = dict(SIZES[size])
   n = preset.pop("layers")
   preset.update(num_encoder_layers=n, num_decoder_layers=n)
   valid = {f.name for f in dataclasses.fields(TransformerConfig)}
   unknown = sorted(set(overrides) - valid)
   if unknown:
-    raise ValueError(f"unknown config override(s) {unknown}; valid: {sorted(valid)}.")
+    raise UserError(f"unknown config override(s) {unknown}; valid: {sorted(valid)}.")
   preset.update(overrides)
   return TransformerConfig(**preset)
 
@@ -324,12 +332,12 @@ class TransformerStack(nn.Module):
                decoding: layers.Decoding = layers.Decoding.TRAIN) -> Array:
     cfg = self.config
     if self.cross_attention and (encoded is None) == (cross_key_values is None):
-      raise ValueError(f"the {self.role} stack's cross-attention takes encoded [batch, "
-                       f"length, emb] or cross_key_values, exactly one; found "
-                       f"{'both' if encoded is not None else 'neither'}.")
+      raise UserError(f"the {self.role} stack's cross-attention takes encoded [batch, "
+                      f"length, emb] or cross_key_values, exactly one; found "
+                      f"{'both' if encoded is not None else 'neither'}.")
     if cross_rows is not None and cross_key_values is None:
-      raise ValueError("cross_rows selects rows of cross_key_values; give cross_key_values "
-                       "(per prompt) with it.")
+      raise UserError("cross_rows selects rows of cross_key_values; give cross_key_values "
+                      "(per prompt) with it.")
     dtype = cfg.activation_dtype
     embedder = self.shared_embedding
     if embedder is None:

@@ -21,6 +21,8 @@ from typing import Optional
 
 from etils import epath
 
+from arch_objective.errors import UserError
+
 # The schemes etils.epath reads and writes (hf:// is read-only and not offered).
 REMOTE_SCHEMES = ("gs", "s3", "az")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -39,9 +41,9 @@ def is_remote(path) -> bool:
 def _check_scheme(path: str, what: str):
   found = scheme(path)
   if found is not None and found not in REMOTE_SCHEMES:
-    raise ValueError(f"{what} {path!r} has the scheme '{found}://', which cannot be read or "
-                     f"written here; expected a local path or one of "
-                     f"{', '.join(s + '://' for s in REMOTE_SCHEMES)}.")
+    raise UserError(f"{what} {path!r} has the scheme '{found}://', which cannot be read or "
+                    f"written here; expected a local path or one of "
+                    f"{', '.join(s + '://' for s in REMOTE_SCHEMES)}.")
 
 
 def normalize(path, what: str = "path") -> str:

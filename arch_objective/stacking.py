@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from arch_objective.errors import UserError
+
 Tree = Mapping[str, Any]
 STACKED_LAYERS = "layers"
 _LAYER = re.compile(r"^layers_(\d+)$")
@@ -57,17 +59,17 @@ def stack_layers(tree: Tree) -> dict[str, Any]:
     return out
   n = len(found)
   if sorted(found) != list(range(n)):
-    raise ValueError(f"cannot stack layers {sorted(found.values())}: expected layers_0 .. "
-                     f"layers_{n - 1} without gaps.")
+    raise UserError(f"cannot stack layers {sorted(found.values())}: expected layers_0 .. "
+                    f"layers_{n - 1} without gaps.")
   if STACKED_LAYERS in tree:
-    raise ValueError(f"cannot stack layers: the tree holds both '{STACKED_LAYERS}' and "
-                     f"'layers_i' subtrees.")
+    raise UserError(f"cannot stack layers: the tree holds both '{STACKED_LAYERS}' and "
+                    f"'layers_i' subtrees.")
   per_layer = [tree[f"layers_{i}"] for i in range(n)]
   structure = jax.tree_util.tree_structure(per_layer[0])
   for i, sub in enumerate(per_layer[1:], 1):
     if jax.tree_util.tree_structure(sub) != structure:
-      raise ValueError(f"cannot stack layers: layers_{i} has other parameters than layers_0 "
-                       f"({sorted(flatten(sub))} vs {sorted(flatten(per_layer[0]))}).")
+      raise UserError(f"cannot stack layers: layers_{i} has other parameters than layers_0 "
+                      f"({sorted(flatten(sub))} vs {sorted(flatten(per_layer[0]))}).")
   out[STACKED_LAYERS] = jax.tree_util.tree_map(lambda *xs: _stack(xs), *per_layer)
   return out
 
@@ -84,14 +86,14 @@ def unstack_layers(tree: Tree) -> dict[str, Any]:
     return out
   clashing = sorted(k for k in tree if isinstance(k, str) and _LAYER.match(k))
   if clashing:
-    raise ValueError(f"cannot unstack layers: the tree holds both '{STACKED_LAYERS}' and "
-                     f"{clashing}.")
+    raise UserError(f"cannot unstack layers: the tree holds both '{STACKED_LAYERS}' and "
+                    f"{clashing}.")
   leaves = jax.tree_util.tree_leaves(stacked)
   shapes = [tuple(getattr(x, "shape", np.shape(x))) for x in leaves]
   sizes = {shape[0] if shape else None for shape in shapes}
   if len(sizes) != 1 or None in sizes:
-    raise ValueError(f"cannot unstack layers: the '{STACKED_LAYERS}' arrays need one shared "
-                     f"leading layer axis, found leading sizes {sorted(map(str, sizes))}.")
+    raise UserError(f"cannot unstack layers: the '{STACKED_LAYERS}' arrays need one shared "
+                    f"leading layer axis, found leading sizes {sorted(map(str, sizes))}.")
   for i in range(sizes.pop()):
     out[f"layers_{i}"] = jax.tree_util.tree_map(lambda x, i=i: _unstack(x, i), stacked)
   return out

@@ -13,9 +13,10 @@ from typing import Optional
 
 import numpy as np
 
-from arch_objective import architectures
+from arch_objective import architectures, layouts
+from arch_objective.errors import UserError
 
-PREFIXES = ("half", "random")
+PREFIXES = layouts.PREFIXES
 
 
 def synthetic_batch(arch: str, rows: int, length: int, *, vocab_size: int,
@@ -32,24 +33,13 @@ def synthetic_batch(arch: str, rows: int, length: int, *, vocab_size: int,
   or a random split per row (`"random"`). `weighted < 1` keeps each target's loss weight
   with that probability (the rest 0).
   """
-  spec = architectures.get(arch)
+  layout = architectures.get(arch).layout
   if prefix not in PREFIXES:
-    raise ValueError(f"synthetic_batch: unknown prefix {prefix!r}; valid: {', '.join(PREFIXES)}.")
+    raise UserError(f"synthetic_batch: unknown prefix {prefix!r}; valid: {', '.join(PREFIXES)}.")
   rng = np.random.default_rng(seed)
   ids = lambda n: rng.integers(2, vocab_size, (rows, n)).astype(np.int32)
-  shift = lambda t: np.pad(t[:, :-1], ((0, 0), (1, 0)))
   weights = lambda t: (np.ones(t.shape, np.float32) if weighted >= 1 else
                        (rng.random(t.shape) < weighted).astype(np.float32))
-  if spec.has_encoder:
-    targets = ids(length // 2 if targets_length is None else targets_length)
-    encoder = ids(length - length // 2 if inputs_length is None else inputs_length)
-    return {"encoder_input_tokens": encoder, "decoder_target_tokens": targets,
-            "decoder_input_tokens": shift(targets), "decoder_loss_weights": weights(targets)}
-  targets = ids(length)
-  batch = {"decoder_target_tokens": targets, "decoder_input_tokens": shift(targets),
-           "decoder_loss_weights": weights(targets)}
-  if spec.bidirectional_prefix:
-    split = (np.full((rows, 1), length // 2) if prefix == "half" else
-             rng.integers(1, max(length - 1, 2), (rows, 1)))
-    batch["decoder_causal_attention"] = (np.arange(length)[None] <= split).astype(np.int32)
-  return batch
+  return layout.synthetic_batch(rng, ids, weights, rows=rows, length=length,
+                                inputs_length=inputs_length, targets_length=targets_length,
+                                prefix=prefix)

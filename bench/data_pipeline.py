@@ -41,6 +41,7 @@ from arch_objective import models
 from arch_objective.data import registry, sources, vocabularies
 from arch_objective.objectives import feature_converters, pipeline
 from arch_objective.training import optimizers, trainer
+from arch_objective.training.sources import LocalCorpus
 from bench import corpus
 
 TARGET_RATIO = 2.0
@@ -140,9 +141,10 @@ def step_throughput(arch: str, batch: Mapping[str, np.ndarray], vocab_size: int,
 def measure_pair(arch: str, objective: str, data: dict, documents: list[np.ndarray],
                  settings: Settings) -> dict:
   """Pipeline, objective-only and step throughput of one (architecture, objective)."""
-  spec = tasks.resolve(f"local_{objective}", corpus=data["corpus"],
-                       vocabulary=data["vocabulary"], field=data["field"],
-                       length=settings.length, arch=arch, with_seqio=False)
+  spec = tasks.resolve(f"local_{objective}",
+                       source=LocalCorpus(data["corpus"], field=data["field"]),
+                       vocabulary=data["vocabulary"], length=settings.length, arch=arch,
+                       with_seqio=False)
   vocab = spec.vocab()
   name = spec.objective(arch).name
   rows = settings.pipeline_rows
@@ -207,8 +209,10 @@ def run(options: argparse.Namespace, log: Callable[[str], None] = print) -> dict
   settings = SMOKE if getattr(options, "smoke", False) else FULL
   with tempfile.TemporaryDirectory(prefix="bench_data_") as directory:
     data = prepare_data(options, settings, directory)
-    spec = tasks.resolve("local_full_lm", corpus=data["corpus"], vocabulary=data["vocabulary"],
-                         field=data["field"], length=settings.length, with_seqio=False)
+    spec = tasks.resolve("local_full_lm",
+                         source=LocalCorpus(data["corpus"], field=data["field"]),
+                         vocabulary=data["vocabulary"], length=settings.length,
+                         with_seqio=False)
     longest_row = 2 * settings.length
     documents, tokenize = pretokenize(spec, int(1.25 * settings.pipeline_rows * longest_row))
     log(f"data: {data['corpus_description']}; vocabulary {data['vocabulary_description']} "

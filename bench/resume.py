@@ -29,6 +29,7 @@ import tasks
 from arch_objective import models
 from arch_objective.data import sources
 from arch_objective.training import data
+from arch_objective.training import sources as source_lib
 from bench import corpus
 
 RESUME_TARGET = 1.5
@@ -115,7 +116,8 @@ def measure_paper_shapes(corpus_path: str, vocabulary: str, settings: Settings) 
   for arch, task in (("causal_decoder", "local_full_lm"),
                      ("encoder_decoder", "local_span_corruption")):
     config = data.DatasetConfig(task=task, batch_size=settings.paper_rows, length=626,
-                                corpus=corpus_path, vocabulary=vocabulary)
+                                source=source_lib.LocalCorpus(corpus_path),
+                                vocabulary=vocabulary)
     start = time.perf_counter()
     batch = next(data.batches(config, arch))
     seconds = time.perf_counter() - start
@@ -137,11 +139,11 @@ def run(options: argparse.Namespace, log: Callable[[str], None] = print) -> dict
     texts = list(corpus.documents(settings.documents))
     corpus_path = corpus.write_jsonl(texts, os.path.join(directory, "corpus.jsonl"))
     vocabulary = corpus.train_vocabulary(texts[:400], os.path.join(directory, "spm"), 2000)
-    tasks.resolve("local_span_corruption", corpus=corpus_path, vocabulary=vocabulary,
+    source = source_lib.LocalCorpus(corpus_path)
+    tasks.resolve("local_span_corruption", source=source, vocabulary=vocabulary,
                   with_seqio=False)
     config = data.DatasetConfig(task="local_span_corruption", batch_size=settings.rows,
-                                length=settings.length, corpus=corpus_path,
-                                vocabulary=vocabulary)
+                                length=settings.length, source=source, vocabulary=vocabulary)
     resume = measure_resume(config, settings)
     log(f"resume at {settings.late} vs {settings.early}: state "
         f"{resume['state']['ratio']:.2f}x, replay {resume['replay']['ratio']:.1f}x")

@@ -7,15 +7,15 @@ with two to four sentence choices), tokenised with a SentencePiece vocabulary tr
 on that corpus. One encoder-decoder (`size`, float32, random initialisation: scores,
 not accuracy, are compared) scored three ways, each measured in this run:
 
-  ours      `RankScorer.score` (its default, `scoring.PACKED`: prompts packed into
+  ours      `RankScorer.score` (`scoring.Scorer`'s packed rows: prompts packed into
             encoder rows and encoded once, the cross-attention keys and values projected
             once per prompt, each encoder row's choices packed into decoder rows,
             jitted), timed from text: tokenisation included;
-  fine      the same with `shapes=scoring.FINE` (each prompt a row of its own length
-            bucket, choices decoded by their own length bucket): `fine` records ours /
-            fine examples/s and both first passes, measured in the same rounds;
-  per row   `FINE` with the cross-attention keys and values projected once per choice
-            row (`Scorer.cross_kv_per_prompt=False`, the reference): `cross_kv` records
+  fine      `scoring_baselines.FineScorer` (each prompt a row of its own length bucket,
+            choices decoded by their own length bucket, not packed): `fine` records
+            ours / fine examples/s and both first passes, measured in the same rounds;
+  per row   `FineScorer` with the cross-attention keys and values projected once per
+            choice row (`cross_kv_per_prompt=False`, the reference): `cross_kv` records
             fine / per row examples/s, measured in the same rounds;
   lm-eval   lm-evaluation-harness's HF backend (`HFLM(backend="seq2seq")`) on
             `convert.hf.export_hf` of the same parameters, with a `T5Tokenizer` of the
@@ -59,7 +59,7 @@ from arch_objective import models
 from arch_objective.convert import hf
 from arch_objective.data import vocabularies
 from arch_objective.evaluation import rank_classification, scoring
-from bench import corpus
+from bench import corpus, scoring_baselines
 from bench.training import load_average, usable_cpus
 
 # Hugging Face reads only local files here; never ask the Hub.
@@ -216,12 +216,12 @@ def _rate(prompts: int, pairs: int, seconds: Sequence[float], first: Optional[fl
           "examples_per_second_best": prompts / best}
 
 
-def score_counting_padding(scorer: rank_classification.RankScorer,
-                           requests: Sequence[rank_classification.Request]
-                           ) -> tuple[list[np.ndarray], dict]:
-  """`scorer.score(requests)` and the positions it computed (`RankScorer.computed`,
-  padding included) beside the requests' own tokens. Used once, outside the timed
-  passes, to explain the speed."""
+def score_counting_padding(
+    scorer: rank_classification.RankScorer | scoring_baselines.FineScorer,
+    requests: Sequence[rank_classification.Request]) -> tuple[list[np.ndarray], dict]:
+  """`scorer.score(requests)` and the positions it computed (`scorer.computed`, padding
+  included) beside the requests' own tokens. Used once, outside the timed passes, to
+  explain the speed."""
   scores = scorer.score(requests)
   c = scorer.computed
   return scores, {
@@ -291,7 +291,7 @@ def run(options: argparse.Namespace, log: Callable[[str], None] = print) -> dict
                  "first_pass_speedup": serial_first / ours_first}
     log(f"  ours      first pass {ours_first:6.1f} s (compiles its {compiling['programs']} "
         f"programs on {compiling['workers']} threads: {compiling['first_pass_speedup']:.2f}x)")
-    fine = rank_classification.RankScorer(model, params, shapes=scoring.FINE)
+    fine = scoring_baselines.FineScorer(model, params)
     fine_pass = lambda: fine.score(to_requests(vocab, suite))
     (fine_scores, fine_padded), fine_first = _timed(lambda: score_counting_padding(
         fine, requests))
@@ -302,8 +302,7 @@ def run(options: argparse.Namespace, log: Callable[[str], None] = print) -> dict
     if not fine_checks["agree"]:
       raise ValueError(f"scoring benchmark: packed and fine shapes differ by "
                        f"{fine_checks['max_rel_diff']:g} relative (> {NAIVE_TOLERANCE:g}).")
-    per_row = rank_classification.RankScorer(model, params, shapes=scoring.FINE)
-    per_row.scorer.cross_kv_per_prompt = False
+    per_row = scoring_baselines.FineScorer(model, params, cross_kv_per_prompt=False)
     per_row_pass = lambda: per_row.score(to_requests(vocab, suite))
     per_row_scores, per_row_first = _timed(lambda: per_row.score(requests))
     log(f"  per row   first pass {per_row_first:6.1f} s (K/V projected per choice row)")

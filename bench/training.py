@@ -14,7 +14,7 @@ weighted token; the step costs the same for any ids):
                   optax chain that our default fused Adafactor replaces (same results):
                   the step before and after, timed in the same rounds;
   HF ED           `transformers.T5ForConditionalGeneration` (PyTorch, eager, float32) of
-                  the same config (`convert.hf.t5_config`: gated-GELU, tied embeddings),
+                  the same config (`convert.hf_t5.t5_config`: gated-GELU, tied embeddings),
                   same batch, with `transformers.optimization.Adafactor(lr=1e-3,
                   scale_parameter=True, relative_step=False, warmup_init=False)`: forward,
                   backward, step. Timed with torch at every thread count of `hf_threads`
@@ -240,9 +240,9 @@ def hf_model(model: models.BaseModel, seed: int = 0):
   """`(T5ForConditionalGeneration, Adafactor)` of our ED config (float32, train mode)."""
   import torch
   import transformers
-  from arch_objective.convert import hf
+  from arch_objective.convert import hf_t5
   torch.manual_seed(seed)
-  t5 = transformers.T5ForConditionalGeneration(hf.t5_config(model.config))
+  t5 = transformers.T5ForConditionalGeneration(hf_t5.t5_config(model.config))
   t5.train()
   optimizer = transformers.optimization.Adafactor(
       t5.parameters(), lr=1e-3, scale_parameter=True, relative_step=False, warmup_init=False)

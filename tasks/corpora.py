@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from arch_objective import architectures
+from arch_objective import architectures, layouts
 from arch_objective.data import registry, sources, vocabularies
+from arch_objective.errors import UserError
 from arch_objective.objectives import pipeline
+from arch_objective.training import sources as source_lib
 from tasks import seqio_bridge, seqio_source, t0
 
 C4_VERSION = sources.C4_VERSION  # the paper used 2.2.0; both are known to tensorflow-datasets
@@ -78,7 +80,7 @@ def register_local_corpus(name: str, patterns, *, vocabulary: str,
   """
   sources.expand_patterns(patterns)
   if validation_every < 2:
-    raise ValueError(f"validation_every must be >= 2, found {validation_every}.")
+    raise UserError(f"validation_every must be >= 2, found {validation_every}.")
   return register_corpus(name, _local_source(patterns, field, layout, validation_every),
                          vocabulary=vocabulary, extra_ids=extra_ids, length=length,
                          description=f"local corpus {patterns}", with_seqio=with_seqio)
@@ -87,49 +89,73 @@ def register_local_corpus(name: str, patterns, *, vocabulary: str,
 configure_c4()
 
 
-def resolve(task: str, *, corpus=None, field: str = "text", layout: str = "line",
+def resolve(task: str, *, source: Optional[source_lib.Source] = None,
             vocabulary: str = vocabularies.DEFAULT_VOCABULARY_PATH,
             extra_ids: int = vocabularies.DEFAULT_EXTRA_IDS,
-            length: int = pipeline.PAPER_LENGTH, tfds_data_dir: Optional[str] = None,
-            c4_version: str = C4_VERSION, with_seqio: Optional[bool] = None,
-            arch: Optional[str] = None, prompt_datasets: Optional[Sequence[str]] = None,
-            data_dir: Optional[str] = None, mapping: Optional[str] = None,
-            inputs_length: int = 1024, targets_length: int = 256):
-  """The spec of `task`, registering what the options describe first.
+            length: int = pipeline.PAPER_LENGTH, arch: Optional[str] = None,
+            inputs_length: int = 1024, targets_length: int = 256,
+            with_seqio: Optional[bool] = None):
+  """The spec of `task`, registering what `source` describes first
+  (`arch_objective.training.sources`: what each source registers, and the defaults of
+  `source=None`).
 
   `<corpus>_prefix_lm` names the packing of `arch`: `..._prefix_lm_encoder_decoder` for
-  the encoder-decoder, `..._prefix_lm_decoder` otherwise. `t0_train`, or any name with
-  `prompt_datasets`, is a prompted MT-F mixture (data from `data_dir`/`mapping`, else HF).
-
-  `c4_<kind>` uses TFDS c4/en at `c4_version` in `tfds_data_dir`; with `corpus` (files or
-  globs) the task must be `local_<kind>` and reads those files.
+  the encoder-decoder, `..._prefix_lm_decoder` otherwise. A prompted mixture (`t0_train`,
+  or any name with a PromptedDatasets source that names datasets) is made at
+  `inputs_length` / `targets_length`.
 
   Any other name registered with seqio (a task or mixture of `seqio.TaskRegistry` or
   `seqio.MixtureRegistry`, not ours) is read through seqio (`tasks.seqio_source.SeqioTask`):
   at `{'targets': length}` when its examples have only targets, else at
   `{'inputs': inputs_length, 'targets': targets_length}`.
   """
-  if task == t0.T0_TRAIN or prompt_datasets:
-    return t0.register_prompted_mixture(
-        task, datasets=prompt_datasets, data_dir=data_dir, mapping=mapping,
-        vocabulary=vocabulary, extra_ids=extra_ids, inputs_length=inputs_length,
-        targets_length=targets_length)
-  if corpus:
-    if not task.startswith("local_"):
-      raise ValueError(f"a corpus registers the tasks local_<kind>; the task must be one of "
-                       f"{', '.join('local_' + k for k in registry.TASK_KINDS)}, found "
-                       f"{task!r}.")
-    register_local_corpus("local", corpus, vocabulary=vocabulary, extra_ids=extra_ids,
-                          field=field, layout=layout, length=length, with_seqio=with_seqio)
-  elif task.startswith("c4_"):
-    configure_c4(c4_version, tfds_data_dir, vocabulary, length, with_seqio=with_seqio)
-  elif task.startswith("local_"):
-    raise ValueError(f"task {task!r} reads a local corpus: give its files (--corpus, or "
-                     f"DatasetConfig.corpus in gin).")
+  source_lib.check(source, "tasks.resolve's source")
+  spec = register_source(task, source, vocabulary=vocabulary, extra_ids=extra_ids,
+                         length=length, inputs_length=inputs_length,
+                         targets_length=targets_length, with_seqio=with_seqio)
+  if spec is not None:
+    return spec
   if task.endswith("_prefix_lm"):
-    encoder = arch is not None and architectures.get(arch).has_encoder
-    task += "_encoder_decoder" if encoder else "_decoder"
+    # The prefix LM's examples depend on the layout that reads them (spec §3.3):
+    # `<task>_decoder` or `<task>_encoder_decoder`; a decoder's without an architecture.
+    task += "_" + (layouts.DECODER if arch is None else architectures.get(arch).layout).family
   if task not in registry.names() and seqio_source.registered(task):
     return seqio_source.SeqioTask(task, length=length, inputs_length=inputs_length,
                                   targets_length=targets_length)
   return registry.get(task)
+
+
+def register_source(task: str, source: Optional[source_lib.Source], *, vocabulary: str,
+                    extra_ids: int, length: int, inputs_length: int, targets_length: int,
+                    with_seqio: Optional[bool] = None):
+  """Register the tasks `source` describes for `task` (the one place that reads a
+  source's kind); returns the spec of a prompted mixture, None otherwise (the task is
+  then looked up by name).
+
+    PromptedDatasets, or `t0_train`   the mixture, registered under `task`
+    LocalCorpus                       `local_<kind>` over its files (`task` must be one)
+    C4, or `c4_<kind>`                `c4_<kind>` at its version and data directory
+  """
+  if source_lib.is_prompted(task, source):
+    prompted = (source if isinstance(source, source_lib.PromptedDatasets)
+                else source_lib.PromptedDatasets())
+    return t0.register_prompted_mixture(
+        task, datasets=prompted.datasets, data_dir=prompted.data_dir,
+        mapping=prompted.mapping, vocabulary=vocabulary, extra_ids=extra_ids,
+        inputs_length=inputs_length, targets_length=targets_length)
+  if isinstance(source, source_lib.LocalCorpus):
+    if not task.startswith("local_"):
+      raise UserError(f"a local corpus (LocalCorpus.files, --corpus) registers the tasks "
+                      f"local_<kind>; the task must be one of "
+                      f"{', '.join('local_' + k for k in registry.TASK_KINDS)}, found "
+                      f"{task!r}.")
+    register_local_corpus("local", source.files, vocabulary=vocabulary, extra_ids=extra_ids,
+                          field=source.field, layout=source.layout, length=length,
+                          with_seqio=with_seqio)
+  elif task.startswith("c4_"):
+    c4 = source if isinstance(source, source_lib.C4) else source_lib.C4()
+    configure_c4(c4.version, c4.data_dir, vocabulary, length, with_seqio=with_seqio)
+  elif task.startswith("local_"):
+    raise UserError(f"task {task!r} reads a local corpus: give its files (LocalCorpus.files: "
+                    f"CORPUS in the run files, or --corpus).")
+  return None

@@ -45,8 +45,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from arch_objective import architectures
+from arch_objective import architectures, layouts
 from arch_objective.data import registry
+from arch_objective.errors import UserError
 from arch_objective.objectives import pipeline
 from arch_objective.prompts import mixture as mixture_lib
 
@@ -77,9 +78,13 @@ def feature_converter(arch: str, pack: bool = True) -> seqio.FeatureConverter:
   """seqio's converter of an architecture: `EncDecFeatureConverter` for the
   encoder-decoder, `DecoderFeatureConverter` (LM for `{'targets'}`, prefix LM for
   `{'inputs', 'targets'}` lengths) for the decoders."""
-  if architectures.get(arch).has_encoder:
-    return seqio.EncDecFeatureConverter(pack=pack)
-  return seqio.DecoderFeatureConverter(pack=pack)
+  converter = layouts.by_family(_SEQIO_CONVERTERS, architectures.get(arch).layout,
+                                "seqio's feature converters")
+  return converter(pack=pack)
+
+
+_SEQIO_CONVERTERS = {layouts.DECODER.family: seqio.DecoderFeatureConverter,
+                     layouts.ENCODER_DECODER.family: seqio.EncDecFeatureConverter}
 
 
 class CorpusSource(seqio.DataSource):
@@ -104,7 +109,7 @@ class CorpusSource(seqio.DataSource):
     del shuffle, sequence_length, use_cached, num_epochs  # the corpus's order, one pass
     spec = self._spec
     if split not in spec.splits:
-      raise ValueError(f"task {spec.name!r} has splits {list(spec.splits)}, not {split!r}.")
+      raise UserError(f"task {spec.name!r} has splits {list(spec.splits)}, not {split!r}.")
     index, count = _shard(shard_info)
 
     def documents():
@@ -142,7 +147,7 @@ def objective_preprocessor(spec: registry.TaskSpec):
     length = spec.length
     if sequence_length and any(v is not None for v in sequence_length.values()):
       length = pipeline.objective_length(spec.objective_name, sequence_length, spec.name)
-    objective = pipeline.Objective(spec.objective_name, spec.default_arch, length)
+    objective = pipeline.Objective(spec.objective_name, spec.default_architecture, length)
     seed, shard_info = _READ.get()
     seed = registry.shard_seed(_int_seed(seed), *_shard(shard_info))
     vocab = spec.vocab()
@@ -234,8 +239,8 @@ def register_prompted_mixture(mixture: mixture_lib.PromptedMixture) -> seqio.Mix
   for index, task in enumerate(mixture.tasks):
     name = prompted_task_name(mixture.name, task.name)
     if name in seen:
-      raise ValueError(f"mixture {mixture.name!r}: prompts {seen[name]!r} and {task.name!r} "
-                       f"both become seqio task {name!r}.")
+      raise UserError(f"mixture {mixture.name!r}: prompts {seen[name]!r} and {task.name!r} "
+                      f"both become seqio task {name!r}.")
     seen[name] = task.name
     _replace_task(name, source=seqio.FunctionDataSource(
         functools.partial(_prompted_dataset, mixture, task), splits=mixture.splits),

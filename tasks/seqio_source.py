@@ -34,6 +34,8 @@ import numpy as np
 
 from arch_objective import architectures
 from arch_objective.data import registry
+from arch_objective.data import task as task_lib
+from arch_objective.errors import UserError
 from arch_objective.objectives import chunking
 
 
@@ -45,7 +47,7 @@ def registered(name: str) -> bool:
   return name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names()
 
 
-class SeqioTask:
+class SeqioTask(task_lib.Task):
   """A seqio task or mixture as a trainable `Task` (see the module docstring).
 
   Raises ValueError (at construction) when the task has no `targets` feature, or its
@@ -61,31 +63,27 @@ class SeqioTask:
     self._provider = seqio.get_mixture_or_task(name)
     features = self._provider.output_features
     if "targets" not in features:
-      raise ValueError(f"seqio task {name!r} has features {sorted(features)}; the trainer "
-                       f"reads 'targets' (and 'inputs' when there are any).")
+      raise UserError(f"seqio task {name!r} has features {sorted(features)}; the trainer "
+                      f"reads 'targets' (and 'inputs' when there are any).")
     self.has_inputs = "inputs" in features
     self.task_feature_lengths = ({"inputs": inputs_length, "targets": targets_length}
                                  if self.has_inputs else {"targets": length})
     self.splits = tuple(self._provider.splits)
     vocabulary = features["targets"].vocabulary
     if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
-      raise ValueError(f"seqio task {name!r}: the 'targets' vocabulary is a "
-                       f"{type(vocabulary).__name__}; the trainer reads tasks with a "
-                       f"seqio.SentencePieceVocabulary.")
+      raise UserError(f"seqio task {name!r}: the 'targets' vocabulary is a "
+                      f"{type(vocabulary).__name__}; the trainer reads tasks with a "
+                      f"seqio.SentencePieceVocabulary.")
     self._vocabulary = (vocabulary.sentencepiece_model_file, vocabulary.extra_ids)
 
   @property
   def architectures(self) -> tuple[str, ...]:
-    if self.has_inputs:
-      return architectures.ARCHITECTURES
-    return (architectures.CAUSAL_DECODER, architectures.NON_CAUSAL_DECODER)
+    return architectures.readers(self.has_inputs)
 
   @property
   def default_architecture(self) -> str:
-    """The reader when none is named: one with an encoder for `{inputs, targets}`
-    examples (the encoder-decoder), else the first decoder-only one (causal)."""
-    return next(a for a in self.architectures
-                if architectures.get(a).has_encoder == self.has_inputs)
+    """The reader when none is named (`architectures.default_reader`)."""
+    return architectures.default_reader(self.has_inputs)
 
   def vocab(self):
     return registry.load_vocabulary(*self._vocabulary)
@@ -93,13 +91,6 @@ class SeqioTask:
   def feature_converter(self, arch: str, pack: bool = True):
     from tasks import seqio_providers
     return seqio_providers.feature_converter(arch, pack)
-
-  def rows(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
-           shard_index: int = 0, num_shards: int = 1, pack: bool = True
-           ) -> Iterator[dict[str, np.ndarray]]:
-    rows = self.positioned_rows(split, arch=arch, seed=seed, shard_index=shard_index,
-                                num_shards=num_shards, pack=pack)
-    return (dict(row) for row in rows)
 
   def positioned_rows(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
                       shard_index: int = 0, num_shards: int = 1, pack: bool = True,
@@ -110,12 +101,12 @@ class SeqioTask:
 
     arch = arch or self.default_architecture
     if arch not in self.architectures:
-      raise ValueError(f"seqio task {self.name!r} (features "
-                       f"{sorted(self.task_feature_lengths)}) is read by "
-                       f"{', '.join(self.architectures)}, not {arch!r}.")
+      raise UserError(f"seqio task {self.name!r} (features "
+                      f"{sorted(self.task_feature_lengths)}) is read by "
+                      f"{', '.join(self.architectures)}, not {arch!r}.")
     if split not in self.splits:
-      raise ValueError(f"seqio task {self.name!r} has splits {list(self.splits)}, not "
-                       f"{split!r}.")
+      raise UserError(f"seqio task {self.name!r} has splits {list(self.splits)}, not "
+                      f"{split!r}.")
     skip = int(start["rows"]) if start else 0
     dataset = seqio.get_dataset(
         self.name, task_feature_lengths=self.task_feature_lengths,
@@ -125,9 +116,7 @@ class SeqioTask:
     return self._rows(dataset.skip(skip), skip, arch)
 
   def _rows(self, dataset, first: int, arch: str) -> Iterator[chunking.Tagged]:
-    prefix_marked = architectures.get(arch).bidirectional_prefix
+    layout = architectures.get(arch).layout
     for n, row in enumerate(dataset.as_numpy_iterator(), first):
-      row = {k: np.asarray(v, np.int32) for k, v in row.items()}
-      if prefix_marked and "decoder_causal_attention" not in row:
-        row["decoder_causal_attention"] = np.zeros_like(row["decoder_target_tokens"])
+      row = layout.complete_row({k: np.asarray(v, np.int32) for k, v in row.items()})
       yield chunking.tag(row, {"rows": n})

@@ -7,9 +7,10 @@ from typing import Optional, Sequence
 from arch_objective.data import registry, vocabularies
 from arch_objective.prompts import datasets as datasets_lib
 from arch_objective.prompts import mixture, t0
+from arch_objective.training import sources
 from tasks import seqio_bridge
 
-T0_TRAIN = "t0_train"
+T0_TRAIN = sources.T0_TRAIN
 
 
 def parse_datasets(names: Sequence[str]) -> list[tuple[str, Optional[str]]]:

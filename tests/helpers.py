@@ -1,6 +1,6 @@
-"""Shared by the training tests: the real data under ../shared/data, and a job of
-several processes on 127.0.0.1 joined with jax.distributed (a multi-host run on one
-machine)."""
+"""Shared by the tests: the real data under ../shared/data, a job of several processes
+on 127.0.0.1 joined with jax.distributed (a multi-host run on one machine), small models
+and parameters, and the plain form of the data pipeline's positioned stages."""
 import json
 import os
 import pathlib
@@ -53,6 +53,20 @@ def run_processes(script: str, argv: list, count: int = 2, devices_per_process: 
     assert p.returncode == 0, stderr[-3000:]
     outs.append(json.loads(stdout.split("RESULT", 1)[1]))
   return outs
+
+
+def unpositioned(positioned):
+  """The plain form of a `*_positioned` stage of the data pipeline (which reads
+  (document, source position) pairs and yields what it makes with where a resume restarts
+  it): `unpositioned(f)(documents, ...)` is `f` over `documents`, each at no position,
+  yielding each chunk of its (chunk, where) pairs, or each `chunking.Tagged` example or
+  row as a plain dict."""
+  from arch_objective.objectives import chunking
+
+  def plain(documents, *args, **kwargs):
+    for item in positioned(((doc, None) for doc in documents), *args, **kwargs):
+      yield dict(item) if isinstance(item, chunking.Tagged) else item[0]
+  return plain
 
 
 def random_params(model, seed: int):

@@ -387,11 +387,11 @@ def test_evaluation_reads_a_run_trained_with_every_option_on_the_reference_path(
   """A run trained with the fused kernel (cuDNN, GPU-only), remat and scan is scored on
   any machine: evaluation rebuilds its model on the reference path."""
   import dataclasses
-  from arch_objective.evaluation import loading
+  from arch_objective import models
   model = build_model("non_causal_decoder", "tiny", dtype="float32", vocab_size=64,
                       attention_impl="cudnn", remat_policy="full", scan_layers=True)
   meta = {"arch": model.name, "config": dataclasses.asdict(model.config)}
-  rebuilt = loading.model_from_meta(meta, "runs/x")
+  rebuilt = models.from_meta(meta, "runs/x", reference=True)
   assert (rebuilt.config.attention_impl, rebuilt.config.remat_policy,
           rebuilt.config.scan_layers) == ("einsum", "none", False)
   assert rebuilt.config.vocab_size == 64 and rebuilt.config.emb_dim == model.config.emb_dim

@@ -1,6 +1,9 @@
 """`python -m bench --smoke --only training|scoring` and `bench/gpu.py`: the results they
 write are well-formed, the scores they compare agree, and the GPU script stays free of
-TensorFlow. No timing assertions: speed targets live in the benchmarks' reports."""
+TensorFlow; the scoring benchmark's unpacked baseline (`bench/scoring_baselines.py`)
+scores as the packed scorer does. No timing assertions: speed targets live in the
+benchmarks' reports."""
+import functools
 import json
 import math
 import os
@@ -9,7 +12,10 @@ import statistics
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+
+import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BLOCKED = ("tensorflow", "seqio", "gin", "sentencepiece", "torch", "transformers", "lm_eval",
@@ -232,3 +238,111 @@ def test_gpu_script_dry_run_on_cpu_writes_results(tmp_path, blocker):
   assert scoring["examples_per_second"] > 0 and scoring["finite"] is True
   summary = (out / "summary.md").read_text()
   assert "## gpu_training" in summary and "## gpu_scoring" in summary
+
+
+# -- the scoring benchmark's baseline: the ED's requests in length buckets, unpacked ----------
+
+@functools.lru_cache(maxsize=None)
+def _tiny_ed():
+  """`helpers.one_layer_model`'s ED with a 256-id vocabulary, and random parameters."""
+  from arch_objective import models
+  model = helpers.one_layer_model(models.ENCODER_DECODER, 256)
+  return model, helpers.random_params(model, 1)
+
+
+def _requests(seed, n=9):
+  """Requests of random ids: prompts of 0 to 21 tokens, 1 to 3 choices of 1 to 7."""
+  from arch_objective.evaluation import scoring
+  rng = np.random.default_rng(seed)
+  ids = lambda k: rng.integers(2, 256, k).astype(np.int32)
+  return [scoring.Request(ids((0, 3, 9, 21)[i % 4]),
+                          tuple(ids(int(rng.choice((1, 4, 7))))
+                                for _ in range(int(rng.integers(1, 4)))))
+          for i in rng.permutation(n)]
+
+
+def test_fine_baseline_scores_as_the_packed_scorer():
+  """Unpacked length buckets, keys and values projected once per prompt or once per
+  choice row, give the packed scorer's scores; packing computes fewer positions, and the
+  keys and values of each encoder position are projected once, not once per choice."""
+  from arch_objective.evaluation import scoring
+  from bench import scoring_baselines
+  model, params = _tiny_ed()
+  requests = _requests(2)
+  packed = scoring.Scorer(model, params)
+  expected = [r.scores for r in packed.score(requests, normalize=True)]
+  once = scoring_baselines.FineScorer(model, params)
+  per_row = scoring_baselines.FineScorer(model, params, cross_kv_per_prompt=False)
+  for scorer in (once, per_row):
+    for a, b in zip(scorer.score(requests, normalize=True), expected):
+      assert a.dtype == np.float64
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=0)
+  total = lambda c: c["encoder_positions"] + c["decoder_positions"]
+  assert total(packed.computed) < total(once.computed)
+  counts = once.computed
+  assert counts["cross_attention_key_positions"] == counts["encoder_positions"]
+  assert (per_row.computed["cross_attention_key_positions"]
+          > per_row.computed["encoder_positions"] == counts["encoder_positions"])
+  assert once.score([]) == []
+  with pytest.raises(ValueError, match="FineScorer scores an encoder-decoder; found the "
+                                       "decoder layout"):
+    scoring_baselines.FineScorer(helpers.one_layer_model("causal_decoder", 256), {})
+
+
+def test_new_program_cost_trades_decode_programs_for_padding_not_scores():
+  """Merging choice-length buckets cuts the decode batches (and so programs), computes
+  more padded positions, and gives the same scores; a second call reuses the shapes the
+  first compiled."""
+  from bench import scoring_baselines
+  model, params = _tiny_ed()
+  requests = _requests(2, n=12)
+  apart = scoring_baselines.FineScorer(model, params, new_program_cost=0)
+  merged = scoring_baselines.FineScorer(model, params, new_program_cost=10 ** 6)
+  expected = apart.score(requests)
+  for a, b in zip(merged.score(requests), expected):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  assert merged.computed["batches"] < apart.computed["batches"]
+  assert merged.computed["decoder_positions"] > apart.computed["decoder_positions"]
+  assert merged.computed["encoder_positions"] == apart.computed["encoder_positions"]
+  shapes = set(merged._decode_shapes)
+  merged.score(requests)
+  assert merged._decode_shapes == shapes and merged.computed["programs_compiled"] == 0
+
+
+def test_merge_length_groups_weighs_padding_against_new_programs():
+  from bench.scoring_baselines import merge_length_groups
+  groups = [(4, 2), (8, 1), (48, 6)]             # (padded length, rows), ascending
+  # Free programs: every group apart (8 + 8 + 288 positions).
+  assert merge_length_groups(groups, 0) == [(0, 1), (1, 2), (2, 3)]
+  # 20 a program: 2 + 1 rows of 8 (24 + 20) beat 8 + 20 + 8 + 20; 12 rows of 48 do not.
+  assert merge_length_groups(groups, 20) == [(0, 2), (2, 3)]
+  # 1000 a program: one batch of fine_bucket(9) = 12 rows of 48 (576 + 1000).
+  assert merge_length_groups(groups, 1000) == [(0, 3)]
+  # A shape compiled before is free: 2 rows of 4 and 1 of 8 stay apart when both exist.
+  known = {(2, 4), (1, 8)}
+  assert merge_length_groups(groups, 20, known=lambda r, n: (r, n) in known) == [
+      (0, 1), (1, 2), (2, 3)]
+  assert merge_length_groups([(8, 1)], 5) == [(0, 1)]
+  assert merge_length_groups([], 5) == []
+
+
+def test_ed_chunks_stay_within_the_budget():
+  from arch_objective.evaluation import scoring
+  from bench.scoring_baselines import ed_chunks
+  requests = [scoring.Request(np.ones(3, np.int32), (np.ones(5, np.int32),) * k)
+              for k in (1, 2, 3, 1)]
+  chunks = list(ed_chunks(range(4), requests, 16, 64))
+  # costs 16 + 16 k: 32, 48, 64, 32
+  assert chunks == [[0], [1], [2], [3]]
+  assert list(ed_chunks(range(4), requests, 16, 96)) == [[0, 1], [2, 3]]
+  fine = list(ed_chunks(range(4), requests, 16, 64, lambda n: scoring.fine_bucket(n, 4)))
+  assert fine == [[0, 1], [2, 3]]      # costs 22, 28, 34, 22
+
+
+def test_ed_batch_builders():
+  from bench.scoring_baselines import ed_decoder_batch, encoder_batch
+  enc = encoder_batch([np.asarray([4, 5, 6]), np.zeros(0, np.int32)], 4, 4)
+  assert enc.tolist() == [[4, 5, 6, 0], [0] * 4, [0] * 4, [0] * 4] and enc.dtype == np.int32
+  idx, targets = ed_decoder_batch([(1, [7, 1]), (0, [8, 9, 1])], 4, 4)
+  assert idx.tolist() == [1, 0, 0, 0] and idx.dtype == np.int32
+  assert targets.tolist() == [[7, 1, 0, 0], [8, 9, 1, 0], [0] * 4, [0] * 4]

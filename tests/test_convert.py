@@ -12,7 +12,7 @@ import tensorstore as ts
 from flax import traverse_util
 
 from arch_objective import build_model, models
-from arch_objective.convert import cli, hf, model_dir, param_tree, t5x
+from arch_objective.convert import cli, hf, param_tree, t5x
 from arch_objective.training import checkpoints, optimizers, trainer
 
 from helpers import VOCAB as T5_VOCAB, needs_data, random_params
@@ -327,13 +327,13 @@ def convert(*argv):
 def test_load_params_restores_the_params_only(tmp_path, params_of):
   save_model_dir(str(tmp_path), CD, params_of(CD), step=3)
   for path in (tmp_path, tmp_path / "checkpoints", tmp_path / "checkpoints" / "3"):
-    params, meta = model_dir.load_params(str(path))
-    assert meta["arch"] == CD and meta["step"] == 3 and meta["task"] == "local_full_lm"
+    params, meta, step = checkpoints.load_params(str(path))
+    assert meta["arch"] == CD and step == 3 and meta["task"] == "local_full_lm"
     assert_trees_equal(params_of(CD), params, dtype=np.float32)
-  params, _ = model_dir.load_params(str(tmp_path), dtype="bfloat16")
+  params, _, _ = checkpoints.load_params(str(tmp_path), dtype="bfloat16")
   assert all(v.dtype == jnp.bfloat16 for v in flat(params).values())
   with pytest.raises(ValueError, match="elsewhere': no such directory"):
-    model_dir.load_params(str(tmp_path / "elsewhere"))
+    checkpoints.load_params(str(tmp_path / "elsewhere"))
 
 
 def test_switch_arch_cd_to_nd_keeps_every_weight(tmp_path, params_of, capsys):
@@ -342,8 +342,8 @@ def test_switch_arch_cd_to_nd_keeps_every_weight(tmp_path, params_of, capsys):
   assert convert("switch-arch", "--model_dir", src, "--arch", ND, "--out", dst) == 0
   assert json.loads(capsys.readouterr().out.strip())["arch"] == ND
 
-  params, meta = model_dir.load_params(dst)
-  assert meta["arch"] == ND and meta["step"] == 3 and meta["vocab_size"] == 100
+  params, meta, step = checkpoints.load_params(dst)
+  assert meta["arch"] == ND and step == 3 and meta["vocab_size"] == 100
   assert meta["lineage"][-1]["arch"] == CD
   assert_trees_equal(params_of(CD), params)
   # The trainer restores the whole state (optimiser included) as an ND model.
@@ -376,8 +376,8 @@ def test_cli_t5x_out_then_in_and_hf_out_then_in(tmp_path, params_of, capsys):
                  "--config", f"vocab_size={VOCAB}", "--config", "dtype=float32",
                  "--vocab_size", "100", "--out", back) == 0
   capsys.readouterr()
-  params, meta = model_dir.load_params(back)
-  assert meta["arch"] == ED and meta["step"] == 3 and meta["lineage"][-1]["step"] == 3
+  params, meta, step = checkpoints.load_params(back)
+  assert meta["arch"] == ED and step == 3 and meta["lineage"][-1]["step"] == 3
   assert_trees_equal(params_of(ED), params)
   # The step continues: the optimiser's counters agree with it.
   restored = checkpoints.Checkpoints(os.path.join(back, "checkpoints"))
@@ -412,7 +412,7 @@ def test_cli_t5x_out_then_in_and_hf_out_then_in(tmp_path, params_of, capsys):
   assert convert("hf-in", "--hf_dir", str(tmp_path / "hf"), "--out",
                  str(tmp_path / "from_hf")) == 0
   capsys.readouterr()
-  params, meta = model_dir.load_params(str(tmp_path / "from_hf"))
+  params, meta, _ = checkpoints.load_params(str(tmp_path / "from_hf"))
   assert meta["arch"] == ED and meta["vocab_size"] == 100 and meta["vocabulary"] == "test.model"
   assert_trees_equal(params_of(ED), params)
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from arch_objective import build_model, models
-from arch_objective.convert import hf, hf_remote, model_dir, t5x
+from arch_objective.convert import hf, hf_decoder, hf_files, model_dir, t5x
+from arch_objective.training import checkpoints
 
 from helpers import VOCAB as T5_VOCAB, random_params
 
@@ -66,8 +67,8 @@ def sharded_export_pointing_outside(tmp_path, params, target):
   outside = hf.export_native(params, config, CD, str(tmp_path / "outside"))
   out = hf.export_native(params, config, CD, str(tmp_path / "hf"), max_shard_bytes=64 * 1024)
   if target == "absolute":
-    target = os.path.join(outside, hf.WEIGHTS_FILE)
-  index = os.path.join(out, hf.INDEX_FILE)
+    target = os.path.join(outside, hf_files.WEIGHTS_FILE)
+  index = os.path.join(out, hf_files.INDEX_FILE)
   with open(index) as f:
     content = json.load(f)
   content["weight_map"] = {name: target for name in content["weight_map"]}
@@ -89,7 +90,7 @@ def test_an_index_naming_a_file_outside_the_directory_is_refused(tmp_path, cd_pa
   assert "decoder/" in message                 # the entry: a tensor name
   # The decoder-only reader goes through the same helper.
   with pytest.raises(ValueError, match="outside the directory"):
-    hf_remote.read_decoder_only(out)
+    hf_decoder.read_decoder_only(out)
 
 
 def test_hf_in_refuses_an_index_escape_in_one_line(tmp_path, cd_params, capsys):
@@ -103,7 +104,7 @@ def test_hf_in_refuses_an_index_escape_in_one_line(tmp_path, cd_params, capsys):
 def test_an_index_naming_files_inside_the_directory_is_read(tmp_path, cd_params):
   out = hf.export_native(cd_params, tiny(CD).config, CD, str(tmp_path / "hf"),
                          max_shard_bytes=64 * 1024)
-  index = os.path.join(out, hf.INDEX_FILE)
+  index = os.path.join(out, hf_files.INDEX_FILE)
   with open(index) as f:
     content = json.load(f)
   os.makedirs(os.path.join(out, "sub"))
@@ -186,7 +187,7 @@ def damage(raw: bytes, how: str) -> bytes:
                                  "offsets_outside"])
 def test_a_damaged_safetensors_file_is_named_in_one_line(tmp_path, cd_params, capsys, how):
   out = hf.export_native(cd_params, tiny(CD).config, CD, str(tmp_path / "hf"))
-  weights = os.path.join(out, hf.WEIGHTS_FILE)
+  weights = os.path.join(out, hf_files.WEIGHTS_FILE)
   with open(weights, "rb") as f:
     raw = f.read()
   with open(weights, "wb") as f:
@@ -197,7 +198,7 @@ def test_a_damaged_safetensors_file_is_named_in_one_line(tmp_path, cd_params, ca
   assert_one_line_refusal(rc, err, weights, "not a readable safetensors file")
 
 
-@pytest.mark.parametrize("file", [hf.CONFIG_FILE, hf.INDEX_FILE])
+@pytest.mark.parametrize("file", [hf_files.CONFIG_FILE, hf_files.INDEX_FILE])
 def test_a_config_or_index_that_is_not_json_is_named(tmp_path, cd_params, capsys, file):
   out = hf.export_native(cd_params, tiny(CD).config, CD, str(tmp_path / "hf"),
                          max_shard_bytes=64 * 1024)
@@ -211,10 +212,10 @@ def test_a_config_or_index_that_is_not_json_is_named(tmp_path, cd_params, capsys
 def test_an_unknown_field_in_our_config_block_is_refused(tmp_path, ed_params, where):
   pytest.importorskip("transformers")
   out = hf.export_hf(ed_params, tiny(ED).config, ED, str(tmp_path / "hf"))
-  file = os.path.join(out, hf.CONFIG_FILE)
+  file = os.path.join(out, hf_files.CONFIG_FILE)
   with open(file) as f:
     config = json.load(f)
-  block = config[hf.CONFIG_BLOCK]
+  block = config[hf_files.CONFIG_BLOCK]
   (block["config"] if where == "config" else block)["bogus_field"] = 1
   with open(file, "w") as f:
     json.dump(config, f)
@@ -279,7 +280,7 @@ def test_t5x_in_keeps_the_checkpoints_dtype_unless_one_is_given(tmp_path, capsys
                             "--vocab_size", "100", "--out", out)
   assert rc == 0, err
   assert json.loads(stdout.strip())["dtype"] == recorded
-  params, meta = model_dir.load_params(out)
+  params, meta, _ = checkpoints.load_params(out)
   assert meta["config"]["dtype"] == recorded
   scale = params["decoder"]["decoder_norm"]["scale"]
   assert scale.dtype == np.float32          # parameters are kept in float32

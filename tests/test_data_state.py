@@ -13,8 +13,9 @@ import pytest
 from arch_objective.data import sources
 from arch_objective.objectives import chunking
 from arch_objective.training import data
+from arch_objective.training.sources import LocalCorpus
 
-from helpers import CORPUS, ROOT, VOCAB, needs_data
+from helpers import CORPUS, ROOT, VOCAB, needs_data, unpositioned
 
 PAIRS = [("causal_decoder", "local_full_lm"), ("causal_decoder", "local_span_corruption"),
          ("non_causal_decoder", "local_prefix_lm"), ("non_causal_decoder", "local_full_lm"),
@@ -37,7 +38,7 @@ def _same(a, b):
 @pytest.mark.parametrize("arch,task", PAIRS)
 def test_set_state_continues_every_objective_exactly_across_epochs(tmp_path, arch, task):
   corpus = _small_corpus(tmp_path)
-  config = data.DatasetConfig(task=task, batch_size=4, length=32, corpus=corpus,
+  config = data.DatasetConfig(task=task, batch_size=4, length=32, source=LocalCorpus(corpus),
                               vocabulary=str(VOCAB))
   straight = data.batches(config, arch)
   states, reference = [], []
@@ -72,7 +73,7 @@ def test_a_late_resume_reads_only_from_the_document_it_restarts_in(tmp_path, mon
 
   monkeypatch.setattr(sources, "_decoded_lines", counting)
   config = data.DatasetConfig(task="local_span_corruption", batch_size=4, length=64,
-                              corpus=str(CORPUS), vocabulary=str(VOCAB))
+                              source=LocalCorpus(str(CORPUS)), vocabulary=str(VOCAB))
   it = data.batches(config, "encoder_decoder")
   for _ in range(300):
     next(it)
@@ -157,8 +158,8 @@ def test_byte_shares_split_lines_and_paragraphs_at_document_starts(tmp_path):
 def test_positioned_chunks_restart_anywhere():
   rng = np.random.default_rng(0)
   docs = [rng.integers(2, 100, rng.integers(0, 30)).astype(np.int32) for _ in range(120)]
-  plain = list(chunking.concat_and_split(docs, 7, append_eos=True, seed=3,
-                                         max_document_length=20))
+  plain = list(unpositioned(chunking.concat_and_split_positioned)(
+      docs, 7, append_eos=True, seed=3, max_document_length=20))
   tagged = list(chunking.concat_and_split_positioned(
       ((d, i) for i, d in enumerate(docs)), 7, append_eos=True, seed=3, max_document_length=20))
   assert len(tagged) == len(plain) and all(np.array_equal(c, p) for (c, _), p in zip(tagged,
@@ -225,6 +226,35 @@ def test_a_prompted_mixture_resumes_at_its_draw_without_rendering_again(tmp_path
   assert _same(next(again), next(ed))
 
 
+def test_the_local_overlay_points_each_source_at_local_files(monkeypatch):
+  """`local_dataset`: C4 becomes the world's corpus (or LOCAL_CORPUS, in the field and
+  layout a corpus of the dataset's own named), a local task keeps its corpus, a prompted
+  mixture becomes the world's and reads no source; the rest of the dataset stays."""
+  from arch_objective.training import local
+  from arch_objective.training.sources import C4, PromptedDatasets
+  monkeypatch.setattr(local, "prepare", lambda data_dir: local.LocalData("/world"))
+  monkeypatch.setattr("arch_objective.data.registry.register", lambda spec: spec)
+  shared = dict(batch_size=8, length=32, seed=3, pack=False)
+  c4 = local.local_dataset(data.DatasetConfig(task="c4_span_corruption",
+                                              source=C4("2.2.0", "/tfds"), **shared))
+  assert (c4.task, c4.source, c4.vocabulary) == (
+      "local_span_corruption", LocalCorpus("/world/corpus.jsonl"), "/world/spm.model")
+  assert (c4.batch_size, c4.length, c4.seed, c4.pack) == (8, 32, 3, False)
+  own = LocalCorpus(["a.txt"], field="body", layout="paragraph")
+  kept = local.local_dataset(data.DatasetConfig(task="local_full_lm", source=own, **shared))
+  assert kept.source == own
+  mine = local.local_dataset(data.DatasetConfig(task="local_full_lm", source=own, **shared),
+                             corpus="mine.jsonl", vocabulary="mine.model")
+  assert mine.source == LocalCorpus("mine.jsonl", "body", "paragraph")
+  assert mine.vocabulary == "mine.model"
+  mtf = local.local_dataset(data.DatasetConfig(
+      task="mix", source=PromptedDatasets(["imdb"], data_dir="/d"), **shared))
+  assert (mtf.task, mtf.source, mtf.prompted) == (local.WORLD_MTF, None, False)
+  with pytest.raises(ValueError, match="'glue_mix' is neither a C4 task"):
+    local.local_dataset(data.DatasetConfig(task="glue_mix", source=PromptedDatasets(),
+                                           **shared))
+
+
 @pytest.fixture(scope="module")
 def prepared_tfds(tmp_path_factory):
   """A real prepared TFDS dataset (4 TFRecord files, 200 examples 'document i')."""
@@ -274,7 +304,7 @@ def test_corpus_tasks_and_prompted_mixtures_meet_one_task_contract(tmp_path):
   from arch_objective.data import task as task_lib
   from arch_objective.training import local
   corpus = data.DatasetConfig(task="local_span_corruption", batch_size=4, length=32,
-                              corpus=str(CORPUS), vocabulary=str(VOCAB))
+                              source=LocalCorpus(str(CORPUS)), vocabulary=str(VOCAB))
   mixture = local.local_dataset(
       data.DatasetConfig(task="t0_train", batch_size=4, inputs_length=48, targets_length=16),
       data_dir=str(tmp_path / "world"))
@@ -284,7 +314,7 @@ def test_corpus_tasks_and_prompted_mixtures_meet_one_task_contract(tmp_path):
     assert config.spec("encoder_decoder") is spec          # resolved once per config
     assert "encoder_decoder" in spec.architectures and "train" in spec.splits
   full_lm = data.DatasetConfig(task="local_full_lm", batch_size=4, length=32,
-                               corpus=str(CORPUS), vocabulary=str(VOCAB))
+                               source=LocalCorpus(str(CORPUS)), vocabulary=str(VOCAB))
   with pytest.raises(ValueError, match="is read by causal_decoder, non_causal_decoder, not "
                                        "'encoder_decoder'"):
     full_lm.spec("encoder_decoder")

@@ -162,7 +162,7 @@ def test_paper_eval_t0_runs_on_a_finetuned_result(chain_root, capsys):
   captured = capsys.readouterr()
   assert code == 0, captured.err[-3000:]
   results = json.loads((out / "results.json").read_text())
-  from arch_objective.study.world import prompts as world_prompts
+  from arch_objective.data.world import prompts as world_prompts
   assert sorted(results["datasets"]) == sorted(world_prompts.HELDOUT_PROMPTS)
   assert 0.0 <= results["average"] <= 100.0
   assert results["step"] == _step(model_dir) and results["arch"] == "non_causal_decoder"

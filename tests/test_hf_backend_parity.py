@@ -2,7 +2,7 @@
 
 A tiny random CD and ND (the T5 vocabulary) are exported with their tokenizer and run
 through `lm_eval.simple_evaluate(model="hf", ...)` with the model_args the export
-recommends (`hf_remote.LM_EVAL_MODEL_ARGS`: backend=seq2seq, so that the ND's prefix is
+recommends (`hf_decoder.LM_EVAL_MODEL_ARGS`: backend=seq2seq, so that the ND's prefix is
 the start token plus the context; the CD also with `LM_EVAL_CAUSAL_MODEL_ARGS`, the
 causal backend) on small local tasks: multiple choice (one empty context among them),
 rolling log-likelihood over several windows, and greedy generation (CD, causal). Every
@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 lm_eval = pytest.importorskip("lm_eval")
 
 from arch_objective import build_model, models  # noqa: E402
-from arch_objective.convert import hf_remote  # noqa: E402
+from arch_objective.convert import hf_decoder  # noqa: E402
 from arch_objective.evaluation import harness  # noqa: E402
 from helpers import random_params  # noqa: E402
 
@@ -97,7 +97,7 @@ def setup(tmp_path_factory, t5_vocab_path):
     model = build_model(arch, "tiny", dtype="float32", logits_via_embedding=False,
                         vocab_size=len(tokenizer))
     params = random_params(model, seed=seed)
-    out = hf_remote.export_decoder_only(params, model.config, arch, str(root / arch))
+    out = hf_decoder.export_decoder_only(params, model.config, arch, str(root / arch))
     tokenizer.save_pretrained(out)      # as `convert hf-out` ships it
     exports[arch] = (model, params, out)
   vocab = vocabularies.SentencePieceVocabulary(t5_vocab_path)
@@ -171,7 +171,7 @@ def check_rolling(samples, tokenizer, model, params):
 def test_causal_decoder_scores_as_ours_under_the_causal_backend(setup, offline):
   tokenizer, vocab, tasks_dir, exports = setup
   model, params, out = exports[CD]
-  samples = run_hf(out, hf_remote.LM_EVAL_CAUSAL_MODEL_ARGS, tasks_dir,
+  samples = run_hf(out, hf_decoder.LM_EVAL_CAUSAL_MODEL_ARGS, tasks_dir,
                    ["parity_mc", "parity_rolling", "parity_gen"])
   check_multiple_choice(samples["parity_mc"], tokenizer, model, params, "causal")
   check_rolling(samples["parity_rolling"], tokenizer, model, params)
@@ -191,7 +191,7 @@ def test_decoder_only_scores_as_ours_under_the_seq2seq_backend(setup, offline, a
   tokenizer, _, tasks_dir, exports = setup
   model, params, out = exports[arch]
   tasks = ["parity_mc", "parity_rolling"] if arch == ND else ["parity_mc"]
-  samples = run_hf(out, hf_remote.LM_EVAL_MODEL_ARGS, tasks_dir, tasks)
+  samples = run_hf(out, hf_decoder.LM_EVAL_MODEL_ARGS, tasks_dir, tasks)
   check_multiple_choice(samples["parity_mc"], tokenizer, model, params, "seq2seq")
   if arch == ND:
     check_rolling(samples["parity_rolling"], tokenizer, model, params)

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from arch_objective import build_model, layers, losses, models  # noqa: E402
-from arch_objective.convert import hf_code, hf_remote, param_tree  # noqa: E402
+from arch_objective.convert import hf_code, hf_decoder, param_tree  # noqa: E402
 from arch_objective.convert.hf_code import modeling_arch_objective as remote  # noqa: E402
 from helpers import random_params  # noqa: E402
 
@@ -87,7 +87,7 @@ def exports(tmp_path_factory):
       model = tiny(arch, tied, vocab_size=VOCAB)
       params = random_params(model, seed=len(cache) + 1)
       out = str(tmp_path_factory.mktemp("hf") / f"{arch}_{'tied' if tied else 'untied'}")
-      hf_remote.export_decoder_only(params, model.config, arch, out, meta={"vocab_size": 100})
+      hf_decoder.export_decoder_only(params, model.config, arch, out, meta={"vocab_size": 100})
       cache[arch, tied] = (model, params, out, load(out))
     return cache[arch, tied]
   return get
@@ -123,12 +123,12 @@ def test_export_files_and_config_read_back(exports, arch, tied):
   assert auto.non_causal is (arch == ND) and auto.mlp_activations == ["gelu", "linear"]
   assert auto.prepend_start_token is True
 
-  arch_back, config_back, params_back = hf_remote.read_decoder_only(out)
+  arch_back, config_back, params_back = hf_decoder.read_decoder_only(out)
   assert arch_back == arch and config_back == model.config
   assert_trees_equal(params, params_back, dtype=np.float32)
   from safetensors.numpy import load_file
   weights = load_file(os.path.join(out, "model.safetensors"))
-  assert sorted(weights) == sorted(hf for _, hf, _ in hf_remote.name_map(model.config))
+  assert sorted(weights) == sorted(hf for _, hf, _ in hf_decoder.name_map(model.config))
   assert ("lm_head.weight" in weights) is not tied
 
 
@@ -324,7 +324,7 @@ def test_an_export_without_the_flag_reads_rows_as_given(tmp_path, exports):
   config = json.loads((old / "config.json").read_text())
   del config["prepend_start_token"]
   (old / "config.json").write_text(json.dumps(config))
-  assert hf_remote.read_decoder_only(str(old))[1] == model.config
+  assert hf_decoder.read_decoder_only(str(old))[1] == model.config
   theirs_model = load(str(old))
   assert theirs_model.config.prepend_start_token is False
   tokens, real, _ = plain_batch(seed=12)
@@ -334,7 +334,7 @@ def test_an_export_without_the_flag_reads_rows_as_given(tmp_path, exports):
   config["prepend_start_token"] = "yes"
   (old / "config.json").write_text(json.dumps(config))
   with pytest.raises(ValueError, match="'prepend_start_token' must be true or false"):
-    hf_remote.read_decoder_only(str(old))
+    hf_decoder.read_decoder_only(str(old))
 
 
 @pytest.mark.parametrize("arch", [CD, ND])
@@ -437,22 +437,22 @@ def test_greedy_generate_equals_our_argmax_continuation(exports, arch):
 # ---------------------------------------------------------------------------
 def test_sharded_and_bfloat16_exports_round_trip(tmp_path, exports):
   model, params, _, _ = exports(ND, False)
-  sharded = hf_remote.export_decoder_only(params, model.config, ND, str(tmp_path / "sharded"),
-                                          max_shard_bytes=64 * 1024)
+  sharded = hf_decoder.export_decoder_only(params, model.config, ND, str(tmp_path / "sharded"),
+                                           max_shard_bytes=64 * 1024)
   assert "model.safetensors.index.json" in os.listdir(sharded)
   assert len([f for f in os.listdir(sharded) if f.startswith("model-")]) > 1
-  assert_trees_equal(params, hf_remote.read_decoder_only(sharded)[2])
+  assert_trees_equal(params, hf_decoder.read_decoder_only(sharded)[2])
   tokens, real, prefix_lengths = padded_batch(seed=8)
   np.testing.assert_array_equal(
       torch_logits(load(sharded), tokens, attention_mask=real, prefix_lengths=prefix_lengths),
       torch_logits(exports(ND, False)[3], tokens, attention_mask=real,
                    prefix_lengths=prefix_lengths))
 
-  half = hf_remote.export_decoder_only(params, model.config, ND, str(tmp_path / "bf16"),
-                                       dtype="bfloat16")
+  half = hf_decoder.export_decoder_only(params, model.config, ND, str(tmp_path / "bf16"),
+                                        dtype="bfloat16")
   assert json.loads(pathlib.Path(half, "config.json").read_text())["dtype"] == "bfloat16"
   cast = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(jax.numpy.bfloat16), params)
-  assert_trees_equal(cast, hf_remote.read_decoder_only(half)[2], dtype=jax.numpy.bfloat16)
+  assert_trees_equal(cast, hf_decoder.read_decoder_only(half)[2], dtype=jax.numpy.bfloat16)
   theirs = load(half, dtype="auto")
   assert {p.dtype for p in theirs.parameters()} == {torch.bfloat16}
   assert torch_logits(theirs, tokens, attention_mask=real).dtype == np.float32
@@ -462,12 +462,13 @@ def test_export_and_import_reject_bad_input(tmp_path, exports):
   model, params, out, _ = exports(CD, True)
   ed = build_model(models.ENCODER_DECODER, "tiny", dtype="float32", vocab_size=VOCAB)
   with pytest.raises(ValueError, match="not a decoder-only model"):
-    hf_remote.export_decoder_only(params, ed.config, models.ENCODER_DECODER, str(tmp_path / "a"))
+    hf_decoder.export_decoder_only(params, ed.config, models.ENCODER_DECODER,
+                                   str(tmp_path / "a"))
   with pytest.raises(ValueError, match="do not fit"):
-    hf_remote.export_decoder_only(params, tiny(CD, False, vocab_size=VOCAB).config, CD,
-                                  str(tmp_path / "b"))
+    hf_decoder.export_decoder_only(params, tiny(CD, False, vocab_size=VOCAB).config, CD,
+                                   str(tmp_path / "b"))
   with pytest.raises(ValueError, match="already holds a config.json"):
-    hf_remote.export_decoder_only(params, model.config, CD, out)
+    hf_decoder.export_decoder_only(params, model.config, CD, out)
 
   copy = tmp_path / "edited"
   shutil.copytree(out, copy)
@@ -475,26 +476,26 @@ def test_export_and_import_reject_bad_input(tmp_path, exports):
   config["d_ff"] = 256
   (copy / "config.json").write_text(json.dumps(config))
   with pytest.raises(ValueError, match=r"arch_objective.config.mlp_dim = 128 disagrees"):
-    hf_remote.read_decoder_only(str(copy))
+    hf_decoder.read_decoder_only(str(copy))
   del config["arch_objective"]
   (copy / "config.json").write_text(json.dumps(config))
   with pytest.raises(ValueError, match="wrong shape.*wi_0"):
-    hf_remote.read_decoder_only(str(copy))
+    hf_decoder.read_decoder_only(str(copy))
   config.update(d_ff=128, mlp_activations=["gelu_exact", "linear"])
   (copy / "config.json").write_text(json.dumps(config))
   with pytest.raises(ValueError, match=r"config.json: mlp_activations .*gelu_exact"):
-    hf_remote.read_decoder_only(str(copy))
+    hf_decoder.read_decoder_only(str(copy))
   config.update(mlp_activations=["gelu", "linear"], model_type="t5")
   (copy / "config.json").write_text(json.dumps(config))
   with pytest.raises(ValueError, match="model_type 't5' is not 'arch_objective_decoder'"):
-    hf_remote.read_decoder_only(str(copy))
+    hf_decoder.read_decoder_only(str(copy))
 
   from safetensors.numpy import load_file
   weights = load_file(os.path.join(out, "model.safetensors"))
   weights.pop("model.layers.1.mlp.wo.weight")
   config_json = json.loads(pathlib.Path(out, "config.json").read_text())
   with pytest.raises(ValueError, match=r"1 missing .*model.layers.1.mlp.wo.weight"):
-    hf_remote.import_decoder_only(config_json, weights, out)
+    hf_decoder.import_decoder_only(config_json, weights, out)
 
   theirs = exports(CD, True)[3]
   tokens, real, _ = padded_batch(seed=9)
@@ -508,10 +509,11 @@ def test_export_and_import_reject_bad_input(tmp_path, exports):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, c4_sample_path, t5_vocab_path):
   """A tiny CD (the T5 vocabulary) after 6 steps of full language modelling on C4."""
-  from arch_objective.training import data, optimizers, train
+  from arch_objective.training import data, optimizers, sources, train
   model = tiny(CD)
   dataset = data.DatasetConfig(task="local_full_lm", batch_size=4, length=32,
-                               corpus=c4_sample_path, vocabulary=t5_vocab_path)
+                               source=sources.LocalCorpus(c4_sample_path),
+                               vocabulary=t5_vocab_path)
   result = train.train(model_dir=str(tmp_path_factory.mktemp("trained")), model=model,
                        dataset=dataset, train_steps=6, save_every=100, progress=False,
                        async_checkpoints=False, learning_rate_schedule=optimizers.constant(0.01))
@@ -536,7 +538,7 @@ def test_trained_model_gives_our_logits(tmp_path, trained, t5_vocab_path, arch):
   model, params = trained
   if arch == ND:     # CD and ND share their parameters (spec §7.3)
     model = models.DecoderOnlyModel(model.config, inputs_bidirectional_attention=True)
-  out = hf_remote.export_decoder_only(params, model.config, arch, str(tmp_path / "hf"))
+  out = hf_decoder.export_decoder_only(params, model.config, arch, str(tmp_path / "hf"))
   tokens, real = text_rows(t5_vocab_path, ["The weather in the mountains was cold.",
                                           "A short one."], 24)
   prefix_lengths = np.array([6, 3])
@@ -554,7 +556,7 @@ def test_lm_eval_hf_backend_scores_like_our_model(offline, trained, t5_vocab_pat
   lm_eval = pytest.importorskip("lm_eval")
   from lm_eval.tasks import TaskManager
   model, params = trained
-  out = hf_remote.export_decoder_only(params, model.config, CD, str(offline / "hf"))
+  out = hf_decoder.export_decoder_only(params, model.config, CD, str(offline / "hf"))
   spiece = offline / "spiece" / "spiece.model"
   spiece.parent.mkdir()
   shutil.copyfile(t5_vocab_path, spiece)

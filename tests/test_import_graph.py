@@ -8,10 +8,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "arch_objective"
 
 # Lowest first. The package root only re-exports (lazily) and is not checked.
 LAYERS = (
-    ("paths", "architectures", "testing", "logs", "host_memory"),
+    ("errors", "features", "paths", "layouts", "architectures", "testing", "logs", "host_memory"),
     ("objectives", "data"),
     ("prompts",),
-    ("study.world",),              # the study's world generator: data only, no JAX
+    ("data.world",),               # the synthetic world: data only, no JAX; reads prompts
     ("layers", "stacking", "network", "losses", "decoding", "models"),
     ("training",),
     ("evaluation", "convert"),
@@ -24,13 +24,13 @@ KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 
 def _top(module: str):
-  """The layer name of `module`: its top-level package, or `study.world` for the world
-  (which sits below the rest of the study)."""
+  """The layer name of `module`: its top-level package, or `data.world` for the world
+  (which sits above the rest of `data`: it builds prompted tasks)."""
   parts = module.split(".")
   if parts[0] != "arch_objective" or len(parts) < 2:
     return None
-  if parts[1:3] == ["study", "world"]:
-    return "study.world"
+  if parts[1:3] == ["data", "world"]:
+    return "data.world"
   return parts[1]
 
 
@@ -48,7 +48,7 @@ def upward_imports(root: pathlib.Path = ROOT) -> set[tuple[str, str]]:
         names = [a.name for a in node.names]
       elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
         # `from a.b import c` is read as `a.b.c`: the most specific name decides the layer
-        # (`from arch_objective.study import world` imports the world, not the study's run).
+        # (`from arch_objective.data import world` imports the world, not the sources).
         names = [f"{node.module}.{a.name}" for a in node.names]
       for name in names:
         other = _top(name)
@@ -60,7 +60,7 @@ def upward_imports(root: pathlib.Path = ROOT) -> set[tuple[str, str]]:
 def test_every_module_is_in_a_layer():
   tops = {p.stem if p.is_file() else p.name for p in ROOT.iterdir()
           if (p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists()))}
-  tops.add("study.world")
+  tops.add("data.world")
   assert tops - {"__init__"} <= set(LEVEL), sorted(tops - {"__init__"} - set(LEVEL))
 
 
@@ -77,16 +77,23 @@ def test_the_check_catches_an_upward_import(tmp_path):
   assert upward_imports(package) == {("arch_objective.data.bad", "models")}
 
 
-def test_the_world_may_not_import_the_study_above_it(tmp_path):
-  world = tmp_path / "arch_objective" / "study" / "world"
+def test_the_world_sits_between_prompts_and_the_model_core(tmp_path):
+  """The world may read the rest of `data` and `prompts` but not the model core; the rest
+  of `data` may not read the world."""
+  package = tmp_path / "arch_objective"
+  world = package / "data" / "world"
   world.mkdir(parents=True)
-  (world / "bad.py").write_text("from arch_objective.study import run\n")
-  (world / "fine.py").write_text("from arch_objective.study.world import facts\n"
+  (world / "bad.py").write_text("from arch_objective import models\n")
+  (world / "fine.py").write_text("from arch_objective.data.world import facts\n"
+                                 "from arch_objective.data import sources\n"
                                  "from arch_objective import prompts\n")
-  assert upward_imports(tmp_path / "arch_objective") == {
-      ("arch_objective.study.world.bad", "study")}
+  (package / "data" / "reads_world.py").write_text("from arch_objective.data import world\n")
+  assert upward_imports(package) == {("arch_objective.data.world.bad", "models"),
+                                     ("arch_objective.data.reads_world", "data.world")}
 
 
-def test_training_reads_the_world_but_not_the_study_run():
-  """`training/local.py` builds the local overlay's data from the world (a lower layer)."""
-  assert LEVEL["study.world"] < LEVEL["training"] < LEVEL["study"]
+def test_training_and_the_study_read_the_world():
+  """`training/local.py` builds the local overlay's data from the world, as the study
+  does: a layer below both, above `prompts` and below the model core."""
+  assert LEVEL["data"] < LEVEL["prompts"] < LEVEL["data.world"] < LEVEL["layers"]
+  assert LEVEL["data.world"] < LEVEL["training"] < LEVEL["study"]

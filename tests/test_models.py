@@ -476,19 +476,19 @@ def test_from_meta_builds_the_checkpoints_model_and_names_bad_metadata():
 
 
 @pytest.mark.parametrize("missing", [("emb_dim", "num_decoder_layers"), ("mlp_activations",),
-                                     ("vocab_size",)])
+                                     ("vocab_size",), ("dropout_rate", "dtype"),
+                                     ("float32_attention_logits",)])
 def test_a_saved_config_without_a_field_is_refused_naming_it(missing):
-  """A `small` checkpoint whose meta lacks fields is refused by every reader of saved
-  configs (evaluation's `from_meta`, conversion's `config_from_dict`), naming the fields:
+  """A `small` checkpoint whose meta lacks fields is refused by the one reader of saved
+  configs (`network.config_from_dict`, under `models.from_meta`), naming the fields:
   never built at some preset's size. Execution options a config written before them
   lacks take their defaults."""
   import dataclasses as dc
-  from arch_objective import models
-  from arch_objective.convert import model_dir
+  from arch_objective import models, network
   small = models.build_model("causal_decoder", "small")
   config = {k: v for k, v in dc.asdict(small.config).items() if k not in missing}
   for read in (lambda: models.from_meta({"arch": "causal_decoder", "config": config}, "/ckpt"),
-               lambda: model_dir.config_from_dict(config, "/ckpt")):
+               lambda: network.config_from_dict(config, "/ckpt")):
     with pytest.raises(ValueError) as e:
       read()
     assert f"the model config lacks {', '.join(missing)};" in str(e.value)
@@ -497,4 +497,4 @@ def test_a_saved_config_without_a_field_is_refused_naming_it(missing):
            if k not in ("attention_impl", "remat_policy", "scan_layers")}
   assert models.from_meta({"arch": "causal_decoder", "config": older}, "/ckpt").config == \
       small.config
-  assert model_dir.config_from_dict(older, "/ckpt") == small.config
+  assert network.config_from_dict(older, "/ckpt") == small.config

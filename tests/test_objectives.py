@@ -6,6 +6,8 @@ from arch_objective import models
 from arch_objective.objectives import (chunking, feature_converters, pipeline, prefix_lm,
                                        span_corruption)
 
+from helpers import unpositioned
+
 CD, ND, ED = models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER, models.ENCODER_DECODER
 SENTINEL = 32099
 
@@ -20,14 +22,14 @@ def random_documents(n=60, seed=0, low=3, high=32000):
 # ---------------------------------------------------------------------------
 def test_concat_and_split_with_eos_literal():
   docs = [np.array([5, 6, 7]), np.array([8, 9]), np.array([10, 11, 12, 13, 14])]
-  chunks = list(chunking.concat_and_split(docs, 4, append_eos=True))
+  chunks = list(unpositioned(chunking.concat_and_split_positioned)(docs, 4, append_eos=True))
   expected = [[5, 6, 7, 1], [8, 9, 1, 10], [11, 12, 13, 14], [1]]
   assert [c.tolist() for c in chunks] == expected
 
 
 def test_concat_and_split_without_eos_and_empty_documents_skipped():
   docs = [np.array([5, 6, 7]), np.array([], np.int32), np.array([8, 9])]
-  chunks = list(chunking.concat_and_split(docs, 2, append_eos=False))
+  chunks = list(unpositioned(chunking.concat_and_split_positioned)(docs, 2, append_eos=False))
   assert [c.tolist() for c in chunks] == [[5, 6], [7, 8], [9]]
 
 
@@ -117,7 +119,8 @@ def test_noise_density_and_mean_span_length_statistics():
 
 def test_vocabulary_without_enough_extra_ids_is_rejected():
   with pytest.raises(ValueError, match="extra_ids >= 29"):
-    list(span_corruption.span_corruption(random_documents(3), 512, SENTINEL, num_extra_ids=0))
+    list(unpositioned(span_corruption.span_corruption_positioned)(
+        random_documents(3), 512, SENTINEL, num_extra_ids=0))
 
 
 # ---------------------------------------------------------------------------

@@ -194,9 +194,10 @@ def test_the_fake_bucket_is_reached_through_paths(fake_bucket):
 # Train, resume, evaluate, convert and T0-Eval with MODEL_DIR on gs://
 # ----------------------------------------------------------------------------------------
 def _dataset(**kwargs):
-  from arch_objective.training import data
-  return data.DatasetConfig(task="local_full_lm", batch_size=2, length=32, corpus=str(CORPUS),
-                            vocabulary=str(VOCAB), **kwargs)
+  from arch_objective.training import data, sources
+  return data.DatasetConfig(task="local_full_lm", batch_size=2, length=32,
+                            source=sources.LocalCorpus(str(CORPUS)), vocabulary=str(VOCAB),
+                            **kwargs)
 
 
 @needs_data
@@ -236,14 +237,14 @@ def test_train_resume_evaluate_and_convert_on_gs(fake_bucket, capsys):
   tuned = train.train(model_dir="gs://bucket/runs/tuned", model=model, dataset=_dataset(),
                       train_steps=5, progress=False, restore_checkpoint=run + "/checkpoints/4")
   assert [h["step"] for h in tuned.history] == [5]
-  _, tuned_meta = model_dir.load_params("gs://bucket/runs/tuned")
+  _, tuned_meta, _ = checkpoints.load_params("gs://bucket/runs/tuned")
   assert tuned_meta["lineage"][0]["checkpoint"] == run + "/checkpoints/4"
 
   # CD -> ND on the bucket; the copy is complete for orbax and readable.
   written = model_dir.switch_arch(run, "non_causal_decoder", "gs://bucket/runs/nd")
   assert written == "gs://bucket/runs/nd/checkpoints/4"
   assert checkpoints.complete_steps("gs://bucket/runs/nd/checkpoints") == [4]
-  nd_params, nd_meta = model_dir.load_params("gs://bucket/runs/nd")
+  nd_params, nd_meta, _ = checkpoints.load_params("gs://bucket/runs/nd")
   assert nd_meta["arch"] == "non_causal_decoder" and nd_meta["lineage"][-1]["step"] == 4
   np.testing.assert_array_equal(nd_params["decoder"]["token_embedder"]["embedding"],
                                 params["decoder"]["token_embedder"]["embedding"])

@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 
 from arch_objective import build_model
-from arch_objective.training import checkpoints, data, optimizers, train
+from arch_objective.training import checkpoints, data, optimizers, sources, train
 
 from helpers import CORPUS, ROOT, VOCAB, needs_data
 
 
 def dataset(task="local_full_lm", batch_size=4, length=64, vocabulary=str(VOCAB), **kw):
-  return data.DatasetConfig(task=task, batch_size=batch_size, length=length, corpus=str(CORPUS),
-                            vocabulary=vocabulary, **kw)
+  return data.DatasetConfig(task=task, batch_size=batch_size, length=length,
+                            source=sources.LocalCorpus(str(CORPUS)), vocabulary=vocabulary,
+                            **kw)
 
 
 def tiny(arch="causal_decoder", **kw):

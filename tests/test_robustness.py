@@ -14,14 +14,16 @@ import numpy as np
 import pytest
 
 from arch_objective import build_model, logs
-from arch_objective.training import checkpoints, data, optimizers, run_lock, train, trainer
+from arch_objective.training import (checkpoints, data, optimizers, run_lock, sources, train,
+                                     trainer)
 
 from helpers import CORPUS, ROOT, VOCAB, needs_data, run_processes
 
 
 def dataset(task="local_full_lm", batch_size=4, length=64, vocabulary=str(VOCAB), **kw):
-  return data.DatasetConfig(task=task, batch_size=batch_size, length=length, corpus=str(CORPUS),
-                            vocabulary=vocabulary, **kw)
+  return data.DatasetConfig(task=task, batch_size=batch_size, length=length,
+                            source=sources.LocalCorpus(str(CORPUS)), vocabulary=vocabulary,
+                            **kw)
 
 
 def tiny(arch="causal_decoder", **kw):
@@ -38,7 +40,7 @@ import json, os, signal, sys
 import jax
 import numpy as np
 from arch_objective import build_model, logs
-from arch_objective.training import data, optimizers, train
+from arch_objective.training import data, optimizers, sources, train
 logs.show_on_stderr()
 model_dir, steps, signal_at, signame, corpus, vocab = sys.argv[1:7]
 def hook(step, summary):
@@ -46,7 +48,7 @@ def hook(step, summary):
   if step == int(signal_at):
     os.kill(os.getpid(), getattr(signal, signame))
 ds = data.DatasetConfig(task="local_span_corruption", batch_size=4, length=64,
-                        corpus=corpus, vocabulary=vocab)
+                        source=sources.LocalCorpus(corpus), vocabulary=vocab)
 model = build_model("non_causal_decoder", "tiny", dtype="float32", dropout_rate=0.1)
 result = train.train(model_dir=model_dir, model=model, dataset=ds, train_steps=int(steps),
                      save_every=100, hooks=[hook], progress=False,
@@ -393,12 +395,12 @@ from arch_objective.training import partitioning
 partitioning.initialize_distributed()
 import jax
 from arch_objective import build_model, logs
-from arch_objective.training import data, optimizers, train
+from arch_objective.training import data, optimizers, sources, train
 def hook(step, summary):
   if step == 2 and jax.process_index() == 1:     # only host 1 is preempted
     os.kill(os.getpid(), signal.SIGTERM)
 ds = data.DatasetConfig(task="local_full_lm", batch_size=4, length=32,
-                        corpus=sys.argv[1], vocabulary=sys.argv[2])
+                        source=sources.LocalCorpus(sys.argv[1]), vocabulary=sys.argv[2])
 model = build_model("causal_decoder", "tiny", dtype="float32")
 r = train.train(model_dir=sys.argv[3], model=model, dataset=ds, train_steps=50,
                 save_every=100, progress=False, hooks=[hook],

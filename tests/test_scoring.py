@@ -1,15 +1,17 @@
-"""`evaluation.scoring`: batched, bucketed and packed scores against one unpadded forward
-pass per (context, continuation) for the CD, ND and ED, greedy flags, batch builders,
-shapes, packing and its budgets."""
+"""`evaluation.scoring`: packed scores against one unpadded forward pass per (context,
+continuation) for the CD, ND and ED, greedy flags, plans and their compilation, shapes,
+packing and its budgets."""
 import functools
+import types
 
 import jax
 import numpy as np
 import pytest
 
-from arch_objective import layers, models
+from arch_objective import layers, layouts, models
 from arch_objective.evaluation import scoring
-from arch_objective.evaluation.scoring import Request
+from arch_objective.evaluation.scoring import Request, programs
+from arch_objective.evaluation.scoring import scorer as scorer_lib
 
 import helpers
 
@@ -221,15 +223,13 @@ def test_the_numpy_reference_is_the_models_forward_pass(arch):
                              atol=1e-4)
 
 
-@pytest.mark.parametrize("shapes", scoring.SHAPES)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_packed_batches_equal_one_direct_pass_per_request(arch, shapes):
+def test_packed_batches_equal_one_direct_pass_per_request(arch):
   model, params = model_and_params(arch)
   requests, expected = references(arch)
-  # Small batches: several batches per length bucket, several buckets. (Packed rows hold
-  # several requests each: at 96 tokens the ED's fit in 2 batches, at 64 in 4.)
-  max_tokens = 64 if shapes == scoring.PACKED else 96
-  scorer = scoring.Scorer(model, params, max_tokens=max_tokens, shapes=shapes)
+  # Small batches: several batches per length class. (Packed rows hold several requests
+  # each: at 96 tokens the ED's fit in 2 batches, at 64 in 4.)
+  scorer = scoring.Scorer(model, params, max_tokens=64)
   results = scorer.score(requests, greedy=True)
   assert len(results) == len(requests)
   assert scorer.computed["batches"] >= 3
@@ -240,9 +240,9 @@ def test_packed_batches_equal_one_direct_pass_per_request(arch, shapes):
     assert result.greedy.tolist() == [g for _, g in ref]
   assert all((res.scores < 0).all() for res in results)
   assert len({round(float(x), 3) for res in results for x in res.scores}) > 10
-  # `normalize` is an argument of the compiled programs, not a constant: the same
-  # programs divide by each choice's length.
+  # `normalize` divides each choice's sum by its length on the host: the same programs.
   normalized = scorer.score(requests, normalize=True, greedy=True)
+  assert scorer.computed["programs_compiled"] == 0
   for r, res, ref in zip(requests, normalized, expected):
     assert res.greedy.tolist() == [g for _, g in ref]
     np.testing.assert_allclose(res.scores, [s / len(c) for (s, _), c in zip(ref, r.choices)],
@@ -264,7 +264,7 @@ def test_greedy_flag_is_true_for_the_models_own_continuation(arch):
   greedy = greedy_choice(arch, params, prompt, 4)
   other = greedy.copy()
   other[-1] = (other[-1] + 1) % VOCAB or 2
-  scorer = scoring.Scorer(model, params, max_tokens=64, shapes=scoring.POW2)
+  scorer = scoring.Scorer(model, params, max_tokens=64)
   result = scorer.score([Request(prompt, (greedy, other))], greedy=True)[0]
   assert result.greedy.tolist() == [True, False]
   assert result.scores[0] > result.scores[1]
@@ -272,75 +272,29 @@ def test_greedy_flag_is_true_for_the_models_own_continuation(arch):
                              atol=1e-4, rtol=1e-5)
 
 
-def test_one_shape_computes_one_batch_shape():
-  model, params = model_and_params(CD)
-  requests, _ = references(CD)
-  scorer = scoring.Scorer(model, params, max_tokens=128, shapes=scoring.ONE_SHAPE)
-  assert all(result.greedy is None for result in scorer.score(requests))   # not asked
-  longest = scoring.bucket(max(len(r.prompt) + len(c) for r in requests for c in r.choices))
-  rows = scoring.batch_rows(128, longest)
-  assert scorer.computed["decoder_positions"] == scorer.computed["batches"] * rows * longest
-
-
-def test_ed_encodes_each_prompt_once_per_batch():
+def test_cross_kv_max_bytes_splits_the_prompts_of_a_batch():
+  """A budget of two encoder rows' keys and values: every batch holds at most that, the
+  rows are split over more batches, and the scores do not change."""
   model, params = model_and_params(ED)
-  requests, _ = references(ED)
-  scorer = scoring.Scorer(model, params, max_tokens=16384, shapes=scoring.POW2)
-  scorer.score(requests)
-  # One batch per encoder length bucket: 7 prompts of 0 to 9 tokens in 16 positions
-  # (8 rows), 2 of 21 in 32 (2 rows).
-  assert sorted(len(r.prompt) for r in requests) == [0, 0, 0, 3, 3, 9, 9, 21, 21]
-  assert scorer.computed["batches"] == 2
-  assert scorer.computed["encoder_positions"] == 16 * 8 + 32 * 2
-
-
-@pytest.mark.parametrize("shapes", [scoring.FINE, scoring.ONE_SHAPE])
-def test_ed_cross_attention_keys_and_values_projected_once_per_prompt(shapes):
-  # FINE runs the split programs (encode, then decode per choice length), ONE_SHAPE the
-  # joint one. Projecting the cross-attention keys/values once per prompt and gathering
-  # them per row gives the per-row projection's scores and flags (bit for bit on CPU; the
-  # bound allows other matmul blockings elsewhere).
-  # The requests of one encoder and one choice length bucket, in one batch: rows of
-  # several prompts, gathered in another order than the prompts'.
-  model, params = model_and_params(ED)
-  requests = [r for r in make_requests(ARCHS.index(ED))
-              if len(r.prompt) <= 9 and max(map(len, r.choices)) <= 4]
-  assert len(requests) >= 3 and sum(len(r.choices) for r in requests) > len(requests)
-  once = scoring.Scorer(model, params, shapes=shapes)
-  per_row = scoring.Scorer(model, params, shapes=shapes, cross_kv_per_prompt=False)
-  for a, b in zip(once.score(requests, greedy=True), per_row.score(requests, greedy=True)):
-    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-6)
-    assert a.greedy.tolist() == b.greedy.tolist()
-  # The keys/values of each encoder position are projected once, not once per choice.
-  counts = once.computed
-  assert counts["cross_attention_key_positions"] == counts["encoder_positions"]
-  assert (per_row.computed["cross_attention_key_positions"]
-          > per_row.computed["encoder_positions"] == counts["encoder_positions"])
-
-
-@pytest.mark.parametrize("shapes", [scoring.FINE, scoring.POW2, scoring.ONE_SHAPE])
-def test_cross_kv_max_bytes_splits_the_prompts_of_a_batch(shapes):
-  """A budget of two prompts' keys and values: every batch holds at most that (prompts
-  padded), the prompts are split over more batches, and the scores do not change."""
-  model, params = model_and_params(ED)
-  requests = [r for r in make_requests(ARCHS.index(ED))
-              if len(r.prompt) <= 9 and max(map(len, r.choices)) <= 4]
-  free = scoring.Scorer(model, params, shapes=shapes)
+  requests, _ = references(ED)               # prompts packed into 4 encoder rows of 24
+  free = scoring.Scorer(model, params)
   expected = free.score(requests, greedy=True)
   c = model.config                # per position: layers x (keys, values) x heads x dims x 4 B
   assert free.cross_kv_bytes(1, 10) == c.num_decoder_layers * 2 * 10 * c.num_heads * c.head_dim * 4
-  budget = free.cross_kv_bytes(2, 16)            # two prompts of the (only) 16-token bucket
-  assert free.computed["cross_kv_bytes"] > budget  # unbounded, one batch holds them all
-  bounded = scoring.Scorer(model, params, shapes=shapes, cross_kv_max_bytes=budget)
+  budget = free.cross_kv_bytes(2, 24)
+  # Unbounded, one batch holds them all.
+  assert free.computed["cross_kv_bytes"] == free.cross_kv_bytes(4, 24) > budget
+  bounded = scoring.Scorer(model, params, cross_kv_max_bytes=budget)
   for a, b in zip(bounded.score(requests, greedy=True), expected):
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-6)
     assert a.greedy.tolist() == b.greedy.tolist()
-  assert bounded.computed["cross_kv_bytes"] == budget
-  # Below one prompt's worth, each batch still takes one prompt.
-  single = scoring.Scorer(model, params, shapes=shapes, cross_kv_max_bytes=1)
+  assert bounded.computed["cross_kv_bytes"] == budget and bounded.computed["batches"] == 2
+  # Below one row's worth, each batch still takes one encoder row.
+  single = scoring.Scorer(model, params, cross_kv_max_bytes=1)
   for a, b in zip(single.score(requests), expected):
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-6)
-  assert single.computed["cross_kv_bytes"] == free.cross_kv_bytes(1, 16)
+  assert single.computed["cross_kv_bytes"] == free.cross_kv_bytes(1, 24)
+  assert single.computed["batches"] == 4
   with pytest.raises(ValueError, match="cross_kv_max_bytes must be a positive"):
     scoring.Scorer(model, params, cross_kv_max_bytes=0)
 
@@ -354,11 +308,18 @@ def test_requests_are_checked():
                   Request(np.asarray([5, 6], np.int32), (np.zeros((0,), np.int32),))])
   with pytest.raises(ValueError, match="request 0"):
     scorer.score([Request(np.asarray([5], np.int32), ())])
-  with pytest.raises(ValueError, match="unknown shapes"):
-    scoring.Scorer(model, params, shapes="exact")
 
 
-# -- shapes and batch builders ---------------------------------------------------------------
+def test_a_model_of_another_layout_family_is_named():
+  """The scorer packs by the model's layout family; one it has no layout for is named
+  with the families it has."""
+  other = types.SimpleNamespace(name="vision", layout=types.SimpleNamespace(family="vision"))
+  with pytest.raises(ValueError, match=r"the scorer's layouts has no entry for the vision "
+                                       r"layout; it has \['decoder', 'encoder_decoder'\]"):
+    scoring.Scorer(other, {})
+
+
+# -- shapes and the reference's batches ------------------------------------------------------
 
 def test_buckets():
   assert [scoring.pow2(n) for n in (0, 1, 2, 3, 5, 16, 17)] == [1, 1, 2, 4, 8, 16, 32]
@@ -369,18 +330,9 @@ def test_buckets():
   assert [scoring.batch_rows(64, n) for n in (16, 24, 32, 100)] == [4, 2, 2, 1]
 
 
-def test_ed_chunks_stay_within_the_budget():
-  requests = [Request(np.ones(3, np.int32), (np.ones(5, np.int32),) * k) for k in (1, 2, 3, 1)]
-  chunks = list(scoring.ed_chunks(range(4), requests, 16, 64))
-  # costs 16 + 16 k: 32, 48, 64, 32
-  assert chunks == [[0], [1], [2], [3]]
-  assert list(scoring.ed_chunks(range(4), requests, 16, 96)) == [[0, 1], [2, 3]]
-  fine = list(scoring.ed_chunks(range(4), requests, 16, 64, lambda n: scoring.fine_bucket(n, 4)))
-  assert fine == [[0, 1], [2, 3]]      # costs 22, 28, 34, 22
-
-
 def test_decoder_batch_features():
-  batch = scoring.decoder_batch([([5, 6], [7, 1]), ([], [9])], length=6, rows=3)
+  """`layouts.decoder_batch`, the rows of `naive_scores`' reference batches."""
+  batch = layouts.decoder_batch([([5, 6], [7, 1]), ([], [9])], length=6, rows=3)
   assert set(batch) == {"decoder_input_tokens", "decoder_target_tokens",
                         "decoder_loss_weights", "decoder_causal_attention"}
   assert all(v.shape == (3, 6) and v.dtype == np.int32 for v in batch.values())
@@ -389,52 +341,6 @@ def test_decoder_batch_features():
   assert batch["decoder_loss_weights"].tolist()[:2] == [[0, 0, 1, 1, 0, 0], [1, 0, 0, 0, 0, 0]]
   assert batch["decoder_causal_attention"].tolist() == [[1, 1, 1, 0, 0, 0],
                                                         [1, 0, 0, 0, 0, 0], [0] * 6]
-
-
-def test_ed_batch_builders():
-  enc = scoring.encoder_batch([np.asarray([4, 5, 6]), np.zeros(0, np.int32)], 4, 4)
-  assert enc.tolist() == [[4, 5, 6, 0], [0] * 4, [0] * 4, [0] * 4] and enc.dtype == np.int32
-  idx, targets = scoring.ed_decoder_batch([(1, [7, 1]), (0, [8, 9, 1])], 4, 4)
-  assert idx.tolist() == [1, 0, 0, 0] and idx.dtype == np.int32
-  assert targets.tolist() == [[7, 1, 0, 0], [8, 9, 1, 0], [0] * 4, [0] * 4]
-
-
-def test_merge_length_groups_weighs_padding_against_new_programs():
-  groups = [(4, 2), (8, 1), (48, 6)]             # (padded length, rows), ascending
-  # Free programs: every group apart (8 + 8 + 288 positions).
-  assert scoring.merge_length_groups(groups, 0) == [(0, 1), (1, 2), (2, 3)]
-  # 20 a program: 2 + 1 rows of 8 (24 + 20) beat 8 + 20 + 8 + 20; 12 rows of 48 do not.
-  assert scoring.merge_length_groups(groups, 20) == [(0, 2), (2, 3)]
-  # 1000 a program: one batch of fine_bucket(9) = 12 rows of 48 (576 + 1000).
-  assert scoring.merge_length_groups(groups, 1000) == [(0, 3)]
-  # A shape compiled before is free: 2 rows of 4 and 1 of 8 stay apart when both exist.
-  known = {(2, 4), (1, 8)}
-  assert scoring.merge_length_groups(groups, 20, known=lambda r, n: (r, n) in known) == [
-      (0, 1), (1, 2), (2, 3)]
-  assert scoring.merge_length_groups([(8, 1)], 5) == [(0, 1)]
-  assert scoring.merge_length_groups([], 5) == []
-
-
-def test_new_program_cost_trades_decode_programs_for_padding_not_scores():
-  """ED, FINE: merging choice-length buckets cuts the decode batches (and so programs),
-  computes more padded positions, and gives the same scores and greedy flags; a second
-  call reuses the shapes the first compiled."""
-  model, params = model_and_params(ED)
-  requests = make_requests(ARCHS.index(ED), n=12)
-  apart = scoring.Scorer(model, params, shapes=scoring.FINE, new_program_cost=0)
-  merged = scoring.Scorer(model, params, shapes=scoring.FINE, new_program_cost=10 ** 6)
-  expected = apart.score(requests, greedy=True)
-  for a, b in zip(merged.score(requests, greedy=True), expected):
-    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-6)
-    assert a.greedy.tolist() == b.greedy.tolist()
-  assert merged.computed["batches"] < apart.computed["batches"]
-  assert merged.computed["decoder_positions"] > apart.computed["decoder_positions"]
-  assert merged.computed["encoder_positions"] == apart.computed["encoder_positions"]
-  shapes = set(merged._decode_shapes)
-  merged.score(requests)
-  assert merged._decode_shapes == shapes           # nothing new to compile
-  with pytest.raises(ValueError, match="new_program_cost must be a number of positions"):
-    scoring.Scorer(model, params, new_program_cost=-1)
 
 
 @pytest.mark.parametrize("arch", [CD, ED])
@@ -456,14 +362,14 @@ def test_a_calls_new_programs_compile_together_on_worker_threads_once(arch, monk
   monkeypatch.setattr(jax.stages.Lowered, "compile", recording)
   # Rows of at most 16 tokens packed: the longer requests form other length classes, so
   # the decoder-only call too needs several programs.
-  monkeypatch.setattr(scoring, "PACKED_ROW_TOKENS", 16)
+  monkeypatch.setattr(scorer_lib, "PACKED_ROW_TOKENS", 16)
   results = {}
   for workers in (1, 2):
-    monkeypatch.setattr(scoring, "_PROGRAMS", {})       # nothing compiled yet
+    monkeypatch.setattr(programs, "_PROGRAMS", {})       # nothing compiled yet
     compiled_on.clear()
     scorer = scoring.Scorer(model, params, max_tokens=96, compile_workers=workers)
     results[workers] = scorer.score(requests, greedy=True)
-    assert scorer.computed["programs_compiled"] == len(compiled_on) == len(scoring._PROGRAMS)
+    assert scorer.computed["programs_compiled"] == len(compiled_on) == len(programs._PROGRAMS)
     assert len(compiled_on) >= 2
     assert all(compiled_on) if workers == 1 else not any(compiled_on)
     compiled_on.clear()
@@ -482,13 +388,14 @@ def test_a_calls_new_programs_compile_together_on_worker_threads_once(arch, monk
 
 def test_a_failed_compilation_leaves_the_scorer_as_it_was(monkeypatch):
   """A compilation that fails (out of memory, an interrupt) raises from `score`, keeps no
-  half-made state (shapes counted as compiled, lowered programs), and the next call
-  scores as if it never happened."""
+  half-made state (the scorer's attributes are the ones it had, no program is kept as
+  compiled), and the next call scores as if it never happened."""
   import jax
   model, params = model_and_params(ED)
   requests, expected = references(ED)
-  monkeypatch.setattr(scoring, "_PROGRAMS", {})
+  monkeypatch.setattr(programs, "_PROGRAMS", {})
   scorer = scoring.Scorer(model, params, max_tokens=96, compile_workers=2)
+  before = {name: value for name, value in vars(scorer).items() if name != "computed"}
 
   def failing(self, *a, **k):
     raise MemoryError("compiling: out of memory")
@@ -496,11 +403,13 @@ def test_a_failed_compilation_leaves_the_scorer_as_it_was(monkeypatch):
     patch.setattr(jax.stages.Lowered, "compile", failing)
     with pytest.raises(MemoryError, match="out of memory"):
       scorer.score(requests)
-  assert scorer._decode_shapes == set() and scorer._planned == {} and scorer._layouts == {}
-  assert scoring._PROGRAMS == {}
+  after = {name: value for name, value in vars(scorer).items() if name != "computed"}
+  assert after.keys() == before.keys()
+  assert all(after[name] is value for name, value in before.items())
+  assert programs._PROGRAMS == {}
   for result, ref in zip(scorer.score(requests), expected):
     np.testing.assert_allclose(result.scores, [s for s, _ in ref], atol=1e-4, rtol=1e-5)
-  assert scorer.computed["programs_compiled"] == len(scoring._PROGRAMS) >= 2
+  assert scorer.computed["programs_compiled"] == len(programs._PROGRAMS) >= 2
 
 
 def test_host_parameters_are_placed_on_the_device_once():
@@ -544,16 +453,6 @@ def test_packed_rows():
   # Rounded up to a sixteenth of their power of two: at most one row in eight is padding.
   assert [scoring.packed_rows(n) for n in (0, 1, 2, 15, 16, 17, 18, 19, 33, 34, 100)] == [
       1, 1, 2, 15, 16, 18, 18, 20, 36, 36, 104]
-
-
-def test_packed_options_are_checked():
-  model, params = model_and_params(ED)
-  with pytest.raises(ValueError, match="cross_kv_per_prompt"):
-    scoring.Scorer(model, params, shapes=scoring.PACKED, cross_kv_per_prompt=False)
-  # The default is packed, so the reference projection asks for another layout.
-  with pytest.raises(ValueError, match="cross_kv_per_prompt"):
-    scoring.Scorer(model, params, cross_kv_per_prompt=False)
-  assert scoring.Scorer(model, params).shapes == scoring.PACKED
 
 
 def test_decode_logits_takes_encoder_and_cross_segment_ids_together():
@@ -618,14 +517,13 @@ def test_ed_packed_layout_by_hand(monkeypatch):
   model, params = model_and_params(ED)
   requests = _requests([(10, [3, 1]), (3, [2]), (2, [4, 2]), (0, [1, 3]), (0, [2]),
                         (9, [5]), (5, [1, 1])], 11)
-  monkeypatch.setattr(scoring, "_PROGRAMS", dict(scoring._PROGRAMS))   # restored after
+  monkeypatch.setattr(programs, "_PROGRAMS", dict(programs._PROGRAMS))   # restored after
   scoring.clear_programs()
-  assert scoring._PROGRAMS == {}
-  monkeypatch.setattr(scoring, "PACKED_CROSS_ROWS", 1)    # a decoder row reads one row
+  assert programs._PROGRAMS == {}
+  monkeypatch.setattr(scorer_lib, "PACKED_CROSS_ROWS", 1)    # a decoder row reads one row
   scorer = scoring.Scorer(model, params)
-  scorer._layouts = {}                      # (what `score` sets up for a call)
-  enc_rows, groups, dec_rows, dec_len, parts = scorer._ed_layout(requests, list(range(7)), 16)
-  scorer._layouts = {}
+  enc_rows, groups, dec_rows, dec_len, parts = scorer.pack_encoder_decoder(
+      requests, list(range(7)), 16)
   assert enc_rows == [[0, 2, 1], [5, 6], [3, 4]] and dec_len == 8
   assert groups == [[0], [1], [2]]
   assert [list(p) for p in parts] == [[0, 1, 2]]          # 48 + 32 positions: one batch
@@ -646,17 +544,50 @@ def test_ed_packed_layout_by_hand(monkeypatch):
   # stays alone. The group's choices (3 1 4 2 2 | 5 1 1) take at 6: [5 1] [4 1 1] [3 2]
   # [2] = 4 rows, the padding row's (1 3 2) one: 5 rows of 6, 30 positions (at 8: 4 rows,
   # 32; at 12: 3, 36; at 16 and 24: 48).
-  monkeypatch.setattr(scoring, "PACKED_CROSS_ROWS", 2)
+  monkeypatch.setattr(scorer_lib, "PACKED_CROSS_ROWS", 2)
   paired = scoring.Scorer(model, params)
-  paired._layouts = {}
-  enc_rows, groups, dec_rows, dec_len, parts = paired._ed_layout(requests, list(range(7)), 16)
-  paired._layouts = {}
+  enc_rows, groups, dec_rows, dec_len, parts = paired.pack_encoder_decoder(
+      requests, list(range(7)), 16)
   assert enc_rows == [[0, 2, 1], [5, 6], [3, 4]] and groups == [[0, 1], [2]]
   assert dec_len == 6 and [len(rows) for rows in dec_rows] == [4, 1]
   results = paired.score(requests, greedy=True)
   assert paired.computed["encoder_positions"] == 48
   assert paired.computed["decoder_positions"] == 30 and paired.computed["batches"] == 1
   _assert_direct(ED, params, requests, results)
+
+
+def test_a_plan_is_data_compiled_before_it_runs(monkeypatch):
+  """An ED call's plan: per batch a step that projects the prompts' keys and values, and
+  one that decodes against them (an `Output` of the first, resolved when the plan runs).
+  Compiling the plan runs nothing (the decode program is lowered from the first
+  program's output shapes); running it gives `score`'s scores."""
+  model, params = model_and_params(ED)
+  requests, _ = references(ED)
+  monkeypatch.setattr(programs, "_PROGRAMS", {})
+  scorer = scoring.Scorer(model, params, max_tokens=64)
+  plan = scorer.plan(requests, greedy=True)
+  assert len(plan.steps) == 2 * plan.computed["batches"] >= 8
+  for k, (encode, decode) in enumerate(zip(plan.steps[::2], plan.steps[1::2])):
+    assert encode.program is programs.ed_packed_encode_kv and encode.into is None
+    assert decode.program is programs.ed_packed_decode_scores
+    assert decode.args[0] == programs.Output(2 * k) and decode.static == (True,)
+  ran = []
+  with monkeypatch.context() as patch:
+    patch.setattr(jax.stages.Compiled, "__call__", lambda self, *a, **k: ran.append(self))
+    compiled, count = programs.compile_plan(
+        plan.steps, model, scorer.params, params_signature=programs.signature(params),
+        workers=1)
+  assert ran == [] and count == len(programs._PROGRAMS) == 2          # one length class
+  assert len(compiled) == len(plan.steps)
+  scores = [np.zeros(len(r.choices)) for r in requests]
+  flags = [np.zeros(len(r.choices), bool) for r in requests]
+  for segments, (token_scores, equal) in programs.run_plan(plan.steps, compiled,
+                                                           scorer.params):
+    segments.collect(token_scores, equal, False, scores, flags)
+  for result, s, f in zip(scorer.score(requests, greedy=True), scores, flags):
+    np.testing.assert_array_equal(result.scores, s)
+    np.testing.assert_array_equal(result.greedy, f)
+  assert scorer.computed == dict(plan.computed, programs_compiled=0)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -670,7 +601,7 @@ def test_a_request_longer_than_a_packed_row_gets_rows_of_its_own(arch, monkeypat
   one_class = scoring.Scorer(model, params)
   _assert_direct(arch, params, requests, one_class.score(requests, greedy=True))
   assert one_class.computed["batches"] == 1
-  monkeypatch.setattr(scoring, "PACKED_ROW_TOKENS", 16)
+  monkeypatch.setattr(scorer_lib, "PACKED_ROW_TOKENS", 16)
   scorer = scoring.Scorer(model, params)
   _assert_direct(arch, params, requests, scorer.score(requests, greedy=True))
   assert scorer.computed["batches"] == 2
@@ -684,49 +615,28 @@ def test_a_request_longer_than_a_packed_row_gets_rows_of_its_own(arch, monkeypat
     assert scorer.computed["decoder_positions"] == 2 * 16 + 2 * 24
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_packed_scores_equal_fine_scores(arch):
-  model, params = model_and_params(arch)
-  requests, _ = references(arch)
-  packed = scoring.Scorer(model, params, shapes=scoring.PACKED)
-  fine = scoring.Scorer(model, params, shapes=scoring.FINE)
-  for a, b in zip(packed.score(requests, normalize=True, greedy=True),
-                  fine.score(requests, normalize=True, greedy=True)):
-    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=0)
-    assert a.greedy.tolist() == b.greedy.tolist()
-  # Packing computes fewer positions than fine buckets.
-  total = lambda s: s.computed["encoder_positions"] + s.computed["decoder_positions"]
-  assert total(packed) < total(fine)
-
-
 @pytest.mark.parametrize("arch, max_tokens, kv_rows", [
     (CD, 48, None), (ED, 48, None), (ED, 16384, 1)])
-def test_packed_batches_stay_within_their_budgets(arch, max_tokens, kv_rows, monkeypatch):
-  """Every batch that runs (shapes recorded from `Scorer._run`) holds at most
-  `max_tokens` tokens: rows x length, for the ED encoder rows x their length plus
-  decoder rows x theirs; its prompts' keys and values at most `cross_kv_max_bytes`
-  (`kv_rows` encoder rows of the requests' length, 24), which bounds
-  `computed['cross_kv_bytes']`. The requests then take several batches, with the
-  direct pass's scores."""
+def test_packed_batches_stay_within_their_budgets(arch, max_tokens, kv_rows):
+  """Every batch of a call's plan holds at most `max_tokens` tokens: rows x length, for
+  the ED encoder rows x their length plus decoder rows x theirs; its prompts' keys and
+  values at most `cross_kv_max_bytes` (`kv_rows` encoder rows of the requests' length,
+  24), which bounds `computed['cross_kv_bytes']`. The requests then take several
+  batches, with the direct pass's scores."""
   model, params = model_and_params(arch)
   requests, expected = references(arch)
-  shapes = []
-  run = scoring.Scorer._run
-
-  def recording(self, program, *args, **kwargs):
-    if not self._planning:
-      if program is scoring._ed_packed_encode_kv:
-        shapes.append({"enc": args[0].shape})
-      elif program is scoring._ed_packed_decode_scores:
-        shapes[-1]["dec"] = args[5].shape                        # targets
-      else:
-        assert program is scoring._decoder_packed_scores
-        shapes.append({"dec": args[0]["decoder_target_tokens"].shape})
-    return run(self, program, *args, **kwargs)
-  monkeypatch.setattr(scoring.Scorer, "_run", recording)
   kv_budget = scoring.DEFAULT_CROSS_KV_MAX_BYTES if kv_rows is None else (
       scoring.Scorer(model, params).cross_kv_bytes(kv_rows, 24))
   scorer = scoring.Scorer(model, params, max_tokens=max_tokens, cross_kv_max_bytes=kv_budget)
+  shapes = []
+  for step in scorer.plan(requests, greedy=True).steps:
+    if step.program is programs.ed_packed_encode_kv:
+      shapes.append({"enc": step.args[0].shape})
+    elif step.program is programs.ed_packed_decode_scores:
+      shapes[-1]["dec"] = step.args[5].shape                     # targets
+    else:
+      assert step.program is programs.decoder_packed_scores
+      shapes.append({"dec": step.args[0]["decoder_target_tokens"].shape})
   results = scorer.score(requests, greedy=True)
   for result, ref in zip(results, expected):
     np.testing.assert_allclose(result.scores, [s for s, _ in ref], atol=1e-4, rtol=1e-5)
@@ -745,28 +655,36 @@ def test_packed_batches_stay_within_their_budgets(arch, max_tokens, kv_rows, mon
 
 
 def test_batches_start_from_the_lower_bound_and_keep_every_row():
-  """`Scorer._batches` deals rows into parts that fit (part b: rows b, b + parts, ...):
-  from the lower bound it is given, and in more parts when those do not fit."""
+  """`shapes.deal` deals rows into parts that fit (part b: rows b, b + parts, ...): from
+  the lower bound it is given, and in more parts when those do not fit."""
+  deal = scoring.shapes.deal
   fits = lambda parts: max(map(len, parts)) <= 10
   for at_least in (1, 5, 10):
-    parts = scoring.Scorer._batches(100, fits, at_least)
+    parts = deal(100, fits, at_least)
     assert [list(p) for p in parts] == [list(range(b, 100, 10)) for b in range(10)]
-  assert [list(p) for p in scoring.Scorer._batches(7, lambda p: len(p) == 3, 3)] == [
-      [0, 3, 6], [1, 4], [2, 5]]
+  assert [list(p) for p in deal(7, lambda p: len(p) == 3, 3)] == [[0, 3, 6], [1, 4], [2, 5]]
   # With weights, the heaviest row first to the lightest part: 5 | 4, 3 -> 7 | then 2 to
   # the first (5 + 2), 1 to the first again on the tie (7 against 7).
-  weighted = scoring.Scorer._batches(5, lambda parts: True, 2, [5, 1, 4, 2, 3])
+  weighted = deal(5, lambda parts: True, 2, [5, 1, 4, 2, 3])
   assert [list(p) for p in weighted] == [[0, 1, 3], [2, 4]]
   # A lower bound above what is needed is kept (it comes from the positions to compute).
-  assert len(scoring.Scorer._batches(100, fits, 20)) == 20
+  assert len(deal(100, fits, 20)) == 20
   # Nothing fits: one row a part.
-  assert len(scoring.Scorer._batches(7, lambda parts: False, 1)) == 7
+  assert len(deal(7, lambda parts: False, 1)) == 7
 
 
-def test_max_tokens_defaults_by_shapes_and_is_checked():
+def test_length_classes():
+  """Items up to the row size share the class of the longest one's `fine_bucket`; a
+  longer one gets the class of its own."""
+  classes = scoring.shapes.length_classes
+  assert classes([3, 9, 20, 5], 4, 16) == {12: [0, 1, 3], 24: [2]}
+  assert classes([3, 9, 20, 5], 16, 512) == {24: [0, 1, 2, 3]}
+  assert classes([40, 600], 16, 512) == {48: [0], 768: [1]}
+
+
+def test_max_tokens_defaults_and_is_checked():
   model, params = model_and_params(CD)
-  assert scoring.Scorer(model, params).max_tokens == scoring.DEFAULT_PACKED_MAX_TOKENS == 4096
-  assert scoring.Scorer(model, params, shapes=scoring.FINE).max_tokens == 16384
+  assert scoring.Scorer(model, params).max_tokens == scoring.DEFAULT_MAX_TOKENS == 4096
   assert scoring.Scorer(model, params, max_tokens=512).max_tokens == 512
   for bad in (0, -1, 2.5, True):
     with pytest.raises(ValueError, match=f"max_tokens must be a positive number of tokens, "

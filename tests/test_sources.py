@@ -2,7 +2,6 @@
 the real C4 sample in ../shared/data, and TFDS's mock data."""
 import json
 import pathlib
-import sys
 
 import pytest
 
@@ -36,7 +35,7 @@ def test_line_layout_yields_one_document_per_line_and_counts_skipped(tmp_path):
   path = write(tmp_path / "a.txt",
                "alpha beta\n\n   \ngamma\r\n  indented stays\nno final newline")
   stats = CorpusStats()
-  docs = list(sources.text_documents(path, stats=stats))
+  docs = list(sources.local_documents(path, stats=stats))
   assert docs == ["alpha beta", "gamma", "  indented stays", "no final newline"]
   assert stats == CorpusStats(documents=4, empty_skipped=2, files=[path])
 
@@ -45,7 +44,7 @@ def test_paragraph_layout_splits_on_blank_lines(tmp_path):
   path = write(tmp_path / "p.txt",
                "\n\np1 first\np1 second\n\n\n\np2 only\n \t \np3 a\np3 b\np3 c")
   stats = CorpusStats()
-  docs = list(sources.text_documents(path, layout="paragraph", stats=stats))
+  docs = list(sources.local_documents(path, layout="paragraph", stats=stats))
   assert docs == ["p1 first\np1 second", "p2 only", "p3 a\np3 b\np3 c"]
   assert stats.documents == 3
   assert stats.empty_skipped == 0
@@ -54,19 +53,19 @@ def test_paragraph_layout_splits_on_blank_lines(tmp_path):
 def test_utf8_and_byte_order_mark(tmp_path):
   path = tmp_path / "u.txt"
   path.write_bytes("\ufeffcafé 東京\nnaïve\n".encode("utf-8"))
-  assert list(sources.text_documents(str(path))) == ["café 東京", "naïve"]
+  assert list(sources.local_documents(str(path))) == ["café 東京", "naïve"]
 
 
 def test_unknown_layout_lists_valid_layouts(tmp_path):
   path = write(tmp_path / "a.txt", "x\n")
   with pytest.raises(ValueError, match=r"'sentence'.*line, paragraph"):
-    sources.text_documents(path, layout="sentence")
+    sources.local_documents(path, layout="sentence")
 
 
 def test_non_utf8_line_names_file_and_line(tmp_path):
   path = tmp_path / "latin.txt"
   path.write_bytes(b"fine\nalso fine\ncaf\xe9 au lait\n")
-  docs = sources.text_documents(str(path))
+  docs = sources.local_documents(str(path))
   assert next(docs) == "fine"
   with pytest.raises(ValueError, match=r"latin\.txt, line 3: not valid UTF-8"):
     list(docs)
@@ -127,7 +126,7 @@ def test_patterns_expand_sorted_in_pattern_order_without_duplicates(tmp_path):
   files = sources.expand_patterns(patterns)
   assert files == [str(tmp_path / n) for n in ["b1.txt", "b2.txt", "a.txt", "c.txt"]]
   stats = CorpusStats()
-  docs = list(sources.text_documents(patterns, stats=stats))
+  docs = list(sources.local_documents(patterns, stats=stats))
   assert docs == ["b1 one", "b1 two", "b2 one", "b2 two", "a one", "a two",
                   "c one", "c two"]
   assert stats.files == files
@@ -145,7 +144,7 @@ def test_pattern_matching_nothing_raises_naming_it(tmp_path):
   with pytest.raises(FileNotFoundError, match="nothing\\*\\.jsonl"):
     sources.expand_patterns([str(tmp_path / "exists.txt"), missing])
   with pytest.raises(FileNotFoundError, match="missing.txt"):
-    sources.text_documents(str(tmp_path / "missing.txt"))
+    sources.local_documents(str(tmp_path / "missing.txt"))
   (tmp_path / "folder").mkdir()
   with pytest.raises(FileNotFoundError, match="only folders"):
     sources.expand_patterns(str(tmp_path / "folder"))
@@ -163,37 +162,22 @@ def test_local_documents_dispatch_by_extension(tmp_path):
   assert stats.documents == 4
 
 
-def test_corpus_documents_selects_by_kind(tmp_path):
-  path = write(tmp_path / "a.txt", "one\ntwo\n")
-  assert list(sources.corpus_documents("text", patterns=path)) == ["one", "two"]
-  with pytest.raises(ValueError, match="hf, jsonl, local, text, tfds"):
-    sources.corpus_documents("parquet", patterns=path)
-
-
 # ---------------------------------------------------------------------------
 # Sharding.
 # ---------------------------------------------------------------------------
 
 
-def test_shard_splits_without_overlap_and_covers_everything():
-  docs = [f"d{i}" for i in range(11)]
-  shards = [list(sources.shard(iter(docs), index, 3)) for index in range(3)]
-  assert shards == [["d0", "d3", "d6", "d9"], ["d1", "d4", "d7", "d10"],
-                    ["d2", "d5", "d8"]]
-  flat = [d for s in shards for d in s]
-  assert len(flat) == len(set(flat)) == len(docs)
-  assert set(flat) == set(docs)
-  assert list(sources.shard(docs, 0, 1)) == docs
-
-
 @pytest.mark.parametrize("index, count", [(3, 3), (-1, 2), (0, 0), (1.0, 2)])
-def test_shard_validates_index_and_count(index, count):
+def test_shares_validate_index_and_count(tmp_path, index, count):
+  path = write(tmp_path / "a.txt", "a\n")
   with pytest.raises(ValueError, match="index"):
-    sources.shard(["a"], index, count)
+    sources.byte_share([path], index, count)
+  with pytest.raises(ValueError, match="index"):
+    next(sources.local_positioned(path, shard_index=index, num_shards=count))
 
 
 # ---------------------------------------------------------------------------
-# Real data: the C4 sample, TFDS and Hugging Face datasets.
+# Real data: the C4 sample and TFDS.
 # ---------------------------------------------------------------------------
 
 
@@ -209,7 +193,7 @@ def test_c4_sample_gives_300_documents(c4_sample):
 
 def test_tfds_unprepared_data_dir_raises_clear_error(tmp_path):
   with pytest.raises(ValueError) as error:
-    sources.tfds_documents("c4/en", "3.1.0", data_dir=str(tmp_path))
+    next(sources.tfds_positioned("c4/en", "3.1.0", data_dir=str(tmp_path)))
   message = str(error.value)
   assert "not prepared" in message
   assert str(tmp_path) in message
@@ -219,20 +203,20 @@ def test_tfds_unprepared_data_dir_raises_clear_error(tmp_path):
 
 def test_tfds_unknown_version_lists_known_versions(tmp_path):
   with pytest.raises(ValueError, match=r"3\.0\.1.*2\.2\.0"):
-    sources.tfds_documents("c4/en", "3.0.1", data_dir=str(tmp_path))
+    next(sources.tfds_positioned("c4/en", "3.0.1", data_dir=str(tmp_path)))
 
 
 def test_tfds_missing_feature_lists_features(tmp_path):
   with pytest.raises(ValueError, match=r"no feature 'content'.*'text'"):
-    sources.tfds_documents("c4/en", "3.1.0", data_dir=str(tmp_path), field="content")
+    next(sources.tfds_positioned("c4/en", "3.1.0", data_dir=str(tmp_path), field="content"))
 
 
-def test_tfds_documents_under_mock_data(tmp_path):
+def test_tfds_positioned_under_mock_data(tmp_path):
   import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=5):
     stats = CorpusStats()
-    docs = list(sources.tfds_documents("c4/en", "3.1.0", split="train",
-                                       data_dir=str(tmp_path), stats=stats))
+    docs = [text for text, _ in sources.tfds_positioned("c4/en", "3.1.0", split="train",
+                                                        data_dir=str(tmp_path), stats=stats)]
     reference = [ex["text"].decode("utf-8") for ex in tfds.as_numpy(
         tfds.load("c4/en:3.1.0", split="train", data_dir=str(tmp_path)))]
   assert len(docs) == 5
@@ -241,18 +225,3 @@ def test_tfds_documents_under_mock_data(tmp_path):
   assert stats == CorpusStats(documents=5, empty_skipped=0,
                               files=["tfds:c4/en:3.1.0/train"])
 
-
-def test_hf_documents_reads_local_json(c4_sample, monkeypatch):
-  monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-  with open(c4_sample, encoding="utf-8") as f:
-    expected = [json.loads(line)["text"] for line in f]
-  stats = CorpusStats()
-  docs = list(sources.hf_documents("json", data_files=str(c4_sample), stats=stats))
-  assert docs == expected
-  assert stats.documents == 300
-
-
-def test_hf_documents_without_datasets_says_what_to_install(monkeypatch):
-  monkeypatch.setitem(sys.modules, "datasets", None)
-  with pytest.raises(ImportError, match=r"pip install datasets"):
-    sources.hf_documents("allenai/c4", "en")

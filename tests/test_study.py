@@ -122,7 +122,7 @@ def test_every_model_is_scored_on_mtf_own_classification_families(smoke_dir):
   from arch_objective.data import vocabularies
   from arch_objective.evaluation import loading, rank_classification
   from arch_objective.evaluation.scoring import Request
-  from arch_objective.study import world as world_lib
+  from arch_objective.data import world as world_lib
   out, results, _ = smoke_dir
   held_in = results["held_in"]
   assert sorted(held_in) == ["world_paraphrase", "world_sentiment", "world_topic"]
@@ -185,7 +185,7 @@ def test_preset_vocabulary_fits_its_corpus(preset, tmp_path):
   """The world's text has a bounded lexicon: a preset's `vocab_size` must be one that
   SentencePiece can fill from the corpus that preset writes."""
   from arch_objective.data import vocabularies
-  from arch_objective.study import world as world_lib
+  from arch_objective.data import world as world_lib
   config = study.load_preset(preset)
   corpus = str(tmp_path / "corpus.jsonl")
   world_lib.write_corpus(corpus, world_lib.make_world(seed=config.seed),
@@ -208,7 +208,7 @@ def test_preset_vocabulary_fits_its_corpus(preset, tmp_path):
 def test_the_held_out_splits_grow_to_the_examples_scored_and_keep_the_first_ones():
   """A preset that scores more than the world's 300 held-out examples per family gets a
   longer validation split whose first 300 examples are the default world's."""
-  from arch_objective.study import world as world_lib
+  from arch_objective.data import world as world_lib
   default = world_lib.make_world(seed=0)
   assert study.study_world(study.load_preset("quick")).config.heldout_examples == 300
   wide = study.study_world(study.load_preset("smoke", ["StudyConfig.eval_examples = 420"]))

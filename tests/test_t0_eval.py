@@ -429,7 +429,7 @@ def test_eval_t0_max_examples_zero_or_negative_names_the_option(tmp_path, capsys
 def mtf_trainer(tmp_path_factory, eval_dir, t5_vocab_path):
   """Trains a tiny model of an architecture for 12 MT-F steps on RTE + CB + COPA (their
   validation files as train splits), once per architecture and module."""
-  from arch_objective.training import data, optimizers, train
+  from arch_objective.training import data, optimizers, sources, train
   root = tmp_path_factory.mktemp("mtf")
   mapping = root / "mapping.json"
   mapping.write_text(json.dumps({
@@ -439,9 +439,9 @@ def mtf_trainer(tmp_path_factory, eval_dir, t5_vocab_path):
 
   def run(arch):
     if arch not in runs:
-      dataset = data.DatasetConfig(task="mtf", prompt_datasets=MTF_DATASETS,
-                                   mapping=str(mapping), vocabulary=t5_vocab_path,
-                                   inputs_length=128, targets_length=32, batch_size=4)
+      dataset = data.DatasetConfig(
+          task="mtf", source=sources.PromptedDatasets(MTF_DATASETS, mapping=str(mapping)),
+          vocabulary=t5_vocab_path, inputs_length=128, targets_length=32, batch_size=4)
       model = build_model(arch, "tiny", dtype="float32", dropout_rate=0.1)
       runs[arch] = train.train(model_dir=str(root / arch), model=model, dataset=dataset,
                                train_steps=MTF_STEPS, save_every=1000, log_every=1000,

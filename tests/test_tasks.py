@@ -12,6 +12,8 @@ import tasks
 from arch_objective import cli, models
 from arch_objective.data import registry
 from arch_objective.objectives import feature_converters
+from arch_objective.training import data as training_data
+from arch_objective.training import sources
 
 CD, ND, ED = models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER, models.ENCODER_DECODER
 LENGTH = 64
@@ -73,7 +75,8 @@ def normalized(text):
 
 
 def local_spec(kind, corpus, vocab, length=LENGTH):
-  return tasks.resolve(f"local_{kind}", corpus=corpus, vocabulary=vocab, length=length)
+  return tasks.resolve(f"local_{kind}", source=sources.LocalCorpus(corpus), vocabulary=vocab,
+                       length=length)
 
 
 _PARAMS = {}
@@ -346,18 +349,128 @@ def test_unknown_task_lists_the_registered_ones(clean_registry, c4_sample_path, 
 
 
 # ---------------------------------------------------------------------------
+# 6b. Sources: what each registers, the command line's flat options, bad values
+# ---------------------------------------------------------------------------
+@pytest.fixture
+def registrations(monkeypatch):
+  """What `tasks.resolve` registers: [(kind, arguments)] of each registration call. The
+  corpora register for real; a prompted mixture is only recorded (its stand-in spec is
+  `c4_full_lm`'s)."""
+  from tasks import corpora
+  calls = []
+  c4, local = corpora.configure_c4, corpora.register_local_corpus
+
+  def fake_c4(version, data_dir, *args, **kwargs):
+    calls.append(("c4", (version, data_dir)))
+    return c4(version, data_dir, *args, **kwargs)
+
+  def fake_local(name, files, **kwargs):
+    calls.append(("local", (name, files, kwargs["field"], kwargs["layout"])))
+    return local(name, files, **kwargs)
+
+  def fake_prompted(name, **kwargs):
+    calls.append(("prompted", (name, kwargs["datasets"], kwargs["data_dir"],
+                               kwargs["mapping"])))
+    return registry.get("c4_full_lm")
+
+  monkeypatch.setattr(corpora, "configure_c4", fake_c4)
+  monkeypatch.setattr(corpora, "register_local_corpus", fake_local)
+  monkeypatch.setattr(corpora.t0, "register_prompted_mixture", fake_prompted)
+  return calls
+
+
+def test_each_source_registers_what_it_describes(clean_registry, registrations,
+                                                  c4_sample_path, t5_vocab_path):
+  assert tasks.resolve("c4_full_lm").name == "c4_full_lm"
+  tasks.resolve("c4_span_corruption", source=sources.C4("2.2.0", "/tmp/tfds"))
+  tasks.resolve("local_full_lm", vocabulary=t5_vocab_path,
+                source=sources.LocalCorpus([c4_sample_path], field="body", layout="paragraph"))
+  tasks.resolve("t0_train")
+  tasks.resolve("mix", source=sources.PromptedDatasets(["super_glue/rte"], "/d", "/m.json"))
+  tasks.resolve("t0_train", source=sources.PromptedDatasets(data_dir="/d"))
+  # A source applies to the tasks it describes: the C4 tasks ignore a PromptedDatasets
+  # without datasets, T0's mixture ignores the corpus options of the command line.
+  tasks.resolve("c4_full_lm", source=sources.PromptedDatasets())
+  tasks.resolve("t0_train", source=sources.C4())
+  assert registrations == [
+      ("c4", (sources.C4_VERSION, None)), ("c4", ("2.2.0", "/tmp/tfds")),
+      ("local", ("local", [c4_sample_path], "body", "paragraph")),
+      ("prompted", ("t0_train", None, None, None)),
+      ("prompted", ("mix", ["super_glue/rte"], "/d", "/m.json")),
+      ("prompted", ("t0_train", None, "/d", None)),
+      ("c4", (sources.C4_VERSION, None)), ("prompted", ("t0_train", None, None, None))]
+
+
+def test_the_command_line_options_name_a_source(clean_registry, registrations,
+                                                c4_sample_path, t5_vocab_path):
+  assert sources.corpus_source() == sources.C4()
+  assert sources.corpus_source(tfds_data_dir="/t", c4_version="2.2.0") == sources.C4("2.2.0",
+                                                                                     "/t")
+  assert sources.corpus_source(corpus=[c4_sample_path], field="body", layout="paragraph",
+                               tfds_data_dir="/t") == sources.LocalCorpus(
+                                   [c4_sample_path], "body", "paragraph")
+  # What `arch-objective data` registers from them.
+  local = sources.corpus_source(corpus=[c4_sample_path], field="text", layout="line",
+                                tfds_data_dir=None, c4_version=sources.C4_VERSION)
+  spec = tasks.resolve("local_full_lm", source=local, vocabulary=t5_vocab_path)
+  assert spec.name == "local_full_lm" and registrations[-1] == (
+      "local", ("local", [c4_sample_path], "text", "line"))
+  tasks.resolve("c4_full_lm", source=sources.corpus_source(tfds_data_dir="/t",
+                                                           c4_version="2.2.0"))
+  assert registrations[-1] == ("c4", ("2.2.0", "/t"))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: sources.LocalCorpus([]),
+     r"LocalCorpus\.files must be a path or glob.*found \[\]"),
+    (lambda: sources.LocalCorpus(["a.txt", 3]), r"LocalCorpus\.files .*found \['a.txt', 3\]"),
+    (lambda: sources.LocalCorpus("a.txt", field=""), r"LocalCorpus\.field .*found ''"),
+    (lambda: sources.LocalCorpus("a.txt", layout="page"),
+     r"LocalCorpus\.layout must be one of line, paragraph, found 'page'"),
+    (lambda: sources.C4(version=2.2), r"C4\.version must be .*found 2.2 \(float\)"),
+    (lambda: sources.C4(data_dir=""), r"C4\.data_dir must be a path .*found ''"),
+    (lambda: sources.PromptedDatasets("super_glue/rte"),
+     r"PromptedDatasets\.datasets must be .*\(one dataset: \['super_glue/rte'\]\)"),
+    (lambda: sources.PromptedDatasets([]), r"PromptedDatasets\.datasets must be .*found \[\]"),
+    (lambda: sources.PromptedDatasets(mapping=3), r"PromptedDatasets\.mapping must be a path"),
+    (lambda: training_data.DatasetConfig(task="local_full_lm", batch_size=2,
+                                         source="docs.jsonl"),
+     r"DatasetConfig\.source must be None or one of C4, LocalCorpus, PromptedDatasets .*"
+     r"found 'docs.jsonl' \(str\)"),
+    (lambda: tasks.resolve("local_full_lm", source={"files": "a.txt"}),
+     r"tasks\.resolve's source must be None or one of C4"),
+])
+def test_a_bad_source_names_its_field(make, message):
+  from arch_objective.errors import UserError
+  with pytest.raises(UserError, match=message):
+    make()
+
+
+def test_a_dataset_is_prompted_by_its_task_or_its_datasets():
+  config = lambda task, source=None: training_data.DatasetConfig(task=task, batch_size=2,
+                                                                 source=source)
+  assert config("t0_train").prompted and config("t0_train", sources.C4()).prompted
+  mix = config("mix", sources.PromptedDatasets(["imdb"]))
+  assert mix.prompted
+  assert not config("mix", sources.PromptedDatasets()).prompted
+  assert not config("c4_full_lm").prompted
+
+
+# ---------------------------------------------------------------------------
 # 7. Bad input
 # ---------------------------------------------------------------------------
 def test_local_task_without_corpus_is_rejected(clean_registry):
-  with pytest.raises(ValueError, match="corpus"):
-    tasks.resolve("local_full_lm")
+  for source in (None, sources.C4()):
+    with pytest.raises(ValueError, match=r"'local_full_lm' reads a local corpus.*"
+                                         r"LocalCorpus\.files.*--corpus"):
+      tasks.resolve("local_full_lm", source=source)
 
 
 def test_corpus_with_a_c4_task_names_the_local_tasks(clean_registry, c4_sample_path):
   with pytest.raises(ValueError) as info:
-    tasks.resolve("c4_full_lm", corpus=c4_sample_path)
+    tasks.resolve("c4_full_lm", source=sources.LocalCorpus(c4_sample_path))
   message = str(info.value)
-  assert "'c4_full_lm'" in message
+  assert "'c4_full_lm'" in message and "LocalCorpus.files" in message
   for kind in KINDS:
     assert f"local_{kind}" in message
 
@@ -366,7 +479,8 @@ def test_corpus_pattern_matching_nothing(clean_registry, tmp_path, t5_vocab_path
   pattern = str(tmp_path / "missing" / "*.jsonl")
   before = dict(registry._SPECS)   # another test may have registered local_* already
   with pytest.raises(FileNotFoundError) as info:
-    tasks.resolve("local_full_lm", corpus=pattern, vocabulary=t5_vocab_path)
+    tasks.resolve("local_full_lm", source=sources.LocalCorpus(pattern),
+                  vocabulary=t5_vocab_path)
   assert pattern in str(info.value)
   assert dict(registry._SPECS) == before   # nothing registered or replaced
 
@@ -381,7 +495,7 @@ def test_empty_corpus_gives_no_rows(clean_registry, tmp_path, capsys, t5_vocab_p
     assert list(spec.rows(arch=arch)) == [], (kind, arch)
   spec = registry.get("local_full_lm")
   with pytest.raises(ValueError, match="no rows"):
-    next(training_data.rows_forever(spec, CD, "train", 0, 0, 1, True))
+    next(training_data.positioned_rows_forever(spec, CD, "train", 0, 0, 1, True, None))
   code = cli.main(["data", "stats", "--task", "local_full_lm", "--corpus", str(empty),
                    "--vocabulary", t5_vocab_path, "--length", str(LENGTH)])
   captured = capsys.readouterr()

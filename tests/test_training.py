@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from arch_objective import build_model
-from arch_objective.training import checkpoints, data, gin_utils, optimizers, train
+from arch_objective.training import checkpoints, data, gin_utils, optimizers, sources, train
 
 from helpers import CORPUS, ROOT, VOCAB, needs_data, run_processes
 
@@ -21,8 +21,9 @@ PAIRS = [("causal_decoder", "local_full_lm"), ("causal_decoder", "local_span_cor
 
 
 def dataset(task="local_full_lm", batch_size=4, length=64, **kw):
-  return data.DatasetConfig(task=task, batch_size=batch_size, length=length, corpus=str(CORPUS),
-                            vocabulary=str(VOCAB), **kw)
+  return data.DatasetConfig(task=task, batch_size=batch_size, length=length,
+                            source=sources.LocalCorpus(str(CORPUS)), vocabulary=str(VOCAB),
+                            **kw)
 
 
 def run_script(code: str, env_extra=None, timeout=300):
@@ -52,7 +53,7 @@ RESUME_SCRIPT = """
 import json, os, signal, sys, time
 import numpy as np
 from arch_objective import build_model, logs
-from arch_objective.training import data, optimizers, train
+from arch_objective.training import data, optimizers, sources, train
 logs.show_on_stderr()
 model_dir, steps, kill_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def hook(step, summary):
@@ -62,7 +63,7 @@ def hook(step, summary):
   if step == kill_at:
     os.kill(os.getpid(), signal.SIGKILL)
 ds = data.DatasetConfig(task="local_span_corruption", batch_size=4, length=64,
-                        corpus=sys.argv[4], vocabulary=sys.argv[5])
+                        source=sources.LocalCorpus(sys.argv[4]), vocabulary=sys.argv[5])
 model = build_model("non_causal_decoder", "tiny", dtype="float32", dropout_rate=0.1)
 result = train.train(model_dir=model_dir, model=model, dataset=ds, train_steps=steps,
                      save_every=int(sys.argv[6]), hooks=[hook], progress=False,
@@ -122,10 +123,10 @@ SHARDED_SCRIPT = """
 import json, sys
 import jax, numpy as np
 from arch_objective import build_model
-from arch_objective.training import data, optimizers, partitioning, train
+from arch_objective.training import data, optimizers, partitioning, sources, train
 assert jax.device_count() == 8, jax.devices()
 ds = data.DatasetConfig(task="local_prefix_lm", batch_size=8, length=64,
-                        corpus=sys.argv[1], vocabulary=sys.argv[2])
+                        source=sources.LocalCorpus(sys.argv[1]), vocabulary=sys.argv[2])
 out = {}
 for name, (d, m, devices) in {"one": (1, 1, jax.devices()[:1]),
                              "mesh": (4, 2, jax.devices())}.items():
@@ -165,10 +166,10 @@ from arch_objective.training import partitioning
 partitioning.initialize_distributed()
 import jax
 from arch_objective import build_model
-from arch_objective.training import data, optimizers, train
+from arch_objective.training import data, optimizers, sources, train
 assert jax.process_count() == 2 and jax.device_count() == 4, (jax.process_count(), jax.devices())
 ds = data.DatasetConfig(task="local_full_lm", batch_size=4, length=32,
-                        corpus=sys.argv[1], vocabulary=sys.argv[2])
+                        source=sources.LocalCorpus(sys.argv[1]), vocabulary=sys.argv[2])
 model = build_model("causal_decoder", "tiny", dtype="float32")
 r = train.train(model_dir=sys.argv[3], model=model, dataset=ds, train_steps=2, progress=False,
                 learning_rate_schedule=optimizers.constant(0.01))
@@ -259,6 +260,37 @@ def test_gin_composes_a_model_per_architecture(arch):
                   ["MODEL_DIR='/tmp/unused'", "TRAIN_STEPS=1", "MIXTURE_OR_TASK_NAME='c4_full_lm'"])
   model = gin.get_configurable("build_model")()
   assert model.name == arch and model.config.emb_dim == 64 and model.config.dtype == "bfloat16"
+
+
+def test_run_files_bind_the_source_from_the_macros_users_set():
+  """CORPUS, TFDS_DATA_DIR and C4_VERSION name the corpus of pretraining and evaluation
+  (`@corpus_source()`); PROMPT_DATASETS, DATA_DIR and MAPPING the MT-F mixture's."""
+  import gin
+  model = ["models/causal_decoder.gin", "sizes/tiny.gin"]
+  runs = {"runs/pretrain.gin": ["MODEL_DIR='/tmp/unused'", "TRAIN_STEPS=1"],
+          "runs/evaluate.gin": ["MODEL_DIR='/tmp/unused'"]}
+
+  def dataset(files, bindings):
+    gin_utils.parse(files, bindings)
+    return gin.get_configurable("DatasetConfig")()
+
+  for run, required in runs.items():
+    files = model + ["objectives/full_lm.gin", run]
+    assert dataset(files, required).source == sources.C4()
+    assert dataset(files, required + ["TFDS_DATA_DIR='/tmp/tfds'", "C4_VERSION='2.2.0'"]
+                   ).source == sources.C4("2.2.0", "/tmp/tfds")
+    local = dataset(files, required + ["CORPUS=['a.jsonl', 'b/*.txt']",
+                                       "MIXTURE_OR_TASK_NAME='local_full_lm'"])
+    assert local.task == "local_full_lm"
+    assert local.source == sources.LocalCorpus(["a.jsonl", "b/*.txt"], "text", "line")
+  files = model + ["runs/finetune_t0.gin"]
+  required = ["MODEL_DIR='/tmp/unused'", "TRAIN_STEPS=1", "INITIAL_CHECKPOINT_PATH='/tmp/c'"]
+  t0 = dataset(files, required)
+  assert t0.task == "t0_train" and t0.prompted and t0.source == sources.PromptedDatasets()
+  mix = dataset(files, required + ["MIXTURE_OR_TASK_NAME='rte'", "DATA_DIR='/d'",
+                                   "PROMPT_DATASETS=['super_glue/rte']", "MAPPING='/m.json'"])
+  assert mix.prompted and mix.source == sources.PromptedDatasets(["super_glue/rte"], "/d",
+                                                                 "/m.json")
 
 
 def test_unknown_gin_bindings_and_macros_are_errors():

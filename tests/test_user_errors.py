@@ -17,6 +17,7 @@ import shutil
 import pytest
 
 from arch_objective import cli
+from arch_objective.errors import UserError
 
 CD = ["--gin_file=experiments/paper/cd_flm.gin", "--gin_file=local.gin"]
 TRAIN = ["train"] + CD + ["--gin.LOCAL_STEPS=2"]
@@ -149,10 +150,10 @@ def test_traceback_on_request(capsys, monkeypatch):
   assert "Traceback" in capsys.readouterr().err
 
 
-def test_a_library_value_error_keeps_its_traceback(monkeypatch):
-  """A ValueError raised inside JAX is a bug of ours, not a user's mistake: it keeps its
-  traceback (it propagates out of `main`); so does a KeyError. Our own ValueError is one
-  line."""
+def test_only_a_user_error_is_one_line(monkeypatch):
+  """A ValueError raised inside JAX is a bug, not a user's mistake: it keeps its traceback
+  (it propagates out of `main`); so do a KeyError and a plain ValueError of ours. The
+  project's `UserError` is one line."""
   import jax.numpy as jnp
 
   def jax_error(args):
@@ -161,8 +162,10 @@ def test_a_library_value_error_keeps_its_traceback(monkeypatch):
   def key_error(args):
     return {}["emb_dim"]
 
+  def plain(args):
+    raise ValueError("an invariant broke")
   def ours(args):
-    raise ValueError("--length: expected a positive integer, found -5.")
+    raise UserError("--length: expected a positive integer, found -5.")
 
   real = cli.build_parser
 
@@ -176,7 +179,7 @@ def test_a_library_value_error_keeps_its_traceback(monkeypatch):
     return build
 
   argv = ["plan", "--arch", "causal_decoder", "--size", "tiny"]
-  for func, error in ((jax_error, ValueError), (key_error, KeyError)):
+  for func, error in ((jax_error, ValueError), (key_error, KeyError), (plain, ValueError)):
     monkeypatch.setattr(cli, "build_parser", with_func(func))
     with pytest.raises(error):
       cli.main(argv)

@@ -196,7 +196,7 @@ def test_train_reads_sources_lazily_and_reraises_their_errors(tmp_path):
   good.write_text("plain words for a model\n" * 50, encoding="utf-8")
   bad = tmp_path / "zz_bad.txt"
   bad.write_bytes(b"fine\n\xff\n")
-  docs = sources.text_documents([str(good), str(bad)])
+  docs = sources.local_documents([str(good), str(bad)])
   with pytest.raises(ValueError, match=r"zz_bad\.txt, line 2"):
     vocabularies.train_sentencepiece(docs, str(tmp_path / "m"), 20)
 

@@ -1,4 +1,4 @@
-"""Tests of the synthetic world (`arch_objective.study.world`): determinism, every gold
+"""Tests of the synthetic world (`arch_objective.data.world`): determinism, every gold
 answer recomputed from the world's structured facts (not from its text), no leakage of
 the held-out families into the training mixture or the corpus, and a tiny MT-F mixture
 built from the world's training tasks."""
@@ -13,10 +13,10 @@ import pytest
 
 from arch_objective.data import sources
 from arch_objective.data import vocabularies
-from arch_objective.study import world as world_lib
-from arch_objective.study.world import entities as we
-from arch_objective.study.world import events as wv
-from arch_objective.study.world import text as wt
+from arch_objective.data import world as world_lib
+from arch_objective.data.world import entities as we
+from arch_objective.data.world import events as wv
+from arch_objective.data.world import text as wt
 
 SMALL = dict(num_people=60, num_towns=5, places_per_town=6, num_chains=90,
              train_examples=120, validation_examples=40, heldout_examples=80)
@@ -70,7 +70,7 @@ def test_same_seed_same_bytes_other_seed_differs(world):
 
 def test_generation_does_not_depend_on_the_hash_seed(world):
   """Nothing iterates over a set of strings: another PYTHONHASHSEED, the same bytes."""
-  code = ("from arch_objective.study import world as w; import json, sys; "
+  code = ("from arch_objective.data import world as w; import json, sys; "
           "sys.path.insert(0, 'tests'); import test_world as t; "
           f"print(t._fingerprint(w.make_world(seed={SEED}, **{SMALL!r})))")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,14 +6,20 @@
   convert hf-in       --hf_dir DIR --out MODEL_DIR
   convert switch-arch --model_dir SRC --arch ARCH --out DST      (CD <-> ND)
 
-Each prints one JSON line describing what it wrote and returns 0; `run(args)` executes
-a command parsed by `arch_objective.cli` (which builds every parser and turns a user
-error into one line and exit 2).
+`add_parser(subparsers)` adds the `convert` command and these subcommands to the
+`arch-objective` parser (`arch_objective.cli` assembles every sub-package's); `run(args)`
+executes a parsed one. Each prints one JSON line describing what it wrote and returns 0;
+a user's error propagates, and the command line turns it into one line and exit 2. A
+model directory is read through `training.checkpoints.open_model_dir`, so a meta that
+lacks a config field is refused, naming it. Building the parser imports no JAX.
 """
 from __future__ import annotations
 
+import argparse
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Optional
+
+from arch_objective.errors import UserError
 
 DEFAULT_VOCAB_SIZE = 32100  # the T5 SentencePiece model's 32000 pieces + 100 extra ids
 
@@ -24,8 +30,8 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
   for item in items or []:
     name, sep, value = item.partition("=")
     if not sep or not name:
-      raise ValueError(f"--config expects NAME=VALUE (e.g. --config vocab_size=128), found "
-                       f"{item!r}.")
+      raise UserError(f"--config expects NAME=VALUE (e.g. --config vocab_size=128), found "
+                      f"{item!r}.")
     try:
       out[name] = json.loads(value)
     except json.JSONDecodeError:
@@ -51,9 +57,9 @@ def _check_vocab_size(vocabulary: str, vocab_size, what: str = "--vocab_size") -
     return
   base = vocabularies.SentencePieceVocabulary(vocabulary, 0).base_vocab_size
   if vocab_size < base:
-    raise ValueError(f"{what} {vocab_size} is smaller than the {base} pieces of "
-                     f"vocabulary {vocabulary!r}; pass the ids the model was trained with, "
-                     f"extra ids included (T5: 32100).")
+    raise UserError(f"{what} {vocab_size} is smaller than the {base} pieces of "
+                    f"vocabulary {vocabulary!r}; pass the ids the model was trained with, "
+                    f"extra ids included (T5: 32100).")
 
 
 def _t5x_in(args) -> dict:
@@ -100,25 +106,28 @@ def _t5x_in(args) -> dict:
 
 
 def _t5x_out(args) -> dict:
-  from arch_objective.convert import model_dir, t5x
+  from arch_objective.convert import t5x
+  from arch_objective.training import checkpoints
   _check_dtype(args)
-  params, meta = model_dir.load_params(args.model_dir)
-  written = t5x.write_t5x_checkpoint(params, args.out, meta["step"], dtype=args.dtype,
+  _, params, meta, step = checkpoints.open_model_dir(args.model_dir)
+  written = t5x.write_t5x_checkpoint(params, args.out, step, dtype=args.dtype,
                                      use_tensorstore=not args.inline)
-  return {"checkpoint": written, "step": meta["step"], "arch": meta.get("arch")}
+  return {"checkpoint": written, "step": step, "arch": meta.get("arch")}
 
 
 def _hf_out(args) -> dict:
   from arch_objective import architectures
-  from arch_objective.convert import hf, model_dir
+  from arch_objective.convert import hf
+  from arch_objective.training import checkpoints
   _check_dtype(args)
-  params, meta = model_dir.load_params(args.model_dir)
-  config = model_dir.config_from_dict(meta.get("config") or {}, args.model_dir)
-  carried = {k: meta.get(k) for k in ("vocabulary", "vocab_size", "task", "lineage", "step")}
+  model, params, meta, step = checkpoints.open_model_dir(args.model_dir)
+  config = model.config
+  carried = dict({k: meta.get(k) for k in ("vocabulary", "vocab_size", "task", "lineage")},
+                 step=step)
   vocabulary = None if args.no_tokenizer else (args.vocabulary or meta.get("vocabulary"))
   if not args.no_tokenizer and not vocabulary:
-    raise ValueError(f"{args.model_dir} records no vocabulary; pass the SentencePiece model "
-                     f"with --vocabulary, or --no_tokenizer to export the weights alone.")
+    raise UserError(f"{args.model_dir} records no vocabulary; pass the SentencePiece model "
+                    f"with --vocabulary, or --no_tokenizer to export the weights alone.")
   try:
     out = hf.export_hf(params, config, meta.get("arch"), args.out, dtype=args.dtype,
                        meta=carried, vocabulary=vocabulary)
@@ -129,7 +138,7 @@ def _hf_out(args) -> dict:
                   f"copy with --vocabulary, or --no_tokenizer)") from e
   kind = ("T5ForConditionalGeneration" if architectures.get(meta.get("arch")).has_encoder
           else "ArchObjectiveForCausalLM (trust_remote_code)")
-  return {"out": out, "format": kind, "arch": meta.get("arch"), "step": meta["step"],
+  return {"out": out, "format": kind, "arch": meta.get("arch"), "step": step,
           "tokenizer": vocabulary}
 
 
@@ -165,11 +174,87 @@ COMMANDS: dict[str, Callable[[Any], dict]] = {
 
 
 def run(args) -> int:
-  """Run a parsed `convert` command (`arch_objective.cli` builds the parser): prints one
-  JSON line describing what it wrote and returns 0; errors propagate (the command line
-  turns a user's into one line and exit 2)."""
+  """Run a parsed `convert` command (`add_parser` builds the parser): prints one JSON
+  line describing what it wrote and returns 0; errors propagate (the command line turns
+  a user's into one line and exit 2)."""
   name = getattr(args, "convert_command", None)
   if name not in COMMANDS:
-    raise ValueError(f"unknown command {name!r}; valid: {', '.join(COMMANDS)}.")
+    raise UserError(f"unknown command {name!r}; valid: {', '.join(COMMANDS)}.")
   print(json.dumps(COMMANDS[name](args)))
   return 0
+
+
+def add_parser(subparsers, examples: Optional[Mapping[str, str]] = None
+               ) -> argparse.ArgumentParser:
+  """Add `convert` and its subcommands (`COMMANDS`) to `subparsers` (the
+  `add_subparsers()` of the `arch-objective` parser, whose parser class they take);
+  returns the `convert` parser. `examples` maps a subcommand to a command line its
+  `--help` ends with. Parsed, a command runs through `args.func(args)` (`run`)."""
+  from arch_objective.architectures import ARCHITECTURES, SIZES
+  examples = dict(examples or {})
+  convert = subparsers.add_parser(
+      "convert", help="convert checkpoints: t5x in/out, Hugging Face out/in, CD <-> ND")
+  sub = convert.add_subparsers(dest="convert_command", required=True,
+                               metavar="|".join(COMMANDS))
+
+  p = sub.add_parser("t5x-in", help="a t5x checkpoint (e.g. a released one) -> MODEL_DIR")
+  p.add_argument("--checkpoint", required=True,
+                 help="checkpoint_<step> directory (local or gs://), or its parent")
+  p.add_argument("--arch", required=True, choices=ARCHITECTURES)
+  p.add_argument("--size", required=True, choices=list(SIZES))
+  p.add_argument("--out", required=True, help="the new MODEL_DIR")
+  p.add_argument("--config", action="append", default=[], metavar="NAME=VALUE",
+                 help="model config override, e.g. vocab_size=32128 (repeatable)")
+  p.add_argument("--vocabulary", default=None,
+                 help="SentencePiece model recorded in the meta (default: T5's)")
+  p.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE,
+                 help="ids of that vocabulary incl. extra ids (default 32100)")
+  p.add_argument("--reset_step", action="store_true",
+                 help="start the step (and optimiser counters) at 0, not the t5x step")
+  p.add_argument("--allow_missing", action="store_true",
+                 help="load what fits, fill the rest from a fresh init and report it")
+  p.add_argument("--seed", type=int, default=0, help="init seed for --allow_missing")
+
+  p = sub.add_parser("t5x-out", help="MODEL_DIR -> DIR/checkpoint_<step> in t5x's format")
+  p.add_argument("--model_dir", required=True,
+                 help="MODEL_DIR or MODEL_DIR/checkpoints/<step>")
+  p.add_argument("--out", required=True, help="directory for checkpoint_<step>/ (or gs://)")
+  p.add_argument("--dtype", default="float32", help="parameter dtype (t5x saves float32)")
+  p.add_argument("--inline", action="store_true",
+                 help="all arrays inside the msgpack file instead of TensorStore arrays")
+
+  p = sub.add_parser("hf-out", help="MODEL_DIR -> Hugging Face: T5 (ED) or a "
+                                    "trust_remote_code causal LM (CD/ND), with its tokenizer",
+                     epilog=_epilog(examples, "hf-out"),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model_dir", required=True,
+                 help="MODEL_DIR or MODEL_DIR/checkpoints/<step>")
+  p.add_argument("--out", required=True, help="an empty directory")
+  p.add_argument("--dtype", default=None, help="weight dtype (default: as saved, float32)")
+  p.add_argument("--vocabulary", default=None,
+                 help="SentencePiece model of the tokenizer files (default: the run's)")
+  p.add_argument("--no_tokenizer", action="store_true",
+                 help="export the weights and config without tokenizer files")
+
+  p = sub.add_parser("hf-in", help="Hugging Face T5 or one of our exports -> MODEL_DIR")
+  p.add_argument("--hf_dir", required=True, help="directory with config.json + safetensors")
+  p.add_argument("--out", required=True, help="the new MODEL_DIR")
+  p.add_argument("--step", type=int, default=0, help="step of the new checkpoint")
+  p.add_argument("--vocabulary", default=None,
+                 help="SentencePiece model (default: the export's, else T5's)")
+  p.add_argument("--vocab_size", type=int, default=None,
+                 help="vocabulary ids (default: the export's, else 32100)")
+
+  p = sub.add_parser("switch-arch", help="CD <-> ND: same weights, the other architecture")
+  p.add_argument("--model_dir", required=True,
+                 help="source MODEL_DIR (or .../checkpoints/<step>)")
+  p.add_argument("--arch", required=True, choices=ARCHITECTURES)
+  p.add_argument("--out", required=True, help="the new MODEL_DIR")
+
+  convert.set_defaults(func=run)
+  return convert
+
+
+def _epilog(examples: Mapping[str, str], name: str) -> Optional[str]:
+  """The `example:` block a subcommand's `--help` ends with, if `examples` holds one."""
+  return f"example:\n  {examples[name]}" if name in examples else None

@@ -1,33 +1,31 @@
-"""This package's own checkpoints (orbax, `training/checkpoints.py`) as a source and a sink.
+"""This package's own model directories (orbax, `training/checkpoints.py`) as a sink.
 
 A model directory holds `MODEL_DIR/checkpoints/<step>/{state, data, meta}`: the train
 state `{step, params, opt_state}`, the data position and the meta JSON (arch, config,
 vocabulary, vocab_size, task, lineage).
 
-  load_params(path, dtype=None) -> (params, meta)   parameters only: a partial restore
-                                                    of `state.params`, no optimiser
   write_model_dir(out, arch, config, params, ...)   a new model directory with a fresh
                                                     Adafactor state at a given step
   switch_arch(src, arch, dst)                       CD <-> ND: same weights, new meta
 
-Model directories may be local or remote (`gs://...`, see `arch_objective.paths`).
+Reading one is `training.checkpoints.open_model_dir` (the model, its parameters, meta
+and step), as for every other reader of a model directory. Model directories may be
+local or remote (`gs://...`, see `arch_objective.paths`).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import logging
 import os
 from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
 from arch_objective import architectures, models, network, paths
 from arch_objective.convert import param_tree
+from arch_objective.errors import UserError
 from arch_objective.training import checkpoints, optimizers, trainer
 
 CHECKPOINTS = "checkpoints"
@@ -36,80 +34,9 @@ _PAD_MULTIPLE = 128
 COMMIT_FILE = ocp.path.atomicity.COMMIT_SUCCESS_FILE   # marks a complete step on gs://
 
 
-def config_from_dict(fields: Mapping[str, Any], where: str) -> network.TransformerConfig:
-  """A `TransformerConfig` from its JSON form (`network.config_from_dict`: unknown and
-  missing fields fail, naming them)."""
-  return network.config_from_dict(fields, where)
-
-
 def _padded(vocab_size: int) -> int:
   """`vocab_size` rounded up to `_PAD_MULTIPLE` (0 for no ids): 32100 -> 32128."""
   return -(-max(int(vocab_size), 0) // _PAD_MULTIPLE) * _PAD_MULTIPLE
-
-
-def model_for(arch: str, config: network.TransformerConfig) -> models.BaseModel:
-  """The model of `arch` with exactly `config` (no size preset)."""
-  spec = architectures.get(arch)
-  if spec.has_encoder:
-    return models.EncoderDecoderModel(config)
-  return models.DecoderOnlyModel(config,
-                                 inputs_bidirectional_attention=spec.bidirectional_prefix)
-
-
-def find_step(path: str) -> tuple[str, int]:
-  """`(checkpoints dir, step)` of a model dir (latest complete step), its `checkpoints/`,
-  or `checkpoints/<step>`."""
-  path = paths.normalize(path, "checkpoint")
-  if paths.basename(path).isdigit() and paths.isdir(paths.join(path, checkpoints.STATE)):
-    return paths.dirname(path), int(paths.basename(path))
-  directory = (paths.join(path, CHECKPOINTS) if paths.isdir(paths.join(path, CHECKPOINTS))
-               else path)
-  for step in reversed(checkpoints.complete_steps(directory)):
-    if paths.isdir(paths.join(directory, str(step), checkpoints.STATE)):
-      return directory, step
-  raise ValueError(f"no checkpoint under {path!r}: expected MODEL_DIR (holding "
-                   f"{CHECKPOINTS}/<step>/state), MODEL_DIR/{CHECKPOINTS} or "
-                   f"MODEL_DIR/{CHECKPOINTS}/<step>.")
-
-
-class _DropOrbaxNoise(logging.Filter):
-  """Hide orbax's note that an item directory has no step-level metadata file."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return "Metadata file does not exist" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _quiet_orbax():
-  logger, noise = logging.getLogger("absl"), _DropOrbaxNoise()
-  logger.addFilter(noise)
-  try:
-    yield
-  finally:
-    logger.removeFilter(noise)
-
-
-def read_meta(step_dir: str) -> dict:
-  """The meta JSON of one step directory."""
-  file = paths.join(step_dir, checkpoints.META, "metadata")
-  if not paths.isfile(file):
-    raise ValueError(f"checkpoint {step_dir} has no meta ({file} is missing); it was not "
-                     f"written by arch-objective's trainer, so its architecture is unknown.")
-  try:
-    return json.loads(paths.read_text(file))
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{file} is not valid JSON ({e}).") from None
-
-
-def load_params(path: str, dtype=None) -> tuple[dict, dict]:
-  """Parameters and meta of one of our checkpoints, without the optimiser state.
-
-  `path` is MODEL_DIR (latest step), MODEL_DIR/checkpoints or .../checkpoints/<step>.
-  Only `state.params` is read (an orbax partial restore) as host numpy arrays, cast to
-  `dtype` if given. `meta` is the saved meta JSON plus `step`.
-  """
-  params, meta, step = checkpoints.load_params(path, dtype)
-  return params, dict(meta, step=step)
 
 
 def _fresh_state(params: Mapping[str, Any], step: int) -> trainer.TrainState:
@@ -140,15 +67,15 @@ def check_vocab_size(vocab_size: Optional[int], rows: int) -> None:
   if vocab_size is None:
     return
   if vocab_size > rows:
-    raise ValueError(f"vocab_size {vocab_size} is larger than the model's embedding "
-                     f"({rows} rows); pass the vocabulary the model was trained with "
-                     f"(--vocab_size).")
+    raise UserError(f"vocab_size {vocab_size} is larger than the model's embedding "
+                    f"({rows} rows); pass the vocabulary the model was trained with "
+                    f"(--vocab_size).")
   if _padded(vocab_size) < rows:
-    raise ValueError(f"vocab_size {vocab_size} is too small for the model's embedding of "
-                     f"{rows} rows: the embedding holds the vocabulary's ids padded to a "
-                     f"multiple of {_PAD_MULTIPLE} (at most {_padded(vocab_size)} rows for "
-                     f"{vocab_size} ids); pass the number of ids the model was trained "
-                     f"with, extra ids included (--vocab_size; T5: 32100 for 32128 rows).")
+    raise UserError(f"vocab_size {vocab_size} is too small for the model's embedding of "
+                    f"{rows} rows: the embedding holds the vocabulary's ids padded to a "
+                    f"multiple of {_PAD_MULTIPLE} (at most {_padded(vocab_size)} rows for "
+                    f"{vocab_size} ids); pass the number of ids the model was trained "
+                    f"with, extra ids included (--vocab_size; T5: 32100 for 32128 rows).")
 
 
 def write_model_dir(out: str, arch: str, config: network.TransformerConfig,
@@ -157,17 +84,17 @@ def write_model_dir(out: str, arch: str, config: network.TransformerConfig,
                     task: Optional[str] = None, lineage: Optional[list] = None) -> str:
   """Save `params` as MODEL_DIR `out` at `step` with a fresh optimiser; returns the
   step directory. Training with `restore_checkpoint=out` continues from it."""
-  model = model_for(arch, config)
+  model = models.from_meta({"arch": arch, "config": dataclasses.asdict(config)}, out)
   report = param_tree.match_model(params, param_tree.model_shapes(model))
   if not report.ok:
-    raise ValueError(f"cannot write {out}: the parameters do not fit a {arch} with this "
-                     f"config: {report.describe()}.")
+    raise UserError(f"cannot write {out}: the parameters do not fit a {arch} with this "
+                    f"config: {report.describe()}.")
   check_vocab_size(vocab_size, config.vocab_size)
   out = paths.normalize(out, "model directory")
   directory = paths.join(out, CHECKPOINTS)
   if any(n.isdigit() for n in paths.listdir(directory)):
-    raise ValueError(f"{out} already holds checkpoints; write to a new MODEL_DIR so no run "
-                     f"resumes from a mix of the two.")
+    raise UserError(f"{out} already holds checkpoints; write to a new MODEL_DIR so no run "
+                    f"resumes from a mix of the two.")
   meta = {"arch": arch, "config": dataclasses.asdict(config), "vocabulary": vocabulary,
           "vocab_size": vocab_size, "task": task, "lineage": list(lineage or [])}
   params = param_tree.cast_floating(params, jnp.float32)
@@ -187,19 +114,18 @@ def switch_arch(src: str, arch: str, dst: str) -> str:
   meta changes: `arch`, and a lineage entry naming the source. Returns the new step
   directory.
   """
-  directory, step = find_step(src)
-  step_dir = paths.join(directory, str(step))
-  meta = read_meta(step_dir)
+  step_dir, step = checkpoints.step_directory(src)
+  _, _, meta, _ = checkpoints.open_model_dir(step_dir, read_params=False)
   source_arch = meta.get("arch")
   if not (architectures.is_decoder_only(arch) and architectures.is_decoder_only(source_arch)):
-    raise ValueError(f"switch-arch converts between "
-                     f"{' and '.join(architectures.DECODER_ONLY)} only "
-                     f"(identical parameter trees); {step_dir} is {source_arch!r} and the "
-                     f"target is {arch!r}. The encoder-decoder's parameters differ.")
+    raise UserError(f"switch-arch converts between "
+                    f"{' and '.join(architectures.DECODER_ONLY)} only "
+                    f"(identical parameter trees); {step_dir} is {source_arch!r} and the "
+                    f"target is {arch!r}. The encoder-decoder's parameters differ.")
   dst = paths.normalize(dst, "model directory")
   if paths.listdir(paths.join(dst, CHECKPOINTS)):
-    raise ValueError(f"{dst} already holds checkpoints; choose a new MODEL_DIR for the "
-                     f"{arch} copy.")
+    raise UserError(f"{dst} already holds checkpoints; choose a new MODEL_DIR for the "
+                    f"{arch} copy.")
   target_dir = paths.join(dst, CHECKPOINTS, str(step))
   entry = {"checkpoint": step_dir, "step": step, "arch": source_arch, "task": meta.get("task"),
            "conversion": f"switch-arch {source_arch} -> {arch}"}

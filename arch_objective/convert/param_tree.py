@@ -23,6 +23,7 @@ import flax.traverse_util
 import jax.numpy as jnp
 import numpy as np
 
+from arch_objective.errors import UserError
 from arch_objective.stacking import STACKED_LAYERS, stack_layers, unstack_layers  # noqa: F401
 
 SEP = "/"
@@ -32,7 +33,7 @@ Tree = Mapping[str, Any]
 def flatten(tree: Tree) -> dict[str, Any]:
   """`{'a': {'b': x}}` -> `{'a/b': x}` (leaves are kept as they are)."""
   if not isinstance(tree, Mapping):
-    raise ValueError(f"a parameter tree must be a nested dict, found {type(tree).__name__}.")
+    raise UserError(f"a parameter tree must be a nested dict, found {type(tree).__name__}.")
   return flax.traverse_util.flatten_dict(dict(tree), sep=SEP)
 
 
@@ -55,8 +56,8 @@ def float_dtype(dtype, where: str = "dtype") -> Optional[str]:
   except (TypeError, ValueError):
     name = None
   if name not in FLOAT_DTYPES:
-    raise ValueError(f"{where}: expected one of {', '.join(FLOAT_DTYPES)}, found "
-                     f"{str(dtype)!r}.")
+    raise UserError(f"{where}: expected one of {', '.join(FLOAT_DTYPES)}, found "
+                    f"{str(dtype)!r}.")
   return name
 
 

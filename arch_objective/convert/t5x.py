@@ -46,6 +46,7 @@ import tensorstore as ts
 
 from arch_objective import paths
 from arch_objective.convert import param_tree
+from arch_objective.errors import UserError
 
 VERSION = 3
 SUPPORTED_VERSIONS = (VERSION,)
@@ -65,9 +66,9 @@ def _split_gcs(path: str) -> Optional[tuple[str, str]]:
   """`gs://bucket/a/b` -> ('bucket', 'a/b'); None for a local path. Other schemes are
   refused: t5x checkpoints go through tensorstore's file and gcs drivers only."""
   if paths.is_remote(path) and paths.scheme(path) != "gs":
-    raise ValueError(f"t5x checkpoint path {path!r}: only local paths and gs:// are "
-                     f"supported (tensorstore's file and gcs drivers), found "
-                     f"'{paths.scheme(path)}://'.")
+    raise UserError(f"t5x checkpoint path {path!r}: only local paths and gs:// are "
+                    f"supported (tensorstore's file and gcs drivers), found "
+                    f"'{paths.scheme(path)}://'.")
   m = _GCS.match(path)
   return (m.group(1), m.group(2).rstrip("/")) if m else None
 
@@ -85,8 +86,8 @@ def _read_bytes(path: str) -> bytes:
   store = ts.KvStore.open({"driver": "gcs", "bucket": bucket}).result()
   result = store.read(key).result()
   if result.state != "value":
-    raise ValueError(f"t5x checkpoint file {path} does not exist; pass the checkpoint_<step> "
-                     f"directory that holds the '{CHECKPOINT_FILE}' file.")
+    raise UserError(f"t5x checkpoint file {path} does not exist; pass the checkpoint_<step> "
+                    f"directory that holds the '{CHECKPOINT_FILE}' file.")
   return bytes(result.value)
 
 
@@ -138,9 +139,9 @@ def find_checkpoint(path: str) -> tuple[str, str]:
     latest = _latest_local_step_dir(path)
     if latest:
       return latest, os.path.join(latest, CHECKPOINT_FILE)
-  raise ValueError(f"no t5x checkpoint at {path!r}: expected a checkpoint_<step> directory "
-                   f"holding a '{CHECKPOINT_FILE}' msgpack file (or a directory of them); "
-                   f"pass e.g. .../checkpoint_131072.")
+  raise UserError(f"no t5x checkpoint at {path!r}: expected a checkpoint_<step> directory "
+                  f"holding a '{CHECKPOINT_FILE}' msgpack file (or a directory of them); "
+                  f"pass e.g. .../checkpoint_131072.")
 
 
 # ---------------------------------------------------------------------------
@@ -162,23 +163,23 @@ def resolve_spec(spec: Mapping[str, Any], checkpoint_dir: str, name: str = "") -
   spec = copy.deepcopy(dict(spec))
   kvstore = spec.pop("kvstore")
   if isinstance(kvstore, str):
-    raise ValueError(f"t5x checkpoint {checkpoint_dir}: parameter {name!r} has a kvstore URL "
-                     f"{kvstore!r} where a spec dict with a relative 'path' is expected; "
-                     f"this file was not written by t5x's Checkpointer.")
+    raise UserError(f"t5x checkpoint {checkpoint_dir}: parameter {name!r} has a kvstore URL "
+                    f"{kvstore!r} where a spec dict with a relative 'path' is expected; "
+                    f"this file was not written by t5x's Checkpointer.")
   kvstore = dict(kvstore)
   driver = kvstore.get("driver")
   if driver not in ("file", "gfile", "gcs"):
-    raise ValueError(f"t5x checkpoint {checkpoint_dir}: parameter {name!r} is stored with "
-                     f"kvstore driver {driver!r}; expected 'file', 'gfile' or 'gcs'.")
+    raise UserError(f"t5x checkpoint {checkpoint_dir}: parameter {name!r} is stored with "
+                    f"kvstore driver {driver!r}; expected 'file', 'gfile' or 'gcs'.")
   parts = (kvstore.get("path", "") or "", spec.pop("path", "") or "")
   if not all(isinstance(part, str) for part in parts):
-    raise ValueError(f"{_join(checkpoint_dir, CHECKPOINT_FILE)}: parameter {name!r} has a "
-                     f"non-text array path {parts}; expected a directory name inside "
-                     f"{checkpoint_dir}.")
+    raise UserError(f"{_join(checkpoint_dir, CHECKPOINT_FILE)}: parameter {name!r} has a "
+                    f"non-text array path {parts}; expected a directory name inside "
+                    f"{checkpoint_dir}.")
   relative = _join(*parts) if all(parts) else parts[0] or parts[1]
   if not relative:
-    raise ValueError(f"t5x checkpoint {checkpoint_dir}: the spec of parameter {name!r} has "
-                     f"no 'path' (neither spec['kvstore']['path'] nor spec['path']): {spec}.")
+    raise UserError(f"t5x checkpoint {checkpoint_dir}: the spec of parameter {name!r} has "
+                    f"no 'path' (neither spec['kvstore']['path'] nor spec['path']): {spec}.")
   _check_inside(relative, checkpoint_dir, name)
   spec.pop("metadata", None)
   spec.pop("dtype", None)
@@ -197,9 +198,9 @@ def _check_inside(relative: str, checkpoint_dir: str, name: str):
   """Refuse an array path from the msgpack that leaves the checkpoint directory: an
   absolute path, a URL, or a `..` that climbs above it (t5x writes plain names)."""
   if not paths.stays_inside(relative):
-    raise ValueError(f"{_join(checkpoint_dir, CHECKPOINT_FILE)}: parameter {name!r} names "
-                     f"array path {relative!r}, which is outside the checkpoint directory "
-                     f"{checkpoint_dir}; only arrays inside it are read.")
+    raise UserError(f"{_join(checkpoint_dir, CHECKPOINT_FILE)}: parameter {name!r} names "
+                    f"array path {relative!r}, which is outside the checkpoint directory "
+                    f"{checkpoint_dir}; only arrays inside it are read.")
 
 
 def _stored_shape(spec: Mapping[str, Any]) -> Optional[tuple[int, ...]]:
@@ -219,15 +220,15 @@ def _read_arrays(specs: Mapping[str, Mapping[str, Any]], checkpoint_dir: str
     try:
       store = future.result()
     except ValueError as e:
-      raise ValueError(f"t5x checkpoint {checkpoint_dir}: cannot open parameter {name!r} at "
-                       f"{resolved['kvstore']}: {e}. The array directory "
-                       f"'{name.replace('/', '.')}' should sit beside the '{CHECKPOINT_FILE}' "
-                       f"file; copy the whole checkpoint directory.") from None
+      raise UserError(f"t5x checkpoint {checkpoint_dir}: cannot open parameter {name!r} at "
+                      f"{resolved['kvstore']}: {e}. The array directory "
+                      f"'{name.replace('/', '.')}' should sit beside the '{CHECKPOINT_FILE}' "
+                      f"file; copy the whole checkpoint directory.") from None
     expected = _stored_shape(specs[name])
     if expected is not None and tuple(store.shape) != expected:
-      raise ValueError(f"t5x checkpoint {checkpoint_dir}: parameter {name!r} has shape "
-                       f"{tuple(store.shape)} on disk but {expected} in the msgpack spec; "
-                       f"the checkpoint is corrupt or was partly overwritten.")
+      raise UserError(f"t5x checkpoint {checkpoint_dir}: parameter {name!r} has shape "
+                      f"{tuple(store.shape)} on disk but {expected} in the msgpack spec; "
+                      f"the checkpoint is corrupt or was partly overwritten.")
     reads[name] = store.read()
   return {name: np.asarray(future.result()) for name, future in reads.items()}
 
@@ -256,27 +257,27 @@ def read_contents(path: str) -> tuple[str, dict]:
   checkpoint_dir, file = find_checkpoint(path)
   raw = _read_bytes(file)
   if raw.startswith(b"model_checkpoint_path"):
-    raise ValueError(f"{file} is a TensorFlow (Mesh TensorFlow T5) checkpoint index, not a "
-                     f"native t5x checkpoint; convert it with t5x's checkpoint importer first.")
+    raise UserError(f"{file} is a TensorFlow (Mesh TensorFlow T5) checkpoint index, not a "
+                    f"native t5x checkpoint; convert it with t5x's checkpoint importer first.")
   try:
     contents = flax.serialization.msgpack_restore(raw)
   except Exception as e:  # msgpack raises several unrelated types
-    raise ValueError(f"t5x checkpoint file {file} is not a msgpack state dict ({e}); pass the "
-                     f"'{CHECKPOINT_FILE}' file that t5x writes in checkpoint_<step>/.") from e
+    raise UserError(f"t5x checkpoint file {file} is not a msgpack state dict ({e}); pass the "
+                    f"'{CHECKPOINT_FILE}' file that t5x writes in checkpoint_<step>/.") from e
   if not isinstance(contents, Mapping):
-    raise ValueError(f"t5x checkpoint file {file} holds a {type(contents).__name__}, expected "
-                     f"a dict with 'version' and 'optimizer'.")
+    raise UserError(f"t5x checkpoint file {file} holds a {type(contents).__name__}, expected "
+                    f"a dict with 'version' and 'optimizer'.")
   version = contents.get("version")
   if version not in SUPPORTED_VERSIONS:
     found = "no version (a plain flax checkpoint?)" if version is None else f"version {version!r}"
-    raise ValueError(f"t5x checkpoint {file} has {found}; supported: version "
-                     f"{', '.join(map(str, SUPPORTED_VERSIONS))}. Re-save it with a current "
-                     f"t5x Checkpointer.")
+    raise UserError(f"t5x checkpoint {file} has {found}; supported: version "
+                    f"{', '.join(map(str, SUPPORTED_VERSIONS))}. Re-save it with a current "
+                    f"t5x Checkpointer.")
   optimizer = contents.get("optimizer")
   if not isinstance(optimizer, Mapping) or TARGET not in optimizer:
     keys = sorted(optimizer) if isinstance(optimizer, Mapping) else type(optimizer).__name__
-    raise ValueError(f"t5x checkpoint {file}: contents['optimizer'] must hold the "
-                     f"'{TARGET}' parameters, found {keys}.")
+    raise UserError(f"t5x checkpoint {file}: contents['optimizer'] must hold the "
+                    f"'{TARGET}' parameters, found {keys}.")
   return checkpoint_dir, dict(contents)
 
 
@@ -300,8 +301,8 @@ def read_t5x_checkpoint(path: str, *, dtype=None, with_optimizer: bool = False
   step = state.get("step") if isinstance(state, Mapping) else None
   params = _resolve_leaves(optimizer[TARGET], checkpoint_dir)
   if not isinstance(params, Mapping) or not params:
-    raise ValueError(f"t5x checkpoint {checkpoint_dir} has no parameters under "
-                     f"'{TARGET}'.")
+    raise UserError(f"t5x checkpoint {checkpoint_dir} has no parameters under "
+                    f"'{TARGET}'.")
   params = param_tree.cast_floating(params, dtype)
   opt = _resolve_leaves(dict(state), checkpoint_dir) if with_optimizer else None
   return {"params": params, "step": None if step is None else int(np.asarray(step)),
@@ -321,11 +322,11 @@ def to_model_params(t5x_params: Mapping[str, Any], model, strict: bool = True
   report = param_tree.match_model(t5x_params, param_tree.model_shapes(model))
   if strict:
     if not report.ok:
-      raise ValueError(f"the checkpoint's parameters do not fit the {model.name} model "
-                       f"(emb_dim={model.config.emb_dim}, layers="
-                       f"{model.config.num_decoder_layers}): {report.describe()}. Pass the "
-                       f"--arch and --size the checkpoint was trained with, or load with "
-                       f"strict=False to get the loadable subset and this report.")
+      raise UserError(f"the checkpoint's parameters do not fit the {model.name} model "
+                      f"(emb_dim={model.config.emb_dim}, layers="
+                      f"{model.config.num_decoder_layers}): {report.describe()}. Pass the "
+                      f"--arch and --size the checkpoint was trained with, or load with "
+                      f"strict=False to get the loadable subset and this report.")
     return param_tree.unflatten(param_tree.flatten(t5x_params))
   return param_tree.loadable_subset(t5x_params, report), report.skipped
 
@@ -393,9 +394,9 @@ def write_t5x_checkpoint(params: Mapping[str, Any], path: str, step: int, *,
   if optimizer_state is not None:
     state = dict(optimizer_state)
     if state.get("step") is not None and int(np.asarray(state["step"])) != step:
-      raise ValueError(f"write_t5x_checkpoint: optimizer_state['step'] is "
-                       f"{int(np.asarray(state['step']))} but step is {step}; pass the same "
-                       f"step or drop optimizer_state['step'].")
+      raise UserError(f"write_t5x_checkpoint: optimizer_state['step'] is "
+                      f"{int(np.asarray(state['step']))} but step is {step}; pass the same "
+                      f"step or drop optimizer_state['step'].")
   state["step"] = np.asarray(step, np.int32)
   params = param_tree.cast_floating(params, dtype)
   state_dict = {TARGET: params, STATE: state}
@@ -407,8 +408,8 @@ def write_t5x_checkpoint(params: Mapping[str, Any], path: str, step: int, *,
   final_dir = _join(path.rstrip("/"), f"checkpoint_{step}") if gcs else os.path.join(
       os.path.abspath(os.path.expanduser(path)), f"checkpoint_{step}")
   if _exists(final_dir if gcs is None else _join(final_dir, CHECKPOINT_FILE)):
-    raise ValueError(f"write_t5x_checkpoint: {final_dir} already exists; write to another "
-                     f"directory or remove it first.")
+    raise UserError(f"write_t5x_checkpoint: {final_dir} already exists; write to another "
+                    f"directory or remove it first.")
   work_dir = final_dir if gcs else f"{final_dir}.tmp-{int(time.time() * 1000)}"
   if gcs is None:
     os.makedirs(work_dir)

@@ -27,7 +27,9 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from arch_objective import architectures
+from arch_objective.data import task as task_lib
 from arch_objective.data import vocabularies
+from arch_objective.errors import UserError
 from arch_objective.objectives import pipeline
 
 # (split, seed, shard_index, num_shards, start) -> (text, position) pairs: this host's
@@ -61,7 +63,7 @@ TASK_FEATURES = {
 
 
 @dataclasses.dataclass(frozen=True)
-class TaskSpec:
+class TaskSpec(task_lib.Task):
   """One pretraining task. `source(split=..., seed=..., shard_index=..., num_shards=...)`
   yields document texts, tokenised with the SentencePiece model at `vocabulary` (plus
   `extra_ids` sentinels)."""
@@ -76,8 +78,8 @@ class TaskSpec:
 
   def __post_init__(self):
     if self.kind not in TASK_KINDS:
-      raise ValueError(f"task {self.name!r}: unknown kind {self.kind!r}; valid kinds: "
-                       f"{', '.join(TASK_KINDS)}.")
+      raise UserError(f"task {self.name!r}: unknown kind {self.kind!r}; valid kinds: "
+                      f"{', '.join(TASK_KINDS)}.")
 
   def vocab(self) -> vocabularies.SentencePieceVocabulary:
     return load_vocabulary(self.vocabulary, self.extra_ids)
@@ -91,14 +93,14 @@ class TaskSpec:
     return TASK_KINDS[self.kind][1]
 
   @property
-  def default_arch(self) -> str:
+  def default_architecture(self) -> str:
     return TASK_KINDS[self.kind][2]
 
   def objective(self, arch: Optional[str] = None, pack: bool = True) -> pipeline.Objective:
-    arch = arch or self.default_arch
+    arch = arch or self.default_architecture
     if arch not in self.architectures:
-      raise ValueError(f"task {self.name!r} ({self.kind}) is read by "
-                       f"{', '.join(self.architectures)}, not {arch!r}.")
+      raise UserError(f"task {self.name!r} ({self.kind}) is read by "
+                      f"{', '.join(self.architectures)}, not {arch!r}.")
     return pipeline.Objective(self.objective_name, arch, self.length, pack=pack)
 
   def documents(self, split: str = "train", *, seed: int = 0, shard_index: int = 0,
@@ -112,7 +114,7 @@ class TaskSpec:
                            ) -> Iterator[tuple[np.ndarray, dict]]:
     """(tokenised document, source position) of this host's share, from `start` on."""
     if split not in self.splits:
-      raise ValueError(f"task {self.name!r} has splits {list(self.splits)}, not {split!r}.")
+      raise UserError(f"task {self.name!r} has splits {list(self.splits)}, not {split!r}.")
     encode = self.vocab().encode
     texts = self.source(split=split, seed=seed, shard_index=shard_index, num_shards=num_shards,
                         start=start)
@@ -129,19 +131,11 @@ class TaskSpec:
         seed=shard_seed(seed, shard_index, num_shards), sentinel_start=vocab.vocab_size - 1,
         num_extra_ids=vocab.extra_ids)
 
-  def rows(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
-           shard_index: int = 0, num_shards: int = 1, pack: bool = True
-           ) -> Iterator[dict[str, np.ndarray]]:
-    """Model features `{feature: [length]}`, one dict per row, for `arch`."""
-    rows = self.positioned_rows(split, arch=arch, seed=seed, shard_index=shard_index,
-                                num_shards=num_shards, pack=pack)
-    return (dict(row) for row in rows)
-
   def positioned_rows(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
                       shard_index: int = 0, num_shards: int = 1, pack: bool = True,
                       start: Optional[dict] = None) -> Iterator[dict[str, np.ndarray]]:
-    """`rows`, each tagged (`chunking.Tagged.where`) with the position a read restarts
-    it at; `start=row.where` reads the rows from that row on, reading only the
+    """Model features `{feature: [length]}`, one dict per row, for `arch`, each tagged
+    (`chunking.Tagged.where`) with the position a read restarts it at; `start=row.where` reads the rows from that row on, reading only the
     documents from the one it starts in (the same rows, bit for bit)."""
     vocab = self.vocab()
     documents = self.positioned_documents(split, seed=seed, shard_index=shard_index,
@@ -171,18 +165,18 @@ _SPECS: dict[str, TaskSpec] = {}
 def register(spec: TaskSpec, *, replace: bool = True) -> TaskSpec:
   """Add a spec (idempotent: re-registering a name replaces it unless `replace=False`)."""
   if not replace and spec.name in _SPECS:
-    raise ValueError(f"task {spec.name!r} is already registered.")
+    raise UserError(f"task {spec.name!r} is already registered.")
   _SPECS[spec.name] = spec
   return spec
 
 
 def get(name: str) -> TaskSpec:
   if name not in _SPECS:
-    raise ValueError(f"unknown task {name!r}; registered tasks: "
-                     f"{', '.join(sorted(_SPECS)) or '(none)'}. Import `tasks` to register "
-                     f"the C4 tasks, or pass --corpus for local_* tasks; a task or mixture "
-                     f"registered with seqio (its module imported first) is read through "
-                     f"seqio.")
+    raise UserError(f"unknown task {name!r}; registered tasks: "
+                    f"{', '.join(sorted(_SPECS)) or '(none)'}. Import `tasks` to register "
+                    f"the C4 tasks, or pass --corpus for local_* tasks; a task or mixture "
+                    f"registered with seqio (its module imported first) is read through "
+                    f"seqio.")
   return _SPECS[name]
 
 

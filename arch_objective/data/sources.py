@@ -1,28 +1,30 @@
 """Documents, as plain Python strings, from the corpora the study reads.
 
 Every source yields `str` documents one at a time and can count what it read into a
-`CorpusStats`:
+`CorpusStats`. Training reads each host's share of a corpus with positions: a
+`*_positioned` source yields (document, position) pairs, and reading again from a
+position continues at that document without reading anything before it.
 
-- `text_documents`: local text files, one document per line (`layout="line"`) or
-  per blank-line-separated paragraph (`layout="paragraph"`);
-- `jsonl_documents`: local JSON Lines files, one object per line, the text in `field`;
-- `local_documents`: a mix of both, chosen per file by extension;
-- `tfds_documents`: a prepared TFDS dataset (the paper's `c4/en`);
-- `hf_documents`: a Hugging Face dataset (needs the `datasets` package);
-- `corpus_documents(kind, **options)`: one of the above by name (`CORPUS_KINDS`).
+- `local_positioned`: a share (`byte_share`, a contiguous byte range) of local files,
+  JSON Lines (`.jsonl`, `.json`: one object per line, the text in `field`) or UTF-8
+  text, one document per line (`layout="line"`) or per blank-line-separated paragraph
+  (`layout="paragraph"`);
+- `tfds_positioned`: a share (a contiguous range of example indices) of a prepared
+  TFDS split, the paper's `c4/en`;
+- `local_documents` and `jsonl_documents`: every document of local files, in order
+  (the text a vocabulary is trained on, the study's corpus).
 
-`shard` splits any document stream between hosts. For example, with `a.txt` holding
-`"one\\n\\ntwo\\n"`:
+For example, with `a.txt` holding `"one\\n\\ntwo\\n"`:
 
   >>> stats = CorpusStats()
-  >>> list(text_documents("a.txt", stats=stats))
+  >>> list(local_documents("a.txt", stats=stats))
   ['one', 'two']
   >>> stats
   CorpusStats(documents=2, empty_skipped=1, files=['a.txt'])
-  >>> list(text_documents("a.txt", layout="paragraph"))
+  >>> list(local_documents("a.txt", layout="paragraph"))
   ['one', 'two']
-  >>> list(shard(["d0", "d1", "d2", "d3", "d4"], index=1, count=2))
-  ['d1', 'd3']
+  >>> list(local_positioned("a.txt", shard_index=1, num_shards=2))
+  [('two', {'file': 0, 'byte': 5, 'n': 0})]
 
 Files are decoded as strict UTF-8; a bad byte sequence is an error naming the file and
 line, never a silent replacement character.
@@ -31,11 +33,12 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import itertools
 import json
 import operator
 import os
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+
+from arch_objective.errors import MissingFile, UserError
 
 Patterns = Union[str, Sequence[str]]
 
@@ -45,10 +48,10 @@ class CorpusStats:
   """What a source read: filled in while its documents are consumed.
 
   Attributes:
-    documents: documents yielded (before any `shard`).
+    documents: documents yielded (of this host's share, for a sharded read).
     empty_skipped: documents skipped because they were empty or whitespace-only.
-    files: the files read, in order. TFDS and Hugging Face sources add one entry
-      naming the dataset and split, e.g. `tfds:c4/en:3.1.0/train`.
+    files: the files read, in order. A TFDS source adds one entry naming the dataset
+      and split, e.g. `tfds:c4/en:3.1.0/train`.
   """
   documents: int = 0
   empty_skipped: int = 0
@@ -88,8 +91,8 @@ def expand_patterns(patterns: Patterns) -> list[str]:
     patterns = [patterns]
   patterns = [os.fspath(p) for p in patterns]
   if not patterns:
-    raise ValueError("No file pattern given: pass a path or glob such as "
-                     "'corpus/*.jsonl'.")
+    raise UserError("No file pattern given: pass a path or glob such as "
+                    "'corpus/*.jsonl'.")
   files: list[str] = []
   seen: set[str] = set()
   for pattern in patterns:
@@ -107,7 +110,7 @@ def expand_patterns(patterns: Patterns) -> list[str]:
       else:
         found = "nothing"
         fix = "check the path (relative paths start from the current folder)"
-      raise FileNotFoundError(
+      raise MissingFile(
           f"Corpus pattern {pattern!r} matches no file; expected at least one, "
           f"found {found}. Fix: {fix}.")
     for match in regular:
@@ -169,7 +172,7 @@ def _decoded_lines(path: str, begin: int = 0, end: Optional[int] = None,
       try:
         line = raw.decode("utf-8")
       except UnicodeDecodeError as e:
-        raise ValueError(
+        raise UserError(
             f"{path}, {where}: not valid UTF-8 ({e.reason} at byte "
             f"{e.start} of the line: {raw[max(0, e.start - 10):e.start + 10]!r}). "
             f"Corpus files must be UTF-8: re-encode it, e.g. "
@@ -237,8 +240,8 @@ LAYOUTS: dict[str, Reader] = {
 
 def _layout_reader(layout: str) -> Reader:
   if layout not in LAYOUTS:
-    raise ValueError(f"Unknown text layout {layout!r}; valid layouts: "
-                     f"{', '.join(sorted(LAYOUTS))}.")
+    raise UserError(f"Unknown text layout {layout!r}; valid layouts: "
+                    f"{', '.join(sorted(LAYOUTS))}.")
   return LAYOUTS[layout]
 
 
@@ -249,31 +252,6 @@ def _read_files(files: list[str], reader: Reader,
       stats.files.append(path)
     for text, _ in reader(path, stats):
       yield text
-
-
-def text_documents(patterns: Patterns, layout: str = "line",
-                   stats: Optional[CorpusStats] = None) -> Iterator[str]:
-  """Documents from UTF-8 text files.
-
-  A file holding `"a\\nb c\\n\\n\\nd\\n   \\ne\\n"` gives
-  `['a', 'b c', 'd', 'e']` with `layout="line"` (3 blank lines skipped and counted) and
-  `['a\\nb c', 'd', 'e']` with `layout="paragraph"`.
-
-  Args:
-    patterns: file paths or globs, read in `expand_patterns` order.
-    layout: "line" (one document per line) or "paragraph" (documents separated by one
-      or more blank lines; the lines of a paragraph joined with "\\n").
-    stats: counts documents, skipped empty documents and files, if given.
-
-  Returns:
-    An iterator of documents (line breaks removed from line ends).
-
-  Raises:
-    ValueError: an unknown layout (at the call); a line that is not UTF-8 (when read).
-    FileNotFoundError: a pattern matches no file (at the call).
-  """
-  reader = _layout_reader(layout)
-  return _read_files(expand_patterns(patterns), reader, stats)
 
 
 def _jsonl_reader(field: str) -> Reader:
@@ -288,25 +266,25 @@ def _jsonl_reader(field: str) -> Reader:
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(
+        raise UserError(
             f"{path}, {where}: not JSON ({e.msg} at column {e.colno}); "
             f"found {line[:60]!r}. JSON Lines files hold one JSON object per line; "
             f"give plain text files a .txt extension.") from None
       if not isinstance(record, dict):
-        raise ValueError(
+        raise UserError(
             f"{path}, {where}: expected a JSON object with a {field!r} field, "
             f"found a {type(record).__name__}.")
       if field not in record:
         keys = sorted(record)
         text_keys = [k for k in keys if isinstance(record[k], str)]
         hint = (f", e.g. field={text_keys[0]!r}" if text_keys else "")
-        raise ValueError(
+        raise UserError(
             f"{path}, {where}: no field {field!r}; the keys found are "
             f"{keys}. Choose the field holding the text with the `field` option"
             f"{hint}.")
       text = record[field]
       if not isinstance(text, str):
-        raise ValueError(
+        raise UserError(
             f"{path}, {where}: field {field!r} must be a string, found "
             f"{type(text).__name__} {str(text)[:40]!r}. Choose a text field with "
             f"the `field` option.")
@@ -338,8 +316,18 @@ def local_documents(patterns: Patterns, field: str = "text", layout: str = "line
                     stats: Optional[CorpusStats] = None) -> Iterator[str]:
   """Documents from local files, read as JSON Lines or text according to extension.
 
-  `.jsonl` and `.json` files are read with `jsonl_documents(field=field)`; any other
-  file with `text_documents(layout=layout)`. Files are read in `expand_patterns` order.
+  `.jsonl` and `.json` files are read as `jsonl_documents(field=field)` reads them; any
+  other file as UTF-8 text in `layout`: "line" (one document per line, line breaks
+  removed from line ends) or "paragraph" (documents separated by one or more blank
+  lines; the lines of a paragraph joined with "\\n"). A text file holding
+  `"a\\nb c\\n\\n\\nd\\n   \\ne\\n"` gives `['a', 'b c', 'd', 'e']` with `layout="line"` (3
+  blank lines skipped and counted) and `['a\\nb c', 'd', 'e']` with `layout="paragraph"`.
+  Files are read in `expand_patterns` order.
+
+  Raises:
+    FileNotFoundError: a pattern matches no file (at the call).
+    ValueError: an unknown layout (at the call); a line that is not UTF-8, or a JSON
+      Lines error as `jsonl_documents` names it (when read).
   """
   return _read_files(expand_patterns(patterns), _local_reader(field, layout), stats)
 
@@ -410,36 +398,6 @@ C4_VERSIONS = ("3.1.0", "2.3.1", "2.3.0", "2.2.1", "2.2.0")  # the paper used 2.
 C4_VERSION = C4_VERSIONS[0]
 
 
-def tfds_documents(name: str = "c4/en", version: str = C4_VERSION, split: str = "train",
-                   data_dir: Optional[str] = None, field: str = "text",
-                   shuffle_files: bool = False, seed: Optional[int] = None,
-                   stats: Optional[CorpusStats] = None) -> Iterator[str]:
-  """Documents from a prepared TFDS dataset, the text feature decoded from UTF-8.
-
-  The dataset must already be prepared under `data_dir` (c4 is built with Apache Beam
-  and is usually read from a prepared copy on cloud storage). The builder, split and
-  field are checked at the call; documents are read as the iterator is consumed.
-
-  Args:
-    name: TFDS name with config, e.g. "c4/en".
-    version: e.g. "3.1.0"; this TFDS knows c4 versions `C4_VERSIONS`.
-    split: e.g. "train", "validation", "train[:1%]".
-    data_dir: the folder holding prepared datasets (`--tfds_data_dir`); None for TFDS's
-      default (`~/tensorflow_datasets`).
-    field: the text feature.
-    shuffle_files: shuffle the order of the dataset's files.
-    seed: the file-shuffling seed (deterministic order with `shuffle_files`).
-    stats: counts documents and skipped empty texts.
-
-  Raises:
-    ValueError: an unknown version, a dataset that is not prepared in `data_dir`, a
-      missing field, or a value that is not UTF-8 text.
-  """
-  builder = _tfds_builder(name, version, data_dir, field)
-  dataset = _tfds_dataset(builder, name, version, split, data_dir, shuffle_files, seed)
-  return _tfds_texts(dataset, f"tfds:{name}:{version}/{split}", field, stats)
-
-
 def tfds_positioned(name: str = "c4/en", version: str = C4_VERSION, split: str = "train",
                     data_dir: Optional[str] = None, field: str = "text", *,
                     shard_index: int = 0, num_shards: int = 1, start: Optional[dict] = None,
@@ -456,14 +414,13 @@ def tfds_positioned(name: str = "c4/en", version: str = C4_VERSION, split: str =
   source = f"tfds:{name}:{version}/{split}"
   first = int(start["index"]) if start else 0
   if num_shards == 1 and not first:
-    examples = _tfds_dataset(builder, name, version, split, data_dir, False, None,
-                             sequential=True)
+    examples = _tfds_dataset(builder, name, version, split, data_dir, sequential=True)
   else:
     import tensorflow_datasets as tfds
     if "[" in split:
-      raise ValueError(f"TFDS split {split!r}: a sharded or resumed read needs a whole "
-                       f"split name (e.g. 'train'); it takes its own range of it.")
-    _tfds_dataset(builder, name, version, split, data_dir, False, None)  # prepared?
+      raise UserError(f"TFDS split {split!r}: a sharded or resumed read needs a whole "
+                      f"split name (e.g. 'train'); it takes its own range of it.")
+    _tfds_dataset(builder, name, version, split, data_dir)  # prepared?
     total = builder.info.splits[split].num_examples
     lo, hi = total * shard_index // num_shards, total * (shard_index + 1) // num_shards
     first = max(first, lo)
@@ -473,7 +430,7 @@ def tfds_positioned(name: str = "c4/en", version: str = C4_VERSION, split: str =
     examples = tfds.as_numpy(builder.as_dataset(
         split=instruction, shuffle_files=False,
         read_config=tfds.ReadConfig(interleave_cycle_length=1)))
-  for text, index in _tfds_texts(examples, source, field, stats, positions=True):
+  for text, index in _tfds_texts(examples, source, field, stats):
     yield text, {"index": first + index}
 
 
@@ -483,35 +440,29 @@ def _tfds_builder(name: str, version: str, data_dir: Optional[str], field: str):
   try:
     builder = tfds.builder(f"{name}:{version}", data_dir=data_dir)
   except AssertionError as e:  # TFDS's way of rejecting a version.
-    raise ValueError(f"TFDS cannot load {name} at version {version!r}: {e} "
-                     f"Choose one of those versions (c4: {', '.join(C4_VERSIONS)}; "
-                     f"the paper used 2.2.0).") from None
+    raise UserError(f"TFDS cannot load {name} at version {version!r}: {e} "
+                    f"Choose one of those versions (c4: {', '.join(C4_VERSIONS)}; "
+                    f"the paper used 2.2.0).") from None
   features = builder.info.features
   if field not in features:
-    raise ValueError(f"TFDS dataset {name}:{version} has no feature {field!r}; its "
-                     f"features are {sorted(features.keys())}. Choose the text "
-                     f"feature with the `field` option.")
+    raise UserError(f"TFDS dataset {name}:{version} has no feature {field!r}; its "
+                    f"features are {sorted(features.keys())}. Choose the text "
+                    f"feature with the `field` option.")
   return builder
 
 
 def _tfds_dataset(builder, name: str, version: str, split: str, data_dir: Optional[str],
-                  shuffle_files: bool, seed: Optional[int], sequential: bool = False):
+                  sequential: bool = False):
   import tensorflow_datasets as tfds
 
-  options = {}
-  if seed is not None:
-    options["shuffle_seed"] = seed
-  if sequential:
-    options["interleave_cycle_length"] = 1
-  read_config = tfds.ReadConfig(**options) if options else None
+  read_config = tfds.ReadConfig(interleave_cycle_length=1) if sequential else None
   try:
-    dataset = builder.as_dataset(split=split, shuffle_files=shuffle_files,
-                                 read_config=read_config)
+    dataset = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
   except AssertionError as e:
     if builder.is_prepared():
       raise
     looked = data_dir if data_dir is not None else "TFDS's default data_dir"
-    raise ValueError(
+    raise UserError(
         f"TFDS dataset {name}:{version} is not prepared in {looked} (no files in "
         f"{builder.data_dir}). c4 is not downloaded on the fly: it must be prepared "
         f"beforehand with apache_beam (`tfds build {name}:{version} "
@@ -522,120 +473,33 @@ def _tfds_dataset(builder, name: str, version: str, split: str, data_dir: Option
 
 
 def _tfds_texts(examples: Iterable[dict[str, Any]], source: str, field: str,
-                stats: Optional[CorpusStats], positions: bool = False) -> Iterator[str]:
+                stats: Optional[CorpusStats]) -> Iterator[tuple[str, int]]:
+  """(text, index in `examples`) of each example worth yielding (`_count`)."""
   if stats is not None:
     stats.files.append(source)
   for index, example in enumerate(examples):
     value = example[field]
     if not isinstance(value, bytes):
-      raise ValueError(f"{source}, example {index}: feature {field!r} must be text, "
-                       f"found {type(value).__name__}. Choose a text feature with "
-                       f"the `field` option.")
+      raise UserError(f"{source}, example {index}: feature {field!r} must be text, "
+                      f"found {type(value).__name__}. Choose a text feature with "
+                      f"the `field` option.")
     try:
       text = value.decode("utf-8")
     except UnicodeDecodeError as e:
-      raise ValueError(f"{source}, example {index}: feature {field!r} is not valid "
-                       f"UTF-8 ({e.reason} at byte {e.start}).") from None
+      raise UserError(f"{source}, example {index}: feature {field!r} is not valid "
+                      f"UTF-8 ({e.reason} at byte {e.start}).") from None
     if _count(stats, text):
-      yield (text, index) if positions else text
-
-
-def hf_documents(path: str, name: Optional[str] = None, split: str = "train",
-                 field: str = "text", stats: Optional[CorpusStats] = None, *,
-                 data_files: Optional[Union[str, Sequence[str]]] = None,
-                 streaming: bool = True) -> Iterator[str]:
-  """Documents from a Hugging Face dataset, via `datasets.load_dataset`.
-
-  `hf_documents("allenai/c4", "en", split="validation")` streams C4 from the Hub;
-  `hf_documents("json", data_files="corpus/*.jsonl")` reads local files offline.
-
-  Args:
-    path, name, split, data_files: as `datasets.load_dataset` takes them.
-    field: the column holding the text.
-    stats: counts documents and skipped empty texts.
-    streaming: read rows as they arrive instead of downloading the whole split first.
-
-  Raises:
-    ImportError: `datasets` is not installed.
-    ValueError: a row without `field`, or whose value is not a string.
-  """
-  try:
-    import datasets
-  except ImportError as e:
-    raise ImportError(
-        "hf_documents needs the Hugging Face `datasets` package, which is not "
-        "installed: install the eval extra (`pip install -e '.[eval]'`, it brings "
-        "`datasets`) or `pip install datasets`.") from e
-  dataset = datasets.load_dataset(path, name, split=split, data_files=data_files,
-                                  streaming=streaming)
-  source = f"hf:{path}" + (f"/{name}" if name else "") + f"/{split}"
-  return _hf_texts(dataset, source, field, stats)
-
-
-def _hf_texts(rows: Iterable[dict[str, Any]], source: str, field: str,
-              stats: Optional[CorpusStats]) -> Iterator[str]:
-  if stats is not None:
-    stats.files.append(source)
-  for index, row in enumerate(rows):
-    if field not in row:
-      raise ValueError(f"{source}, row {index}: no column {field!r}; the columns "
-                       f"found are {sorted(row)}. Choose the text column with the "
-                       f"`field` option.")
-    text = row[field]
-    if not isinstance(text, str):
-      raise ValueError(f"{source}, row {index}: column {field!r} must be a string, "
-                       f"found {type(text).__name__}.")
-    if _count(stats, text):
-      yield text
-
-
-# ---------------------------------------------------------------------------
-# Selection by name, and sharding.
-# ---------------------------------------------------------------------------
-
-CORPUS_KINDS: dict[str, Callable[..., Iterator[str]]] = {
-    "local": local_documents,
-    "text": text_documents,
-    "jsonl": jsonl_documents,
-    "tfds": tfds_documents,
-    "hf": hf_documents,
-}
-
-
-def corpus_documents(kind: str, **options: Any) -> Iterator[str]:
-  """The documents of a corpus chosen by name: `CORPUS_KINDS[kind](**options)`.
-
-    >>> corpus_documents("local", patterns="corpus/*.jsonl", field="content")
-    >>> corpus_documents("tfds", data_dir="gs://bucket/tfds", version="2.2.0")
-  """
-  if kind not in CORPUS_KINDS:
-    raise ValueError(f"Unknown corpus kind {kind!r}; valid kinds: "
-                     f"{', '.join(sorted(CORPUS_KINDS))}.")
-  return CORPUS_KINDS[kind](**options)
-
-
-def shard(documents: Iterable[str], index: int, count: int) -> Iterator[str]:
-  """Every `count`-th document starting at `index`: host `index` of `count`'s share.
-
-  The `count` shards are disjoint and together hold every document:
-  `shard(["d0", "d1", "d2", "d3", "d4"], 1, 2)` gives `d1, d3`; index 0 gives
-  `d0, d2, d4`.
-
-  Raises:
-    ValueError: unless `0 <= index < count`.
-  """
-  index, count = _check_shard(index, count)
-  return itertools.islice(documents, index, None, count)
+      yield text, index
 
 
 def _check_shard(index: int, count: int) -> tuple[int, int]:
   try:
     index, count = operator.index(index), operator.index(count)
   except TypeError:
-    raise ValueError(f"shard index and count must be integers; found index="
-                     f"{index!r}, count={count!r}.") from None
+    raise UserError(f"shard index and count must be integers; found index="
+                    f"{index!r}, count={count!r}.") from None
   if count < 1 or not 0 <= index < count:
-    raise ValueError(f"shard needs 0 <= index < count; found index={index}, "
-                     f"count={count}. With N hosts use count=N and index="
-                     f"jax.process_index().")
+    raise UserError(f"shard needs 0 <= index < count; found index={index}, "
+                    f"count={count}. With N hosts use count=N and index="
+                    f"jax.process_index().")
   return index, count

@@ -26,6 +26,9 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import sentencepiece as spm
 
+from arch_objective.errors import (MissingDependency, MissingFile, UserError,
+                                   integer_at_least)
+
 DEFAULT_VOCABULARY_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 DEFAULT_EXTRA_IDS = 100
 PAD_ID = 0
@@ -43,7 +46,7 @@ def _read_model_bytes(path: str) -> bytes:
   """The bytes of a SentencePiece model file, local or behind `tensorflow.io.gfile`."""
   if not _is_remote(path):
     if not os.path.isfile(path):
-      raise FileNotFoundError(
+      raise MissingFile(
           f"SentencePiece vocabulary {path!r} not found. Pass an existing .model "
           f"file with --vocabulary (the T5 one is {DEFAULT_VOCABULARY_PATH}), or "
           f"train one on your corpus with "
@@ -53,7 +56,7 @@ def _read_model_bytes(path: str) -> bytes:
   try:
     import tensorflow as tf
   except ImportError as e:
-    raise ImportError(
+    raise MissingDependency(
         f"Reading the vocabulary {path} needs tensorflow.io.gfile, and TensorFlow "
         f"is not installed. Install tensorflow-cpu, or copy the file to local disk "
         f"(e.g. `gsutil cp {path} .`) and pass the local path (--vocabulary, or the VOCABULARY gin macro)."
@@ -62,7 +65,7 @@ def _read_model_bytes(path: str) -> bytes:
     with tf.io.gfile.GFile(path, "rb") as f:
       return f.read()
   except tf.errors.NotFoundError:
-    raise FileNotFoundError(
+    raise MissingFile(
         f"SentencePiece vocabulary {path!r} not found. Pass an existing .model "
         f"file with --vocabulary.") from None
   except tf.errors.OpError as e:
@@ -101,9 +104,9 @@ class SentencePieceVocabulary:
     path = os.fspath(path)
     if not _is_remote(path):
       path = os.path.expanduser(path)
-    if isinstance(extra_ids, bool) or not isinstance(extra_ids, int) or extra_ids < 0:
-      raise ValueError(f"extra_ids must be an integer >= 0, found {extra_ids!r} "
-                       f"(T5 uses {DEFAULT_EXTRA_IDS}).")
+    if not integer_at_least(extra_ids, 0):
+      raise UserError(f"extra_ids must be an integer >= 0, found {extra_ids!r} "
+                      f"(T5 uses {DEFAULT_EXTRA_IDS}).")
     self._path = path
     self._extra_ids = extra_ids
     self._load(_read_model_bytes(path))
@@ -112,11 +115,11 @@ class SentencePieceVocabulary:
     try:
       base = spm.SentencePieceProcessor(model_proto=model)
     except (RuntimeError, OSError) as e:
-      raise ValueError(f"{self._path} is not a SentencePiece model ({e}). Pass a "
-                       f".model file written by SentencePiece.") from None
+      raise UserError(f"{self._path} is not a SentencePiece model ({e}). Pass a "
+                      f".model file written by SentencePiece.") from None
     found = (base.pad_id(), base.eos_id(), base.unk_id())
     if found != (PAD_ID, EOS_ID, UNK_ID):
-      raise ValueError(
+      raise UserError(
           f"{self._path}: expected T5's special ids pad=0, eos=1, unk=2, found "
           f"pad={found[0]}, eos={found[1]}, unk={found[2]}. Train the model with "
           f"pad_id=0 eos_id=1 unk_id=2 bos_id=-1 (train_sentencepiece does).")
@@ -205,9 +208,9 @@ class SentencePieceVocabulary:
   def sentinel_id(self, k: int) -> int:
     """The id of `<extra_id_k>`: `vocab_size - 1 - k` (T5: 0 -> 32099, 99 -> 32000)."""
     if not 0 <= k < self._extra_ids:
-      raise ValueError(f"Sentinel <extra_id_{k}> does not exist: this vocabulary has "
-                       f"extra_ids={self._extra_ids}, so k must be in "
-                       f"[0, {self._extra_ids}).")
+      raise UserError(f"Sentinel <extra_id_{k}> does not exist: this vocabulary has "
+                      f"extra_ids={self._extra_ids}, so k must be in "
+                      f"[0, {self._extra_ids}).")
     return self.vocab_size - 1 - k
 
   def is_sentinel(self, token_id: int) -> bool:
@@ -230,8 +233,8 @@ class SentencePieceVocabulary:
 def padded_vocab_size(n: int, multiple: int = 128) -> int:
   """`n` rounded up to a multiple of `multiple`: 32100 -> 32128, 32128 -> 32128."""
   if n < 1 or multiple < 1:
-    raise ValueError(f"padded_vocab_size needs n >= 1 and multiple >= 1; found "
-                     f"n={n}, multiple={multiple}.")
+    raise UserError(f"padded_vocab_size needs n >= 1 and multiple >= 1; found "
+                    f"n={n}, multiple={multiple}.")
   return -(-n // multiple) * multiple
 
 
@@ -279,18 +282,18 @@ def train_sentencepiece(documents: Iterable[str], model_prefix: str, vocab_size:
       corpus cannot fill (the message gives the largest size it can).
   """
   if model_type not in MODEL_TYPES:
-    raise ValueError(f"Unknown SentencePiece model_type {model_type!r}; valid types: "
-                     f"{', '.join(MODEL_TYPES)}.")
-  if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 4:
-    raise ValueError(f"vocab_size must be an integer >= 4 (PAD, EOS, UNK and at least "
-                     f"one piece); found {vocab_size!r}.")
+    raise UserError(f"Unknown SentencePiece model_type {model_type!r}; valid types: "
+                    f"{', '.join(MODEL_TYPES)}.")
+  if not integer_at_least(vocab_size, 4):
+    raise UserError(f"vocab_size must be an integer >= 4 (PAD, EOS, UNK and at least "
+                    f"one piece); found {vocab_size!r}.")
   sentences = _Sentences(documents)
   stream = iter(sentences)
   first = next(stream, None)
   if first is None:
-    raise ValueError(f"Cannot train a SentencePiece model for {model_prefix}: the "
-                     f"corpus holds no non-blank text. Check the corpus patterns and "
-                     f"the text field.")
+    raise UserError(f"Cannot train a SentencePiece model for {model_prefix}: the "
+                    f"corpus holds no non-blank text. Check the corpus patterns and "
+                    f"the text field.")
 
   def all_sentences() -> Iterator[str]:
     yield first
@@ -313,13 +316,13 @@ def train_sentencepiece(documents: Iterable[str], model_prefix: str, vocab_size:
     message = str(e)
     largest = re.search(r"<=\s*(\d+)", message)
     if "too high" in message and largest:
-      raise ValueError(
+      raise UserError(
           f"vocab_size={vocab_size} is too large for this corpus "
           f"({sentences.count} sentences): SentencePiece can make at most "
           f"{largest.group(1)} pieces from it. Use vocab_size <= "
           f"{largest.group(1)}, or train on more text.") from None
-    raise ValueError(f"SentencePiece training for {model_prefix} failed: "
-                     f"{message.strip()}") from None
+    raise UserError(f"SentencePiece training for {model_prefix} failed: "
+                    f"{message.strip()}") from None
   model = writer.getvalue()
   parent = os.path.dirname(os.path.abspath(model_prefix))
   os.makedirs(parent, exist_ok=True)

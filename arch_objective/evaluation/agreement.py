@@ -21,6 +21,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from arch_objective.errors import UserError
+
 
 def _kappa(weights: np.ndarray, predicted: np.ndarray, gold: np.ndarray,
            num_choices: int) -> np.ndarray:
@@ -50,8 +52,8 @@ def kappa(predicted: Sequence[Optional[int]], gold: Sequence[Optional[int]],
   """Cohen's kappa of one prompt's answers against the gold answers."""
   p, g = _as_array(predicted), _as_array(gold)
   if p.shape != g.shape:
-    raise ValueError(f"{len(p)} answers against {len(g)} gold answers; kappa needs one "
-                     f"answer per gold answer.")
+    raise UserError(f"{len(p)} answers against {len(g)} gold answers; kappa needs one "
+                    f"answer per gold answer.")
   return float(_kappa(np.ones((1, len(g))), p, g, num_choices)[0])
 
 
@@ -65,8 +67,8 @@ def family_kappa(predicted: Mapping[str, Sequence[Optional[int]]],
   answers = {name: _as_array(values) for name, values in predicted.items()}
   for name, values in answers.items():
     if values.shape != g.shape:
-      raise ValueError(f"prompt {name}: {len(values)} answers against {len(g)} gold "
-                       f"answers; kappa needs one answer per gold answer.")
+      raise UserError(f"prompt {name}: {len(values)} answers against {len(g)} gold "
+                      f"answers; kappa needs one answer per gold answer.")
   n = len(g)
   draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
   weights = np.zeros((resamples, n))

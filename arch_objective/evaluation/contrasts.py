@@ -18,6 +18,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from arch_objective.errors import UserError
+
 Correctness = Mapping[str, Mapping[str, Sequence[float]]]
 
 
@@ -29,17 +31,17 @@ def _as_arrays(table: Correctness) -> dict[str, dict[str, np.ndarray]]:
 
 def _check_paired(a: dict, b: dict, names: tuple[str, str]):
   if sorted(a) != sorted(b):
-    raise ValueError(f"{names[0]} and {names[1]} were scored on different datasets: "
-                     f"{sorted(a)} vs {sorted(b)}; a paired comparison needs the same ones.")
+    raise UserError(f"{names[0]} and {names[1]} were scored on different datasets: "
+                    f"{sorted(a)} vs {sorted(b)}; a paired comparison needs the same ones.")
   for dataset in a:
     if sorted(a[dataset]) != sorted(b[dataset]):
-      raise ValueError(f"{dataset}: {names[0]} and {names[1]} used different prompts "
-                       f"({sorted(a[dataset])} vs {sorted(b[dataset])}).")
+      raise UserError(f"{dataset}: {names[0]} and {names[1]} used different prompts "
+                      f"({sorted(a[dataset])} vs {sorted(b[dataset])}).")
     sizes = {len(v) for v in a[dataset].values()} | {len(v) for v in b[dataset].values()}
     if len(sizes) != 1:
-      raise ValueError(f"{dataset}: {names[0]} and {names[1]} have different numbers of "
-                       f"examples ({sorted(sizes)}); a paired comparison needs the same "
-                       f"examples.")
+      raise UserError(f"{dataset}: {names[0]} and {names[1]} have different numbers of "
+                      f"examples ({sorted(sizes)}); a paired comparison needs the same "
+                      f"examples.")
 
 
 def suite_score(table: Correctness, indices: Mapping[str, np.ndarray] | None = None) -> float:
@@ -99,17 +101,17 @@ def paired_combination(tables: Sequence[Correctness], weights: Sequence[float], 
   "excludes_zero"}.
   """
   if len(tables) != len(weights) or not tables:
-    raise ValueError(f"paired_combination needs one weight per table, found "
-                     f"{len(tables)} tables and {len(weights)} weights.")
+    raise UserError(f"paired_combination needs one weight per table, found "
+                    f"{len(tables)} tables and {len(weights)} weights.")
   names = list(names or [f"table {i}" for i in range(len(tables))])
   if len(names) != len(tables):
-    raise ValueError(f"paired_combination needs one name per table, found {len(tables)} "
-                     f"tables and {len(names)} names.")
+    raise UserError(f"paired_combination needs one name per table, found {len(tables)} "
+                    f"tables and {len(names)} names.")
   arrays = [_as_arrays(t) for t in tables]
   for i in range(1, len(arrays)):
     _check_paired(arrays[0], arrays[i], (names[0], names[i]))
   if resamples < 1:
-    raise ValueError(f"resamples must be >= 1, found {resamples}.")
+    raise UserError(f"resamples must be >= 1, found {resamples}.")
   rng = np.random.default_rng(seed)
   sizes = {d: len(next(iter(p.values()))) for d, p in arrays[0].items()}
   # The draws in the order a loop over resamplings, then datasets, takes them.
@@ -140,15 +142,15 @@ def shared_examples(tables: Sequence[Correctness],
   """
   names = list(names or [f"table {i}" for i in range(len(tables))])
   if len(names) != len(tables) or (golds is not None and len(golds) != len(tables)):
-    raise ValueError(f"shared_examples needs one name (and gold table) per table, found "
-                     f"{len(tables)} tables, {len(names)} names and "
-                     f"{'no' if golds is None else len(golds)} gold tables.")
+    raise UserError(f"shared_examples needs one name (and gold table) per table, found "
+                    f"{len(tables)} tables, {len(names)} names and "
+                    f"{'no' if golds is None else len(golds)} gold tables.")
   if not tables:
     return []
   for i in range(1, len(tables)):
     if sorted(tables[0]) != sorted(tables[i]):
-      raise ValueError(f"{names[0]} and {names[i]} were scored on different datasets: "
-                       f"{sorted(tables[0])} vs {sorted(tables[i])}.")
+      raise UserError(f"{names[0]} and {names[i]} were scored on different datasets: "
+                      f"{sorted(tables[0])} vs {sorted(tables[i])}.")
   counts = {d: min(len(v) for t in tables for v in t[d].values()) for d in tables[0]}
   if golds is not None:
     for d, n in counts.items():
@@ -156,7 +158,7 @@ def shared_examples(tables: Sequence[Correctness],
       for i in range(1, len(golds)):
         other = list(golds[i].get(d, []))[:n]
         if len(first) != n or other != first:
-          raise ValueError(f"{d}: {names[0]} and {names[i]} have different gold answers on "
-                           f"their first {n} examples, so they were not scored on the same "
-                           f"examples and cannot be paired.")
+          raise UserError(f"{d}: {names[0]} and {names[i]} have different gold answers on "
+                          f"their first {n} examples, so they were not scored on the same "
+                          f"examples and cannot be paired.")
   return [{d: {p: list(v)[:counts[d]] for p, v in t[d].items()} for d in t} for t in tables]

@@ -63,6 +63,7 @@ import jax
 import numpy as np
 
 from arch_objective import architectures, models, paths
+from arch_objective.errors import MissingDependency, UserError
 from arch_objective.evaluation import scoring
 
 try:
@@ -131,9 +132,9 @@ def truncate(context, continuation, truncation: str, *, inputs_length: int,
 
 def _check_truncation(truncation):
   if truncation not in TRUNCATIONS:
-    raise ValueError(f"unknown truncation {truncation!r}; expected one of "
-                     f"{', '.join(TRUNCATIONS)} (paper: the first 512 context tokens, as the "
-                     f"paper's t5x bridge; modern: the last tokens that fit).")
+    raise UserError(f"unknown truncation {truncation!r}; expected one of "
+                    f"{', '.join(TRUNCATIONS)} (paper: the first 512 context tokens, as the "
+                    f"paper's t5x bridge; modern: the last tokens that fit).")
 
 
 def rolling_windows(tokens, row_length: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -179,24 +180,18 @@ def score_pairs(model: models.BaseModel, params, pairs, max_tokens: int = DEFAUL
                 ) -> list[tuple[float, bool]]:
   """(log-likelihood, is_greedy) of each (context ids, continuation ids), no EOS added.
 
-  `scoring.Scorer` with packed rows (`scoring.PACKED`) and at most `max_tokens` tokens
-  per batch: decoder-only, one segment per pair; ED, each distinct context is one
-  request whose choices are its pairs' continuations. An empty continuation scores
-  (0.0, True).
+  `scoring.Scorer` (packed rows) with at most `max_tokens` tokens per batch; the
+  model's layout groups the pairs into requests (`share_prompts`: decoder-only, one per
+  pair; ED, one per distinct context, whose choices are its pairs' continuations). An
+  empty continuation scores (0.0, True).
   """
   pairs = [(np.asarray(c, np.int32).reshape(-1), np.asarray(t, np.int32).reshape(-1))
            for c, t in pairs]
   out: list = [(0.0, True)] * len(pairs)
   todo = [i for i, (_, t) in enumerate(pairs) if len(t)]
-  if architectures.get(model.name).has_encoder:
-    by_context: dict[bytes, list[int]] = {}
-    for i in todo:
-      by_context.setdefault(pairs[i][0].tobytes(), []).append(i)
-    members = list(by_context.values())
-  else:
-    members = [[i] for i in todo]
+  members = model.layout.share_prompts(pairs, todo)
   requests = [scoring.Request(pairs[m[0]][0], tuple(pairs[i][1] for i in m)) for m in members]
-  scorer = scoring.Scorer(model, params, max_tokens=max_tokens, shapes=scoring.PACKED)
+  scorer = scoring.Scorer(model, params, max_tokens=max_tokens)
   for m, result in zip(members, scorer.score(requests, greedy=True)):
     for i, total, is_greedy in zip(m, result.scores, result.greedy):
       out[i] = (float(total), bool(is_greedy))
@@ -212,28 +207,17 @@ def generate_tokens(model: models.BaseModel, params, prompts, steps: int,
   """
   prompts = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
   wanted, steps = steps, scoring.bucket(steps)
-  has_encoder = architectures.get(model.name).has_encoder
+  layout = model.layout
   out: list = [None] * len(prompts)
   by_bucket: dict[int, list[int]] = {}
   for i, p in enumerate(prompts):
-    by_bucket.setdefault(scoring.bucket(len(p) + (0 if has_encoder else 1)), []).append(i)
+    by_bucket.setdefault(scoring.bucket(layout.prompt_positions(len(p))), []).append(i)
   for length, group in sorted(by_bucket.items()):
     rows = scoring.batch_rows(max_tokens, length + steps)
     for start in range(0, len(group), rows):
       chunk = group[start:start + rows]
-      tokens = np.zeros((min(rows, scoring.pow2(len(chunk))), length), np.int32)
-      if has_encoder:
-        for r, i in enumerate(chunk):
-          tokens[r, :len(prompts[i])] = prompts[i]
-        batch = {"encoder_input_tokens": tokens}
-      else:
-        dca = np.zeros_like(tokens)
-        dca[:, 0] = 1                                 # padding rows: the empty prompt
-        for r, i in enumerate(chunk):
-          n = len(prompts[i])
-          tokens[r, 1:n + 1] = prompts[i]             # shifted form [0, p_0 .. p_n-1]
-          dca[r, :n + 1] = 1
-        batch = {"decoder_input_tokens": tokens, "decoder_causal_attention": dca}
+      batch = layout.generation_batch([prompts[i] for i in chunk],
+                                      min(rows, scoring.pow2(len(chunk))), length)
       generated = np.asarray(jax.device_get(_greedy(model, params, batch, steps)))
       for r, i in enumerate(chunk):
         out[i] = generated[r, :wanted]
@@ -250,7 +234,7 @@ _MODEL_ARGS = ("checkpoint", "model_dir", "arch", "vocabulary", "truncation", "b
                "allow_other_vocabulary")
 
 
-class ModelArgsError(ValueError):
+class ModelArgsError(UserError):
   """A bad option (model_args) of the `arch_objective` model, found before anything
   loads; its message is one line naming the option."""
 
@@ -307,7 +291,7 @@ def check_model_args(model_args: dict, *, objects: bool = False) -> Optional[str
                            "checkpoint=MODEL_DIR, or model_dir=MODEL_DIR).")
     return None
   if objects:
-    raise ValueError("give either checkpoint or (model, params, vocab), found both.")
+    raise UserError("give either checkpoint or (model, params, vocab), found both.")
   checkpoint = os.fspath(checkpoint) if isinstance(checkpoint, os.PathLike) else str(checkpoint)
   _check_checkpoint_args(key, checkpoint, given.get("arch"), given.get("dtype", "float32"),
                          given.get("vocabulary"))
@@ -317,7 +301,6 @@ def check_model_args(model_args: dict, *, objects: bool = False) -> Optional[str
 def _check_checkpoint_args(key: str, checkpoint: str, arch, dtype, vocabulary):
   """ModelArgsError for a checkpoint, arch, dtype or vocabulary that cannot be read, found
   from the checkpoint's metadata alone (no parameters are read)."""
-  from arch_objective.evaluation import loading
   from arch_objective.training import checkpoints
   if arch is not None:
     try:
@@ -339,8 +322,8 @@ def _check_checkpoint_args(key: str, checkpoint: str, arch, dtype, vocabulary):
     if missing:
       raise ModelArgsError(f"{name}={path!r} does not exist; expected {expected}.")
   try:
-    meta, _ = checkpoints.load_meta(checkpoint)
-    loading.model_from_meta(meta, checkpoint, arch, dtype)
+    checkpoints.open_model_dir(checkpoint, arch=arch, dtype=dtype, reference=True,
+                               read_params=False)
   except ValueError as e:                     # CheckpointError, or meta that does not fit
     raise ModelArgsError(f"{key}: {e}" if key != "checkpoint" else str(e)) from None
 
@@ -369,8 +352,8 @@ class ArchObjectiveLM(_LM_BASE):
                model: Optional[models.BaseModel] = None, params=None, vocab=None,
                **harness_kwargs):
     if _lm_model is None:
-      raise ImportError("ArchObjectiveLM needs lm-evaluation-harness: pip install "
-                        "'lm-eval==0.4.13' (the `eval` extra of arch-objective).")
+      raise MissingDependency("ArchObjectiveLM needs lm-evaluation-harness: pip install "
+                              "'lm-eval==0.4.13' (the `eval` extra of arch-objective).")
     super().__init__()
     checkpoint = check_model_args(
         dict(checkpoint=checkpoint, model_dir=model_dir, arch=arch, vocabulary=vocabulary,
@@ -393,9 +376,9 @@ class ArchObjectiveLM(_LM_BASE):
       model, params, self.meta, self.step = loading.load_model(str(checkpoint), arch, dtype)
     else:
       if arch is not None and arch != model.name:
-        raise ValueError(f"arch {arch!r} does not match the given {model.name} model; "
-                         f"build the model as {arch} (only the causal and non-causal "
-                         f"decoders share parameters).")
+        raise UserError(f"arch {arch!r} does not match the given {model.name} model; "
+                        f"build the model as {arch} (only the causal and non-causal "
+                        f"decoders share parameters).")
       vocab = vocab if vocab is not None else vocabulary
     if vocab is None:
       raise ModelArgsError("no vocabulary: pass vocabulary=PATH (a SentencePiece .model); "
@@ -423,8 +406,7 @@ class ArchObjectiveLM(_LM_BASE):
     return [np.asarray(ids[t], np.int32) for t in texts]
 
   def _truncate(self, context, continuation):
-    row = (None if (self.architecture.has_encoder or self.truncation == "paper")
-           else self.row_length)
+    row = None if self.truncation == "paper" else self.model.layout.row_budget(self.row_length)
     return truncate(context, continuation, self.truncation, inputs_length=self.inputs_length,
                     targets_length=self.targets_length, row_length=row)
 
@@ -447,11 +429,9 @@ class ArchObjectiveLM(_LM_BASE):
     texts = self._encode_all([_arg(r, 0) for r in requests])
     pairs, owner = [], []
     for k, tokens in enumerate(texts):
-      if self.architecture.has_encoder:
-        windows = [(np.zeros((0,), np.int32), tokens[s:s + self.targets_length])
-                   for s in range(0, len(tokens), self.targets_length)]
-      else:
-        windows = rolling_windows(tokens, self.row_length)
+      windows = self.model.layout.rolling_windows(
+          tokens, row_length=self.row_length, targets_length=self.targets_length,
+          windows=rolling_windows)
       pairs += windows
       owner += [k] * len(windows)
     scores = score_pairs(self.model, self.params, pairs, self.batch_tokens)
@@ -472,10 +452,9 @@ class ArchObjectiveLM(_LM_BASE):
     for steps, group in sorted(by_steps.items()):
       if self.truncation == "paper":
         cut = [p[:self.inputs_length] for p in (prompts[i] for i in group)]
-      elif self.architecture.has_encoder:
-        cut = [p[max(len(p) - self.inputs_length, 0):] for p in (prompts[i] for i in group)]
       else:
-        room = max(self.row_length - steps - 1, 1)         # the shifted-in 0 takes one
+        room = self.model.layout.prompt_budget(inputs_length=self.inputs_length,
+                                               row_length=self.row_length, steps=steps)
         cut = [p[max(len(p) - room, 0):] for p in (prompts[i] for i in group)]
       generated = generate_tokens(self.model, self.params, cut, steps, self.batch_tokens)
       for i, tokens in zip(group, generated):
@@ -490,8 +469,7 @@ class ArchObjectiveLM(_LM_BASE):
                                "truncation": self.truncation, "dtype": self.dtype,
                                "inputs_length": self.inputs_length,
                                "targets_length": self.targets_length,
-                               "max_length": (None if self.architecture.has_encoder
-                                              else self.row_length),
+                               "max_length": self.model.layout.row_budget(self.row_length),
                                "vocabulary": self.vocabulary_record}}
 
 
@@ -504,8 +482,8 @@ def register_with_lm_eval() -> None:
   ours is added: otherwise `get_model("hf")` would find only `arch_objective`.
   """
   if _lm_registry is None:
-    raise ImportError(f"the {MODEL_NAME} model needs lm-evaluation-harness: pip install "
-                      f"'lm-eval==0.4.13' (the `eval` extra of arch-objective).")
+    raise MissingDependency(f"the {MODEL_NAME} model needs lm-evaluation-harness: pip install "
+                            f"'lm-eval==0.4.13' (the `eval` extra of arch-objective).")
   import lm_eval.models  # noqa: F401  (registers lm-eval's own model names)
   _lm_registry.register_model(MODEL_NAME)(ArchObjectiveLM)
 
@@ -522,7 +500,7 @@ def _arg(request, k):
 def _positive_int(value, name) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer, str)) or \
       not str(value).isdigit() or int(value) < 1:
-    raise ValueError(f"{name} must be a positive integer, found {value!r}.")
+    raise UserError(f"{name} must be a positive integer, found {value!r}.")
   return int(value)
 
 
@@ -530,15 +508,15 @@ def _generation_options(kwargs, index) -> tuple[list[str], int]:
   """(stop strings, max new tokens) of one generate_until request's gen_kwargs."""
   kwargs = dict(kwargs or {})
   if kwargs.get("do_sample") or float(kwargs.get("temperature") or 0.0) > 0.0:
-    raise ValueError(f"generate_until request {index}: do_sample={kwargs.get('do_sample')}, "
-                     f"temperature={kwargs.get('temperature')}; expected greedy decoding "
-                     f"(do_sample false, temperature 0), the only mode of the "
-                     f"{MODEL_NAME} model.")
+    raise UserError(f"generate_until request {index}: do_sample={kwargs.get('do_sample')}, "
+                    f"temperature={kwargs.get('temperature')}; expected greedy decoding "
+                    f"(do_sample false, temperature 0), the only mode of the "
+                    f"{MODEL_NAME} model.")
   until = kwargs.get("until") or []
   until = [until] if isinstance(until, str) else list(until)
   if not all(isinstance(u, str) for u in until):
-    raise ValueError(f"generate_until request {index}: 'until' must be a string or a list "
-                     f"of strings, found {kwargs.get('until')!r}.")
+    raise UserError(f"generate_until request {index}: 'until' must be a string or a list "
+                    f"of strings, found {kwargs.get('until')!r}.")
   steps = kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS)
   return until, _positive_int(steps, "max_gen_toks")
 
@@ -555,7 +533,7 @@ def expand_tasks(tasks: Sequence[str]) -> list[str]:
       if name:
         names += list(EAI_EVAL_TASKS) if name == EAI_EVAL else [name]
   if not names:
-    raise ValueError(f"tasks is empty; expected lm-eval task names or {EAI_EVAL!r}.")
+    raise UserError(f"tasks is empty; expected lm-eval task names or {EAI_EVAL!r}.")
   return list(dict.fromkeys(names))
 
 
@@ -564,7 +542,7 @@ def task_manager(tasks: Sequence[str], include_path: Optional[str] = None):
   else the harness's own tasks too. Raises ValueError naming tasks found nowhere."""
   from lm_eval.tasks import TaskManager
   if include_path is not None and not os.path.isdir(include_path):
-    raise ValueError(f"include_path {include_path!r} is not a directory of task YAML files.")
+    raise UserError(f"include_path {include_path!r} is not a directory of task YAML files.")
   manager = None
   if include_path is not None:
     manager = TaskManager(include_path=include_path, include_defaults=False)
@@ -575,13 +553,13 @@ def task_manager(tasks: Sequence[str], include_path: Optional[str] = None):
   unknown = [t for t in tasks if t not in manager.all_tasks]
   broken = _unparsable_yaml(include_path) if unknown and include_path else []
   if broken:
-    raise ValueError(f"unknown task(s) {unknown}: {len(broken)} task YAML file(s) of "
-                     f"include_path {include_path} do not parse, and lm-eval skips them: "
-                     f"{'; '.join(broken)}.")
+    raise UserError(f"unknown task(s) {unknown}: {len(broken)} task YAML file(s) of "
+                    f"include_path {include_path} do not parse, and lm-eval skips them: "
+                    f"{'; '.join(broken)}.")
   if unknown:
-    raise ValueError(f"unknown task(s) {unknown}: not in lm-eval's tasks"
-                     f"{' nor in ' + include_path if include_path else ''}. Expected lm-eval "
-                     f"0.4 task names (e.g. {', '.join(EAI_EVAL_TASKS[:4])}) or {EAI_EVAL!r}.")
+    raise UserError(f"unknown task(s) {unknown}: not in lm-eval's tasks"
+                    f"{' nor in ' + include_path if include_path else ''}. Expected lm-eval "
+                    f"0.4 task names (e.g. {', '.join(EAI_EVAL_TASKS[:4])}) or {EAI_EVAL!r}.")
   return manager
 
 
@@ -666,7 +644,8 @@ def _checked_vocabulary(checkpoint: str, arch: Optional[str], vocabulary: Option
   if not path:
     return None, None
   vocab = vocabularies.SentencePieceVocabulary(os.fspath(path))
-  rows = loading.model_from_meta(meta, checkpoint, arch).config.vocab_size
+  model, _, _, _ = checkpoints.open_model_dir(checkpoint, arch=arch, read_params=False)
+  rows = model.config.vocab_size
   used = loading.check_vocabulary(
       meta, vocab.path, checkpoint, allow_other=allow_other,
       option=option if vocabulary else "the vocabulary", allow_option=allow_option,

@@ -37,6 +37,7 @@ import re
 from typing import Callable, Optional, Sequence
 
 from arch_objective import models, paths
+from arch_objective.errors import UserError, integer_at_least
 from arch_objective.evaluation import loading, rank_classification, t0_eval
 from arch_objective.training import checkpoints, gin_utils
 
@@ -69,27 +70,26 @@ def default_out_dir(checkpoint: str, step: int, kind: str) -> str:
 
 def _require_checkpoint(checkpoint, kind: str) -> str:
   if not checkpoint:
-    raise ValueError(f"{kind}: no checkpoint; give --checkpoint PATH (a MODEL_DIR or "
-                     f"MODEL_DIR/checkpoints/<step>) or bind CHECKPOINT_PATH in the gin "
-                     f"run (--gin.CHECKPOINT_PATH=\"'PATH'\").")
+    raise UserError(f"{kind}: no checkpoint; give --checkpoint PATH (a MODEL_DIR or "
+                    f"MODEL_DIR/checkpoints/<step>) or bind CHECKPOINT_PATH in the gin "
+                    f"run (--gin.CHECKPOINT_PATH=\"'PATH'\").")
   return str(checkpoint)
 
 
 def _check_max_examples(value):
   """`max_examples` of eval_t0: None (every example) or a positive number."""
-  if value is not None and (isinstance(value, bool) or not isinstance(value, int) or
-                            value < 1):
-    raise ValueError(f"{EVAL_T0}: --max_examples (gin: MAX_EXAMPLES, or "
-                     f"{EVAL_T0}.max_examples) must be a positive number of examples per "
-                     f"dataset, found {value!r}; leave it unset (None) for every example.")
+  if value is not None and not integer_at_least(value, 1):
+    raise UserError(f"{EVAL_T0}: --max_examples (gin: MAX_EXAMPLES, or "
+                    f"{EVAL_T0}.max_examples) must be a positive number of examples per "
+                    f"dataset, found {value!r}; leave it unset (None) for every example.")
 
 
 def _check_integer(kind: str, param: str, value, minimum: int, note: str = ""):
   """An integer option of run `kind` (command line or gin) of at least `minimum`."""
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+  if not integer_at_least(value, minimum):
     expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-    raise ValueError(f"{kind}: {_flag(param)} (gin: {param.upper()}, or {kind}.{param}) "
-                     f"must be {expected}{note}, found {value!r}.")
+    raise UserError(f"{kind}: {_flag(param)} (gin: {param.upper()}, or {kind}.{param}) "
+                    f"must be {expected}{note}, found {value!r}.")
 
 
 def _check_limit(value):
@@ -98,10 +98,10 @@ def _check_limit(value):
     return
   number = not isinstance(value, bool) and isinstance(value, (int, float))
   if not number or not (0 < value < 1 or (value >= 1 and value == int(value))):
-    raise ValueError(f"{EVAL_HARNESS}: --limit (gin: LIMIT, or {EVAL_HARNESS}.limit) must be "
-                     f"a number of examples >= 1 or a fraction between 0 and 1, found "
-                     f"{f'{value:g}' if number else repr(value)}; leave it unset (None) for "
-                     f"every example.")
+    raise UserError(f"{EVAL_HARNESS}: --limit (gin: LIMIT, or {EVAL_HARNESS}.limit) must be "
+                    f"a number of examples >= 1 or a fraction between 0 and 1, found "
+                    f"{f'{value:g}' if number else repr(value)}; leave it unset (None) for "
+                    f"every example.")
 
 
 def _names(value, what: str) -> Optional[list[str]]:
@@ -111,7 +111,7 @@ def _names(value, what: str) -> Optional[list[str]]:
   if isinstance(value, str):
     return [value]
   if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-    raise ValueError(f"{what} must be a list of names, found {value!r}.")
+    raise UserError(f"{what} must be a list of names, found {value!r}.")
   return list(value)
 
 
@@ -137,8 +137,8 @@ def use_compilation_cache(directory: Optional[str] = None) -> Optional[str]:
   if directory is None:
     directory = default_compilation_cache_dir()
   if not isinstance(directory, str):
-    raise ValueError(f"compilation_cache_dir must be a folder (a string; '' turns the cache "
-                     f"off), found {directory!r}.")
+    raise UserError(f"compilation_cache_dir must be a folder (a string; '' turns the cache "
+                    f"off), found {directory!r}.")
   if directory and "://" not in directory:
     directory = os.path.abspath(os.path.expanduser(directory))
   enabled = bool(directory)
@@ -206,8 +206,8 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
   model, params, meta, step = loading.load_model(checkpoint, arch, dtype=dtype)
   vocab_path = vocabulary or meta.get("vocabulary")
   if not vocab_path:
-    raise ValueError(f"checkpoint {checkpoint!r} records no vocabulary; give --vocabulary "
-                     f"(a SentencePiece .model) or bind VOCABULARY.")
+    raise UserError(f"checkpoint {checkpoint!r} records no vocabulary; give --vocabulary "
+                    f"(a SentencePiece .model) or bind VOCABULARY.")
   vocab = vocabularies.SentencePieceVocabulary(vocab_path)
   used = loading.check_vocabulary(
       meta, vocab.path, checkpoint, allow_other=allow_other_vocabulary,
@@ -307,9 +307,9 @@ def _option_bindings(kind: str, gin_files: Sequence[str], bindings: Sequence[str
   from arch_objective.training import plan
   plan.parse_with_placeholders(gin_files, bindings)
   if configured_run(kind) is None:
-    raise ValueError(f"the gin files {list(gin_files)} configure no {kind} run (no "
-                     f"{kind}.* binding); include 'runs/{kind}.gin' or an experiment that "
-                     f"does, e.g. experiments/paper/{kind}.gin.")
+    raise UserError(f"the gin files {list(gin_files)} configure no {kind} run (no "
+                    f"{kind}.* binding); include 'runs/{kind}.gin' or an experiment that "
+                    f"does, e.g. experiments/paper/{kind}.gin.")
   return gin_utils.option_bindings(kind, parameters(kind), given)
 
 
@@ -326,7 +326,7 @@ def run_from_gin(kind: str, gin_files: Sequence[str], bindings: Sequence[str] = 
   except ValueError as e:
     required = re.search(r"gin macro (\w+) is required", str(e))
     if required and required.group(1) in feeds:
-      raise ValueError(f"{e} (or give {_flag(feeds[required.group(1)])})") from None
+      raise UserError(f"{e} (or give {_flag(feeds[required.group(1)])})") from None
     raise
   return gin.get_configurable(kind)(log=log, config_text=gin.operative_config_str)
 
@@ -358,8 +358,7 @@ def plan_eval(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> Optiona
 def describe_checkpoint(checkpoint: str, arch: Optional[str] = None) -> dict:
   """Architecture, parameter count, step and lineage of a checkpoint (reads its meta
   only)."""
-  meta, step = checkpoints.load_meta(checkpoint)
-  model = loading.model_from_meta(meta, checkpoint, arch)
+  model, _, meta, step = checkpoints.open_model_dir(checkpoint, arch=arch, read_params=False)
   return {"checkpoint": checkpoint, "arch": model.name, "trained_as": meta.get("arch"),
           "params": models.count_params(model), "step": step, "task": meta.get("task"),
           "vocabulary": meta.get("vocabulary"), "lineage": meta.get("lineage", [])}

@@ -28,6 +28,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from arch_objective import paths
+from arch_objective.errors import UserError, integer_at_least
 from arch_objective.evaluation.rank_classification import RankScorer, Request
 from arch_objective.prompts import datasets as datasets_lib
 from arch_objective.prompts import t0, templates
@@ -82,7 +83,7 @@ def _prepare(spec, data_dir, mapping, max_examples) -> _Prepared:
   try:
     examples, prompts = _examples_and_prompts(spec, data_dir, mapping)
     if not examples:
-      raise ValueError("the evaluation split is empty.")
+      raise UserError("the evaluation split is empty.")
     if max_examples:
       examples = examples[:max_examples]
     rendered, skipped = {}, {}
@@ -101,7 +102,7 @@ def _prepare(spec, data_dir, mapping, max_examples) -> _Prepared:
         continue
       rendered[prompt.name] = (rows, outs)
     if not rendered:
-      raise ValueError(f"no prompt could be scored ({skipped}).")
+      raise UserError(f"no prompt could be scored ({skipped}).")
   except (ValueError, OSError) as e:
     source = _source(spec, data_dir, mapping)
     if source != str(e):
@@ -159,13 +160,12 @@ def evaluate_suite(scorer: RankScorer, encode: Callable[[str], list[int]], *,
   module's logger at INFO).
   """
   log = log or logging.getLogger(__name__).info
-  if max_examples is not None and (isinstance(max_examples, bool) or
-                                   not isinstance(max_examples, int) or max_examples < 1):
-    raise ValueError(f"max_examples must be a positive number of examples (or None for "
-                     f"all of them), found {max_examples!r}.")
-  if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
-    raise ValueError(f"bootstrap must be a number of resamplings >= 0 (0: no interval), "
-                     f"found {bootstrap!r}.")
+  if max_examples is not None and not integer_at_least(max_examples, 1):
+    raise UserError(f"max_examples must be a positive number of examples (or None for "
+                    f"all of them), found {max_examples!r}.")
+  if not integer_at_least(bootstrap, 0):
+    raise UserError(f"bootstrap must be a number of resamplings >= 0 (0: no interval), "
+                    f"found {bootstrap!r}.")
   prepared = _prepare_all(suite, data_dir, mapping, max_examples)
   tokens = _Tokens(encode)
   results, start = {}, time.time()
@@ -259,8 +259,8 @@ def select(names: Optional[Sequence[str]]) -> tuple[t0.EvalDataset, ...]:
     return t0.T0_EVAL
   unknown = [n for n in names if n not in t0.T0_EVAL_BY_NAME]
   if unknown:
-    raise ValueError(f"unknown T0-Eval dataset(s) {unknown}; valid: "
-                     f"{', '.join(t0.T0_EVAL_BY_NAME)}.")
+    raise UserError(f"unknown T0-Eval dataset(s) {unknown}; valid: "
+                    f"{', '.join(t0.T0_EVAL_BY_NAME)}.")
   return tuple(t0.T0_EVAL_BY_NAME[n] for n in names)
 
 

@@ -17,6 +17,8 @@ from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
+from arch_objective.errors import UserError
+
 EOS_ID = 1
 MAX_DOCUMENT_LENGTH = 65536
 
@@ -48,22 +50,13 @@ def tag(features: dict, where: Optional[dict]) -> Tagged:
   return out
 
 
-def concat_and_split(documents: Iterable[np.ndarray], length: int, *, append_eos: bool,
-                     seed: int = 0, max_document_length: int = MAX_DOCUMENT_LENGTH,
-                     drop_remainder: bool = False) -> Iterator[np.ndarray]:
-  """Chunks of `length` tokens from the concatenated documents (see module docstring)."""
-  for chunk, _ in concat_and_split_positioned(
-      ((doc, None) for doc in documents), length, append_eos=append_eos, seed=seed,
-      max_document_length=max_document_length, drop_remainder=drop_remainder):
-    yield chunk
-
-
 def concat_and_split_positioned(documents: Iterable[tuple[np.ndarray, Any]], length: int, *,
                                 append_eos: bool, seed: int = 0,
                                 max_document_length: int = MAX_DOCUMENT_LENGTH,
                                 drop_remainder: bool = False, start: Optional[dict] = None
                                 ) -> Iterator[tuple[np.ndarray, dict]]:
-  """`concat_and_split` over (document, source position) pairs, yielding (chunk, where).
+  """Chunks of `length` tokens from the concatenated documents (see module docstring),
+  read from (document, source position) pairs and yielded as (chunk, where).
 
   `where = {"source": ..., "doc": d, "skip": s, "chunk": k}`: chunk k starts `s` tokens
   into document d (counted from the stream's start; its tokens after the random window
@@ -72,7 +65,7 @@ def concat_and_split_positioned(documents: Iterable[tuple[np.ndarray, Any]], len
   after it exactly as the uninterrupted stream did: the only state a resume needs.
   """
   if length < 1:
-    raise ValueError(f"chunk length must be >= 1, found {length}.")
+    raise UserError(f"chunk length must be >= 1, found {length}.")
   index = int(start["doc"]) if start else 0
   skip = int(start["skip"]) if start else 0
   chunk_index = int(start["chunk"]) if start else 0

@@ -35,6 +35,10 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from arch_objective import architectures
+from arch_objective.errors import UserError
+from arch_objective.features import (DECODER_CAUSAL_ATTENTION, DECODER_INPUT_TOKENS,
+                                     DECODER_LOSS_WEIGHTS, DECODER_TARGET_TOKENS,
+                                     ENCODER_INPUT_TOKENS)
 from arch_objective.objectives import chunking
 from arch_objective.objectives.prefix_lm import segment_positions, shift_right
 
@@ -45,8 +49,8 @@ def _trim(example: Example, lengths: Mapping[str, int], where: str) -> dict[str,
   out = {}
   for key, length in lengths.items():
     if key not in example:
-      raise ValueError(f"{where}: example is missing feature {key!r}; it has "
-                       f"{sorted(example)}.")
+      raise UserError(f"{where}: example is missing feature {key!r}; it has "
+                      f"{sorted(example)}.")
     out[key] = np.asarray(example[key], np.int32)[:length]
   return out
 
@@ -112,9 +116,9 @@ def lm_rows(examples: Iterable[Example], length: int, pack: bool = True
   for group, position in _pack(examples, {"targets": length}, pack, "lm_rows"):
     targets = _concat([e["targets"] for e in group], length)
     seg = _segments([len(e["targets"]) for e in group], length)
-    row = {"decoder_target_tokens": targets,
-           "decoder_input_tokens": shift_right(targets, seg),
-           "decoder_loss_weights": (seg > 0).astype(np.int32)}
+    row = {DECODER_TARGET_TOKENS: targets,
+           DECODER_INPUT_TOKENS: shift_right(targets, seg),
+           DECODER_LOSS_WEIGHTS: (seg > 0).astype(np.int32)}
     yield _tagged(_with_segments(row, "decoder", seg, pack), position)
 
 
@@ -136,10 +140,10 @@ def prefix_lm_rows(examples: Iterable[Example], inputs_length: int, targets_leng
       sizes.append(n_in + n_tg)
     targets = _concat(parts, length)
     seg = _segments(sizes, length)
-    row = {"decoder_target_tokens": targets,
-           "decoder_input_tokens": shift_right(targets, seg),
-           "decoder_loss_weights": _concat(weights, length),
-           "decoder_causal_attention": _concat(dca, length)}
+    row = {DECODER_TARGET_TOKENS: targets,
+           DECODER_INPUT_TOKENS: shift_right(targets, seg),
+           DECODER_LOSS_WEIGHTS: _concat(weights, length),
+           DECODER_CAUSAL_ATTENTION: _concat(dca, length)}
     yield _tagged(_with_segments(row, "decoder", seg, pack), position)
 
 
@@ -152,10 +156,10 @@ def encoder_decoder_rows(examples: Iterable[Example], inputs_length: int, target
     targets = _concat([e["targets"] for e in group], targets_length)
     enc_seg = _segments([len(e["inputs"]) for e in group], inputs_length)
     dec_seg = _segments([len(e["targets"]) for e in group], targets_length)
-    row = {"encoder_input_tokens": enc,
-           "decoder_target_tokens": targets,
-           "decoder_input_tokens": shift_right(targets, dec_seg),
-           "decoder_loss_weights": (dec_seg > 0).astype(np.int32)}
+    row = {ENCODER_INPUT_TOKENS: enc,
+           DECODER_TARGET_TOKENS: targets,
+           DECODER_INPUT_TOKENS: shift_right(targets, dec_seg),
+           DECODER_LOSS_WEIGHTS: (dec_seg > 0).astype(np.int32)}
     _with_segments(row, "encoder", enc_seg, pack)
     yield _tagged(_with_segments(row, "decoder", dec_seg, pack), position)
 
@@ -179,7 +183,7 @@ def batch_rows(rows: Iterable[Mapping[str, np.ndarray]], batch_size: int,
                drop_remainder: bool = True) -> Iterator[dict[str, np.ndarray]]:
   """Stack rows into batches `{feature: [batch_size, length]}`."""
   if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, found {batch_size}.")
+    raise UserError(f"batch_size must be >= 1, found {batch_size}.")
   buffer: list[Mapping[str, np.ndarray]] = []
   for row in rows:
     buffer.append(row)

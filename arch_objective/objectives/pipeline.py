@@ -32,6 +32,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 import numpy as np
 
 from arch_objective import architectures
+from arch_objective.errors import UserError
+from arch_objective.features import DECODER_CAUSAL_ATTENTION, DECODER_TARGET_TOKENS
 from arch_objective.objectives import chunking, feature_converters, prefix_lm, span_corruption
 
 FULL_LM = "full_lm"
@@ -63,7 +65,7 @@ def mlm_lengths(length: int = PAPER_LENGTH,
         inputs_length, noise_density, mean_noise_span_length)
     if inputs_length + targets_length <= length:
       return inputs_length, targets_length
-  raise ValueError(f"length {length} is too short for span corruption; use >= 8.")
+  raise UserError(f"length {length} is too short for span corruption; use >= 8.")
 
 
 def task_feature_lengths(objective: str, length: int = PAPER_LENGTH) -> dict[str, int]:
@@ -76,7 +78,7 @@ def task_feature_lengths(objective: str, length: int = PAPER_LENGTH) -> dict[str
   if objective == SPAN_CORRUPTION:
     inputs, targets = mlm_lengths(length)
     return {"inputs": inputs, "targets": targets}
-  raise ValueError(f"unknown objective {objective!r}; valid objectives: {', '.join(OBJECTIVES)}.")
+  raise UserError(f"unknown objective {objective!r}; valid objectives: {', '.join(OBJECTIVES)}.")
 
 
 def objective_length(objective: str, feature_lengths: Mapping[str, int], task: str = "") -> int:
@@ -93,27 +95,27 @@ def objective_length(objective: str, feature_lengths: Mapping[str, int], task: s
   needed = {FULL_LM: ("targets",)}.get(objective, ("inputs", "targets"))
   missing = [k for k in needed if k not in feature_lengths or feature_lengths[k] is None]
   if missing:
-    raise ValueError(f"{where} needs sequence lengths for {list(needed)}, found "
-                     f"{dict(feature_lengths)} (missing {missing}); e.g. "
-                     f"{task_feature_lengths(objective)} for the paper's length "
-                     f"{PAPER_LENGTH}.")
+    raise UserError(f"{where} needs sequence lengths for {list(needed)}, found "
+                    f"{dict(feature_lengths)} (missing {missing}); e.g. "
+                    f"{task_feature_lengths(objective)} for the paper's length "
+                    f"{PAPER_LENGTH}.")
   if objective == FULL_LM:
     return int(feature_lengths["targets"])
   inputs, targets = int(feature_lengths["inputs"]), int(feature_lengths["targets"])
   if objective == PREFIX_LM:
     if targets < inputs - 1:
-      raise ValueError(f"{where}: a {inputs}-token chunk (the 'inputs' length) split at 1 "
-                       f"leaves {inputs - 1} target tokens; 'targets' must be >= "
-                       f"{inputs - 1}, found {targets}.")
+      raise UserError(f"{where}: a {inputs}-token chunk (the 'inputs' length) split at 1 "
+                      f"leaves {inputs - 1} target tokens; 'targets' must be >= "
+                      f"{inputs - 1}, found {targets}.")
     return inputs
   if objective != SPAN_CORRUPTION:
-    raise ValueError(f"unknown objective {objective!r}; valid objectives: "
-                     f"{', '.join(OBJECTIVES)}.")
+    raise UserError(f"unknown objective {objective!r}; valid objectives: "
+                    f"{', '.join(OBJECTIVES)}.")
   _, needed_targets = span_corruption.random_spans_helper(inputs)
   if targets < needed_targets:
-    raise ValueError(f"{where}: span corruption with 'inputs' {inputs} makes targets of "
-                     f"{needed_targets} tokens; 'targets' must be >= {needed_targets}, "
-                     f"found {targets}.")
+    raise UserError(f"{where}: span corruption with 'inputs' {inputs} makes targets of "
+                    f"{needed_targets} tokens; 'targets' must be >= {needed_targets}, "
+                    f"found {targets}.")
   return inputs + needed_targets
 
 
@@ -130,14 +132,14 @@ class Objective:
 
   def __post_init__(self):
     if self.objective not in OBJECTIVES:
-      raise ValueError(f"unknown objective {self.objective!r}; valid objectives: "
-                       f"{', '.join(OBJECTIVES)}.")
+      raise UserError(f"unknown objective {self.objective!r}; valid objectives: "
+                      f"{', '.join(OBJECTIVES)}.")
     architectures.get(self.arch)
     if (self.objective, self.arch) in NO_READING:
-      raise ValueError(NO_READING[self.objective, self.arch])
+      raise UserError(NO_READING[self.objective, self.arch])
     if self.length < 8:
-      raise ValueError(f"sequence length {self.length} is too short for the objectives; "
-                       f"use >= 8 (the paper uses {PAPER_LENGTH}).")
+      raise UserError(f"sequence length {self.length} is too short for the objectives; "
+                      f"use >= 8 (the paper uses {PAPER_LENGTH}).")
 
   @property
   def reading(self) -> Reading:
@@ -264,8 +266,8 @@ def _prefix_lm_encoder_decoder_examples(o: Objective, documents, *, seed, start,
 def _span_corruption_examples(o: Objective, documents, *, seed, sentinel_start, num_extra_ids,
                               start):
   if sentinel_start is None:
-    raise ValueError("span corruption needs sentinel_start (the vocabulary size - 1, "
-                     "32099 for the T5 vocabulary).")
+    raise UserError("span corruption needs sentinel_start (the vocabulary size - 1, "
+                    "32099 for the T5 vocabulary).")
   inputs_length = o.feature_lengths["inputs"]
   return span_corruption.span_corruption_positioned(
       documents, inputs_length, sentinel_start, seed=seed, num_extra_ids=num_extra_ids,
@@ -339,7 +341,7 @@ NO_READING: dict[tuple[str, str], str] = {
 def _with_causal_attention_off(rows):
   """The ND reading full-LM rows: no position is a prefix, so it is causal everywhere."""
   for row in rows:
-    row["decoder_causal_attention"] = np.zeros_like(row["decoder_target_tokens"])
+    row[DECODER_CAUSAL_ATTENTION] = np.zeros_like(row[DECODER_TARGET_TOKENS])
     yield row
 
 

@@ -32,6 +32,12 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
+from arch_objective.errors import UserError
+from arch_objective.features import (DECODER_CAUSAL_ATTENTION, DECODER_INPUT_TOKENS,
+                                     DECODER_LOSS_WEIGHTS, DECODER_POSITIONS,
+                                     DECODER_SEGMENT_IDS, DECODER_TARGET_TOKENS,
+                                     ENCODER_INPUT_TOKENS, ENCODER_POSITIONS,
+                                     ENCODER_SEGMENT_IDS)
 from arch_objective.objectives import chunking
 
 _SALT_DECODER = 2
@@ -74,7 +80,7 @@ def prefix_lm_example(chunk: np.ndarray, split: int) -> dict[str, np.ndarray]:
 
 def _check_split(split: int, length: int):
   if not 1 <= split <= length - 1:
-    raise ValueError(f"prefix LM split must be in [1, {length - 1}], found {split}.")
+    raise UserError(f"prefix LM split must be in [1, {length - 1}], found {split}.")
 
 
 def decoder_row(chunk: np.ndarray, length: int, split: int) -> dict[str, np.ndarray]:
@@ -84,10 +90,10 @@ def decoder_row(chunk: np.ndarray, length: int, split: int) -> dict[str, np.ndar
   example = prefix_lm_example(pad_to(chunk, length), split)
   targets = np.concatenate([example["inputs"], example["targets"]])
   positions = np.arange(length)
-  return {"decoder_target_tokens": targets,
-          "decoder_input_tokens": shift_right(targets),
-          "decoder_loss_weights": ((positions >= split) & (targets != 0)).astype(np.int32),
-          "decoder_causal_attention": (positions <= split).astype(np.int32)}
+  return {DECODER_TARGET_TOKENS: targets,
+          DECODER_INPUT_TOKENS: shift_right(targets),
+          DECODER_LOSS_WEIGHTS: ((positions >= split) & (targets != 0)).astype(np.int32),
+          DECODER_CAUSAL_ATTENTION: (positions <= split).astype(np.int32)}
 
 
 def encoder_decoder_row(a: np.ndarray, b: np.ndarray, length: int, split: int
@@ -103,33 +109,18 @@ def encoder_decoder_row(a: np.ndarray, b: np.ndarray, length: int, split: int
   positions = np.arange(length)
   enc_seg = np.where(positions < i, 1, 2).astype(np.int32)
   dec_seg = np.where(positions < length - i, 1, 2).astype(np.int32)
-  return {"encoder_input_tokens": encoder,
-          "encoder_segment_ids": enc_seg,
-          "encoder_positions": segment_positions(enc_seg),
-          "decoder_target_tokens": targets,
-          "decoder_input_tokens": shift_right(targets, dec_seg),
-          "decoder_segment_ids": dec_seg,
-          "decoder_positions": segment_positions(dec_seg),
-          "decoder_loss_weights": (targets != 0).astype(np.int32)}
+  return {ENCODER_INPUT_TOKENS: encoder,
+          ENCODER_SEGMENT_IDS: enc_seg,
+          ENCODER_POSITIONS: segment_positions(enc_seg),
+          DECODER_TARGET_TOKENS: targets,
+          DECODER_INPUT_TOKENS: shift_right(targets, dec_seg),
+          DECODER_SEGMENT_IDS: dec_seg,
+          DECODER_POSITIONS: segment_positions(dec_seg),
+          DECODER_LOSS_WEIGHTS: (targets != 0).astype(np.int32)}
 
 
 def _split(seed: int, salt: int, index: int, length: int) -> int:
   return int(chunking.example_rng(seed, salt, index).integers(1, length))
-
-
-def prefix_lm_decoder(documents: Iterable[np.ndarray], length: int, *, seed: int = 0
-                      ) -> Iterator[dict[str, np.ndarray]]:
-  """ND:PLM rows (model features, no packing) from documents."""
-  for row in prefix_lm_decoder_positioned(((d, None) for d in documents), length, seed=seed):
-    yield dict(row)
-
-
-def prefix_lm_encoder_decoder(documents: Iterable[np.ndarray], length: int, *, seed: int = 0
-                              ) -> Iterator[dict[str, np.ndarray]]:
-  """ED:PLM rows (model features, two examples per row) from documents."""
-  for row in prefix_lm_encoder_decoder_positioned(((d, None) for d in documents), length,
-                                                  seed=seed):
-    yield dict(row)
 
 
 def _split_chunks(documents: Iterable[tuple[np.ndarray, Any]], length: int, *, seed: int,
@@ -139,7 +130,7 @@ def _split_chunks(documents: Iterable[tuple[np.ndarray, Any]], length: int, *, s
   the encoder-decoder (chunks 2i and 2i + 1, split of the first; an unpaired last chunk
   is dropped), tagged with the first chunk's `where`."""
   if length < 2:
-    raise ValueError(f"prefix LM needs length >= 2, found {length}.")
+    raise UserError(f"prefix LM needs length >= 2, found {length}.")
   chunks = chunking.concat_and_split_positioned(documents, length, append_eos=True, seed=seed,
                                                 start=start)
   if not encoder_decoder:
@@ -153,8 +144,9 @@ def _split_chunks(documents: Iterable[tuple[np.ndarray, Any]], length: int, *, s
 def prefix_lm_decoder_positioned(documents: Iterable[tuple[np.ndarray, Any]], length: int, *,
                                  seed: int = 0, start: Optional[dict] = None
                                  ) -> Iterator[chunking.Tagged]:
-  """`prefix_lm_decoder` over (document, source position) pairs; rows tagged with their
-  chunk's `where`, `start` resumes (`chunking.concat_and_split_positioned`)."""
+  """ND:PLM rows (model features, no packing) from (document, source position) pairs;
+  rows tagged with their chunk's `where`, `start` resumes
+  (`chunking.concat_and_split_positioned`)."""
   for (chunk,), split, where in _split_chunks(documents, length, seed=seed, start=start,
                                               encoder_decoder=False):
     yield chunking.tag(decoder_row(chunk, length, split), where)
@@ -164,8 +156,8 @@ def prefix_lm_encoder_decoder_positioned(documents: Iterable[tuple[np.ndarray, A
                                          length: int, *, seed: int = 0,
                                          start: Optional[dict] = None
                                          ) -> Iterator[chunking.Tagged]:
-  """`prefix_lm_encoder_decoder` over (document, source position) pairs: row i holds
-  chunks 2i and 2i + 1 and is tagged with the first one's `where`."""
+  """ED:PLM rows (model features, two examples per row) from (document, source position)
+  pairs: row i holds chunks 2i and 2i + 1 and is tagged with the first one's `where`."""
   for (a, b), split, where in _split_chunks(documents, length, seed=seed, start=start,
                                             encoder_decoder=True):
     yield chunking.tag(encoder_decoder_row(a, b, length, split), where)
@@ -205,9 +197,9 @@ def rows_from_examples(examples: Iterable[Mapping[str, np.ndarray]], length: int
     else:
       second = next(examples, None)
       if second is None:
-        raise ValueError(f"encoder-decoder prefix LM examples come in pairs (one row each); "
-                         f"the stream ended after an unpaired example of "
-                         f"{len(chunk)} tokens.")
+        raise UserError(f"encoder-decoder prefix LM examples come in pairs (one row each); "
+                        f"the stream ended after an unpaired example of "
+                        f"{len(chunk)} tokens.")
       row = encoder_decoder_row(chunk, np.concatenate([second["inputs"], second["targets"]]),
                                 length, split)
     yield row if position is None else chunking.tag(row, position)

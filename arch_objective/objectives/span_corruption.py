@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
+from arch_objective.errors import UserError
 from arch_objective.objectives import chunking
 
 NOISE_DENSITY = 0.15
@@ -50,7 +51,7 @@ def random_spans_helper(inputs_length: int = 512, noise_density: float = NOISE_D
     return tokens_length - num_noise + num_spans + 1, num_noise + num_spans + 1
 
   if inputs_length < 2:
-    raise ValueError(f"span corruption needs inputs_length >= 2, found {inputs_length}.")
+    raise UserError(f"span corruption needs inputs_length >= 2, found {inputs_length}.")
   tokens_length = inputs_length - 1
   while lengths(tokens_length + 1)[0] <= inputs_length:
     tokens_length += 1
@@ -117,26 +118,10 @@ def check_sentinels(chunk_length: int, num_extra_ids: int, noise_density: float 
   """Raise if the vocabulary's extra ids cannot name every span of a chunk."""
   _, spans = _counts(max(chunk_length, 2), noise_density, mean_noise_span_length)
   if num_extra_ids < spans + 1:
-    raise ValueError(
+    raise UserError(
         f"span corruption of {chunk_length}-token chunks needs {spans + 1} sentinel ids "
         f"(extra ids) but the vocabulary has {num_extra_ids}; use a vocabulary with "
         f"extra_ids >= {spans + 1} (the T5 vocabulary has 100).")
-
-
-def span_corruption(documents: Iterable[np.ndarray], inputs_length: int, sentinel_start: int,
-                    *, seed: int = 0, num_extra_ids: int = 100,
-                    noise_density: float = NOISE_DENSITY,
-                    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
-                    ) -> Iterator[dict[str, np.ndarray]]:
-  """Examples `{'inputs' [<= inputs_length], 'targets' [<= targets_length]}` from documents.
-
-  Documents are concatenated without EOS and cut into `random_spans_helper` chunks.
-  """
-  for example in span_corruption_positioned(
-      ((doc, None) for doc in documents), inputs_length, sentinel_start, seed=seed,
-      num_extra_ids=num_extra_ids, noise_density=noise_density,
-      mean_noise_span_length=mean_noise_span_length):
-    yield dict(example)
 
 
 def span_corruption_positioned(documents: Iterable[tuple[np.ndarray, Any]], inputs_length: int,
@@ -144,8 +129,13 @@ def span_corruption_positioned(documents: Iterable[tuple[np.ndarray, Any]], inpu
                                noise_density: float = NOISE_DENSITY,
                                mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
                                start: Optional[dict] = None) -> Iterator[chunking.Tagged]:
-  """`span_corruption` over (document, source position) pairs: each example is tagged
-  with its chunk's `where` (`chunking.concat_and_split_positioned`); `start` resumes."""
+  """Examples `{'inputs' [<= inputs_length], 'targets' [<= targets_length]}` from
+  (document, source position) pairs.
+
+  Documents are concatenated without EOS and cut into `random_spans_helper` chunks;
+  each example is tagged with its chunk's `where` (`chunking.concat_and_split_positioned`)
+  and `start` resumes there.
+  """
   chunk_length, _ = random_spans_helper(inputs_length, noise_density, mean_noise_span_length)
   check_sentinels(chunk_length, num_extra_ids, noise_density, mean_noise_span_length)
   chunks = chunking.concat_and_split_positioned(documents, chunk_length, append_eos=False,

@@ -7,6 +7,10 @@ from typing import Callable, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
+from arch_objective.errors import UserError
+from arch_objective.features import (DECODER_CAUSAL_ATTENTION, DECODER_LOSS_WEIGHTS,
+                                     DECODER_SEGMENT_IDS, DECODER_TARGET_TOKENS,
+                                     ENCODER_INPUT_TOKENS, ENCODER_SEGMENT_IDS)
 from arch_objective.objectives import pipeline
 
 EOS_ID = 1
@@ -44,23 +48,23 @@ def row_statistics(objective: pipeline.Objective, task_examples: Iterable[Mappin
   tap = _Tap(task_examples, sentinel_floor if counts_spans else 1 << 62)
   rows = list(itertools.islice(objective.model_rows(tap), num_rows))
   if not rows:
-    raise ValueError(f"{objective.name}: the corpus produced no rows; is it empty?")
+    raise UserError(f"{objective.name}: the corpus produced no rows; is it empty?")
   examples = inputs = weighted = nonpad = slots = 0
   for row in rows:
-    targets = row["decoder_target_tokens"]
-    seg = row.get("decoder_segment_ids", (targets > 0).astype(np.int32))
+    targets = row[DECODER_TARGET_TOKENS]
+    seg = row.get(DECODER_SEGMENT_IDS, (targets > 0).astype(np.int32))
     n = len(set(seg[seg > 0].tolist())) or 1
     examples += n
-    weighted += int(np.sum(row["decoder_loss_weights"]))
+    weighted += int(np.sum(row[DECODER_LOSS_WEIGHTS]))
     nonpad += int(np.sum(targets > 0))
     slots += len(targets)
-    if "encoder_input_tokens" in row:
-      enc = row["encoder_input_tokens"]
+    if ENCODER_INPUT_TOKENS in row:
+      enc = row[ENCODER_INPUT_TOKENS]
       inputs += int(np.sum(enc > 0))
       nonpad += int(np.sum(enc > 0))
       slots += len(enc)
     elif objective.objective != pipeline.FULL_LM:
-      inputs += int(np.sum(row["decoder_causal_attention"])) - n  # inputs plus one, per example
+      inputs += int(np.sum(row[DECODER_CAUSAL_ATTENTION])) - n  # inputs plus one, per example
   spans = tap.spans
   return {
       "task": objective.name,
@@ -92,14 +96,14 @@ def render_row(row: Mapping[str, np.ndarray], decode: Callable[[list[int]], str]
           lines.append(f"  {labels[start]:<18} {_text(tokens[start:i], decode)}")
         start = i
 
-  if "encoder_input_tokens" in row:
-    enc = row["encoder_input_tokens"]
-    seg = row.get("encoder_segment_ids", (enc > 0).astype(np.int32))
+  if ENCODER_INPUT_TOKENS in row:
+    enc = row[ENCODER_INPUT_TOKENS]
+    seg = row.get(ENCODER_SEGMENT_IDS, (enc > 0).astype(np.int32))
     runs(enc, [f"encoder seg {s}" if t > 0 else None for t, s in zip(enc, seg)])
-  targets = row["decoder_target_tokens"]
-  seg = row.get("decoder_segment_ids", (targets > 0).astype(np.int32))
-  dca = row.get("decoder_causal_attention", np.zeros_like(targets))
-  weights = row["decoder_loss_weights"]
+  targets = row[DECODER_TARGET_TOKENS]
+  seg = row.get(DECODER_SEGMENT_IDS, (targets > 0).astype(np.int32))
+  dca = row.get(DECODER_CAUSAL_ATTENTION, np.zeros_like(targets))
+  weights = row[DECODER_LOSS_WEIGHTS]
   labels = []
   for t, s, d, w in zip(targets, seg, dca, weights):
     role = "loss" if w else ("prefix" if d else "context")

@@ -21,6 +21,7 @@ import json
 import os
 from typing import Any, Callable, Optional, Sequence
 
+from arch_objective.errors import MissingDependency, MissingFile, UserError
 from arch_objective.prompts.templates import dataset_key
 
 Example = dict[str, Any]
@@ -54,13 +55,13 @@ def _read_jsonl(path: str) -> list[dict]:
       try:
         rows.append(json.loads(line))
       except json.JSONDecodeError as e:
-        raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg}).") from None
+        raise UserError(f"{path}, line {number}: not valid JSON ({e.msg}).") from None
   return rows
 
 
 def _field(row: dict, name: str, path: str, index: int):
   if name not in row:
-    raise ValueError(f"{path}, example {index}: missing field {name!r}; found {sorted(row)}.")
+    raise UserError(f"{path}, example {index}: missing field {name!r}; found {sorted(row)}.")
   return row[name]
 
 
@@ -78,8 +79,8 @@ def _label(row, path, i, table):
   accepted = ", ".join(repr(k) for k in table) + ", or an id " + " or ".join(map(str, ids))
   if table is _BOOL:
     accepted = "true or false (JSON booleans), " + accepted
-  raise ValueError(f"{path}, example {i}: unknown label {label!r}; expected one of "
-                   f"{accepted}.")
+  raise UserError(f"{path}, example {i}: unknown label {label!r}; expected one of "
+                  f"{accepted}.")
 
 
 def _superglue_rte(path):
@@ -115,8 +116,8 @@ def _superglue_wsc(path):
     example = {"text": _field(r, "text", path, i)}
     for key in ("span1_index", "span2_index", "span1_text", "span2_text"):
       if key not in target:
-        raise ValueError(f"{path}, example {i}: the 'target' field lacks {key!r}; found "
-                         f"{sorted(target)}.")
+        raise UserError(f"{path}, example {i}: the 'target' field lacks {key!r}; found "
+                        f"{sorted(target)}.")
       example[key] = target[key]
     out.append({**fix_wsc_spans(example, f"{path}, example {i}"),
                 "label": _label(r, path, i, _BOOL), "idx": r.get("idx", i)})
@@ -145,15 +146,15 @@ def fix_wsc_spans(example: Example, where: str = "WSC example") -> Example:
       ex["span2_index"] = 10
     words = ex["text"].split()
     if not 0 <= index < len(words):
-      raise ValueError(f"{where}: {span}_index {index} is not a word index of the "
-                       f"{len(words)}-word text {ex['text']!r}.")
+      raise UserError(f"{where}: {span}_index {index} is not a word index of the "
+                      f"{len(words)}-word text {ex['text']!r}.")
     first = words[index]
     text = (text[0].lower() if first[0].islower() else text[0].upper()) + text[1:]
     text = text.rstrip(".").replace("\n", " ")
     if text not in ex["text"]:
-      raise ValueError(f"{where}: {span}_text {ex[f'{span}_text']!r} is not in the text "
-                       f"{ex['text']!r}, nor is it once fixed as HF's wsc.fixed does "
-                       f"({text!r}).")
+      raise UserError(f"{where}: {span}_text {ex[f'{span}_text']!r} is not in the text "
+                      f"{ex['text']!r}, nor is it once fixed as HF's wsc.fixed does "
+                      f"({text!r}).")
     ex[f"{span}_text"] = text
   return ex
 
@@ -179,13 +180,13 @@ def _winogrande(path):
   labels = None
   if any("answer" not in r for r in rows):
     if not os.path.exists(labels_path):
-      raise ValueError(f"{path}: examples have no 'answer' field and {labels_path} (the labels "
-                       f"file of the Winogrande distribution) is missing.")
+      raise UserError(f"{path}: examples have no 'answer' field and {labels_path} (the labels "
+                      f"file of the Winogrande distribution) is missing.")
     with open(labels_path) as f:
       labels = [l.strip() for l in f if l.strip()]
     if len(labels) != len(rows):
-      raise ValueError(f"{labels_path} has {len(labels)} labels for {len(rows)} examples in "
-                       f"{path}.")
+      raise UserError(f"{labels_path} has {len(labels)} labels for {len(rows)} examples in "
+                      f"{path}.")
   return [{"sentence": _field(r, "sentence", path, i), "option1": _field(r, "option1", path, i),
            "option2": _field(r, "option2", path, i),
            "answer": str(labels[i] if labels else r["answer"])} for i, r in enumerate(rows)]
@@ -202,8 +203,8 @@ def _story_cloze(path):
                     "sentence_quiz2": r["RandomFifthSentenceQuiz2"],
                     "answer_right_ending": int(r["AnswerRightEnding"])})
       except KeyError as e:
-        raise ValueError(f"{path}, row {i + 2}: missing column {e.args[0]!r}; found "
-                         f"{sorted(r)}.") from None
+        raise UserError(f"{path}, row {i + 2}: missing column {e.args[0]!r}; found "
+                        f"{sorted(r)}.") from None
   return out
 
 
@@ -241,13 +242,13 @@ def load_mapping(path: Optional[str]) -> dict[str, dict[str, str]]:
     try:
       raw = json.load(f)
     except json.JSONDecodeError as e:
-      raise ValueError(f"mapping file {path}: not valid JSON ({e.msg}).") from None
+      raise UserError(f"mapping file {path}: not valid JSON ({e.msg}).") from None
   base = os.path.dirname(os.path.abspath(path))
   out = {}
   for key, splits in raw.items():
     if not isinstance(splits, dict):
-      raise ValueError(f"mapping file {path}: entry {key!r} must map split names to paths, "
-                       f"found {splits!r}.")
+      raise UserError(f"mapping file {path}: entry {key!r} must map split names to paths, "
+                      f"found {splits!r}.")
     out[key] = {s: os.path.join(base, os.path.expanduser(p)) for s, p in splits.items()}
   return out
 
@@ -281,10 +282,10 @@ def _locate(dataset, subset, split, data_dir, mapping
   generic = functools.partial(_generic, key)
   if mapping and key in mapping:
     if split not in mapping[key]:
-      raise ValueError(f"mapping for {key} has splits {sorted(mapping[key])}, not {split!r}.")
+      raise UserError(f"mapping for {key} has splits {sorted(mapping[key])}, not {split!r}.")
     path = mapping[key][split]
     if not os.path.exists(path):
-      raise FileNotFoundError(f"{key} {split}: mapped file {path} does not exist.")
+      raise MissingFile(f"{key} {split}: mapped file {path} does not exist.")
     return path, layout[1] if layout else generic
   if data_dir:
     if layout and split in layout[0]:
@@ -295,8 +296,8 @@ def _locate(dataset, subset, split, data_dir, mapping
     if os.path.exists(path):
       return path, generic
     expected = [os.path.join(data_dir, layout[0][split])] if layout and split in layout[0] else []
-    raise FileNotFoundError(f"{key} {split}: no file in {data_dir}; expected "
-                            f"{' or '.join(expected + [path])}, or a mapping file entry.")
+    raise MissingFile(f"{key} {split}: no file in {data_dir}; expected "
+                      f"{' or '.join(expected + [path])}, or a mapping file entry.")
   return None, None
 
 
@@ -312,8 +313,8 @@ def _load_hf(dataset: str, subset: Optional[str], split: str) -> list[Example]:
   try:
     import datasets
   except ImportError as e:
-    raise ImportError("reading prompted datasets without --data_dir needs the `datasets` "
-                      "package (pip install datasets) and the network or its cache.") from e
+    raise MissingDependency("reading prompted datasets without --data_dir needs the `datasets` "
+                            "package (pip install datasets) and the network or its cache.") from e
   hf_subset, hf_split = subset, split
   if dataset == "anli" and subset and subset.startswith("r"):
     hf_subset, hf_split = None, _HF_SPLITS["anli"][split].format(r=subset[1:])
@@ -338,8 +339,8 @@ def trec_original_layout(rows: list[Example], coarse_names: Sequence[str],
           if n.split(":")[-1] in TREC_FINE}
   unknown = sorted(set(coarse_names) - set(coarse)) + sorted(set(fine_names) - set(fine))
   if unknown:
-    raise ValueError(f"trec: class name(s) {unknown} are not classes of the trec T0 trained "
-                     f"on ({', '.join(TREC_COARSE)}; fine: {', '.join(TREC_FINE)}).")
+    raise UserError(f"trec: class name(s) {unknown} are not classes of the trec T0 trained "
+                    f"on ({', '.join(TREC_COARSE)}; fine: {', '.join(TREC_FINE)}).")
   return [{"text": r["text"], "label-coarse": coarse[coarse_names[r["coarse_label"]]],
            "label-fine": fine[fine_names[r["fine_label"]]]} for r in rows]
 
@@ -348,7 +349,7 @@ def _check_trec_layout(rows: list[Example], path: str):
   """trec rows read from a file must be in T0's layout: ids alone cannot be converted."""
   for i, r in enumerate(rows):
     if "coarse_label" in r and not {"label-coarse", "label_coarse"} & set(r):
-      raise ValueError(
+      raise UserError(
           f"{path}, example {i}: trec rows with 'coarse_label'/'fine_label' are the layout "
           f"of HF's trec since 2022, whose class ids differ from those the promptsource "
           f"templates read; give rows with 'label-coarse' over {', '.join(TREC_COARSE)} "

@@ -28,6 +28,8 @@ import numpy as np
 
 from arch_objective import architectures
 from arch_objective.data import registry
+from arch_objective.data import task as task_lib
+from arch_objective.errors import UserError
 from arch_objective.objectives import chunking, feature_converters
 from arch_objective.prompts import datasets as datasets_lib
 from arch_objective.prompts import templates
@@ -52,8 +54,8 @@ class PromptedTask:
 
 
 @dataclasses.dataclass(frozen=True)
-class PromptedMixture:
-  """A mixture readable by the trainer (the `TaskSpec` interface: `vocab`, `rows`)."""
+class PromptedMixture(task_lib.Task):
+  """A mixture readable by the trainer (a `data.task.Task`)."""
   name: str
   tasks: tuple[PromptedTask, ...]
   vocabulary: str
@@ -70,6 +72,11 @@ class PromptedMixture:
   @property
   def architectures(self):
     return architectures.ARCHITECTURES
+
+  @property
+  def default_architecture(self) -> str:
+    """Decoder-only rows (`inputs ++ targets`) when no architecture is named."""
+    return architectures.CAUSAL_DECODER
 
   def vocab(self):
     return registry.load_vocabulary(self.vocabulary, self.extra_ids)
@@ -93,7 +100,7 @@ class PromptedMixture:
     del arch
     rates = self.rates(split)
     if rates.sum() == 0:
-      raise ValueError(f"mixture {self.name!r}: every task's {split} split is empty.")
+      raise UserError(f"mixture {self.name!r}: every task's {split} split is empty.")
     probs = rates / rates.sum()
     vocab = self.vocab()
     encode = functools.lru_cache(maxsize=65536)(vocab.encode)
@@ -101,9 +108,9 @@ class PromptedMixture:
     draw = 0
     if start:
       if len(start["positions"]) != len(self.tasks):
-        raise ValueError(f"mixture {self.name!r}: the saved state has positions for "
-                         f"{len(start['positions'])} tasks, the mixture has "
-                         f"{len(self.tasks)}; resume with the same datasets and prompts.")
+        raise UserError(f"mixture {self.name!r}: the saved state has positions for "
+                        f"{len(start['positions'])} tasks, the mixture has "
+                        f"{len(self.tasks)}; resume with the same datasets and prompts.")
       positions, draw = [int(p) for p in start["positions"]], int(start["draw"])
     passes = [dict.fromkeys(_OUTCOMES, 0) for _ in self.tasks]
     orders: dict[tuple[int, int], np.ndarray] = {}
@@ -131,9 +138,9 @@ class PromptedMixture:
           break
       else:
         empty = "" if self.no_label else " or an empty target"
-        raise ValueError(f"mixture {self.name!r}: task {task.name!r} renders none of its "
-                         f"{len(examples)} {split} examples (for each the template yields "
-                         f"no 'inputs ||| targets' pair, empty inputs{empty}).")
+        raise UserError(f"mixture {self.name!r}: task {task.name!r} renders none of its "
+                        f"{len(examples)} {split} examples (for each the template yields "
+                        f"no 'inputs ||| targets' pair, empty inputs{empty}).")
       inputs, targets = pair
       yield chunking.tag({"inputs": np.asarray(encode(inputs), np.int32),
                           "targets": np.asarray(list(encode(targets)) + [EOS_ID], np.int32)},
@@ -184,20 +191,14 @@ class PromptedMixture:
     skipped too when it is None). Tasks not read yet are absent."""
     return {name: dict(counts) for name, counts in self._counts.items()}
 
-  def rows(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
-           shard_index: int = 0, num_shards: int = 1, pack: bool = True
-           ) -> Iterator[dict[str, np.ndarray]]:
-    return self.positioned_rows(split, arch=arch, seed=seed, shard_index=shard_index,
-                                num_shards=num_shards, pack=pack)
-
   def positioned_rows(self, split: str = "train", *, arch: Optional[str] = None, seed: int = 0,
                       shard_index: int = 0, num_shards: int = 1, pack: bool = True,
                       start: Optional[dict] = None) -> Iterator[dict[str, np.ndarray]]:
-    """Model rows for `arch` (decoder-only rows when None), each tagged with the mixture
+    """Model rows for `arch` (`default_architecture` when None), each tagged with the mixture
     state its first example was drawn at (`task_examples`); `start` continues there."""
     examples = self.task_examples(split, seed=seed, shard_index=shard_index,
                                   num_shards=num_shards, start=start)
-    return feature_converters.inputs_targets_rows(arch or architectures.CAUSAL_DECODER,
+    return feature_converters.inputs_targets_rows(arch or self.default_architecture,
                                                   examples, self.inputs_length,
                                                   self.targets_length, pack)
 
@@ -222,5 +223,5 @@ def from_promptsource(name: str, dataset_names: Sequence[tuple[str, Optional[str
       tasks.append(PromptedTask(f"{templates.dataset_key(dataset, subset)}/{p.name}", p,
                                 examples, len(prompts)))
   if not tasks:
-    raise ValueError(f"mixture {name!r}: no prompts for {list(dataset_names)}.")
+    raise UserError(f"mixture {name!r}: no prompts for {list(dataset_names)}.")
   return PromptedMixture(name, tuple(tasks), vocabulary, **kwargs)

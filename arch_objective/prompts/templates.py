@@ -12,6 +12,8 @@ import re
 import warnings
 from typing import Any, Mapping, Optional, Sequence
 
+from arch_objective.errors import MissingDependency, UserError
+
 
 def sanitize(name: str) -> str:
   return re.sub(r"[^\w\d\._]+", "_", name)
@@ -83,9 +85,9 @@ class Prompt:
     missing = [f for f in _fields(self.template.jinja, self.template.answer_choices or "")
                if f not in example]
     if missing:
-      raise ValueError(f"{dataset_key(self.dataset, self.subset)} template {self.name!r}: the "
-                       f"example lacks field(s) {missing} the template reads; it has "
-                       f"{sorted(example)}.")
+      raise UserError(f"{dataset_key(self.dataset, self.subset)} template {self.name!r}: the "
+                      f"example lacks field(s) {missing} the template reads; it has "
+                      f"{sorted(example)}.")
     try:
       parts = [p.strip() for p in self.template.apply(dict(example))]
       choices = (self.template.get_answer_choices_list(dict(example)) or []
@@ -93,8 +95,8 @@ class Prompt:
     except Exception as e:  # jinja's UndefinedError and friends
       missing = re.findall(r"'(\w+)' is undefined", str(e))
       field = f" field {missing[0]!r}" if missing else ""
-      raise ValueError(f"{dataset_key(self.dataset, self.subset)} template {self.name!r}: cannot "
-                       f"render an example with fields {sorted(example)}{field}: {e}") from e
+      raise UserError(f"{dataset_key(self.dataset, self.subset)} template {self.name!r}: cannot "
+                      f"render an example with fields {sorted(example)}{field}: {e}") from e
     return parts, tuple(c.strip() for c in choices)
 
 
@@ -130,9 +132,9 @@ def _collection(dataset: str, subset: Optional[str]):
       from promptsource import templates as promptsource_templates
       from promptsource.templates import DatasetTemplates
     except ImportError as e:
-      raise ImportError("promptsource is not installed; `make install` installs it "
-                        "(pip install --no-deps --ignore-requires-python promptsource==0.2.3 "
-                        "plus jinja2 pyyaml pandas 'setuptools<82').") from e
+      raise MissingDependency("promptsource is not installed; `make install` installs it "
+                              "(pip install --no-deps --ignore-requires-python promptsource==0.2.3 "
+                              "plus jinja2 pyyaml pandas 'setuptools<82').") from e
     _compile_once(promptsource_templates.env)
     return DatasetTemplates(dataset, subset)
 
@@ -161,11 +163,11 @@ def load_prompts(dataset: str, subset: Optional[str] = None,
   collection = _collection(dataset, subset)
   by_name = {sanitize(n): collection[n] for n in collection.all_template_names}
   if not by_name:
-    raise ValueError(f"promptsource has no templates for {dataset_key(dataset, subset)}.")
+    raise UserError(f"promptsource has no templates for {dataset_key(dataset, subset)}.")
   if names is None:
     return [Prompt(dataset, subset, n, t) for n, t in sorted(by_name.items())]
   missing = [n for n in names if n not in by_name]
   if missing:
-    raise ValueError(f"{dataset_key(dataset, subset)}: prompt(s) {missing} not found; "
-                     f"available: {sorted(by_name)}.")
+    raise UserError(f"{dataset_key(dataset, subset)}: prompt(s) {missing} not found; "
+                    f"available: {sorted(by_name)}.")
   return [Prompt(dataset, subset, n, by_name[n]) for n in names]

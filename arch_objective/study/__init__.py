@@ -1,14 +1,15 @@
 """The laptop-scale study: the paper's pipeline on one CPU, on a synthetic world.
 
-  world/     the seeded world: facts, corpus text, prompted task families (no JAX; it
-             sits just above `prompts/`, so `training/local.py` may read it)
+The world (facts, corpus text, prompted task families) is `arch_objective.data.world`,
+a data source like the others, which `gin/local.gin` reads too. Here:
+
   run.py     the stages: pretrain, zero-shot, MT-F, NC-A, ceilings; resumable
   report.py  results.md, the figures
   scale.py   the study at several widths, the paper's contrasts across them, and two
              finished studies compared per example
 
 `run_study`, `load_preset`, `register_gin`, `StudyConfig` and `PRESETS` are `run`'s,
-imported on first use so that `arch_objective.study.world` stays free of JAX.
+imported on first use, so that importing the package costs nothing until then.
 """
 import importlib
 

@@ -1,7 +1,7 @@
 """The laptop-scale study: the paper's whole pipeline on one CPU, on an embedded world.
 
 `run_study(preset, out_dir)`:
-  1. builds the synthetic world (`study/world/`): a pretraining corpus, MT-F training
+  1. builds the synthetic world (`data/world/`): a pretraining corpus, MT-F training
      task families and held-out task families; trains a SentencePiece vocabulary on the
      corpus;
   2. pretrains the six (architecture, objective) pairs of the paper with the same token
@@ -45,6 +45,7 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 from arch_objective import models
+from arch_objective.errors import UserError, integer_at_least
 from arch_objective.objectives import pipeline
 
 PRESETS = ("smoke", "quick", "medium", "full")
@@ -90,7 +91,7 @@ def load_preset(preset: str, bindings: Sequence[str] = ()) -> StudyConfig:
   (`StudyConfig.NAME = VALUE`) applied after it."""
   from arch_objective.training import gin_utils
   if preset not in PRESETS:
-    raise ValueError(f"unknown study preset {preset!r}; valid presets: {', '.join(PRESETS)}.")
+    raise UserError(f"unknown study preset {preset!r}; valid presets: {', '.join(PRESETS)}.")
   configurable = register_gin()
   gin_utils.parse([f"experiments/study/{preset}.gin"], list(bindings))
   return configurable()
@@ -151,7 +152,7 @@ class _Setup:
   config: StudyConfig
   runs: str                 # out_dir/runs: one model directory per run
   evals: str                # out_dir/eval: one T0-Eval results file per scored run
-  world: Any                # study.world.World
+  world: Any                # data.world.World
   vocab_path: str
   encode: Callable[[str], list]
   model_vocab: int          # the vocabulary size, padded for the embedding
@@ -201,8 +202,8 @@ def _teach_family(setup: _Setup, family: str, model_dir: str, source: str, steps
   """The ED:MLM checkpoint finetuned on the family's `test` examples under its prompts."""
   from arch_objective.data import registry
   from arch_objective.prompts import mixture
-  from arch_objective.study import world as world_lib
-  from arch_objective.study.world import prompts as world_prompts
+  from arch_objective.data import world as world_lib
+  from arch_objective.data.world import prompts as world_prompts
   config, world = setup.config, setup.world
   prompts = world_prompts.HELDOUT_PROMPTS[family]
   count = config.ceiling_examples or world.config.heldout_examples
@@ -256,13 +257,13 @@ def study_world(config: StudyConfig):
   """The world of a study: seeded by `config.seed`, its held-out splits as long as
   `config.eval_examples` when that is more than the world's default 300 (example i of a
   split does not depend on the split's size, so a longer split keeps the first ones)."""
-  from arch_objective.study import world as world_lib
+  from arch_objective.data import world as world_lib
   return world_lib.make_world(seed=config.seed, heldout_examples=max(
       config.eval_examples, world_lib.WorldConfig().heldout_examples))
 
 
 def _write_corpus(world, corpus: str, target_bytes: int):
-  from arch_objective.study import world as world_lib
+  from arch_objective.data import world as world_lib
   world_lib.write_corpus(corpus + ".tmp", world, target_bytes=target_bytes)
   os.replace(corpus + ".tmp", corpus)
 
@@ -276,7 +277,6 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
   log = log or logging.getLogger(__name__).info
   from arch_objective.data import registry, vocabularies
   from arch_objective.prompts import mixture
-  from arch_objective.study import world as world_lib
   import tasks
 
   config = load_preset(preset, bindings)
@@ -284,12 +284,12 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
     config.nc_a = nc_a
   for field in ("ceiling_steps", "ceiling_examples"):
     value = getattr(config, field)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-      raise ValueError(f"StudyConfig.{field} must be an integer >= 0, found {value!r}.")
+    if not integer_at_least(value, 0):
+      raise UserError(f"StudyConfig.{field} must be an integer >= 0, found {value!r}.")
   rate = config.ceiling_learning_rate
   if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate >= 0:
-    raise ValueError(f"StudyConfig.ceiling_learning_rate must be a number >= 0 (0: the MT-F "
-                     f"rate), found {rate!r}.")
+    raise UserError(f"StudyConfig.ceiling_learning_rate must be a number >= 0 (0: the MT-F "
+                    f"rate), found {rate!r}.")
   out_dir = os.path.abspath(out_dir)
   os.makedirs(os.path.join(out_dir, "world"), exist_ok=True)
   changed = record_config(config, out_dir)

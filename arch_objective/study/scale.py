@@ -36,6 +36,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from arch_objective.errors import UserError, integer_at_least
+
 
 def width_bindings(config, width: int) -> list[str]:
   """The gin bindings that set a study `config` (a StudyConfig) to `width`: the embedding
@@ -46,10 +48,9 @@ def width_bindings(config, width: int) -> list[str]:
     >>> width_bindings(StudyConfig(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256), 64)
     ['StudyConfig.emb_dim = 64', 'StudyConfig.head_dim = 16', 'StudyConfig.mlp_dim = 128']
   """
-  if isinstance(width, bool) or not isinstance(width, int) or width <= 0 \
-      or width % config.num_heads:
-    raise ValueError(f"a study width must be a positive multiple of StudyConfig.num_heads "
-                     f"({config.num_heads}), found {width!r}.")
+  if not integer_at_least(width, 1) or width % config.num_heads:
+    raise UserError(f"a study width must be a positive multiple of StudyConfig.num_heads "
+                    f"({config.num_heads}), found {width!r}.")
   mlp = int(round(width * config.mlp_dim / config.emb_dim))
   return [f"StudyConfig.emb_dim = {width}", f"StudyConfig.head_dim = {width // config.num_heads}",
           f"StudyConfig.mlp_dim = {mlp}"]
@@ -61,11 +62,11 @@ def parse_widths(text: str) -> list[int]:
   try:
     widths = [int(w) for w in text.split(",") if w.strip()]
   except ValueError:
-    raise ValueError(f"--widths takes comma-separated integers such as 64,128,256; "
-                     f"found {text!r}.") from None
+    raise UserError(f"--widths takes comma-separated integers such as 64,128,256; "
+                    f"found {text!r}.") from None
   if len(widths) < 2 or len(set(widths)) != len(widths) or min(widths) <= 0:
-    raise ValueError(f"--widths takes two or more distinct positive widths such as "
-                     f"64,128,256; found {text!r}.")
+    raise UserError(f"--widths takes two or more distinct positive widths such as "
+                    f"64,128,256; found {text!r}.")
   return sorted(widths)
 
 
@@ -88,7 +89,7 @@ def run_scale(preset: str, out_dir: str, widths: Sequence[int], *,
   from arch_objective.study import run as study
   log = log or logging.getLogger(__name__).info
   if not widths or len(set(widths)) != len(widths):
-    raise ValueError(f"run_scale needs one or more distinct widths, found {list(widths)!r}.")
+    raise UserError(f"run_scale needs one or more distinct widths, found {list(widths)!r}.")
   widths = sorted(widths)
   base = study.load_preset(preset, bindings)
   per_width = [width_bindings(base, w) for w in widths]   # every width checked first
@@ -182,8 +183,8 @@ def compare_studies(before: str, after: str, *, resamples: int = 1000,
   for folder in (before, after):
     config = study._read(os.path.join(folder, "config.json"))
     if config is None or not os.path.isdir(os.path.join(folder, "eval")):
-      raise ValueError(f"{folder} is not a finished study folder: it needs config.json and "
-                       f"eval/ (what `arch-objective study` writes).")
+      raise UserError(f"{folder} is not a finished study folder: it needs config.json and "
+                      f"eval/ (what `arch-objective study` writes).")
     configs.append(config)
   differ = {k: [configs[0].get(k), configs[1].get(k)]
             for k in sorted(set(configs[0]) | set(configs[1]))
@@ -203,8 +204,8 @@ def compare_studies(before: str, after: str, *, resamples: int = 1000,
                      "excludes_zero": result["excludes_zero"],
                      "examples": result["examples"]})
   if not models:
-    raise ValueError(f"{before} and {after} have no evaluation of the same model in eval/ "
-                     f"(cd_flm.json, cd_flm_mtf.json, ...) to compare.")
+    raise UserError(f"{before} and {after} have no evaluation of the same model in eval/ "
+                    f"(cd_flm.json, cd_flm_mtf.json, ...) to compare.")
   return {"before": names[0], "after": names[1],
           "folders": [before, after],
           "config_changes": differ, "resamples": resamples, "seed": seed,

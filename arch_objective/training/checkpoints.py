@@ -17,6 +17,12 @@ once an older one has been read; a checkpoint that reads but does not fit the ru
 identity, its shapes, its optimiser state) is never moved, and neither is the only
 one left. Directories may be local or remote (`gs://...`, see `paths`).
 
+A saved model is read through one door, `open_model_dir(path)`: `(model, params, meta,
+step)` of MODEL_DIR, MODEL_DIR/checkpoints or MODEL_DIR/checkpoints/<step>, the model
+built from the meta's exact config. Its parts stand alone too: `step_directory` (the
+step a path names: the one step resolver), `load_meta` (the meta JSON, no array read)
+and `load_params` (the parameters, no optimiser state).
+
 A save that runs out of space (an OSError ENOSPC, or tensorstore's ValueError
 `RESOURCE_EXHAUSTED ... No space left on device` that orbax wraps) raises
 `DiskFullError`, one line naming the directory and the space a checkpoint needs;
@@ -39,6 +45,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from arch_objective import paths
+from arch_objective.errors import UserError
 
 STATE, DATA, META, DATA_STATE = "state", "data", "meta", "data_state"
 
@@ -61,7 +68,7 @@ class _FrozenState:
     pass
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
   """A checkpoint that is missing or does not fit the model."""
 
 
@@ -422,15 +429,6 @@ class Checkpoints:
     """The tree of saved parameter metadata (shapes, dtypes) of a step."""
     return self.saved_state(step)["params"]
 
-  def _read_meta(self, step: int) -> dict:
-    where = paths.join(self.directory, str(step))
-    meta = self._manager.restore(step, args=ocp.args.Composite(**{
-        META: ocp.args.JsonRestore()}))[META]
-    if not isinstance(meta, dict):
-      raise UnreadableCheckpointError(f"checkpoint {where}: its {META}/metadata holds no "
-                                      f"JSON object (found {type(meta).__name__}).")
-    return meta
-
   def restore(self, abstract_state: Any, step: Optional[int] = None,
               expected_meta: Optional[dict] = None,
               check_meta: Optional[Callable[[dict, int], None]] = None
@@ -503,7 +501,7 @@ class Checkpoints:
       raise UnreadableCheckpointError(f"checkpoint {where} is incomplete: "
                                       f"{', '.join(missing)} missing (a truncated copy or a "
                                       f"deleted file).")
-    meta = self._read_meta(step)
+    meta = _read_meta(where)
     if expected_meta is not None:
       check_compatible(meta, expected_meta, where)
     return step, where, meta
@@ -671,8 +669,8 @@ def check_allowed_changes(allow: Sequence[str]):
   """Refuse an `allow_resume_changes` that names a field that is not an identity field."""
   unknown = sorted(set(allow) - set(IDENTITY_FIELDS))
   if unknown:
-    raise ValueError(f"allow_resume_changes: unknown field(s) {unknown}; valid fields: "
-                     f"{', '.join(IDENTITY_FIELDS)}.")
+    raise UserError(f"allow_resume_changes: unknown field(s) {unknown}; valid fields: "
+                    f"{', '.join(IDENTITY_FIELDS)}.")
 
 
 def all_finite(tree: Any) -> bool:
@@ -810,12 +808,29 @@ def step_directory(path: str) -> tuple[str, int]:
 
 
 def load_meta(path: str) -> tuple[dict, int]:
-  """(meta, step) of a checkpoint without reading any array: the meta JSON (arch,
-  config, vocabulary, lineage; empty if the checkpoint has none)."""
+  """(meta, step) of a checkpoint path (`step_directory`'s forms) without reading any
+  array: the meta JSON (arch, config, vocabulary, lineage; empty if the checkpoint has
+  none). A meta file that is not a JSON object is an UnreadableCheckpointError naming
+  it."""
   step_dir, step = step_directory(path)
+  return _read_meta(step_dir), step
+
+
+def _read_meta(step_dir: str) -> dict:
+  """The meta JSON of a step directory (empty if it has none): what `load_meta` and a
+  restore read."""
   meta_path = paths.join(step_dir, META, "metadata")
-  meta = json.loads(paths.read_text(meta_path)) if paths.exists(meta_path) else {}
-  return meta, step
+  if not paths.exists(meta_path):
+    return {}
+  try:
+    meta = json.loads(paths.read_text(meta_path))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UnreadableCheckpointError(f"checkpoint {step_dir}: its {META}/metadata is not "
+                                    f"valid JSON ({e}).") from None
+  if not isinstance(meta, dict):
+    raise UnreadableCheckpointError(f"checkpoint {step_dir}: its {META}/metadata holds no "
+                                    f"JSON object (found {type(meta).__name__}).")
+  return meta
 
 
 class _DropMessage(logging.Filter):
@@ -867,3 +882,40 @@ def load_params(path: str, dtype=None) -> tuple[Any, dict, int]:
   params = cast_floating(restored["params"], dtype)
   meta, _ = load_meta(step_dir)
   return params, meta, step
+
+
+def open_model_dir(path: str, step: Optional[int] = None, *, arch: Optional[str] = None,
+                   dtype: Optional[str] = None, reference: bool = False,
+                   read_params: bool = True) -> tuple[Any, Optional[Any], dict, int]:
+  """`(model, params, meta, step)` of a model directory: the one door through which
+  evaluation, conversion and `plan` read a saved model.
+
+  `path` is MODEL_DIR (its latest complete step, or `step`), MODEL_DIR/checkpoints, or
+  MODEL_DIR/checkpoints/<step> (then `step`, if given, must be that step); local or
+  gs://. The model is built from the meta's arch and exact config
+  (`models.from_meta`: a field that decides the model and is missing is refused,
+  naming it; only the execution options may be absent) before any array is read, so a
+  bad `arch` or config fails at once. `arch` may read a causal decoder as the
+  non-causal one or back; `dtype` sets the activation dtype (None: as trained);
+  `reference` builds it as scoring runs it (no dropout, the execution options at their
+  defaults). `params` is the saved parameter tree as host numpy arrays, as saved
+  (float32; no optimiser state), or None with `read_params=False` (the meta alone is
+  read). `meta` is the saved meta JSON, `step` the step read. CheckpointError for a
+  path without that checkpoint, UnreadableCheckpointError for damaged files.
+  """
+  from arch_objective import models
+  where = path
+  if step is not None:
+    directory, named = split_checkpoint_path(path)
+    if named is not None and named != step:
+      raise CheckpointError(f"checkpoint {path!r} is step {named}; step {step} names "
+                            f"another. Give the model directory, or one of the two alone.")
+    path = paths.join(directory, str(step))
+  step_dir, step = step_directory(path)
+  meta, _ = load_meta(step_dir)
+  options = {} if dtype is None else {"dtype": dtype}
+  model = models.from_meta(meta, where, arch, reference=reference, **options)
+  if not read_params:
+    return model, None, meta, step
+  params, meta, _ = load_params(step_dir)
+  return model, params, meta, step

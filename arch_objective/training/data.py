@@ -10,55 +10,63 @@ stream at that row without reading what came before it.
 from __future__ import annotations
 
 import dataclasses
-import numbers
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional
 
 import grain
 import numpy as np
 
-from arch_objective.data import sources
 from arch_objective.data import task as task_lib
 from arch_objective.data import vocabularies
+from arch_objective.errors import UserError, integer_at_least
 from arch_objective.objectives import pipeline
+from arch_objective.training import sources as source_lib
 
 
 @dataclasses.dataclass
 class DatasetConfig:
-  """What to read: a registered task (or a local corpus) and how to batch it.
+  """What to read and how to batch it: a task, the source of its documents, and what
+  every source shares (rows per step, lengths, vocabulary, split, seed, packing).
 
-  task: `c4_<kind>` or, with `corpus`, `local_<kind>`; kinds are full_lm,
-    prefix_lm_decoder, prefix_lm_encoder_decoder and span_corruption.
+  task: `c4_<kind>` (TFDS C4), `local_<kind>` (a `LocalCorpus` source), `t0_train` (T0's
+    training mixture) or, with a `PromptedDatasets` source that names datasets, any name
+    for their prompted mixture; or any task or mixture registered with seqio. Kinds are
+    full_lm, prefix_lm (the packing of the architecture that reads it), prefix_lm_decoder,
+    prefix_lm_encoder_decoder and span_corruption.
   batch_size: rows per step over all hosts (ED prefix-LM rows hold two examples each).
+  length: the pretraining tasks' chunk length (a targets-only seqio task's targets).
+  inputs_length, targets_length: a prompted mixture's lengths (a seqio task's with inputs).
+  source: where the task's documents come from, one of `arch_objective.training.sources`
+    (`C4`, `LocalCorpus`, `PromptedDatasets`); None reads what the task's name says with
+    defaults: C4 at its default version for `c4_<kind>`, T0's mixture from the Hugging
+    Face Hub for `t0_train`.
   """
   task: str
   batch_size: int
   length: int = pipeline.PAPER_LENGTH
-  corpus: Optional[Union[str, Sequence[str]]] = None
-  field: str = "text"
-  layout: str = "line"
   vocabulary: str = vocabularies.DEFAULT_VOCABULARY_PATH
   extra_ids: int = vocabularies.DEFAULT_EXTRA_IDS
-  tfds_data_dir: Optional[str] = None
-  c4_version: str = sources.C4_VERSION
   split: str = "train"
   seed: int = 0
   pack: bool = True
-  # prompted mixtures (MT-F): `task='t0_train'` or any name with `prompt_datasets`
-  prompt_datasets: Optional[Sequence[str]] = None
-  data_dir: Optional[str] = None
-  mapping: Optional[str] = None
   inputs_length: int = 1024
   targets_length: int = 256
+  source: Optional[source_lib.Source] = None
   _specs: dict = dataclasses.field(default_factory=dict, init=False, repr=False,
                                    compare=False)
 
   def __post_init__(self):
     for name in ("batch_size", "length", "inputs_length", "targets_length", "seed"):
       value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < (
-          0 if name == "seed" else 1):
-        raise ValueError(f"DatasetConfig.{name} must be a {'non-negative' if name == 'seed' else 'positive'} "
-                         f"integer, found {value!r} ({type(value).__name__}).")
+      lowest, what = (0, "non-negative") if name == "seed" else (1, "positive")
+      if not integer_at_least(value, lowest):
+        raise UserError(f"DatasetConfig.{name} must be a {what} integer, found {value!r} "
+                        f"({type(value).__name__}).")
+    source_lib.check(self.source)
+
+  @property
+  def prompted(self) -> bool:
+    """Whether the task is a prompted MT-F mixture (`sources.is_prompted`)."""
+    return source_lib.is_prompted(self.task, self.source)
 
   def spec(self, arch: Optional[str] = None):
     """The task's spec (`<corpus>_prefix_lm` resolves to the packing of `arch`),
@@ -70,24 +78,14 @@ class DatasetConfig:
 
   def _resolve(self, arch: Optional[str]):
     import tasks  # registers the C4 tasks
-    return tasks.resolve(self.task, corpus=self.corpus, field=self.field, layout=self.layout,
-                         vocabulary=self.vocabulary, extra_ids=self.extra_ids,
-                         length=self.length, tfds_data_dir=self.tfds_data_dir,
-                         c4_version=self.c4_version, arch=arch,
-                         prompt_datasets=self.prompt_datasets, data_dir=self.data_dir,
-                         mapping=self.mapping, inputs_length=self.inputs_length,
+    return tasks.resolve(self.task, source=self.source, vocabulary=self.vocabulary,
+                         extra_ids=self.extra_ids, length=self.length, arch=arch,
+                         inputs_length=self.inputs_length,
                          targets_length=self.targets_length)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
   return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-def rows_forever(spec, arch: str, split: str, seed: int, shard_index: int, num_shards: int,
-                 pack: bool) -> Iterator[dict[str, np.ndarray]]:
-  for row, _ in positioned_rows_forever(spec, arch, split, seed, shard_index, num_shards,
-                                        pack, None):
-    yield row
 
 
 def positioned_rows_forever(spec, arch: str, split: str, seed: int, shard_index: int,
@@ -105,9 +103,9 @@ def positioned_rows_forever(spec, arch: str, split: str, seed: int, shard_index:
       count += 1
       yield row, {"epoch": epoch, "where": row.where}
     if count == 0 and where is None:
-      raise ValueError(f"task {spec.name!r} split {split!r} produced no rows for shard "
-                       f"{shard_index}/{num_shards}; the corpus is empty or too small for "
-                       f"{num_shards} hosts.")
+      raise UserError(f"task {spec.name!r} split {split!r} produced no rows for shard "
+                      f"{shard_index}/{num_shards}; the corpus is empty or too small for "
+                      f"{num_shards} hosts.")
     epoch, where = epoch + 1, None
 
 
@@ -132,8 +130,8 @@ class Batches(grain.DatasetIterator):
                num_shards: int = 1, repeat: bool = True, split: Optional[str] = None):
     super().__init__()
     if config.batch_size % num_shards:
-      raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
-                       f"{num_shards} processes.")
+      raise UserError(f"batch_size {config.batch_size} is not divisible by the "
+                      f"{num_shards} processes.")
     self._config, self._arch = config, arch
     self._shard = dict(shard_index=shard_index, num_shards=num_shards)
     self._repeat, self._split = repeat, split or config.split

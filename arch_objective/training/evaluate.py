@@ -9,6 +9,7 @@ from typing import Any, Optional, Sequence
 import jax
 
 from arch_objective import models, paths
+from arch_objective.errors import UserError, integer_at_least
 from arch_objective.training import (checkpoints, data, optimizers, partitioning, train,
                                      trainer)
 
@@ -29,9 +30,9 @@ def evaluate(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetCo
   the metrics, with `batches` (evaluated), `eval_steps` (asked) and `vocabulary` (path,
   sha256, `same_as_checkpoint`).
   """
-  if isinstance(eval_steps, bool) or not isinstance(eval_steps, int) or eval_steps < 1:
-    raise ValueError(f"evaluate: eval_steps (gin: EVAL_STEPS, or evaluate.eval_steps) must be "
-                     f"a positive number of batches, found {eval_steps!r}.")
+  if not integer_at_least(eval_steps, 1):
+    raise UserError(f"evaluate: eval_steps (gin: EVAL_STEPS, or evaluate.eval_steps) must be "
+                    f"a positive number of batches, found {eval_steps!r}.")
   model_dir = paths.normalize(model_dir, "MODEL_DIR")
   directory = paths.join(model_dir, "checkpoints")
   if not checkpoints.complete_steps(directory):     # before orbax creates the directory
@@ -45,8 +46,8 @@ def evaluate(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetCo
   spec = dataset.spec(model.name)
   batch = next(data.batches(dataset, model.name, repeat=False), None)
   if batch is None:
-    raise ValueError(f"evaluation split {dataset.split!r} of task {dataset.task!r} produced "
-                     f"no batch of {dataset.batch_size} rows.")
+    raise UserError(f"evaluation split {dataset.split!r} of task {dataset.task!r} produced "
+                    f"no batch of {dataset.batch_size} rows.")
   input_shapes = {k: (dataset.batch_size,) + v.shape[1:] for k, v in batch.items()}
   tx = optimizers.adafactor(optimizers.rsqrt_decay())
   abstract = jax.eval_shape(lambda r: trainer.init_state(model, tx, input_shapes, r),
@@ -128,14 +129,14 @@ def check_vocabulary(meta: dict, path: str, checkpoint: str, *, allow_other: boo
               f"with ({recorded or 'a file it does not name'}): their SHA-256 hashes differ "
               f"({hashes})")
       fix = "Use the checkpoint's vocabulary"
-    raise ValueError(f"{what}, so every score would be computed on other tokens. {fix}, or "
-                     f"give {allow_option} to evaluate with this one.")
+    raise UserError(f"{what}, so every score would be computed on other tokens. {fix}, or "
+                    f"give {allow_option} to evaluate with this one.")
   if (embedding_rows is not None and vocab_size is not None and
       vocab_size > embedding_rows):
-    raise ValueError(f"{option} {path} has {vocab_size} ids but the model of checkpoint "
-                     f"{checkpoint} embeds only {embedding_rows}; ids {embedding_rows} and up have "
-                     f"no embedding row. Use the checkpoint's vocabulary "
-                     f"({recorded or 'not recorded'}).")
+    raise UserError(f"{option} {path} has {vocab_size} ids but the model of checkpoint "
+                    f"{checkpoint} embeds only {embedding_rows}; ids {embedding_rows} and up have "
+                    f"no embedding row. Use the checkpoint's vocabulary "
+                    f"({recorded or 'not recorded'}).")
   if record["same_as_checkpoint"] is False:
     record["checkpoint_vocabulary"] = {"path": recorded, "sha256": trained}
   return record

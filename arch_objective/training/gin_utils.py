@@ -5,6 +5,8 @@ Configurable names (what gin files bind):
   evaluate               arch_objective.training.evaluate.evaluate
   build_model            arch_objective.models.build_model
   DatasetConfig          arch_objective.training.data.DatasetConfig
+  C4, LocalCorpus, PromptedDatasets, corpus_source
+                         arch_objective.training.sources (`DatasetConfig.source`)
   adafactor              arch_objective.training.optimizers.adafactor
   learning_rate_schedule arch_objective.training.optimizers.make_schedule
   eval_t0, eval_harness  arch_objective.evaluation.runs (which hands them to `register`
@@ -33,7 +35,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import gin
 
 from arch_objective import models
-from arch_objective.training import data, optimizers
+from arch_objective.errors import UserError, integer_at_least
+from arch_objective.training import data, optimizers, sources
 
 _REGISTERED: dict[str, Callable] = {}
 
@@ -46,8 +49,8 @@ def register(configurables: Mapping[str, Callable], denylist: Sequence[str] = ()
     for name, fn in configurables.items():
       if name in _REGISTERED:
         if _REGISTERED[name] is not fn:
-          raise ValueError(f"gin configurable {name!r} is already {_REGISTERED[name]!r}; "
-                           f"cannot register {fn!r} under that name.")
+          raise UserError(f"gin configurable {name!r} is already {_REGISTERED[name]!r}; "
+                          f"cannot register {fn!r} under that name.")
         continue
       gin.external_configurable(fn, name, denylist=list(denylist))
       _REGISTERED[name] = fn
@@ -61,6 +64,8 @@ def register_configurables():
   register({
       "train": train_lib.train, "evaluate": evaluate_lib.evaluate,
       "build_model": models.build_model, "DatasetConfig": data.DatasetConfig,
+      "C4": sources.C4, "LocalCorpus": sources.LocalCorpus,
+      "PromptedDatasets": sources.PromptedDatasets, "corpus_source": sources.corpus_source,
       "adafactor": optimizers.adafactor, "learning_rate_schedule": optimizers.make_schedule,
       "local_batch_size": local.local_batch_size, "local_dataset": local.local_dataset,
       "local_suite": local.local_suite, "local_harness_tasks": local.local_harness_tasks})
@@ -131,8 +136,8 @@ def _locate(path: str, roots: Optional[Sequence[str]] = None, include: bool = Fa
   for candidate in candidates:
     if os.path.isfile(candidate):
       return os.path.abspath(candidate)   # gin then reads this file, not a namesake
-  raise ValueError(f"gin file {path!r} not found in the working directory nor in "
-                   f"{list(roots)}.")
+  raise UserError(f"gin file {path!r} not found in the working directory nor in "
+                  f"{list(roots)}.")
 
 
 # ---------------------------------------------------------------------------
@@ -157,9 +162,9 @@ def translate_t5x_bindings(bindings: Sequence[str]) -> tuple[list[str], Optional
       out.append(f"{T5X_RENAMED[name]}={value}")
     elif name == "USE_CACHED_TASKS":
       if _literal(binding, value) is not False:
-        raise ValueError(f"gin binding {binding!r}: tasks are read and preprocessed on the "
-                         f"fly, there is no seqio cache to read; bind USE_CACHED_TASKS=False "
-                         f"or leave it out.")
+        raise UserError(f"gin binding {binding!r}: tasks are read and preprocessed on the "
+                        f"fly, there is no seqio cache to read; bind USE_CACHED_TASKS=False "
+                        f"or leave it out.")
     elif name == "TASK_FEATURE_LENGTHS":
       lengths = _check_feature_lengths(_literal(binding, value), binding)
     else:
@@ -172,18 +177,17 @@ def _literal(binding: str, value: str):
   try:
     return ast.literal_eval(value)
   except (ValueError, SyntaxError):
-    raise ValueError(f"gin binding {binding!r}: expected a Python literal, found "
-                     f"{value!r}.") from None
+    raise UserError(f"gin binding {binding!r}: expected a Python literal, found "
+                    f"{value!r}.") from None
 
 
 def _check_feature_lengths(lengths, where: str) -> dict:
   if (not isinstance(lengths, dict) or not lengths
       or not set(lengths) <= {"inputs", "targets"}
-      or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                 for v in lengths.values())):
-    raise ValueError(f"{where}: TASK_FEATURE_LENGTHS must be a dict of positive integers "
-                     f"with keys 'inputs' and/or 'targets' (t5x's task feature lengths, "
-                     f"e.g. {{'inputs': 512, 'targets': 114}}), found {lengths!r}.")
+      or not all(integer_at_least(v, 1) for v in lengths.values())):
+    raise UserError(f"{where}: TASK_FEATURE_LENGTHS must be a dict of positive integers "
+                    f"with keys 'inputs' and/or 'targets' (t5x's task feature lengths, "
+                    f"e.g. {{'inputs': 512, 'targets': 114}}), found {lengths!r}.")
   return dict(lengths)
 
 
@@ -226,36 +230,36 @@ def lengths_bindings(lengths: dict, files: Sequence[str]) -> list[str]:
   where = f"TASK_FEATURE_LENGTHS={lengths!r}"
   if "INPUTS_LENGTH" in used and "LENGTH" not in used:
     if inputs is None or targets is None:
-      raise ValueError(f"{where}: a prompted run needs both 'inputs' and 'targets'.")
+      raise UserError(f"{where}: a prompted run needs both 'inputs' and 'targets'.")
     return [f"INPUTS_LENGTH={inputs}", f"TARGETS_LENGTH={targets}"]
   if "LENGTH" not in used:
-    raise ValueError(f"{where}: these gin files set no sequence length (no %LENGTH or "
-                     f"%INPUTS_LENGTH); drop TASK_FEATURE_LENGTHS.")
+    raise UserError(f"{where}: these gin files set no sequence length (no %LENGTH or "
+                    f"%INPUTS_LENGTH); drop TASK_FEATURE_LENGTHS.")
   task = str(_macro("MIXTURE_OR_TASK_NAME", ""))
   arch = _macro("ARCH")
   if task.endswith("span_corruption"):
     if inputs is None or targets is None:
-      raise ValueError(f"{where}: span corruption needs 'inputs' and 'targets'.")
+      raise UserError(f"{where}: span corruption needs 'inputs' and 'targets'.")
     length = inputs + targets
     if pipeline.mlm_lengths(length) != (inputs, targets):
-      raise ValueError(f"{where}: span corruption of {length}-token chunks gives inputs "
-                       f"{pipeline.mlm_lengths(length)[0]} and targets "
-                       f"{pipeline.mlm_lengths(length)[1]}; use those (the paper's are "
-                       f"{{'inputs': 512, 'targets': 114}}) or bind LENGTH directly.")
+      raise UserError(f"{where}: span corruption of {length}-token chunks gives inputs "
+                      f"{pipeline.mlm_lengths(length)[0]} and targets "
+                      f"{pipeline.mlm_lengths(length)[1]}; use those (the paper's are "
+                      f"{{'inputs': 512, 'targets': 114}}) or bind LENGTH directly.")
   elif task.endswith("full_lm"):
     if inputs is not None or targets is None:
-      raise ValueError(f"{where}: the full LM has 'targets' only (t5x's decoder-only "
-                       f"feature lengths, e.g. {{'targets': 626}}).")
+      raise UserError(f"{where}: the full LM has 'targets' only (t5x's decoder-only "
+                      f"feature lengths, e.g. {{'targets': 626}}).")
     length = targets
   elif "prefix_lm" in task:
     if inputs is None or targets is None or targets < inputs - 1:
-      raise ValueError(f"{where}: the prefix LM splits chunks of 'inputs' tokens at a random "
-                       f"point, so 'targets' must hold any split's rest (>= inputs - 1), as "
-                       f"the seqio tasks (paper: {{'inputs': 626, 'targets': 626}}).")
+      raise UserError(f"{where}: the prefix LM splits chunks of 'inputs' tokens at a random "
+                      f"point, so 'targets' must hold any split's rest (>= inputs - 1), as "
+                      f"the seqio tasks (paper: {{'inputs': 626, 'targets': 626}}).")
     length = inputs
   else:
-    raise ValueError(f"{where}: task {task!r} has no known feature lengths; bind LENGTH "
-                     f"(the decoder length) directly.")
+    raise UserError(f"{where}: task {task!r} has no known feature lengths; bind LENGTH "
+                    f"(the decoder length) directly.")
   return [f"LENGTH={length}"]
 
 
@@ -308,7 +312,7 @@ def set_extra_search_paths(paths: Sequence[str]):
   includes) before the repository's gin/, by every later `parse`."""
   for path in paths:
     if not os.path.isdir(path):
-      raise ValueError(f"--gin_search_paths: {path!r} is not a directory.")
+      raise UserError(f"--gin_search_paths: {path!r} is not a directory.")
   _EXTRA_SEARCH_PATHS[:] = [os.path.abspath(p) for p in paths]
 
 
@@ -329,7 +333,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (),
       search_paths if search_paths is not None else gin_search_paths())
   for path in extra_search_paths:
     if not os.path.isdir(path):
-      raise ValueError(f"--gin_search_paths: {path!r} is not a directory.")
+      raise UserError(f"--gin_search_paths: {path!r} is not a directory.")
   global _SEARCH_PATHS
   _SEARCH_PATHS = roots
   files = [_locate(f, roots) for f in gin_files]
@@ -384,22 +388,22 @@ def _parse(files: Sequence[str], bindings: Sequence[str], roots: Sequence[str]):
       gin.parse_config_files_and_bindings(files, list(bindings), skip_unknown=False)
   except SyntaxError as e:   # in a gin file (bindings were checked above)
     where = f"{e.filename}:{e.lineno}" if getattr(e, "filename", None) else "a gin file"
-    raise ValueError(f"gin syntax error in {where}: {e.msg}") from None
+    raise UserError(f"gin syntax error in {where}: {e.msg}") from None
   except tokenize.TokenError as e:    # a bracket left open at the end of a file
-    raise ValueError(f"gin syntax error in one of {list(files)}: {e.args[0]} (a bracket "
-                     f"or string left open).") from None
+    raise UserError(f"gin syntax error in one of {list(files)}: {e.args[0]} (a bracket "
+                    f"or string left open).") from None
   except (ValueError, KeyError) as e:
     required = re.search(r"([A-Za-z0-9_]+)/macro.value set to `%gin.REQUIRED`", str(e))
     if required:
       name = required.group(1)
-      raise ValueError(f"gin macro {name} is required by the run file: bind it, e.g. "
-                       f"--gin.{name}=...") from None
+      raise UserError(f"gin macro {name} is required by the run file: bind it, e.g. "
+                      f"--gin.{name}=...") from None
     unbound = re.search(r"No bindings specified for '([A-Za-z0-9_]+)/gin.macro'", str(e))
     if unbound:
       name = unbound.group(1)
-      raise ValueError(f"gin macro {name} is used but never set: include the gin file that "
-                       f"sets it or bind it, e.g. --gin.{name}=...") from None
-    raise ValueError(f"gin configuration error: {str(e).splitlines()[0]}") from e
+      raise UserError(f"gin macro {name} is used but never set: include the gin file that "
+                      f"sets it or bind it, e.g. --gin.{name}=...") from None
+    raise UserError(f"gin configuration error: {str(e).splitlines()[0]}") from e
 
 
 def _check_binding_syntax(bindings: Sequence[str]):
@@ -411,8 +415,8 @@ def _check_binding_syntax(bindings: Sequence[str]):
           skip_unknown=True)):
         pass
     except tokenize.TokenError as e:      # an unclosed bracket: `TRAIN_STEPS=(`
-      raise ValueError(f"gin binding {binding!r}: the value is not a Python literal, a "
-                       f"%MACRO or an @reference ({e.args[0]}).") from None
+      raise UserError(f"gin binding {binding!r}: the value is not a Python literal, a "
+                      f"%MACRO or an @reference ({e.args[0]}).") from None
     except SyntaxError as e:
       name, _, value = binding.partition("=")
       name, value = name.strip(), value.strip()
@@ -420,8 +424,8 @@ def _check_binding_syntax(bindings: Sequence[str]):
       if value and value[0] not in "'\"[({%@":
         hint = (f" A string needs quotes inside the shell's: --gin.{name}=\"'{value}'\".")
       reason = (e.msg or "").strip().splitlines()[-1:] or ["unreadable"]
-      raise ValueError(f"gin binding {binding!r}: the value is not a Python literal, a "
-                       f"%MACRO or an @reference ({reason[0].strip()}).{hint}") from None
+      raise UserError(f"gin binding {binding!r}: the value is not a Python literal, a "
+                      f"%MACRO or an @reference ({reason[0].strip()}).{hint}") from None
 
 
 def _check_macro_bindings(files: Sequence[str], bindings: Sequence[str]):
@@ -433,5 +437,5 @@ def _check_macro_bindings(files: Sequence[str], bindings: Sequence[str]):
     if match and "." not in match.group(1) and "/" not in match.group(1):
       name = match.group(1)
       if name not in used:
-        raise ValueError(f"unknown gin macro {name!r} in binding {binding!r}: no gin file uses "
-                         f"%{name}. Macros in use: {', '.join(used) or '(none)'}.")
+        raise UserError(f"unknown gin macro {name!r} in binding {binding!r}: no gin file uses "
+                        f"%{name}. Macros in use: {', '.join(used) or '(none)'}.")

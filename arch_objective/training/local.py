@@ -5,7 +5,7 @@ lengths and how many steps one run takes, and routes the data through the functi
 here:
 
   local_batch_size()         16 rows, or more when the file has more microbatches
-  local_dataset(dataset)     C4 tasks `c4_<kind>` read a local corpus as `local_<kind>`;
+  local_dataset(dataset)     C4 tasks `c4_<kind>` read a LocalCorpus as `local_<kind>`;
                              prompted MT-F mixtures (`t0_train`, PROMPT_DATASETS) become
                              the world's training families (`world_mtf`)
   local_suite()              T0-Eval scores the world's held-out families
@@ -14,7 +14,7 @@ here:
 Everything else stays the experiment file's: architecture, objective, microbatches,
 dropout, schedules, restore and reset options, activation dtype, mesh logic.
 
-The default data is the laptop study's synthetic world (`study/world/`): its corpus and
+The default data is the laptop study's synthetic world (`data/world/`): its corpus and
 a SentencePiece vocabulary of `WORLD_VOCAB` pieces (+100 extra ids: 500 ids), made once
 into LOCAL_DATA_DIR (default `$XDG_CACHE_HOME/arch-objective/local-world-v2`, else
 `~/.cache/...`). It is written into a temporary folder and renamed into place, so runs
@@ -32,7 +32,9 @@ import shutil
 import tempfile
 from typing import Optional, Sequence, Union
 
+from arch_objective.errors import UserError, integer_at_least
 from arch_objective.training import data
+from arch_objective.training import sources as source_lib
 
 WORLD_VERSION = 2          # bumped whenever the world's corpus changes
 WORLD_SEED = 0
@@ -64,7 +66,7 @@ def default_data_dir() -> str:
 
 @functools.lru_cache(maxsize=None)
 def _world():
-  from arch_objective.study import world as world_lib
+  from arch_objective.data import world as world_lib
   return world_lib.make_world(seed=WORLD_SEED)
 
 
@@ -72,13 +74,13 @@ def prepare(data_dir: Optional[str] = None, log=None) -> LocalData:
   """The world's corpus and vocabulary in `data_dir` (default `default_data_dir()`),
   made there first if missing (a few seconds)."""
   from arch_objective.data import sources, vocabularies
-  from arch_objective.study import world as world_lib
+  from arch_objective.data import world as world_lib
   local = LocalData(os.path.abspath(os.path.expanduser(data_dir or default_data_dir())))
   if os.path.exists(local.corpus) and os.path.exists(local.vocabulary):
     return local
   if os.path.exists(local.directory) and os.listdir(local.directory):
-    raise ValueError(f"LOCAL_DATA_DIR {local.directory!r} exists but holds no {_CORPUS} and "
-                     f"{_VOCAB}; give an empty or new directory.")
+    raise UserError(f"LOCAL_DATA_DIR {local.directory!r} exists but holds no {_CORPUS} and "
+                    f"{_VOCAB}; give an empty or new directory.")
   parent = os.path.dirname(local.directory)
   os.makedirs(parent, exist_ok=True)
   (log or logging.getLogger(__name__).info)(f"making the local world in {local.directory} (once)")
@@ -105,9 +107,8 @@ def local_batch_size(rows: int = 16, num_microbatches: Optional[int] = None) -> 
   (1 when the run has none, as evaluation runs)."""
   if num_microbatches is None:
     num_microbatches = _gin_macro("NUM_MICROBATCHES", 1)
-  if isinstance(num_microbatches, bool) or not isinstance(num_microbatches, int) or (
-      num_microbatches < 1):
-    raise ValueError(f"NUM_MICROBATCHES must be an integer >= 1, found {num_microbatches!r}.")
+  if not integer_at_least(num_microbatches, 1):
+    raise UserError(f"NUM_MICROBATCHES must be an integer >= 1, found {num_microbatches!r}.")
   return -(-max(rows, num_microbatches) // num_microbatches) * num_microbatches
 
 
@@ -119,51 +120,47 @@ def _gin_macro(name: str, default):
     return default
 
 
-def _is_prompted(dataset: data.DatasetConfig) -> bool:
-  from tasks import t0
-  return dataset.task == t0.T0_TRAIN or bool(dataset.prompt_datasets)
-
-
 def local_dataset(dataset: data.DatasetConfig, data_dir: Optional[str] = None,
                   corpus: Optional[Union[str, Sequence[str]]] = None,
                   vocabulary: Optional[str] = None) -> data.DatasetConfig:
   """`dataset` pointed at local data; its batch size, lengths, seed and packing stay.
 
-  `c4_<kind>` -> `local_<kind>` over `corpus` (default: the world's corpus);
-  `local_<kind>` keeps its corpus; a prompted mixture -> `world_mtf`, one task per
-  (world training family, prompt), examples-proportional as the T0 mixture.
-  `vocabulary` defaults to the world's (with `corpus` of your own, give yours).
+  `c4_<kind>` -> `local_<kind>` reading the LocalCorpus `corpus` (default: the world's
+  corpus); `local_<kind>` keeps its LocalCorpus source; a prompted mixture -> `world_mtf`,
+  one task per (world training family, prompt), examples-proportional as the T0 mixture,
+  with no source. `vocabulary` defaults to the world's (with `corpus` of your own, give
+  yours).
   """
   from arch_objective.data import registry
   from arch_objective.prompts import mixture
   if corpus is not None and vocabulary is None:
-    raise ValueError("local_dataset: LOCAL_CORPUS is set but LOCAL_VOCABULARY is not; give "
-                     "the SentencePiece .model that tokenises it (the world's vocabulary "
-                     "only knows the world's words).")
+    raise UserError("local_dataset: LOCAL_CORPUS is set but LOCAL_VOCABULARY is not; give "
+                    "the SentencePiece .model that tokenises it (the world's vocabulary "
+                    "only knows the world's words).")
   local = prepare(data_dir) if vocabulary is None or (corpus is None) else None
   vocabulary = vocabulary or local.vocabulary
-  if _is_prompted(dataset):
+  if dataset.prompted:
     registry.register(mixture.PromptedMixture(
         WORLD_MTF, tuple(_world().training_tasks()), vocabulary,
         extra_ids=dataset.extra_ids, inputs_length=dataset.inputs_length,
         targets_length=dataset.targets_length))
-    return dataclasses.replace(dataset, task=WORLD_MTF, prompt_datasets=None, data_dir=None,
-                               mapping=None, vocabulary=vocabulary)
+    return dataclasses.replace(dataset, task=WORLD_MTF, source=None, vocabulary=vocabulary)
   task = dataset.task
   if task.startswith("c4_"):
     task = "local_" + task[len("c4_"):]
   elif not task.startswith("local_"):
-    raise ValueError(f"local_dataset: task {task!r} is neither a C4 task (c4_<kind>), a "
-                     f"local corpus task (local_<kind>) nor a prompted mixture; the local "
-                     f"overlay does not know what to read for it.")
-  if dataset.task.startswith("local_") and dataset.corpus and corpus is None:
-    corpus, field, layout = dataset.corpus, dataset.field, dataset.layout
+    raise UserError(f"local_dataset: task {task!r} is neither a C4 task (c4_<kind>), a "
+                    f"local corpus task (local_<kind>) nor a prompted mixture; the local "
+                    f"overlay does not know what to read for it.")
+  own = dataset.source if isinstance(dataset.source, source_lib.LocalCorpus) else None
+  if dataset.task.startswith("local_") and own is not None and corpus is None:
+    source = own
   elif corpus is None:
-    corpus, field, layout = local.corpus, "text", "line"
+    source = source_lib.LocalCorpus(local.corpus)
   else:
-    field, layout = dataset.field, dataset.layout
-  return dataclasses.replace(dataset, task=task, corpus=corpus, field=field, layout=layout,
-                             vocabulary=vocabulary)
+    source = source_lib.LocalCorpus(corpus, field=own.field if own else "text",
+                                    layout=own.layout if own else "line")
+  return dataclasses.replace(dataset, task=task, source=source, vocabulary=vocabulary)
 
 
 def local_suite(data_dir: Optional[str] = None) -> list:
@@ -174,7 +171,7 @@ def local_suite(data_dir: Optional[str] = None) -> list:
 
 def harness_task_names() -> list[str]:
   """The lm-eval task names `local_harness_tasks` writes: one per held-out family."""
-  from arch_objective.study.world import prompts as world_prompts
+  from arch_objective.data.world import prompts as world_prompts
   return list(world_prompts.HELDOUT_PROMPTS)
 
 

@@ -31,13 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from arch_objective.errors import UserError
+
 Schedule = Callable[[int], float]
 
 
 def rsqrt_decay(base_learning_rate: float = 1.0, warmup_steps: int = 10_000) -> Schedule:
   """`base / sqrt(max(step, warmup_steps))`: flat 0.01 for 10k steps, then decaying."""
   if warmup_steps < 1:
-    raise ValueError(f"warmup_steps must be >= 1, found {warmup_steps}.")
+    raise UserError(f"warmup_steps must be >= 1, found {warmup_steps}.")
 
   def schedule(step):
     return base_learning_rate / jnp.sqrt(jnp.maximum(jnp.asarray(step, jnp.float32),
@@ -56,7 +58,7 @@ SCHEDULES = {"rsqrt_decay": rsqrt_decay, "constant": constant}
 def make_schedule(name: str = "rsqrt_decay", base_learning_rate: float = 1.0,
                   warmup_steps: int = 10_000) -> Schedule:
   if name not in SCHEDULES:
-    raise ValueError(f"unknown learning-rate schedule {name!r}; valid: {', '.join(SCHEDULES)}.")
+    raise UserError(f"unknown learning-rate schedule {name!r}; valid: {', '.join(SCHEDULES)}.")
   if name == "constant":
     return constant(base_learning_rate)
   return rsqrt_decay(base_learning_rate, warmup_steps)
@@ -84,8 +86,8 @@ def adafactor(learning_rate: Schedule, decay_rate: float = 0.8, step_offset: int
     return fused_adafactor(**kwargs)
   if implementation == "optax":
     return optax.adafactor(**kwargs)
-  raise ValueError(f"unknown Adafactor implementation {implementation!r}; valid: "
-                   f"{', '.join(IMPLEMENTATIONS)}.")
+  raise UserError(f"unknown Adafactor implementation {implementation!r}; valid: "
+                  f"{', '.join(IMPLEMENTATIONS)}.")
 
 
 def factored_dims(shape: tuple[int, ...], factored: bool, min_dim_size_to_factor: int
@@ -220,8 +222,8 @@ def fused_adafactor(learning_rate: Optional[Union[float, Schedule]] = None,
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if params is None:
-      raise ValueError("Adafactor scales its updates by the parameters: pass `params` to "
-                       "`update`.")
+      raise UserError("Adafactor scales its updates by the parameters: pass `params` to "
+                      "`update`.")
     state = list(state)
     rms_state = state[0]
     beta = _decay_rate_pow(rms_state.count - decay_offset, decay_rate)

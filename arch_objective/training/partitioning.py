@@ -27,6 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from arch_objective import layers
+from arch_objective.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +62,15 @@ def make_mesh(data: int = -1, model: int = 1, devices: Optional[Sequence[Any]] =
   """A (data, model) mesh over `devices` (all by default); `data=-1` takes the rest."""
   devices = list(jax.devices() if devices is None else devices)
   if model < 1:
-    raise ValueError(f"mesh model size must be >= 1, found {model}.")
+    raise UserError(f"mesh model size must be >= 1, found {model}.")
   if data == -1:
     if len(devices) % model:
-      raise ValueError(f"{len(devices)} devices cannot be split into model={model} parts; "
-                       f"choose a model size dividing {len(devices)}.")
+      raise UserError(f"{len(devices)} devices cannot be split into model={model} parts; "
+                      f"choose a model size dividing {len(devices)}.")
     data = len(devices) // model
   if data * model != len(devices):
-    raise ValueError(f"mesh data={data} x model={model} needs {data * model} devices but "
-                     f"{len(devices)} are available; set data x model = {len(devices)}.")
+    raise UserError(f"mesh data={data} x model={model} needs {data * model} devices but "
+                    f"{len(devices)} are available; set data x model = {len(devices)}.")
   return Mesh(np.asarray(devices).reshape(data, model), (DATA, MODEL))
 
 
@@ -79,7 +80,7 @@ def parse_mesh(spec: str) -> dict[str, int]:
   for part in filter(None, (p.strip() for p in spec.split(","))):
     key, _, value = part.partition("=")
     if key not in (DATA, MODEL) or not value.lstrip("-").isdigit():
-      raise ValueError(f"mesh spec {spec!r}: expected 'data=N,model=M', found {part!r}.")
+      raise UserError(f"mesh spec {spec!r}: expected 'data=N,model=M', found {part!r}.")
     out[key] = int(value)
   return out
 
@@ -102,8 +103,8 @@ class Partitioner:
       try:
         mesh_spec = nn.logical_to_mesh_axes(spec, self.rules)
       except Exception as e:  # re-raise with the parameter's path
-        raise ValueError(f"cannot shard parameter {jax.tree_util.keystr(path)} with logical "
-                         f"axes {spec}: {e}") from e
+        raise UserError(f"cannot shard parameter {jax.tree_util.keystr(path)} with logical "
+                        f"axes {spec}: {e}") from e
       return NamedSharding(self.mesh, mesh_spec)
     return jax.tree_util.tree_map_with_path(
         convert, logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
@@ -116,9 +117,9 @@ class Partitioner:
           continue
         size = self.mesh.shape[axis]
         if dim % size:
-          raise ValueError(f"parameter {jax.tree_util.keystr(path)} of shape {leaf.shape} "
-                           f"cannot be split over mesh axis {axis!r} of size {size}; choose a "
-                           f"mesh size dividing {dim}.")
+          raise UserError(f"parameter {jax.tree_util.keystr(path)} of shape {leaf.shape} "
+                          f"cannot be split over mesh axis {axis!r} of size {size}; choose a "
+                          f"mesh size dividing {dim}.")
     jax.tree_util.tree_map_with_path(check, abstract_tree, shardings)
 
   def batch_sharding(self) -> NamedSharding:
@@ -130,9 +131,9 @@ class Partitioner:
   def check_batch_size(self, batch_size: int):
     per_host = batch_size // jax.process_count()
     if batch_size % self.data_parallel_size or batch_size % jax.process_count():
-      raise ValueError(f"batch size {batch_size} is not divisible by the data-parallel size "
-                       f"{self.data_parallel_size} (and the {jax.process_count()} processes); "
-                       f"use a multiple of {self.data_parallel_size}.")
+      raise UserError(f"batch size {batch_size} is not divisible by the data-parallel size "
+                      f"{self.data_parallel_size} (and the {jax.process_count()} processes); "
+                      f"use a multiple of {self.data_parallel_size}.")
     return per_host
 
   def shard_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -190,31 +191,31 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
   n_name, id_name, address_name = (names["num_processes"], names["process_id"],
                                    names["coordinator_address"])
   if num_processes is not None and num_processes < 1:
-    raise ValueError(f"{n_name} must be at least 1, found {num_processes}; give the number "
-                     f"of processes in the job.")
+    raise UserError(f"{n_name} must be at least 1, found {num_processes}; give the number "
+                    f"of processes in the job.")
   if process_id is not None and process_id < 0:
-    raise ValueError(f"{id_name} must be 0 or more, found {process_id}; number the "
-                     f"processes 0 to N-1 (process 0 runs the coordinator).")
+    raise UserError(f"{id_name} must be 0 or more, found {process_id}; number the "
+                    f"processes 0 to N-1 (process 0 runs the coordinator).")
   if num_processes is not None and process_id is not None and process_id >= num_processes:
-    raise ValueError(f"{id_name} must be below {n_name}={num_processes} (0 to "
-                     f"{num_processes - 1}), found {process_id}; number the processes "
-                     f"0 to {num_processes - 1}.")
+    raise UserError(f"{id_name} must be below {n_name}={num_processes} (0 to "
+                    f"{num_processes - 1}), found {process_id}; number the processes "
+                    f"0 to {num_processes - 1}.")
   detected = any(k in os.environ for k in _CLUSTER_ENV)
   if coordinator_address is None and not detected:
     if (num_processes or 1) > 1 or (process_id or 0) > 0:
       job = (f"{n_name}={num_processes}" if num_processes is not None
              else f"{id_name}={process_id}")
-      raise ValueError(f"{job}: a multi-process job needs a coordinator address, found none; "
-                       f"pass --coordinator_address HOST:PORT (or set {COORDINATOR_ENV}) to "
-                       f"every process, the same: process 0's host and a free port.")
+      raise UserError(f"{job}: a multi-process job needs a coordinator address, found none; "
+                      f"pass --coordinator_address HOST:PORT (or set {COORDINATOR_ENV}) to "
+                      f"every process, the same: process 0's host and a free port.")
     return False
   host = port = None
   if coordinator_address is not None:
     if num_processes is None or process_id is None:
-      raise ValueError(f"{address_name}={coordinator_address} needs the number of processes "
-                       f"and this process's index too, found {n_name}={num_processes}, "
-                       f"{id_name}={process_id}; pass --num_processes and --process_id (or "
-                       f"set {NUM_PROCESSES_ENV} and {PROCESS_ID_ENV}).")
+      raise UserError(f"{address_name}={coordinator_address} needs the number of processes "
+                      f"and this process's index too, found {n_name}={num_processes}, "
+                      f"{id_name}={process_id}; pass --num_processes and --process_id (or "
+                      f"set {NUM_PROCESSES_ENV} and {PROCESS_ID_ENV}).")
     host, port = _parse_address(coordinator_address, address_name)
   log.info("joining the job%s through %s (waiting up to %g s)",
            f" as process {process_id} of {num_processes}" if process_id is not None else "",
@@ -232,8 +233,8 @@ def _int_setting(value: str, name: str, example: str) -> int:
   try:
     return int(value.strip())
   except ValueError:
-    raise ValueError(f"{name} must be an integer, found {value!r}; set e.g. "
-                     f"{name}={example}.") from None
+    raise UserError(f"{name} must be an integer, found {value!r}; set e.g. "
+                    f"{name}={example}.") from None
 
 
 def _timeout_setting(value: Optional[float]) -> float:
@@ -249,8 +250,8 @@ def _timeout_setting(value: Optional[float]) -> float:
   except (TypeError, ValueError):
     seconds = float("nan")
   if not seconds > 0 or math.isinf(seconds):
-    raise ValueError(f"{name} must be a positive number of seconds, found {value!r}; set e.g. "
-                     f"{name}={DEFAULT_TIMEOUT_S}.")
+    raise UserError(f"{name} must be a positive number of seconds, found {value!r}; set e.g. "
+                    f"{name}={DEFAULT_TIMEOUT_S}.")
   return seconds
 
 
@@ -262,8 +263,8 @@ def _parse_address(address: str, name: str) -> tuple[str, int]:
              else f"port {port!r}, not an integer" if not port.isdigit()
              else f"port {port}, outside 1-65535" if not 0 < int(port) < 65536 else None)
   if problem:
-    raise ValueError(f"{name}={address!r}: expected HOST:PORT (process 0's host and a free "
-                     f"port, e.g. 10.0.0.1:12355), found {problem}.")
+    raise UserError(f"{name}={address!r}: expected HOST:PORT (process 0's host and a free "
+                    f"port, e.g. 10.0.0.1:12355), found {problem}.")
   return host, int(port)
 
 
@@ -280,9 +281,9 @@ def _wait_for_coordinator(host: str, port: int, address: str, timeout: float):
       reason = e.strerror or str(e) or type(e).__name__
     left = deadline - time.monotonic()
     if left <= 0:
-      raise ValueError(f"cannot reach the coordinator at {address} within {timeout:g} s "
-                       f"({reason}); start process 0 first (it runs the coordinator), or "
-                       f"check the address (--coordinator_address / {COORDINATOR_ENV}) and "
-                       f"that its port is open; {TIMEOUT_ENV} sets the wait.")
+      raise UserError(f"cannot reach the coordinator at {address} within {timeout:g} s "
+                      f"({reason}); start process 0 first (it runs the coordinator), or "
+                      f"check the address (--coordinator_address / {COORDINATOR_ENV}) and "
+                      f"that its port is open; {TIMEOUT_ENV} sets the wait.")
     time.sleep(min(delay, left))
     delay = min(delay * 2, 2.0)

@@ -33,10 +33,10 @@ import re
 from typing import Any, Optional, Sequence
 
 import jax
-import numpy as np
 
 from arch_objective import architectures, models, network
 from arch_objective.data import registry
+from arch_objective.errors import UserError
 from arch_objective.objectives import pipeline
 from arch_objective.training import optimizers, partitioning
 
@@ -79,7 +79,7 @@ def parse_with_placeholders(gin_files: Sequence[str], bindings: Sequence[str]) -
 
 def tokens_per_row(dataset, arch: str) -> tuple[int, dict]:
   """Tokens one row carries, and the feature lengths."""
-  if dataset.task == "t0_train" or dataset.prompt_datasets:
+  if dataset.prompted:
     lengths = {"inputs": dataset.inputs_length, "targets": dataset.targets_length}
     return dataset.inputs_length + dataset.targets_length, lengths
   kind = next((k for k in registry.TASK_KINDS if dataset.task.endswith("_" + k)), None)
@@ -130,11 +130,8 @@ def memory_per_device(model, mesh: dict[str, int], fsdp: bool, rows_per_device: 
     opt_bytes += leaf.size * leaf.dtype.itemsize * by_shape.get(tuple(leaf.shape), 1.0)
   c = model.config
   h, a, t = c.emb_dim, c.num_heads, mesh.get(partitioning.MODEL, 1)
-  has_encoder = architectures.get(model.name).has_encoder
-  layers = c.num_decoder_layers + (c.num_encoder_layers if has_encoder else 0)
-  s, b = row_length, rows_per_device
-  if has_encoder:
-    s = row_length / 2  # each stack sees about half of the row's tokens
+  layers, s = model.layout.activation_stacks(c, row_length)
+  b = rows_per_device
   activations = stored_activations(c.remat_policy, layers, s, b, h, a, t)
   activations += 2 * 4 * b * s * c.vocab_size / t
   scan_copy = 2 * layer_bytes if c.scan_layers else 0.0
@@ -156,8 +153,8 @@ def stored_activations(remat_policy: str, layers: int, s: float, b: float, h: in
     return layers * lin + att
   if remat_policy == "full":
     return layers * 2 * s * b * h + lin + att
-  raise ValueError(f"remat_policy must be one of {', '.join(network.REMAT_POLICIES)}; "
-                   f"found {remat_policy!r}.")
+  raise UserError(f"remat_policy must be one of {', '.join(network.REMAT_POLICIES)}; "
+                  f"found {remat_policy!r}.")
 
 
 def plan_run(gin_files: Sequence[str], bindings: Sequence[str] = (),

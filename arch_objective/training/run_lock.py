@@ -25,13 +25,14 @@ import time
 from typing import Optional
 
 from arch_objective import paths
+from arch_objective.errors import UserError
 
 _logger = logging.getLogger(__name__)
 
 LOCK_FILE = "run.lock"
 
 
-class RunLockError(RuntimeError):
+class RunLockError(UserError, RuntimeError):
   """Another live run holds the MODEL_DIR."""
 
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from arch_objective import architectures, models, paths
+from arch_objective.errors import UserError, integer_at_least
 from arch_objective.training import (checkpoints, data, metrics as metrics_lib, optimizers,
                                      partitioning, preemption, run_lock, trainer)
 
@@ -36,7 +37,7 @@ PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5": 459e12, "TPU v5
               "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
   """Training produced a NaN or infinite loss (or parameters)."""
 
 # Model config fields that make the run's size (what a resume must not change).
@@ -59,11 +60,11 @@ log = logging.getLogger(__name__)
 def _check_int(name: str, value, minimum: int, macro: str = ""):
   """A clear error for a wrong type or range (gin passes whatever was written)."""
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    raise ValueError(f"{name}{f' ({macro})' if macro else ''} must be an integer, found "
-                     f"{value!r} ({type(value).__name__}).")
+    raise UserError(f"{name}{f' ({macro})' if macro else ''} must be an integer, found "
+                    f"{value!r} ({type(value).__name__}).")
   if value < minimum:
-    raise ValueError(f"{name}{f' ({macro})' if macro else ''} must be >= {minimum}, found "
-                     f"{value}.")
+    raise UserError(f"{name}{f' ({macro})' if macro else ''} must be >= {minimum}, found "
+                    f"{value}.")
 
 
 def _file_sha256(path: str) -> str:
@@ -158,8 +159,8 @@ def _check_model_dir(model_dir: str) -> str:
     paths.remove(probe)
   except Exception as e:  # the storage backends raise their own error types
     reason = getattr(e, "strerror", None) or f"{type(e).__name__}: {e}"
-    raise ValueError(f"MODEL_DIR {model_dir!r} cannot be written ({reason}); choose a "
-                     f"directory you can write to (--gin.MODEL_DIR=...).") from e
+    raise UserError(f"MODEL_DIR {model_dir!r} cannot be written ({reason}); choose a "
+                    f"directory you can write to (--gin.MODEL_DIR=...).") from e
   return model_dir
 
 
@@ -260,18 +261,16 @@ def train(*, model_dir: str, model: models.BaseModel, dataset: data.DatasetConfi
   _check_int("num_microbatches", num_microbatches, 1, "NUM_MICROBATCHES")
   _check_int("log_every", log_every, 1)
   _check_int("seed", seed, 0)
-  if keep_checkpoints is not None and (
-      isinstance(keep_checkpoints, bool) or not isinstance(keep_checkpoints, numbers.Integral)
-      or keep_checkpoints < 1):
-    raise ValueError(f"train.keep_checkpoints must be a positive integer (how many of the "
-                     f"newest checkpoints to keep) or None (keep all), found "
-                     f"{keep_checkpoints!r}; e.g. --gin.train.keep_checkpoints=3.")
+  if keep_checkpoints is not None and not integer_at_least(keep_checkpoints, 1):
+    raise UserError(f"train.keep_checkpoints must be a positive integer (how many of the "
+                    f"newest checkpoints to keep) or None (keep all), found "
+                    f"{keep_checkpoints!r}; e.g. --gin.train.keep_checkpoints=3.")
   if isinstance(model_dir, os.PathLike):
     model_dir = os.fspath(model_dir)
   if not isinstance(model_dir, str) or not model_dir.strip():
-    raise ValueError(f"MODEL_DIR (train.model_dir) must name the run's directory, found "
-                     f"{model_dir!r}; give one, e.g. --gin.MODEL_DIR=\"'/tmp/my_run'\" (an "
-                     f"empty one would write into the current directory).")
+    raise UserError(f"MODEL_DIR (train.model_dir) must name the run's directory, found "
+                    f"{model_dir!r}; give one, e.g. --gin.MODEL_DIR=\"'/tmp/my_run'\" (an "
+                    f"empty one would write into the current directory).")
   checkpoints.check_allowed_changes(tuple(allow_resume_changes))
   model_dir = _check_model_dir(model_dir)
   is_chief = jax.process_index() == 0
@@ -307,10 +306,10 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
   spec = dataset.spec(model.name)
   vocab = spec.vocab()
   if model.config.vocab_size < vocab.vocab_size:
-    raise ValueError(f"the model's vocab_size {model.config.vocab_size} is smaller than the "
-                     f"vocabulary {vocab.path!r} ({vocab.vocab_size} ids with extra ids); set "
-                     f"build_model.vocab_size to at least {vocab.vocab_size} (e.g. "
-                     f"{-(-vocab.vocab_size // 128) * 128}).")
+    raise UserError(f"the model's vocab_size {model.config.vocab_size} is smaller than the "
+                    f"vocabulary {vocab.path!r} ({vocab.vocab_size} ids with extra ids); set "
+                    f"build_model.vocab_size to at least {vocab.vocab_size} (e.g. "
+                    f"{-(-vocab.vocab_size // 128) * 128}).")
   schedule = learning_rate_schedule or optimizers.rsqrt_decay()
   tx = (optimizer or optimizers.adafactor)(schedule)
   meta = {"arch": model.name, "config": dataclasses.asdict(model.config),
@@ -569,9 +568,9 @@ def _check_eval_dataset(dataset: data.DatasetConfig, arch: str):
   """Fail before training when the validation data yields no batch (not at step N)."""
   shard = dict(shard_index=jax.process_index(), num_shards=jax.process_count())
   if next(data.batches(dataset, arch, repeat=False, **shard), None) is None:
-    raise ValueError(f"validation: split {dataset.split!r} of task {dataset.task!r} yields "
-                     f"no batch of {dataset.batch_size} rows; use a larger validation split "
-                     f"or set eval_every (EVAL_PERIOD) to 0.")
+    raise UserError(f"validation: split {dataset.split!r} of task {dataset.task!r} yields "
+                    f"no batch of {dataset.batch_size} rows; use a larger validation split "
+                    f"or set eval_every (EVAL_PERIOD) to 0.")
 
 
 def evaluate_params(model, params, dataset: data.DatasetConfig, num_batches: int,
@@ -589,8 +588,8 @@ def evaluate_params(model, params, dataset: data.DatasetConfig, num_batches: int
     totals = m if totals is None else jax.tree_util.tree_map(jnp.add, totals, m)
     count += 1
   if totals is None:
-    raise ValueError(f"evaluation split {dataset.split!r} of task {dataset.task!r} produced "
-                     f"no batch of {dataset.batch_size} rows.")
+    raise UserError(f"evaluation split {dataset.split!r} of task {dataset.task!r} produced "
+                    f"no batch of {dataset.batch_size} rows.")
   out = trainer.summarize(totals)
   out["batches"] = count
   return out

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from arch_objective import layers
+from arch_objective.errors import UserError
 
 Array = jax.Array
 
@@ -54,7 +55,7 @@ def _split_microbatches(batch: Mapping[str, Array], k: int) -> dict[str, Array]:
   out = {}
   for name, value in batch.items():
     if value.shape[0] % k:
-      raise ValueError(f"batch size {value.shape[0]} is not divisible by num_microbatches={k}.")
+      raise UserError(f"batch size {value.shape[0]} is not divisible by num_microbatches={k}.")
     out[name] = value.reshape((k, value.shape[0] // k) + value.shape[1:])
   return out
 

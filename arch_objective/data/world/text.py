@@ -11,9 +11,10 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from arch_objective.study.world import entities as we
-from arch_objective.study.world import events as wv
-from arch_objective.study.world.facts import Facts
+from arch_objective.errors import UserError
+from arch_objective.data.world import entities as we
+from arch_objective.data.world import events as wv
+from arch_objective.data.world.facts import Facts
 
 
 
@@ -116,8 +117,8 @@ def fact_sentences(world: Facts, fact: we.Fact, mention: str = "full") -> list[s
   elif fact.relation in PHRASINGS:
     options = [p.format(**fields) for p in PHRASINGS[fact.relation]]
   else:
-    raise ValueError(f"no phrasing for relation {fact.relation!r}; phrased relations: "
-                     f"{', '.join(sorted(PHRASINGS))}, pet, owns.")
+    raise UserError(f"no phrasing for relation {fact.relation!r}; phrased relations: "
+                    f"{', '.join(sorted(PHRASINGS))}, pet, owns.")
   return [cap(o) for o in options]
 
 
@@ -425,4 +426,4 @@ def document(world: Facts, kind: str, key: str, rng: random.Random) -> str:
     return review(world, place, rng.choice(world.entities.people), rng)
   if kind == "pet":
     return pet_note(world, world.entity[key], rng)
-  raise ValueError(f"unknown document kind {kind!r}; valid: {', '.join(KINDS_OF_DOCUMENT)}.")
+  raise UserError(f"unknown document kind {kind!r}; valid: {', '.join(KINDS_OF_DOCUMENT)}.")

@@ -15,8 +15,9 @@ from __future__ import annotations
 import random
 from typing import Optional, Sequence
 
-from arch_objective.study.world import entities
-from arch_objective.study.world import events
+from arch_objective.errors import UserError
+from arch_objective.data.world import entities
+from arch_objective.data.world import events
 
 we = entities
 
@@ -63,8 +64,8 @@ class Facts:
     """The value of a relation with one value, or None when the subject has none."""
     values = self.values(subject, relation)
     if len(values) > 1:
-      raise ValueError(f"{subject} has {len(values)} values of {relation!r} ({values}); use "
-                       f"values().")
+      raise UserError(f"{subject} has {len(values)} values of {relation!r} ({values}); use "
+                      f"values().")
     return values[0] if values else None
 
   def holds(self, fact: Sequence[str]) -> bool:

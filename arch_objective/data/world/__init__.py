@@ -45,13 +45,14 @@ import os
 import random
 from typing import TYPE_CHECKING, Iterator, Optional
 
-from arch_objective.study.world import entities as we
-from arch_objective.study.world import events as wv
-from arch_objective.study.world import facts as facts_lib
-from arch_objective.study.world import prompts as wp
-from arch_objective.study.world import tasks as wk
-from arch_objective.study.world import text as wt
-from arch_objective.study.world.prompts import WorldPrompt
+from arch_objective.errors import UserError, integer_at_least
+from arch_objective.data.world import entities as we
+from arch_objective.data.world import events as wv
+from arch_objective.data.world import facts as facts_lib
+from arch_objective.data.world import prompts as wp
+from arch_objective.data.world import tasks as wk
+from arch_objective.data.world import text as wt
+from arch_objective.data.world.prompts import WorldPrompt
 
 if TYPE_CHECKING:
   from arch_objective.prompts.mixture import PromptedTask
@@ -78,8 +79,8 @@ class WorldConfig:
   def __post_init__(self):
     for field in ("num_chains", "train_examples", "validation_examples", "heldout_examples"):
       value = getattr(self, field)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"WorldConfig.{field} must be an integer >= 1, found {value!r}.")
+      if not integer_at_least(value, 1):
+        raise UserError(f"WorldConfig.{field} must be an integer >= 1, found {value!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,9 +130,8 @@ class World(facts_lib.Facts):
     if num_documents is None and target_bytes is None:
       target_bytes = DEFAULT_CORPUS_BYTES
     for name, limit in (("num_documents", num_documents), ("target_bytes", target_bytes)):
-      if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                                or limit < 1):
-        raise ValueError(f"corpus_documents: {name} must be an integer >= 1, found {limit!r}.")
+      if limit is not None and not integer_at_least(limit, 1):
+        raise UserError(f"corpus_documents: {name} must be an integer >= 1, found {limit!r}.")
     count = size = 0
     for round_index in itertools.count():
       for kind, key in wt.corpus_round(self, round_index):
@@ -155,14 +155,14 @@ class World(facts_lib.Facts):
     generator, so the first examples do not depend on how many there are."""
     generators = {**wk.TRAINING_GENERATORS, **wk.HELDOUT_GENERATORS}
     if family not in generators:
-      raise ValueError(f"unknown world task family {family!r}; valid: "
-                       f"{', '.join(generators)}.")
+      raise UserError(f"unknown world task family {family!r}; valid: "
+                      f"{', '.join(generators)}.")
     if split not in SPLITS:
-      raise ValueError(f"unknown split {split!r} for {family}; valid: {', '.join(SPLITS)}.")
+      raise UserError(f"unknown split {split!r} for {family}; valid: {', '.join(SPLITS)}.")
     heldout = family in wk.HELDOUT_GENERATORS
     if heldout and split == "train":
-      raise ValueError(f"{family} is a held-out family: it has no train split (its examples "
-                       f"are for zero-shot evaluation only); use 'validation' or 'test'.")
+      raise UserError(f"{family} is a held-out family: it has no train split (its examples "
+                      f"are for zero-shot evaluation only); use 'validation' or 'test'.")
     key = (family, split)
     if key not in self._examples:
       n = (self.config.heldout_examples if heldout else self.config.train_examples
@@ -213,8 +213,8 @@ class World(facts_lib.Facts):
         continue
       counts = {len(p.choices) for p in family.prompts}
       if len(counts) != 1:
-        raise ValueError(f"{family.name}: its prompts have {sorted(counts)} answer choices; "
-                         f"a classification family needs one number for all of them.")
+        raise UserError(f"{family.name}: its prompts have {sorted(counts)} answer choices; "
+                        f"a classification family needs one number for all of them.")
       (count,) = counts
       suite.append(HeldOutFamily(family.name, 1.0 / count, count, family.prompts,
                                  self.examples(family.name, split), split))
@@ -228,7 +228,7 @@ def make_world(seed: int = 0, **config) -> World:
   fields = {f.name for f in dataclasses.fields(WorldConfig)} - {"seed"}
   unknown = sorted(set(config) - fields)
   if unknown:
-    raise ValueError(f"make_world: unknown option(s) {unknown}; valid: {sorted(fields)}.")
+    raise UserError(f"make_world: unknown option(s) {unknown}; valid: {sorted(fields)}.")
   return World(WorldConfig(seed=seed, **config))
 
 

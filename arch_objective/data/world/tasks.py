@@ -16,11 +16,12 @@ from __future__ import annotations
 import random
 from typing import Callable
 
-from arch_objective.study.world import entities as we
-from arch_objective.study.world import events as wv
-from arch_objective.study.world.facts import Facts
-from arch_objective.study.world import prompts as wp
-from arch_objective.study.world import text as wt
+from arch_objective.errors import UserError
+from arch_objective.data.world import entities as we
+from arch_objective.data.world import events as wv
+from arch_objective.data.world.facts import Facts
+from arch_objective.data.world import prompts as wp
+from arch_objective.data.world import text as wt
 
 
 Example = dict
@@ -408,4 +409,4 @@ HELDOUT_GENERATORS: dict[str, Callable[[Facts, random.Random], Example]] = {
 }
 if set(TRAINING_GENERATORS) != set(wp.TRAINING_PROMPTS) or (
     set(HELDOUT_GENERATORS) != set(wp.HELDOUT_PROMPTS)):
-  raise ValueError("world_tasks and world_prompts disagree on the family names.")
+  raise UserError("world_tasks and world_prompts disagree on the family names.")

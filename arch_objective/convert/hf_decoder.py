@@ -19,11 +19,12 @@ itself, so that plain token ids (a tokenizer's output) follow Hugging Face's cau
 convention, logits[i] predicting input_ids[i + 1], with our numbers: a forward pass with
 nothing cached reads each row as `[0] + row` (the 0 just before the first token the
 padding mask marks; a row that already starts with 0 is read as it is) and returns the
-positions of the given ids; `generate()` prepends once, on its first pass. Exports written before the flag lack it and read rows exactly as
-given (`[0, t_1, ...]`). `AutoModelForSeq2SeqLM` loads `ArchObjectiveForSeq2SeqLM`, which
-takes (inputs, labels) and reads `[0] + inputs + labels`, the start token and the inputs
-being the ND's bidirectional prefix: that is how lm-eval's `hf` backend scores an ND as
-we do (`LM_EVAL_MODEL_ARGS`), since its causal-LM calls carry nothing that tells where a
+positions of the given ids; `generate()` prepends once, on its first pass. Exports
+written before the flag lack it and read rows exactly as given (`[0, t_1, ...]`).
+`AutoModelForSeq2SeqLM` loads `ArchObjectiveForSeq2SeqLM`, which takes (inputs, labels)
+and reads `[0] + inputs + labels`, the start token and the inputs being the ND's
+bidirectional prefix: that is how lm-eval's `hf` backend scores an ND as we do
+(`LM_EVAL_MODEL_ARGS`), since its causal-LM calls carry nothing that tells where a
 context ends.
 
 Weights (`name_map`; Linear weights are (out, in), so every kernel is transposed):
@@ -48,7 +49,8 @@ layer_norm_epsilon, mlp_activations, logits_via_embedding, and non_causal (arch 
 prepend_start_token (always true in new exports) is read by the PyTorch model only.
 Our `dtype` (the activation dtype) and `float32_attention_logits` have no counterpart:
 the PyTorch model computes in its parameters' dtype, with float32 norms, softmax and
-logits. `import_decoder_only` reads such a directory back to `(arch, config, params)`.
+logits. `import_decoder_only` reads such a directory back to `(arch, config, params)`; its
+files are read and written as every export's (`hf_files`).
 """
 from __future__ import annotations
 
@@ -59,7 +61,8 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from arch_objective import architectures, network, paths
-from arch_objective.convert import hf, hf_code, param_tree
+from arch_objective.convert import hf_code, hf_files, param_tree
+from arch_objective.errors import UserError, integer_at_least
 
 MODEL_TYPE = "arch_objective_decoder"
 ARCHITECTURE = "ArchObjectiveForCausalLM"
@@ -90,6 +93,7 @@ LM_EVAL_MODEL_ARGS = ("trust_remote_code=True,backend=seq2seq,add_bos_token=Fals
 LM_EVAL_CAUSAL_MODEL_ARGS = ("trust_remote_code=True,add_bos_token=False,prefix_token_id=0,"
                              "max_length=1280,dtype=float32")
 ACTIVATIONS = ("gelu", "relu", "silu", "linear")
+BLOCK = hf_files.CONFIG_BLOCK   # our own block in config.json: arch, config, meta
 
 
 def _mlp_names(config: network.TransformerConfig) -> list[str]:
@@ -120,18 +124,18 @@ def name_map(config: network.TransformerConfig) -> list[tuple[str, str, bool]]:
 
 def _check_arch(arch: str, where: str):
   if not architectures.is_decoder_only(arch):
-    raise ValueError(f"{where}: arch {arch!r} is not a decoder-only model; valid: "
-                     f"{', '.join(architectures.DECODER_ONLY)} (export the "
-                     f"{architectures.ENCODER_DECODER} with "
-                     f"`hf.export_hf`, as T5ForConditionalGeneration).")
+    raise UserError(f"{where}: arch {arch!r} is not a decoder-only model; valid: "
+                    f"{', '.join(architectures.DECODER_ONLY)} (export the "
+                    f"{architectures.ENCODER_DECODER} with "
+                    f"`hf.export_hf`, as T5ForConditionalGeneration).")
 
 
 def _check_activations(activations, where: str):
   unknown = [a for a in activations if a not in ACTIVATIONS]
   if not activations or unknown:
-    raise ValueError(f"{where}: mlp_activations {tuple(activations)!r} has activation(s) "
-                     f"{unknown} the PyTorch model does not implement; valid: "
-                     f"{list(ACTIVATIONS)}.")
+    raise UserError(f"{where}: mlp_activations {tuple(activations)!r} has activation(s) "
+                    f"{unknown} the PyTorch model does not implement; valid: "
+                    f"{list(ACTIVATIONS)}.")
 
 
 def hf_config(config: network.TransformerConfig, arch: str, *, dtype: Optional[str] = None,
@@ -162,8 +166,7 @@ def hf_config(config: network.TransformerConfig, arch: str, *, dtype: Optional[s
       "eos_token_id": 1,
       "bos_token_id": 0,
       "decoder_start_token_id": 0,
-      hf.CONFIG_BLOCK: {"arch": arch, "config": dataclasses.asdict(config),
-                        "meta": dict(meta or {})},
+      BLOCK: {"arch": arch, "config": dataclasses.asdict(config), "meta": dict(meta or {})},
   }
   if dtype is not None:
     out["dtype"] = dtype
@@ -173,7 +176,7 @@ def hf_config(config: network.TransformerConfig, arch: str, *, dtype: Optional[s
 def export_decoder_only(params: Mapping[str, Any], config: network.TransformerConfig,
                         arch: str, out_dir: str, *, dtype=None,
                         meta: Optional[Mapping[str, Any]] = None,
-                        max_shard_bytes: int = hf.DEFAULT_MAX_SHARD_BYTES) -> str:
+                        max_shard_bytes: int = hf_files.DEFAULT_MAX_SHARD_BYTES) -> str:
   """Write a `trust_remote_code` export of a CD/ND (see the module docstring); returns
   `out_dir`. `dtype` casts the floating-point weights (e.g. 'bfloat16'; default: kept).
   `meta` (vocabulary, lineage, ...) travels in config.json's `arch_objective` block.
@@ -181,25 +184,26 @@ def export_decoder_only(params: Mapping[str, Any], config: network.TransformerCo
   PyTorch model lacks, or an `out_dir` that already holds a config.json."""
   _check_arch(arch, "export")
   _check_activations(tuple(config.mlp_activations), "export")
-  hf._check_params(params, arch, config, "export")
-  flat = hf._flat_numpy(params, dtype)
+  hf_files.check_params(params, arch, config, "export")
+  flat = hf_files.flat_numpy(params, dtype)
   tensors = {theirs: (flat[ours].T if transpose else flat[ours])
              for ours, theirs, transpose in name_map(config)}
   dtypes = sorted({str(v.dtype) for v in tensors.values()})
-  out_dir = hf._prepare_out_dir(out_dir)
-  hf._write_weights(tensors, out_dir, max_shard_bytes)
+  out_dir = hf_files.prepare_out_dir(out_dir)
+  hf_files.write_weights(tensors, out_dir, max_shard_bytes)
   for name in hf_code.CODE_FILES:
     paths.write_text(paths.join(out_dir, name), (hf_code.CODE_DIR / name).read_text())
   config_json = hf_config(config, arch, dtype=dtypes[0] if len(dtypes) == 1 else None,
                           meta=meta)
-  paths.write_text(paths.join(out_dir, hf.CONFIG_FILE), json.dumps(config_json, indent=2))
+  paths.write_text(paths.join(out_dir, hf_files.CONFIG_FILE),
+                   json.dumps(config_json, indent=2))
   return out_dir
 
 
 def _int_field(config_json: Mapping[str, Any], name: str, where: str) -> int:
   value = config_json.get(name)
-  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-    raise ValueError(f"{where}: field {name!r} must be a positive integer, found {value!r}.")
+  if not integer_at_least(value, 1):
+    raise UserError(f"{where}: field {name!r} must be a positive integer, found {value!r}.")
   return value
 
 
@@ -207,7 +211,7 @@ def _float_field(config_json: Mapping[str, Any], name: str, default: float, wher
                  ) -> float:
   value = config_json.get(name, default)
   if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-    raise ValueError(f"{where}: field {name!r} must be a positive number, found {value!r}.")
+    raise UserError(f"{where}: field {name!r} must be a positive number, found {value!r}.")
   return float(value)
 
 
@@ -220,25 +224,25 @@ def config_from_hf(config_json: Mapping[str, Any], where: str
   from the Hugging Face fields (activation dtype: the TransformerConfig default).
   """
   if config_json.get("model_type") != MODEL_TYPE:
-    raise ValueError(f"{where}: model_type {config_json.get('model_type')!r} is not "
-                     f"{MODEL_TYPE!r}; this reader takes exports of `export_decoder_only`.")
+    raise UserError(f"{where}: model_type {config_json.get('model_type')!r} is not "
+                    f"{MODEL_TYPE!r}; this reader takes exports of `export_decoder_only`.")
   non_causal = config_json.get("non_causal", False)
   if not isinstance(non_causal, bool):
-    raise ValueError(f"{where}: field 'non_causal' must be true or false, found "
-                     f"{non_causal!r}.")
+    raise UserError(f"{where}: field 'non_causal' must be true or false, found "
+                    f"{non_causal!r}.")
   activations = config_json.get("mlp_activations", ["gelu", "linear"])
   if isinstance(activations, str) or not isinstance(activations, (list, tuple)):
-    raise ValueError(f"{where}: field 'mlp_activations' must be a list, found "
-                     f"{activations!r}.")
+    raise UserError(f"{where}: field 'mlp_activations' must be a list, found "
+                    f"{activations!r}.")
   _check_activations(tuple(activations), where)
   prepend = config_json.get("prepend_start_token", False)
   if not isinstance(prepend, bool):
-    raise ValueError(f"{where}: field 'prepend_start_token' must be true or false, found "
-                     f"{prepend!r}.")
+    raise UserError(f"{where}: field 'prepend_start_token' must be true or false, found "
+                    f"{prepend!r}.")
   tied = config_json.get("logits_via_embedding", True)
   if not isinstance(tied, bool):
-    raise ValueError(f"{where}: field 'logits_via_embedding' must be true or false, found "
-                     f"{tied!r}.")
+    raise UserError(f"{where}: field 'logits_via_embedding' must be true or false, found "
+                    f"{tied!r}.")
   fields = dict(
       vocab_size=_int_field(config_json, "vocab_size", where),
       emb_dim=_int_field(config_json, "d_model", where),
@@ -251,24 +255,23 @@ def config_from_hf(config_json: Mapping[str, Any], where: str
       layer_norm_epsilon=_float_field(config_json, "layer_norm_epsilon", 1e-6, where),
       mlp_activations=tuple(activations), logits_via_embedding=tied)
   arch = architectures.decoder_only(non_causal).name
-  block = config_json.get(hf.CONFIG_BLOCK)
+  block = config_json.get(BLOCK)
   if not block:
     fields["num_encoder_layers"] = fields["num_decoder_layers"]
     return arch, network.TransformerConfig(**fields)
   if not isinstance(block, Mapping) or not isinstance(block.get("config"), Mapping):
-    raise ValueError(f"{where}: field {hf.CONFIG_BLOCK!r} must be an object with a 'config' "
-                     f"object (the TransformerConfig), found {block!r}.")
-  from arch_objective.convert import model_dir
-  config = model_dir.config_from_dict(block["config"], f"{where} ({hf.CONFIG_BLOCK}.config)")
+    raise UserError(f"{where}: field {BLOCK!r} must be an object with a 'config' "
+                    f"object (the TransformerConfig), found {block!r}.")
+  config = network.config_from_dict(block["config"], f"{where} ({BLOCK}.config)")
   for name, value in fields.items():
     ours = getattr(config, name)
     if (tuple(ours) if name == "mlp_activations" else ours) != value:
-      raise ValueError(f"{where}: {hf.CONFIG_BLOCK}.config.{name} = {ours!r} disagrees with "
-                       f"the Hugging Face field ({value!r}); the file was edited by hand. "
-                       f"Make them agree.")
+      raise UserError(f"{where}: {BLOCK}.config.{name} = {ours!r} disagrees with "
+                      f"the Hugging Face field ({value!r}); the file was edited by hand. "
+                      f"Make them agree.")
   if block.get("arch", arch) != arch:
-    raise ValueError(f"{where}: {hf.CONFIG_BLOCK}.arch = {block.get('arch')!r} disagrees with "
-                     f"non_causal = {str(non_causal).lower()} ({arch}).")
+    raise UserError(f"{where}: {BLOCK}.arch = {block.get('arch')!r} disagrees with "
+                    f"non_causal = {str(non_causal).lower()} ({arch}).")
   return arch, config
 
 
@@ -276,21 +279,21 @@ def import_decoder_only(config_json: Mapping[str, Any], tensors: Mapping[str, np
                         path: str) -> tuple[str, network.TransformerConfig, dict]:
   """`(arch, config, params)` of an export: its config.json as a dict and its safetensors
   tensors by name (`path` names the directory in errors). Parameters keep their dtype."""
-  where = f"{path}/{hf.CONFIG_FILE}"
+  where = f"{path}/{hf_files.CONFIG_FILE}"
   arch, config = config_from_hf(config_json, where)
   table = name_map(config)
   expected = {theirs for _, theirs, _ in table}
   missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
   if missing or extra:
     report = param_tree.MatchReport(missing=tuple(missing), unexpected=tuple(extra))
-    raise ValueError(f"{path}: the weights do not fit the model its {hf.CONFIG_FILE} "
-                     f"describes: {report.describe()}. Check that the directory holds one "
-                     f"complete export.")
+    raise UserError(f"{path}: the weights do not fit the model its {hf_files.CONFIG_FILE} "
+                    f"describes: {report.describe()}. Check that the directory holds one "
+                    f"complete export.")
   flat = {ours: np.ascontiguousarray(np.asarray(tensors[theirs]).T if transpose
                                      else np.asarray(tensors[theirs]))
           for ours, theirs, transpose in table}
   params = param_tree.unflatten(flat)
-  hf._check_params(params, arch, config, path)
+  hf_files.check_params(params, arch, config, path)
   return arch, config, params
 
 
@@ -298,12 +301,9 @@ def read_decoder_only(path: str) -> tuple[str, network.TransformerConfig, dict]:
   """`import_decoder_only` of a directory (local or gs://) written by
   `export_decoder_only`."""
   path = paths.normalize(path, "Hugging Face directory")
-  config_file = paths.join(path, hf.CONFIG_FILE)
+  config_file = paths.join(path, hf_files.CONFIG_FILE)
   if not paths.isfile(config_file):
-    raise ValueError(f"no {hf.CONFIG_FILE} in {path}; pass a directory written by "
-                     f"`export_decoder_only`.")
-  try:
-    config_json = json.loads(paths.read_text(config_file))
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{config_file} is not valid JSON ({e}).") from None
-  return import_decoder_only(config_json, hf._read_weights(path), path)
+    raise UserError(f"no {hf_files.CONFIG_FILE} in {path}; pass a directory written by "
+                    f"`export_decoder_only`.")
+  return import_decoder_only(hf_files.read_json(config_file), hf_files.read_weights(path),
+                             path)

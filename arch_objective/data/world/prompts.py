@@ -22,6 +22,7 @@ import dataclasses
 import string
 from typing import Any, Mapping, Optional
 
+from arch_objective.errors import UserError
 from arch_objective.prompts.templates import Rendered
 
 
@@ -36,8 +37,8 @@ class WorldPrompt:
 
   def __post_init__(self):
     if bool(self.target) == bool(self.choices):
-      raise ValueError(f"world prompt {self.family}/{self.name}: give a target or answer "
-                       f"choices, not {'both' if self.target else 'neither'}.")
+      raise UserError(f"world prompt {self.family}/{self.name}: give a target or answer "
+                      f"choices, not {'both' if self.target else 'neither'}.")
 
   @property
   def has_choices(self) -> bool:
@@ -71,12 +72,12 @@ class WorldPrompt:
         choices, label = (), None
         targets = self.target.format_map(example).strip()
     except KeyError as e:
-      raise ValueError(f"world prompt {self.family}/{self.name}: the example has no field "
-                       f"{e}; it has {sorted(example)}.") from None
+      raise UserError(f"world prompt {self.family}/{self.name}: the example has no field "
+                      f"{e}; it has {sorted(example)}.") from None
     if self.choices:
       if not isinstance(label, int) or not 0 <= label < len(choices):
-        raise ValueError(f"world prompt {self.family}/{self.name}: label {label!r} is not an "
-                         f"index of its {len(choices)} choices.")
+        raise UserError(f"world prompt {self.family}/{self.name}: label {label!r} is not an "
+                        f"index of its {len(choices)} choices.")
       targets = choices[label]
     if not targets:
       return None

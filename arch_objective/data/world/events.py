@@ -22,7 +22,8 @@ import functools
 import random
 from typing import Mapping, NamedTuple
 
-from arch_objective.study.world import entities as we
+from arch_objective.errors import UserError
+from arch_objective.data.world import entities as we
 
 
 class EventType(NamedTuple):
@@ -158,9 +159,9 @@ def _check_table() -> None:
   for name, event in EVENTS.items():
     unknown = [e for e in event.effects if e not in EVENTS]
     if unknown or event.topic not in TOPICS:
-      raise ValueError(f"event {name!r}: unknown effects {unknown} or topic {event.topic!r}.")
+      raise UserError(f"event {name!r}: unknown effects {unknown} or topic {event.topic!r}.")
     if name not in ROOTS and not event.negation:
-      raise ValueError(f"event {name!r} is an effect and needs a negation.")
+      raise UserError(f"event {name!r} is an effect and needs a negation.")
 
 
 _check_table()
@@ -231,7 +232,7 @@ MENTIONS = ("full", "first", "pronoun")
 def slots(chain: Chain, entity: Mapping[str, object], mention: str = "full") -> dict[str, str]:
   """The values of the event slots for `chain`, naming the actor by `mention`."""
   if mention not in MENTIONS:
-    raise ValueError(f"unknown mention {mention!r}; valid: {', '.join(MENTIONS)}.")
+    raise UserError(f"unknown mention {mention!r}; valid: {', '.join(MENTIONS)}.")
   actor = entity[chain.actor]
   subject, _, poss = actor.pronouns
   name = {"full": actor.name, "first": actor.first, "pronoun": subject}[mention]
@@ -249,7 +250,7 @@ def clause(event: str, values: Mapping[str, str], negated: bool = False) -> str:
   """The event (or its negation) as a clause: 'heavy rain fell on Millford'."""
   text = EVENTS[event].negation if negated else EVENTS[event].text
   if not text:
-    raise ValueError(f"event {event!r} has no negation (roots have none).")
+    raise UserError(f"event {event!r} has no negation (roots have none).")
   return text.format(**values)
 
 

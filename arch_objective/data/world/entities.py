@@ -22,6 +22,8 @@ import dataclasses
 import random
 from typing import Iterable, NamedTuple, Optional
 
+from arch_objective.errors import UserError
+
 FEMALE_NAMES = (
     "Ada", "Alma", "Anna", "Beth", "Clara", "Cora", "Dina", "Edith", "Elsa", "Emma", "Fay",
     "Flora", "Greta", "Hanna", "Hazel", "Ida", "Iris", "Ivy", "Jane", "June", "Kate", "Lena",
@@ -197,7 +199,7 @@ class Entities:
 def _town_names(rng: random.Random, n: int) -> list[str]:
   names = [h + t for h in TOWN_HEADS for t in TOWN_TAILS]
   if n > len(names):
-    raise ValueError(f"num_towns={n} exceeds the {len(names)} town names the world can make.")
+    raise UserError(f"num_towns={n} exceeds the {len(names)} town names the world can make.")
   return rng.sample(names, n)
 
 
@@ -210,14 +212,14 @@ def build_entities(rng: random.Random, num_people: int, num_towns: int,
   ten keep a pet, and everyone has one to three friends and one thing.
   """
   if num_towns < 1 or num_people < 4:
-    raise ValueError(f"a world needs num_towns >= 1 and num_people >= 4, found "
-                     f"num_towns={num_towns}, num_people={num_people}.")
+    raise UserError(f"a world needs num_towns >= 1 and num_people >= 4, found "
+                    f"num_towns={num_towns}, num_people={num_people}.")
   if not 2 <= places_per_town <= len(KINDS):
-    raise ValueError(f"places_per_town must be in [2, {len(KINDS)}], found {places_per_town}.")
+    raise UserError(f"places_per_town must be in [2, {len(KINDS)}], found {places_per_town}.")
   max_people = (len(FEMALE_NAMES) + len(MALE_NAMES)) * len(SURNAMES) // 2
   if num_people > max_people:
-    raise ValueError(f"num_people={num_people} exceeds the {max_people} distinct names the "
-                     f"world can make.")
+    raise UserError(f"num_people={num_people} exceeds the {max_people} distinct names the "
+                    f"world can make.")
   towns = []
   for i, name in enumerate(_town_names(rng, num_towns)):
     towns.append(Town(f"town:{i}", name, rng.choice(REGIONS), rng.choice(PRODUCTS),
