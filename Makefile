@@ -1,5 +1,7 @@
-# make run   : the main job (see README)
-# make test  : the test suite
+# make run       : the main job (see README)
+# make test      : the whole test suite (what CI runs)
+# make test-fast : the unit tests only (tests not marked slow)
+# make docs      : the documentation site, built strictly into site/
 # Each target sets up .venv first; the set-up is skipped when nothing changed.
 PYTHON ?= python3
 VENV   := .venv
@@ -8,7 +10,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 SETUP_INPUTS := setup.py Makefile $(wildcard requirements/*.txt)
 
-.PHONY: run test bench install clean
+.PHONY: run test test-fast bench docs install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +18,7 @@ $(PY):
 
 $(STAMP): $(PY) $(SETUP_INPUTS)
 	$(PIP) install -r requirements/core.txt -r requirements/prompts.txt \
-	  -r requirements/eval.txt -r requirements/test.txt
+	  -r requirements/eval.txt -r requirements/test.txt -r requirements/docs.txt
 	$(PIP) install --no-deps -r requirements/nodeps.txt
 	$(PIP) install --no-deps --ignore-requires-python promptsource==0.2.3
 	$(PIP) install --no-deps -e .
@@ -32,8 +34,15 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q tests
 
+test-fast: $(STAMP)
+	$(PY) -m pytest -n 2 -q -m "not slow" tests
+
+docs: $(STAMP)
+	$(PY) docs/gen_reference.py
+	$(PY) -m mkdocs build --strict --site-dir site
+
 bench: $(STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info site

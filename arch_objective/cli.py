@@ -3,6 +3,7 @@
   arch-objective plan --arch ARCH --size SIZE [--length L]   model accounting as JSON
   arch-objective data stats --task NAME [--corpus PATH] ...   what a task's rows contain
   arch-objective data show --task NAME [--corpus PATH] ...    rows decoded, roles marked
+  arch-objective data example --out DIR                       offline example data (world)
   arch-objective train --gin_file F [--gin.NAME=VALUE ...]    train (t5x-style, gin-configured)
   arch-objective evaluate --gin_file F [--gin.NAME=VALUE ...] evaluate a checkpoint
   arch-objective eval t0 --checkpoint PATH | --gin_file F ... T0-Eval (rank classification)
@@ -239,6 +240,14 @@ def _smoke(args) -> int:
 EXAMPLE_DIR = "/tmp/arch_objective_example"
 EXAMPLES = {
     "plan": "arch-objective plan --arch encoder_decoder --size paper",
+    "data example": ("arch-objective data example --out /tmp/arch_objective_example/data "
+                     "--corpus_bytes 300000"),
+    "data stats": ("arch-objective data stats --task local_span_corruption --corpus "
+                   "/tmp/arch_objective_example/data/corpus.jsonl --vocabulary "
+                   "/tmp/arch_objective_example/data/spm.model --num 8"),
+    "data show": ("arch-objective data show --task local_prefix_lm_decoder --corpus "
+                  "/tmp/arch_objective_example/data/corpus.jsonl --vocabulary "
+                  "/tmp/arch_objective_example/data/spm.model --length 64 --num 1"),
     "train": ("arch-objective train --gin_file=experiments/paper/cd_flm.gin "
               "--gin_file=local.gin --gin.MODEL_DIR=\"'/tmp/arch_objective_example/cd'\""),
     "evaluate": ("arch-objective evaluate --gin_file=models/causal_decoder.gin "
@@ -253,7 +262,30 @@ EXAMPLES = {
                      "--limit 4"),
     "convert hf-out": ("arch-objective convert hf-out --model_dir /tmp/arch_objective_example/cd "
                        "--out /tmp/arch_objective_example/cd_hf"),
+    "convert hf-in": ("arch-objective convert hf-in --hf_dir "
+                      "/tmp/arch_objective_example/cd_hf "
+                      "--out /tmp/arch_objective_example/cd_from_hf"),
+    "convert t5x-out": ("arch-objective convert t5x-out --model_dir "
+                        "/tmp/arch_objective_example/cd "
+                        "--out /tmp/arch_objective_example/cd_t5x"),
+    "convert t5x-in": ("arch-objective convert t5x-in --checkpoint "
+                       "/tmp/arch_objective_example/cd_t5x "
+                       "--out /tmp/arch_objective_example/cd_from_t5x"),
+    "convert switch-arch": ("arch-objective convert switch-arch --model_dir "
+                            "/tmp/arch_objective_example/cd --arch non_causal_decoder "
+                            "--out /tmp/arch_objective_example/nd"),
 }
+# Examples `--help` prints that take minutes (a whole study); tests/test_newcomer_help.py
+# parses each of them.
+SLOW_EXAMPLES = {
+    "study": "arch-objective study --preset quick --out /tmp/study_quick",
+    "smoke": "arch-objective smoke --out /tmp/study_smoke",
+    "compare-studies": ("arch-objective compare-studies /tmp/study_quick /tmp/study_medium "
+                        "--out /tmp/study_compare"),
+}
+# The example a command group's `--help` ends with: that of one of its subcommands.
+GROUP_EXAMPLES = {"arch-objective": "plan", "data": "data example", "eval": "eval t0",
+                  "convert": "convert hf-out"}
 _GIN_FLAGS = ("Bind gin macros or parameters with --gin.NAME=VALUE (strings in two quotes: "
               "--gin.MODEL_DIR=\"'/tmp/run'\"); t5x's names work too: TASK_FEATURE_LENGTHS, "
               "RANDOM_SEED, USE_CACHED_TASKS=False, --gin_search_paths=DIR[,DIR].")
@@ -264,7 +296,8 @@ def _epilog(command: str, extra: str = "") -> str:
   `argparse.RawDescriptionHelpFormatter`)."""
   import textwrap
   prose = textwrap.fill(extra, 88) + "\n\n" if extra else ""
-  return f"{prose}example:\n  {EXAMPLES[command]}"
+  example = EXAMPLES.get(command) or SLOW_EXAMPLES[command]
+  return f"{prose}example:\n  {example}"
 
 
 _RAW = dict(formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -411,17 +444,81 @@ def positive_float(text: str) -> float:
   return value
 
 
+_STUDY_PRESETS = ("smoke", "quick", "medium", "full")
+
+
+def _study_fields() -> list[str]:
+  """The field names of `study.run.StudyConfig`, read from its source (importing it
+  would import JAX, which `--help` does not need)."""
+  import ast
+  import importlib.util
+  origin = importlib.util.find_spec("arch_objective.study.run").origin
+  with open(origin, encoding="utf-8") as f:
+    tree = ast.parse(f.read())
+  for node in tree.body:
+    if isinstance(node, ast.ClassDef) and node.name == "StudyConfig":
+      return [n.target.id for n in node.body
+              if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
+  return []
+
+
+def _study_overrides() -> str:
+  return (f"The preset (default: quick) is a gin file; override any of its values with "
+          f"--gin.StudyConfig.NAME=VALUE (e.g. --gin.StudyConfig.pretrain_steps=50), NAME "
+          f"one of: {', '.join(_study_fields())}. Resuming a study with other values warns "
+          f"and names them.")
+
+
+def _group_epilog(group: str) -> str:
+  """The `example:` block of a command group's `--help` (`GROUP_EXAMPLES`)."""
+  return f"example:\n  {EXAMPLES[GROUP_EXAMPLES[group]]}"
+
+
+def _add_data_example_parser(data_sub):
+  p = data_sub.add_parser(
+      "example", help="write offline example data: the synthetic world's corpus, a "
+                      "SentencePiece vocabulary and its held-out T0-Eval-style suite",
+      epilog=_epilog("data example", (
+          "Writes DIR/corpus.jsonl (a 'text' field per line), DIR/spm.model (trained on "
+          "it, with 100 extra ids), DIR/t0_eval/ (the world's held-out families, for "
+          "`eval t0 --data_dir DIR/t0_eval`) and DIR/README.txt; the same world as "
+          "gin/local.gin and the study use.")), **_RAW)
+  p.add_argument("--out", required=True, metavar="DIR",
+                 help="a new or empty directory for the files")
+  p.add_argument("--corpus_bytes", type=positive_int, default=None,
+                 help="bytes of corpus text (default 4000000, as gin/local.gin's world)")
+  p.add_argument("--vocab_pieces", type=positive_int, default=None,
+                 help="SentencePiece pieces before the 100 extra ids (default 400, as "
+                      "gin/local.gin's world)")
+  p.add_argument("--eval_examples", type=positive_int, default=None,
+                 help="examples per held-out family in t0_eval/ (default 300: all of the "
+                      "world's validation split)")
+  p.set_defaults(func=_data_example)
+
+
+def _data_example(args) -> int:
+  from arch_objective.data import example_data
+  written = example_data.write_example_data(
+      args.out, corpus_bytes=args.corpus_bytes, vocab_pieces=args.vocab_pieces,
+      eval_examples=args.eval_examples)
+  print(json.dumps(written, indent=2))
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   from arch_objective.architectures import ARCHITECTURES, SIZES
   parser = _Parser(
       prog="arch-objective",
-      description="Architectures and pretraining objectives for zero-shot generalisation.")
-  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+      description="Architectures and pretraining objectives for zero-shot generalisation.",
+      epilog=_group_epilog("arch-objective"), **_RAW)
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                              help="what to do (each has its own --help)")
 
   plan = sub.add_parser("plan", help="parameters and FLOPs of a model, as JSON (allocates nothing)",
                         epilog=_epilog("plan"), **_RAW)
-  plan.add_argument("--arch", choices=ARCHITECTURES)
-  plan.add_argument("--size", choices=list(SIZES))
+  plan.add_argument("--arch", choices=ARCHITECTURES, help="architecture of the model")
+  plan.add_argument("--size", choices=list(SIZES),
+                    help="size preset of the model (gin/sizes/<size>.gin)")
   plan.add_argument("--model_dir", help="describe a checkpoint instead: config and lineage")
   plan.add_argument("--gin_file", action="append",
                     help="plan a run from its gin files (repeatable; --gin.NAME=VALUE binds)")
@@ -435,11 +532,15 @@ def build_parser() -> argparse.ArgumentParser:
   plan.add_argument("--targets_length", type=positive_int, default=114, help="decoder length (ED)")
   plan.set_defaults(func=_plan)
 
-  data = sub.add_parser("data", help="inspect pretraining tasks")
-  data_sub = data.add_subparsers(dest="data_command", required=True, metavar="stats|show")
+  data = sub.add_parser("data", help="inspect pretraining tasks; write example data",
+                        epilog=_group_epilog("data"), **_RAW)
+  data_sub = data.add_subparsers(dest="data_command", required=True,
+                                 metavar="stats|show|example",
+                                 help="what to do with the data (each has its own --help)")
+  _add_data_example_parser(data_sub)
   for name, help_text in (("stats", "JSON statistics of a task's rows"),
                           ("show", "rows decoded with each token's role marked")):
-    p = data_sub.add_parser(name, help=help_text)
+    p = data_sub.add_parser(name, help=help_text, epilog=_epilog(f"data {name}"), **_RAW)
     p.add_argument("--task", required=True,
                    help="c4_<kind> or, with --corpus, local_<kind>; kinds: full_lm, "
                         "prefix_lm_decoder, prefix_lm_encoder_decoder, span_corruption")
@@ -450,8 +551,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocabulary", help="SentencePiece model (default: the T5 vocabulary on GCS)")
     p.add_argument("--arch", choices=ARCHITECTURES, help="reader (default: the task's)")
     p.add_argument("--length", type=positive_int, default=626, help="decoder length (paper: 626)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--split", default="train",
+                   help="split of the task to read (default: train)")
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed of the task's shuffling and span sampling (default 0)")
     p.add_argument("--num", type=positive_int, default=100 if name == "stats" else 2,
                    help="rows to read")
     p.add_argument("--tfds_data_dir", help="where c4/en is prepared (c4 tasks)")
@@ -471,18 +574,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "processes (default 300, or ARCH_OBJECTIVE_COORDINATOR_TIMEOUT)")
     p.set_defaults(func=_run_gin)
 
-  evaluation = sub.add_parser("eval", help="zero-shot evaluation of a checkpoint")
-  eval_sub = evaluation.add_subparsers(dest="eval_command", required=True, metavar="t0|harness")
+  evaluation = sub.add_parser("eval", help="zero-shot evaluation of a checkpoint",
+                              epilog=_group_epilog("eval"), **_RAW)
+  eval_sub = evaluation.add_subparsers(dest="eval_command", required=True,
+                                       metavar="t0|harness",
+                                       help="which evaluation (each has its own --help)")
   _add_eval_parsers(eval_sub, ARCHITECTURES)
 
   from arch_objective.convert import cli as convert_cli
   convert_cli.add_parser(sub, examples={name[len("convert "):]: text
                                         for name, text in EXAMPLES.items()
-                                        if name.startswith("convert ")})
+                                        if name.startswith("convert ")},
+                         group_example=EXAMPLES[GROUP_EXAMPLES["convert"]])
 
-  study = sub.add_parser("study", help="the laptop-scale study: the whole pipeline on a CPU")
-  study.add_argument("--preset", default="quick",
-                     choices=["smoke", "quick", "medium", "full"])
+  study = sub.add_parser("study", help="the laptop-scale study: the whole pipeline on a CPU",
+                         epilog=_epilog("study", _study_overrides()), **_RAW)
+  study.add_argument("--preset", default="quick", choices=list(_STUDY_PRESETS),
+                     help="gin/experiments/study/<preset>.gin: smoke (minutes), quick (the "
+                          "default), medium, full (hours); --gin.StudyConfig.NAME=VALUE "
+                          "overrides its values")
   study.add_argument("--out", required=True, help="output directory (an existing one resumes)")
   study.add_argument("--nc_a", action=argparse.BooleanOptionalAction, default=None,
                      help="also run the NC-A adaptation (default: the preset's choice)")
@@ -494,7 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
 
   compare = sub.add_parser(
       "compare-studies", help="two finished studies (say medium and full) on the examples "
-                              "both scored: each model's change and each contrast's, paired")
+                              "both scored: each model's change and each contrast's, paired",
+      epilog=_epilog("compare-studies"), **_RAW)
   compare.add_argument("before", help="a study folder (what `arch-objective study` wrote)")
   compare.add_argument("after", help="another study folder of the same world")
   compare.add_argument("--out", help="also write compare.md and compare.json here")
@@ -503,7 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
   compare.set_defaults(func=_compare_studies)
 
   smoke = sub.add_parser("smoke", help="the study's smoke preset: the whole pipeline, tiny, "
-                                      "in about two minutes")
+                                      "in about two minutes",
+                         epilog=_epilog("smoke"), **_RAW)
   smoke.add_argument("--out", help="keep the smoke study here (default: a temporary directory)")
   smoke.set_defaults(func=_smoke)
   return parser

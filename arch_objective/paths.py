@@ -99,17 +99,48 @@ def as_path(path) -> epath.Path:
   return epath.Path(path)
 
 
+class Unreachable(UserError):
+  """Remote storage did not answer whether a path exists (credentials, permissions,
+  network): not the same as an answer that it does not exist."""
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+  text = " ".join(str(error).split()) or type(error).__name__
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _ask(path, question):
+  """`question(epath.Path)` of `path`; for a remote path, any error of the storage
+  backend (gcsfs, TensorFlow's gfile, google-auth, tensorstore raise their own types)
+  becomes an `Unreachable` naming the path and quoting the storage's error."""
+  p = as_path(path)
+  if not is_remote(path):
+    return question(p)
+  try:
+    return question(p)
+  except UserError:
+    raise
+  except Exception as e:  # every backend has its own exception types
+    raise Unreachable(
+        f"cannot reach {path} (the storage did not answer whether it exists: "
+        f"{type(e).__name__}: {_first_line(e)}); check the credentials (e.g. `gcloud auth "
+        f"application-default login` or GOOGLE_APPLICATION_CREDENTIALS), the bucket's "
+        f"permissions and the network.") from e
+
+
 def exists(path) -> bool:
-  return as_path(path).exists()
+  """Whether `path` exists; `Unreachable` when remote storage cannot tell."""
+  return _ask(path, lambda p: p.exists())
 
 
 def isdir(path) -> bool:
-  return as_path(path).is_dir()
+  """Whether `path` is a directory; `Unreachable` when remote storage cannot tell."""
+  return _ask(path, lambda p: p.is_dir())
 
 
 def isfile(path) -> bool:
-  p = as_path(path)
-  return p.exists() and not p.is_dir()
+  """Whether `path` is a file; `Unreachable` when remote storage cannot tell."""
+  return _ask(path, lambda p: p.exists() and not p.is_dir())
 
 
 def listdir(path) -> list[str]:

@@ -62,6 +62,51 @@ def _check_vocab_size(vocabulary: str, vocab_size, what: str = "--vocab_size") -
                     f"extra ids included (T5: 32100).")
 
 
+# Written by `convert t5x-out` beside the t5x files: what `convert t5x-in` needs to
+# rebuild the model (arch, exact config, vocabulary) without options.
+T5X_MODEL_CONFIG = "model_config.json"
+
+
+def read_t5x_model_config(checkpoint: str) -> Optional[dict]:
+  """The `model_config.json` that `convert t5x-out` wrote beside a t5x checkpoint
+  (`checkpoint` in any form `t5x.find_checkpoint` takes), or None for a checkpoint
+  without one (a released t5x checkpoint)."""
+  from arch_objective import paths
+  from arch_objective.convert import t5x
+  checkpoint_dir, _ = t5x.find_checkpoint(checkpoint)
+  path = paths.join(checkpoint_dir, T5X_MODEL_CONFIG)
+  if not paths.exists(path):
+    return None
+  try:
+    recorded = json.loads(paths.read_text(path))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UserError(f"{path}: not valid JSON ({e}); remove it and give --arch and --size."
+                    ) from None
+  if not isinstance(recorded, dict) or "arch" not in recorded or "config" not in recorded:
+    raise UserError(f"{path}: expected a JSON object with 'arch' and 'config' (written by "
+                    f"`convert t5x-out`); remove it and give --arch and --size.")
+  return recorded
+
+
+def _t5x_in_model_builder(args, recorded: Optional[dict], overrides: dict):
+  """A function of extra config overrides building the model `t5x-in` loads: from
+  --arch/--size (and --config), else from the config `convert t5x-out` recorded."""
+  from arch_objective import models
+  if args.size is not None:
+    arch = args.arch or (recorded or {}).get("arch")
+    if arch is None:
+      raise UserError("convert t5x-in: --size needs --arch (the checkpoint records no "
+                      "architecture).")
+    return lambda **extra: models.build_model(arch, args.size, **dict(overrides, **extra))
+  if recorded is None:
+    raise UserError(f"convert t5x-in: {args.checkpoint} has no {T5X_MODEL_CONFIG} (only "
+                    f"`convert t5x-out` writes one); give --arch and --size the checkpoint "
+                    f"was trained with, and --config NAME=VALUE for fields that differ from "
+                    f"the size preset (e.g. --config vocab_size=32128).")
+  return lambda **extra: models.from_meta(recorded, args.checkpoint, args.arch,
+                                          **dict(overrides, **extra))
+
+
 def _t5x_in(args) -> dict:
   import jax
   from arch_objective import models
@@ -70,15 +115,21 @@ def _t5x_in(args) -> dict:
   overrides = _parse_overrides(args.config)
   if _check_dtype(args) is not None:   # a t5x-in --dtype, should the parser offer one
     overrides["dtype"] = _check_dtype(args)
-  model = models.build_model(args.arch, args.size, **overrides)
-  vocabulary = args.vocabulary or vocabularies.DEFAULT_VOCABULARY_PATH
-  _check_vocab_size(vocabulary, args.vocab_size)
+  recorded = read_t5x_model_config(args.checkpoint)
+  build = _t5x_in_model_builder(args, recorded, overrides)
+  model = build()
+  args.arch = args.arch or model.name
+  vocabulary = (args.vocabulary or (recorded or {}).get("vocabulary")
+                or vocabularies.DEFAULT_VOCABULARY_PATH)
+  vocab_size = args.vocab_size or (recorded or {}).get("vocab_size") or DEFAULT_VOCAB_SIZE
+  _check_vocab_size(vocabulary, vocab_size, "--vocab_size" if args.vocab_size else
+                    "the recorded vocab_size" if recorded else "--vocab_size")
   checkpoint = t5x.read_t5x_checkpoint(args.checkpoint)
   if "dtype" not in overrides:   # the checkpoint's dtype, not the size preset's default
     stored = param_tree.floating_dtype_of(checkpoint["params"])
     if stored is not None and stored != model.config.dtype:
       stored = "float32" if stored == "float64" else stored
-      model = models.build_model(args.arch, args.size, **dict(overrides, dtype=stored))
+      model = build(dtype=stored)
   checkpoint["params"] = param_tree.cast_floating(checkpoint["params"], "float32")
   step = 0 if args.reset_step or checkpoint["step"] is None else checkpoint["step"]
   entry = {"checkpoint": args.checkpoint, "step": checkpoint["step"], "arch": args.arch,
@@ -97,7 +148,8 @@ def _t5x_in(args) -> dict:
     params = t5x.to_model_params(checkpoint["params"], model)
   written = model_dir.write_model_dir(
       args.out, args.arch, model.config, params, step=step,
-      vocabulary=vocabulary, vocab_size=args.vocab_size, lineage=[entry])
+      vocabulary=vocabulary, vocab_size=vocab_size, task=(recorded or {}).get("task"),
+      lineage=list((recorded or {}).get("lineage") or []) + [entry])
   report = {"model_dir": args.out, "checkpoint": written, "step": step,
             "dtype": model.config.dtype}
   if args.allow_missing:
@@ -106,13 +158,23 @@ def _t5x_in(args) -> dict:
 
 
 def _t5x_out(args) -> dict:
+  from arch_objective import paths
   from arch_objective.convert import t5x
   from arch_objective.training import checkpoints
   _check_dtype(args)
-  _, params, meta, step = checkpoints.open_model_dir(args.model_dir)
+  model, params, meta, step = checkpoints.open_model_dir(args.model_dir)
   written = t5x.write_t5x_checkpoint(params, args.out, step, dtype=args.dtype,
                                      use_tensorstore=not args.inline)
-  return {"checkpoint": written, "step": step, "arch": meta.get("arch")}
+  config = dict(meta.get("config") or {})
+  if args.dtype and "dtype" in config:
+    config["dtype"] = "float32" if args.dtype == "float64" else args.dtype
+  recorded = {"arch": meta.get("arch"), "config": config,
+              "vocabulary": meta.get("vocabulary"), "vocab_size": meta.get("vocab_size"),
+              "task": meta.get("task"), "step": step, "lineage": meta.get("lineage", [])}
+  config_path = paths.join(written, T5X_MODEL_CONFIG)
+  paths.write_text(config_path, json.dumps(recorded, indent=2))
+  return {"checkpoint": written, "step": step, "arch": meta.get("arch"),
+          "model_config": config_path}
 
 
 def _hf_out(args) -> dict:
@@ -124,7 +186,14 @@ def _hf_out(args) -> dict:
   config = model.config
   carried = dict({k: meta.get(k) for k in ("vocabulary", "vocab_size", "task", "lineage")},
                  step=step)
-  vocabulary = None if args.no_tokenizer else (args.vocabulary or meta.get("vocabulary"))
+  vocabulary = None
+  if not args.no_tokenizer and not args.vocabulary and meta.get("vocabulary"):
+    try:
+      vocabulary = checkpoints.recorded_vocabulary(meta, args.model_dir)
+    except FileNotFoundError:
+      vocabulary = meta.get("vocabulary")    # named in the error of the export below
+  elif not args.no_tokenizer:
+    vocabulary = args.vocabulary
   if not args.no_tokenizer and not vocabulary:
     raise UserError(f"{args.model_dir} records no vocabulary; pass the SentencePiece model "
                     f"with --vocabulary, or --no_tokenizer to export the weights alone.")
@@ -184,38 +253,59 @@ def run(args) -> int:
   return 0
 
 
-def add_parser(subparsers, examples: Optional[Mapping[str, str]] = None
-               ) -> argparse.ArgumentParser:
+def add_parser(subparsers, examples: Optional[Mapping[str, str]] = None,
+               group_example: Optional[str] = None) -> argparse.ArgumentParser:
   """Add `convert` and its subcommands (`COMMANDS`) to `subparsers` (the
   `add_subparsers()` of the `arch-objective` parser, whose parser class they take);
   returns the `convert` parser. `examples` maps a subcommand to a command line its
-  `--help` ends with. Parsed, a command runs through `args.func(args)` (`run`)."""
+  `--help` ends with; `group_example`, the one `convert --help` ends with. Parsed, a
+  command runs through `args.func(args)` (`run`)."""
   from arch_objective.architectures import ARCHITECTURES, SIZES
   examples = dict(examples or {})
+  raw = argparse.RawDescriptionHelpFormatter
   convert = subparsers.add_parser(
-      "convert", help="convert checkpoints: t5x in/out, Hugging Face out/in, CD <-> ND")
+      "convert", help="convert checkpoints: t5x in/out, Hugging Face out/in, CD <-> ND",
+      epilog=f"example:\n  {group_example}" if group_example else None,
+      formatter_class=raw)
   sub = convert.add_subparsers(dest="convert_command", required=True,
-                               metavar="|".join(COMMANDS))
+                               metavar="|".join(COMMANDS),
+                               help="which conversion (each has its own --help)")
 
-  p = sub.add_parser("t5x-in", help="a t5x checkpoint (e.g. a released one) -> MODEL_DIR")
+  p = sub.add_parser("t5x-in", help="a t5x checkpoint (e.g. a released one) -> MODEL_DIR",
+                     epilog=_epilog(examples, "t5x-in", (
+                         "A checkpoint written by `convert t5x-out` carries its model's "
+                         "arch, config and vocabulary (model_config.json beside it): "
+                         "nothing else is needed. For another t5x checkpoint give --arch "
+                         "and --size, and --config NAME=VALUE where its config differs "
+                         "from the size preset's.")),
+                     formatter_class=raw)
   p.add_argument("--checkpoint", required=True,
                  help="checkpoint_<step> directory (local or gs://), or its parent")
-  p.add_argument("--arch", required=True, choices=ARCHITECTURES)
-  p.add_argument("--size", required=True, choices=list(SIZES))
+  p.add_argument("--arch", choices=ARCHITECTURES,
+                 help="architecture of the checkpoint (default: the one recorded by "
+                      "`convert t5x-out`; required for other checkpoints)")
+  p.add_argument("--size", choices=list(SIZES),
+                 help="size preset the config starts from (default: the exact config "
+                      "recorded by `convert t5x-out`; required for other checkpoints)")
   p.add_argument("--out", required=True, help="the new MODEL_DIR")
   p.add_argument("--config", action="append", default=[], metavar="NAME=VALUE",
                  help="model config override, e.g. vocab_size=32128 (repeatable)")
   p.add_argument("--vocabulary", default=None,
                  help="SentencePiece model recorded in the meta (default: T5's)")
-  p.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE,
-                 help="ids of that vocabulary incl. extra ids (default 32100)")
+  p.add_argument("--vocab_size", type=int, default=None,
+                 help="ids of that vocabulary incl. extra ids (default: the recorded one, "
+                      "else 32100)")
   p.add_argument("--reset_step", action="store_true",
                  help="start the step (and optimiser counters) at 0, not the t5x step")
   p.add_argument("--allow_missing", action="store_true",
                  help="load what fits, fill the rest from a fresh init and report it")
   p.add_argument("--seed", type=int, default=0, help="init seed for --allow_missing")
 
-  p = sub.add_parser("t5x-out", help="MODEL_DIR -> DIR/checkpoint_<step> in t5x's format")
+  p = sub.add_parser("t5x-out", help="MODEL_DIR -> DIR/checkpoint_<step> in t5x's format",
+                     epilog=_epilog(examples, "t5x-out", (
+                         "Also writes DIR/checkpoint_<step>/model_config.json (arch, "
+                         "config, vocabulary), which `convert t5x-in` reads back.")),
+                     formatter_class=raw)
   p.add_argument("--model_dir", required=True,
                  help="MODEL_DIR or MODEL_DIR/checkpoints/<step>")
   p.add_argument("--out", required=True, help="directory for checkpoint_<step>/ (or gs://)")
@@ -225,8 +315,7 @@ def add_parser(subparsers, examples: Optional[Mapping[str, str]] = None
 
   p = sub.add_parser("hf-out", help="MODEL_DIR -> Hugging Face: T5 (ED) or a "
                                     "trust_remote_code causal LM (CD/ND), with its tokenizer",
-                     epilog=_epilog(examples, "hf-out"),
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                     epilog=_epilog(examples, "hf-out"), formatter_class=raw)
   p.add_argument("--model_dir", required=True,
                  help="MODEL_DIR or MODEL_DIR/checkpoints/<step>")
   p.add_argument("--out", required=True, help="an empty directory")
@@ -236,7 +325,8 @@ def add_parser(subparsers, examples: Optional[Mapping[str, str]] = None
   p.add_argument("--no_tokenizer", action="store_true",
                  help="export the weights and config without tokenizer files")
 
-  p = sub.add_parser("hf-in", help="Hugging Face T5 or one of our exports -> MODEL_DIR")
+  p = sub.add_parser("hf-in", help="Hugging Face T5 or one of our exports -> MODEL_DIR",
+                     epilog=_epilog(examples, "hf-in"), formatter_class=raw)
   p.add_argument("--hf_dir", required=True, help="directory with config.json + safetensors")
   p.add_argument("--out", required=True, help="the new MODEL_DIR")
   p.add_argument("--step", type=int, default=0, help="step of the new checkpoint")
@@ -245,16 +335,24 @@ def add_parser(subparsers, examples: Optional[Mapping[str, str]] = None
   p.add_argument("--vocab_size", type=int, default=None,
                  help="vocabulary ids (default: the export's, else 32100)")
 
-  p = sub.add_parser("switch-arch", help="CD <-> ND: same weights, the other architecture")
+  p = sub.add_parser("switch-arch", help="CD <-> ND: same weights, the other architecture",
+                     epilog=_epilog(examples, "switch-arch"), formatter_class=raw)
   p.add_argument("--model_dir", required=True,
                  help="source MODEL_DIR (or .../checkpoints/<step>)")
-  p.add_argument("--arch", required=True, choices=ARCHITECTURES)
+  p.add_argument("--arch", required=True, choices=ARCHITECTURES,
+                 help="the architecture to read the weights as (causal_decoder <-> "
+                      "non_causal_decoder)")
   p.add_argument("--out", required=True, help="the new MODEL_DIR")
 
   convert.set_defaults(func=run)
   return convert
 
 
-def _epilog(examples: Mapping[str, str], name: str) -> Optional[str]:
-  """The `example:` block a subcommand's `--help` ends with, if `examples` holds one."""
-  return f"example:\n  {examples[name]}" if name in examples else None
+def _epilog(examples: Mapping[str, str], name: str, prose: str = "") -> Optional[str]:
+  """`prose` wrapped, then the `example:` block a subcommand's `--help` ends with, if
+  `examples` holds one."""
+  import textwrap
+  text = textwrap.fill(prose, 88) + "\n\n" if prose else ""
+  if name in examples:
+    text += f"example:\n  {examples[name]}"
+  return text or None

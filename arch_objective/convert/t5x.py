@@ -325,8 +325,10 @@ def to_model_params(t5x_params: Mapping[str, Any], model, strict: bool = True
       raise UserError(f"the checkpoint's parameters do not fit the {model.name} model "
                       f"(emb_dim={model.config.emb_dim}, layers="
                       f"{model.config.num_decoder_layers}): {report.describe()}. Pass the "
-                      f"--arch and --size the checkpoint was trained with, or load with "
-                      f"strict=False to get the loadable subset and this report.")
+                      f"--arch and --size the checkpoint was trained with (and --config "
+                      f"NAME=VALUE where its config differs from the size preset, e.g. "
+                      f"--config vocab_size=32128), or --allow_missing to load what fits "
+                      f"and fill the rest from a fresh initialisation.")
     return param_tree.unflatten(param_tree.flatten(t5x_params))
   return param_tree.loadable_subset(t5x_params, report), report.skipped
 

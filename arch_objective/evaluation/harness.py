@@ -640,7 +640,7 @@ def _checked_vocabulary(checkpoint: str, arch: Optional[str], vocabulary: Option
   from arch_objective.evaluation import loading
   from arch_objective.training import checkpoints
   meta, _ = checkpoints.load_meta(checkpoint)
-  path = vocabulary or meta.get("vocabulary")
+  path = vocabulary or checkpoints.recorded_vocabulary(meta, checkpoint)
   if not path:
     return None, None
   vocab = vocabularies.SentencePieceVocabulary(os.fspath(path))

@@ -3,8 +3,10 @@
 `arch-objective-lm-eval ARGS` (or `python -m arch_objective.evaluation.lm_eval_cli ARGS`)
 registers `harness.ArchObjectiveLM` and then runs lm-eval 0.4's `lm_eval ARGS`
 (`lm_eval.__main__.cli_evaluate`) unchanged: the same subcommands (`run`, the default,
-`ls`, `validate`), options and output (`--output_path` gets lm-eval's
-`<model>/results_<time>.json`), and lm-eval's own models (`hf`, ...) stay available:
+`ls`, `validate`), options and output (`--output_path DIR` gets lm-eval's
+`DIR/<model>/results_<time>.json`, <model> the `checkpoint` or `model_dir` model_arg
+sanitized as lm-eval does: `/runs/ed_mlm` -> `__runs__ed_mlm`), and lm-eval's own models
+(`hf`, ...) stay available:
 
   arch-objective-lm-eval --model arch_objective \\
       --model_args checkpoint=/runs/ed_mlm,truncation=paper --tasks boolq,copa \\
@@ -26,6 +28,9 @@ numbers as numbers):
   dtype           activation dtype; default float32
 A bad model_arg (an unknown key, a missing model directory, a bad value) is one line on
 stderr and exit status 2, before lm-eval reads its tasks or anything loads.
+A task whose dataset is neither in the Hugging Face cache nor reachable on the Hub
+(offline: HF_DATASETS_OFFLINE=1) is one line naming the dataset and how to read local
+files instead, and exit status 2 (`hub_error_line`).
 lm-eval's `--batch_size`, `--max_batch_size` and `--device` reach the model and are
 ignored (batches are sized by batch_tokens; JAX picks the device). The paper's 31
 EAI-Eval tasks are the group `eai_eval` in `harness.HARNESS_TASKS_DIR`: pass that folder
@@ -59,6 +64,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import re
 import sys
 from typing import Optional, Sequence
 
@@ -95,11 +102,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   saved = sys.argv
   sys.argv = [PROG, *argv]          # lm-eval's parser reads (and edits) sys.argv
   try:
-    lm_eval_main.cli_evaluate()
+    with _model_named_by_its_checkpoint():
+      lm_eval_main.cli_evaluate()
   except SystemExit as e:
     return _exit_status(e.code)
   except harness.ModelArgsError as e:    # e.g. model_args of a --config file
     print(f"{PROG}: error: {e}", file=sys.stderr)
+    return 2
+  except ConnectionError as e:           # HF datasets: a dataset the Hub must give
+    line = hub_error_line(e)
+    if line is None:
+      raise
+    print(f"{PROG}: error: {line}", file=sys.stderr)
     return 2
   finally:
     sys.argv = saved
@@ -122,6 +136,64 @@ def _check_model_args(argv: list, harness) -> None:
     sys.argv = saved
   if getattr(args, "model", None) == harness.MODEL_NAME and not getattr(args, "config", None):
     harness.check_model_args(getattr(args, "model_args", None) or {})
+
+
+_HUB = re.compile(r"Couldn't reach '([^']+)' on the Hub")
+_OFFLINE_SWITCHES = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+
+
+def hub_error_line(error: BaseException) -> Optional[str]:
+  """One line for HF datasets' "Couldn't reach 'NAME' on the Hub" error (a task's
+  dataset that is neither cached nor reachable): the dataset, that it needs the Hub,
+  and how to use local files instead; None for any other error."""
+  match = _HUB.search(str(error))
+  if match is None:
+    return None
+  switches = [s for s in _OFFLINE_SWITCHES
+              if os.environ.get(s, "").strip().lower() in ("1", "true", "yes", "on")]
+  why = (f"{' and '.join(switches)} {'is' if len(switches) == 1 else 'are'} set"
+         if switches else "the network or the Hub cannot be reached")
+  return (f"dataset {match.group(1)!r} of the tasks is not in the local Hugging Face "
+          f"datasets cache and needs the Hub ({why}). Run once with network access to "
+          f"cache it (then HF_DATASETS_OFFLINE=1 reads the cache), or read local files: a "
+          f"task YAML with `dataset_path: json` and `dataset_kwargs: {{data_files: ...}}` in "
+          f"a folder given with --include_path (as the world tasks of `arch-objective eval "
+          f"harness --gin_file=local.gin` are).")
+
+
+_MODEL_ARGS_NAMING_THE_MODEL = ("checkpoint", "model_dir")
+
+
+@contextlib.contextmanager
+def _model_named_by_its_checkpoint():
+  """lm-eval names the folder of `--output_path DIR` after the model's `pretrained=`
+  (or `model=`, `path=`) model_arg, else a random word; ours is `checkpoint=` or
+  `model_dir=`: results go to `DIR/<checkpoint, sanitized as lm-eval does>/`."""
+  from lm_eval.loggers import evaluation_tracker
+  tracker = evaluation_tracker.GeneralConfigTracker
+  original = tracker.__dict__["_get_model_name"]
+
+  def get_model_name(model_args):
+    name = original.__func__(model_args)
+    if name is not None:
+      return name
+    if isinstance(model_args, str):
+      from lm_eval._cli.utils import key_val_to_dict
+      try:
+        model_args = key_val_to_dict(model_args)
+      except Exception:  # lm-eval's own parser decides what it accepts
+        return None
+    if isinstance(model_args, dict):
+      for key in _MODEL_ARGS_NAMING_THE_MODEL:
+        if model_args.get(key):
+          return str(model_args[key])
+    return None
+
+  tracker._get_model_name = staticmethod(get_model_name)
+  try:
+    yield
+  finally:
+    tracker._get_model_name = original
 
 
 def _exit_status(code) -> int:

@@ -187,24 +187,36 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
   first `targets_length`; `bootstrap` > 0 adds a 95% interval of the average;
   `paper` adds the paper's numbers to results.md; `dtype` is the activation dtype (the
   parameters stay as restored, float32); `suite` replaces the T0 suite by other held-out
-  datasets (the local overlay's world families) and then `datasets` is ignored;
+  datasets (the local overlay's world families) and then `datasets` is ignored; a
+  `data_dir` written by `arch-objective data example` (its `t0_eval/`, holding
+  `suite.json`) is the world's held-out suite, `datasets` choosing among its families;
   `compilation_cache_dir` is the persistent compilation cache's folder (None: the
   default, '': off; see `use_compilation_cache`). A `vocabulary` other than the one the
   checkpoint was trained with (its recorded SHA-256) is refused unless
   `allow_other_vocabulary`; results.json records the vocabulary used (`vocabulary`:
   path, sha256, `same_as_checkpoint`).
   """
-  from arch_objective.data import vocabularies
+  from arch_objective.data import example_data, vocabularies
   from arch_objective.prompts import datasets as datasets_lib
   checkpoint = _require_checkpoint(checkpoint, EVAL_T0)
   _check_max_examples(max_examples)
   _check_integer(EVAL_T0, "inputs_length", inputs_length, 1, " (prompt tokens kept)")
   _check_integer(EVAL_T0, "targets_length", targets_length, 1, " (choice tokens kept)")
   _check_integer(EVAL_T0, "bootstrap", bootstrap, 0, " (0: no interval)")
+  if suite is None and example_data.is_world_suite(data_dir):
+    suite = example_data.read_world_suite(data_dir)
+    if datasets:
+      known = {f.name for f in suite}
+      unknown = [d for d in _names(datasets, "datasets") if d not in known]
+      if unknown:
+        raise UserError(f"{EVAL_T0}: --datasets {unknown} are not in the world suite of "
+                        f"--data_dir {data_dir}; it holds {', '.join(sorted(known))}.")
+      suite = [f for f in suite if f.name in datasets]
+    data_dir = None
   if suite is None:
     suite = t0_eval.select(_names(datasets, "datasets"))
   model, params, meta, step = loading.load_model(checkpoint, arch, dtype=dtype)
-  vocab_path = vocabulary or meta.get("vocabulary")
+  vocab_path = vocabulary or checkpoints.recorded_vocabulary(meta, checkpoint)
   if not vocab_path:
     raise UserError(f"checkpoint {checkpoint!r} records no vocabulary; give --vocabulary "
                     f"(a SentencePiece .model) or bind VOCABULARY.")

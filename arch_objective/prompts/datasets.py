@@ -315,6 +315,7 @@ def _load_hf(dataset: str, subset: Optional[str], split: str) -> list[Example]:
   except ImportError as e:
     raise MissingDependency("reading prompted datasets without --data_dir needs the `datasets` "
                             "package (pip install datasets) and the network or its cache.") from e
+  _refuse_shadowing_folder(dataset, subset)
   hf_subset, hf_split = subset, split
   if dataset == "anli" and subset and subset.startswith("r"):
     hf_subset, hf_split = None, _HF_SPLITS["anli"][split].format(r=subset[1:])
@@ -324,6 +325,21 @@ def _load_hf(dataset: str, subset: Optional[str], split: str) -> list[Example]:
     return trec_original_layout(rows, data.features["coarse_label"].names,
                                 data.features["fine_label"].names)
   return rows
+
+
+def _refuse_shadowing_folder(dataset: str, subset: Optional[str]):
+  """`datasets.load_dataset(NAME)` reads a local folder or file NAME (relative to the
+  current folder) before the Hub's dataset NAME: a `super_glue/` folder in the current
+  folder would be read as the dataset (and fail with `BuilderConfig 'rte' not found`).
+  Refuse, naming the folder."""
+  for local in (dataset, dataset + ".py"):
+    if os.path.exists(local):
+      key = dataset_key(dataset, subset)
+      raise UserError(
+          f"Hugging Face dataset {dataset!r} ({key}): the current folder holds "
+          f"{os.path.abspath(local)}, which `datasets.load_dataset` would read instead of "
+          f"the Hub's dataset; run from another folder or rename it, or, if it holds the "
+          f"dataset's files, give its parent folder as --data_dir (gin: DATA_DIR).")
 
 
 def trec_original_layout(rows: list[Example], coarse_names: Sequence[str],

@@ -791,7 +791,10 @@ def step_directory(path: str) -> tuple[str, int]:
   a model directory); CheckpointError if there is none."""
   directory, step = split_checkpoint_path(path)
   if not paths.isdir(directory):
-    raise CheckpointError(f"checkpoint {path!r}: no such directory {directory!r}.")
+    answered = " (the storage answered: it does not exist)" if paths.is_remote(
+        directory) else ""
+    raise CheckpointError(f"checkpoint {path!r}: no such directory {directory!r}"
+                          f"{answered}.")
   steps = complete_steps(directory)
   if step is None:
     if not steps:
@@ -814,6 +817,38 @@ def load_meta(path: str) -> tuple[dict, int]:
   it."""
   step_dir, step = step_directory(path)
   return _read_meta(step_dir), step
+
+
+def stored_vocabulary_path(vocabulary: Optional[str]) -> Optional[str]:
+  """The vocabulary path a checkpoint's meta records: a local one absolute (`~`
+  expanded), so that the checkpoint is evaluated from any folder; gs:// and other remote
+  paths unchanged."""
+  return None if vocabulary is None else paths.normalize(vocabulary, "vocabulary")
+
+
+def recorded_vocabulary(meta: dict, checkpoint: str) -> Optional[str]:
+  """The vocabulary `meta` (of `checkpoint`, a model directory or one of its steps)
+  records, as a path that can be opened: remote and absolute paths as recorded; a
+  relative one (older checkpoints stored it as typed) from the current folder if it
+  exists there, else from the model directory. MissingFile naming both places when
+  neither holds it; None when the meta records none."""
+  from arch_objective.errors import MissingFile
+  recorded = meta.get("vocabulary")
+  if not recorded or paths.is_remote(recorded):
+    return recorded
+  expanded = os.path.expanduser(recorded)
+  if os.path.isabs(expanded) or os.path.exists(expanded):
+    return expanded
+  directory, _ = split_checkpoint_path(checkpoint)
+  model_dir = (paths.dirname(directory) if paths.basename(directory) == "checkpoints"
+               else directory)
+  beside = paths.join(model_dir, expanded)
+  if paths.exists(beside):
+    return beside
+  raise MissingFile(f"checkpoint {checkpoint}: its recorded vocabulary {recorded!r} is a "
+                    f"relative path found neither from the current folder "
+                    f"({os.path.abspath(expanded)}) nor from the model directory "
+                    f"({beside}); give the SentencePiece model with --vocabulary.")
 
 
 def _read_meta(step_dir: str) -> dict:
@@ -901,7 +936,8 @@ def open_model_dir(path: str, step: Optional[int] = None, *, arch: Optional[str]
   defaults). `params` is the saved parameter tree as host numpy arrays, as saved
   (float32; no optimiser state), or None with `read_params=False` (the meta alone is
   read). `meta` is the saved meta JSON, `step` the step read. CheckpointError for a
-  path without that checkpoint, UnreadableCheckpointError for damaged files.
+  path without that checkpoint, UnreadableCheckpointError for damaged files,
+  `paths.Unreachable` for remote storage that does not answer (credentials, network).
   """
   from arch_objective import models
   where = path

@@ -313,7 +313,8 @@ def _train(*, model_dir, model, dataset, train_steps, learning_rate_schedule, op
   schedule = learning_rate_schedule or optimizers.rsqrt_decay()
   tx = (optimizer or optimizers.adafactor)(schedule)
   meta = {"arch": model.name, "config": dataclasses.asdict(model.config),
-          "vocabulary": vocab.path, "vocab_size": vocab.vocab_size, "task": spec.name}
+          "vocabulary": checkpoints.stored_vocabulary_path(vocab.path),
+          "vocab_size": vocab.vocab_size, "task": spec.name}
 
   ckpt = checkpoints.Checkpoints(paths.join(model_dir, "checkpoints"), keep=keep_checkpoints,
                                  async_save=async_checkpoints)
