@@ -497,7 +497,7 @@ def _add_data_example_parser(data_sub):
 
 
 def _data_example(args) -> int:
-  from arch_objective.data import example_data
+  from arch_objective.training import example_data
   written = example_data.write_example_data(
       args.out, corpus_bytes=args.corpus_bytes, vocab_pieces=args.vocab_pieces,
       eval_examples=args.eval_examples)

@@ -1,5 +1,6 @@
 """Shared fixtures: the real data under ../shared/data; a registry and a logger that
-do not leak from one test to the next."""
+do not leak from one test to the next; the toy vocabulary and tiny model directories,
+made once per session (tests only read them)."""
 import logging
 import os
 import pathlib
@@ -7,11 +8,13 @@ import sys
 
 import pytest
 
+import helpers
+
 # Evaluations in the tests keep no persistent compilation cache (the user's ~/.cache stays
 # untouched); tests of the cache give their own folder.
 os.environ.setdefault("ARCH_OBJECTIVE_COMPILATION_CACHE_DIR", "")
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = helpers.SHARED
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +88,37 @@ def offline(monkeypatch, tmp_path):
   monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
   monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
   return tmp_path
+
+
+@pytest.fixture(scope="session")
+def toy_vocab(tmp_path_factory):
+  """A 200-piece SentencePiece model trained on `helpers.sentences()` (+100 extra ids)."""
+  from arch_objective.data import vocabularies
+  prefix = tmp_path_factory.mktemp("toy_vocab") / "spm"
+  path = vocabularies.train_sentencepiece(helpers.sentences(), str(prefix), 200)
+  return vocabularies.SentencePieceVocabulary(path)
+
+
+TINY_STEP = 3
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory):
+  """`tiny_model_dirs(arch)`: (path, params) of a model directory at step `TINY_STEP` of
+  the `tiny` float32 model of `arch` with 128 rows (`helpers.random_params`, seed 4),
+  recording vocabulary "test.model" of 100 ids; written once per session and arch. Tests
+  only read it (copy it to change it)."""
+  made = {}
+
+  def make(arch: str):
+    if arch not in made:
+      from arch_objective import build_model
+      from arch_objective.convert import model_dir
+      model = build_model(arch, "tiny", dtype="float32", vocab_size=128)
+      params = helpers.random_params(model, seed=4)
+      out = str(tmp_path_factory.mktemp("tiny_model_dir") / arch)
+      model_dir.write_model_dir(out, arch, model.config, params, step=TINY_STEP,
+                                vocabulary="test.model", vocab_size=100)
+      made[arch] = (out, params)
+    return made[arch]
+  return make

@@ -146,6 +146,7 @@ def test_dot_product_attention_function_matches_the_reference_einsums():
 
 
 @pytest.mark.parametrize("arch", [CD, ND, ED])
+@pytest.mark.slow
 def test_dot_product_attention_gives_the_reference_logits_and_gradients(arch, params,
                                                                         reference):
   ref_logits, ref_loss, ref_grads = reference(arch, params)
@@ -157,6 +158,7 @@ def test_dot_product_attention_gives_the_reference_logits_and_gradients(arch, pa
 
 
 @pytest.mark.parametrize("arch", [ND, ED])
+@pytest.mark.slow
 def test_cached_decoding_with_the_options_matches_the_reference(arch, params):
   if arch == ED:
     batch = {"encoder_input_tokens": np.array([[5, 6, 7, 8, 9, 0], [10, 11, 12, 0, 0, 0]],
@@ -204,6 +206,7 @@ def test_bad_option_values_raise_errors_naming_the_field(field, value, valid):
 # remat_policy
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("policy,arch", [("full", ED), ("dots", ND), ("minimal", ND)])
+@pytest.mark.slow
 def test_remat_keeps_the_loss_and_gradients(policy, arch, params, reference):
   ref_logits, ref_loss, ref_grads = reference(arch, params)
   logits, loss, grads = logits_loss_grads(tiny(arch, remat_policy=policy), params[arch],
@@ -226,6 +229,7 @@ def test_remat_policy_names_map_to_jax_checkpoint_policies():
 # scan_layers
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", [CD, ND, ED])
+@pytest.mark.slow
 def test_scanned_layers_give_the_unscanned_logits_and_gradients(arch, params, reference):
   ref_logits, ref_loss, ref_grads = reference(arch, params)
   model = tiny(arch, scan_layers=True)
@@ -359,6 +363,7 @@ def test_plan_reads_the_remat_policy_from_gin():
   assert full["activations"] < report()["activations"] / 4
 
 
+@pytest.mark.slow
 def test_a_paper_gin_file_runs_a_step_with_every_option_bound(tmp_path, capsys):
   model_dir = tmp_path / "run"
   argv = ["train", "--gin_file=experiments/paper/nd_plm.gin", "--gin_file=local.gin",

@@ -11,6 +11,9 @@ import pytest
 
 from arch_objective.objectives import pipeline
 
+# End to end: `python -m bench --smoke` in fresh processes (see pytest.ini).
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FEATURE_LENGTHS = {
     "CD:FLM": {"decoder_target_tokens": 626},

@@ -9,6 +9,9 @@ import sys
 
 import pytest
 
+# End to end: `python -m bench --smoke` in fresh processes (see pytest.ini).
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -71,6 +71,7 @@ def _check_step(e: dict, system: str, peak: float):
   assert e["mfu"] == pytest.approx(e["model_flops_per_second"] / peak) and e["mfu"] > 0
 
 
+@pytest.mark.slow
 def test_training_smoke_results_are_well_formed(smoke_run):
   results, summary, stdout = smoke_run
   result = results["benchmarks"]["training"]
@@ -131,6 +132,7 @@ def test_training_smoke_results_are_well_formed(smoke_run):
   assert "ED HF" in stdout
 
 
+@pytest.mark.slow
 def test_scoring_smoke_scores_agree_and_ratios_are_quotients(smoke_run):
   results, summary, _ = smoke_run
   result = results["benchmarks"]["scoring"]
@@ -205,6 +207,7 @@ def blocker(tmp_path) -> pathlib.Path:
   return site
 
 
+@pytest.mark.slow
 def test_gpu_script_exits_cleanly_without_gpu_and_imports_no_tensorflow(tmp_path, blocker):
   out = tmp_path / "gpu"
   env = _env(PYTHONPATH=str(blocker), JAX_PLATFORMS="cpu")
@@ -216,6 +219,7 @@ def test_gpu_script_exits_cleanly_without_gpu_and_imports_no_tensorflow(tmp_path
   assert not (tmp_path / "blocked.log").exists(), (tmp_path / "blocked.log").read_text()
 
 
+@pytest.mark.slow
 def test_gpu_script_dry_run_on_cpu_writes_results(tmp_path, blocker):
   out = tmp_path / "gpu"
   env = _env(PYTHONPATH=str(blocker), JAX_PLATFORMS="cpu")
@@ -261,6 +265,7 @@ def _requests(seed, n=9):
           for i in rng.permutation(n)]
 
 
+@pytest.mark.slow
 def test_fine_baseline_scores_as_the_packed_scorer():
   """Unpacked length buckets, keys and values projected once per prompt or once per
   choice row, give the packed scorer's scores; packing computes fewer positions, and the
@@ -289,6 +294,7 @@ def test_fine_baseline_scores_as_the_packed_scorer():
     scoring_baselines.FineScorer(helpers.one_layer_model("causal_decoder", 256), {})
 
 
+@pytest.mark.slow
 def test_new_program_cost_trades_decode_programs_for_padding_not_scores():
   """Merging choice-length buckets cuts the decode batches (and so programs), computes
   more padded positions, and gives the same scores; a second call reuses the shapes the

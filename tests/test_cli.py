@@ -47,6 +47,7 @@ def test_smoke_runs_the_study_smoke_preset(monkeypatch, tmp_path, capsys):
   assert "| CD:FLM | 50.0 |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_model_core_imports_and_runs_without_tensorflow(tmp_path):
   """The model, losses and decoding must run where TensorFlow cannot be imported."""
   blocker = tmp_path / "sitecustomize.py"
@@ -91,6 +92,7 @@ def _help(*command):
   return out.stdout
 
 
+@pytest.mark.slow
 def test_every_help_example_runs_as_printed(tmp_path):
   """Each example a `--help` prints, run as printed (its directory moved to tmp_path),
   in the order of cli.EXAMPLES: train, then what reads its checkpoint."""

@@ -364,6 +364,7 @@ def test_switch_arch_cd_to_nd_keeps_every_weight(tmp_path, params_of, capsys):
   assert "encoder-decoder's parameters differ" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_t5x_out_then_in_and_hf_out_then_in(tmp_path, params_of, capsys):
   src = str(tmp_path / "ed")
   save_model_dir(src, ED, params_of(ED), step=3)
@@ -440,6 +441,7 @@ def _our_greedy(model, params, enc, steps):
 
 @needs_data
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.slow
 def test_ed_export_loads_with_auto_tokenizer_and_auto_model(tmp_path, tied):
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
@@ -518,6 +520,7 @@ def test_a_tokenizer_that_disagrees_with_ours_is_refused_before_writing(tmp_path
 
 @needs_data
 @pytest.mark.parametrize("arch", [CD, ND])
+@pytest.mark.slow
 def test_decoder_only_hf_export_loads_with_auto_classes_and_its_tokenizer(tmp_path, arch):
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")

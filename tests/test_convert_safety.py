@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from arch_objective import build_model, models
-from arch_objective.convert import hf, hf_decoder, hf_files, model_dir, t5x
+from arch_objective.convert import hf, hf_decoder, hf_files, t5x
 from arch_objective.training import checkpoints
 
+import helpers
 from helpers import VOCAB as T5_VOCAB, random_params
 
 CD, ED = models.CAUSAL_DECODER, models.ENCODER_DECODER
@@ -31,11 +32,7 @@ def tiny(arch, rows=ROWS, dtype="float32"):
 
 def convert(capsys, *argv):
   """`arch-objective convert ...` in-process: (exit code, stdout, stderr)."""
-  from arch_objective import cli
-  capsys.readouterr()
-  rc = cli.main(["convert", *argv])
-  out, err = capsys.readouterr()
-  return rc, out, err
+  return helpers.run_cli(capsys, ["convert", *argv])
 
 
 def assert_one_line_refusal(rc, err, *expected):
@@ -230,11 +227,9 @@ def test_an_unknown_field_in_our_config_block_is_refused(tmp_path, ed_params, wh
 # Options
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def model_directory(tmp_path_factory, cd_params):
-  out = str(tmp_path_factory.mktemp("md") / "cd")
-  model_dir.write_model_dir(out, CD, tiny(CD).config, cd_params, step=3,
-                            vocabulary="test.model", vocab_size=100)
-  return out
+def model_directory(tiny_model_dirs):
+  """The tiny causal decoder's model directory of conftest (step 3, 128 rows)."""
+  return tiny_model_dirs(CD)[0]
 
 
 @pytest.mark.parametrize("command", ["t5x-out", "hf-out"])

@@ -151,6 +151,7 @@ def run_train(tmp_path, args, env=None, timeout=120):
 
 
 @pytest.mark.parametrize("by_env", [False, True], ids=["options", "environment"])
+@pytest.mark.slow
 def test_process_1_without_its_coordinator_fails_with_one_line_in_bounded_time(tmp_path,
                                                                               by_env):
   address = f"127.0.0.1:{free_port()}"
@@ -173,6 +174,7 @@ def test_process_1_without_its_coordinator_fails_with_one_line_in_bounded_time(t
   assert seconds < 60
 
 
+@pytest.mark.slow
 def test_a_process_id_past_the_job_is_one_line(tmp_path):
   done, _ = run_train(tmp_path, ["--coordinator_address", f"127.0.0.1:{free_port()}",
                                  "--num_processes", "2", "--process_id", "5"])

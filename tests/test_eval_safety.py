@@ -14,6 +14,8 @@ import pytest
 
 from arch_objective import cli
 
+import helpers
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EVALUATE = ["evaluate", "--gin_file=models/causal_decoder.gin",
             "--gin_file=objectives/full_lm.gin", "--gin_file=runs/evaluate.gin",
@@ -48,24 +50,16 @@ def run(tmp_path_factory):
 
 def _run(argv, capsys):
   """(exit status, stdout, stderr) of a command run in-process."""
-  capsys.readouterr()
-  try:
-    rc = cli.main(argv)
-  except SystemExit as e:        # argparse
-    rc = e.code
-  out, err = capsys.readouterr()
-  return rc, out, err
+  return helpers.run_cli(capsys, argv)
 
 
-def _one_line(err: str) -> str:
-  lines = err.strip().splitlines()
-  assert len(lines) == 1 and "Traceback" not in err, err
-  return lines[0]
+_one_line = helpers.one_line
 
 
 # ----------------------------------------------------------------------------------------
 # The vocabulary: the checkpoint's, or another one only when allowed, and always recorded
 # ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_evaluate_refuses_another_vocabulary_unless_allowed(run, capsys):
   model_dir, other = run["model_dir"], run["other"]
   base = EVALUATE + [f"--gin.MODEL_DIR='{model_dir}'"]
@@ -95,6 +89,7 @@ def test_evaluate_refuses_another_vocabulary_unless_allowed(run, capsys):
   assert len(used["sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_eval_t0_refuses_another_vocabulary_unless_allowed(run, capsys):
   model_dir, other, out_dir = run["model_dir"], run["other"], run["root"] / "t0"
   base = T0 + ["--checkpoint", model_dir, "--out", str(out_dir)]
@@ -123,6 +118,7 @@ def test_eval_t0_refuses_another_vocabulary_unless_allowed(run, capsys):
                   "same_as_checkpoint": True}
 
 
+@pytest.mark.slow
 def test_eval_harness_refuses_another_vocabulary_unless_allowed(run, capsys):
   model_dir, other, out_dir = run["model_dir"], run["other"], run["root"] / "harness"
   base = HARNESS + ["--checkpoint", model_dir, "--out", str(out_dir)]
@@ -144,7 +140,7 @@ def test_eval_harness_refuses_another_vocabulary_unless_allowed(run, capsys):
   assert used["same_as_checkpoint"] is False
 
   # A vocabulary of more ids than the model embeds is refused even when allowed.
-  t5 = str(ROOT.parent / "shared" / "data" / "vocab" / "t5_spiece.model")
+  t5 = str(helpers.VOCAB)
   if os.path.isfile(t5):
     rc, _, err = _run(base + ["--vocabulary", t5, "--allow_other_vocabulary"], capsys)
     assert rc == 2
@@ -152,6 +148,7 @@ def test_eval_harness_refuses_another_vocabulary_unless_allowed(run, capsys):
             f"embeds only 512") in err.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_the_lm_eval_model_refuses_another_vocabulary_unless_allowed(run):
   """`arch-objective-lm-eval --model_args checkpoint=...,vocabulary=...` builds the model
   from its arguments: the same check, allowed by `allow_other_vocabulary=True`."""
@@ -174,6 +171,7 @@ def test_the_lm_eval_model_refuses_another_vocabulary_unless_allowed(run):
   assert lm.get_model_info()["arch_objective"]["vocabulary"]["same_as_checkpoint"] is True
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_the_hash_accepts_any_vocabulary(run):
   """Imports and older runs record no SHA-256: accepted as before, recorded as unknown."""
   from arch_objective.training import evaluate
@@ -218,6 +216,7 @@ def _sha(path):
      "every example."),
 ], ids=["inputs_length", "targets_length", "bootstrap", "gin_bootstrap", "bootstrap_iters",
         "limit", "limit_zero"])
+@pytest.mark.slow
 def test_eval_options_out_of_range_name_the_option(run, capsys, command, args, message):
   out_dir = run["root"] / "never"
   rc, _, err = _run(command + ["--checkpoint", run["model_dir"], "--out", str(out_dir)]
@@ -227,6 +226,7 @@ def test_eval_options_out_of_range_name_the_option(run, capsys, command, args, m
   assert not out_dir.exists()
 
 
+@pytest.mark.slow
 def test_evaluate_eval_steps(run, capsys):
   base = EVALUATE + [f"--gin.MODEL_DIR='{run['model_dir']}'"]
   rc, _, err = _run(base + ["--gin.EVAL_STEPS=0"], capsys)
@@ -258,6 +258,7 @@ def _subprocess(argv, cwd):
   return out.returncode, err
 
 
+@pytest.mark.slow
 def test_evaluate_errors_leave_no_background_traceback(run, tmp_path):
   missing = tmp_path / "missing"
   rc, err = _subprocess(EVALUATE + [f"--gin.MODEL_DIR='{missing}'"], tmp_path)
@@ -287,6 +288,7 @@ def test_evaluate_model_dir_without_checkpoints(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------
 # Files at fault are named: a task YAML that does not parse, missing T0-Eval files
 # ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_task_yaml_that_does_not_parse_is_named_with_its_line(run, tmp_path, capsys):
   from arch_objective.training import local
   tasks = tmp_path / "tasks"
@@ -306,6 +308,7 @@ def test_a_task_yaml_that_does_not_parse_is_named_with_its_line(run, tmp_path, c
   assert "mapping values are not allowed here" in line
 
 
+@pytest.mark.slow
 def test_missing_t0_eval_files_name_every_dataset_once(run, tmp_path, capsys):
   empty = tmp_path / "data"
   empty.mkdir()

@@ -119,6 +119,7 @@ def test_the_directory_holds_what_the_chain_covers():
 
 
 @pytest.mark.parametrize("name", TRAINING)
+@pytest.mark.slow
 def test_paper_training_file_runs_through_the_local_overlay(name, chain_root, capsys):
   model_dir = trained(name, chain_root, capsys)
   meta, step = checkpoints.load_meta(str(model_dir))
@@ -153,6 +154,7 @@ def _macro_arch(name: str) -> str:
   return model
 
 
+@pytest.mark.slow
 def test_paper_eval_t0_runs_on_a_finetuned_result(chain_root, capsys):
   model_dir = trained("nc_a_mtf", chain_root, capsys)
   out = chain_root / "eval_t0_out"
@@ -170,6 +172,7 @@ def test_paper_eval_t0_runs_on_a_finetuned_result(chain_root, capsys):
   assert "ACTIVATION_DTYPE = 'bfloat16'" in (out / "config.gin").read_text()
 
 
+@pytest.mark.slow
 def test_paper_eval_harness_runs_on_a_finetuned_result(chain_root, capsys):
   model_dir = trained("ed_mlm_mtf", chain_root, capsys)
   out = chain_root / "eval_harness_out"

@@ -87,6 +87,7 @@ def test_gin_search_path_and_readers_are_put_back():
   assert (list(gin_config._LOCATION_PREFIXES), list(gin_config._FILE_READERS)) == before
 
 
+@pytest.mark.slow
 def test_plan_of_a_paper_file_from_the_root_after_make_run(tmp_path):
   """The command a user types from the repository root after `make run` wrote its study
   (a `runs/` folder there once made every paper file fail to parse)."""

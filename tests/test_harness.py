@@ -9,12 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-lm_eval = pytest.importorskip("lm_eval")
-from lm_eval.api.instance import Instance  # noqa: E402
-from lm_eval.tasks import TaskManager  # noqa: E402
+lm_eval = pytest.importorskip("lm_eval")      # light: lm_eval.tasks is imported at first use
 
 from arch_objective import models  # noqa: E402
-from arch_objective.data import vocabularies  # noqa: E402
 from arch_objective.evaluation import harness  # noqa: E402
 from arch_objective.evaluation.rank_classification import Request, naive_scores  # noqa: E402
 
@@ -24,35 +21,14 @@ CD, ND, ED = models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER, models.ENCODER_DE
 ARCHS = (CD, ND, ED)
 TASKS_DIR = pathlib.Path(lm_eval.__file__).resolve().parent / "tasks"
 
-WORDS = ("apple bread candle desert engine forest garden harbour island jacket kettle "
-         "ladder meadow needle orange pencil quarry rabbit saddle tunnel umbrella valley "
-         "window yellow zebra bright silent heavy gentle narrow frozen golden hollow "
-         "ancient curious eager brave clever wander gather whisper borrow carry travel "
-         "listen measure promise wonder quickly slowly loudly rarely softly morning evening "
-         "winter summer market village mountain river teacher farmer doctor sailor").split()
-
-
-def sentences(n=400, seed=0):
-  """Made-up sentences over a few hundred words (enough for a 200-piece model)."""
-  rng = np.random.default_rng(seed)
-  out = []
-  for i in range(n):
-    words = rng.choice(WORDS, size=int(rng.integers(5, 12)))
-    out.append(" ".join(words).capitalize() + (f" {i}." if i % 3 == 0 else "."))
-  return out
+from helpers import (TaskManager, requests_of, sentences, write_tasks,  # noqa: E402,F401
+                     toy_model as tiny)
 
 
 @pytest.fixture(scope="module")
-def vocab(tmp_path_factory):
-  """A 200-piece SentencePiece model trained on made-up sentences (+100 extra ids)."""
-  prefix = tmp_path_factory.mktemp("vocab") / "spm"
-  path = vocabularies.train_sentencepiece(sentences(), str(prefix), 200)
-  return vocabularies.SentencePieceVocabulary(path)
-
-
-def tiny(arch, vocab):
-  """`helpers.one_layer_model` over `vocab`'s padded size."""
-  return helpers.one_layer_model(arch, vocabularies.padded_vocab_size(vocab.vocab_size))
+def vocab(toy_vocab):
+  """The toy vocabulary (conftest's `toy_vocab`): 200 pieces (+100 extra ids)."""
+  return toy_vocab
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,92 +59,16 @@ def naive(model, params, prompt, choice) -> float:
   return float(naive_scores(compiled(model), params, [request])[0][0])
 
 
-def random_params(model, seed):
-  """Random parameters of the model's shapes, drawn with numpy: no initialiser to compile
-  (flax's takes longer than the rest of a test). Norm scales are 1, every other weight
-  is N(0, 1/fan_in)."""
-  rng = np.random.default_rng(seed)
-  shapes = model.abstract_variables(models.default_input_shapes(model.name, 1, 8, 8, 8))
-
-  def draw(path, leaf):
-    if path[-1].key == "scale":
-      return np.ones(leaf.shape, np.float32)
-    fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 1
-    return rng.normal(0.0, fan_in ** -0.5, leaf.shape).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(draw, shapes["params"])
-
-
 @pytest.fixture(scope="module")
 def params(vocab):
   """Tiny float32 parameters: decoder-only (shared by CD and ND) and ED."""
-  dec = random_params(tiny(CD, vocab), 0)
-  return {CD: dec, ND: dec, ED: random_params(tiny(ED, vocab), 1)}
+  dec = helpers.random_params(tiny(CD, vocab), 0, draw="fan_in")
+  return {CD: dec, ND: dec, ED: helpers.random_params(tiny(ED, vocab), 1, draw="fan_in")}
 
 
 def make_lm(arch, vocab, params, **options):
   return harness.ArchObjectiveLM(model=tiny(arch, vocab), params=params[arch], vocab=vocab,
                                  **options)
-
-
-def requests_of(kind, args):
-  return [Instance(request_type=kind, doc={}, arguments=a, idx=i) for i, a in enumerate(args)]
-
-
-def write_tasks(directory: pathlib.Path) -> pathlib.Path:
-  """Local YAML tasks over JSONL files: toy_mc (multiple choice), toy_rolling
-  (loglikelihood_rolling) and toy_generate (generate_until)."""
-  directory.mkdir(parents=True, exist_ok=True)
-  rows = [{"premise": " ".join(WORDS[i:i + 3]), "hypothesis": WORDS[i + 30], "label": i % 2}
-          for i in range(8)]
-  mc = directory / "mc.jsonl"
-  mc.write_text("".join(json.dumps(r) + "\n" for r in rows))
-  text = directory / "text.jsonl"
-  text.write_text("".join(json.dumps({"text": " ".join(sentences()[k:k + 6])}) + "\n"
-                          for k in range(0, 18, 6)))
-  (directory / "toy_mc.yaml").write_text(f"""task: toy_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    validation: {mc}
-output_type: multiple_choice
-validation_split: validation
-doc_to_text: "{{{{premise}}}}. Is it {{{{hypothesis}}}}?"
-doc_to_target: label
-doc_to_choice: ["yes", "no"]
-metric_list:
-  - metric: acc
-""")
-  (directory / "toy_rolling.yaml").write_text(f"""task: toy_rolling
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {text}
-output_type: loglikelihood_rolling
-test_split: test
-doc_to_text: ""
-doc_to_target: "{{{{text}}}}"
-metric_list:
-  - metric: word_perplexity
-  - metric: bits_per_byte
-""")
-  (directory / "toy_generate.yaml").write_text(f"""task: toy_generate
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    validation: {mc}
-output_type: generate_until
-validation_split: validation
-doc_to_text: "{{{{premise}}}}"
-doc_to_target: "{{{{hypothesis}}}}"
-generation_kwargs:
-  until: ["."]
-  max_gen_toks: 8
-  do_sample: false
-metric_list:
-  - metric: exact_match
-""")
-  return directory
 
 
 # ----------------------------------------------------------------------------------------
@@ -308,6 +208,7 @@ def test_loglikelihood_rolling_sums_its_windows(arch, vocab, params):
 # Generation
 # ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.slow
 def test_generate_until_is_greedy_and_stops_at_until_and_max_gen_toks(arch, vocab, params):
   lm = make_lm(arch, vocab, params)
   contexts = ["the farmer", "ancient village winter sailor"]
@@ -354,6 +255,7 @@ def test_generate_until_rejects_sampling(vocab, params):
 # The harness end to end, offline
 # ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.slow
 def test_simple_evaluate_on_a_local_multiple_choice_task(arch, vocab, params, offline):
   tasks_dir = write_tasks(offline / "tasks")
   lm = make_lm(arch, vocab, params, truncation="paper")
@@ -368,6 +270,7 @@ def test_simple_evaluate_on_a_local_multiple_choice_task(arch, vocab, params, of
   assert "| toy_mc | acc,none |" in summary["markdown"]
 
 
+@pytest.mark.slow
 def test_run_harness_from_a_checkpoint_writes_results(vocab, params, offline):
   from arch_objective.convert import model_dir
   tasks_dir = write_tasks(offline / "tasks")

@@ -16,14 +16,18 @@ import pathlib
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-lm_eval = pytest.importorskip("lm_eval")
+lm_eval = pytest.importorskip("lm_eval")      # light: lm_eval.tasks is imported at first use
 
 from arch_objective import build_model, models  # noqa: E402
 from arch_objective.convert import hf_decoder  # noqa: E402
 from arch_objective.evaluation import harness  # noqa: E402
+import helpers  # noqa: E402
 from helpers import random_params  # noqa: E402
+
+# torch and transformers take seconds to import: at first use, not at collection.
+pytestmark = helpers.requires("torch", "transformers")
+torch = helpers.lazy_import("torch")
+transformers = helpers.lazy_import("transformers")
 
 CD, ND = models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER
 MAX_LENGTH = 16          # lm-eval's rows and rolling windows; ours: row_length
@@ -168,6 +172,7 @@ def check_rolling(samples, tokenizer, model, params):
   assert windows > len(samples)          # later windows condition on the text before them
 
 
+@pytest.mark.slow
 def test_causal_decoder_scores_as_ours_under_the_causal_backend(setup, offline):
   tokenizer, vocab, tasks_dir, exports = setup
   model, params, out = exports[CD]
@@ -187,6 +192,7 @@ def test_causal_decoder_scores_as_ours_under_the_causal_backend(setup, offline):
 
 
 @pytest.mark.parametrize("arch", [ND, CD])
+@pytest.mark.slow
 def test_decoder_only_scores_as_ours_under_the_seq2seq_backend(setup, offline, arch):
   tokenizer, _, tasks_dir, exports = setup
   model, params, out = exports[arch]
@@ -211,17 +217,19 @@ def test_export_loads_with_the_auto_classes(setup):
 
 
 def test_the_readmes_transformers_snippet_runs_as_printed(setup, tmp_path, monkeypatch):
-  """The README's Python block for decoder-only exports, run unattended as printed
-  (`export/nd` is the ND export): logits for every prompt token, a continuation of the
-  prompt (greedy decoding against ours is tested in test_hf_remote.py)."""
-  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-  section = readme.split("### Decoder-only models in transformers", 1)[1]
+  """The convert guide's Python block for decoder-only exports (docs/guides/convert.md,
+  moved there from the README), run unattended as printed (`export/nd` is the ND export):
+  logits for every prompt token, a continuation of the prompt (greedy decoding against ours
+  is tested in test_hf_remote.py)."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  guide = (root / "docs" / "guides" / "convert.md").read_text()
+  section = guide.split("## Decoder-only models in transformers", 1)[1]
   snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
   (tmp_path / "export").mkdir()
   (tmp_path / "export" / "nd").symlink_to(setup[3][ND][2])
   monkeypatch.chdir(tmp_path)
   names = {}
-  exec(compile(snippet, "README.md", "exec"), names)     # noqa: S102
+  exec(compile(snippet, "docs/guides/convert.md", "exec"), names)     # noqa: S102
   prompt = names["batch"]["input_ids"][0].tolist()
   assert names["logits"].shape == (1, len(prompt), names["model"].config.vocab_size)
   assert names["tokens"][0, :len(prompt)].tolist() == prompt

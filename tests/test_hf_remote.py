@@ -11,13 +11,17 @@ import jax
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import helpers
+from arch_objective import build_model, layers, losses, models
+from arch_objective.convert import hf_code, hf_decoder, param_tree
+from helpers import random_params
 
-from arch_objective import build_model, layers, losses, models  # noqa: E402
-from arch_objective.convert import hf_code, hf_decoder, param_tree  # noqa: E402
-from arch_objective.convert.hf_code import modeling_arch_objective as remote  # noqa: E402
-from helpers import random_params  # noqa: E402
+# torch, transformers and the remote code (which imports both) take seconds to import: at
+# first use, not at collection.
+pytestmark = helpers.requires("torch", "transformers")
+torch = helpers.lazy_import("torch")
+transformers = helpers.lazy_import("transformers")
+remote = helpers.lazy_import("arch_objective.convert.hf_code.modeling_arch_objective")
 
 CD, ND = models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER
 VOCAB = 128
@@ -287,6 +291,7 @@ def with_start_token(tokens, real, prefix_lengths=None):
 
 
 @pytest.mark.parametrize("arch", [CD, ND])
+@pytest.mark.slow
 def test_plain_ids_score_as_our_rows_with_the_start_token(exports, arch):
   model, params, _, theirs_model = exports(arch, False)
   tokens, real, prefix_lengths = plain_batch(seed=11)
@@ -338,6 +343,7 @@ def test_an_export_without_the_flag_reads_rows_as_given(tmp_path, exports):
 
 
 @pytest.mark.parametrize("arch", [CD, ND])
+@pytest.mark.slow
 def test_seq2seq_reading_scores_targets_after_the_inputs_as_ours(exports, arch):
   model, params, out, _ = exports(arch, False)
   seq2seq = transformers.AutoModelForSeq2SeqLM.from_pretrained(out, trust_remote_code=True)
@@ -411,6 +417,7 @@ def until_eos(rows):
 
 
 @pytest.mark.parametrize("arch", [CD, ND])
+@pytest.mark.slow
 def test_greedy_generate_equals_our_argmax_continuation(exports, arch):
   model, params, _, theirs_model = exports(arch, False)
   rng = np.random.default_rng(7)
@@ -534,6 +541,7 @@ def text_rows(vocab_path, texts, length):
 
 
 @pytest.mark.parametrize("arch", [CD, ND])
+@pytest.mark.slow
 def test_trained_model_gives_our_logits(tmp_path, trained, t5_vocab_path, arch):
   model, params = trained
   if arch == ND:     # CD and ND share their parameters (spec §7.3)
@@ -552,6 +560,7 @@ def test_trained_model_gives_our_logits(tmp_path, trained, t5_vocab_path, arch):
   np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_lm_eval_hf_backend_scores_like_our_model(offline, trained, t5_vocab_path):
   lm_eval = pytest.importorskip("lm_eval")
   from lm_eval.tasks import TaskManager

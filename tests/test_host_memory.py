@@ -34,6 +34,7 @@ def _faults_per_step(setting: str) -> tuple[str, float]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.slow
 def test_kept_memory_removes_the_page_faults_of_each_step():
   applied, kept = _faults_per_step("reuse")
   default, system = _faults_per_step("system")

@@ -10,16 +10,21 @@ import textwrap
 import numpy as np
 import pytest
 
-lm_eval = pytest.importorskip("lm_eval")
-from lm_eval.tasks import TaskManager  # noqa: E402
+lm_eval = pytest.importorskip("lm_eval")      # light: lm_eval.tasks is imported at first use
 
 from arch_objective import build_model, models  # noqa: E402
 from arch_objective.data import vocabularies  # noqa: E402
 from arch_objective.evaluation import harness, lm_eval_cli  # noqa: E402
 
-from helpers import ROOT  # noqa: E402
-from test_harness import (random_params, requests_of, sentences, tiny,  # noqa: E402,F401
-                          vocab, write_tasks)
+import helpers  # noqa: E402
+from helpers import (ROOT, TaskManager, requests_of, sentences, write_tasks,  # noqa: E402,F401
+                     toy_model as tiny)
+
+
+@pytest.fixture(scope="module")
+def vocab(toy_vocab):
+  """The toy vocabulary (conftest's `toy_vocab`): 200 pieces (+100 extra ids)."""
+  return toy_vocab
 
 ED = models.ENCODER_DECODER
 CONTEXT = "golden river morning. the teacher is"
@@ -34,6 +39,7 @@ def run_python(args, env=None, timeout=300) -> subprocess.CompletedProcess:
 # ----------------------------------------------------------------------------------------
 # The registry
 # ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_importing_the_harness_keeps_lm_evals_own_models():
   code = textwrap.dedent("""
       import sys
@@ -65,7 +71,7 @@ def ed_dir(vocab, tmp_path_factory):
   """An ED model directory (step 5) of the tiny test model, and its parameters."""
   from arch_objective.convert import model_dir
   model = tiny(ED, vocab)
-  params = random_params(model, 1)
+  params = helpers.random_params(model, 1, draw="fan_in")
   directory = tmp_path_factory.mktemp("models") / "ed"
   model_dir.write_model_dir(str(directory), ED, model.config, params, step=5,
                             vocabulary=vocab.path, vocab_size=vocab.vocab_size)
@@ -105,6 +111,7 @@ def _jsonable(value):
   return json.loads(json.dumps(value, default=lm_eval.utils.handle_non_serializable))
 
 
+@pytest.mark.slow
 def test_the_cli_wrapper_runs_lm_evals_cli_with_our_model(ed_dir, vocab, offline):
   directory, params = ed_dir
   tasks_dir = write_tasks(offline / "tasks")
@@ -144,6 +151,7 @@ def test_the_cli_wrapper_runs_lm_evals_cli_with_our_model(ed_dir, vocab, offline
   assert np.isfinite(expected["toy_rolling"]["word_perplexity,none"])
 
 
+@pytest.mark.slow
 def test_the_cli_wrapper_returns_lm_evals_exit_status_for_bad_options():
   done = run_python(["-m", "arch_objective.evaluation.lm_eval_cli", "--model",
                      harness.MODEL_NAME, "--limit", "some"])
@@ -169,6 +177,7 @@ PROG = lm_eval_cli.PROG
     ("model_dir={ed},dtype=float64", f"{PROG}: error: dtype must be one of float32, bfloat16, "
                                      f"float16, found 'float64'"),
 ], ids=["unknown", "no_model_dir", "missing_model_dir", "truncation", "max_length", "dtype"])
+@pytest.mark.slow
 def test_a_bad_model_arg_is_one_line_and_status_2(ed_dir, tmp_path, model_args, line):
   """Checked from the command line before lm-eval reads its tasks or anything loads."""
   fill = {"ed": ed_dir[0], "missing": str(tmp_path / "missing")}
@@ -182,6 +191,7 @@ def test_a_bad_model_arg_is_one_line_and_status_2(ed_dir, tmp_path, model_args, 
   assert "Traceback" not in done.stderr and done.stdout == ""
 
 
+@pytest.mark.slow
 def test_a_bad_model_arg_of_a_config_file_is_one_line_and_status_2(tmp_path):
   """lm-eval's --config file: the model's own check, when lm-eval builds it."""
   config = tmp_path / "eval.yaml"
@@ -220,6 +230,7 @@ def test_model_args_are_checked_before_the_model_loads(ed_dir, tmp_path, monkeyp
 # ----------------------------------------------------------------------------------------
 # lm-eval's `hf` backend on our Hugging Face export
 # ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_hf_backend_with_the_documented_model_args_scores_our_ed_export_as_ours(
     tmp_path, t5_vocab_path):
   pytest.importorskip("torch")
@@ -228,7 +239,7 @@ def test_hf_backend_with_the_documented_model_args_scores_our_ed_export_as_ours(
   t5 = vocabularies.SentencePieceVocabulary(t5_vocab_path)
   model = build_model(ED, "tiny", dtype="float32", num_encoder_layers=1, num_decoder_layers=1,
                       vocab_size=vocabularies.padded_vocab_size(t5.vocab_size))
-  params = random_params(model, 5)
+  params = helpers.random_params(model, 5, draw="fan_in")
   export = hf.export_hf(params, model.config, ED, str(tmp_path / "hf"),
                         vocabulary=t5_vocab_path)
 

@@ -13,11 +13,11 @@ import shutil
 import numpy as np
 import pytest
 
-from arch_objective import build_model, cli, models, network
-from arch_objective.convert import model_dir, param_tree
+from arch_objective import build_model, models, network
+from arch_objective.convert import param_tree
 from arch_objective.training import checkpoints
 
-from helpers import random_params
+import helpers
 
 CD, ND, ED = models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER, models.ENCODER_DECODER
 STEP = 3
@@ -28,13 +28,10 @@ def tiny(arch=CD):
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory):
-  """A causal decoder's model directory at step 3 (`write_model_dir`) and its params."""
-  params = random_params(tiny(), seed=4)
-  out = str(tmp_path_factory.mktemp("model_dir") / "cd")
-  model_dir.write_model_dir(out, CD, tiny().config, params, step=STEP,
-                            vocabulary="test.model", vocab_size=100)
-  return out, params
+def written(tiny_model_dirs):
+  """A causal decoder's model directory at step 3 (`write_model_dir`: conftest's
+  `tiny_model_dirs`, the model of `tiny()`) and its params."""
+  return tiny_model_dirs(CD)
 
 
 def copy_without(written, tmp_path, *fields):
@@ -114,15 +111,8 @@ def test_a_meta_without_an_execution_option_takes_its_default(written, tmp_path)
 
 def one_line_refusal(capsys, argv):
   """(exit status, the one line on stderr) of a command run in-process."""
-  capsys.readouterr()
-  try:
-    rc = cli.main(argv)
-  except SystemExit as e:        # argparse
-    rc = e.code
-  out, err = capsys.readouterr()
-  lines = err.strip().splitlines()
-  assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
-  return rc, lines[0]
+  rc, _, err = helpers.run_cli(capsys, argv)
+  return rc, helpers.one_line(err)
 
 
 @pytest.mark.parametrize("command", [

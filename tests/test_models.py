@@ -142,6 +142,7 @@ def _logits(arch, p, targets, dca=None):
   return np.asarray(tiny(arch).compute_logits(p, decoder_batch(targets, dca)))
 
 
+@pytest.mark.slow
 def test_causal_decoder_never_looks_ahead(params):
   rng = np.random.default_rng(0)
   base = rng.integers(2, VOCAB, (1, 10))
@@ -176,6 +177,7 @@ def test_non_causal_decoder_prefix_is_bidirectional_and_blind_to_targets(params)
     np.testing.assert_array_equal(out[0, :j + 1], ref[0, :j + 1])
 
 
+@pytest.mark.slow
 def test_non_causal_decoder_with_zero_prefix_equals_causal_decoder(params):
   rng = np.random.default_rng(2)
   targets = rng.integers(2, VOCAB, (3, 9))
@@ -185,6 +187,7 @@ def test_non_causal_decoder_with_zero_prefix_equals_causal_decoder(params):
                                 _logits(CD, params["dec"], targets))
 
 
+@pytest.mark.slow
 def test_encoder_decoder_decoder_is_causal_and_encoder_is_seen(params):
   rng = np.random.default_rng(3)
   model = tiny(ED)
@@ -205,6 +208,7 @@ def test_encoder_decoder_decoder_is_causal_and_encoder_is_seen(params):
 # Packing
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", [CD, ND])
+@pytest.mark.slow
 def test_packed_row_equals_each_sequence_alone_decoder_only(arch, params):
   a, b = np.array([5, 9, 11, 13, 17]), np.array([21, 23, 29])
   packed = np.concatenate([a, b, [0, 0]])[None]
@@ -219,6 +223,7 @@ def test_packed_row_equals_each_sequence_alone_decoder_only(arch, params):
   np.testing.assert_allclose(out[0, 5:8], alone_b[0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_packed_row_equals_each_sequence_alone_encoder_decoder(params):
   model = tiny(ED)
   ia, ta = np.array([3, 4, 5, 6]), np.array([7, 8, 9])
@@ -236,6 +241,7 @@ def test_packed_row_equals_each_sequence_alone_encoder_decoder(params):
 # Decoding with the KV cache
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", [CD, ND])
+@pytest.mark.slow
 def test_cached_decoding_matches_full_forward_decoder_only(arch, params):
   model = tiny(arch)
   steps = 5
@@ -266,6 +272,7 @@ def test_cached_decoding_matches_full_forward_decoder_only(arch, params):
     np.testing.assert_allclose(logits[r], full[0, p - 1:], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_cached_decoding_matches_full_forward_encoder_decoder(params):
   model = tiny(ED)
   steps = 6
@@ -281,6 +288,7 @@ def test_cached_decoding_matches_full_forward_encoder_decoder(params):
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
+@pytest.mark.slow
 def test_cross_key_values_projected_once_per_prompt_give_the_per_row_logits(params,
                                                                            scan_layers):
   # Three prompts (one padded to a single token), six decoder rows reading them in
@@ -319,6 +327,7 @@ def test_cross_key_values_projected_once_per_prompt_give_the_per_row_logits(para
     model.decode_logits(p, encoded, enc, inputs, targets, cross_rows=rows)
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_eos_pads_the_rest(params):
   model = tiny(CD)
   batch = {"decoder_input_tokens": np.array([[0, 5, 6]] * 4, np.int32),
@@ -338,6 +347,7 @@ def test_sampling_is_seeded_and_eos_pads_the_rest(params):
   assert d[0, 0] == eos and np.all(d[0, 1:] == 0)
 
 
+@pytest.mark.slow
 def test_topk_one_sampling_is_greedy(params):
   model = tiny(ND)
   batch = {"decoder_input_tokens": np.array([[0, 5, 6, 7]] * 2, np.int32),
@@ -399,6 +409,7 @@ def test_dropout_is_active_only_with_a_dropout_rng(params):
   assert np.abs(noisy1 - clean).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_loss_fn_jits_and_differentiates(params):
   model = tiny(ED)
   batch = ed_batch(np.arange(2, 8)[None], np.arange(10, 15)[None])

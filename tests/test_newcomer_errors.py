@@ -169,6 +169,7 @@ def model_dir(tmp_path_factory):
   return str(directory)
 
 
+@pytest.mark.slow
 def test_lm_eval_offline_is_one_line_naming_the_dataset(offline, model_dir, capsys):
   pytest.importorskip("lm_eval")
   from arch_objective.evaluation import lm_eval_cli
@@ -184,6 +185,7 @@ def test_lm_eval_offline_is_one_line_naming_the_dataset(offline, model_dir, caps
   assert "--include_path" in line and "dataset_path: json" in line
 
 
+@pytest.mark.slow
 def test_lm_eval_results_go_to_the_folder_named_after_the_model(offline, model_dir, capsys):
   pytest.importorskip("lm_eval")
   from arch_objective.evaluation import lm_eval_cli

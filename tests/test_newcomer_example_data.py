@@ -13,6 +13,8 @@ from arch_objective.errors import MissingFile
 
 from helpers import ROOT, run_cli
 
+pytestmark = pytest.mark.slow  # writes the world's data and trains a model
+
 FAMILIES = ["world_nli", "world_coreference", "world_cause_effect", "world_story_ending"]
 
 

@@ -105,6 +105,7 @@ CONFIGS = {
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.slow
 def test_fused_adafactor_equals_the_optax_reference_over_20_steps(config):
   kwargs, first_count, rtol = CONFIGS[config]
   params = _tree()
@@ -146,6 +147,7 @@ def test_the_update_clips_and_uses_the_parameter_scale_floor():
   assert rms == pytest.approx(1.0, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_checkpointed_state_continues_across_implementations():
   # Five steps with the reference, then either implementation continues from its state:
   # the fused one takes the reference's state (and the other way round) unchanged.
@@ -196,6 +198,7 @@ def _batch(arch: str, seed: int, rows: int = 4, length: int = 12) -> dict:
 
 
 @pytest.mark.parametrize("arch", [models.ENCODER_DECODER, models.CAUSAL_DECODER])
+@pytest.mark.slow
 def test_train_step_loss_trajectory_matches_the_reference(arch):
   model = build_model(arch, "tiny", dtype="float32", vocab_size=160, dropout_rate=0.1)
   schedule = optimizers.constant(0.01)

@@ -17,14 +17,9 @@ import pytest
 
 from arch_objective import paths
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-CORPUS = SHARED / "pretrain" / "c4_sample.jsonl"
-VOCAB = SHARED / "vocab" / "t5_spiece.model"
-EVAL_DIR = SHARED / "eval"
+from helpers import CORPUS, SHARED, VOCAB, needs_data
 
-needs_data = pytest.mark.skipif(not CORPUS.exists() or not VOCAB.exists(),
-                                reason=f"shared test data not found under {SHARED}")
+EVAL_DIR = SHARED / "eval"
 
 
 # ----------------------------------------------------------------------------------------
@@ -201,6 +196,7 @@ def _dataset(**kwargs):
 
 
 @needs_data
+@pytest.mark.slow
 def test_train_resume_evaluate_and_convert_on_gs(fake_bucket, capsys):
   from arch_objective import build_model, cli
   from arch_objective.convert import model_dir
@@ -269,6 +265,7 @@ def test_train_resume_evaluate_and_convert_on_gs(fake_bucket, capsys):
 @pytest.mark.skipif(importlib.util.find_spec("promptsource") is None
                     or not (EVAL_DIR / "super_glue" / "RTE" / "val.jsonl").is_file(),
                     reason="promptsource or the SuperGLUE RTE validation file is missing")
+@pytest.mark.slow
 def test_eval_t0_reads_and_writes_gs(fake_bucket, capsys):
   import jax
   from arch_objective import build_model, cli

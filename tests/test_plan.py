@@ -96,6 +96,7 @@ def test_plan_of_the_paper_evaluation_runs_without_a_checkpoint(capsys):
   assert report["settings"]["dtype"] == "bfloat16"
 
 
+@pytest.mark.slow
 def test_plan_of_an_evaluation_run_describes_its_checkpoint(capsys, tmp_path):
   from arch_objective import build_model, models
   from arch_objective.convert import model_dir

@@ -94,6 +94,7 @@ OPTIMIZER_CHANGES = [("momentum", None, 0.9, "structure"),
 @needs_data
 @pytest.mark.parametrize("field,old,new,outcome", OPTIMIZER_CHANGES,
                          ids=[c[0] for c in OPTIMIZER_CHANGES])
+@pytest.mark.slow
 def test_a_resume_with_another_optimizer_setting_is_refused_in_place(copy_of_base, field, old,
                                                                      new, outcome):
   """Refused naming the setting; the way to accept the change is offered only where the
@@ -112,6 +113,7 @@ def test_a_resume_with_another_optimizer_setting_is_refused_in_place(copy_of_bas
 
 
 @needs_data
+@pytest.mark.slow
 def test_the_optimizer_implementation_is_not_part_of_the_identity(copy_of_base):
   """`implementation='optax'` keeps the numbers and the state of the fused one."""
   meta = json.loads((copy_of_base / "checkpoints" / "2" / "meta" / "metadata").read_text())
@@ -171,6 +173,7 @@ def test_every_identity_field_has_a_test():
 
 @needs_data
 @pytest.mark.parametrize("field", sorted(IDENTITY_CHANGES))
+@pytest.mark.slow
 def test_a_resume_that_changes_an_identity_field_is_refused_in_place(copy_of_base, tmp_path,
                                                                     field):
   kw, pattern = IDENTITY_CHANGES[field]
@@ -182,6 +185,7 @@ def test_a_resume_that_changes_an_identity_field_is_refused_in_place(copy_of_bas
 
 
 @needs_data
+@pytest.mark.slow
 def test_a_checkpoint_without_a_recorded_optimizer_is_checked_by_its_state_structure(
     copy_of_base):
   """Checkpoints written before the optimizer was recorded still resume with the same
@@ -216,6 +220,7 @@ def _truncate_arrays(step_dir: pathlib.Path):
 
 
 @needs_data
+@pytest.mark.slow
 def test_the_only_checkpoint_is_never_moved_aside(copy_of_base):
   shutil.rmtree(copy_of_base / "checkpoints" / "1")
   _truncate_arrays(copy_of_base / "checkpoints" / "2")
@@ -237,6 +242,7 @@ def test_the_only_checkpoint_is_never_moved_aside(copy_of_base):
 
 
 @needs_data
+@pytest.mark.slow
 def test_running_out_of_memory_in_a_restore_sets_no_checkpoint_aside(copy_of_base, monkeypatch):
   """A restore that runs out of memory says nothing about the files: the error propagates
   and both checkpoints stay where they are (a damaged file would set step 2 aside)."""
@@ -260,6 +266,7 @@ def test_running_out_of_memory_in_a_restore_sets_no_checkpoint_aside(copy_of_bas
 
 
 @needs_data
+@pytest.mark.slow
 def test_a_truncated_checkpoint_names_what_is_missing(copy_of_base):
   step_dir = copy_of_base / "checkpoints" / "2"
   (step_dir / "state" / "_METADATA").unlink()
@@ -284,6 +291,7 @@ def test_a_truncated_checkpoint_names_what_is_missing(copy_of_base):
 
 
 @needs_data
+@pytest.mark.slow
 def test_a_missing_step_is_named_with_the_steps_there_are(base_run):
   with pytest.raises(checkpoints.CheckpointError,
                      match=r"no step 99 in .*/checkpoints; steps are \[1, 2\]"):
@@ -357,6 +365,7 @@ def test_disk_full_error_recognises_both_forms():
 
 @needs_data
 @pytest.mark.parametrize("form", ["tensorstore", "oserror"])
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_at_the_failing_save(copy_of_base, monkeypatch, form):
   """A run resumed at step 2 saves step 3, which fails as tensorstore (or the OS)
   reports a full disk: the run stops there with one line, trains no further step, and
@@ -396,6 +405,7 @@ def test_a_full_disk_stops_the_run_at_the_failing_save(copy_of_base, monkeypatch
 
 @needs_data
 @pytest.mark.parametrize("how", ["space check", "failed write"])
+@pytest.mark.slow
 def test_a_full_tmpfs_stops_the_run_at_the_save_that_does_not_fit(tmp_path, monkeypatch, how):
   """A real 40 MB file system (a checkpoint of this model takes 16 MB): the third save
   does not fit; the run stops at step 3 with the first two checkpoints complete. Either
@@ -425,6 +435,7 @@ def test_a_full_tmpfs_stops_the_run_at_the_save_that_does_not_fit(tmp_path, monk
 # One line at the command line, and no thread left behind
 # ---------------------------------------------------------------------------
 @needs_data
+@pytest.mark.slow
 def test_a_bad_corpus_is_one_line_with_no_background_thread_traceback(tmp_path):
   corpus = tmp_path / "binary.jsonl"
   corpus.write_bytes(bytes(range(128, 256)) * 64)
@@ -446,6 +457,7 @@ def test_a_bad_corpus_is_one_line_with_no_background_thread_traceback(tmp_path):
 
 
 @needs_data
+@pytest.mark.slow
 def test_a_run_of_other_optimizer_settings_is_evaluated_and_finetuned(tmp_path):
   """Evaluation and a restore that resets the optimiser read the parameters only, so a
   run trained with momentum (another optimiser state) is evaluated, and finetuned with

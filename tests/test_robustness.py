@@ -75,6 +75,7 @@ def _parse(stdout):
 
 @needs_data
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+@pytest.mark.slow
 def test_signal_saves_at_the_step_and_the_resume_is_bit_identical(tmp_path, signame):
   """Straight to 6 vs. a signal at step 3 (no periodic save before 100) then a resume to
   6: the run exits 0 with a checkpoint at step 3, and the resumed run's losses and final
@@ -104,6 +105,7 @@ def test_signal_saves_at_the_step_and_the_resume_is_bit_identical(tmp_path, sign
 
 
 @needs_data
+@pytest.mark.slow
 def test_cli_train_exits_zero_on_sigterm_with_a_line_saying_where(tmp_path):
   """The `train` command as a pod runs it: SIGTERM from outside while it trains."""
   model_dir = tmp_path / "run"
@@ -171,6 +173,7 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
 
 
 @needs_data
+@pytest.mark.slow
 def test_a_second_train_on_the_same_model_dir_is_refused_with_one_line(tmp_path):
   """A second `train` process on a MODEL_DIR in use exits 2 with one line naming the
   holder; the first run's checkpoints and metrics are untouched."""
@@ -203,6 +206,7 @@ def test_a_second_train_on_the_same_model_dir_is_refused_with_one_line(tmp_path)
 # Non-finite states and unreadable checkpoints
 # ---------------------------------------------------------------------------
 @needs_data
+@pytest.mark.slow
 def test_a_diverging_run_saves_only_finite_checkpoints(tmp_path):
   """Save every step; the learning rate turns NaN at step 3, so the parameters after
   step 3 are NaN while step 3's loss (computed before the update) is finite."""
@@ -224,6 +228,7 @@ def test_a_diverging_run_saves_only_finite_checkpoints(tmp_path):
 
 
 @needs_data
+@pytest.mark.slow
 def test_an_unreadable_latest_checkpoint_falls_back_to_the_one_before(tmp_path, capsys):
   kwargs = dict(model=tiny(), dataset=dataset(), save_every=2, progress=False,
                 learning_rate_schedule=optimizers.constant(0.01))
@@ -248,6 +253,7 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_one_before(tmp_path, 
 
 
 @needs_data
+@pytest.mark.slow
 def test_a_transient_read_error_is_retried_before_a_checkpoint_is_moved_aside(
     tmp_path, monkeypatch, capsys):
   """On gs:// a read can fail for a moment; the newest checkpoint is read again (twice by
@@ -281,6 +287,7 @@ def test_a_transient_read_error_is_retried_before_a_checkpoint_is_moved_aside(
 
 
 @needs_data
+@pytest.mark.slow
 def test_a_refused_resume_reads_no_array(tmp_path, monkeypatch):
   train.train(model_dir=str(tmp_path), model=tiny(), dataset=dataset(), train_steps=1,
               progress=False)
@@ -299,6 +306,7 @@ def test_a_refused_resume_reads_no_array(tmp_path, monkeypatch):
 # Resume checks
 # ---------------------------------------------------------------------------
 @needs_data
+@pytest.mark.slow
 def test_resume_with_another_run_is_refused_naming_the_field(tmp_path):
   train.train(model_dir=str(tmp_path), model=tiny(), dataset=dataset(), train_steps=1,
               progress=False)
@@ -333,6 +341,7 @@ def test_resume_with_another_run_is_refused_naming_the_field(tmp_path):
 
 
 @needs_data
+@pytest.mark.slow
 def test_a_resume_with_another_config_keeps_the_first_config_gin(tmp_path):
   from arch_objective import cli
   common = ["train", "--gin_file=models/causal_decoder.gin", "--gin_file=sizes/tiny.gin",
@@ -372,6 +381,7 @@ def test_gin_value_errors_are_one_line(tmp_path, capsys, binding, expected):
 
 
 @needs_data
+@pytest.mark.slow
 def test_non_finite_loss_at_the_cli_is_one_line(tmp_path, capsys):
   from arch_objective import cli
   args = ["train", "--gin_file=models/causal_decoder.gin", "--gin_file=sizes/tiny.gin",
@@ -412,6 +422,7 @@ print("RESULT" + json.dumps({"process": jax.process_index(), "stopped_by": r.sto
 
 
 @needs_data
+@pytest.mark.slow
 def test_a_signal_on_one_host_stops_every_host_at_the_same_step(tmp_path):
   """Two processes on 127.0.0.1; SIGTERM reaches host 1 only, during step 2. Both hosts
   stop after step 2 and save it together (a host left running would hang in step 3's
@@ -453,6 +464,7 @@ def test_a_full_disk_is_one_line_even_when_orbax_wraps_it(monkeypatch, capsys, t
 
 
 @needs_data
+@pytest.mark.slow
 def test_a_checkpoint_of_another_process_count_resumes_by_replay(tmp_path, capsys):
   """The iterator states are per process (`process_<i>-of-<n>.json`); a run restarted on
   another number of hosts finds none of its own and replays the data position by count

@@ -124,6 +124,7 @@ def _eval_t0(tmp_path, checkpoint, data_dir, name, cache):
 
 
 @needs_promptsource
+@pytest.mark.slow
 def test_a_second_eval_reads_the_programs_the_first_wrote(tmp_path, tiny_model_dir,
                                                           shared_data):
   data_dir = shared_data / "eval"

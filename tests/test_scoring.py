@@ -30,17 +30,8 @@ def tiny(arch):
 def random_params(family):
   """Random N(0, 1/fan_in) weights (norm scales 1), drawn with numpy; the CD and ND share
   the decoder's."""
-  model = tiny(ED if family == "ed" else CD)
-  rng = np.random.default_rng(0 if family == "decoder" else 1)
-  shapes = model.abstract_variables(models.default_input_shapes(model.name, 1, 8, 8, 8))
-
-  def draw(path, leaf):
-    if path[-1].key == "scale":
-      return np.ones(leaf.shape, np.float32)
-    fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 1
-    return rng.normal(0.0, fan_in ** -0.5, leaf.shape).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(draw, shapes["params"])
+  return helpers.random_params(tiny(ED if family == "ed" else CD),
+                               0 if family == "decoder" else 1, draw="fan_in")
 
 
 def model_and_params(arch):

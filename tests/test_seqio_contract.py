@@ -9,12 +9,15 @@ import json
 import numpy as np
 import pytest
 
-seqio = pytest.importorskip("seqio")
-tf = pytest.importorskip("tensorflow")
+import helpers
+import tasks
+from arch_objective import architectures, build_model
+from arch_objective.objectives import feature_converters, pipeline
 
-import tasks  # noqa: E402
-from arch_objective import architectures, build_model  # noqa: E402
-from arch_objective.objectives import feature_converters, pipeline  # noqa: E402
+# seqio and TensorFlow take seconds to import: at first use, not at collection.
+pytestmark = helpers.requires("seqio", "tensorflow")
+seqio = helpers.lazy_import("seqio")
+tf = helpers.lazy_import("tensorflow")
 
 CD, ND, ED = (architectures.CAUSAL_DECODER, architectures.NON_CAUSAL_DECODER,
               architectures.ENCODER_DECODER)
@@ -363,6 +366,7 @@ def test_t0_train_is_a_seqio_mixture_after_import(bridge):
   assert any(n.startswith("t0_train_glue_mrpc_") for n in names)
 
 
+@pytest.mark.slow
 def test_prompted_mixture_tasks_and_rates(mtf):
   from tasks import seqio_providers
   mixture = seqio.get_mixture_or_task("mtf")
@@ -419,6 +423,7 @@ def text_task(bridge, t5_vocab_path):
   return "toy_lines"
 
 
+@pytest.mark.slow
 def test_a_seqio_task_resolves_to_rows_of_seqio_converters(text_task, t5_vocab_path):
   from arch_objective.training import data
   from tasks import seqio_source
@@ -442,6 +447,7 @@ def test_a_seqio_task_resolves_to_rows_of_seqio_converters(text_task, t5_vocab_p
     data.DatasetConfig(task=text_task, batch_size=2, length=16).spec(ED)
 
 
+@pytest.mark.slow
 def test_training_on_a_seqio_task_resumes_at_the_same_rows(text_task, tmp_path, monkeypatch,
                                                           t5_vocab_path):
   from arch_objective.training import data, optimizers, train

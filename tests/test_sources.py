@@ -8,16 +8,12 @@ import pytest
 from arch_objective.data import sources
 from arch_objective.data.sources import CorpusStats
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
-C4_SAMPLE = SHARED_DATA / "pretrain" / "c4_sample.jsonl"
 
 
 @pytest.fixture
-def c4_sample() -> pathlib.Path:
-  if not C4_SAMPLE.is_file():
-    pytest.skip(f"{C4_SAMPLE} is absent: the shared test data lives beside the "
-                f"repository, in ../shared/data.")
-  return C4_SAMPLE
+def c4_sample(c4_sample_path) -> pathlib.Path:
+  """The C4 sample of ../shared/data (conftest's `c4_sample_path`), as a path."""
+  return pathlib.Path(c4_sample_path)
 
 
 def write(path: pathlib.Path, text: str) -> str:

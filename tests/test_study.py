@@ -15,6 +15,7 @@ def smoke_dir(tmp_path_factory):
   return out, results, lines
 
 
+@pytest.mark.slow
 def test_smoke_study_writes_every_artifact(smoke_dir):
   out, results, lines = smoke_dir
   written = json.loads((out / "results.json").read_text())
@@ -43,6 +44,7 @@ def test_smoke_study_writes_every_artifact(smoke_dir):
   assert (out / "runs" / "cd_flm" / "tensorboard").is_dir()
 
 
+@pytest.mark.slow
 def test_the_papers_contrasts_are_paired_differences_of_the_cells(smoke_dir):
   out, results, _ = smoke_dir
   from arch_objective.evaluation import contrasts
@@ -69,6 +71,7 @@ def test_the_papers_contrasts_are_paired_differences_of_the_cells(smoke_dir):
   assert "paired bootstrap" in table and "MT-F gain, ED:MLM" in table
 
 
+@pytest.mark.slow
 def test_each_family_reports_its_floor_majority_ceiling_and_one_class_answers(smoke_dir):
   out, results, _ = smoke_dir
   families = results["families"]
@@ -114,6 +117,7 @@ def test_each_family_reports_its_floor_majority_ceiling_and_one_class_answers(sm
   assert mtf and mtf == pytest.approx([0.001] * len(mtf))
 
 
+@pytest.mark.slow
 def test_every_model_is_scored_on_mtf_own_classification_families(smoke_dir):
   """Before and after MT-F, each model is scored on the training families with answer
   choices; the report's numbers are the evaluation files', and the evaluation files'
@@ -165,6 +169,7 @@ def test_every_model_is_scored_on_mtf_own_classification_families(smoke_dir):
   assert "MT-F's own classification families" in table and "world_topic" in table
 
 
+@pytest.mark.slow
 def test_a_finished_study_resumes_without_redoing_stages(smoke_dir):
   out, results, _ = smoke_dir
   lines = []
@@ -181,6 +186,7 @@ def test_unknown_preset_is_named():
 
 
 @pytest.mark.parametrize("preset", ["quick", "medium", "full"])
+@pytest.mark.slow
 def test_preset_vocabulary_fits_its_corpus(preset, tmp_path):
   """The world's text has a bounded lexicon: a preset's `vocab_size` must be one that
   SentencePiece can fill from the corpus that preset writes."""
@@ -290,6 +296,7 @@ def test_width_bindings_scale_heads_and_mlp_and_bad_widths_are_named():
       scale.parse_widths(bad)
 
 
+@pytest.mark.slow
 def test_the_study_across_widths_reads_each_width_as_a_study(smoke_dir, tmp_path, capsys):
   """Widths 16 and 32 of the smoke preset; 32 is the preset's own width, so its folder
   is the module's smoke study, resumed: its row must be that study's numbers."""
@@ -443,10 +450,12 @@ def test_two_studies_compare_on_the_examples_both_scored(tmp_path, capsys):
     ("full", "full_mtf_dropout0", "full_vs_mtf_dropout0", ("mtf_dropout", [0.1, 0.0])),
     ("medium_mtf_1600", "medium_mtf_1600_dropout0", "medium_mtf_1600_vs_dropout0",
      ("mtf_dropout", [0.1, 0.0]))])
+@pytest.mark.slow
 def test_the_committed_comparisons_rerun_as_the_readme_prints_them(tmp_path, monkeypatch,
                                                                    before, after, folder,
                                                                    change):
-  """README: `arch-objective compare-studies docs/study/<before> docs/study/<after> --out
+  """The study report (docs/results/study-medium-full.md; the README's until it moved):
+  `arch-objective compare-studies docs/study/<before> docs/study/<after> --out
   docs/study/<folder>`, run from the clone, into a temporary folder: the same files, byte
   for byte (the bootstrap is seeded)."""
   import os
@@ -470,7 +479,7 @@ def test_the_committed_comparisons_rerun_as_the_readme_prints_them(tmp_path, mon
 
 @pytest.mark.parametrize("preset", ["medium", "full"])
 def test_the_committed_studies_ran_the_shipped_presets(preset):
-  """docs/study/<preset>/config.json (what the README's tables come from) is what the
+  """docs/study/<preset>/config.json (what the study report's tables come from) is what the
   shipped gin file gives today; full.gin is medium.gin with a larger model."""
   import dataclasses
   import os

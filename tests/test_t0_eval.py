@@ -109,6 +109,7 @@ def _by_hand(arch, params, prompt, choice):
 # -- rank classification -------------------------------------------------------------------
 
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.slow
 def test_rank_scorer_matches_one_forward_pass_per_choice(arch):
   model, params = _model(arch)
   requests = _requests(arch, seed=ARCHS.index(arch))
@@ -456,6 +457,7 @@ MTF_STEPS = 12
 
 @needs_promptsource
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.slow
 def test_mtf_lowers_the_loss(arch, mtf_trainer, clean_registry):
   result = mtf_trainer(arch)
   losses = [h["loss_per_token"] for h in result.history]
@@ -468,6 +470,7 @@ def test_mtf_lowers_the_loss(arch, mtf_trainer, clean_registry):
 
 
 @needs_promptsource
+@pytest.mark.slow
 def test_eval_t0_command_end_to_end(tmp_path, mtf_trainer, clean_registry, eval_dir,
                                     small_batches, capsys):
   from arch_objective import cli
@@ -577,6 +580,7 @@ def _as_flags(options):
 
 
 @needs_promptsource
+@pytest.mark.slow
 def test_eval_t0_from_gin_writes_the_results_of_the_options(tmp_path, tiny_checkpoint,
                                                              eval_dir, small_batches, capsys):
   from arch_objective import cli

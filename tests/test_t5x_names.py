@@ -76,6 +76,7 @@ def test_eval_period_is_the_validation_interval():
   assert str(gin.query_parameter("train.eval_every")) == "%EVAL_PERIOD"
 
 
+@pytest.mark.slow
 def test_gin_search_paths_flag_finds_files_and_their_includes(tmp_path):
   (tmp_path / "mine").mkdir()
   (tmp_path / "mine" / "base.gin").write_text(

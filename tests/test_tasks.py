@@ -105,6 +105,7 @@ def test_combinations_cover_every_valid_reading():
 
 
 @pytest.mark.parametrize("kind,arch", COMBINATIONS)
+@pytest.mark.slow
 def test_local_rows_have_the_geometry_and_train_a_tiny_model(
     clean_registry, c4_sample_path, t5_vocab_path, kind, arch):
   spec = local_spec(kind, c4_sample_path, t5_vocab_path)

@@ -33,6 +33,7 @@ def _grads(model, params, batch, rng, k):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
+@pytest.mark.slow
 def test_microbatched_gradients_equal_the_one_batch_gradients(arch, dropout):
   model, params, batch = _model_and_params(arch, dropout)
   rng = jax.random.PRNGKey(7) if dropout else None
@@ -53,6 +54,7 @@ def test_microbatched_gradients_equal_the_one_batch_gradients(arch, dropout):
                                          f"{jax.tree_util.keystr(path)}")
 
 
+@pytest.mark.slow
 def test_dropout_changes_the_loss_and_the_step_rng_changes_the_masks():
   # The equality above is not vacuous: dropout is active, and another key gives
   # other masks.

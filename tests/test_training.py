@@ -34,6 +34,7 @@ def run_script(code: str, env_extra=None, timeout=300):
 
 @needs_data
 @pytest.mark.parametrize("arch,task", PAIRS)
+@pytest.mark.slow
 def test_each_paper_pair_trains_and_the_loss_falls(arch, task, tmp_path):
   model = build_model(arch, "tiny", dtype="float32")
   result = train.train(model_dir=str(tmp_path), model=model, dataset=dataset(task),
@@ -79,6 +80,7 @@ def _losses(stdout):
 
 
 @needs_data
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
   """8 steps straight vs. 4 steps + checkpoint, SIGKILL at step 6, resume to 8. Dropout
   is on, so the per-step RNG must resume too."""
@@ -103,6 +105,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
 
 
 @needs_data
+@pytest.mark.slow
 def test_kill_during_checkpoint_save_restarts_from_the_previous_good_one(tmp_path):
   """Save every step; SIGKILL right after step 6's save is issued (async, unfinished)."""
   args = [str(tmp_path), "8", "6", str(CORPUS), str(VOCAB), "1"]
@@ -146,6 +149,7 @@ print("RESULT" + json.dumps(out))
 
 
 @needs_data
+@pytest.mark.slow
 def test_eight_device_mesh_matches_one_device(tmp_path):
   """data=4 x model=2 on 8 fake CPU devices vs one device: the same losses within 1e-5
   relative and the same weights within 1e-5 (float32, different reduction orders)."""
@@ -179,6 +183,7 @@ print("RESULT" + json.dumps({"process": jax.process_index(),
 
 
 @needs_data
+@pytest.mark.slow
 def test_two_processes_train_together_with_jax_distributed(tmp_path):
   outs = run_processes(DISTRIBUTED_SCRIPT, [CORPUS, VOCAB, tmp_path])
   assert sorted(o["process"] for o in outs) == [0, 1]
@@ -190,6 +195,7 @@ def test_two_processes_train_together_with_jax_distributed(tmp_path):
 # Bad input and failure handling
 # ---------------------------------------------------------------------------
 @needs_data
+@pytest.mark.slow
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path):
   model = build_model("causal_decoder", "tiny", dtype="float32")
   poisoned = lambda step: np.float32(np.nan) * step  # step 0 updates with lr 0*nan = nan
@@ -206,6 +212,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path
 
 
 @needs_data
+@pytest.mark.slow
 def test_incompatible_checkpoint_is_named(tmp_path):
   train.train(model_dir=str(tmp_path), model=build_model("causal_decoder", "tiny",
                                                          dtype="float32"),
@@ -305,6 +312,7 @@ def test_unknown_gin_bindings_and_macros_are_errors():
 
 
 @needs_data
+@pytest.mark.slow
 def test_train_and_evaluate_commands_end_to_end(tmp_path):
   from arch_objective import cli
   common = ["--gin_file=models/encoder_decoder.gin", "--gin_file=sizes/tiny.gin",
@@ -325,6 +333,7 @@ def test_train_and_evaluate_commands_end_to_end(tmp_path):
 
 
 @needs_data
+@pytest.mark.slow
 def test_restore_checkpoint_continues_the_step_across_architectures(tmp_path, capsys):
   """A CD:FLM checkpoint continues as ND:MLM (the paper's NC-A recipe): the step counter
   and optimiser state carry on, the data starts afresh, the lineage records the source."""
@@ -357,6 +366,7 @@ def test_restore_checkpoint_continues_the_step_across_architectures(tmp_path, ca
 
 
 @needs_data
+@pytest.mark.slow
 def test_restore_options_reset_step_optimizer_and_schedule(tmp_path):
   source = tmp_path / "src"
   model = build_model("causal_decoder", "tiny", dtype="float32")

@@ -113,6 +113,7 @@ def _fill(text: str, values: dict) -> str:
 
 
 @pytest.mark.parametrize("case,argv,status,fragment", ROWS, ids=[r[0] for r in ROWS])
+@pytest.mark.slow
 def test_a_mistake_is_one_line(case, argv, status, fragment, run, tmp_path, capsys):
   copy, truncated = tmp_path / "copy", tmp_path / "truncated"
   shutil.copytree(run, copy)

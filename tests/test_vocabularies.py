@@ -13,9 +13,7 @@ from arch_objective.data import sources
 from arch_objective.data import vocabularies
 from arch_objective.data.vocabularies import SentencePieceVocabulary
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
-T5_MODEL = SHARED_DATA / "vocab" / "t5_spiece.model"
-C4_SAMPLE = SHARED_DATA / "pretrain" / "c4_sample.jsonl"
+from helpers import CORPUS as C4_SAMPLE, VOCAB as T5_MODEL
 
 SENTENCE = "The quick brown fox jumps over the lazy dog, twice."
 
