@@ -196,7 +196,8 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
   `allow_other_vocabulary`; results.json records the vocabulary used (`vocabulary`:
   path, sha256, `same_as_checkpoint`).
   """
-  from arch_objective.data import example_data, vocabularies
+  from arch_objective.data import vocabularies
+  from arch_objective.training import example_data
   from arch_objective.prompts import datasets as datasets_lib
   checkpoint = _require_checkpoint(checkpoint, EVAL_T0)
   _check_max_examples(max_examples)
