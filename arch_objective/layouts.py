@@ -68,9 +68,10 @@ def decoder_batch(pairs: Sequence[Pair], length: int, rows: int) -> dict[str, np
 class DecoderLayout:
   """A decoder-only model's reading: one row per (prompt, continuation).
 
-  bidirectional_prefix: the model reads `decoder_causal_attention` (the ND).
+  marks_prefix: the model reads `decoder_causal_attention`, attending bidirectionally
+    over the prompt it marks (the ND).
   """
-  bidirectional_prefix: bool = False
+  marks_prefix: bool = False
 
   family = "decoder"
 
@@ -126,7 +127,7 @@ class DecoderLayout:
   def complete_row(self, row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A model row from another converter made readable: the ND's rows get
     `decoder_causal_attention` (all 0, a causal row) when the converter wrote none."""
-    if self.bidirectional_prefix and DECODER_CAUSAL_ATTENTION not in row:
+    if self.marks_prefix and DECODER_CAUSAL_ATTENTION not in row:
       row[DECODER_CAUSAL_ATTENTION] = np.zeros_like(row[DECODER_TARGET_TOKENS])
     return row
 
@@ -140,7 +141,7 @@ class DecoderLayout:
     targets = ids(length)
     batch = {DECODER_TARGET_TOKENS: targets, DECODER_INPUT_TOKENS: shifted(targets),
              DECODER_LOSS_WEIGHTS: weights(targets)}
-    if self.bidirectional_prefix:
+    if self.marks_prefix:
       split = (np.full((rows, 1), length // 2) if prefix == "half" else
                rng.integers(1, max(length - 1, 2), (rows, 1)))
       batch[DECODER_CAUSAL_ATTENTION] = (np.arange(length)[None] <= split).astype(np.int32)
@@ -224,8 +225,8 @@ class EncoderDecoderLayout:
 
 Layout = DecoderLayout | EncoderDecoderLayout
 
-DECODER = DecoderLayout(bidirectional_prefix=False)
-PREFIX_DECODER = DecoderLayout(bidirectional_prefix=True)
+DECODER = DecoderLayout(marks_prefix=False)
+PREFIX_DECODER = DecoderLayout(marks_prefix=True)
 ENCODER_DECODER = EncoderDecoderLayout()
 
 

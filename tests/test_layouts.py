@@ -18,8 +18,8 @@ def _ids(*values):
 
 
 def test_each_architecture_has_its_layout():
-  assert architectures.get(CD).layout == layouts.DecoderLayout(bidirectional_prefix=False)
-  assert architectures.get(ND).layout == layouts.DecoderLayout(bidirectional_prefix=True)
+  assert architectures.get(CD).layout == layouts.DecoderLayout(marks_prefix=False)
+  assert architectures.get(ND).layout == layouts.DecoderLayout(marks_prefix=True)
   assert architectures.get(ED).layout == layouts.EncoderDecoderLayout()
   assert [architectures.get(a).layout.family for a in (CD, ND, ED)] == [
       "decoder", "decoder", "encoder_decoder"]
