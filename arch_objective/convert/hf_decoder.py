@@ -200,6 +200,14 @@ def export_decoder_only(params: Mapping[str, Any], config: network.TransformerCo
   return out_dir
 
 
+def _bool_field(config_json: Mapping[str, Any], name: str, default: bool, where: str
+                ) -> bool:
+  value = config_json.get(name, default)
+  if not isinstance(value, bool):
+    raise UserError(f"{where}: field {name!r} must be true or false, found {value!r}.")
+  return value
+
+
 def _int_field(config_json: Mapping[str, Any], name: str, where: str) -> int:
   value = config_json.get(name)
   if not integer_at_least(value, 1):
@@ -226,23 +234,14 @@ def config_from_hf(config_json: Mapping[str, Any], where: str
   if config_json.get("model_type") != MODEL_TYPE:
     raise UserError(f"{where}: model_type {config_json.get('model_type')!r} is not "
                     f"{MODEL_TYPE!r}; this reader takes exports of `export_decoder_only`.")
-  non_causal = config_json.get("non_causal", False)
-  if not isinstance(non_causal, bool):
-    raise UserError(f"{where}: field 'non_causal' must be true or false, found "
-                    f"{non_causal!r}.")
+  non_causal = _bool_field(config_json, "non_causal", False, where)
   activations = config_json.get("mlp_activations", ["gelu", "linear"])
   if isinstance(activations, str) or not isinstance(activations, (list, tuple)):
     raise UserError(f"{where}: field 'mlp_activations' must be a list, found "
                     f"{activations!r}.")
   _check_activations(tuple(activations), where)
-  prepend = config_json.get("prepend_start_token", False)
-  if not isinstance(prepend, bool):
-    raise UserError(f"{where}: field 'prepend_start_token' must be true or false, found "
-                    f"{prepend!r}.")
-  tied = config_json.get("logits_via_embedding", True)
-  if not isinstance(tied, bool):
-    raise UserError(f"{where}: field 'logits_via_embedding' must be true or false, found "
-                    f"{tied!r}.")
+  _bool_field(config_json, "prepend_start_token", False, where)   # read by the PyTorch model
+  tied = _bool_field(config_json, "logits_via_embedding", True, where)
   fields = dict(
       vocab_size=_int_field(config_json, "vocab_size", where),
       emb_dim=_int_field(config_json, "d_model", where),
