@@ -4,6 +4,7 @@ the checkpoint records the vocabulary absolute (a run from another folder finds 
 --data_dir DIR/t0_eval` scores the world's held-out suite."""
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -55,6 +56,22 @@ def test_the_example_data_is_written_and_printed(example):
   suite = json.loads((data / "t0_eval" / "suite.json").read_text())
   assert sorted(suite["families"]) == sorted(FAMILIES)
   assert "eval t0" in (data / "README.txt").read_text()
+
+
+def test_the_harness_tasks_are_the_local_overlays_over_the_examples_written(example):
+  """`harness_tasks/` holds one lm-eval task per family: the local overlay's task (its
+  first prompt) over the first `--eval_examples` examples, its YAML naming its rows."""
+  from arch_objective.training import local
+  written, overlay = example["data"] / "harness_tasks", local.local_harness_tasks()
+  assert sorted(p.name for p in written.iterdir()) == sorted(
+      [f"{f}.jsonl" for f in FAMILIES] + [f"{f}.yaml" for f in FAMILIES])
+  for family in FAMILIES:
+    rows = (written / f"{family}.jsonl").read_text().splitlines()
+    full = (pathlib.Path(overlay) / f"{family}.jsonl").read_text().splitlines()
+    assert 0 < len(rows) <= 20 and rows == full[:len(rows)], family
+    first = json.loads(rows[0])
+    assert 0 <= first["gold"] < len(first["choices"]) and first["query"]
+    assert f"validation: {written / family}.jsonl" in (written / f"{family}.yaml").read_text()
 
 
 def test_data_example_refuses_a_folder_with_files(example, capsys):

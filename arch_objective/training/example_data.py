@@ -8,10 +8,12 @@ the same seeded world that `gin/local.gin` and the study use (`data/world/`):
   DIR/t0_eval/             the world's held-out families (NLI, coreference, cause and
                            effect, story endings), T0-Eval-style:
                            `<family>/validation.jsonl` and `suite.json`
+  DIR/harness_tasks/       the same families as lm-eval tasks (`--include_path`)
   DIR/README.txt           the commands that read them
 
 `eval t0 --data_dir DIR/t0_eval` reads the suite (`read_world_suite`): its examples
-from the files, its prompts from the world's prompt set. The corpus and vocabulary are
+from the files, its prompts from the world's prompt set; `eval harness --include_path
+DIR/harness_tasks --tasks world_nli` and `lm_eval` read the task folder. The corpus and vocabulary are
 what `LOCAL_CORPUS` and `LOCAL_VOCABULARY` of `gin/local.gin`, `data stats --corpus
 --vocabulary` and `train` read.
 """
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from typing import Optional
 
 from arch_objective.errors import MissingFile, UserError, integer_at_least
@@ -28,6 +32,7 @@ SUITE_KIND = "arch_objective world held-out suite"
 T0_EVAL_DIR = "t0_eval"
 CORPUS_FILE = "corpus.jsonl"
 VOCABULARY_FILE = "spm.model"
+HARNESS_DIR = "harness_tasks"
 
 
 def write_example_data(out: str, *, corpus_bytes: Optional[int] = None,
@@ -68,13 +73,15 @@ def write_example_data(out: str, *, corpus_bytes: Optional[int] = None,
   vocab = vocabularies.SentencePieceVocabulary(vocabulary)
   suite_dir = os.path.join(out, T0_EVAL_DIR)
   families = write_world_suite(suite_dir, world, eval_examples)
+  harness_dir = os.path.join(out, HARNESS_DIR)
+  write_world_harness_tasks(harness_dir, world.heldout_suite(), eval_examples)
   readme = os.path.join(out, "README.txt")
   with open(readme, "w", encoding="utf-8") as f:
     f.write(_README.format(out=out, vocab_size=vocab.vocab_size,
                            padded=vocabularies.padded_vocab_size(vocab.vocab_size)))
   return {"corpus": corpus, "documents": stats["documents"], "bytes": stats["bytes"],
           "vocabulary": vocabulary, "vocab_size": vocab.vocab_size, "t0_eval": suite_dir,
-          "families": families, "readme": readme}
+          "families": families, "harness_tasks": harness_dir, "readme": readme}
 
 
 def write_world_suite(directory: str, world, examples: Optional[int] = None,
@@ -96,6 +103,43 @@ def write_world_suite(directory: str, world, examples: Optional[int] = None,
     json.dump({"kind": SUITE_KIND, "world_seed": world.config.seed, "families": entries},
               f, indent=2)
   return counts
+
+
+def write_world_harness_tasks(directory: str, suite, examples: Optional[int] = None
+                               ) -> list[str]:
+  """lm-eval tasks over the world's held-out families (`suite`, `HeldOutFamily`s): for
+  each family, its first prompt over its first `examples` examples (default all) as a
+  multiple-choice task, `directory/<family>.jsonl` (`query`, `choices`, `gold` per row)
+  and `directory/<family>.yaml` naming the rows by absolute path. `directory` is an
+  lm-eval `include_path`; returns the task names. The files are written into a temporary
+  folder beside `directory` and moved in rows first, so a reader never finds a task whose
+  rows are missing."""
+  directory = os.path.abspath(directory)
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".harness-", dir=parent)
+  names = []
+  try:
+    for family in suite:
+      prompt, docs = family.prompts[0], []
+      rows = family.examples[:examples] if examples else family.examples
+      for example in rows:
+        rendered = prompt.render(example)
+        if rendered is not None and rendered.choices:
+          docs.append({"query": rendered.inputs, "choices": list(rendered.choices),
+                       "gold": rendered.gold[0]})
+      with open(os.path.join(tmp, f"{family.name}.jsonl"), "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in docs)
+      with open(os.path.join(tmp, f"{family.name}.yaml"), "w", encoding="utf-8") as f:
+        f.write(_HARNESS_YAML.format(
+            name=family.name, rows=os.path.join(directory, f"{family.name}.jsonl")))
+      names.append(family.name)
+    os.makedirs(directory, exist_ok=True)
+    for name in sorted(os.listdir(tmp)):     # rows first (.jsonl sorts before .yaml)
+      os.replace(os.path.join(tmp, name), os.path.join(directory, name))
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return names
 
 
 def is_world_suite(data_dir: Optional[str]) -> bool:
@@ -153,6 +197,21 @@ def read_world_suite(data_dir: str, split: str = "validation") -> list:
   return suite
 
 
+_HARNESS_YAML = """\
+task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {rows}
+output_type: multiple_choice
+validation_split: validation
+doc_to_text: "{{{{query}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: gold
+metric_list:
+  - metric: acc
+"""
+
 _README = """\
 Example data written by `arch-objective data example` (the synthetic world of
 gin/local.gin and the study; nothing here was downloaded).
@@ -161,6 +220,8 @@ gin/local.gin and the study; nothing here was downloaded).
   spm.model      SentencePiece vocabulary: {vocab_size} ids with the 100 extra ids
                  (a model's VOCAB_SIZE: {padded}, padded to a multiple of 128)
   t0_eval/       the world's held-out families, for eval t0 --data_dir
+  harness_tasks/ the same families as lm-eval tasks (world_nli, world_coreference,
+                 world_cause_effect, world_story_ending), for --include_path
 
   arch-objective data stats --task local_span_corruption --corpus {out}/corpus.jsonl \\
       --vocabulary {out}/spm.model
@@ -169,4 +230,6 @@ gin/local.gin and the study; nothing here was downloaded).
       --gin.VOCAB_SIZE={padded} --gin.MODEL_DIR="'/tmp/cd_example'"
   arch-objective eval t0 --checkpoint /tmp/cd_example --data_dir {out}/t0_eval \\
       --max_examples 8
+  arch-objective eval harness --checkpoint /tmp/cd_example \\
+      --include_path {out}/harness_tasks --tasks world_nli world_coreference --limit 8
 """

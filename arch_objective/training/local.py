@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 import shutil
@@ -34,6 +33,7 @@ from typing import Optional, Sequence, Union
 
 from arch_objective.errors import UserError, integer_at_least
 from arch_objective.training import data
+from arch_objective.training import example_data
 from arch_objective.training import sources as source_lib
 
 WORLD_VERSION = 2          # bumped whenever the world's corpus changes
@@ -41,7 +41,6 @@ WORLD_SEED = 0
 WORLD_BYTES = 4_000_000
 WORLD_VOCAB = 400
 WORLD_MTF = "world_mtf"
-HARNESS_DIR = "harness_tasks"
 _CORPUS, _VOCAB = "corpus.jsonl", "spm.model"
 
 
@@ -178,45 +177,10 @@ def harness_task_names() -> list[str]:
 def local_harness_tasks(data_dir: Optional[str] = None) -> str:
   """A folder of lm-eval YAML tasks, one multiple-choice task per held-out family of the
   world (its first prompt, the validation examples); returns the folder (an lm-eval
-  `include_path`)."""
+  `include_path`). Written once into LOCAL_DATA_DIR."""
   local = prepare(data_dir)
-  folder = os.path.join(local.directory, HARNESS_DIR)
-  names = harness_task_names()
-  if all(os.path.exists(os.path.join(folder, f"{n}.yaml")) for n in names):
+  folder = os.path.join(local.directory, example_data.HARNESS_DIR)
+  if all(os.path.exists(os.path.join(folder, f"{n}.yaml")) for n in harness_task_names()):
     return folder
-  tmp = tempfile.mkdtemp(prefix=".harness-", dir=local.directory)
-  try:
-    for family in local_suite():
-      prompt, docs = family.prompts[0], []
-      for example in family.examples:
-        rendered = prompt.render(example)
-        if rendered is not None and rendered.choices:
-          docs.append({"query": rendered.inputs, "choices": list(rendered.choices),
-                       "gold": rendered.gold[0]})
-      rows = os.path.join(folder, f"{family.name}.jsonl")
-      with open(os.path.join(tmp, f"{family.name}.jsonl"), "w") as f:
-        f.writelines(json.dumps(d) + "\n" for d in docs)
-      with open(os.path.join(tmp, f"{family.name}.yaml"), "w") as f:
-        f.write(_HARNESS_YAML.format(name=family.name, rows=rows))
-    os.makedirs(folder, exist_ok=True)
-    for name in sorted(os.listdir(tmp)):     # rows first (.jsonl sorts before .yaml)
-      os.replace(os.path.join(tmp, name), os.path.join(folder, name))
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+  example_data.write_world_harness_tasks(folder, local_suite())
   return folder
-
-
-_HARNESS_YAML = """\
-task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    validation: {rows}
-output_type: multiple_choice
-validation_split: validation
-doc_to_text: "{{{{query}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: gold
-metric_list:
-  - metric: acc
-"""
