@@ -1,9 +1,11 @@
 """Shared fixtures: the real data under ../shared/data; a registry and a logger that
-do not leak from one test to the next; the toy vocabulary and tiny model directories,
-made once per session (tests only read them)."""
+do not leak from one test to the next; the toy vocabulary, tiny model directories, tiny
+parameters and a short finished training run, made once per session (tests only read
+them)."""
 import logging
 import os
 import pathlib
+import shutil
 import sys
 
 import pytest
@@ -122,3 +124,35 @@ def tiny_model_dirs(tmp_path_factory):
       made[arch] = (out, params)
     return made[arch]
   return make
+
+
+@pytest.fixture(scope="session")
+def tiny_params():
+  """Parameters of `helpers.tiny_model` (float32, `helpers.TINY_VOCAB` ids), seed 0:
+  `"dec"` of the decoder-only models (shared by CD and ND) and `"ed"` of ED."""
+  return {"dec": helpers.init_params(helpers.tiny_model("causal_decoder"),
+                                     {"decoder_input_tokens": (1, 8)}),
+          "ed": helpers.init_params(helpers.tiny_model("encoder_decoder"),
+                                    {"encoder_input_tokens": (1, 8),
+                                     "decoder_input_tokens": (1, 8)})}
+
+
+@pytest.fixture(scope="session")
+def base_run(tmp_path_factory):
+  """A finished run of 2 steps with checkpoints 1 and 2 (`helpers.train_run`, trained
+  once per session). Tests only read it (`copy_of_base` to change it)."""
+  if not helpers.CORPUS.exists() or not helpers.VOCAB.exists():
+    pytest.skip("shared test data not found")
+  from arch_objective.training import checkpoints
+  model_dir = tmp_path_factory.mktemp("base") / "run"
+  helpers.train_run(model_dir)
+  assert checkpoints.complete_steps(str(model_dir / "checkpoints")) == [1, 2]
+  return model_dir
+
+
+@pytest.fixture
+def copy_of_base(base_run, tmp_path):
+  """A copy of `base_run` of the test's own."""
+  target = tmp_path / "run"
+  shutil.copytree(base_run, target)
+  return target

@@ -1,8 +1,9 @@
 """Shared by the tests: the real data under ../shared/data, a job of several processes
 on 127.0.0.1 joined with jax.distributed (a multi-host run on one machine), small models
-and parameters, commands run in-process, the toy sentences, vocabulary and lm-eval tasks,
-modules imported at first use (so that collecting the tests stays fast), and the plain
-form of the data pipeline's positioned stages."""
+and parameters, short training runs on the shared corpus, commands run in-process, the
+toy sentences, vocabulary and lm-eval tasks, modules imported at first use (so that
+collecting the tests stays fast), and the plain form of the data pipeline's positioned
+stages."""
 import importlib
 import importlib.util
 import json
@@ -109,6 +110,73 @@ def random_params(model, seed: int, draw: str = "like_init"):
       value = rng.standard_normal(shape) / np.sqrt(shape[0])
     out[name] = value.astype(np.float32)
   return param_tree.unflatten(out)
+
+
+# ----------------------------------------------------------------------------------------
+# Tiny models, their parameters, and short training runs on the shared corpus
+# ----------------------------------------------------------------------------------------
+TINY_VOCAB = 64   # the vocabulary of `tiny_model` (what the model and decoding tests use)
+
+
+def tiny_model(arch: str, **kw):
+  """The `tiny` float32 model of `arch` over `TINY_VOCAB` ids (unless `kw` says
+  otherwise)."""
+  from arch_objective import build_model
+  kw.setdefault("vocab_size", TINY_VOCAB)
+  kw.setdefault("dtype", "float32")
+  return build_model(arch, "tiny", **kw)
+
+
+def init_params(model, shapes: dict, seed: int = 0):
+  """`model`'s initial parameters (its own initialisers, compiled) for input `shapes`."""
+  import jax
+  return model.get_initial_variables(jax.random.PRNGKey(seed), shapes)["params"]
+
+
+def tiny_model_and_params(arch: str, dropout: float):
+  """(model, params, batch): the `tiny` float32 model of `arch` over 128 ids with
+  `dropout_rate=dropout`, its initial parameters (seed 1), and 8 random rows of 12
+  tokens in [2, 128) with a loss on about 80% of positions and ND prefixes of random
+  lengths (`testing.synthetic_batch`, seed 0)."""
+  from arch_objective import build_model, testing
+  model = build_model(arch, "tiny", dtype="float32", dropout_rate=dropout, vocab_size=128)
+  batch = testing.synthetic_batch(arch, 8, 12, inputs_length=12, targets_length=12,
+                                  vocab_size=128, seed=0, weighted=0.8, prefix="random")
+  shapes = {k: v.shape for k, v in batch.items()}
+  return model, init_params(model, shapes, seed=1), batch
+
+
+def local_dataset(task="local_full_lm", batch_size=4, length=64, vocabulary=str(VOCAB), **kw):
+  """A `DatasetConfig` of `task` over the shared C4 sample and T5 vocabulary."""
+  from arch_objective.training import data, sources
+  return data.DatasetConfig(task=task, batch_size=batch_size, length=length,
+                            source=sources.LocalCorpus(str(CORPUS)), vocabulary=vocabulary,
+                            **kw)
+
+
+def tiny_float32(arch="causal_decoder", **kw):
+  """The `tiny` float32 model of `arch` over the full T5 vocabulary (the training tests')."""
+  from arch_objective import build_model
+  return build_model(arch, "tiny", dtype="float32", **kw)
+
+
+def train_run(model_dir, *, model=None, ds=None, steps=2, **kw):
+  """`train.train` of `steps` steps into `model_dir`, saving every step: `tiny_float32()`
+  on `local_dataset()` at a constant learning rate of 0.01 unless told otherwise."""
+  from arch_objective.training import optimizers, train
+  kw.setdefault("learning_rate_schedule", optimizers.constant(0.01))
+  return train.train(model_dir=str(model_dir), model=model or tiny_float32(),
+                     dataset=ds or local_dataset(), train_steps=steps, save_every=1,
+                     progress=False, **kw)
+
+
+# tensorstore's error for a write to a full disk, as orbax re-raises it (`{d}`: the
+# checkpoints directory).
+TENSORSTORE_ENOSPC = (
+    'RESOURCE_EXHAUSTED: Error writing "params.decoder.decoder_norm.scale/0" in OCDBT '
+    'database at local file "{d}/3.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/": '
+    'Failed writing: "{d}/3.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/d/x": No space '
+    'left on device [OS error: No space left on device]')
 
 
 # ----------------------------------------------------------------------------------------

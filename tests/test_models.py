@@ -1,4 +1,5 @@
-"""The three architectures: parameter trees, masks in action, packing, decoding, errors."""
+"""The three architectures: parameter trees, masks in action, packing, cached decoding,
+loss and scoring, errors."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,18 +8,9 @@ from flax import traverse_util
 
 from arch_objective import build_model, layers, models
 
+from helpers import TINY_VOCAB as VOCAB, init_params as init, tiny_model as tiny
+
 CD, ND, ED = models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER, models.ENCODER_DECODER
-VOCAB = 64
-
-
-def tiny(arch, **kw):
-  kw.setdefault("vocab_size", VOCAB)
-  kw.setdefault("dtype", "float32")
-  return build_model(arch, "tiny", **kw)
-
-
-def init(model, shapes, seed=0):
-  return model.get_initial_variables(jax.random.PRNGKey(seed), shapes)["params"]
 
 
 def shift_right(targets, segment_ids=None):
@@ -55,10 +47,9 @@ def ed_batch(inputs, targets, enc_seg=None, dec_seg=None):
 
 
 @pytest.fixture(scope="module")
-def params():
-  """Tiny float32 parameters: decoder-only (shared by CD and ND) and ED."""
-  return {"dec": init(tiny(CD), {"decoder_input_tokens": (1, 8)}),
-          "ed": init(tiny(ED), {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)})}
+def params(tiny_params):
+  """Tiny float32 parameters: decoder-only (shared by CD and ND) and ED (conftest)."""
+  return tiny_params
 
 
 # ---------------------------------------------------------------------------
@@ -327,37 +318,6 @@ def test_cross_key_values_projected_once_per_prompt_give_the_per_row_logits(para
     model.decode_logits(p, encoded, enc, inputs, targets, cross_rows=rows)
 
 
-@pytest.mark.slow
-def test_sampling_is_seeded_and_eos_pads_the_rest(params):
-  model = tiny(CD)
-  batch = {"decoder_input_tokens": np.array([[0, 5, 6]] * 4, np.int32),
-           "decoder_causal_attention": np.array([[1, 1, 1]] * 4, np.int32)}
-  a = np.asarray(model.predict_batch(params["dec"], batch, jax.random.PRNGKey(1),
-                                     max_decode_steps=8, topk=0, eos_id=None))
-  b = np.asarray(model.predict_batch(params["dec"], batch, jax.random.PRNGKey(1),
-                                     max_decode_steps=8, topk=0, eos_id=None))
-  c = np.asarray(model.predict_batch(params["dec"], batch, jax.random.PRNGKey(2),
-                                     max_decode_steps=8, topk=0, eos_id=None))
-  np.testing.assert_array_equal(a, b)
-  assert not np.array_equal(a, c)
-  # With the first sampled token declared the EOS id, the rest of that row is padding.
-  eos = int(a[0, 0])
-  d = np.asarray(model.predict_batch(params["dec"], batch, jax.random.PRNGKey(1),
-                                     max_decode_steps=8, topk=0, eos_id=eos))
-  assert d[0, 0] == eos and np.all(d[0, 1:] == 0)
-
-
-@pytest.mark.slow
-def test_topk_one_sampling_is_greedy(params):
-  model = tiny(ND)
-  batch = {"decoder_input_tokens": np.array([[0, 5, 6, 7]] * 2, np.int32),
-           "decoder_causal_attention": np.array([[1, 1, 1, 1]] * 2, np.int32)}
-  greedy = model.predict_batch(params["dec"], batch, max_decode_steps=4, eos_id=None)
-  top1 = model.predict_batch(params["dec"], batch, jax.random.PRNGKey(3), max_decode_steps=4,
-                             topk=1, eos_id=None)
-  np.testing.assert_array_equal(np.asarray(greedy), np.asarray(top1))
-
-
 # ---------------------------------------------------------------------------
 # Loss and scoring through the model
 # ---------------------------------------------------------------------------
@@ -484,28 +444,3 @@ def test_from_meta_builds_the_checkpoints_model_and_names_bad_metadata():
     models.from_meta(meta, "/ckpt", "encoder_decoder")
   with pytest.raises(ValueError, match="'/ckpt' has no model metadata"):
     models.from_meta({"arch": "causal_decoder"}, "/ckpt")
-
-
-@pytest.mark.parametrize("missing", [("emb_dim", "num_decoder_layers"), ("mlp_activations",),
-                                     ("vocab_size",), ("dropout_rate", "dtype"),
-                                     ("float32_attention_logits",)])
-def test_a_saved_config_without_a_field_is_refused_naming_it(missing):
-  """A `small` checkpoint whose meta lacks fields is refused by the one reader of saved
-  configs (`network.config_from_dict`, under `models.from_meta`), naming the fields:
-  never built at some preset's size. Execution options a config written before them
-  lacks take their defaults."""
-  import dataclasses as dc
-  from arch_objective import models, network
-  small = models.build_model("causal_decoder", "small")
-  config = {k: v for k, v in dc.asdict(small.config).items() if k not in missing}
-  for read in (lambda: models.from_meta({"arch": "causal_decoder", "config": config}, "/ckpt"),
-               lambda: network.config_from_dict(config, "/ckpt")):
-    with pytest.raises(ValueError) as e:
-      read()
-    assert f"the model config lacks {', '.join(missing)};" in str(e.value)
-    assert "/ckpt" in str(e.value)
-  older = {k: v for k, v in dc.asdict(small.config).items()
-           if k not in ("attention_impl", "remat_policy", "scan_layers")}
-  assert models.from_meta({"arch": "causal_decoder", "config": older}, "/ckpt").config == \
-      small.config
-  assert network.config_from_dict(older, "/ckpt") == small.config

@@ -13,21 +13,11 @@ import jax
 import numpy as np
 import pytest
 
-from arch_objective import build_model, logs
-from arch_objective.training import (checkpoints, data, optimizers, run_lock, sources, train,
-                                     trainer)
+from arch_objective import logs
+from arch_objective.training import checkpoints, optimizers, run_lock, train
 
 from helpers import CORPUS, ROOT, VOCAB, needs_data, run_processes
-
-
-def dataset(task="local_full_lm", batch_size=4, length=64, vocabulary=str(VOCAB), **kw):
-  return data.DatasetConfig(task=task, batch_size=batch_size, length=length,
-                            source=sources.LocalCorpus(str(CORPUS)), vocabulary=vocabulary,
-                            **kw)
-
-
-def tiny(arch="causal_decoder", **kw):
-  return build_model(arch, "tiny", dtype="float32", **kw)
+from helpers import local_dataset as dataset, tiny_float32 as tiny
 
 
 # ---------------------------------------------------------------------------
@@ -250,40 +240,6 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_one_before(tmp_path, 
   np.testing.assert_array_equal(
       np.asarray(result.state.params["decoder"]["token_embedder"]["embedding"]),
       np.asarray(straight.state.params["decoder"]["token_embedder"]["embedding"]))
-
-
-@needs_data
-@pytest.mark.slow
-def test_a_transient_read_error_is_retried_before_a_checkpoint_is_moved_aside(
-    tmp_path, monkeypatch, capsys):
-  """On gs:// a read can fail for a moment; the newest checkpoint is read again (twice by
-  default there) and only moved aside when every try fails."""
-  kwargs = dict(model=tiny(), dataset=dataset(), save_every=2, progress=False,
-                learning_rate_schedule=optimizers.constant(0.01))
-  train.train(model_dir=str(tmp_path), train_steps=4, **kwargs)
-  original = checkpoints.Checkpoints.restore
-  failures = []
-
-  def flaky(self, *args, **kw):
-    if len(failures) < 2:
-      failures.append(1)
-      raise OSError("503 Service Unavailable")
-    return original(self, *args, **kw)
-
-  monkeypatch.setattr(checkpoints.Checkpoints, "restore", flaky)
-  first = next(data.batches(dataset(), "causal_decoder"))
-  shapes = {k: v.shape for k, v in first.items()}
-  tx = optimizers.adafactor(optimizers.constant(0.01))
-  abstract = jax.eval_shape(lambda r: trainer.init_state(tiny(), tx, shapes, r),
-                            jax.random.PRNGKey(0))
-  ckpt = checkpoints.Checkpoints(str(tmp_path / "checkpoints"))
-  logs.show_on_stderr()
-  capsys.readouterr()
-  state, position, _ = ckpt.restore_newest_readable(abstract, retries=2, retry_wait=0)
-  ckpt.close()
-  assert int(state.step) == 4 and len(failures) == 2
-  assert capsys.readouterr().err.count("trying again") == 2
-  assert not (tmp_path / "checkpoints" / "4.unreadable").exists()
 
 
 @needs_data

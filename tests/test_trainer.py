@@ -4,26 +4,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arch_objective import build_model, layers, testing
+from arch_objective import layers
 from arch_objective.training import optimizers, trainer
 
+from helpers import tiny_model_and_params
+
 ARCHS = ("causal_decoder", "non_causal_decoder", "encoder_decoder")
-
-
-def _batch(arch: str, rows: int = 8, length: int = 12, seed: int = 0) -> dict:
-  """Random rows: tokens in [2, 128), a loss on about 80% of positions, ND prefixes of
-  random lengths."""
-  return testing.synthetic_batch(arch, rows, length, inputs_length=length,
-                                 targets_length=length, vocab_size=128, seed=seed,
-                                 weighted=0.8, prefix="random")
-
-
-def _model_and_params(arch: str, dropout: float):
-  model = build_model(arch, "tiny", dtype="float32", dropout_rate=dropout, vocab_size=128)
-  batch = _batch(arch)
-  shapes = {k: v.shape for k, v in batch.items()}
-  params = model.get_initial_variables(jax.random.PRNGKey(1), shapes)["params"]
-  return model, params, batch
 
 
 def _grads(model, params, batch, rng, k):
@@ -35,7 +21,7 @@ def _grads(model, params, batch, rng, k):
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 @pytest.mark.slow
 def test_microbatched_gradients_equal_the_one_batch_gradients(arch, dropout):
-  model, params, batch = _model_and_params(arch, dropout)
+  model, params, batch = tiny_model_and_params(arch, dropout)
   rng = jax.random.PRNGKey(7) if dropout else None
   grads_1, metrics_1 = _grads(model, params, batch, rng, 1)
   for k in (2, 8):
@@ -58,7 +44,7 @@ def test_microbatched_gradients_equal_the_one_batch_gradients(arch, dropout):
 def test_dropout_changes_the_loss_and_the_step_rng_changes_the_masks():
   # The equality above is not vacuous: dropout is active, and another key gives
   # other masks.
-  model, params, batch = _model_and_params("non_causal_decoder", 0.1)
+  model, params, batch = tiny_model_and_params("non_causal_decoder", 0.1)
   _, none = _grads(model, params, batch, None, 1)
   _, one = _grads(model, params, batch, jax.random.PRNGKey(7), 2)
   _, other = _grads(model, params, batch, jax.random.PRNGKey(8), 2)
@@ -68,7 +54,7 @@ def test_dropout_changes_the_loss_and_the_step_rng_changes_the_masks():
 
 def test_train_step_runs_with_microbatches_and_no_dropout():
   # The paper's pretraining files: dropout 0 and NUM_MICROBATCHES 8.
-  model, params, batch = _model_and_params("causal_decoder", 0.0)
+  model, params, batch = tiny_model_and_params("causal_decoder", 0.0)
   tx = optimizers.adafactor(optimizers.rsqrt_decay())
   state = trainer.TrainState.create(params, tx)
   step = jax.jit(lambda s, b, r: trainer.train_step(model, tx, optimizers.rsqrt_decay(), 8,
@@ -90,24 +76,3 @@ def test_dropout_masks_are_drawn_per_row_from_the_row_offset():
   assert 0.3 < whole[:, 0].mean() < 0.7
   with pytest.raises(ValueError, match="batch axis"):
     layers.dropout_keep_mask(key, 0.5, (2, 3), broadcast_dims=(0,))
-
-
-def test_every_dropout_of_the_network_broadcasts_over_length():
-  # t5x drops whole embedding units for every position (broadcast_dims=(-2,)), the final
-  # decoder dropout included. Captured outputs of every Dropout module: a unit dropped at
-  # one position is dropped at all positions of that row.
-  model, params, batch = _model_and_params("causal_decoder", 0.5)
-  from arch_objective import network
-  module = network.DecoderOnly(model.config)
-  tokens = jnp.asarray(batch["decoder_input_tokens"])
-  _, state = module.apply({"params": params}, tokens, None, enable_dropout=True,
-                          rngs={"dropout": jax.random.PRNGKey(5)},
-                          capture_intermediates=lambda mdl, _: isinstance(mdl, layers.Dropout))
-  outputs = [v for path, v in jax.tree_util.tree_leaves_with_path(state["intermediates"])
-             if "Dropout" in jax.tree_util.keystr(path)]
-  # embedding, three per layer (after attention, inside the MLP, after the MLP), final.
-  assert len(outputs) == 1 + 3 * model.config.num_decoder_layers + 1
-  for out in outputs:
-    zero = np.asarray(out) == 0                                   # [b, l, d] or [b, l, mlp]
-    assert zero.any()
-    np.testing.assert_array_equal(zero, np.broadcast_to(zero[:, :1], zero.shape))

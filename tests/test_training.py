@@ -1,4 +1,5 @@
-"""The trainer: the six pretraining pairs learn, sharding, exact resume, crashes, gin."""
+"""The trainer: the six pretraining pairs learn, sharding, exact resume, crashes, the
+`train` and `evaluate` commands end to end, restoring across architectures."""
 import json
 import os
 import signal
@@ -11,19 +12,14 @@ import numpy as np
 import pytest
 
 from arch_objective import build_model
-from arch_objective.training import checkpoints, data, gin_utils, optimizers, sources, train
+from arch_objective.training import checkpoints, optimizers, train
 
 from helpers import CORPUS, ROOT, VOCAB, needs_data, run_processes
+from helpers import local_dataset as dataset
 
 PAIRS = [("causal_decoder", "local_full_lm"), ("causal_decoder", "local_span_corruption"),
          ("non_causal_decoder", "local_prefix_lm"), ("non_causal_decoder", "local_span_corruption"),
          ("encoder_decoder", "local_prefix_lm"), ("encoder_decoder", "local_span_corruption")]
-
-
-def dataset(task="local_full_lm", batch_size=4, length=64, **kw):
-  return data.DatasetConfig(task=task, batch_size=batch_size, length=length,
-                            source=sources.LocalCorpus(str(CORPUS)), vocabulary=str(VOCAB),
-                            **kw)
 
 
 def run_script(code: str, env_extra=None, timeout=300):
@@ -233,82 +229,6 @@ def test_unwritable_model_dir_and_small_vocab_are_rejected_before_work(tmp_path)
   small = build_model("causal_decoder", "tiny", dtype="float32", vocab_size=1000)
   with pytest.raises(ValueError, match="vocab_size 1000 is smaller than the vocabulary"):
     train.train(model_dir=str(tmp_path / "run"), model=small, dataset=dataset(), train_steps=1)
-
-
-# ---------------------------------------------------------------------------
-# Gin
-# ---------------------------------------------------------------------------
-GIN_FILES = sorted(str(p.relative_to(ROOT / "gin")) for p in (ROOT / "gin").rglob("*.gin"))
-
-
-@pytest.mark.parametrize("gin_file", GIN_FILES)
-def test_every_gin_file_parses(gin_file):
-  # Run files use the task macro that an objectives/ file sets, and required macros.
-  import re
-  text = "\n".join(gin_utils._texts([gin_utils._locate(gin_file)]))
-  from arch_objective import study
-  from arch_objective.evaluation import runs  # noqa: F401 (registers eval_t0, eval_harness)
-  study.register_gin()
-  extra = [f"{name}=1" for name in re.findall(r"^(\w+) = %gin.REQUIRED", text, re.M)]
-  if "%MIXTURE_OR_TASK_NAME" in text and "MIXTURE_OR_TASK_NAME =" not in text:
-    extra.append("MIXTURE_OR_TASK_NAME='c4_full_lm'")
-  gin_utils.parse([gin_file], extra)
-  import gin
-  text = (ROOT / "gin" / gin_file).read_text()
-  bound = [l.split("=")[0].strip() for l in text.splitlines() if "=" in l and not l.startswith("#")]
-  assert bound, gin_file
-  assert all(gin.query_parameter(b) is not None for b in bound if "." in b)
-
-
-@pytest.mark.parametrize("arch", ["causal_decoder", "non_causal_decoder", "encoder_decoder"])
-def test_gin_composes_a_model_per_architecture(arch):
-  import gin
-  gin_utils.parse([f"models/{arch}.gin", "sizes/tiny.gin", "runs/pretrain.gin"],
-                  ["MODEL_DIR='/tmp/unused'", "TRAIN_STEPS=1", "MIXTURE_OR_TASK_NAME='c4_full_lm'"])
-  model = gin.get_configurable("build_model")()
-  assert model.name == arch and model.config.emb_dim == 64 and model.config.dtype == "bfloat16"
-
-
-def test_run_files_bind_the_source_from_the_macros_users_set():
-  """CORPUS, TFDS_DATA_DIR and C4_VERSION name the corpus of pretraining and evaluation
-  (`@corpus_source()`); PROMPT_DATASETS, DATA_DIR and MAPPING the MT-F mixture's."""
-  import gin
-  model = ["models/causal_decoder.gin", "sizes/tiny.gin"]
-  runs = {"runs/pretrain.gin": ["MODEL_DIR='/tmp/unused'", "TRAIN_STEPS=1"],
-          "runs/evaluate.gin": ["MODEL_DIR='/tmp/unused'"]}
-
-  def dataset(files, bindings):
-    gin_utils.parse(files, bindings)
-    return gin.get_configurable("DatasetConfig")()
-
-  for run, required in runs.items():
-    files = model + ["objectives/full_lm.gin", run]
-    assert dataset(files, required).source == sources.C4()
-    assert dataset(files, required + ["TFDS_DATA_DIR='/tmp/tfds'", "C4_VERSION='2.2.0'"]
-                   ).source == sources.C4("2.2.0", "/tmp/tfds")
-    local = dataset(files, required + ["CORPUS=['a.jsonl', 'b/*.txt']",
-                                       "MIXTURE_OR_TASK_NAME='local_full_lm'"])
-    assert local.task == "local_full_lm"
-    assert local.source == sources.LocalCorpus(["a.jsonl", "b/*.txt"], "text", "line")
-  files = model + ["runs/finetune_t0.gin"]
-  required = ["MODEL_DIR='/tmp/unused'", "TRAIN_STEPS=1", "INITIAL_CHECKPOINT_PATH='/tmp/c'"]
-  t0 = dataset(files, required)
-  assert t0.task == "t0_train" and t0.prompted and t0.source == sources.PromptedDatasets()
-  mix = dataset(files, required + ["MIXTURE_OR_TASK_NAME='rte'", "DATA_DIR='/d'",
-                                   "PROMPT_DATASETS=['super_glue/rte']", "MAPPING='/m.json'"])
-  assert mix.prompted and mix.source == sources.PromptedDatasets(["super_glue/rte"], "/d",
-                                                                 "/m.json")
-
-
-def test_unknown_gin_bindings_and_macros_are_errors():
-  with pytest.raises(ValueError, match="gin macro TRAIN_STEPS is required"):
-    gin_utils.parse(["runs/pretrain.gin", "objectives/full_lm.gin"], ["MODEL_DIR='/tmp/x'"])
-  with pytest.raises(ValueError, match="doesn't have a parameter named 'foo'"):
-    gin_utils.parse(["runs/pretrain.gin"], ["train.foo = 1"])
-  with pytest.raises(ValueError, match="unknown gin macro 'BATCH_SIZ'.*BATCH_SIZE"):
-    gin_utils.parse(["runs/pretrain.gin"], ["BATCH_SIZ = 4"])
-  with pytest.raises(ValueError, match="gin file 'runs/nope.gin' not found"):
-    gin_utils.parse(["runs/nope.gin"], [])
 
 
 @needs_data
