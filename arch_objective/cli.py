@@ -100,7 +100,7 @@ def _task_spec(args):
 
 def _data(args) -> int:
   import itertools
-  from arch_objective.objectives import stats
+  from arch_objective.objectives import pipeline, stats, ul2
   spec = _task_spec(args)
   objective = spec.objective(args.arch)
   vocab = spec.vocab()
@@ -112,9 +112,12 @@ def _data(args) -> int:
     print(json.dumps(report, indent=2))
     return 0
   rows = itertools.islice(objective.model_rows(examples), args.num)
+  decode = vocab.decode
+  if objective.objective == pipeline.UL2:   # paradigm tokens by name: [NLU], [NLG], [S2S]
+    decode = ul2.decoder_with_paradigms(vocab.decode, vocab.vocab_size - 1, vocab.extra_ids)
   for i, row in enumerate(rows):
     print(f"== {spec.name} as {objective.name}, row {i}")
-    print(stats.render_row(row, vocab.decode))
+    print(stats.render_row(row, decode))
   return 0
 
 

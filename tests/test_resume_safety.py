@@ -133,7 +133,8 @@ IDENTITY_CHANGES = {
 
 
 def test_every_identity_field_has_a_test():
-  assert sorted(IDENTITY_CHANGES) == sorted(checkpoints.IDENTITY_FIELDS)
+  # denoisers: recorded by UL2 runs only; its refusal is tested in tests/test_ul2.py
+  assert sorted(IDENTITY_CHANGES) == sorted(set(checkpoints.IDENTITY_FIELDS) - {"denoisers"})
 
 
 @needs_data

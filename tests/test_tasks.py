@@ -19,10 +19,12 @@ CD, ND, ED = models.CAUSAL_DECODER, models.NON_CAUSAL_DECODER, models.ENCODER_DE
 LENGTH = 64
 EOS = 1
 SENTINEL_0 = 32099  # <extra_id_0> of the T5 vocabulary with 100 extra ids
-KINDS = ("full_lm", "prefix_lm_decoder", "prefix_lm_encoder_decoder", "span_corruption")
+KINDS = ("full_lm", "prefix_lm_decoder", "prefix_lm_encoder_decoder", "span_corruption",
+         "ul2")
 COMBINATIONS = [("full_lm", CD), ("full_lm", ND), ("prefix_lm_decoder", CD),
                 ("prefix_lm_decoder", ND), ("prefix_lm_encoder_decoder", ED),
-                ("span_corruption", CD), ("span_corruption", ND), ("span_corruption", ED)]
+                ("span_corruption", CD), ("span_corruption", ND), ("span_corruption", ED),
+                ("ul2", CD), ("ul2", ND), ("ul2", ED)]
 
 
 # ---------------------------------------------------------------------------
@@ -62,6 +64,8 @@ def expected_lengths(kind, arch):
   if kind == "span_corruption":
     inputs, targets = reference_mlm_lengths(LENGTH)
     return (inputs, targets) if arch == ED else (None, inputs + targets)
+  if kind == "ul2":     # inputs and targets of half a row each
+    return (LENGTH // 2, LENGTH - LENGTH // 2) if arch == ED else (None, LENGTH)
   return (LENGTH, LENGTH) if arch == ED else (None, LENGTH)
 
 
@@ -131,6 +135,13 @@ def test_local_rows_have_the_geometry_and_train_a_tiny_model(
       positions = np.arange(LENGTH)
       assert np.array_equal(row["decoder_causal_attention"], positions <= split)
       assert np.array_equal(weights, positions >= split)
+    elif kind == "ul2":
+      # Each segment opens with a paradigm token (the last 3 extra ids of T5's 100) and
+      # its loss-weighted targets end with EOS; the ND's prefix covers the inputs.
+      first = row["encoder_input_tokens"][0] if arch == ED else targets[0]
+      assert first in (SENTINEL_0 - 99, SENTINEL_0 - 98, SENTINEL_0 - 97)
+      loss_tokens = targets[weights > 0]
+      assert loss_tokens[-1] == EOS and 0 < len(loss_tokens) <= LENGTH - LENGTH // 2
     else:
       inputs_len, targets_len = reference_mlm_lengths(LENGTH)
       # One full 568-style chunk per row: loss on exactly the targets, which open with

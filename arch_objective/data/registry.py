@@ -13,6 +13,7 @@ paper, `<corpus>_prefix_lm_decoder` and `<corpus>_prefix_lm_encoder_decoder`:
   <corpus>_prefix_lm_decoder         inputs + targets = 626       non_causal_decoder
   <corpus>_prefix_lm_encoder_decoder inputs + targets = 626 (x2)  encoder_decoder
   <corpus>_span_corruption           inputs 512, targets 114      encoder_decoder (any arch)
+  <corpus>_ul2                       inputs 313, targets 313      encoder_decoder (any arch)
 
 Prefix LM task features are each chunk's prefix and the rest (t5's `prefix_lm`); the two
 prefix LM tasks differ in their splits: the encoder-decoder's come in complementary
@@ -30,7 +31,7 @@ from arch_objective import architectures
 from arch_objective.data import task as task_lib
 from arch_objective.data import vocabularies
 from arch_objective.errors import UserError
-from arch_objective.objectives import pipeline
+from arch_objective.objectives import pipeline, ul2
 
 # (split, seed, shard_index, num_shards, start) -> (text, position) pairs: this host's
 # share of the split's documents, each with the position a read restarts at (JSON), from
@@ -48,6 +49,7 @@ TASK_KINDS = {
                                   architectures.ENCODER_DECODER),
     "span_corruption": (pipeline.SPAN_CORRUPTION, architectures.ARCHITECTURES,
                         architectures.ENCODER_DECODER),
+    "ul2": (pipeline.UL2, architectures.ARCHITECTURES, architectures.ENCODER_DECODER),
 }
 
 
@@ -59,6 +61,7 @@ TASK_FEATURES = {
     "span_corruption": ("inputs", "targets"),
     "prefix_lm_decoder": ("inputs", "targets"),
     "prefix_lm_encoder_decoder": ("inputs", "targets"),
+    "ul2": ("inputs", "targets"),
 }
 
 
@@ -75,11 +78,20 @@ class TaskSpec(task_lib.Task):
   length: int = pipeline.PAPER_LENGTH
   splits: tuple[str, ...] = ("train", "validation")
   description: str = ""
+  denoisers: tuple = ul2.PAPER_DENOISERS   # the UL2 kind's mixture (`objectives/ul2.py`)
 
   def __post_init__(self):
     if self.kind not in TASK_KINDS:
       raise UserError(f"task {self.name!r}: unknown kind {self.kind!r}; valid kinds: "
                       f"{', '.join(TASK_KINDS)}.")
+
+  def with_denoisers(self, denoisers) -> "TaskSpec":
+    """This UL2 task with another mixture of denoisers (`ul2.denoisers_from` specs or
+    `ul2.Denoiser`s)."""
+    if self.kind != "ul2":
+      raise UserError(f"denoisers (DatasetConfig.denoisers, UL2_DENOISERS) configure UL2 "
+                      f"tasks; task {self.name!r} is {self.kind!r}.")
+    return dataclasses.replace(self, denoisers=ul2.denoisers_from(denoisers))
 
   def vocab(self) -> vocabularies.SentencePieceVocabulary:
     return load_vocabulary(self.vocabulary, self.extra_ids)
@@ -101,7 +113,8 @@ class TaskSpec(task_lib.Task):
     if arch not in self.architectures:
       raise UserError(f"task {self.name!r} ({self.kind}) is read by "
                       f"{', '.join(self.architectures)}, not {arch!r}.")
-    return pipeline.Objective(self.objective_name, arch, self.length, pack=pack)
+    return pipeline.Objective(self.objective_name, arch, self.length, pack=pack,
+                              denoisers=self.denoisers)
 
   def documents(self, split: str = "train", *, seed: int = 0, shard_index: int = 0,
                 num_shards: int = 1) -> Iterator[np.ndarray]:

@@ -13,7 +13,7 @@ that length (t5's `select_random_chunk`, 65,536 tokens for C4).
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -50,7 +50,8 @@ def tag(features: dict, where: Optional[dict]) -> Tagged:
   return out
 
 
-def concat_and_split_positioned(documents: Iterable[tuple[np.ndarray, Any]], length: int, *,
+def concat_and_split_positioned(documents: Iterable[tuple[np.ndarray, Any]],
+                                length: Union[int, Callable[[int], int]], *,
                                 append_eos: bool, seed: int = 0,
                                 max_document_length: int = MAX_DOCUMENT_LENGTH,
                                 drop_remainder: bool = False, start: Optional[dict] = None
@@ -63,8 +64,13 @@ def concat_and_split_positioned(documents: Iterable[tuple[np.ndarray, Any]], len
   and EOS), which the source reads again from position `source`. Reading the documents
   again from that source position with `start=where` yields chunk k and everything
   after it exactly as the uninterrupted stream did: the only state a resume needs.
+
+  `length` may be a function of the chunk index k (UL2 cuts each chunk to the length of
+  the denoiser drawn for it, a stateless draw keyed by k, so a resume at chunk k cuts
+  the same lengths).
   """
-  if length < 1:
+  length_of = length if callable(length) else (lambda k: length)
+  if not callable(length) and length < 1:
     raise UserError(f"chunk length must be >= 1, found {length}.")
   index = int(start["doc"]) if start else 0
   skip = int(start["skip"]) if start else 0
@@ -88,18 +94,20 @@ def concat_and_split_positioned(documents: Iterable[tuple[np.ndarray, Any]], len
     pieces.append(doc)
     buffered += len(doc)
     index += 1
-    if buffered >= length:
+    if buffered >= (wanted := _chunk_length(length_of, chunk_index)):
       stream = np.concatenate(pieces)
-      whole = (len(stream) // length) * length
-      m = 0
-      for begin in range(0, whole, length):
+      begin, m = 0, 0
+      while len(stream) - begin >= wanted:
         while m + 1 < len(marks) and marks[m + 1][0] <= begin:
           m += 1
         offset, src, doc_index, doc_base = marks[m]
-        yield stream[begin:begin + length], {"source": src, "doc": doc_index,
+        yield stream[begin:begin + wanted], {"source": src, "doc": doc_index,
                                              "skip": doc_base + begin - offset,
                                              "chunk": chunk_index}
+        begin += wanted
         chunk_index += 1
+        wanted = _chunk_length(length_of, chunk_index)
+      whole = begin
       rest = stream[whole:]
       while m + 1 < len(marks) and marks[m + 1][0] <= whole:
         m += 1
@@ -115,3 +123,10 @@ def concat_and_split_positioned(documents: Iterable[tuple[np.ndarray, Any]], len
     offset, src, doc_index, doc_base = marks[0]
     yield np.concatenate(pieces), {"source": src, "doc": doc_index, "skip": doc_base,
                                    "chunk": chunk_index}
+
+
+def _chunk_length(length_of: Callable[[int], int], index: int) -> int:
+  length = int(length_of(index))
+  if length < 1:
+    raise UserError(f"chunk length must be >= 1, found {length} for chunk {index}.")
+  return length

@@ -34,13 +34,14 @@ import numpy as np
 from arch_objective import architectures
 from arch_objective.errors import UserError
 from arch_objective.features import DECODER_CAUSAL_ATTENTION, DECODER_TARGET_TOKENS
-from arch_objective.objectives import chunking, feature_converters, prefix_lm, span_corruption
+from arch_objective.objectives import chunking, feature_converters, prefix_lm, span_corruption, ul2
 
 FULL_LM = "full_lm"
 PREFIX_LM = "prefix_lm"
 SPAN_CORRUPTION = "span_corruption"
-OBJECTIVES = (FULL_LM, PREFIX_LM, SPAN_CORRUPTION)
-SHORT_NAMES = {FULL_LM: "FLM", PREFIX_LM: "PLM", SPAN_CORRUPTION: "MLM"}
+UL2 = "ul2"
+OBJECTIVES = (FULL_LM, PREFIX_LM, SPAN_CORRUPTION, UL2)
+SHORT_NAMES = {FULL_LM: "FLM", PREFIX_LM: "PLM", SPAN_CORRUPTION: "MLM", UL2: "UL2"}
 PAPER_LENGTH = 626
 
 # The six (architecture, objective) pretraining runs of the paper (spec §2.7).
@@ -78,6 +79,9 @@ def task_feature_lengths(objective: str, length: int = PAPER_LENGTH) -> dict[str
   if objective == SPAN_CORRUPTION:
     inputs, targets = mlm_lengths(length)
     return {"inputs": inputs, "targets": targets}
+  if objective == UL2:
+    inputs, targets = ul2.ul2_lengths(length)
+    return {"inputs": inputs, "targets": targets}
   raise UserError(f"unknown objective {objective!r}; valid objectives: {', '.join(OBJECTIVES)}.")
 
 
@@ -108,6 +112,8 @@ def objective_length(objective: str, feature_lengths: Mapping[str, int], task: s
                       f"leaves {inputs - 1} target tokens; 'targets' must be >= "
                       f"{inputs - 1}, found {targets}.")
     return inputs
+  if objective == UL2:
+    return inputs + targets
   if objective != SPAN_CORRUPTION:
     raise UserError(f"unknown objective {objective!r}; valid objectives: "
                     f"{', '.join(OBJECTIVES)}.")
@@ -129,6 +135,7 @@ class Objective:
   noise_density: float = span_corruption.NOISE_DENSITY
   mean_noise_span_length: float = span_corruption.MEAN_NOISE_SPAN_LENGTH
   pack: bool = True
+  denoisers: tuple = ul2.PAPER_DENOISERS      # UL2's mixture (`objectives/ul2.py`)
 
   def __post_init__(self):
     if self.objective not in OBJECTIVES:
@@ -242,6 +249,16 @@ def _mlm_decoder_lengths(o: Objective) -> dict[str, int]:
   return {"inputs": inputs, "targets": targets, "decoder": inputs + targets}
 
 
+def _ul2_decoder_lengths(o: Objective) -> dict[str, int]:
+  inputs, targets = ul2.ul2_lengths(o.length)
+  return {"inputs": inputs, "targets": targets, "decoder": inputs + targets}
+
+
+def _ul2_encoder_decoder_lengths(o: Objective) -> dict[str, int]:
+  inputs, targets = ul2.ul2_lengths(o.length)
+  return {"inputs": inputs, "targets": targets}
+
+
 def _mlm_encoder_decoder_lengths(o: Objective) -> dict[str, int]:
   inputs, targets = mlm_lengths(o.length, o.noise_density, o.mean_noise_span_length)
   return {"inputs": inputs, "targets": targets}
@@ -273,6 +290,15 @@ def _span_corruption_examples(o: Objective, documents, *, seed, sentinel_start, 
       documents, inputs_length, sentinel_start, seed=seed, num_extra_ids=num_extra_ids,
       noise_density=o.noise_density, mean_noise_span_length=o.mean_noise_span_length,
       start=start)
+
+
+def _ul2_examples(o: Objective, documents, *, seed, sentinel_start, num_extra_ids, start):
+  if sentinel_start is None:
+    raise UserError("UL2 needs sentinel_start (the vocabulary size - 1, 32099 for the T5 "
+                    "vocabulary).")
+  lengths = o.feature_lengths
+  mixture = ul2.Mixture(o.denoisers, lengths["inputs"], lengths["targets"], num_extra_ids)
+  return ul2.ul2_positioned(documents, mixture, sentinel_start, seed=seed, start=start)
 
 
 def _lm_rows(o: Objective, examples):
@@ -330,6 +356,11 @@ TABLE: dict[tuple[str, str], Reading] = {
                                     _inputs_targets_decoder_rows),
     (SPAN_CORRUPTION, _ED): Reading(_mlm_encoder_decoder_lengths, _span_corruption_examples,
                                     _inputs_targets_encoder_decoder_rows),
+    # UL2: one denoiser's inputs / targets per example, read as span corruption's are
+    (UL2, _CD): Reading(_ul2_decoder_lengths, _ul2_examples, _inputs_targets_decoder_rows),
+    (UL2, _ND): Reading(_ul2_decoder_lengths, _ul2_examples, _inputs_targets_decoder_rows),
+    (UL2, _ED): Reading(_ul2_encoder_decoder_lengths, _ul2_examples,
+                        _inputs_targets_encoder_decoder_rows),
 }
 # The pairs with no reading, and why.
 NO_READING: dict[tuple[str, str], str] = {

@@ -11,25 +11,37 @@ from arch_objective.errors import UserError
 from arch_objective.features import (DECODER_CAUSAL_ATTENTION, DECODER_LOSS_WEIGHTS,
                                      DECODER_SEGMENT_IDS, DECODER_TARGET_TOKENS,
                                      ENCODER_INPUT_TOKENS, ENCODER_SEGMENT_IDS)
-from arch_objective.objectives import pipeline
+from arch_objective.objectives import pipeline, ul2
 
 EOS_ID = 1
 
 
 class _Tap:
-  """Pass task examples through while counting span-corruption statistics."""
+  """Pass task examples through while counting span-corruption statistics; with
+  `paradigms` (UL2: {token id: name}) each example's paradigm is counted too, and only
+  the span denoisers' examples (not [S2S]) count towards the noise."""
 
-  def __init__(self, examples: Iterable[Mapping[str, np.ndarray]], sentinel_floor: int):
-    self._examples, self._floor = examples, sentinel_floor
+  def __init__(self, examples: Iterable[Mapping[str, np.ndarray]], sentinel_floor: int,
+               paradigms: Optional[dict[int, str]] = None):
+    self._examples, self._floor, self._paradigms = examples, sentinel_floor, paradigms
     self.noise = self.nonnoise = self.spans = 0
+    self.by_paradigm: dict[str, int] = {}
 
   def __iter__(self) -> Iterator[Mapping[str, np.ndarray]]:
     for ex in self._examples:
       if "inputs" in ex and "targets" in ex:
+        lead = 0
+        if self._paradigms is not None:
+          name = self._paradigms.get(int(ex["inputs"][0]), "none")
+          self.by_paradigm[name] = self.by_paradigm.get(name, 0) + 1
+          lead = 1
+          if name == "[S2S]":
+            yield ex
+            continue
         spans = int(np.sum(ex["targets"] >= self._floor))
         self.spans += spans
         self.noise += len(ex["targets"]) - spans - 1
-        self.nonnoise += len(ex["inputs"]) - spans - 1
+        self.nonnoise += len(ex["inputs"]) - lead - spans - 1
       yield ex
 
 
@@ -42,10 +54,19 @@ def row_statistics(objective: pipeline.Objective, task_examples: Iterable[Mappin
   mean_target_length    loss-weighted tokens per example
   loss_token_fraction   loss-weighted tokens / non-padding tokens
   packing_efficiency    non-padding tokens / row slots
-  noise_density, mean_noise_span_length   span corruption only (else None)
+  noise_density, mean_noise_span_length   span corruption and UL2's span denoisers (else
+                        None)
+  paradigm_share        UL2 only: the share of each paradigm token ([NLU] R, [NLG] X,
+                        [S2S] S) among the examples read
   """
-  counts_spans = objective.objective == pipeline.SPAN_CORRUPTION and sentinel_floor is not None
-  tap = _Tap(task_examples, sentinel_floor if counts_spans else 1 << 62)
+  is_ul2 = objective.objective == pipeline.UL2 and sentinel_floor is not None
+  counts_spans = (objective.objective == pipeline.SPAN_CORRUPTION
+                  and sentinel_floor is not None) or is_ul2
+  paradigms = None
+  if is_ul2:   # the paradigm tokens are the lowest extra ids, the sentinels above them
+    paradigms = {sentinel_floor + i: name for i, name in enumerate(ul2.PARADIGMS)}
+    sentinel_floor += len(ul2.PARADIGMS)
+  tap = _Tap(task_examples, sentinel_floor if counts_spans else 1 << 62, paradigms)
   rows = list(itertools.islice(objective.model_rows(tap), num_rows))
   if not rows:
     raise UserError(f"{objective.name}: the corpus produced no rows; is it empty?")
@@ -77,6 +98,8 @@ def row_statistics(objective: pipeline.Objective, task_examples: Iterable[Mappin
       "packing_efficiency": nonpad / max(slots, 1),
       "noise_density": (tap.noise / (tap.noise + tap.nonnoise)) if spans else None,
       "mean_noise_span_length": (tap.noise / spans) if spans else None,
+      **({"paradigm_share": {k: v / sum(tap.by_paradigm.values())
+                             for k, v in sorted(tap.by_paradigm.items())}} if is_ul2 else {}),
   }
 
 

@@ -608,9 +608,9 @@ def _move(src: str, dst: str):
 
 
 IDENTITY_FIELDS = ("arch", "size", "task", "batch_size", "lengths", "vocabulary_sha256",
-                   "seed", "optimizer")
+                   "seed", "optimizer", "denoisers")
 # The identity fields whose change would move the data position onto other rows.
-_DATA_FIELDS = ("task", "batch_size", "lengths", "vocabulary_sha256", "seed")
+_DATA_FIELDS = ("task", "batch_size", "lengths", "vocabulary_sha256", "seed", "denoisers")
 _ABSENT = object()
 
 

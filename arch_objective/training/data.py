@@ -31,10 +31,12 @@ class DatasetConfig:
     training mixture) or, with a `PromptedDatasets` source that names datasets, any name
     for their prompted mixture; or any task or mixture registered with seqio. Kinds are
     full_lm, prefix_lm (the packing of the architecture that reads it), prefix_lm_decoder,
-    prefix_lm_encoder_decoder and span_corruption.
+    prefix_lm_encoder_decoder, span_corruption and ul2.
   batch_size: rows per step over all hosts (ED prefix-LM rows hold two examples each).
   length: the pretraining tasks' chunk length (a targets-only seqio task's targets).
   inputs_length, targets_length: a prompted mixture's lengths (a seqio task's with inputs).
+  denoisers: UL2 tasks only, their mixture: ('R'|'X', mean_span, density[, rate]) and
+    ('S'[, rate]) tuples (`objectives/ul2.py`; None: the UL2 paper's seven).
   source: where the task's documents come from, one of `arch_objective.training.sources`
     (`C4`, `LocalCorpus`, `PromptedDatasets`); None reads what the task's name says with
     defaults: C4 at its default version for `c4_<kind>`, T0's mixture from the Hugging
@@ -51,6 +53,7 @@ class DatasetConfig:
   inputs_length: int = 1024
   targets_length: int = 256
   source: Optional[source_lib.Source] = None
+  denoisers: Optional[tuple] = None
   _specs: dict = dataclasses.field(default_factory=dict, init=False, repr=False,
                                    compare=False)
 
@@ -62,6 +65,9 @@ class DatasetConfig:
         raise UserError(f"DatasetConfig.{name} must be a {what} integer, found {value!r} "
                         f"({type(value).__name__}).")
     source_lib.check(self.source)
+    if self.denoisers is not None:
+      from arch_objective.objectives import ul2
+      object.__setattr__(self, "denoisers", ul2.denoisers_from(self.denoisers))
 
   @property
   def prompted(self) -> bool:
@@ -73,7 +79,13 @@ class DatasetConfig:
     resolved once per (config, arch): the trainer, its batches and its validation all
     read the same object, whatever another config registers under the same name."""
     if arch not in self._specs:
-      self._specs[arch] = task_lib.check(self._resolve(arch), arch)
+      spec = self._resolve(arch)
+      if self.denoisers is not None:
+        if not hasattr(spec, "with_denoisers"):
+          raise UserError(f"DatasetConfig.denoisers configures UL2 tasks; {self.task!r} is "
+                          f"not one.")
+        spec = spec.with_denoisers(self.denoisers)
+      self._specs[arch] = task_lib.check(spec, arch)
     return self._specs[arch]
 
   def _resolve(self, arch: Optional[str]):

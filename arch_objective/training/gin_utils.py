@@ -246,6 +246,15 @@ def lengths_bindings(lengths: dict, files: Sequence[str]) -> list[str]:
                       f"{pipeline.mlm_lengths(length)[0]} and targets "
                       f"{pipeline.mlm_lengths(length)[1]}; use those (the paper's are "
                       f"{{'inputs': 512, 'targets': 114}}) or bind LENGTH directly.")
+  elif task.endswith("_ul2"):
+    if inputs is None or targets is None:
+      raise UserError(f"{where}: UL2 needs 'inputs' and 'targets'.")
+    length = inputs + targets
+    if pipeline.task_feature_lengths(pipeline.UL2, length) != {"inputs": inputs,
+                                                                "targets": targets}:
+      raise UserError(f"{where}: UL2 at {length} tokens per row reads inputs and targets "
+                      f"of {pipeline.task_feature_lengths(pipeline.UL2, length)}; use those "
+                      f"or bind LENGTH directly.")
   elif task.endswith("full_lm"):
     if inputs is not None or targets is None:
       raise UserError(f"{where}: the full LM has 'targets' only (t5x's decoder-only "

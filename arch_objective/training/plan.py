@@ -85,8 +85,8 @@ def tokens_per_row(dataset, arch: str) -> tuple[int, dict]:
   kind = next((k for k in registry.TASK_KINDS if dataset.task.endswith("_" + k)), None)
   if kind is None and dataset.task.endswith("_prefix_lm"):
     kind = "prefix_lm"
-  objective = {"full_lm": pipeline.FULL_LM, "span_corruption": pipeline.SPAN_CORRUPTION}.get(
-      kind, pipeline.PREFIX_LM)
+  objective = {"full_lm": pipeline.FULL_LM, "span_corruption": pipeline.SPAN_CORRUPTION,
+               "ul2": pipeline.UL2}.get(kind, pipeline.PREFIX_LM)
   lengths = pipeline.Objective(objective, arch, dataset.length).feature_lengths
   return architectures.get(arch).row_tokens(lengths), lengths
 

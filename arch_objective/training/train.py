@@ -75,13 +75,17 @@ def run_identity(model, dataset: data.DatasetConfig, spec, vocab, input_shapes: 
                  seed: int, optimizer: Optional[Callable] = None) -> dict:
   """What a resume in the same MODEL_DIR must keep (`checkpoints.IDENTITY_FIELDS`);
   `optimizer` is `train`'s (see `optimizer_identity`)."""
-  return {"arch": model.name,
-          "size": {k: getattr(model.config, k) for k in SIZE_FIELDS},
-          "task": spec.name, "batch_size": dataset.batch_size,
-          "lengths": {k: list(v[1:]) for k, v in sorted(input_shapes.items())},
-          "vocabulary_sha256": _file_sha256(vocab.path),
-          "seed": {"train": seed, "data": dataset.seed},
-          "optimizer": optimizer_identity(optimizer)}
+  identity = {"arch": model.name,
+              "size": {k: getattr(model.config, k) for k in SIZE_FIELDS},
+              "task": spec.name, "batch_size": dataset.batch_size,
+              "lengths": {k: list(v[1:]) for k, v in sorted(input_shapes.items())},
+              "vocabulary_sha256": _file_sha256(vocab.path),
+              "seed": {"train": seed, "data": dataset.seed},
+              "optimizer": optimizer_identity(optimizer)}
+  if getattr(spec, "kind", None) == "ul2":    # UL2's mixture decides which rows come
+    identity["denoisers"] = [[d.kind, d.mean_span, d.density, d.rate]
+                             for d in spec.denoisers]
+  return identity
 
 
 # Optimizer arguments a resume may change: the learning rate (the schedule, given to
