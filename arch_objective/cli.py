@@ -212,7 +212,8 @@ def _study(args) -> int:
                     bindings=args.gin_bindings)
     print(open(os.path.join(args.out, "scale.md")).read())
     return 0
-  study.run_study(args.preset, args.out, nc_a=args.nc_a, bindings=args.gin_bindings)
+  study.run_study(args.preset, args.out, nc_a=args.nc_a, ul2=getattr(args, "ul2", None),
+                  bindings=args.gin_bindings)
   print(open(os.path.join(args.out, "results.md")).read())
   return 0
 
@@ -599,6 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
   study.add_argument("--out", required=True, help="output directory (an existing one resumes)")
   study.add_argument("--nc_a", action=argparse.BooleanOptionalAction, default=None,
                      help="also run the NC-A adaptation (default: the preset's choice)")
+  study.add_argument("--ul2", action=argparse.BooleanOptionalAction, default=None,
+                     help="also pretrain, finetune and score ED:UL2 and ND:UL2 (UL2's "
+                          "mixture of denoisers) with their contrasts (default: the "
+                          "preset's choice, off)")
   study.add_argument("--widths", metavar="W1,W2,...",
                      help="run the study at each of these model widths (emb_dim; head and "
                           "MLP sizes scale with it) in DIR/width_W, and compare the paper's "

@@ -518,3 +518,34 @@ def test_the_committed_reports_are_their_results(preset):
       for family, entry in results["held_in"].items():
         assert entry["models"][label][stage]["score"] == pytest.approx(
             evaluation["datasets"][family]["median"])
+
+
+@pytest.mark.slow
+def test_ul2_cells_join_a_finished_study_with_their_contrasts(smoke_dir, tmp_path):
+  """`--ul2` on a copy of the finished smoke study trains and scores only ED:UL2 and
+  ND:UL2 (the six are done), and each UL2 contrast is the paired difference of the two
+  cells' per-example correctness."""
+  import shutil
+  out, before, _ = smoke_dir
+  copy = tmp_path / "with_ul2"
+  shutil.copytree(out, copy)
+  lines = []
+  results = study.run_study("smoke", str(copy), ul2=True, log=lines.append)
+  ran = [l for l in lines if l.startswith("[") and "skipped" not in l]
+  assert ran and all("UL2" in l or "ul2" in l for l in ran), ran
+  cells = results["cells"]
+  assert {c["label"] for c in cells.values()} >= {"ED:UL2", "ND:UL2"}
+  for name in ("cd_flm", "ed_mlm", "nd_mlm"):
+    assert cells[name]["after_mtf"] == json.loads(json.dumps(before["cells"][name]))[
+        "after_mtf"]
+  for name in ("ed_ul2", "nd_ul2"):
+    assert cells[name]["after_mtf"]["step"] > cells[name]["zero_shot"]["step"]
+  by_label = {c["label"]: c for c in results["contrasts"]}
+  assert {"ED:UL2 - ED:MLM, after MT-F", "ND:UL2 - ND:MLM, after MT-F",
+          "ND:UL2 - CD:FLM, after MT-F", "MT-F gain, ED:UL2"} <= set(by_label)
+  contrast = by_label["ED:UL2 - ED:MLM, after MT-F"]
+  assert contrast["difference"] == pytest.approx(
+      cells["ed_ul2"]["after_mtf"]["average"] - cells["ed_mlm"]["after_mtf"]["average"],
+      abs=1e-6)
+  assert "ED:UL2" in (copy / "results.md").read_text()
+  assert json.loads((copy / "config.json").read_text())["ul2"] is True

@@ -16,7 +16,9 @@
      model is also scored on MT-F's own classification families (paraphrase, topic,
      sentiment; their `validation` split, the same rank classification): whether MT-F
      taught the tasks it trains on (`eval/<model>[_mtf]_held_in.json`);
-  5. optionally runs NC-A (CD:FLM continued as ND:MLM, then MT-F as ND);
+  5. optionally runs NC-A (CD:FLM continued as ND:MLM, then MT-F as ND), and with
+     `StudyConfig.ul2` (`--ul2`) ED:UL2 and ND:UL2 beside the six (UL2's mixture of
+     denoisers, `objectives/ul2.py`), with their contrasts against MLM, PLM and CD:FLM;
   6. with `ceiling_steps`, finetunes the pretrained ED:MLM on each held-out family's
      `test` split (its first `ceiling_examples`, 0: as many as the validation split) at
      `ceiling_learning_rate` (0: the MT-F rate) and scores it on the family's
@@ -74,6 +76,7 @@ class StudyConfig:
   bootstrap: int = 200
   nc_a: bool = True
   nc_a_steps: int = 100
+  ul2: bool = False
   ceiling_steps: int = 0
   ceiling_examples: int = 0
   ceiling_learning_rate: float = 0.0
@@ -166,7 +169,7 @@ def _pretrain(setup: _Setup, arch: str, objective: str, model_dir: str, steps: i
   from arch_objective.training import data, optimizers, train
   config = setup.config
   task = {pipeline.FULL_LM: "study_full_lm", pipeline.PREFIX_LM: "study_prefix_lm",
-          pipeline.SPAN_CORRUPTION: "study_span_corruption"}[objective]
+          pipeline.SPAN_CORRUPTION: "study_span_corruption", pipeline.UL2: "study_ul2"}[objective]
   # Rows that hold two examples (ED prefix LM) halve the batch: the same tokens per step.
   rows = int(config.batch_size // pipeline.TABLE[objective, arch].examples_per_row)
   model = models.build_model(arch, "tiny", **config.model_overrides(setup.model_vocab))
@@ -269,7 +272,7 @@ def _write_corpus(world, corpus: str, target_bytes: int):
 
 
 def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
-              bindings: Sequence[str] = (),
+              ul2: Optional[bool] = None, bindings: Sequence[str] = (),
               log: Optional[Callable[[str], None]] = None) -> dict:
   """Run (or resume) the study; returns the results dict also written to results.json.
   `bindings` override the preset (`StudyConfig.NAME = VALUE`). Progress lines go to `log`
@@ -282,6 +285,8 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
   config = load_preset(preset, bindings)
   if nc_a is not None:
     config.nc_a = nc_a
+  if ul2 is not None:
+    config.ul2 = ul2
   for field in ("ceiling_steps", "ceiling_examples"):
     value = getattr(config, field)
     if not integer_at_least(value, 0):
@@ -304,8 +309,9 @@ def run_study(preset: str, out_dir: str, *, nc_a: Optional[bool] = None,
   world = study_world(config)
   corpus = os.path.join(out_dir, "world", "corpus.jsonl")
   vocab_path = os.path.join(out_dir, "world", "spm.model")
-  pairs = [(a, o) for a, o in pipeline.PAPER_RUNS]
-  names = {p: cell for p, (cell, _) in zip(pipeline.PAPER_RUNS, PAPER_CELLS)}
+  pairs = [(a, o) for a, o in pipeline.PAPER_RUNS] + (list(UL2_RUNS) if config.ul2 else [])
+  names = {p: cell for p, (cell, _) in zip(pipeline.PAPER_RUNS + UL2_RUNS,
+                                            PAPER_CELLS + UL2_CELLS)}
   total = 2 + 6 * len(pairs) + (4 if config.nc_a else 0)
   total += 2 * len(world.heldout_suite()) if config.ceiling_steps else 0
   stages = _Stages(total, log)
@@ -451,6 +457,10 @@ PAPER_CELLS = tuple((pipeline.Objective(objective, arch).name.replace(":", "_").
                     for arch, objective in pipeline.PAPER_RUNS)
 NC_A_CELL = ("nc_a", "CD:FLM + ND:MLM (NC-A)")
 CELLS = PAPER_CELLS + (NC_A_CELL,)
+# Beyond the paper (`StudyConfig.ul2`): UL2's mixture of denoisers on the ED and the ND.
+UL2_RUNS = ((models.ENCODER_DECODER, pipeline.UL2), (models.NON_CAUSAL_DECODER, pipeline.UL2))
+UL2_CELLS = tuple((pipeline.Objective(objective, arch).name.replace(":", "_").lower(),
+                   pipeline.Objective(objective, arch).name) for arch, objective in UL2_RUNS)
 
 # The paper's questions as paired contrasts: (label, question, (cell, stage), (cell, stage)).
 CONTRASTS = (
@@ -469,7 +479,18 @@ CONTRASTS = (
 ) + tuple(
     (f"MT-F gain, {label}", f"How much does MT-F add to {label}?",
      (name, "after_mtf"), (name, "zero_shot"))
-    for name, label in PAPER_CELLS)
+    for name, label in PAPER_CELLS + UL2_CELLS) + tuple(
+    # UL2 against the paper's objectives on the same architecture: MLM, and the LM
+    # objective that architecture trained with (prefix LM for both).
+    (f"{arch}:UL2 - {arch}:{other}, {when}",
+     f"Does UL2's mixture beat {other} on the {arch} ({when})?",
+     (f"{arch.lower()}_ul2", stage), (f"{arch.lower()}_{other.lower()}", stage))
+    for arch in ("ED", "ND") for other in ("MLM", "PLM")
+    for stage, when in (("zero_shot", "after pretraining"), ("after_mtf", "after MT-F"))) + tuple(
+    # and against full LM, which only the causal decoder trained with
+    (f"ND:UL2 - CD:FLM, {when}", f"Does the decoder-only UL2 beat full LM ({when})?",
+     ("nd_ul2", stage), ("cd_flm", stage))
+    for stage, when in (("zero_shot", "after pretraining"), ("after_mtf", "after MT-F")))
 
 
 def _correctness(results: Optional[dict]) -> Optional[dict]:
