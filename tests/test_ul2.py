@@ -245,23 +245,42 @@ UL2_EXPERIMENTS = sorted(p.stem for p in (pathlib.Path(__file__).resolve().paren
                                           "experiments" / "ul2").glob("*.gin"))
 
 
+def test_the_ul2_experiments_are_a_pretraining_and_an_mt_f_file_per_architecture():
+  assert UL2_EXPERIMENTS == ["ed_ul2", "ed_ul2_mtf", "nd_ul2", "nd_ul2_mtf"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", UL2_EXPERIMENTS)
-def test_the_ul2_experiment_files_train_through_the_local_overlay(name, tmp_path, capsys):
-  assert UL2_EXPERIMENTS == ["ed_ul2", "nd_ul2"]
-  rc, out, err = run_cli(capsys, ["train", f"--gin_file=experiments/ul2/{name}.gin",
-                                  "--gin_file=local.gin", "--gin.LOCAL_STEPS=2",
-                                  f"--gin.MODEL_DIR='{tmp_path / name}'"])
+@pytest.mark.parametrize("arch", ["ed", "nd"])
+def test_the_ul2_experiment_files_run_through_the_local_overlay(arch, tmp_path, capsys):
+  """Pretraining, a refused resume with another mixture, MT-F from the result and the
+  paper's T0-Eval file on it, each as shipped plus `gin/local.gin`; `plan` of each file
+  at the paper's size."""
+  pre, mtf = tmp_path / f"{arch}_ul2", tmp_path / f"{arch}_ul2_mtf"
+  local = ["--gin_file=local.gin", "--gin.LOCAL_STEPS=2"]
+  rc, out, err = run_cli(capsys, ["train", f"--gin_file=experiments/ul2/{arch}_ul2.gin",
+                                  *local, f"--gin.MODEL_DIR='{pre}'"])
   assert rc == 0, err
   result = json.loads(out.strip().splitlines()[-1])
   assert result["step"] == 2 and np.isfinite(result["loss"])
   # A resume with another mixture would read other rows: refused, naming the field.
-  rc, _, err = run_cli(capsys, ["train", f"--gin_file=experiments/ul2/{name}.gin",
-                                "--gin_file=local.gin", "--gin.LOCAL_STEPS=2",
-                                "--gin.UL2_DENOISERS=[('S', 1)]",
-                                f"--gin.MODEL_DIR='{tmp_path / name}'"])
+  rc, _, err = run_cli(capsys, ["train", f"--gin_file=experiments/ul2/{arch}_ul2.gin",
+                                *local, "--gin.UL2_DENOISERS=[('S', 1)]",
+                                f"--gin.MODEL_DIR='{pre}'"])
   assert rc == 2 and "denoisers" in err and "Traceback" not in err, err
-  rc, out, err = run_cli(capsys, ["plan", f"--gin_file=experiments/ul2/{name}.gin"])
-  plan = json.loads(out)
-  assert plan["task"] == "c4_ul2" and plan["steps"] == 131072
-  assert plan["tokens_per_step"] == 2048 * 626
+  rc, out, err = run_cli(capsys, ["train", f"--gin_file=experiments/ul2/{arch}_ul2_mtf.gin",
+                                  *local, f"--gin.MODEL_DIR='{mtf}'",
+                                  f"--gin.INITIAL_CHECKPOINT_PATH='{pre}'"])
+  assert rc == 0, err
+  assert json.loads(out.strip().splitlines()[-1])["step"] == 4   # continues the counter
+  rc, out, err = run_cli(capsys, ["eval", "t0", "--gin_file=experiments/paper/eval_t0.gin",
+                                  "--gin_file=local.gin", f"--gin.CHECKPOINT_PATH='{mtf}'",
+                                  f"--out={tmp_path / 't0'}"])
+  assert rc == 0, err
+  results = json.loads((tmp_path / "t0" / "results.json").read_text())
+  assert 0 <= results["average"] <= 100 and results["step"] == 4
+  for name, steps in ((f"{arch}_ul2", 131072), (f"{arch}_ul2_mtf", 141072)):
+    rc, out, err = run_cli(capsys, ["plan", f"--gin_file=experiments/ul2/{name}.gin"])
+    plan = json.loads(out)
+    assert plan["steps"] == steps, (name, plan["steps"])
+  assert json.loads(run_cli(capsys, ["plan", f"--gin_file=experiments/ul2/{arch}_ul2.gin"])[1])[
+      "task"] == "c4_ul2"
