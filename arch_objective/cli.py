@@ -340,6 +340,9 @@ def _eval_common(p: argparse.ArgumentParser, results: str, architectures):
   p.add_argument("--allow_other_vocabulary", action=argparse.BooleanOptionalAction,
                  help="evaluate with a --vocabulary other than the one the checkpoint was "
                       "trained with (default: refused; results record the vocabulary)")
+  p.add_argument("--paradigm", choices=("[NLU]", "[NLG]", "[S2S]"),
+                 help="start every prompt with this UL2 paradigm token (mode switching "
+                      "for a UL2-trained model; default: none)")
   p.add_argument("--out", dest="out_dir", metavar="DIR",
                  help=f"directory for {results} (default: next to the checkpoint)")
   p.add_argument("--compilation_cache_dir", metavar="DIR",

@@ -284,3 +284,54 @@ def test_the_ul2_experiment_files_run_through_the_local_overlay(arch, tmp_path, 
     assert plan["steps"] == steps, (name, plan["steps"])
   assert json.loads(run_cli(capsys, ["plan", f"--gin_file=experiments/ul2/{arch}_ul2.gin"])[1])[
       "task"] == "c4_ul2"
+
+
+class _RecordingScorer:
+  """A RankScorer stand-in that records the requests and prefers the first choice."""
+
+  def __init__(self):
+    self.requests = []
+
+  def score(self, requests, normalize=False):
+    self.requests += requests
+    return [[0.0] + [-1.0] * (len(r.choices) - 1) for r in requests]
+
+
+def test_t0_eval_starts_every_prompt_with_the_paradigm_token():
+  from arch_objective.data.world import make_world
+  from arch_objective.evaluation import t0_eval
+  suite = make_world(seed=0).heldout_suite()[:1]
+  plain, with_token = _RecordingScorer(), _RecordingScorer()
+  encode = lambda text: [5 + len(word) for word in text.split()]
+  t0_eval.evaluate_suite(plain, encode, suite=suite, max_examples=3)
+  t0_eval.evaluate_suite(with_token, encode, suite=suite, max_examples=3,
+                         prompt_prefix=ul2.paradigm_prefix("[S2S]", 500, 100))
+  assert len(plain.requests) == len(with_token.requests) > 0
+  for a, b in zip(plain.requests, with_token.requests):
+    assert list(b.prompt) == [S2S] + list(a.prompt)
+    assert [list(c) for c in b.choices] == [list(c) for c in a.choices]   # answers unchanged
+  assert ul2.paradigm_prefix(None, 500, 100) == ()
+  with pytest.raises(UserError, match=r"paradigm must be one of \[NLU\], \[NLG\], \[S2S\]"):
+    ul2.paradigm_prefix("NLU", 500, 100)
+
+
+def test_the_harness_model_starts_contexts_and_prompts_with_the_paradigm_token(tiny_params):
+  from arch_objective.evaluation import harness
+  from helpers import tiny_model
+
+  class Vocab:
+    vocab_size, extra_ids = 64, 10
+
+    def encode_batch(self, texts):
+      return [[3 + len(t) % 7] for t in texts]
+
+  model = tiny_model("causal_decoder")
+  lm = harness.ArchObjectiveLM(model=model, params=tiny_params["dec"],
+                               vocab=Vocab(), paradigm="[NLG]")
+  nlg = ul2.paradigm_ids(63, 10)["[NLG]"]
+  assert nlg == 55
+  assert [t.tolist() for t in lm._encode_all(["ab"], prompts=True)] == [[nlg, 5]]
+  assert [t.tolist() for t in lm._encode_all(["ab"])] == [[5]]
+  assert lm.get_model_info()["arch_objective"]["paradigm"] == "[NLG]"
+  with pytest.raises(ValueError, match="paradigm must be one of"):
+    harness.check_model_args({"checkpoint": "x", "paradigm": "S2S"})

@@ -231,7 +231,7 @@ _HARNESS_KWARGS = ("batch_size", "max_batch_size", "device")   # passed by simpl
 DTYPES = ("float32", "bfloat16", "float16")
 _MODEL_ARGS = ("checkpoint", "model_dir", "arch", "vocabulary", "truncation", "batch_tokens",
                "inputs_length", "targets_length", "max_length", "dtype",
-               "allow_other_vocabulary")
+               "allow_other_vocabulary", "paradigm")
 
 
 class ModelArgsError(UserError):
@@ -263,13 +263,19 @@ def check_model_args(model_args: dict, *, objects: bool = False) -> Optional[str
     raise ModelArgsError(f"unknown option(s) {unknown} for the {MODEL_NAME} model; valid: "
                          f"checkpoint (or model_dir), arch, vocabulary, truncation, "
                          f"batch_tokens, inputs_length, targets_length, max_length, dtype, "
-                         f"allow_other_vocabulary.")
+                         f"allow_other_vocabulary, paradigm.")
   try:
     _check_truncation(given.get("truncation", "modern"))
   except ValueError as e:
     raise ModelArgsError(str(e)) from None
   if "allow_other_vocabulary" in given:
     _flag(given["allow_other_vocabulary"], "allow_other_vocabulary")
+  if given.get("paradigm"):
+    from arch_objective.objectives import ul2
+    try:
+      ul2.paradigm_prefix(given["paradigm"], 4, 3, "paradigm")
+    except ValueError as e:
+      raise ModelArgsError(str(e)) from None
   for name, example in (("batch_tokens", DEFAULT_BATCH_TOKENS), ("inputs_length", 1024),
                         ("targets_length", 256), ("max_length", 1280)):
     if name in given:
@@ -348,7 +354,7 @@ class ArchObjectiveLM(_LM_BASE):
                batch_tokens: int = DEFAULT_BATCH_TOKENS, inputs_length: Optional[int] = None,
                targets_length: Optional[int] = None, max_length: Optional[int] = None,
                dtype: str = "float32", *, model_dir: Optional[str] = None,
-               allow_other_vocabulary=False,
+               allow_other_vocabulary=False, paradigm: Optional[str] = None,
                model: Optional[models.BaseModel] = None, params=None, vocab=None,
                **harness_kwargs):
     if _lm_model is None:
@@ -359,7 +365,7 @@ class ArchObjectiveLM(_LM_BASE):
         dict(checkpoint=checkpoint, model_dir=model_dir, arch=arch, vocabulary=vocabulary,
              truncation=truncation, batch_tokens=batch_tokens, inputs_length=inputs_length,
              targets_length=targets_length, max_length=max_length, dtype=dtype,
-             allow_other_vocabulary=allow_other_vocabulary,
+             allow_other_vocabulary=allow_other_vocabulary, paradigm=paradigm,
              **harness_kwargs), objects=model is not None or params is not None)
     if checkpoint is None and (model is None or params is None):
       raise ModelArgsError("give checkpoint=PATH, or both model and params (and vocab); found "
@@ -387,6 +393,10 @@ class ArchObjectiveLM(_LM_BASE):
       from arch_objective.data import vocabularies
       vocab = vocabularies.SentencePieceVocabulary(os.fspath(vocab))
     self.model, self.params, self.vocab = model, params, vocab
+    from arch_objective.objectives import ul2
+    self.paradigm = paradigm or None      # UL2's mode switching: a token before each prompt
+    self.prompt_prefix = np.asarray(ul2.paradigm_prefix(
+        self.paradigm, vocab.vocab_size, getattr(vocab, "extra_ids", 0)), np.int32)
     self.architecture = architectures.get(model.name)
     self.dtype = str(model.config.dtype)
     self.truncation = truncation
@@ -400,9 +410,13 @@ class ArchObjectiveLM(_LM_BASE):
       _positive_int(getattr(self, name), "max_length" if name == "row_length" else name)
 
   # -- tokens --------------------------------------------------------------------------
-  def _encode_all(self, texts: Sequence[str]) -> list[np.ndarray]:
+  def _encode_all(self, texts: Sequence[str], prompts: bool = False) -> list[np.ndarray]:
+    """Token ids of `texts`; `prompts` (contexts, generation prompts) start with the
+    paradigm token when one is set."""
     unique = list(dict.fromkeys(texts))
     ids = dict(zip(unique, self.vocab.encode_batch(unique)))
+    if prompts and len(self.prompt_prefix):
+      return [np.concatenate([self.prompt_prefix, np.asarray(ids[t], np.int32)]) for t in texts]
     return [np.asarray(ids[t], np.int32) for t in texts]
 
   def _truncate(self, context, continuation):
@@ -417,7 +431,7 @@ class ArchObjectiveLM(_LM_BASE):
 
   # -- the harness's three request types -------------------------------------------------
   def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-    contexts = self._encode_all([_arg(r, 0) for r in requests])
+    contexts = self._encode_all([_arg(r, 0) for r in requests], prompts=True)
     continuations = self._encode_all([_arg(r, 1) for r in requests])
     results = self.loglikelihood_tokens(list(zip(contexts, continuations)))
     for r, result in zip(requests, results):
@@ -443,7 +457,7 @@ class ArchObjectiveLM(_LM_BASE):
     return totals
 
   def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-    prompts = self._encode_all([_arg(r, 0) for r in requests])
+    prompts = self._encode_all([_arg(r, 0) for r in requests], prompts=True)
     options = [_generation_options(_arg(r, 1), i) for i, r in enumerate(requests)]
     outputs: list = [None] * len(requests)
     by_steps: dict[int, list[int]] = {}
@@ -470,7 +484,8 @@ class ArchObjectiveLM(_LM_BASE):
                                "inputs_length": self.inputs_length,
                                "targets_length": self.targets_length,
                                "max_length": self.model.layout.row_budget(self.row_length),
-                               "vocabulary": self.vocabulary_record}}
+                               "vocabulary": self.vocabulary_record,
+                               "paradigm": self.paradigm}}
 
 
 def register_with_lm_eval() -> None:
@@ -593,7 +608,8 @@ def run_harness(checkpoint, tasks: Sequence[str], *, include_path: Optional[str]
                 truncation: str = "modern", limit=None, out_dir: str,
                 batch_tokens: int = DEFAULT_BATCH_TOKENS, dtype: str = "float32",
                 bootstrap_iters: int = 100000, allow_other_vocabulary: bool = False,
-                allow_option: str = "allow_other_vocabulary=True") -> dict:
+                allow_option: str = "allow_other_vocabulary=True",
+                paradigm: Optional[str] = None) -> dict:
   """Zero-shot `tasks` on a checkpoint path (or an `ArchObjectiveLM` already built).
 
   Writes `out_dir/harness_results.json` (the harness's results, JSON-serialisable entries
@@ -617,7 +633,7 @@ def run_harness(checkpoint, tasks: Sequence[str], *, include_path: Optional[str]
                                       allow_other_vocabulary, allow_option)
     lm = ArchObjectiveLM(checkpoint=checkpoint, arch=arch, vocabulary=vocabulary,
                          truncation=truncation, batch_tokens=batch_tokens, dtype=dtype,
-                         vocab=vocab)
+                         vocab=vocab, paradigm=paradigm)
   results = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=0, limit=limit,
                                     task_manager=manager, log_samples=False,
                                     bootstrap_iters=bootstrap_iters)

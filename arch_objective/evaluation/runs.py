@@ -175,7 +175,7 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
             targets_length: int = 256, bootstrap: int = 0, paper: bool = False,
             dtype: str = "float32", suite: Optional[Sequence] = None,
             compilation_cache_dir: Optional[str] = None,
-            allow_other_vocabulary: bool = False,
+            allow_other_vocabulary: bool = False, paradigm: Optional[str] = None,
             log: Callable[[str], None] = _progress,
             config_text: Optional[Callable[[], str]] = None) -> EvalRun:
   """T0-Eval of `checkpoint` (spec §4.1): every answer choice of every prompt scored by
@@ -194,9 +194,11 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
   default, '': off; see `use_compilation_cache`). A `vocabulary` other than the one the
   checkpoint was trained with (its recorded SHA-256) is refused unless
   `allow_other_vocabulary`; results.json records the vocabulary used (`vocabulary`:
-  path, sha256, `same_as_checkpoint`).
+  path, sha256, `same_as_checkpoint`). `paradigm` ([NLU], [NLG] or [S2S]: UL2's mode
+  switching) starts every prompt with that paradigm token; results record it.
   """
   from arch_objective.data import vocabularies
+  from arch_objective.objectives import ul2
   from arch_objective.training import example_data
   from arch_objective.prompts import datasets as datasets_lib
   checkpoint = _require_checkpoint(checkpoint, EVAL_T0)
@@ -204,6 +206,8 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
   _check_integer(EVAL_T0, "inputs_length", inputs_length, 1, " (prompt tokens kept)")
   _check_integer(EVAL_T0, "targets_length", targets_length, 1, " (choice tokens kept)")
   _check_integer(EVAL_T0, "bootstrap", bootstrap, 0, " (0: no interval)")
+  option = f"{EVAL_T0}: --paradigm (gin: PARADIGM)"
+  ul2.paradigm_prefix(paradigm, len(ul2.PARADIGMS) + 1, len(ul2.PARADIGMS), option)  # the name
   if suite is None and example_data.is_world_suite(data_dir):
     suite = example_data.read_world_suite(data_dir)
     if datasets:
@@ -227,16 +231,19 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
       option="--vocabulary" if vocabulary else "the vocabulary",
       allow_option=_ALLOW_OTHER_VOCABULARY.format(kind=EVAL_T0),
       embedding_rows=model.config.vocab_size, vocab_size=vocab.vocab_size)
+  prefix = ul2.paradigm_prefix(paradigm, vocab.vocab_size, vocab.extra_ids, option)
   _compilation_cache(compilation_cache_dir, log)
   scorer = rank_classification.RankScorer(model, params, inputs_length=inputs_length,
                                           targets_length=targets_length)
   out_dir = out_dir or default_out_dir(checkpoint, step, EVAL_T0)
   run = dict(checkpoint=checkpoint, step=step, arch=model.name,
-             trained_as=meta.get("arch"), lineage=meta.get("lineage", []), vocabulary=used)
+             trained_as=meta.get("arch"), lineage=meta.get("lineage", []), vocabulary=used,
+             **({"paradigm": paradigm} if paradigm else {}))
   results = t0_eval.evaluate_suite(
       scorer, vocab.encode, suite=suite, data_dir=data_dir,
       mapping=datasets_lib.load_mapping(mapping), max_examples=max_examples,
-      normalize=normalize, bootstrap=bootstrap, log=log, partial_dir=out_dir, metadata=run)
+      normalize=normalize, bootstrap=bootstrap, log=log, partial_dir=out_dir, metadata=run,
+      prompt_prefix=prefix)
   results.update(run)
   files = list(t0_eval.write(results, out_dir, paper=paper))
   files += _write_config(out_dir, config_text)
@@ -249,14 +256,14 @@ def eval_harness(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = N
                  truncation: str = "modern", limit=None,
                  batch_tokens: int = _HARNESS_BATCH_TOKENS, dtype: str = "float32",
                  bootstrap_iters: int = 100000, compilation_cache_dir: Optional[str] = None,
-                 allow_other_vocabulary: bool = False,
+                 allow_other_vocabulary: bool = False, paradigm: Optional[str] = None,
                  log: Callable[[str], None] = _progress,
                  config_text: Optional[Callable[[], str]] = None) -> EvalRun:
   """EAI-Eval of `checkpoint` (spec §4.2): lm-evaluation-harness `tasks` zero-shot
   (`eai_eval` = the paper's 31), summarised with `acc`; see `harness.run_harness` for
   `truncation` (paper | modern), `limit`, `batch_tokens`, `dtype` (activations) and
-  `allow_other_vocabulary` (as `eval_t0`'s), and `use_compilation_cache` for
-  `compilation_cache_dir`."""
+  `allow_other_vocabulary` and `paradigm` (as `eval_t0`'s), and `use_compilation_cache`
+  for `compilation_cache_dir`."""
   from arch_objective.evaluation import harness
   checkpoint = _require_checkpoint(checkpoint, EVAL_HARNESS)
   _check_limit(limit)
@@ -273,7 +280,8 @@ def eval_harness(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = N
                                 out_dir=out_dir, batch_tokens=batch_tokens, dtype=dtype,
                                 bootstrap_iters=bootstrap_iters,
                                 allow_other_vocabulary=allow_other_vocabulary,
-                                allow_option=_ALLOW_OTHER_VOCABULARY.format(kind=EVAL_HARNESS))
+                                allow_option=_ALLOW_OTHER_VOCABULARY.format(kind=EVAL_HARNESS),
+                                paradigm=paradigm)
   files = [paths.join(out_dir, harness.RESULTS_FILE), paths.join(out_dir, harness.SUMMARY_FILE)]
   files += _write_config(out_dir, config_text)
   return EvalRun(results, files, harness.summarize(results)["markdown"])

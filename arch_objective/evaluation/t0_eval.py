@@ -52,6 +52,10 @@ class _Tokens:
     return self._cache[key]
 
 
+def _prefixed(prefix: Sequence[int], ids: np.ndarray) -> np.ndarray:
+  return np.concatenate([np.asarray(prefix, np.int32), ids]) if len(prefix) else ids
+
+
 @dataclasses.dataclass
 class _Prepared:
   """A suite entry read and rendered, ready to score: per prompt, the rendered examples
@@ -144,8 +148,10 @@ def evaluate_suite(scorer: RankScorer, encode: Callable[[str], list[int]], *,
                    bootstrap: int = 0, seed: int = 0,
                    log: Optional[Callable[[str], None]] = None,
                    partial_dir: Optional[str] = None,
-                   metadata: Optional[dict] = None) -> dict:
+                   metadata: Optional[dict] = None,
+                   prompt_prefix: Sequence[int] = ()) -> dict:
   """Evaluate every dataset of `suite`; returns the results dict (module docstring).
+  `prompt_prefix` (token ids, e.g. a UL2 paradigm token) starts every prompt.
 
   Every dataset is read and rendered under every prompt before anything is scored, so
   a missing or malformed file stops the run at once, naming every dataset at fault and
@@ -180,7 +186,7 @@ def evaluate_suite(scorer: RankScorer, encode: Callable[[str], list[int]], *,
       correctness[spec.name] = {}
       # One call for all of the dataset's prompts: fuller batches, and the programs they
       # need compile together.
-      requests = [Request(tokens(o.inputs, eos=False),
+      requests = [Request(_prefixed(prompt_prefix, tokens(o.inputs, eos=False)),
                           tuple(tokens(c, eos=True) for c in o.choices))
                   for _, outs in entry.rendered.values() for o in outs]
       every_score = scorer.score(requests, normalize=normalize) if requests else []

@@ -200,6 +200,22 @@ def ul2_positioned(documents: Iterable[tuple[np.ndarray, Any]], mixture: Mixture
     yield chunking.tag(example, where)
 
 
+def paradigm_prefix(paradigm: Optional[str], vocab_size: int, extra_ids: int,
+                    option: str = "paradigm") -> tuple[int, ...]:
+  """The token ids a prompt starts with in UL2's mode switching: () for None, else the
+  one id of `paradigm` ([NLU], [NLG] or [S2S]) in a vocabulary of `vocab_size` ids whose
+  last `extra_ids` are extra ids."""
+  if paradigm in (None, ""):
+    return ()
+  if paradigm not in PARADIGMS:
+    raise UserError(f"{option} must be one of {', '.join(PARADIGMS)} (UL2's paradigm "
+                    f"tokens), found {paradigm!r}.")
+  if extra_ids < len(PARADIGMS):
+    raise UserError(f"{option} {paradigm}: the vocabulary has {extra_ids} extra ids; UL2's "
+                    f"paradigm tokens are its last {len(PARADIGMS)}.")
+  return (paradigm_ids(vocab_size - 1, extra_ids)[paradigm],)
+
+
 def which_denoiser(example: dict, sentinel_start: int, num_extra_ids: int) -> str:
   """The paradigm ([NLU], [NLG] or [S2S]) of an example, read from its first input token."""
   names = {v: k for k, v in paradigm_ids(sentinel_start, num_extra_ids).items()}
