@@ -335,3 +335,24 @@ def test_the_harness_model_starts_contexts_and_prompts_with_the_paradigm_token(t
   assert lm.get_model_info()["arch_objective"]["paradigm"] == "[NLG]"
   with pytest.raises(ValueError, match="paradigm must be one of"):
     harness.check_model_args({"checkpoint": "x", "paradigm": "S2S"})
+
+
+@pytest.mark.slow
+def test_an_exported_tokenizer_names_the_paradigm_tokens_as_extra_ids(tmp_path):
+  """`<extra_id_99>`, `<extra_id_98>` and `<extra_id_97>` of the Hugging Face tokenizer
+  that `convert hf-out` ships are [NLU], [NLG] and [S2S]."""
+  import transformers
+  from arch_objective.convert import hf
+  from arch_objective.data import vocabularies
+  from arch_objective.training import example_data
+  written = example_data.write_example_data(str(tmp_path / "ex"), corpus_bytes=300_000,
+                                            eval_examples=1)
+  (tmp_path / "tok").mkdir()
+  hf.write_tokenizer(str(tmp_path / "tok"), written["vocabulary"], 100)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+  vocab = vocabularies.SentencePieceVocabulary(written["vocabulary"])
+  ids = ul2.paradigm_ids(vocab.vocab_size - 1, vocab.extra_ids)
+  for name, extra in (("[NLU]", 99), ("[NLG]", 98), ("[S2S]", 97)):
+    assert tokenizer.convert_tokens_to_ids(f"<extra_id_{extra}>") == ids[name]
+  encoded = tokenizer("<extra_id_97> The story begins").input_ids
+  assert encoded[0] == ids["[S2S]"] and encoded[1:-1] == vocab.encode("The story begins")
