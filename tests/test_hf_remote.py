@@ -573,26 +573,7 @@ def test_lm_eval_hf_backend_scores_like_our_model(offline, trained, t5_vocab_pat
   tokenizer = transformers.T5Tokenizer.from_pretrained(str(spiece.parent), extra_ids=100)
   tokenizer.save_pretrained(tokenizer_dir)
 
-  tasks = offline / "tasks"
-  tasks.mkdir()
-  rows = [{"premise": "The river was cold in the morning", "hypothesis": "winter", "label": 0},
-          {"premise": "A teacher walked to the market", "hypothesis": "a farmer", "label": 1}]
-  (tasks / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-  (tasks / "toy_mc.yaml").write_text(f"""task: toy_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    validation: {tasks / 'mc.jsonl'}
-output_type: multiple_choice
-validation_split: validation
-doc_to_text: "{{{{premise}}}}. Is it {{{{hypothesis}}}}?"
-doc_to_target: label
-doc_to_choice: ["yes", "no"]
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-""")
+  tasks = helpers.write_tasks(offline / "tasks")   # toy_mc: yes/no over short premises
   results = lm_eval.simple_evaluate(
       model="hf", model_args=f"pretrained={out},trust_remote_code=True,tokenizer={tokenizer_dir},"
                              f"dtype=float32,add_bos_token=False,prefix_token_id=0,device=cpu",
