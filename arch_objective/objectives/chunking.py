@@ -75,6 +75,7 @@ def concat_and_split_positioned(documents: Iterable[tuple[np.ndarray, Any]],
   index = int(start["doc"]) if start else 0
   skip = int(start["skip"]) if start else 0
   chunk_index = int(start["chunk"]) if start else 0
+  wanted = _chunk_length(length_of, chunk_index)    # the next chunk's length
   pieces: list[np.ndarray] = []
   # (offset in the buffer, source position, doc index, tokens of the doc before it)
   marks: list[tuple[int, Any, int, int]] = []
@@ -94,7 +95,7 @@ def concat_and_split_positioned(documents: Iterable[tuple[np.ndarray, Any]],
     pieces.append(doc)
     buffered += len(doc)
     index += 1
-    if buffered >= (wanted := _chunk_length(length_of, chunk_index)):
+    if buffered >= wanted:
       stream = np.concatenate(pieces)
       begin, m = 0, 0
       while len(stream) - begin >= wanted:
