@@ -36,15 +36,17 @@ def test_smoke_runs_the_study_smoke_preset(monkeypatch, tmp_path, capsys):
   from arch_objective import study
   calls = []
 
-  def fake_study(preset, out_dir, *, nc_a=None, bindings=(), log=print):
-    calls.append((preset, out_dir, nc_a, list(bindings)))
+  def fake_study(preset, out_dir, *, nc_a=None, ul2=None, bindings=(), log=print):
+    calls.append((preset, out_dir, nc_a, ul2, list(bindings)))
     (tmp_path / "results.md").write_text("| CD:FLM | 50.0 |\n")
     return {}
 
   monkeypatch.setattr(study, "run_study", fake_study)
   assert cli.main(["smoke", "--out", str(tmp_path)]) == 0
-  assert calls == [("smoke", str(tmp_path), None, [])]
+  assert calls == [("smoke", str(tmp_path), None, None, [])]
   assert "| CD:FLM | 50.0 |" in capsys.readouterr().out
+  assert cli.main(["study", "--preset", "smoke", "--out", str(tmp_path), "--ul2"]) == 0
+  assert calls[-1] == ("smoke", str(tmp_path), None, True, [])
 
 
 @pytest.mark.slow
