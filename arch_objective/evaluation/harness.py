@@ -273,7 +273,7 @@ def check_model_args(model_args: dict, *, objects: bool = False) -> Optional[str
   if given.get("paradigm"):
     from arch_objective.objectives import ul2
     try:
-      ul2.paradigm_prefix(given["paradigm"], 4, 3, "paradigm")
+      ul2.check_paradigm(given["paradigm"])
     except ValueError as e:
       raise ModelArgsError(str(e)) from None
   for name, example in (("batch_tokens", DEFAULT_BATCH_TOKENS), ("inputs_length", 1024),

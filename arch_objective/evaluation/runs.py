@@ -207,7 +207,7 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
   _check_integer(EVAL_T0, "targets_length", targets_length, 1, " (choice tokens kept)")
   _check_integer(EVAL_T0, "bootstrap", bootstrap, 0, " (0: no interval)")
   option = f"{EVAL_T0}: --paradigm (gin: PARADIGM)"
-  ul2.paradigm_prefix(paradigm, len(ul2.PARADIGMS) + 1, len(ul2.PARADIGMS), option)  # the name
+  ul2.check_paradigm(paradigm, option)
   if suite is None and example_data.is_world_suite(data_dir):
     suite = example_data.read_world_suite(data_dir)
     if datasets:

@@ -200,16 +200,23 @@ def ul2_positioned(documents: Iterable[tuple[np.ndarray, Any]], mixture: Mixture
     yield chunking.tag(example, where)
 
 
+def check_paradigm(paradigm: Optional[str], option: str = "paradigm") -> Optional[str]:
+  """`paradigm` if it names a paradigm token, None for None or ''; raises otherwise."""
+  if paradigm in (None, ""):
+    return None
+  if paradigm not in PARADIGMS:
+    raise UserError(f"{option} must be one of {', '.join(PARADIGMS)} (UL2's paradigm "
+                    f"tokens), found {paradigm!r}.")
+  return paradigm
+
+
 def paradigm_prefix(paradigm: Optional[str], vocab_size: int, extra_ids: int,
                     option: str = "paradigm") -> tuple[int, ...]:
   """The token ids a prompt starts with in UL2's mode switching: () for None, else the
   one id of `paradigm` ([NLU], [NLG] or [S2S]) in a vocabulary of `vocab_size` ids whose
   last `extra_ids` are extra ids."""
-  if paradigm in (None, ""):
+  if not check_paradigm(paradigm, option):
     return ()
-  if paradigm not in PARADIGMS:
-    raise UserError(f"{option} must be one of {', '.join(PARADIGMS)} (UL2's paradigm "
-                    f"tokens), found {paradigm!r}.")
   if extra_ids < len(PARADIGMS):
     raise UserError(f"{option} {paradigm}: the vocabulary has {extra_ids} extra ids; UL2's "
                     f"paradigm tokens are its last {len(PARADIGMS)}.")
