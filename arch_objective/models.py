@@ -155,12 +155,50 @@ class BaseModel:
     token_ll = losses.token_log_likelihoods(logits, jnp.asarray(batch[DECODER_TARGET_TOKENS]))
     return jnp.sum(token_ll * _weights(batch), axis=-1)
 
-  def _decode_options(self, rng, max_decode_steps, temperature, topk, eos_id):
+  def _decode_start(self, params: Params, batch: Batch, num_steps: int, copies: int = 1):
+    """What a decoding loop starts from: `(step_fn, cache, first_logits [r, v],
+    start_positions [r])` for `r = b * copies` rows, each prompt of `batch` repeated
+    `copies` times one after another (the beams of a beam search), and the cache room
+    for `num_steps` new tokens; see `decoding.decode`."""
+    raise NotImplementedError
+
+  def _cache_batch_axis(self) -> int:
+    """The axis of the rows in the cache's arrays: 1 when the layers are scanned (they
+    lead with the layer axis), else 0."""
+    return 1 if self.config.scan_layers else 0
+
+  def predict_batch(self, params: Params, batch: Batch, rng: Optional[Array] = None, *,
+                    max_decode_steps: Optional[int] = None, temperature: Optional[float] = None,
+                    topk: Optional[int] = None, topp: Optional[float] = None,
+                    eos_id="default", return_logits: bool = False):
+    """Continue each prompt of `batch` (the layout's `generation_batch`) with the KV
+    cache: greedy if `rng` is None, else sampled (`temperature`, `topk`, `topp`; the
+    model's options where None). Returns tokens `[b, steps]` (0 after EOS), or a
+    `decoding.DecodeResult` with the logits each token was chosen from."""
     steps = self.max_decode_steps if max_decode_steps is None else max_decode_steps
-    return dict(num_steps=steps, rng=rng,
-                temperature=self.temperature if temperature is None else temperature,
-                topk=self.topk if topk is None else topk,
-                eos_id=self.eos_id if eos_id == "default" else eos_id)
+    step_fn, cache, first_logits, start = self._decode_start(params, batch, steps)
+    result = decoding.decode(
+        step_fn, cache, first_logits, start, steps, rng=rng,
+        temperature=self.temperature if temperature is None else temperature,
+        topk=self.topk if topk is None else topk, topp=1.0 if topp is None else topp,
+        eos_id=self.eos_id if eos_id == "default" else eos_id)
+    return result if return_logits else result.tokens
+
+  def beam_search(self, params: Params, batch: Batch, *, num_decodes: int = 4,
+                  alpha: float = 0.6, max_decode_steps: Optional[int] = None,
+                  eos_id="default", rules: str = "t5x") -> decoding.BeamResult:
+    """The `num_decodes` best continuations of each prompt of `batch` (as for
+    `predict_batch`) by t5x's beam search with brevity penalty `alpha`
+    (`decoding.beam_search`; `rules="hf"`: Hugging Face's, `alpha` its `length_penalty`):
+    `BeamResult` of tokens `[b, k, steps]` best first (0 after EOS), their scores and
+    summed log-probabilities `[b, k]`."""
+    steps = self.max_decode_steps if max_decode_steps is None else max_decode_steps
+    step_fn, cache, first_logits, start = self._decode_start(params, batch, steps,
+                                                             copies=num_decodes)
+    return decoding.beam_search(step_fn, cache, first_logits, start, steps,
+                                num_decodes=num_decodes, alpha=alpha,
+                                eos_id=self.eos_id if eos_id == "default" else eos_id,
+                                cache_batch_axis=self._cache_batch_axis(), rules=rules)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,19 +250,16 @@ class DecoderOnlyModel(BaseModel):
                              jnp.asarray(batch[DECODER_INPUT_TOKENS]), mask,
                              enable_dropout=dropout_rng is not None, rngs=rngs)
 
-  def predict_batch(self, params, batch, rng=None, *, max_decode_steps=None, temperature=None,
-                    topk=None, eos_id="default", return_logits=False):
-    """Continue each prompt with the KV cache: greedy if `rng` is None, else sampled.
-
-    The prompt is `decoder_input_tokens [b, l]` in shifted form (`[0, p_0, ..., p_n-1]`)
-    over the positions where `decoder_causal_attention` is 1 (the inputs plus one).
-    Without that feature (causal decoder only) the prompt is position 0: unconditional
-    generation. The prompt is prefilled in one pass with the model's own mask (the ND
-    attends bidirectionally over it), then one token per step is generated.
-    Returns tokens `[b, steps]` (or a `decoding.DecodeResult` with the logits).
-    """
+  def _decode_start(self, params, batch, num_steps, copies=1):
+    """The prompt is `decoder_input_tokens [b, l]` in shifted form (`[0, p_0, ...,
+    p_n-1]`) over the positions where `decoder_causal_attention` is 1 (the inputs plus
+    one). Without that feature (causal decoder only) the prompt is position 0:
+    unconditional generation. The prompt is prefilled in one pass with the model's own
+    mask (the ND attends bidirectionally over it); its cache is then copied `copies`
+    times."""
     self.validate(batch, required=(DECODER_INPUT_TOKENS,))
-    options = self._decode_options(rng, max_decode_steps, temperature, topk, eos_id)
+    if num_steps < 1:
+      raise UserError(f"max_decode_steps must be >= 1, found {num_steps}.")
     params = self._apply_params(params)
     tokens = jnp.asarray(batch[DECODER_INPUT_TOKENS], jnp.int32)
     b, length = tokens.shape
@@ -235,8 +270,8 @@ class DecoderOnlyModel(BaseModel):
       dca = jnp.zeros((b, length), jnp.int32).at[:, 0].set(1)
     dca = jnp.asarray(dca, jnp.int32)
     prompt_lengths = jnp.sum(dca, axis=-1)                                 # [b]
-    cache_length = length + options["num_steps"]
-    pad = ((0, 0), (0, options["num_steps"]))
+    cache_length = length + num_steps
+    pad = ((0, 0), (0, num_steps))
     tokens, dca = jnp.pad(tokens, pad), jnp.pad(dca, pad)
     dtype = self.config.activation_dtype
     prefill_mask = layers.make_decoder_mask(
@@ -244,6 +279,12 @@ class DecoderOnlyModel(BaseModel):
     logits, variables = self.module.apply({"params": params}, tokens, prefill_mask,
                                           decoding=layers.Decoding.PREFILL, mutable=["cache"])
     first_logits = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
+    cache = variables["cache"]
+    if copies > 1:
+      axis = self._cache_batch_axis()
+      cache = jax.tree_util.tree_map(lambda x: jnp.repeat(x, copies, axis=axis), cache)
+      first_logits = jnp.repeat(first_logits, copies, axis=0)
+      prompt_lengths = jnp.repeat(prompt_lengths, copies, axis=0)
 
     def step_fn(cache, token, position):
       step_logits, new_vars = self.module.apply(
@@ -252,9 +293,7 @@ class DecoderOnlyModel(BaseModel):
           decoding=layers.Decoding.step(position, cache_length), mutable=["cache"])
       return step_logits[:, 0], new_vars["cache"]
 
-    result = decoding.decode(step_fn, variables["cache"], first_logits, prompt_lengths,
-                             **options)
-    return result if return_logits else result.tokens
+    return step_fn, cache, first_logits, prompt_lengths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,26 +419,26 @@ class EncoderDecoderModel(BaseModel):
                              cross_mask, cross_key_values=cross_key_values,
                              cross_rows=cross_rows, method=network.EncoderDecoder.decode)
 
-  def predict_batch(self, params, batch, rng=None, *, max_decode_steps=None, temperature=None,
-                    topk=None, eos_id="default", return_logits=False):
-    """Encode `encoder_input_tokens`, then decode from token 0 with the KV cache.
-
-    The cross-attention keys and values are projected once, before the first step.
-    Greedy if `rng` is None, else sampled. Returns tokens `[b, steps]` (or a
-    `decoding.DecodeResult` with the logits).
-    """
+  def _decode_start(self, params, batch, num_steps, copies=1):
+    """Encode `encoder_input_tokens` once, project the cross-attention keys and values
+    once (copied `copies` times), and decode from token 0."""
     self.validate(batch, required=(ENCODER_INPUT_TOKENS,))
-    options = self._decode_options(rng, max_decode_steps, temperature, topk, eos_id)
+    if num_steps < 1:
+      raise UserError(f"max_decode_steps must be >= 1, found {num_steps}.")
     params = self._apply_params(params)
     enc = jnp.asarray(batch[ENCODER_INPUT_TOKENS], jnp.int32)
-    b = enc.shape[0]
     dtype = self.config.activation_dtype
     encoder_mask = layers.make_attention_mask(enc > 0, enc > 0, dtype=dtype)
     encoded = self.module.apply({"params": params}, enc, encoder_mask,
                                 method=network.EncoderDecoder.encode)
     cross_key_values = network.cross_key_values(self.config, params, encoded)
+    if copies > 1:             # [layers, b, i, h, e] -> [layers, b * copies, i, h, e]
+      cross_key_values = jax.tree_util.tree_map(lambda x: jnp.repeat(x, copies, axis=1),
+                                                cross_key_values)
+      enc = jnp.repeat(enc, copies, axis=0)
+    b = enc.shape[0]
     cross_mask = layers.make_attention_mask(jnp.ones((b, 1), jnp.bool_), enc > 0, dtype=dtype)
-    cache_length = options["num_steps"] + 1
+    cache_length = num_steps + 1
 
     def run_decoder(cache, tokens, mask, decoding):
       variables = {"params": params} if cache is None else {"params": params, "cache": cache}
@@ -421,8 +460,7 @@ class EncoderDecoderModel(BaseModel):
 
     start = jnp.zeros((b,), jnp.int32)
     first_logits, cache = step_fn(cache, start, start)
-    result = decoding.decode(step_fn, cache, first_logits, start + 1, **options)
-    return result if return_logits else result.tokens
+    return step_fn, cache, first_logits, start + 1
 
 
 _MODEL_FIELDS = ("z_loss", "label_smoothing", "loss_normalizing_factor", "max_decode_steps",
