@@ -21,6 +21,9 @@ tiny model, a few batches) while keeping the results well-formed.
                   compilation cache cold, warm and off (cold / warm: what it buys)
   resume          input pipeline resume cost late vs early (target: <= 1.5x), bytes read
                   per host of 4, pipeline vs a TPU v4 host's consumption at paper shapes
+  decoding        greedy tokens/s with the KV cache against a naive full-forward loop
+                  (target: >= 3x), beam search / greedy per prompt (below 4x) for CD,
+                  ND, ED, and ED beam search against HF T5's generate (target: >= 1x)
 """
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ import os
 import platform
 from typing import Any, Callable, Mapping
 
-from bench import data_pipeline, eval_cache, optimizer, resume, scoring, training
+from bench import (data_pipeline, decoding, eval_cache, optimizer, resume, scoring,
+                   training)
 
 Summary = tuple[list[str], list[list[str]], list[str]]  # header, rows, notes
 
@@ -81,6 +85,15 @@ BENCHMARKS: dict[str, Benchmark] = {
                      "and pipeline tokens/s at length 626 against a TPU v4 host's "
                      f"consumption in a paper-size step (target: >= {resume.PAPER_TARGET:g}x)."),
         run=resume.run, summary=resume.summary),
+    "decoding": Benchmark(
+        description=("Greedy decoding tokens/s with the KV cache (`predict_batch`) against a "
+                     "naive loop of one full forward pass per new token (target: >= "
+                     f"{decoding.TARGET_CACHE_RATIO:g}x; same tokens), beam search "
+                     "(k=4, alpha 0.6) seconds per prompt against greedy for CD, ND and ED "
+                     f"(a cost expected below {decoding.BEAM_COST_LIMIT:g}x), and ED beam "
+                     "search under HF's rules against HF T5's `generate` on the export "
+                     f"(target: >= {decoding.TARGET_HF_RATIO:g}x; same sequences)."),
+        run=decoding.run, summary=decoding.summary),
 }
 
 
