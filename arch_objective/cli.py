@@ -8,6 +8,10 @@
   arch-objective evaluate --gin_file F [--gin.NAME=VALUE ...] evaluate a checkpoint
   arch-objective eval t0 --checkpoint PATH | --gin_file F ... T0-Eval (rank classification)
   arch-objective eval harness --checkpoint PATH | --gin_file F ... EAI-Eval (lm-eval harness)
+  arch-objective eval t0|harness --checkpoint MODEL_DIR --steps all|N,M|every:K [--watch]
+                                                              every checkpoint of a run
+  arch-objective infer --checkpoint PATH --task T | --prompts F | --datasets D ...
+                                                              predictions as JSONL
   arch-objective convert t5x-in|t5x-out|hf-in|hf-out|switch-arch ...   checkpoint conversion
   arch-objective study --preset smoke|quick|medium|full --out DIR [--gin.StudyConfig.NAME=VALUE ...]
                                                               the laptop-scale study
@@ -264,6 +268,9 @@ EXAMPLES = {
     "eval harness": ("arch-objective eval harness --gin_file=experiments/paper/eval_harness.gin "
                      "--gin_file=local.gin --checkpoint /tmp/arch_objective_example/cd "
                      "--limit 4"),
+    "infer": ("arch-objective infer --checkpoint /tmp/arch_objective_example/cd "
+              "--prompts /tmp/arch_objective_example/data/prompts.jsonl --decode beam "
+              "--num_decodes 2 --max_decode_steps 8 --out /tmp/arch_objective_example/infer"),
     "convert hf-out": ("arch-objective convert hf-out --model_dir /tmp/arch_objective_example/cd "
                        "--out /tmp/arch_objective_example/cd_hf"),
     "convert hf-in": ("arch-objective convert hf-in --hf_dir "
@@ -352,12 +359,24 @@ def _eval_common(p: argparse.ArgumentParser, results: str, architectures):
 
 
 def _eval(args) -> int:
-  """`eval t0|harness`: the options alone, or gin files the options override (see
-  `evaluation/runs.py`)."""
+  """`eval t0|harness` and `infer`: the options alone, or gin files the options override
+  (see `evaluation/runs.py`); with `--steps` or `--watch`, every checkpoint of a run
+  (`evaluation/sweep.py`)."""
   from arch_objective.evaluation import runs
   kind = args.eval_kind
   given = {p: getattr(args, p) for p in runs.parameters(kind)
            if getattr(args, p, None) is not None}
+  if getattr(args, "merge", False):
+    from arch_objective.evaluation import infer
+    print(json.dumps(infer.merge(args.out_dir), indent=2))
+    return 0
+  if getattr(args, "steps", None) is not None or getattr(args, "watch", False):
+    from arch_objective.evaluation import sweep
+    result = sweep.sweep(kind, given, gin_files=args.gin_file or (),
+                         bindings=args.gin_bindings, steps=args.steps, watch=args.watch,
+                         poll_seconds=args.poll, time_limit=args.time_limit)
+    print(result.markdown)
+    return 0
   if args.gin_file:
     run = runs.run_from_gin(kind, args.gin_file, args.gin_bindings, given)
   elif args.gin_bindings:
@@ -389,6 +408,7 @@ def _add_eval_parsers(eval_sub, architectures):
                    help="resamplings for a 95%% interval of the average (default 0: none)")
   t0p.add_argument("--paper", action=argparse.BooleanOptionalAction,
                    help="print the paper's numbers too")
+  _sweep_options(t0p, kinds.EVAL_T0)
   t0p.set_defaults(func=_eval, eval_kind=kinds.EVAL_T0)
 
   hp = eval_sub.add_parser(
@@ -409,7 +429,109 @@ def _add_eval_parsers(eval_sub, architectures):
   hp.add_argument("--bootstrap_iters", type=int,
                   help="the harness's bootstrap resamplings for standard errors "
                        "(default 100000; 0 skips them)")
+  _sweep_options(hp, kinds.EVAL_HARNESS)
   hp.set_defaults(func=_eval, eval_kind=kinds.EVAL_HARNESS)
+
+
+def _sweep_options(p: argparse.ArgumentParser, kind: str):
+  """`--steps`, `--watch` and their timing: every checkpoint of a run (t5x's mode='all')."""
+  p.add_argument("--steps", metavar="all|N,M,...|every:K",
+                 help=f"evaluate these checkpoints of the run --checkpoint names (its model "
+                      f"directory), each into <model dir>/{kind}/<step>/, with TensorBoard "
+                      f"scalars and curve.json/.md/.png of the score against tokens seen; "
+                      f"steps already evaluated are read back, not scored again")
+  p.add_argument("--watch", action="store_true",
+                 help="evaluate each new checkpoint as training writes it (beside a "
+                      "training job; a restart re-scores nothing); stops after the run's "
+                      "last step or --time_limit")
+  p.add_argument("--poll", type=positive_float, default=60.0, metavar="SECONDS",
+                 help="--watch: seconds between looks for a new checkpoint (default 60)")
+  p.add_argument("--time_limit", type=positive_float, metavar="SECONDS",
+                 help="--watch: stop after this many seconds without a new checkpoint "
+                      "to evaluate (default: wait for the run's last step)")
+
+
+def _add_infer_parser(sub, architectures):
+  from arch_objective.evaluation import kinds
+  p = sub.add_parser(
+      "infer", help="predictions of a checkpoint: greedy, sampled or beam search, as JSONL",
+      **_RAW, epilog=_epilog("infer", (
+          "Inputs: a registered task or mixture (--task, --split), a JSONL file of prompts "
+          "(--prompts, one object per line with an 'inputs' field), or T0 held-out "
+          "datasets through their promptsource templates (--datasets, --data_dir). Writes "
+          "--out/predictions.jsonl (one row per example and decode: inputs, targets when "
+          "known, prediction, log-probability) in chunks, so the same command resumes a "
+          "stopped run, and summary.json. On several hosts each writes "
+          "predictions-<index>-of-<count>.jsonl; `infer --merge --out DIR` joins them. "
+          "With --gin_file, gin/runs/infer.gin lists the macros the options override.")))
+  p.add_argument("--gin_file", action="append",
+                 help="gin file of the run (repeatable; runs/infer.gin); --gin.NAME=VALUE "
+                      "binds")
+  p.add_argument("--checkpoint",
+                 help="a model directory (latest step) or MODEL_DIR/checkpoints/<step>, "
+                      "local or gs://")
+  p.add_argument("--out", dest="out_dir", metavar="DIR",
+                 help="directory for predictions.jsonl and summary.json (default: "
+                      "<model dir>/infer/<step>/)")
+  p.add_argument("--merge", action="store_true",
+                 help="join the per-host files of --out into predictions.jsonl and stop")
+  p.add_argument("--task", help="a registered task or mixture (e.g. study_t0_train)")
+  p.add_argument("--split", help="split of --task (default validation)")
+  p.add_argument("--prompts", metavar="FILE",
+                 help="a JSONL file of prompts, one object per line")
+  p.add_argument("--inputs_field", help="--prompts: the prompt's field (default inputs)")
+  p.add_argument("--targets_field",
+                 help="--prompts: the reference's field, copied when present (default "
+                      "targets)")
+  p.add_argument("--datasets", nargs="+",
+                 help="T0 held-out datasets (e.g. super_glue/rte), every promptsource "
+                      "template of each")
+  p.add_argument("--data_dir", help="--datasets: original dataset files, or a world suite "
+                                    "written by `data example` (DIR/t0_eval)")
+  p.add_argument("--mapping", help="--datasets: JSON file pointing datasets at other files")
+  p.add_argument("--max_examples", type=positive_int,
+                 help="first N examples (of each dataset and template with --datasets)")
+  p.add_argument("--decode", choices=kinds.DECODES,
+                 help="greedy (default), sample (temperature, top-k, top-p, seed) or beam "
+                      "(num_decodes beams, length penalty alpha)")
+  p.add_argument("--num_decodes", type=positive_int,
+                 help="beams (beam) or samples (sample) per example (default 1; beam: 4)")
+  p.add_argument("--alpha", type=float,
+                 help="beam: t5x's length penalty, scores divided by ((5+L)/6)^alpha "
+                      "(default 0.6)")
+  p.add_argument("--beam_rules", choices=kinds.BEAM_RULES,
+                 help="beam: t5x's search (default) or Hugging Face's generate(num_beams, "
+                      "length_penalty=alpha), sequence for sequence")
+  p.add_argument("--temperature", type=float, help="sample: softmax temperature (default 1)")
+  p.add_argument("--topk", type=nonnegative_int,
+                 help="sample: keep the k most likely tokens (default 0: all)")
+  p.add_argument("--topp", type=float,
+                 help="sample: keep the smallest set of tokens of this probability "
+                      "(default 1: all)")
+  p.add_argument("--seed", type=nonnegative_int, help="sample: random seed (default 0)")
+  p.add_argument("--max_decode_steps", type=positive_int,
+                 help="tokens generated at most per prediction (default 64)")
+  p.add_argument("--inputs_length", type=positive_int,
+                 help="prompt tokens allowed (default 1024); a longer prompt is an error "
+                      "naming its row")
+  p.add_argument("--batch_size", type=positive_int, help="prompts per batch (default 8)")
+  p.add_argument("--chunk_size", type=positive_int,
+                 help="examples per chunk written (and resumed from) (default 64)")
+  p.add_argument("--arch", choices=architectures,
+                 help="read a causal decoder checkpoint as non-causal or back")
+  p.add_argument("--vocabulary", help="SentencePiece model (default: the checkpoint's)")
+  p.add_argument("--allow_other_vocabulary", action=argparse.BooleanOptionalAction,
+                 help="decode with a --vocabulary other than the checkpoint's")
+  p.add_argument("--paradigm", choices=("[NLU]", "[NLG]", "[S2S]"),
+                 help="start every prompt with this UL2 paradigm token")
+  p.add_argument("--process_index", type=nonnegative_int,
+                 help="this host's index (default: jax.process_index())")
+  p.add_argument("--process_count", type=positive_int,
+                 help="hosts sharing the examples (default: jax.process_count())")
+  p.add_argument("--dtype", help="activation dtype (default float32)")
+  p.add_argument("--compilation_cache_dir", metavar="DIR",
+                 help="JAX's persistent compilation cache ('' turns it off)")
+  p.set_defaults(func=_eval, eval_kind=kinds.INFER)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -587,6 +709,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        metavar="t0|harness",
                                        help="which evaluation (each has its own --help)")
   _add_eval_parsers(eval_sub, ARCHITECTURES)
+
+  _add_infer_parser(sub, ARCHITECTURES)
 
   from arch_objective.convert import cli as convert_cli
   convert_cli.add_parser(sub, examples={name[len("convert "):]: text

@@ -91,12 +91,18 @@ def check_sampling(temperature: float, topk: int, topp: float):
     raise UserError(f"topp must be in (0, 1], found {topp}.")
 
 
-def sequence_log_probs(logits: Array, tokens: Array) -> Array:
-  """The summed log-probability `[b]` of `tokens [b, steps]` (0 after EOS: not counted)
-  under `logits [b, steps, v]`, the logits each token was chosen from (temperature 1)."""
+def sequence_log_probs(logits: Array, tokens: Array, eos_id: Optional[int] = 1) -> Array:
+  """The summed log-probability `[b]` of `tokens [b, steps]` up to and including the
+  first `eos_id` (the padding after it not counted; every token without EOS or with
+  `eos_id` None) under `logits [b, steps, v]`, the logits each token was chosen from
+  (temperature 1)."""
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   chosen = jnp.take_along_axis(log_probs, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  return jnp.sum(jnp.where(tokens > 0, chosen, 0.0), axis=-1)
+  if eos_id is None:
+    return jnp.sum(chosen, axis=-1)
+  is_eos = (tokens == eos_id).astype(jnp.int32)
+  after_eos = (jnp.cumsum(is_eos, axis=-1) - is_eos) > 0
+  return jnp.sum(jnp.where(after_eos, 0.0, chosen), axis=-1)
 
 
 def decode(step_fn: StepFn, cache: Any, first_logits: Array, start_positions: Array,

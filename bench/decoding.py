@@ -362,12 +362,10 @@ def run(options: argparse.Namespace, log: Callable[[str], None] = print) -> dict
   prompts = make_prompts(s)
   log(f"{s.prompts} prompts of {s.prompt_length} tokens, {s.new_tokens} new tokens; model "
       f"{s.size}, float32, vocabulary {s.vocab_size}; load average {load_start}")
-  architectures, ed = {}, None
+  architectures, built = {}, {}
   for arch in ARCHS:
-    architectures[arch], built = measure_architecture(arch, s, prompts, log)
-    if arch == models.ENCODER_DECODER:
-      ed = built
-  hf_result = measure_hf(*ed, s, prompts, log)
+    architectures[arch], built[arch] = measure_architecture(arch, s, prompts, log)
+  hf_result = measure_hf(*built[models.ENCODER_DECODER], s, prompts, log)
   return {
       "settings": dataclasses.asdict(s),
       "targets": {"cache_ratio": TARGET_CACHE_RATIO, "beam_cost_limit": BEAM_COST_LIMIT,

@@ -113,6 +113,7 @@ def test_every_help_example_runs_as_printed(tmp_path):
       assert json.loads(out.stdout)["step"] == 4
   assert (tmp_path / "cd" / "eval_t0" / "4" / "results.json").is_file()
   assert (tmp_path / "cd" / "eval_harness" / "4" / "harness_results.json").is_file()
+  assert len((tmp_path / "infer" / "predictions.jsonl").read_text().splitlines()) == 8
   assert (tmp_path / "cd_hf" / "spiece.model").is_file()
 
 

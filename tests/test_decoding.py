@@ -65,11 +65,15 @@ def test_samples_follow_the_nucleus_distribution(topp, topk, probabilities):
   assert set(np.unique(tokens)) == {i for i, p in enumerate(probabilities) if p > 0}
 
 
-def test_sequence_log_probs_sum_the_chosen_tokens_until_padding():
-  logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]]]))
-  tokens = jnp.array([[2, 1, 0]])                  # EOS at 1, padding after it
+def test_sequence_log_probs_sum_the_chosen_tokens_through_the_first_eos():
+  logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]]] * 2))
+  tokens = jnp.array([[2, 1, 0],                   # EOS (1), then padding: not counted
+                      [0, 2, 2]])                  # a generated 0 before any EOS counts
   np.testing.assert_allclose(decoding.sequence_log_probs(logits, tokens),
-                             [np.log(0.25) + np.log(0.6)], rtol=1e-6)
+                             [np.log(0.25) + np.log(0.6),
+                              np.log(0.5) + np.log(0.3) + np.log(0.6)], rtol=1e-6)
+  np.testing.assert_allclose(decoding.sequence_log_probs(logits, tokens, eos_id=None)[0],
+                             np.log(0.25) + np.log(0.6) + np.log(0.2), rtol=1e-6)
 
 
 def test_a_negative_temperature_or_topk_or_a_topp_outside_0_1_is_refused():

@@ -31,6 +31,7 @@ CHAINS = {
     "paper runs on a laptop": ["README.md#Try a paper run on your laptop",
                                "docs/getting-started.md#Try a paper run on your laptop"],
     "guides": ["docs/guides/train.md", "docs/guides/mtf.md", "docs/guides/evaluate-t0.md",
+               "docs/guides/evaluate-every-checkpoint.md", "docs/guides/infer.md",
                "docs/guides/convert.md", "docs/guides/evaluate-eai.md",
                "docs/guides/gin-and-plan.md", "docs/concepts/objectives.md"],
     "results": ["docs/results/study.md", "docs/results/study-medium-full.md"],
@@ -40,6 +41,7 @@ CHAINS = {
                     "docs/getting-started.md#Set-up and the two `make` targets"],
 }
 NEEDS = {"docs/guides/mtf.md": 1, "docs/guides/evaluate-t0.md": 1,
+         "docs/guides/evaluate-every-checkpoint.md": 1, "docs/guides/infer.md": 1,
          "docs/guides/evaluate-eai.md": 2, "docs/guides/gin-and-plan.md": 3,
          "docs/guides/gcs.md": 2}
 # (printed, run, folder copied first): the study presets take minutes to hours, smoke runs

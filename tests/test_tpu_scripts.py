@@ -420,6 +420,49 @@ def test_evaluate_dry_runs(sandbox):
   assert "--worker=all" in proc.stdout
 
 
+def test_evaluate_watch_and_steps_dry_runs(sandbox):
+  """The evaluator job: --watch, --steps, --poll and --time_limit go to `arch-objective
+  eval` after the user's own arguments, with --out at the bucket itself (written as it
+  goes, so a restart reads it back) rather than the worker's folder copied at the end."""
+  sample = SAMPLES["evaluate.sh"]
+  proc = run(sandbox, "evaluate.sh", *sample, "--watch", "--steps", "every:2048",
+             "--poll", "30", "--time_limit", "3600", "--dry-run", "--", "--paper")
+  assert proc.returncode == 0, proc.stderr
+  assert ('arch-objective eval t0 --checkpoint=gs://my-bucket/runs/cd_flm_mtf '
+          '--out="$run_dir/out" --paper --watch --steps=every:2048 --poll=30 '
+          '--time_limit=3600 --out=gs://my-bucket/runs/cd_flm_mtf/eval_t0\n') in proc.stdout
+  assert "--worker=0 --command=" in proc.stdout
+  proc = run(sandbox, "evaluate.sh", *sample, "--steps=3,5", "--out", "gs://other/eval",
+             "--dry-run")
+  assert proc.returncode == 0, proc.stderr
+  assert ' --steps=3,5 --out=gs://other/eval\n' in proc.stdout
+  proc = run(sandbox, "evaluate.sh", *_without(sample, "--mode"), "--mode", "eval_harness",
+             "--gcsfuse", "--watch", "--dry-run")
+  assert proc.returncode == 0, proc.stderr
+  assert ("arch-objective eval harness --checkpoint=/gcs/my-bucket/runs/cd_flm_mtf "
+          "--tasks=eai_eval --out=/gcs/my-bucket/runs/cd_flm_mtf/eval_harness --watch\n"
+          ) in proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--steps", "every:0"], "--steps expects all, N,M,... (checkpoint steps) or every:K"),
+    (["--steps", "5,x"], "found '5,x'"),
+    (["--poll", "0"], "--poll expects a positive number of seconds; found '0'"),
+    (["--time_limit", "soon"], "--time_limit expects a positive number of seconds"),
+    (["--watch=yes"], "option --watch takes no value"),
+])
+def test_evaluate_refuses_bad_sweep_options(sandbox, args, message):
+  proc = run(sandbox, "evaluate.sh", *SAMPLES["evaluate.sh"], *args, "--dry-run")
+  assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_evaluate_refuses_a_watch_of_validation_loss(sandbox):
+  proc = run(sandbox, "evaluate.sh", *_without(SAMPLES["evaluate.sh"], "--mode"), "--mode",
+             "evaluate", "--gin_file", "experiments/paper/cd_flm.gin", "--watch", "--dry-run")
+  assert proc.returncode == 2
+  assert "--watch, --steps, --poll and --time_limit are for --mode eval_t0" in proc.stderr
+
+
 def test_status_and_stop_dry_runs(sandbox):
   for action, fragment in (("--status", "tail -n 5"), ("--stop", 'kill -TERM -- "-$pid"')):
     proc = run(sandbox, "launch.sh", *TARGET, "--model_dir", MODEL_DIR, action, "--dry-run")
@@ -530,16 +573,17 @@ elif "ssh" in args and any("state=running" in a for a in args):
 """
 
 
-def _supervise(sandbox, state, status=""):
-  """supervise.sh --once against a fake gcloud whose TPU is in `state` and whose
-  `--status` prints `status`; returns (process, gcloud calls)."""
+def _supervise(sandbox, state, status="", args=None):
+  """supervise.sh --once (with `args`, default its sample) against a fake gcloud whose
+  TPU is in `state` and whose `--status` prints `status`; returns (process, gcloud
+  calls)."""
   state_file, status_file = sandbox["tmp"] / "tpu_state", sandbox["tmp"] / "run_status"
   log = sandbox["tmp"] / "gcloud.json"
   state_file.write_text(state)
   status_file.write_text(status)
   _write_exe(sandbox["fakes"] / "gcloud", SUPERVISE_GCLOUD.format(
       python=sys.executable, state=str(state_file), status=str(status_file), log=str(log)))
-  args = SAMPLES["supervise.sh"]
+  args = args or SAMPLES["supervise.sh"]
   cut = args.index("--")
   proc = run(sandbox, "supervise.sh", *args[:cut], "--once", *args[cut:])
   return proc, calls_of(log)
@@ -581,6 +625,50 @@ def test_supervise_on_a_ready_tpu_follows_the_run(sandbox, status, expected, cod
   assert not any("create" in c or "delete" in c for c in calls)
 
 
+EVALUATOR = [*TARGET[:1], "arch-eval-v4-8", *TARGET[2:], "--create_arg=--accelerator_type=v4-8",
+             "--create_arg=--spot",
+             "--setup_arg=--package=dist/arch_objective-0.1.0-py3-none-any.whl",
+             "--", "evaluate.sh", "--mode", "eval_t0", "--model_dir", MODEL_DIR, "--watch",
+             "--time_limit", "7200", "--", "--gin_file", "experiments/paper/eval_t0.gin"]
+
+
+@pytest.mark.parametrize("status,expected,code", [
+    ("== w0 worker-0.log: running (pid 7)\nstep 3: T0-Eval of gs://b/r/checkpoints/3",
+     "run: running", 0),
+    ("== w0 worker-0.log: ended, exit status 0 (pid 7)\nthe run's last step, 131072, is "
+     "evaluated: done", "the run finished", 0),
+    ("== w0 worker-0.log: ended, exit status 143 (pid 7)\n[...] worker 0: exit status 143",
+     "run: started", 0),
+    ("w0: no run in /home/u/arch-objective/runs/cd_flm-eval_t0", "run: started", 0),
+])
+def test_supervise_keeps_an_evaluator_going_until_it_exits_0(sandbox, status, expected, code):
+  """An evaluator (evaluate.sh --watch) under supervise.sh: exit status 0 is the end (it
+  prints no training summary); anything else starts it again, and it reads back what it
+  evaluated. --tpu, --zone, --project and --status go before the launcher's '--'."""
+  proc, calls = _supervise(sandbox, "READY", status, args=EVALUATOR)
+  assert proc.returncode == code, proc.stderr
+  assert expected in proc.stderr
+  launches = [command_of(c) for c in calls
+              if "ssh" in c and any("arch-objective eval t0" in a for a in c)]
+  assert bool(launches) == ("run: started" in expected)
+  for script in launches:
+    assert ("arch-objective eval t0 --checkpoint=gs://my-bucket/runs/cd_flm "
+            '--out="$run_dir/out" --gin_file experiments/paper/eval_t0.gin --watch '
+            "--time_limit=7200 --out=gs://my-bucket/runs/cd_flm/eval_t0\n") in script
+  statuses = [c for c in calls if "ssh" in c and any("state=running" in a for a in c)]
+  assert len(statuses) == 1 and "--worker=0" in statuses[0]
+
+
+def test_supervise_dry_run_of_an_evaluator_puts_its_options_before_the_separator(sandbox):
+  args = EVALUATOR[:EVALUATOR.index("--")] + ["--dry-run"] + EVALUATOR[EVALUATOR.index("--"):]
+  proc = run(sandbox, "supervise.sh", *args)
+  assert proc.returncode == 0, proc.stderr
+  evaluate = f"bash {SCRIPTS}/evaluate.sh --mode eval_t0 --model_dir {MODEL_DIR} --watch " \
+             f"--time_limit 7200 --tpu=arch-eval-v4-8 --zone={ZONE} --project={PROJECT}"
+  assert f"{evaluate} --status -- --gin_file experiments/paper/eval_t0.gin\n" in proc.stdout
+  assert f"{evaluate} -- --gin_file experiments/paper/eval_t0.gin\n" in proc.stdout
+
+
 def test_supervise_waits_while_the_tpu_is_being_created(sandbox):
   proc, calls = _supervise(sandbox, "CREATING")
   assert proc.returncode == 0 and "run: waiting for the TPU" in proc.stderr
@@ -611,6 +699,7 @@ def test_supervise_refuses_target_options_in_the_launch_command(sandbox):
     ("setup_workers.sh", ["--gcsfuse_bucket", "my-bucket"]),
     ("pretrain.sh", ["--env", "XLA_FLAGS=--xla_a=1 --xla_b='x y'", "--gin", "C4_VERSION='2.2.0'"]),
     ("evaluate.sh", ["--", "--paper"]),
+    ("evaluate.sh", ["--watch", "--steps", "every:2048", "--time_limit", "600", "--", "--paper"]),
     ("run_all_workers.sh", []),
     ("create_tpu.sh", ["--labels", "team=lm,run=cd flm"]),
 ])
@@ -640,6 +729,7 @@ def test_dry_run_output_runs_the_same_commands(sandbox, name, extra):
     ("launch.sh", SAMPLES["launch.sh"] + ["--model_dir", "/local/run"]),
     ("evaluate.sh", SAMPLES["evaluate.sh"]),
     ("evaluate.sh", SAMPLES["evaluate.sh"] + ["--gcsfuse"]),
+    ("evaluate.sh", SAMPLES["evaluate.sh"] + ["--watch", "--poll", "30"]),
     ("launch.sh", [*TARGET, "--model_dir", MODEL_DIR, "--status"]),
     ("launch.sh", [*TARGET, "--model_dir", MODEL_DIR, "--stop"]),
     ("setup_workers.sh", SAMPLES["setup_workers.sh"] + ["--gcsfuse_bucket", "my-bucket"]),

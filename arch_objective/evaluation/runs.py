@@ -1,15 +1,17 @@
-"""Evaluation runs: T0-Eval and EAI-Eval as gin configurables and as commands.
+"""Evaluation runs: T0-Eval, EAI-Eval and inference as gin configurables and as commands.
 
   eval_t0(checkpoint=..., ...)       T0-Eval of one checkpoint (`t0_eval`): results.json, .md
   eval_harness(checkpoint=..., ...)  EAI-Eval through lm-evaluation-harness (`harness`)
+  infer(checkpoint=..., ...)         predictions as JSONL (`infer.infer`)
 
-Both are gin configurables of the same names (`gin/runs/eval_t0.gin`,
-`gin/runs/eval_harness.gin` bind them; importing this module registers them through
-`training.gin_utils.register`, as the files' `import` line expects) and the
-commands `arch-objective eval t0|harness`:
+Each is a gin configurable of the same name (`gin/runs/eval_t0.gin`,
+`gin/runs/eval_harness.gin`, `gin/runs/infer.gin` bind them; importing this module
+registers them through `training.gin_utils.register`, as the files' `import` line
+expects) and a command, `arch-objective eval t0|harness` and `arch-objective infer`:
 
   arch-objective eval t0 --checkpoint PATH [options]                  options only
   arch-objective eval t0 --gin_file FILE [--gin.NAME=VALUE ...] [options]
+  arch-objective infer --gin_file runs/infer.gin --checkpoint PATH --prompts FILE
 
 With --gin_file the gin files and bindings configure the run, and every option given on
 the command line overrides them: it is bound after them, to the macro that feeds its
@@ -17,10 +19,11 @@ parameter (`--max_examples 8` sets MAX_EXAMPLES) or else to the parameter itself
 `--checkpoint` also satisfies the run file's required CHECKPOINT_PATH.
 
 Results go to `out_dir` (`--out`), else next to the checkpoint, local or remote:
-`<model dir>/eval_t0/<step>/` and `<model dir>/eval_harness/<step>/`. A gin run also
-writes its operative config there (`config.gin`).
+`<model dir>/eval_t0/<step>/`, `<model dir>/eval_harness/<step>/` and
+`<model dir>/infer/<step>/`. A gin run also writes its operative config there
+(`config.gin`).
 
-Both runs keep JAX's persistent compilation cache (`use_compilation_cache`): the programs
+Every run keeps JAX's persistent compilation cache (`use_compilation_cache`): the programs
 one evaluation compiles are read back by the next one of the same shapes, in any process.
 `compilation_cache_dir` (gin: `eval_t0.compilation_cache_dir`) or the environment
 variable ARCH_OBJECTIVE_COMPILATION_CACHE_DIR chooses the folder, '' turns the cache off;
@@ -41,8 +44,10 @@ from arch_objective.errors import UserError, integer_at_least
 from arch_objective.evaluation import loading, rank_classification, t0_eval
 from arch_objective.training import checkpoints, gin_utils
 
+from arch_objective.evaluation import infer as _infer
 from arch_objective.evaluation.kinds import (EAI_EVAL as _EAI_EVAL, EVAL_HARNESS, EVAL_T0,
-                                            HARNESS_BATCH_TOKENS as _HARNESS_BATCH_TOKENS)
+                                            HARNESS_BATCH_TOKENS as _HARNESS_BATCH_TOKENS,
+                                            INFER)
 
 CONFIG_FILE = "config.gin"
 COMPILATION_CACHE_ENV = "ARCH_OBJECTIVE_COMPILATION_CACHE_DIR"
@@ -291,7 +296,7 @@ def eval_harness(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = N
 _ALLOW_OTHER_VOCABULARY = ("--allow_other_vocabulary (gin: "
                            "--gin.{kind}.allow_other_vocabulary=True)")
 
-RUNS = {EVAL_T0: eval_t0, EVAL_HARNESS: eval_harness}
+RUNS = {EVAL_T0: eval_t0, EVAL_HARNESS: eval_harness, INFER: _infer.infer}
 _NOT_BINDABLE = ("log", "config_text")
 
 
@@ -328,9 +333,13 @@ def _option_bindings(kind: str, gin_files: Sequence[str], bindings: Sequence[str
   from arch_objective.training import plan
   plan.parse_with_placeholders(gin_files, bindings)
   if configured_run(kind) is None:
+    experiment = f"experiments/paper/{kind}.gin"
+    example = (f", e.g. {experiment}" if any(
+        os.path.isfile(os.path.join(root, experiment))
+        for root in gin_utils.gin_search_paths()) else "")
     raise UserError(f"the gin files {list(gin_files)} configure no {kind} run (no "
                     f"{kind}.* binding); include 'runs/{kind}.gin' or an experiment that "
-                    f"does, e.g. experiments/paper/{kind}.gin.")
+                    f"does{example}.")
   return gin_utils.option_bindings(kind, parameters(kind), given)
 
 

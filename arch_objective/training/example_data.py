@@ -9,6 +9,8 @@ the same seeded world that `gin/local.gin` and the study use (`data/world/`):
                            effect, story endings), T0-Eval-style:
                            `<family>/validation.jsonl` and `suite.json`
   DIR/harness_tasks/       the same families as lm-eval tasks (`--include_path`)
+  DIR/prompts.jsonl        a few prompts of those families, `{"inputs": ..., "targets":
+                           ...}` per line, for `arch-objective infer --prompts`
   DIR/README.txt           the commands that read them
 
 `eval t0 --data_dir DIR/t0_eval` reads the suite (`read_world_suite`): its examples
@@ -19,6 +21,7 @@ what `LOCAL_CORPUS` and `LOCAL_VOCABULARY` of `gin/local.gin`, `data stats --cor
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -33,6 +36,8 @@ T0_EVAL_DIR = "t0_eval"
 CORPUS_FILE = "corpus.jsonl"
 VOCABULARY_FILE = "spm.model"
 HARNESS_DIR = "harness_tasks"
+PROMPTS_FILE = "prompts.jsonl"
+PROMPTS_PER_FAMILY = 2
 
 
 def write_example_data(out: str, *, corpus_bytes: Optional[int] = None,
@@ -41,7 +46,7 @@ def write_example_data(out: str, *, corpus_bytes: Optional[int] = None,
                        ) -> dict:
   """Write the example data into `out` (a new or empty directory); returns what was
   written: {'corpus', 'documents', 'bytes', 'vocabulary', 'vocab_size', 't0_eval',
-  'families', 'readme'}. The defaults are those of `gin/local.gin`'s world
+  'families', 'harness_tasks', 'prompts', 'readme'}. The defaults are those of `gin/local.gin`'s world
   (`training.local`: WORLD_BYTES of text, WORLD_VOCAB pieces, WORLD_SEED); the held-out
   suite keeps `eval_examples` of each family's validation split (default all 300)."""
   from arch_objective.data import sources, vocabularies
@@ -75,13 +80,16 @@ def write_example_data(out: str, *, corpus_bytes: Optional[int] = None,
   families = write_world_suite(suite_dir, world, eval_examples)
   harness_dir = os.path.join(out, HARNESS_DIR)
   write_world_harness_tasks(harness_dir, world.heldout_suite(), eval_examples)
+  prompts = os.path.join(out, PROMPTS_FILE)
+  write_world_prompts(prompts, world.heldout_suite())
   readme = os.path.join(out, "README.txt")
   with open(readme, "w", encoding="utf-8") as f:
     f.write(_README.format(out=out, vocab_size=vocab.vocab_size,
                            padded=vocabularies.padded_vocab_size(vocab.vocab_size)))
   return {"corpus": corpus, "documents": stats["documents"], "bytes": stats["bytes"],
           "vocabulary": vocabulary, "vocab_size": vocab.vocab_size, "t0_eval": suite_dir,
-          "families": families, "harness_tasks": harness_dir, "readme": readme}
+          "families": families, "harness_tasks": harness_dir, "prompts": prompts,
+          "readme": readme}
 
 
 def write_world_suite(directory: str, world, examples: Optional[int] = None,
@@ -140,6 +148,20 @@ def write_world_harness_tasks(directory: str, suite, examples: Optional[int] = N
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return names
+
+
+def write_world_prompts(path: str, suite, per_family: int = PROMPTS_PER_FAMILY) -> int:
+  """`{"inputs": ..., "targets": ...}` lines: the first `per_family` examples of each
+  held-out family of `suite` (`HeldOutFamily`s) under its first prompt, the gold answer
+  as the target; returns the lines written."""
+  rows = []
+  for family in suite:
+    rendered = (family.prompts[0].render(example) for example in family.examples)
+    for r in itertools.islice((r for r in rendered if r is not None), per_family):
+      rows.append({"inputs": r.inputs, "targets": r.targets})
+  with open(path, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+  return len(rows)
 
 
 def is_world_suite(data_dir: Optional[str]) -> bool:
@@ -222,6 +244,7 @@ gin/local.gin and the study; nothing here was downloaded).
   t0_eval/       the world's held-out families, for eval t0 --data_dir
   harness_tasks/ the same families as lm-eval tasks (world_nli, world_coreference,
                  world_cause_effect, world_story_ending), for --include_path
+  prompts.jsonl  a few prompts of those families with their answers, for infer --prompts
 
   arch-objective data stats --task local_span_corruption --corpus {out}/corpus.jsonl \\
       --vocabulary {out}/spm.model
@@ -232,4 +255,5 @@ gin/local.gin and the study; nothing here was downloaded).
       --max_examples 8
   arch-objective eval harness --checkpoint /tmp/cd_example \\
       --include_path {out}/harness_tasks --tasks world_nli world_coreference --limit 8
+  arch-objective infer --checkpoint /tmp/cd_example --prompts {out}/prompts.jsonl
 """

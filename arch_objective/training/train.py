@@ -534,7 +534,13 @@ def _restore_initial(path: str, target, meta: dict, params_only: bool = False
                      ) -> tuple[Any, list]:
   """(state, lineage) of the checkpoint a run starts from (`restore_checkpoint`); with
   `params_only` (the optimiser is reset) its optimiser state is not read, so it may have
-  been written with other optimiser settings."""
+  been written with other optimiser settings.
+
+  The lineage is the restored checkpoint's own, plus one entry for it: `checkpoint`
+  (its path), `step`, `arch`, `task`, and `tokens_seen` (`tokens_seen` of its meta and
+  data position: the tokens its parameters were trained on, its own lineage included),
+  left out where that checkpoint cannot say (no identity in its meta, or a lineage entry
+  of its own without `tokens_seen`: `evaluation/sweep.py` then falls back)."""
   directory, step = checkpoints.split_checkpoint_path(path)
   if not paths.isdir(directory):
     raise checkpoints.CheckpointError(f"restore_checkpoint {path!r}: no such checkpoint "
@@ -550,16 +556,69 @@ def _restore_initial(path: str, target, meta: dict, params_only: bool = False
   try:
     if params_only:
       state, saved = source.restore_params(target, step, expected_meta=meta)
+      position = None
     else:
-      state, _, saved = source.restore(target, step, expected_meta=meta)
+      state, position, saved = source.restore(target, step, expected_meta=meta)
   finally:
     source.close()
-  entry = {"checkpoint": paths.join(directory, str(int(state.step))),
-           "step": int(state.step), "arch": saved.get("arch"), "task": saved.get("task")}
+  step_dir = paths.join(directory, str(int(state.step)))
+  entry = {"checkpoint": step_dir, "step": int(state.step), "arch": saved.get("arch"),
+           "task": saved.get("task")}
+  batches = (position or {}).get("batches")
+  tokens = tokens_seen(saved, batches if batches is not None else data_batches(step_dir))
+  if tokens is not None:
+    entry["tokens_seen"] = tokens
   if saved.get("arch") != meta["arch"]:
     log.info(f"restoring a {saved.get('arch')} checkpoint into a {meta['arch']} model (the "
           f"parameter trees match)")
   return state, saved.get("lineage", []) + [entry]
+
+
+def data_batches(step_dir: str) -> Optional[int]:
+  """The data position a checkpoint records (`checkpoints/<step>/data`: the batches its
+  run consumed, restored steps not counted), or None where it records none."""
+  import json
+  path = paths.join(step_dir, checkpoints.DATA, "metadata")
+  if not paths.exists(path):
+    return None
+  try:
+    batches = json.loads(paths.read_text(path)).get("batches")
+  except (ValueError, AttributeError):
+    return None
+  return int(batches) if integer_at_least(batches, 0) else None
+
+
+def tokens_per_step(meta: dict) -> Optional[int]:
+  """Tokens one training step of the run that wrote `meta` reads: the identity's
+  `batch_size` rows x the tokens of a row at its `lengths` (`Architecture.row_tokens`:
+  the decoder length, or inputs + targets); None where the meta has no identity (a
+  converted checkpoint). E.g. the paper's CD:FLM: 2048 x 626 = 1,282,048."""
+  identity = meta.get("identity") or {}
+  batch_size, lengths = identity.get("batch_size"), identity.get("lengths")
+  spec = architectures.find(identity.get("arch") or meta.get("arch"))
+  if spec is None or not integer_at_least(batch_size, 1) or not isinstance(lengths, dict):
+    return None
+  shapes = {feature: [batch_size] + list(length) for feature, length in lengths.items()}
+  try:
+    return int(batch_size) * spec.row_tokens(spec.lengths_of(shapes))
+  except (UserError, TypeError, IndexError):
+    return None
+
+
+def tokens_seen(meta: dict, batches: Optional[int]) -> Optional[int]:
+  """Tokens the parameters of a checkpoint were trained on: `batches` (its data
+  position, `data_batches`) x `tokens_per_step(meta)`, plus the restored checkpoint's
+  (the last lineage entry's `tokens_seen`: an adapted or finetuned run counts what it
+  started from). None where a part is not recorded: no identity, no data position, or a
+  last lineage entry without `tokens_seen` (written before it was recorded)."""
+  per_step = tokens_per_step(meta)
+  if per_step is None or batches is None:
+    return None
+  lineage = meta.get("lineage") or []
+  before = lineage[-1].get("tokens_seen") if lineage else 0
+  if before is None:
+    return None
+  return int(batches) * per_step + int(before)
 
 
 def _lengths(model, input_shapes) -> tuple[int, int, int]:
