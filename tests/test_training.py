@@ -272,8 +272,10 @@ def test_restore_checkpoint_continues_the_step_across_architectures(tmp_path, ca
   assert emb.dtype == jax.numpy.bfloat16
   meta = json.loads((target / "checkpoints" / "4" / "meta" / "metadata").read_text())
   assert meta["arch"] == "non_causal_decoder"
+  source_tokens = 2 * dataset().batch_size * dataset().length       # 2 steps of 4 x 64
   assert meta["lineage"] == [{"checkpoint": str(source / "checkpoints" / "2"), "step": 2,
-                              "arch": "causal_decoder", "task": "local_full_lm"}]
+                              "arch": "causal_decoder", "task": "local_full_lm",
+                              "tokens_seen": source_tokens}]
   from arch_objective import cli
   capsys.readouterr()
   assert cli.main(["plan", "--model_dir", str(target)]) == 0
