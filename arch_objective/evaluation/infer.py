@@ -744,8 +744,7 @@ def infer(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
   `eval_t0`'s. `process_index`/`process_count` (default: JAX's) share the examples
   between hosts. `log` gets a line per chunk written.
   """
-  from arch_objective.data import vocabularies
-  from arch_objective.evaluation import loading, runs
+  from arch_objective.evaluation import runs
   from arch_objective.objectives import ul2
   from arch_objective.training import checkpoints
   checkpoint = runs._require_checkpoint(checkpoint, INFER)
@@ -781,18 +780,9 @@ def infer(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
     raise UserError(f"{INFER}: {_option('process_index')} must be below --process_count "
                     f"{process_count}, found {process_index}.")
 
-  model, params, meta, step = loading.load_model(checkpoint, arch, dtype=dtype)
-  vocab_path = vocabulary or checkpoints.recorded_vocabulary(meta, checkpoint)
-  if not vocab_path:
-    raise UserError(f"checkpoint {checkpoint!r} records no vocabulary; give --vocabulary "
-                    f"(a SentencePiece .model) or bind VOCABULARY.")
-  vocab = vocabularies.SentencePieceVocabulary(vocab_path)
-  used = loading.check_vocabulary(
-      meta, vocab.path, checkpoint, allow_other=allow_other_vocabulary,
-      option="--vocabulary" if vocabulary else "the vocabulary",
-      allow_option=runs._ALLOW_OTHER_VOCABULARY.format(kind=INFER),
-      embedding_rows=model.config.vocab_size, vocab_size=vocab.vocab_size)
-  prefix = ul2.paradigm_prefix(paradigm, vocab.vocab_size, vocab.extra_ids, option)
+  model, params, meta, step, vocab, used, prefix = runs.open_for_prompts(
+      INFER, checkpoint, arch=arch, dtype=dtype, vocabulary=vocabulary,
+      allow_other_vocabulary=allow_other_vocabulary, paradigm=paradigm, option=option)
 
   if prompts:
     inputs = _prompts_inputs(str(prompts), inputs_field or "inputs",

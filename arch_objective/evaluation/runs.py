@@ -172,6 +172,32 @@ def _write_config(out_dir: str, config_text: Optional[Callable[[], str]]) -> lis
   return [path]
 
 
+def open_for_prompts(kind: str, checkpoint: str, *, arch: Optional[str], dtype: str,
+                     vocabulary: Optional[str], allow_other_vocabulary: bool,
+                     paradigm: Optional[str], option: str):
+  """What an evaluation or `infer` reads prompts with: `(model, params, meta, step,
+  vocab, vocabulary record, prompt prefix)` of `checkpoint` on the reference path
+  (`loading.load_model`), its recorded vocabulary unless `vocabulary` is given (another
+  one refused unless `allow_other_vocabulary`; `loading.check_vocabulary`), and the token
+  ids every prompt starts with (UL2's `paradigm` token, `option` naming it in errors;
+  none without one)."""
+  from arch_objective.data import vocabularies
+  from arch_objective.objectives import ul2
+  model, params, meta, step = loading.load_model(checkpoint, arch, dtype=dtype)
+  vocab_path = vocabulary or checkpoints.recorded_vocabulary(meta, checkpoint)
+  if not vocab_path:
+    raise UserError(f"checkpoint {checkpoint!r} records no vocabulary; give --vocabulary "
+                    f"(a SentencePiece .model) or bind VOCABULARY.")
+  vocab = vocabularies.SentencePieceVocabulary(vocab_path)
+  used = loading.check_vocabulary(
+      meta, vocab.path, checkpoint, allow_other=allow_other_vocabulary,
+      option="--vocabulary" if vocabulary else "the vocabulary",
+      allow_option=_ALLOW_OTHER_VOCABULARY.format(kind=kind),
+      embedding_rows=model.config.vocab_size, vocab_size=vocab.vocab_size)
+  prefix = ul2.paradigm_prefix(paradigm, vocab.vocab_size, vocab.extra_ids, option)
+  return model, params, meta, step, vocab, used, prefix
+
+
 def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
             arch: Optional[str] = None, datasets: Optional[Sequence[str]] = None,
             data_dir: Optional[str] = None, mapping: Optional[str] = None,
@@ -202,7 +228,6 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
   path, sha256, `same_as_checkpoint`). `paradigm` ([NLU], [NLG] or [S2S]: UL2's mode
   switching) starts every prompt with that paradigm token; results record it.
   """
-  from arch_objective.data import vocabularies
   from arch_objective.objectives import ul2
   from arch_objective.training import example_data
   from arch_objective.prompts import datasets as datasets_lib
@@ -225,18 +250,9 @@ def eval_t0(*, checkpoint: Optional[str] = None, out_dir: Optional[str] = None,
     data_dir = None
   if suite is None:
     suite = t0_eval.select(_names(datasets, "datasets"))
-  model, params, meta, step = loading.load_model(checkpoint, arch, dtype=dtype)
-  vocab_path = vocabulary or checkpoints.recorded_vocabulary(meta, checkpoint)
-  if not vocab_path:
-    raise UserError(f"checkpoint {checkpoint!r} records no vocabulary; give --vocabulary "
-                    f"(a SentencePiece .model) or bind VOCABULARY.")
-  vocab = vocabularies.SentencePieceVocabulary(vocab_path)
-  used = loading.check_vocabulary(
-      meta, vocab.path, checkpoint, allow_other=allow_other_vocabulary,
-      option="--vocabulary" if vocabulary else "the vocabulary",
-      allow_option=_ALLOW_OTHER_VOCABULARY.format(kind=EVAL_T0),
-      embedding_rows=model.config.vocab_size, vocab_size=vocab.vocab_size)
-  prefix = ul2.paradigm_prefix(paradigm, vocab.vocab_size, vocab.extra_ids, option)
+  model, params, meta, step, vocab, used, prefix = open_for_prompts(
+      EVAL_T0, checkpoint, arch=arch, dtype=dtype, vocabulary=vocabulary,
+      allow_other_vocabulary=allow_other_vocabulary, paradigm=paradigm, option=option)
   _compilation_cache(compilation_cache_dir, log)
   scorer = rank_classification.RankScorer(model, params, inputs_length=inputs_length,
                                           targets_length=targets_length)
