@@ -334,7 +334,7 @@ def _eval_epilog(kind: str, command: str, example_flag: str, macro: str) -> str:
 
 
 def _eval_common(p: argparse.ArgumentParser, results: str, architectures):
-  """Options both eval commands share; every default is None ("not given")."""
+  """Options the eval commands and `infer` share; every default is None ("not given")."""
   p.add_argument("--gin_file", action="append",
                  help="gin file of the run (repeatable; searched in the repository's gin/ "
                       "too); --gin.NAME=VALUE binds")
@@ -464,15 +464,7 @@ def _add_infer_parser(sub, architectures):
           "stopped run, and summary.json. On several hosts each writes "
           "predictions-<index>-of-<count>.jsonl; `infer --merge --out DIR` joins them. "
           "With --gin_file, gin/runs/infer.gin lists the macros the options override.")))
-  p.add_argument("--gin_file", action="append",
-                 help="gin file of the run (repeatable; runs/infer.gin); --gin.NAME=VALUE "
-                      "binds")
-  p.add_argument("--checkpoint",
-                 help="a model directory (latest step) or MODEL_DIR/checkpoints/<step>, "
-                      "local or gs://")
-  p.add_argument("--out", dest="out_dir", metavar="DIR",
-                 help="directory for predictions.jsonl and summary.json (default: "
-                      "<model dir>/infer/<step>/)")
+  _eval_common(p, "predictions.jsonl and summary.json", architectures)
   p.add_argument("--merge", action="store_true",
                  help="join the per-host files of --out into predictions.jsonl and stop")
   p.add_argument("--task", help="a registered task or mixture (e.g. study_t0_train)")
@@ -517,20 +509,11 @@ def _add_infer_parser(sub, architectures):
   p.add_argument("--batch_size", type=positive_int, help="prompts per batch (default 8)")
   p.add_argument("--chunk_size", type=positive_int,
                  help="examples per chunk written (and resumed from) (default 64)")
-  p.add_argument("--arch", choices=architectures,
-                 help="read a causal decoder checkpoint as non-causal or back")
-  p.add_argument("--vocabulary", help="SentencePiece model (default: the checkpoint's)")
-  p.add_argument("--allow_other_vocabulary", action=argparse.BooleanOptionalAction,
-                 help="decode with a --vocabulary other than the checkpoint's")
-  p.add_argument("--paradigm", choices=("[NLU]", "[NLG]", "[S2S]"),
-                 help="start every prompt with this UL2 paradigm token")
   p.add_argument("--process_index", type=nonnegative_int,
                  help="this host's index (default: jax.process_index())")
   p.add_argument("--process_count", type=positive_int,
                  help="hosts sharing the examples (default: jax.process_count())")
   p.add_argument("--dtype", help="activation dtype (default float32)")
-  p.add_argument("--compilation_cache_dir", metavar="DIR",
-                 help="JAX's persistent compilation cache ('' turns it off)")
   p.set_defaults(func=_eval, eval_kind=kinds.INFER)
 
 
